@@ -1,0 +1,367 @@
+//! The wire protocol between the appliance and its agents (protocol v1).
+//!
+//! JSON text frames over one WebSocket, each with a `type` field. This module knows neither side:
+//! the server (`crate::agents::hub`) and the agent (`crate::agent`) both speak it. Extra fields
+//! are ignored on decode so either side can grow; unknown `type`s decode to [`Incoming::Unknown`]
+//! so a newer peer's informational messages do not break an older one. See docs/protocol.md.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. An agent sending another version is told to upgrade.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts; anything bigger is a protocol error.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// WebSocket path the agent dials under the appliance's public URL.
+pub const AGENT_WS_PATH: &str = "/ws/agent";
+
+/// Close reason sent to an agent whose token was revoked.
+pub const CLOSE_REVOKED: &str = "agent revoked";
+/// Close reason sent when a second connection with the same token replaced this one.
+pub const CLOSE_REPLACED: &str = "replaced by a newer connection";
+/// Close reason sent to every agent when the appliance stops.
+pub const CLOSE_SHUTDOWN: &str = "server shutting down";
+
+/// How the agent gets images before `up`, as set on the project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// `docker compose pull --ignore-buildable`: a moved tag such as `:latest` gets deployed.
+    #[default]
+    Always,
+    /// Pull only images that are not present locally.
+    Missing,
+    /// Never pull; every image must be present or buildable.
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "always",
+            PullPolicy::Missing => "missing",
+            PullPolicy::Never => "never",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "always" => Some(Self::Always),
+            "missing" => Some(Self::Missing),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+}
+
+/// Where a secret goes in the compose project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Into every service.
+    Global,
+    /// Into one named service; beats a global secret of the same key.
+    Service,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "global" => Some(Self::Global),
+            "service" => Some(Self::Service),
+            _ => None,
+        }
+    }
+}
+
+/// One decrypted secret as it travels in a `DEPLOY`. Its `Debug` never prints the value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEntry {
+    pub key: String,
+    pub value: String,
+    pub scope: Scope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl std::fmt::Debug for SecretEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretEntry")
+            .field("key", &self.key)
+            .field("value", &"<redacted>")
+            .field("scope", &self.scope)
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl Drop for SecretEntry {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
+/// What the agent needs to know about the project it deploys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectSpec {
+    pub name: String,
+    pub environment: String,
+    #[serde(default)]
+    pub repo_url: Option<String>,
+    pub git_ref: String,
+    pub compose_path: String,
+    #[serde(default)]
+    pub pull: PullPolicy,
+}
+
+/// Which output a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Lines the agent itself writes ("pulling images", "verifying").
+    Agent,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            "agent" => Some(Self::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// Final outcome the agent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DeployOutcome {
+    Success,
+    Fail,
+}
+
+/// State of one compose service after the deploy, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceState {
+    pub name: String,
+    /// Compose's container state: `running`, `exited`, `restarting`, … or `missing`.
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`, or empty when the service has no healthcheck.
+    #[serde(default)]
+    pub health: String,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+}
+
+/// Messages the agent sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "UPPERCASE")]
+pub enum AgentMessage {
+    Hello {
+        protocol: u32,
+        agent_version: String,
+        hostname: String,
+        #[serde(default)]
+        docker_version: String,
+        #[serde(default)]
+        compose_version: String,
+        /// Deployments this agent is still working on or holds an unacknowledged STATUS for.
+        /// The server fails any other deployment it believes this agent is running (the agent
+        /// restarted and lost it). Absent means "unknown": the server then waits for the timeout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        active_deployments: Option<Vec<i64>>,
+    },
+    Log {
+        deployment_id: i64,
+        seq: u64,
+        stream: LogStream,
+        line: String,
+    },
+    Status {
+        deployment_id: i64,
+        status: DeployOutcome,
+        #[serde(default)]
+        services: Vec<ServiceState>,
+        #[serde(default)]
+        error: Option<String>,
+        /// The commit that was deployed, when the project has a repository.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "UPPERCASE")]
+pub enum ServerMessage {
+    Deploy {
+        deployment_id: i64,
+        project: ProjectSpec,
+        secrets: Vec<SecretEntry>,
+    },
+    Ack {
+        deployment_id: i64,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// A decoded frame: a known message, or a well-formed frame of a type this build does not know.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<M> {
+    Known(M),
+    Unknown(String),
+}
+
+/// Why a frame could not be decoded. The text never echoes frame contents (they may hold secrets).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("frame is not a JSON object with a string \"type\" field")]
+    NotAMessage,
+    #[error("invalid {kind} message: {reason}")]
+    Invalid { kind: String, reason: String },
+}
+
+/// Decode a text frame into `M`, telling unknown types apart from malformed frames.
+pub fn decode<M: serde::de::DeserializeOwned>(
+    frame: &str,
+    known: &[&str],
+) -> Result<Incoming<M>, DecodeError> {
+    if frame.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError::TooLarge(frame.len()));
+    }
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    let tag: Tag = serde_json::from_str(frame).map_err(|_| DecodeError::NotAMessage)?;
+    if !known.contains(&tag.kind.as_ref()) {
+        return Ok(Incoming::Unknown(tag.kind.into_owned()));
+    }
+    serde_json::from_str(frame).map(Incoming::Known).map_err(|e| DecodeError::Invalid {
+        kind: tag.kind.into_owned(),
+        // serde_json's messages name the field and position, never the value.
+        reason: e.to_string(),
+    })
+}
+
+/// Message types an agent may send.
+pub const AGENT_MESSAGE_TYPES: &[&str] = &["HELLO", "LOG", "STATUS", "ERROR"];
+/// Message types a server may send.
+pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "ERROR"];
+
+pub fn decode_agent_message(frame: &str) -> Result<Incoming<AgentMessage>, DecodeError> {
+    decode(frame, AGENT_MESSAGE_TYPES)
+}
+
+pub fn decode_server_message(frame: &str) -> Result<Incoming<ServerMessage>, DecodeError> {
+    decode(frame, SERVER_MESSAGE_TYPES)
+}
+
+/// Encode a message as a text frame. Serialising these plain structs cannot fail.
+pub fn encode<M: Serialize>(msg: &M) -> String {
+    serde_json::to_string(msg).unwrap_or_else(|_| String::from("{}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_ignores_extra_fields() {
+        let frame = r#"{"type":"HELLO","protocol":1,"agent_version":"0.1.0","hostname":"h",
+            "docker_version":"28","compose_version":"2.40","future_field":true}"#;
+        let Ok(Incoming::Known(AgentMessage::Hello { protocol, hostname, .. })) = decode_agent_message(frame)
+        else {
+            panic!("HELLO did not decode")
+        };
+        assert_eq!((protocol, hostname.as_str()), (1, "h"));
+    }
+
+    #[test]
+    fn unknown_type_is_not_an_error() {
+        assert_eq!(
+            decode_server_message(r#"{"type":"NEWS","text":"hi"}"#),
+            Ok(Incoming::Unknown("NEWS".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_that_do_not_echo_content() {
+        assert_eq!(decode_agent_message("not json"), Err(DecodeError::NotAMessage));
+        assert_eq!(decode_agent_message(r#"{"type":5}"#), Err(DecodeError::NotAMessage));
+        let err = decode_agent_message(r#"{"type":"LOG","deployment_id":"s3cr3t-canary"}"#).unwrap_err();
+        assert!(matches!(err, DecodeError::Invalid { .. }));
+        assert!(!err.to_string().contains("s3cr3t-canary"), "{err}");
+        let big = format!(r#"{{"type":"LOG","line":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
+        assert!(matches!(decode_agent_message(&big), Err(DecodeError::TooLarge(_))));
+    }
+
+    #[test]
+    fn deploy_matches_the_documented_shape() {
+        let msg = ServerMessage::Deploy {
+            deployment_id: 7,
+            project: ProjectSpec {
+                name: "shop".into(),
+                environment: "staging".into(),
+                repo_url: None,
+                git_ref: "main".into(),
+                compose_path: "/srv/shop/compose.yaml".into(),
+                pull: PullPolicy::Missing,
+            },
+            secrets: vec![SecretEntry {
+                key: "DB_URL".into(),
+                value: "postgres://x".into(),
+                scope: Scope::Service,
+                service: Some("web".into()),
+            }],
+        };
+        let json: serde_json::Value = serde_json::from_str(&encode(&msg)).unwrap();
+        assert_eq!(json["type"], "DEPLOY");
+        assert_eq!(json["project"]["pull"], "missing");
+        assert_eq!(json["secrets"][0]["scope"], "service");
+        assert_eq!(json["secrets"][0]["service"], "web");
+        let status = AgentMessage::Status {
+            deployment_id: 7,
+            status: DeployOutcome::Fail,
+            services: vec![],
+            error: Some("boom".into()),
+            commit: None,
+        };
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&encode(&status)).unwrap()["status"], "FAIL");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = SecretEntry { key: "K".into(), value: "canary-value".into(), scope: Scope::Global, service: None };
+        assert!(!format!("{s:?}").contains("canary-value"));
+    }
+}
