@@ -1,7 +1,21 @@
 //! Stagely: deploy docker-compose projects onto your own servers.
 //!
 //! The control plane (the `stagely` binary) and the agent (`stagely-agent`) share only
-//! [`protocol`], the wire between them. Everything else here belongs to one side:
-//! the agent lives in [`agent`] and links no storage, vault or HTTP-handler code.
+//! [`protocol`], the wire between them. Everything else here belongs to the control plane:
+//! storage ([`db`]), the secret vault ([`secrets`]), the agent hub ([`agents`]), deploys
+//! ([`deploys`]) and the HTTP surface ([`web`]).
 
+pub mod agents;
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod deploys;
+pub mod projects;
 pub mod protocol;
+pub mod redact;
+pub mod secrets;
+pub mod users;
+pub mod web;

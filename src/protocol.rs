@@ -266,11 +266,13 @@ pub fn decode<M: serde::de::DeserializeOwned>(
     if !known.contains(&tag.kind.as_ref()) {
         return Ok(Incoming::Unknown(tag.kind.into_owned()));
     }
-    serde_json::from_str(frame).map(Incoming::Known).map_err(|e| DecodeError::Invalid {
-        kind: tag.kind.into_owned(),
-        // serde_json's messages name the field and position, never the value.
-        reason: e.to_string(),
-    })
+    serde_json::from_str(frame)
+        .map(Incoming::Known)
+        .map_err(|e| DecodeError::Invalid {
+            kind: tag.kind.into_owned(),
+            // serde_json quotes the offending input, which may be a secret: cut it out.
+            reason: crate::redact::serde_message(&e.to_string()),
+        })
 }
 
 /// Message types an agent may send.
@@ -299,7 +301,9 @@ mod tests {
     fn hello_round_trips_and_ignores_extra_fields() {
         let frame = r#"{"type":"HELLO","protocol":1,"agent_version":"0.1.0","hostname":"h",
             "docker_version":"28","compose_version":"2.40","future_field":true}"#;
-        let Ok(Incoming::Known(AgentMessage::Hello { protocol, hostname, .. })) = decode_agent_message(frame)
+        let Ok(Incoming::Known(AgentMessage::Hello {
+            protocol, hostname, ..
+        })) = decode_agent_message(frame)
         else {
             panic!("HELLO did not decode")
         };
@@ -317,12 +321,18 @@ mod tests {
     #[test]
     fn malformed_frames_are_errors_that_do_not_echo_content() {
         assert_eq!(decode_agent_message("not json"), Err(DecodeError::NotAMessage));
-        assert_eq!(decode_agent_message(r#"{"type":5}"#), Err(DecodeError::NotAMessage));
+        assert_eq!(
+            decode_agent_message(r#"{"type":5}"#),
+            Err(DecodeError::NotAMessage)
+        );
         let err = decode_agent_message(r#"{"type":"LOG","deployment_id":"s3cr3t-canary"}"#).unwrap_err();
         assert!(matches!(err, DecodeError::Invalid { .. }));
         assert!(!err.to_string().contains("s3cr3t-canary"), "{err}");
         let big = format!(r#"{{"type":"LOG","line":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
-        assert!(matches!(decode_agent_message(&big), Err(DecodeError::TooLarge(_))));
+        assert!(matches!(
+            decode_agent_message(&big),
+            Err(DecodeError::TooLarge(_))
+        ));
     }
 
     #[test]
@@ -356,12 +366,20 @@ mod tests {
             error: Some("boom".into()),
             commit: None,
         };
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&encode(&status)).unwrap()["status"], "FAIL");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&encode(&status)).unwrap()["status"],
+            "FAIL"
+        );
     }
 
     #[test]
     fn secret_debug_is_redacted() {
-        let s = SecretEntry { key: "K".into(), value: "canary-value".into(), scope: Scope::Global, service: None };
+        let s = SecretEntry {
+            key: "K".into(),
+            value: "canary-value".into(),
+            scope: Scope::Global,
+            service: None,
+        };
         assert!(!format!("{s:?}").contains("canary-value"));
     }
 }

@@ -1,1 +1,5 @@
-fn main() {}
+//! `stagely`: the appliance and its admin CLI.
+
+fn main() -> std::process::ExitCode {
+    stagely::cli::main()
+}

@@ -1,0 +1,315 @@
+//! One agent connection: the `/ws/agent` upgrade, then HELLO, then frames until either side
+//! closes, the agent goes quiet past `offline_after_secs`, or the appliance shuts down.
+//!
+//! Nothing an agent sends can panic or stall this task: oversized frames close the connection
+//! with a reason, malformed or unknown frames are answered with an ERROR frame, and every
+//! decision about a deployment goes through `deploys::service`, which checks ownership.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{AgentIdentity, HelloInfo, hub::Outbound, store};
+use crate::app::AppState;
+use crate::db::now_ms;
+use crate::deploys::service;
+use crate::protocol::{self, AgentMessage, Incoming, PROTOCOL_VERSION, ServerMessage};
+use crate::web::error::WebError;
+
+/// An agent must say HELLO this soon after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Malformed frames tolerated on one connection before it is closed.
+const MAX_BAD_FRAMES: u32 = 20;
+
+/// `GET /ws/agent`: authenticate the agent token, then upgrade.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !state.hub.admit_handshake() {
+        // Spread the retry over a few seconds so a herd does not come back together.
+        let retry = 1 + u64::from(rand::random::<u8>() % 5);
+        let mut response = WebError::Unavailable("too many agent connections at once".into()).into_response();
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
+    let Some(token) = bearer(&headers) else {
+        return WebError::Unauthorized.into_response();
+    };
+    let token = token.to_owned();
+    let agent = match state.db.read(move |c| store::authenticate(c, &token)).await {
+        Ok(Some(agent)) => agent,
+        Ok(None) => return WebError::Unauthorized.into_response(),
+        Err(e) => return WebError::from(e).into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // Small buffers: an idle agent costs a few KB instead of ~130 KB (STACK-NOTES.md).
+    ws.read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * protocol::MAX_FRAME_BYTES)
+        .max_message_size(protocol::MAX_FRAME_BYTES)
+        .max_frame_size(protocol::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| run(state, agent, socket))
+}
+
+/// The token from `Authorization: Bearer …`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+fn error_frame(code: &str, message: impl Into<String>) -> Message {
+    Message::Text(
+        protocol::encode(&ServerMessage::Error {
+            code: code.into(),
+            message: message.into(),
+        })
+        .into(),
+    )
+}
+
+async fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) {
+    let Some((hello, active)) = await_hello(&agent, &mut socket).await else {
+        return;
+    };
+    let now = now_ms();
+    let (id, info) = (agent.id, hello.clone());
+    if let Err(e) = state
+        .db
+        .write(move |tx| store::mark_online(tx, id, &info, now))
+        .await
+    {
+        tracing::error!(agent_id = agent.id, error = %e, "cannot record agent connection");
+        let _ = socket.send(close(1011, "server error")).await;
+        return;
+    }
+    let mut reg = state.hub.register(agent.id, agent.environment_id, now);
+    tracing::info!(agent_id = agent.id, agent = %agent.name, hostname = %hello.hostname, version = %hello.agent_version, "agent connected");
+    service::on_hello(&state, &agent, active).await;
+
+    let ping_every = Duration::from_secs(state.config.agents.ping_interval_secs);
+    let offline_after = i64::try_from(state.config.agents.offline_after_secs * 1000).unwrap_or(i64::MAX);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut bad_frames = 0u32;
+    let reason = loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let msg = match incoming {
+                    None => break "closed",
+                    Some(Err(e)) => {
+                        tracing::warn!(agent_id = agent.id, error = %e, "agent connection error");
+                        let _ = socket.send(close(1009, "frame too large or malformed")).await;
+                        break "error";
+                    }
+                    Some(Ok(msg)) => msg,
+                };
+                reg.last_seen.store(now_ms(), Ordering::Relaxed);
+                match msg {
+                    Message::Text(text) => {
+                        if let Err(reply) = handle_text(&state, &agent, text.as_str(), &mut socket).await {
+                            bad_frames += 1;
+                            let _ = socket.send(reply).await;
+                            if bad_frames > MAX_BAD_FRAMES {
+                                let _ = socket.send(close(1008, "too many invalid frames")).await;
+                                break "too many invalid frames";
+                            }
+                        }
+                    }
+                    Message::Binary(_) => {
+                        tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
+                        let _ = socket.send(error_frame("bad_message", "binary frames are not part of the protocol")).await;
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => break "closed by agent",
+                }
+            }
+            out = reg.rx.recv() => match out {
+                Some(Outbound::Text(frame)) => {
+                    if socket.send(Message::Text(frame.as_str().into())).await.is_err() {
+                        break "send failed";
+                    }
+                }
+                Some(Outbound::Close(code, why)) => {
+                    let _ = socket.send(close(code, why)).await;
+                    break why;
+                }
+                None => break "hub dropped",
+            },
+            _ = ping.tick() => {
+                if now_ms() - reg.last_seen.load(Ordering::Relaxed) > offline_after {
+                    let _ = socket.send(close(1001, "heartbeat timeout")).await;
+                    break "heartbeat timeout";
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break "ping failed";
+                }
+            }
+            () = state.shutdown.cancelled() => {
+                let _ = socket.send(close(1001, protocol::CLOSE_SHUTDOWN)).await;
+                break protocol::CLOSE_SHUTDOWN;
+            }
+        }
+    };
+    let last_seen = reg.last_seen.load(Ordering::Relaxed);
+    if state.hub.unregister(agent.id, reg.conn_id, now_ms()) {
+        let id = agent.id;
+        if let Err(e) = state
+            .db
+            .write(move |tx| store::mark_offline(tx, id, last_seen))
+            .await
+        {
+            tracing::error!(agent_id = agent.id, error = %e, "cannot record agent disconnect");
+        }
+    }
+    tracing::info!(agent_id = agent.id, reason, "agent disconnected");
+}
+
+/// Wait for the first frame, which must be a HELLO in this protocol version.
+async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(HelloInfo, Option<Vec<i64>>)> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let text = match first {
+        Ok(Some(text)) => text,
+        Ok(None) => return None,
+        Err(_) => {
+            let _ = socket.send(close(1008, "no HELLO within 10 s")).await;
+            return None;
+        }
+    };
+    match protocol::decode_agent_message(text.as_str()) {
+        Ok(Incoming::Known(AgentMessage::Hello {
+            protocol,
+            agent_version,
+            hostname,
+            docker_version,
+            compose_version,
+            active_deployments,
+        })) => {
+            if protocol != PROTOCOL_VERSION {
+                tracing::warn!(
+                    agent_id = agent.id,
+                    protocol,
+                    "agent speaks an unsupported protocol version"
+                );
+                let message = format!(
+                    "this appliance speaks protocol {PROTOCOL_VERSION}, the agent speaks {protocol}: upgrade the agent \
+                     (download it from this appliance)"
+                );
+                let _ = socket.send(error_frame("protocol_unsupported", message)).await;
+                let _ = socket
+                    .send(close(1002, "unsupported protocol version: upgrade the agent"))
+                    .await;
+                return None;
+            }
+            let clip = |s: String| s.chars().take(200).collect::<String>();
+            let hello = HelloInfo {
+                agent_version: clip(agent_version),
+                hostname: clip(hostname),
+                docker_version: clip(docker_version),
+                compose_version: clip(compose_version),
+            };
+            Some((hello, active_deployments))
+        }
+        _ => {
+            tracing::warn!(agent_id = agent.id, "agent's first frame was not a HELLO");
+            let _ = socket
+                .send(error_frame("hello_required", "the first frame must be a HELLO"))
+                .await;
+            let _ = socket.send(close(1002, "HELLO required")).await;
+            None
+        }
+    }
+}
+
+/// Handle one text frame; `Err` carries the ERROR frame to answer a bad one with.
+async fn handle_text(
+    state: &AppState,
+    agent: &AgentIdentity,
+    text: &str,
+    socket: &mut WebSocket,
+) -> Result<(), Message> {
+    let msg = match protocol::decode_agent_message(text) {
+        Ok(Incoming::Known(msg)) => msg,
+        Ok(Incoming::Unknown(kind)) => {
+            tracing::warn!(agent_id = agent.id, kind = %kind.chars().take(40).collect::<String>(), "unknown message type from agent");
+            return Err(error_frame("unknown_type", "unknown message type"));
+        }
+        Err(e) => {
+            tracing::warn!(agent_id = agent.id, error = %e, "invalid frame from agent");
+            return Err(error_frame("bad_message", e.to_string()));
+        }
+    };
+    match msg {
+        AgentMessage::Hello { .. } => Ok(()),
+        AgentMessage::Log {
+            deployment_id,
+            seq,
+            stream,
+            line,
+        } => service::on_log(state, agent, deployment_id, seq, stream, &line)
+            .await
+            .map_err(|e| refused(agent, &e)),
+        AgentMessage::Status {
+            deployment_id,
+            status,
+            services,
+            error,
+            commit,
+        } => {
+            let ack = service::on_status(state, agent, deployment_id, status, services, error, commit)
+                .await
+                .map_err(|e| refused(agent, &e))?;
+            if ack {
+                let frame = protocol::encode(&ServerMessage::Ack { deployment_id });
+                let _ = socket.send(Message::Text(frame.into())).await;
+            }
+            Ok(())
+        }
+        AgentMessage::Error { code, .. } => {
+            // The message may quote compose output; only the code is logged.
+            tracing::warn!(agent_id = agent.id, code = %code.chars().take(60).collect::<String>(), "agent reported an error");
+            Ok(())
+        }
+    }
+}
+
+fn refused(agent: &AgentIdentity, e: &service::NotAssigned) -> Message {
+    tracing::warn!(
+        agent_id = agent.id,
+        deployment_id = e.0,
+        "agent reported for a deployment that is not its own: refused"
+    );
+    error_frame("not_assigned", e.to_string())
+}

@@ -1,0 +1,154 @@
+//! SQL for agents.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{AGENT_TOKEN_PREFIX, AgentError, AgentIdentity, AgentInfo, HelloInfo};
+use crate::crypto::{ct_eq, hash_token, random_token};
+use crate::db::{DbError, rfc3339};
+
+/// Create an agent bound to one environment; returns its id and the token (shown once).
+pub fn create(
+    tx: &Transaction<'_>,
+    environment_id: i64,
+    name: &str,
+    now: i64,
+) -> Result<(i64, String), AgentError> {
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM environments WHERE id = ?1)",
+        [environment_id],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Err(AgentError::EnvironmentNotFound);
+    }
+    let token = random_token(AGENT_TOKEN_PREFIX);
+    tx.execute(
+        "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![environment_id, name, hash_token(&token), now],
+    )?;
+    Ok((tx.last_insert_rowid(), token))
+}
+
+/// The live (not revoked) agent a token belongs to.
+pub fn authenticate(c: &Connection, token: &str) -> Result<Option<AgentIdentity>, DbError> {
+    if !token.starts_with(AGENT_TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let hash = hash_token(token);
+    let row = c
+        .query_row(
+            "SELECT id, name, environment_id, token_hash FROM agents WHERE token_hash = ?1 AND revoked_at IS NULL",
+            [&hash],
+            |r| Ok((AgentIdentity { id: r.get(0)?, name: r.get(1)?, environment_id: r.get(2)? }, r.get::<_, Vec<u8>>(3)?)),
+        )
+        .optional()?;
+    Ok(row
+        .filter(|(_, stored)| ct_eq(stored, &hash))
+        .map(|(agent, _)| agent))
+}
+
+const INFO_SELECT: &str = "SELECT a.id, a.name, a.environment_id, e.name, p.id, p.name, a.online, a.last_heartbeat,
+        a.agent_version, a.hostname, a.docker_version, a.compose_version, a.created_at, a.revoked_at IS NOT NULL
+     FROM agents a JOIN environments e ON e.id = a.environment_id JOIN projects p ON p.id = e.project_id";
+
+fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
+    Ok(AgentInfo {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        environment_id: r.get(2)?,
+        environment: r.get(3)?,
+        project_id: r.get(4)?,
+        project: r.get(5)?,
+        online: r.get(6)?,
+        last_heartbeat: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+        version: r.get(8)?,
+        hostname: r.get(9)?,
+        docker_version: r.get(10)?,
+        compose_version: r.get(11)?,
+        created_at: rfc3339(r.get(12)?),
+        revoked: r.get(13)?,
+    })
+}
+
+pub fn list(c: &Connection) -> Result<Vec<AgentInfo>, AgentError> {
+    let mut stmt = c.prepare(&format!("{INFO_SELECT} ORDER BY p.name, e.name, a.id"))?;
+    Ok(stmt.query_map([], info_from_row)?.collect::<Result<_, _>>()?)
+}
+
+pub fn get(c: &Connection, id: i64) -> Result<AgentInfo, AgentError> {
+    c.query_row(&format!("{INFO_SELECT} WHERE a.id = ?1"), [id], info_from_row)
+        .optional()?
+        .ok_or(AgentError::NotFound)
+}
+
+/// Live agents of an environment, oldest first.
+pub fn ids_for_environment(c: &Connection, environment_id: i64) -> Result<Vec<i64>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id FROM agents WHERE environment_id = ?1 AND revoked_at IS NULL ORDER BY id",
+    )?;
+    Ok(stmt
+        .query_map([environment_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Agents a project's deletion would remove (their connections must be closed).
+pub fn ids_for_project(c: &Connection, project_id: i64) -> Result<Vec<i64>, DbError> {
+    let mut stmt = c.prepare(
+        "SELECT a.id FROM agents a JOIN environments e ON e.id = a.environment_id WHERE e.project_id = ?1",
+    )?;
+    Ok(stmt
+        .query_map([project_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Last heartbeat stored for an agent (ms), for `agent_offline` errors.
+pub fn last_heartbeat(c: &Connection, id: i64) -> Result<Option<i64>, DbError> {
+    Ok(
+        c.query_row("SELECT last_heartbeat FROM agents WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .flatten(),
+    )
+}
+
+pub fn revoke(tx: &Transaction<'_>, id: i64, now: i64) -> Result<AgentInfo, AgentError> {
+    let before = get(tx, id)?;
+    tx.execute(
+        "UPDATE agents SET revoked_at = ?2, online = 0 WHERE id = ?1 AND revoked_at IS NULL",
+        params![id, now],
+    )?;
+    Ok(before)
+}
+
+pub fn mark_online(tx: &Transaction<'_>, id: i64, hello: &HelloInfo, now: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE agents SET online = 1, last_heartbeat = ?2, agent_version = ?3, hostname = ?4, docker_version = ?5,
+             compose_version = ?6 WHERE id = ?1",
+        params![id, now, hello.agent_version, hello.hostname, hello.docker_version, hello.compose_version],
+    )?;
+    Ok(())
+}
+
+pub fn mark_offline(tx: &Transaction<'_>, id: i64, last_seen: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE agents SET online = 0, last_heartbeat = MAX(IFNULL(last_heartbeat, 0), ?2) WHERE id = ?1",
+        params![id, last_seen],
+    )?;
+    Ok(())
+}
+
+/// At start no agent is connected to this process, whatever the last run left behind.
+pub fn mark_all_offline(tx: &Transaction<'_>) -> Result<(), DbError> {
+    tx.execute("UPDATE agents SET online = 0 WHERE online = 1", [])?;
+    Ok(())
+}
+
+/// Persist many heartbeats in one statement batch.
+pub fn record_heartbeats(tx: &Transaction<'_>, beats: &[(i64, i64)]) -> Result<(), DbError> {
+    let mut stmt = tx.prepare_cached("UPDATE agents SET last_heartbeat = ?2 WHERE id = ?1")?;
+    for (id, at) in beats {
+        stmt.execute(params![id, at])?;
+    }
+    Ok(())
+}

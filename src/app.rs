@@ -1,0 +1,175 @@
+//! The appliance as a whole: open the data dir, build the state, run the background tasks and
+//! the HTTP server, and stop them all cleanly on one shutdown signal.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{hub::Hub, store as agent_store};
+use crate::config::Config;
+use crate::db::{Db, DbError, now_ms};
+use crate::deploys::{logs::LogWriter, reaper};
+use crate::secrets::vault::{Vault, VaultError};
+
+/// Everything a request handler or background task may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub vault: Arc<Vault>,
+    pub hub: Arc<Hub>,
+    pub logs: LogWriter,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(
+        "another Stagely process is serving from {0} (its lock file is held); stop it first or use another data_dir"
+    )]
+    Locked(String),
+    #[error("cannot open lock file {path}: {source}")]
+    LockFile { path: String, source: std::io::Error },
+}
+
+/// Holds the data directory's lock for as long as the appliance runs.
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Take the exclusive lock on `<data_dir>/stagely.lock`, failing at once if it is held.
+    pub fn acquire(config: &Config) -> Result<DataDirLock, StartError> {
+        crate::db::create_private_dir(&config.data_dir)?;
+        let path = config.data_dir.join("stagely.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StartError::LockFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(_) => Err(StartError::Locked(config.data_dir.display().to_string())),
+        }
+    }
+}
+
+/// A started appliance: state plus its background tasks.
+pub struct App {
+    pub state: AppState,
+    tasks: Vec<JoinHandle<()>>,
+    _lock: DataDirLock,
+}
+
+impl App {
+    /// Open storage and vault (migrations first), then start the background tasks.
+    /// Must run inside a tokio runtime.
+    pub fn start(config: Config) -> Result<App, StartError> {
+        let lock = DataDirLock::acquire(&config)?;
+        let db = Db::open(&config.db_path())?;
+        let vault = Vault::open(&config.key_file, &db)?;
+        db.write_blocking(agent_store::mark_all_offline)?;
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(now_ms(), config.agents.max_handshakes_per_sec));
+        let (logs, log_task) = LogWriter::start(
+            db.clone(),
+            Duration::from_millis(config.deploys.log_flush_ms),
+            shutdown.clone(),
+        );
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            vault: Arc::new(vault),
+            hub,
+            logs,
+            shutdown,
+        };
+        let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
+        let tasks = vec![
+            log_task,
+            tokio::spawn(reaper::run(state.clone(), sweep_every)),
+            tokio::spawn(persist_heartbeats(state.clone())),
+        ];
+        Ok(App {
+            state,
+            tasks,
+            _lock: lock,
+        })
+    }
+
+    /// Serve until the shutdown token fires: stop accepting, let in-flight requests finish,
+    /// close agent sockets with a reason, drain the log writer.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let router = crate::web::router(self.state.clone());
+        let shutdown = self.state.shutdown.clone();
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        // Agent connection tasks watch the same token; give them a moment to send their close.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.state.hub.online_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Heartbeats live in memory; write them down once per ping period, in one transaction.
+async fn persist_heartbeats(state: AppState) {
+    let period = Duration::from_secs(state.config.agents.ping_interval_secs);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.cancelled() => break,
+        }
+        let beats = state.hub.heartbeats();
+        if beats.is_empty() {
+            continue;
+        }
+        if let Err(e) = state
+            .db
+            .write(move |tx| agent_store::record_heartbeats(tx, &beats))
+            .await
+        {
+            tracing::error!(error = %e, "cannot persist agent heartbeats");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,173 @@
+//! The `stagely` command line: `serve` and the admin commands. CLI glue, so `anyhow` is fine here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::{App, DataDirLock, shutdown_signal};
+use crate::config::{Config, Overrides};
+use crate::db::{Db, now_ms};
+use crate::users::{Role, tokens};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stagely",
+    version,
+    about = "Stagely appliance: deploy docker-compose projects onto your own servers"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without it, the embedded defaults apply (see stagely.toml.example).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, key file). Overrides `data_dir`.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance: web UI, JSON API and agent hub.
+    Serve {
+        /// Address to listen on. Overrides `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// URL people and agents use to reach this appliance. Overrides `public_url`.
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+    /// Administration on the data directory itself.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Print a new API token (shown once). Works while the server runs.
+    CreateToken {
+        /// A name to recognise the token by (e.g. "ci").
+        #[arg(long)]
+        name: String,
+        /// admin, member or viewer.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+    /// Re-encrypt every secret under a new master key. Stop the server first.
+    RotateKey,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stagely: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli, listen: Option<SocketAddr>, public_url: Option<String>) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        listen,
+        data_dir: cli.data_dir.clone(),
+        public_url,
+    };
+    Ok(Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?)
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve { listen, public_url } => {
+            let config = load_config(&cli, *listen, public_url.clone())?;
+            init_logging(&config);
+            serve(config)
+        }
+        Command::Admin(AdminCommand::CreateToken { name, role }) => {
+            let config = load_config(&cli, None, None)?;
+            let role =
+                Role::parse(role).with_context(|| format!("--role {role:?}: use admin, member or viewer"))?;
+            let name = name.trim();
+            anyhow::ensure!(
+                !name.is_empty() && name.len() <= 64,
+                "--name must be 1 to 64 characters"
+            );
+            let db = Db::open(&config.db_path())?;
+            let token = db.write_blocking(|tx| {
+                let now = now_ms();
+                let (id, token) = tokens::create(tx, name, role, None, now)?;
+                crate::audit::record(tx, now, "cli", "token.create", "api_token", Some(id), name)?;
+                Ok::<_, crate::db::DbError>(token)
+            })?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::RotateKey) => {
+            let config = load_config(&cli, None, None)?;
+            let _lock = DataDirLock::acquire(&config)?;
+            let db = Db::open(&config.db_path())?;
+            let report = crate::secrets::vault::rotate_key(&config.key_file, &db)?;
+            db.write_blocking(|tx| {
+                let detail = format!(
+                    "{} secrets re-encrypted to {}",
+                    report.secrets, report.new_recipient
+                );
+                crate::audit::record(tx, now_ms(), "cli", "vault.rotate", "vault", None, &detail)
+            })?;
+            println!(
+                "rotated the master key: {} secrets re-encrypted\nold public key: {}\nnew public key: {}\nkey file: {}",
+                report.secrets,
+                report.old_recipient,
+                report.new_recipient,
+                config.key_file.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let app = App::start(config)?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let shutdown = app.state.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+        });
+        tracing::info!(%addr, public_url = %app.state.config.public_url, data_dir = %app.state.config.data_dir.display(), "serving");
+        // One line on stdout that scripts and tests can wait for.
+        println!("stagely listening on http://{addr}");
+        app.serve(listener).await.context("server error")
+    })
+}

@@ -1,0 +1,398 @@
+//! Appliance configuration, layered once at start into an immutable [`Config`].
+//!
+//! Precedence, lowest first: embedded defaults → `stagely.toml` (`--config FILE`) →
+//! `STAGELY_*` environment variables (`__` nests: `STAGELY_AGENTS__PING_INTERVAL_SECS`) → flags.
+//! Loading never writes files. Every key is documented in `stagely.toml.example`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A bad configuration: always names the key and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Folder for the SQLite database (and, by default, the master key).
+    pub data_dir: PathBuf,
+    /// URL users and agents reach this appliance at. Empty: derived from `listen`.
+    pub public_url: String,
+    /// age identity file that encrypts every secret. Empty: `<data_dir>/master.key`.
+    pub key_file: PathBuf,
+    /// `tracing` filter, e.g. `info` or `stagely=debug,info`.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    pub agents: AgentsConfig,
+    pub deploys: DeploysConfig,
+    /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// WebSocket ping period.
+    pub ping_interval_secs: u64,
+    /// An agent with no pong (or any frame) for this long is offline.
+    pub offline_after_secs: u64,
+    /// New agent WebSocket handshakes accepted per second; the excess gets 503 + Retry-After.
+    pub max_handshakes_per_sec: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeploysConfig {
+    /// How long an agent that dropped mid-deploy has to reconnect and report before the
+    /// deployment is failed with `agent_lost`.
+    pub agent_lost_timeout_secs: u64,
+    /// How long a deployment may run at all before it is failed with `timeout`.
+    pub max_duration_secs: u64,
+    /// How often buffered log lines are written to SQLite (one transaction per flush).
+    pub log_flush_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./stagely-data"),
+            public_url: String::new(),
+            key_file: PathBuf::new(),
+            log_level: "info".into(),
+            log_format: "text".into(),
+            agents: AgentsConfig::default(),
+            deploys: DeploysConfig::default(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_secs: 20,
+            offline_after_secs: 60,
+            max_handshakes_per_sec: 200,
+        }
+    }
+}
+
+impl Default for DeploysConfig {
+    fn default() -> Self {
+        Self {
+            agent_lost_timeout_secs: 600,
+            max_duration_secs: 3600,
+            log_flush_ms: 100,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub public_url: Option<String>,
+}
+
+const ENV_PREFIX: &str = "STAGELY_";
+
+impl Config {
+    /// Layer defaults, the optional file, the given environment and flags; then validate.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match toml::Table::try_from(Config::default()) {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigError::Invalid {
+                    key: "<defaults>".into(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let from_file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            merge(&mut table, from_file);
+            // Deserialize the file's layer alone first so its errors name the file.
+            toml::Value::Table(table.clone())
+                .try_into::<Config>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+        }
+        let warnings = apply_env(&mut table, env)?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                key: "environment".into(),
+                message: e.to_string(),
+            })?;
+        config.warnings = warnings;
+        if let Some(listen) = flags.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(url) = &flags.public_url {
+            config.public_url = url.clone();
+        }
+        config.finish()
+    }
+
+    /// Fill derived values and check every rule that types alone do not express.
+    fn finish(mut self) -> Result<Config, ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        if self.key_file.as_os_str().is_empty() {
+            self.key_file = self.data_dir.join("master.key");
+        }
+        if self.public_url.is_empty() {
+            self.public_url = format!("http://{}", self.listen);
+        }
+        let url = self.public_url.trim_end_matches('/').to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+            return invalid(
+                "public_url",
+                "must be an http:// or https:// URL, e.g. https://stagely.example.com",
+            );
+        }
+        self.public_url = url;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return invalid("log_format", "allowed values are \"text\" and \"json\"");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return invalid(
+                "log_level",
+                "must be a tracing filter such as \"info\" or \"stagely=debug,info\"",
+            );
+        }
+        if self.agents.ping_interval_secs == 0 {
+            return invalid("agents.ping_interval_secs", "must be at least 1");
+        }
+        if self.agents.offline_after_secs <= self.agents.ping_interval_secs {
+            return invalid(
+                "agents.offline_after_secs",
+                "must be greater than agents.ping_interval_secs",
+            );
+        }
+        if self.agents.max_handshakes_per_sec == 0 {
+            return invalid("agents.max_handshakes_per_sec", "must be at least 1");
+        }
+        if self.deploys.log_flush_ms == 0 || self.deploys.log_flush_ms > 10_000 {
+            return invalid("deploys.log_flush_ms", "must be between 1 and 10000");
+        }
+        if self.deploys.agent_lost_timeout_secs == 0 || self.deploys.max_duration_secs == 0 {
+            return invalid("deploys", "timeouts must be at least 1 second");
+        }
+        Ok(self)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("stagely.db")
+    }
+
+    /// True when cookies must be `Secure`.
+    pub fn is_https(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+}
+
+fn invalid<T>(key: &str, message: &str) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    })
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+/// Overlay `STAGELY_*` variables onto keys that exist; warn about the ones that name no key.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let key = path.join(".");
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let slot = parents.iter().try_fold(&mut *table, |t, p| match t.get_mut(p) {
+            Some(toml::Value::Table(inner)) => Some(inner),
+            _ => None,
+        });
+        let Some((slot, existing)) = slot.and_then(|t| t.get(last.as_str()).cloned().map(|e| (t, e))) else {
+            // Not ours (e.g. STAGELY_AGENT_* for the agent binary): say so, do not fail.
+            warnings.push(format!(
+                "unknown environment variable {name} ignored (no config key {key})"
+            ));
+            continue;
+        };
+        let value = match existing {
+            toml::Value::Integer(_) => {
+                raw.trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| ConfigError::Invalid {
+                        key: key.clone(),
+                        message: format!("{name} must be a whole number"),
+                    })?
+            }
+            toml::Value::Boolean(_) => match raw.trim() {
+                "true" | "1" => toml::Value::Boolean(true),
+                "false" | "0" => toml::Value::Boolean(false),
+                _ => return invalid(&key, &format!("{name} must be true or false")),
+            },
+            _ => toml::Value::String(raw),
+        };
+        slot.insert(last.clone(), value);
+    }
+    Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::load(None, vec![], &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./stagely-data"));
+        assert_eq!(c.key_file, PathBuf::from("./stagely-data/master.key"));
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stagely.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/from/file\"\n[agents]\nping_interval_secs = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("STAGELY_DATA_DIR", "/from/env"),
+                ("STAGELY_AGENTS__OFFLINE_AFTER_SECS", "30"),
+            ]),
+            &Overrides {
+                public_url: Some("https://deploy.example.com/".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.agents.ping_interval_secs, 5);
+        assert_eq!(c.agents.offline_after_secs, 30);
+        assert_eq!(c.public_url, "https://deploy.example.com");
+        assert!(c.is_https());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err =
+            Config::load(None, env(&[("STAGELY_LISTEN", "nowhere")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("STAGELY_PUBLIC_URL", "ftp://x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("public_url"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("STAGELY_AGENTS__PING_INTERVAL_SECS", "soon")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("agents.ping_interval_secs"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "lissen = \"0.0.0.0:1\"\n").unwrap();
+        let err = Config::load(Some(&file), vec![], &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("lissen"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_variables_are_ignored() {
+        let c = Config::load(
+            None,
+            env(&[("STAGELY_NOPE", "1"), ("PATH", "/bin")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("STAGELY_NOPE"));
+    }
+
+    #[test]
+    fn example_file_parses_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("stagely.toml.example");
+        Config::load(Some(&path), vec![], &Overrides::default()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (key, value) in &defaults {
+            match value {
+                toml::Value::Table(t) => {
+                    assert!(text.contains(&format!("[{key}]")), "example lacks [{key}]");
+                    for sub in t.keys() {
+                        assert!(text.contains(&format!("{sub} =")), "example lacks {key}.{sub}");
+                    }
+                }
+                _ => assert!(text.contains(&format!("{key} =")), "example lacks {key}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! JSON API for deploys and deployments.
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{DeployError, Deployment, LogLine, service, store};
+use crate::app::AppState;
+use crate::db::rfc3339;
+use crate::users::Principal;
+use crate::web::error::WebError;
+
+impl From<DeployError> for WebError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::NotFound => WebError::NotFound("deployment"),
+            DeployError::ProjectNotFound => WebError::NotFound("project"),
+            DeployError::Invalid { field, message } => WebError::invalid(field, message),
+            e @ DeployError::NoAgent(_) => WebError::Conflict {
+                code: "no_agent",
+                message: e.to_string(),
+            },
+            ref e @ DeployError::AgentOffline { last_seen_ms, .. } => WebError::AgentOffline {
+                message: e.to_string(),
+                last_seen: last_seen_ms.map(rfc3339),
+            },
+            e @ DeployError::InProgress(_) => WebError::Conflict {
+                code: "deploy_in_progress",
+                message: e.to_string(),
+            },
+            DeployError::Vault(e) => e.into(),
+            DeployError::Db(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    #[serde(default)]
+    pub environment: Option<String>,
+}
+
+pub async fn deploy(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(project_id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, WebError> {
+    // The body is optional: `POST /api/deploy/1` with no body deploys the only environment.
+    let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DeployRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| WebError::invalid("body", format!("not a deploy request: {e}")))?
+    };
+    let environment = request.environment;
+    let id = service::trigger(&state, &who, project_id, environment).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "deployment_id": id }))))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Deployment>, WebError> {
+    Ok(axum::Json(state.db.read(move |c| store::get(c, id)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub environment_id: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Vec<Deployment>>, WebError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    Ok(axum::Json(
+        state
+            .db
+            .read(move |c| store::list(c, q.environment_id, limit))
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    /// Only lines with a larger sequence number (for paging and catching up).
+    pub after: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<LogsQuery>,
+) -> Result<axum::Json<Vec<LogLine>>, WebError> {
+    let after = q.after.unwrap_or(-1);
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+    let lines = state
+        .db
+        .read(move |c| {
+            store::get(c, id)?;
+            Ok::<_, DeployError>(store::logs(c, id, after, limit)?)
+        })
+        .await?;
+    Ok(axum::Json(lines))
+}

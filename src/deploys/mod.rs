@@ -1,0 +1,127 @@
+//! Deployments: the server half of the deploy sequence (trigger, lookup, dispatch), the log
+//! lines agents stream back, and their end.
+
+pub mod api;
+pub mod logs;
+pub mod mask;
+pub mod reaper;
+pub mod service;
+pub mod store;
+
+use serde::Serialize;
+
+use crate::db::DbError;
+use crate::protocol::ServiceState;
+use crate::secrets::vault::VaultError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployStatus {
+    /// Recorded and sent to the agent, which has not reported anything yet.
+    Queued,
+    /// The agent has started reporting.
+    Running,
+    Success,
+    Failed,
+}
+
+impl DeployStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployStatus::Queued => "queued",
+            DeployStatus::Running => "running",
+            DeployStatus::Success => "success",
+            DeployStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> DeployStatus {
+        match s {
+            "queued" => DeployStatus::Queued,
+            "running" => DeployStatus::Running,
+            "success" => DeployStatus::Success,
+            _ => DeployStatus::Failed,
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, DeployStatus::Success | DeployStatus::Failed)
+    }
+}
+
+/// Which version of which secret a deployment used (never the value).
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretVersion {
+    pub secret_id: i64,
+    pub key: String,
+    pub scope: String,
+    pub service: Option<String>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub id: i64,
+    pub project_id: i64,
+    pub project: String,
+    pub environment_id: i64,
+    pub environment: String,
+    pub agent_id: Option<i64>,
+    pub status: DeployStatus,
+    pub git_ref: String,
+    pub commit: Option<String>,
+    pub error: Option<String>,
+    pub services: Vec<ServiceState>,
+    pub triggered_by: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub secrets: Vec<SecretVersion>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub seq: i64,
+    pub stream: String,
+    pub line: String,
+    pub at: String,
+}
+
+/// What live viewers of a deployment receive.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    Line(LogLine),
+    Finished {
+        status: DeployStatus,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("deployment not found")]
+    NotFound,
+    #[error("project not found")]
+    ProjectNotFound,
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("environment {0:?} has no agent; create one with POST /api/environments/{{id}}/agents")]
+    NoAgent(String),
+    #[error("the agent for environment {environment:?} is offline (last seen {last_seen})")]
+    AgentOffline {
+        environment: String,
+        last_seen: String,
+        last_seen_ms: Option<i64>,
+    },
+    #[error("a deploy of environment {0:?} is already in progress")]
+    InProgress(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<rusqlite::Error> for DeployError {
+    fn from(e: rusqlite::Error) -> Self {
+        DeployError::Db(e.into())
+    }
+}

@@ -1,0 +1,50 @@
+//! No deployment stays unfinished forever: the reaper fails those whose agent has been gone
+//! longer than `agent_lost_timeout_secs` (`agent_lost`) or that ran past `max_duration_secs`
+//! (`timeout`). It works from the database, so deployments interrupted by a restart are covered:
+//! their agents count as gone since this process started.
+
+use std::time::Duration;
+
+use super::{service, store};
+use crate::app::AppState;
+use crate::db::now_ms;
+
+/// Run until shutdown, checking every `period`.
+pub async fn run(state: AppState, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => sweep(&state, now_ms()).await,
+            () = state.shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// One pass: fail what is overdue as of `now`.
+pub async fn sweep(state: &AppState, now: i64) {
+    let rows = match state.db.read(store::unfinished).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "reaper cannot list unfinished deployments");
+            return;
+        }
+    };
+    let lost_after = i64::try_from(state.config.deploys.agent_lost_timeout_secs * 1000).unwrap_or(i64::MAX);
+    let max_age = i64::try_from(state.config.deploys.max_duration_secs * 1000).unwrap_or(i64::MAX);
+    for (id, environment_id, agent_id, created) in rows {
+        let verdict = if now - created > max_age {
+            Some("timeout")
+        } else {
+            match agent_id.map(|a| state.hub.offline_since(a)) {
+                None => Some("agent_lost"),
+                Some(Some(since)) if now - since > lost_after => Some("agent_lost"),
+                _ => None,
+            }
+        };
+        if let Some(error) = verdict {
+            tracing::warn!(deployment_id = id, error, "failing overdue deployment");
+            service::end_by_server(state, id, environment_id, error).await;
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! SQL for deployments, the secret versions they used, and their log lines.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{DeployError, DeployStatus, Deployment, LogLine, SecretVersion};
+use crate::db::{DbError, rfc3339};
+use crate::protocol::ServiceState;
+use crate::secrets::store::SealedSecret;
+
+pub struct NewDeployment<'a> {
+    pub project_id: i64,
+    pub environment_id: i64,
+    pub environment: &'a str,
+    pub agent_id: i64,
+    pub git_ref: &'a str,
+    pub triggered_by: &'a str,
+}
+
+/// Record a deployment as `queued` with the versions of the secrets it uses. A second active
+/// deployment of the same environment breaks a unique index and becomes `InProgress`.
+pub fn insert(
+    tx: &Transaction<'_>,
+    d: &NewDeployment<'_>,
+    secrets: &[SealedSecret],
+    now: i64,
+) -> Result<i64, DeployError> {
+    tx.execute(
+        "INSERT INTO deployments (project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+        params![d.project_id, d.environment_id, d.agent_id, d.git_ref, d.triggered_by, now],
+    )
+    .map_err(|e| {
+        let e = DbError::from(e);
+        if e.is_constraint() { DeployError::InProgress(d.environment.to_owned()) } else { DeployError::Db(e) }
+    })?;
+    let id = tx.last_insert_rowid();
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO deployment_secrets (deployment_id, secret_id, key, scope, service, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for s in secrets {
+        stmt.execute(params![id, s.id, s.key, s.scope.as_str(), s.service, s.version])?;
+    }
+    Ok(id)
+}
+
+const SELECT: &str = "SELECT d.id, d.project_id, p.name, d.environment_id, e.name, d.agent_id, d.status, d.git_ref,
+        d.commit_sha, d.error, d.services, d.triggered_by, d.created_at, d.finished_at
+     FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
+    let services: Option<String> = r.get(10)?;
+    Ok(Deployment {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        project: r.get(2)?,
+        environment_id: r.get(3)?,
+        environment: r.get(4)?,
+        agent_id: r.get(5)?,
+        status: DeployStatus::parse(&r.get::<_, String>(6)?),
+        git_ref: r.get(7)?,
+        commit: r.get(8)?,
+        error: r.get(9)?,
+        services: services
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        triggered_by: r.get(11)?,
+        created_at: rfc3339(r.get(12)?),
+        finished_at: r.get::<_, Option<i64>>(13)?.map(rfc3339),
+        secrets: Vec::new(),
+    })
+}
+
+pub fn get(c: &Connection, id: i64) -> Result<Deployment, DeployError> {
+    let mut d = c
+        .query_row(&format!("{SELECT} WHERE d.id = ?1"), [id], from_row)
+        .optional()?
+        .ok_or(DeployError::NotFound)?;
+    let mut stmt = c.prepare_cached(
+        "SELECT secret_id, key, scope, service, version FROM deployment_secrets WHERE deployment_id = ?1 ORDER BY rowid",
+    )?;
+    d.secrets = stmt
+        .query_map([id], |r| {
+            Ok(SecretVersion {
+                secret_id: r.get(0)?,
+                key: r.get(1)?,
+                scope: r.get(2)?,
+                service: r.get(3)?,
+                version: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(d)
+}
+
+/// Newest first; optionally only one environment's.
+pub fn list(c: &Connection, environment_id: Option<i64>, limit: i64) -> Result<Vec<Deployment>, DeployError> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{SELECT} WHERE ?1 IS NULL OR d.environment_id = ?1 ORDER BY d.id DESC LIMIT ?2"
+    ))?;
+    Ok(stmt
+        .query_map(params![environment_id, limit], from_row)?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Log lines in order, after `after_seq`, at most `limit`.
+pub fn logs(c: &Connection, deployment_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, stream, line, at FROM deployment_logs WHERE deployment_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![deployment_id, after_seq, limit], |r| {
+        Ok(LogLine {
+            seq: r.get(0)?,
+            stream: r.get(1)?,
+            line: r.get(2)?,
+            at: rfc3339(r.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One buffered log line on its way to the store (already masked).
+#[derive(Debug, Clone)]
+pub struct PendingLine {
+    pub deployment_id: i64,
+    pub seq: i64,
+    pub stream: &'static str,
+    pub line: String,
+    pub at: i64,
+}
+
+/// Store lines (a resent line with a known seq is ignored) and mark their deployments running.
+pub fn write_lines(tx: &Transaction<'_>, lines: &[PendingLine]) -> Result<(), DbError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO deployment_logs (deployment_id, seq, stream, line, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut running =
+        tx.prepare_cached("UPDATE deployments SET status = 'running' WHERE id = ?1 AND status = 'queued'")?;
+    let mut last = None;
+    for l in lines {
+        insert.execute(params![l.deployment_id, l.seq, l.stream, l.line, l.at])?;
+        if last != Some(l.deployment_id) {
+            running.execute([l.deployment_id])?;
+            last = Some(l.deployment_id);
+        }
+    }
+    Ok(())
+}
+
+/// The end of a deployment as reported (or decided by the server).
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub deployment_id: i64,
+    pub status: DeployStatus,
+    pub error: Option<String>,
+    pub services: Vec<ServiceState>,
+    pub commit: Option<String>,
+    pub at: i64,
+}
+
+/// Finish a deployment that is still active; false when it had already finished.
+pub fn finish(tx: &Transaction<'_>, f: &Finish) -> Result<bool, DbError> {
+    let services = serde_json::to_string(&f.services).unwrap_or_else(|_| "[]".into());
+    let n = tx.execute(
+        "UPDATE deployments SET status = ?2, error = ?3, services = ?4, commit_sha = IFNULL(?5, commit_sha), finished_at = ?6
+         WHERE id = ?1 AND status IN ('queued', 'running')",
+        params![f.deployment_id, f.status.as_str(), f.error, services, f.commit, f.at],
+    )?;
+    Ok(n == 1)
+}
+
+/// A deployment not yet finished: `(id, environment id, agent id, created ms)`.
+pub type Unfinished = (i64, i64, Option<i64>, i64);
+
+pub fn unfinished(c: &Connection) -> Result<Vec<Unfinished>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, environment_id, agent_id, created_at FROM deployments WHERE status IN ('queued', 'running')",
+    )?;
+    Ok(stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Who a deployment belongs to and whether it is still active: `(agent id, environment id, status)`.
+pub fn owner(
+    c: &Connection,
+    deployment_id: i64,
+) -> Result<Option<(Option<i64>, i64, DeployStatus)>, DbError> {
+    Ok(c.query_row(
+        "SELECT agent_id, environment_id, status FROM deployments WHERE id = ?1",
+        [deployment_id],
+        |r| Ok((r.get(0)?, r.get(1)?, DeployStatus::parse(&r.get::<_, String>(2)?))),
+    )
+    .optional()?)
+}

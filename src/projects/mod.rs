@@ -1,0 +1,307 @@
+//! Projects (a compose project in a repository or at a path) and their environments.
+
+pub mod api;
+pub mod store;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::db::DbError;
+use crate::protocol::PullPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("project not found")]
+    NotFound,
+    #[error("environment not found")]
+    EnvironmentNotFound,
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("a project named {0:?} already exists")]
+    NameTaken(String),
+    #[error("this project already has an environment named {0:?}")]
+    EnvironmentTaken(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<rusqlite::Error> for ProjectError {
+    fn from(e: rusqlite::Error) -> Self {
+        ProjectError::Db(e.into())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
+    pub repo_url: Option<String>,
+    pub git_ref: String,
+    pub compose_path: String,
+    pub pull: PullPolicy,
+    pub created_at: String,
+    pub updated_at: String,
+    pub environments: Vec<Environment>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    pub id: i64,
+    pub project_id: i64,
+    pub name: String,
+    /// Overrides the project's ref for this environment.
+    pub git_ref: Option<String>,
+}
+
+/// Fields of a project, as given by a create request or after applying a patch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectInput {
+    pub name: String,
+    #[serde(default)]
+    pub repo_url: Option<String>,
+    #[serde(default)]
+    pub git_ref: Option<String>,
+    #[serde(default)]
+    pub compose_path: Option<String>,
+    #[serde(default)]
+    pub pull: Option<String>,
+}
+
+/// A partial update: absent fields stay; `"repo_url": null` clears the repository.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectPatch {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub repo_url: Option<Option<String>>,
+    pub git_ref: Option<String>,
+    pub compose_path: Option<String>,
+    pub pull: Option<String>,
+}
+
+fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// A validated project, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidProject {
+    pub name: String,
+    pub repo_url: Option<String>,
+    pub git_ref: String,
+    pub compose_path: String,
+    pub pull: PullPolicy,
+}
+
+fn invalid<T>(field: &'static str, message: impl Into<String>) -> Result<T, ProjectError> {
+    Err(ProjectError::Invalid {
+        field,
+        message: message.into(),
+    })
+}
+
+/// Lowercase letters, digits, `-` and `_`, starting with a letter or digit: safe in URLs, paths
+/// and compose project names.
+pub fn validate_slug(field: &'static str, value: &str, max: usize) -> Result<String, ProjectError> {
+    let v = value.trim();
+    let ok_chars = v
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let ok_start = v
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if v.is_empty() || v.len() > max || !ok_chars || !ok_start {
+        return invalid(
+            field,
+            format!("use 1 to {max} lowercase letters, digits, '-' or '_', starting with a letter or digit"),
+        );
+    }
+    Ok(v.to_owned())
+}
+
+/// A branch, tag or commit. Never starts with `-` (it goes to git as an argument).
+pub fn validate_git_ref(field: &'static str, value: &str) -> Result<String, ProjectError> {
+    let v = value.trim();
+    let ok = !v.is_empty()
+        && v.len() <= 200
+        && !v.starts_with(['-', '/'])
+        && !v.ends_with(['/', '.'])
+        && !v.contains("..")
+        && !v.contains("@{")
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._/-+".contains(c));
+    if !ok {
+        return invalid(
+            field,
+            "must be a branch, tag or commit such as main, v1.2.0 or release/2026-11",
+        );
+    }
+    Ok(v.to_owned())
+}
+
+fn validate_repo_url(value: &str) -> Result<String, ProjectError> {
+    let v = value.trim();
+    let scheme_ok = ["https://", "http://", "ssh://", "git://", "file://"]
+        .iter()
+        .any(|s| v.starts_with(s))
+        || (v.contains('@') && v.contains(':') && !v.contains("://"));
+    if v.is_empty()
+        || v.len() > 2000
+        || v.starts_with('-')
+        || v.chars().any(char::is_whitespace)
+        || !scheme_ok
+    {
+        return invalid(
+            "repo_url",
+            "must be a git URL (https://, ssh://, git@host:path or file://)",
+        );
+    }
+    if let Some(rest) = v.split_once("://").map(|(_, r)| r) {
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        {
+            return invalid(
+                "repo_url",
+                "must not contain a password or token; store it as the secret STAGELY_GIT_TOKEN instead",
+            );
+        }
+    }
+    Ok(v.to_owned())
+}
+
+fn validate_compose_path(value: &str, has_repo: bool) -> Result<String, ProjectError> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 1000 || v.contains('\0') || v.starts_with('-') {
+        return invalid("compose_path", "must be a path to a compose file");
+    }
+    if v.split('/').any(|part| part == "..") {
+        return invalid("compose_path", "must not contain '..'");
+    }
+    match (has_repo, v.starts_with('/')) {
+        (true, true) => invalid(
+            "compose_path",
+            "must be relative to the repository root when repo_url is set",
+        ),
+        (false, false) => invalid(
+            "compose_path",
+            "must be an absolute path on the target server when there is no repo_url",
+        ),
+        _ => Ok(v.to_owned()),
+    }
+}
+
+impl ProjectInput {
+    pub fn validate(&self) -> Result<ValidProject, ProjectError> {
+        let name = validate_slug("name", &self.name, 63)?;
+        let repo_url = match self.repo_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) => Some(validate_repo_url(url)?),
+        };
+        let git_ref = validate_git_ref("git_ref", self.git_ref.as_deref().unwrap_or("main"))?;
+        let compose_path = match (self.compose_path.as_deref(), repo_url.is_some()) {
+            (Some(p), has_repo) => validate_compose_path(p, has_repo)?,
+            (None, true) => "docker-compose.yml".to_owned(),
+            (None, false) => {
+                return invalid(
+                    "compose_path",
+                    "is required (an absolute path on the target server) when there is no repo_url",
+                );
+            }
+        };
+        let pull = match self.pull.as_deref() {
+            None => PullPolicy::Always,
+            Some(p) => match PullPolicy::parse(p) {
+                Some(p) => p,
+                None => return invalid("pull", "allowed values are \"always\", \"missing\" and \"never\""),
+            },
+        };
+        Ok(ValidProject {
+            name,
+            repo_url,
+            git_ref,
+            compose_path,
+            pull,
+        })
+    }
+}
+
+impl ProjectPatch {
+    /// The full input this patch produces when applied to `current`.
+    pub fn apply(self, current: &Project) -> ProjectInput {
+        ProjectInput {
+            name: self.name.unwrap_or_else(|| current.name.clone()),
+            repo_url: self.repo_url.unwrap_or_else(|| current.repo_url.clone()),
+            git_ref: Some(self.git_ref.unwrap_or_else(|| current.git_ref.clone())),
+            compose_path: Some(self.compose_path.unwrap_or_else(|| current.compose_path.clone())),
+            pull: Some(self.pull.unwrap_or_else(|| current.pull.as_str().to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, repo: Option<&str>, path: Option<&str>) -> ProjectInput {
+        ProjectInput {
+            name: name.into(),
+            repo_url: repo.map(Into::into),
+            git_ref: None,
+            compose_path: path.map(Into::into),
+            pull: None,
+        }
+    }
+
+    #[test]
+    fn defaults_and_rules() {
+        let p = input("shop", Some("https://github.com/acme/shop.git"), None)
+            .validate()
+            .unwrap();
+        assert_eq!(
+            (p.git_ref.as_str(), p.compose_path.as_str(), p.pull),
+            ("main", "docker-compose.yml", PullPolicy::Always)
+        );
+        assert!(
+            input("shop", None, Some("/srv/shop/compose.yaml"))
+                .validate()
+                .is_ok()
+        );
+        for (bad, field) in [
+            (input("Shop!", None, Some("/x")), "name"),
+            (input("", None, Some("/x")), "name"),
+            (input("shop", None, None), "compose_path"),
+            (input("shop", None, Some("relative.yml")), "compose_path"),
+            (
+                input("shop", Some("https://x/y"), Some("/abs.yml")),
+                "compose_path",
+            ),
+            (
+                input("shop", Some("https://x/y"), Some("../up.yml")),
+                "compose_path",
+            ),
+            (input("shop", Some("--upload-pack=evil"), None), "repo_url"),
+            (
+                input("shop", Some("https://bob:hunter2@github.com/a/b"), None),
+                "repo_url",
+            ),
+        ] {
+            match bad.validate() {
+                Err(ProjectError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad:?}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+        let mut p = input("shop", None, Some("/x"));
+        p.git_ref = Some("-c core.sshCommand=evil".into());
+        assert!(p.validate().is_err());
+        p.git_ref = Some("release/2026.11".into());
+        assert!(p.validate().is_ok());
+        p.pull = Some("sometimes".into());
+        assert!(matches!(
+            p.validate(),
+            Err(ProjectError::Invalid { field: "pull", .. })
+        ));
+    }
+}

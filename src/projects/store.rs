@@ -1,0 +1,161 @@
+//! SQL for projects and environments.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{Environment, Project, ProjectError, ValidProject};
+use crate::db::{DbError, rfc3339};
+use crate::protocol::PullPolicy;
+
+const PROJECT_COLUMNS: &str = "id, name, repo_url, git_ref, compose_path, pull, created_at, updated_at";
+
+fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        repo_url: r.get(2)?,
+        git_ref: r.get(3)?,
+        compose_path: r.get(4)?,
+        pull: PullPolicy::parse(&r.get::<_, String>(5)?).unwrap_or_default(),
+        created_at: rfc3339(r.get(6)?),
+        updated_at: rfc3339(r.get(7)?),
+        environments: Vec::new(),
+    })
+}
+
+fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, project_id, name, git_ref FROM environments WHERE project_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([project_id], |r| {
+        Ok(Environment {
+            id: r.get(0)?,
+            project_id: r.get(1)?,
+            name: r.get(2)?,
+            git_ref: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn get(c: &Connection, id: i64) -> Result<Project, ProjectError> {
+    let mut project = c
+        .query_row(
+            &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
+            [id],
+            project_from_row,
+        )
+        .optional()?
+        .ok_or(ProjectError::NotFound)?;
+    project.environments = environments_of(c, id)?;
+    Ok(project)
+}
+
+pub fn list(c: &Connection) -> Result<Vec<Project>, ProjectError> {
+    let mut stmt = c.prepare(&format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name"))?;
+    let mut projects: Vec<Project> = stmt.query_map([], project_from_row)?.collect::<Result<_, _>>()?;
+    for p in &mut projects {
+        p.environments = environments_of(c, p.id)?;
+    }
+    Ok(projects)
+}
+
+pub fn insert(tx: &Transaction<'_>, p: &ValidProject, now: i64) -> Result<i64, ProjectError> {
+    tx.execute(
+        "INSERT INTO projects (name, repo_url, git_ref, compose_path, pull, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        params![
+            p.name,
+            p.repo_url,
+            p.git_ref,
+            p.compose_path,
+            p.pull.as_str(),
+            now
+        ],
+    )
+    .map_err(|e| name_taken(e, &p.name))?;
+    Ok(tx.last_insert_rowid())
+}
+
+pub fn update(tx: &Transaction<'_>, id: i64, p: &ValidProject, now: i64) -> Result<(), ProjectError> {
+    let n = tx
+        .execute(
+            "UPDATE projects SET name = ?2, repo_url = ?3, git_ref = ?4, compose_path = ?5, pull = ?6, updated_at = ?7
+             WHERE id = ?1",
+            params![id, p.name, p.repo_url, p.git_ref, p.compose_path, p.pull.as_str(), now],
+        )
+        .map_err(|e| name_taken(e, &p.name))?;
+    if n == 0 {
+        return Err(ProjectError::NotFound);
+    }
+    Ok(())
+}
+
+pub fn delete(tx: &Transaction<'_>, id: i64) -> Result<(), ProjectError> {
+    match tx.execute("DELETE FROM projects WHERE id = ?1", [id])? {
+        0 => Err(ProjectError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+fn name_taken(e: rusqlite::Error, name: &str) -> ProjectError {
+    let e = DbError::from(e);
+    if e.is_constraint() {
+        ProjectError::NameTaken(name.to_owned())
+    } else {
+        ProjectError::Db(e)
+    }
+}
+
+pub fn insert_environment(
+    tx: &Transaction<'_>,
+    project_id: i64,
+    name: &str,
+    git_ref: Option<&str>,
+    now: i64,
+) -> Result<i64, ProjectError> {
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM projects WHERE id = ?1)",
+        [project_id],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Err(ProjectError::NotFound);
+    }
+    tx.execute(
+        "INSERT INTO environments (project_id, name, git_ref, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![project_id, name, git_ref, now],
+    )
+    .map_err(|e| {
+        let e = DbError::from(e);
+        if e.is_constraint() {
+            ProjectError::EnvironmentTaken(name.to_owned())
+        } else {
+            ProjectError::Db(e)
+        }
+    })?;
+    Ok(tx.last_insert_rowid())
+}
+
+pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectError> {
+    c.query_row(
+        "SELECT id, project_id, name, git_ref FROM environments WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Environment {
+                id: r.get(0)?,
+                project_id: r.get(1)?,
+                name: r.get(2)?,
+                git_ref: r.get(3)?,
+            })
+        },
+    )
+    .optional()?
+    .ok_or(ProjectError::EnvironmentNotFound)
+}
+
+pub fn delete_environment(tx: &Transaction<'_>, id: i64) -> Result<(), ProjectError> {
+    match tx.execute("DELETE FROM environments WHERE id = ?1", [id])? {
+        0 => Err(ProjectError::EnvironmentNotFound),
+        _ => Ok(()),
+    }
+}

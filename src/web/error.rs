@@ -1,0 +1,142 @@
+//! One error type for every HTTP surface, each variant mapped to its status on purpose.
+//!
+//! JSON callers get `{"error":{"code","message"}}`. Internal errors are logged once with a
+//! request id and shown only as that id: their text may name files or SQL, never a secret
+//! (no error type in this crate carries a secret value).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("you are not allowed to do this")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 409 `agent_offline`, carrying when the agent was last seen.
+    #[error("{message}")]
+    AgentOffline {
+        message: String,
+        last_seen: Option<String>,
+    },
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooMany { retry_after_secs: u64 },
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl WebError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        WebError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden => StatusCode::FORBIDDEN,
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            WebError::Conflict { .. } | WebError::AgentOffline { .. } => StatusCode::CONFLICT,
+            WebError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            WebError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            WebError::Unauthorized => "unauthorized",
+            WebError::Forbidden => "forbidden",
+            WebError::NotFound(_) => "not_found",
+            WebError::Invalid { .. } => "invalid_field",
+            WebError::Conflict { code, .. } => code,
+            WebError::AgentOffline { .. } => "agent_offline",
+            WebError::TooMany { .. } => "rate_limited",
+            WebError::Unavailable(_) => "unavailable",
+            WebError::Internal(_) => "internal",
+        }
+    }
+
+    /// What the caller may see. Internal details are replaced by a request id.
+    pub fn public_message(&self, request_id: &str) -> String {
+        match self {
+            WebError::Internal(_) => format!("internal error (request id {request_id}); see the server log"),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<DbError> for WebError {
+    fn from(e: DbError) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::secrets::vault::VaultError> for WebError {
+    fn from(e: crate::secrets::vault::VaultError) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
+/// A short random id tying a logged internal error to what the user saw.
+pub fn request_id() -> String {
+    let bytes: [u8; 6] = rand::random();
+    hex::encode(bytes)
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let id = request_id();
+        if let WebError::Internal(detail) = &self {
+            tracing::error!(request_id = %id, error = %detail, "internal error");
+        }
+        let mut body = json!({"error": {"code": self.code(), "message": self.public_message(&id)}});
+        match &self {
+            WebError::Invalid { field, .. } => body["error"]["field"] = json!(field),
+            WebError::AgentOffline { last_seen, .. } => body["error"]["last_seen"] = json!(last_seen),
+            _ => {}
+        }
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let WebError::TooMany { retry_after_secs } = self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}
+
+/// A JSON body extractor whose rejections use the same error shape (and name the field).
+pub struct Json<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = WebError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) => Err(WebError::invalid(
+                "body",
+                crate::redact::serde_message(&rejection.body_text()),
+            )),
+        }
+    }
+}
