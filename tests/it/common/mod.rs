@@ -1,0 +1,406 @@
+//! Test harness: a real appliance (in-process on 127.0.0.1:0, or as a `stagely serve` process),
+//! a real SQLite file in a temp dir, an HTTP client, and a protocol-level agent on a real
+//! WebSocket. No fixed ports, no sleeps to "wait for start": tests wait on conditions.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use stagely::app::App;
+use stagely::config::{Config, Overrides};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Poll `check` until it returns `Some`, or panic after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An HTTP client bound to one appliance URL and API token.
+#[derive(Clone)]
+pub struct Api {
+    pub url: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(url: &str, token: &str) -> Api {
+        Api {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Api {
+        Api::new(&self.url, token)
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request failed");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// POST that must answer `expect`; returns the body.
+    pub async fn ok(&self, path: &str, body: Value, expect: u16) -> Value {
+        let (status, v) = self.post(path, body).await;
+        assert_eq!(status, expect, "POST {path}: {v}");
+        v
+    }
+
+    /// Create a project with environments; returns (project id, [environment ids]).
+    pub async fn project(&self, name: &str, envs: &[&str]) -> (i64, Vec<i64>) {
+        let p = self
+            .ok(
+                "/api/projects",
+                json!({"name": name, "compose_path": format!("/srv/{name}/compose.yaml")}),
+                201,
+            )
+            .await;
+        let pid = p["id"].as_i64().unwrap();
+        let mut ids = Vec::new();
+        for env in envs {
+            let e = self
+                .ok(
+                    &format!("/api/projects/{pid}/environments"),
+                    json!({"name": env}),
+                    201,
+                )
+                .await;
+            ids.push(e["id"].as_i64().unwrap());
+        }
+        (pid, ids)
+    }
+
+    /// Create an agent for an environment; returns (agent id, token).
+    pub async fn agent(&self, env_id: i64, name: &str) -> (i64, String) {
+        let a = self
+            .ok(
+                &format!("/api/environments/{env_id}/agents"),
+                json!({"name": name}),
+                201,
+            )
+            .await;
+        (a["id"].as_i64().unwrap(), a["token"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn wait_online(&self, agent_id: i64) {
+        let api = self.clone();
+        wait_for("agent online", WAIT, || {
+            let api = api.clone();
+            async move {
+                let (_, agents) = api.get("/api/agents").await;
+                agents
+                    .as_array()?
+                    .iter()
+                    .find(|a| a["id"] == agent_id && a["online"] == true)
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    /// Wait until the deployment has finished; returns it.
+    pub async fn wait_finished(&self, id: i64, timeout: Duration) -> Value {
+        let api = self.clone();
+        wait_for("deployment to finish", timeout, || {
+            let api = api.clone();
+            async move {
+                let (_, d) = api.get(&format!("/api/deployments/{id}")).await;
+                matches!(d["status"].as_str(), Some("success" | "failed")).then_some(d)
+            }
+        })
+        .await
+    }
+}
+
+/// An appliance running inside the test process.
+pub struct TestServer {
+    pub api: Api,
+    pub dir: tempfile::TempDir,
+    app: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides {
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        };
+        let mut config = Config::load(None, Vec::new(), &overrides).unwrap();
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = App::start(config).unwrap();
+        let shutdown = app.state.shutdown.clone();
+        let token = admin_token(&dir.path().join("data"));
+        let handle = tokio::spawn(app.serve(listener));
+        TestServer {
+            api: Api::new(&url, &token),
+            dir,
+            app: Some(handle),
+            shutdown,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.app.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A new admin API token made by the real CLI on the data dir.
+pub fn admin_token(data_dir: &Path) -> String {
+    cli_token(data_dir, "test-admin", "admin")
+}
+
+pub fn cli_token(data_dir: &Path, name: &str, role: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagely"))
+        .args([
+            "admin",
+            "create-token",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "create-token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `stagely serve` as a real process, its stderr kept in a file.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Start on `listen` (use "127.0.0.1:0" for any port) with extra `STAGELY_*` variables.
+    pub async fn spawn(data_dir: &Path, listen: &str, env: &[(&str, &str)], log: &Path) -> ServerProcess {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely"));
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .env("STAGELY_LOG_LEVEL", "debug")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("stagely listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!(
+                "server exited before listening; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        })
+        .await
+        .expect("server did not start");
+        ServerProcess {
+            child,
+            url,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("server did not stop")
+            .unwrap()
+    }
+
+    /// SIGKILL: the crash case.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol-level agent on a real WebSocket.
+pub struct TestAgent {
+    pub ws: Ws,
+}
+
+impl TestAgent {
+    pub async fn dial(url: &str, token: &str) -> Result<Ws, tungstenite::Error> {
+        let ws_url = format!("{}/ws/agent", url.replacen("http", "ws", 1));
+        let mut req = ws_url.into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        Ok(tokio_tungstenite::connect_async(req).await?.0)
+    }
+
+    /// Connect and say HELLO (optionally listing the deployments it still holds).
+    pub async fn connect(url: &str, token: &str, active: Option<Vec<i64>>) -> TestAgent {
+        let ws = Self::dial(url, token).await.expect("agent could not connect");
+        let mut agent = TestAgent { ws };
+        let mut hello = json!({"type": "HELLO", "protocol": 1, "agent_version": "test", "hostname": "test-host",
+            "docker_version": "0", "compose_version": "0"});
+        if let Some(active) = active {
+            hello["active_deployments"] = json!(active);
+        }
+        agent.send(hello).await;
+        agent
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: String) -> Result<(), tungstenite::Error> {
+        self.ws.send(Message::Text(text.into())).await
+    }
+
+    /// The next JSON frame within `timeout` (pings skipped); `None` on timeout or close.
+    pub async fn recv_within(&mut self, timeout: Duration) -> Option<Value> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(WAIT).await.expect("no frame from server")
+    }
+
+    /// Wait for the close frame; returns its reason.
+    pub async fn closed_reason(&mut self) -> String {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => return frame.reason.to_string(),
+                    Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return String::new(),
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("connection was not closed")
+    }
+
+    pub async fn log(&mut self, deployment_id: i64, seq: u64, line: &str) {
+        self.send(json!({"type": "LOG", "deployment_id": deployment_id, "seq": seq, "stream": "stdout", "line": line}))
+            .await;
+    }
+
+    pub async fn status(&mut self, deployment_id: i64, status: &str) {
+        self.send(
+            json!({"type": "STATUS", "deployment_id": deployment_id, "status": status,
+            "services": [{"name": "web", "state": "running", "health": "", "exit_code": 0}], "error": null}),
+        )
+        .await;
+    }
+}
+
+/// True when `needle` occurs anywhere in the file's bytes (missing file: false).
+pub fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read(path)
+        .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .unwrap_or(false)
+}
