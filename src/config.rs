@@ -31,6 +31,9 @@ pub struct Config {
     pub public_url: String,
     /// age identity file that encrypts every secret. Empty: `<data_dir>/master.key`.
     pub key_file: PathBuf,
+    /// Folder holding `stagely-agent-linux-<arch>` binaries served at `/agent/download/…`.
+    /// Empty: `/usr/lib/stagely/agents`, then next to the `stagely` binary.
+    pub agent_binaries_dir: PathBuf,
     /// `tracing` filter, e.g. `info` or `stagely=debug,info`.
     pub log_level: String,
     /// `text` or `json`.
@@ -72,6 +75,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./stagely-data"),
             public_url: String::new(),
             key_file: PathBuf::new(),
+            agent_binaries_dir: PathBuf::new(),
             log_level: "info".into(),
             log_format: "text".into(),
             agents: AgentsConfig::default(),

@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;
