@@ -93,24 +93,7 @@ work_dir = "/var/lib/stagely-agent"
 CONF
 
 cat >"$UNIT_DIR/stagely-agent.service" <<'UNIT'
-[Unit]
-Description=Stagely agent (deploys docker-compose projects for a Stagely appliance)
-After=network-online.target docker.service
-Wants=network-online.target
-
-[Service]
-ExecStart=/usr/local/bin/stagely-agent run --config /etc/stagely-agent/agent.toml
-Restart=always
-RestartSec=5
-# The agent runs docker compose, so it needs the docker group or root; it opens no port.
-StateDirectory=stagely-agent
-StateDirectoryMode=0700
-NoNewPrivileges=true
-ProtectHome=true
-PrivateTmp=true
-
-[Install]
-WantedBy=multi-user.target
+@AGENT_UNIT@
 UNIT
 
 say "Installed: $BIN_DIR/stagely-agent, config $CONF_DIR/agent.toml, token $CONF_DIR/token (0600)"

@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::web::error::WebError;
 
-/// The install script; `@PUBLIC_URL@` is replaced by the configured public URL.
+/// The install script; `@PUBLIC_URL@` and `@AGENT_UNIT@` are filled in when served.
 const INSTALL_SH: &str = include_str!("../../packaging/agent/install.sh");
+/// The agent's systemd unit (one file, shared with the .deb's documentation copy).
+const AGENT_UNIT: &str = include_str!("../../packaging/systemd/stagely-agent.service");
 
 /// Targets the appliance knows how to name; only those with a binary present are served.
 pub const TARGETS: &[&str] = &["linux-x86_64", "linux-aarch64"];
@@ -96,7 +98,7 @@ pub async fn checksum(
 
 /// `GET /agent/install.sh`: the POSIX installer bound to this appliance's public URL.
 pub async fn install_script(State(state): State<AppState>) -> Response {
-    let script = INSTALL_SH.replace("@PUBLIC_URL@", &state.config.public_url);
+    let script = INSTALL_SH.replace("@AGENT_UNIT@", AGENT_UNIT.trim_end()).replace("@PUBLIC_URL@", &state.config.public_url);
     let mut response = script.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
