@@ -5,3 +5,4 @@
 //! the agent lives in [`agent`] and links no storage, vault or HTTP-handler code.
 
 pub mod protocol;
+pub mod agent;
