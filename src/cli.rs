@@ -240,13 +240,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let listen = config.listen;
-        let app = App::start(config)?;
+        let mut opened = App::open(config)?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        opened.config.bound_to(addr);
+        let app = opened.start()?;
         let shutdown = app.state.shutdown.clone();
+        let signalled = shutdown_signal().context("cannot install signal handlers")?;
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signalled.await;
             tracing::info!("shutdown requested");
             shutdown.cancel();
         });

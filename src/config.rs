@@ -40,6 +40,9 @@ pub struct Config {
     pub log_format: String,
     pub agents: AgentsConfig,
     pub deploys: DeploysConfig,
+    /// True when `public_url` was derived from `listen` (fixed up once the port is bound).
+    #[serde(skip)]
+    pub public_url_derived: bool,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -80,6 +83,7 @@ impl Default for Config {
             log_format: "text".into(),
             agents: AgentsConfig::default(),
             deploys: DeploysConfig::default(),
+            public_url_derived: false,
             warnings: Vec::new(),
         }
     }
@@ -179,6 +183,7 @@ impl Config {
         }
         if self.public_url.is_empty() {
             self.public_url = format!("http://{}", self.listen);
+            self.public_url_derived = true;
         }
         let url = self.public_url.trim_end_matches('/').to_owned();
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
@@ -216,6 +221,13 @@ impl Config {
             return invalid("deploys", "timeouts must be at least 1 second");
         }
         Ok(self)
+    }
+
+    /// Once the listener is bound (perhaps on port 0), a derived public URL names the real address.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        if self.public_url_derived {
+            self.public_url = format!("http://{addr}");
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {

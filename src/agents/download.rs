@@ -98,7 +98,9 @@ pub async fn checksum(
 
 /// `GET /agent/install.sh`: the POSIX installer bound to this appliance's public URL.
 pub async fn install_script(State(state): State<AppState>) -> Response {
-    let script = INSTALL_SH.replace("@AGENT_UNIT@", AGENT_UNIT.trim_end()).replace("@PUBLIC_URL@", &state.config.public_url);
+    let script = INSTALL_SH
+        .replace("@AGENT_UNIT@", AGENT_UNIT.trim_end())
+        .replace("@PUBLIC_URL@", &state.config.public_url);
     let mut response = script.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -7,3 +7,5 @@ mod api;
 mod common;
 mod deploy_flow;
 mod lifecycle;
+mod packaging;
+mod prereq;
