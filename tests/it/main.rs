@@ -6,6 +6,7 @@
 mod api;
 mod common;
 mod deploy_flow;
+mod e2e_engine;
 mod lifecycle;
 mod packaging;
 mod prereq;
