@@ -117,17 +117,15 @@ impl Stack {
         stack
     }
 
-    fn project_id(&self) -> impl std::future::Future<Output = i64> + '_ {
-        async {
-            let (_, ps) = self.api.get("/api/projects").await;
-            ps.as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == self.project.as_str())
-                .unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        }
+    async fn project_id(&self) -> i64 {
+        let (_, ps) = self.api.get("/api/projects").await;
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == self.project.as_str())
+            .unwrap()["id"]
+            .as_i64()
+            .unwrap()
     }
 
     async fn start_agent(&mut self) {
