@@ -3,6 +3,9 @@
 // Test code panics on purpose when an expectation fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent_engine;
+mod agent_override;
+mod agent_support;
 mod api;
 mod common;
 mod deploy_flow;
