@@ -380,8 +380,10 @@ services:
         .find(|s| s["name"] == "crashy")
         .unwrap();
     assert_eq!(crashy["exit_code"], 3, "{d}");
-    // TODO(lead): the agent does not yet send the failed service's last 20 lines; assert
-    // "boom-before-exit" appears in the logs once it does (issue 3, verify).
+    assert!(
+        d["error"].as_str().unwrap().contains("boom-before-exit"),
+        "the service's last lines: {d}"
+    );
 
     // A service secret for a service that does not exist: FAIL before anything runs.
     let fresh = Stack::start("e2e-unknown", TWO_SERVICES, "staging").await;
