@@ -11,5 +11,6 @@ mod common;
 mod deploy_flow;
 mod e2e_engine;
 mod lifecycle;
+mod operations;
 mod packaging;
 mod prereq;
