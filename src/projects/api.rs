@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use super::{Project, ProjectError, ProjectInput, ProjectPatch, store, validate_git_ref, validate_slug};
+use crate::agents::store as agent_store;
 use crate::app::AppState;
 use crate::audit;
 use crate::db::now_ms;
@@ -123,10 +124,11 @@ pub async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, WebError> {
     let actor = who.actor.clone();
-    state
+    let agents = state
         .db
         .write(move |tx| {
             let project = store::get(tx, id)?;
+            let agents = agent_store::ids_for_project(tx, id)?;
             store::delete(tx, id)?;
             audit::record(
                 tx,
@@ -136,10 +138,11 @@ pub async fn delete(
                 "project",
                 Some(id),
                 &project.name,
-            )
-            .map_err(ProjectError::from)
+            )?;
+            Ok::<_, ProjectError>(agents)
         })
         .await?;
+    close_agents(&state, agents);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -199,10 +202,11 @@ pub async fn delete_environment(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, WebError> {
     let actor = who.actor.clone();
-    state
+    let agents = state
         .db
         .write(move |tx| {
             let env = store::get_environment(tx, id)?;
+            let agents = agent_store::ids_for_environment(tx, id)?;
             store::delete_environment(tx, id)?;
             audit::record(
                 tx,
@@ -212,9 +216,17 @@ pub async fn delete_environment(
                 "environment",
                 Some(id),
                 &env.name,
-            )
-            .map_err(ProjectError::from)
+            )?;
+            Ok::<_, ProjectError>(agents)
         })
         .await?;
+    close_agents(&state, agents);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Agents of a deleted project or environment lose their record: close their live sockets too.
+fn close_agents(state: &AppState, agents: Vec<i64>) {
+    for id in agents {
+        state.hub.disconnect(id, 1008, crate::protocol::CLOSE_REVOKED);
+    }
 }

@@ -275,3 +275,20 @@ async fn malformed_and_oversized_frames_do_not_hurt_other_agents() {
     assert_eq!(good.recv().await["type"], "DEPLOY");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_project_closes_its_agents() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let (pid, envs) = api.project("doomed", &["prod"]).await;
+    let (agent_id, token) = api.agent(envs[0], "a").await;
+    let mut agent = TestAgent::connect(&api.url, &token, None).await;
+    api.wait_online(agent_id).await;
+    assert_eq!(api.delete(&format!("/api/projects/{pid}")).await.0, 204);
+    assert_eq!(agent.closed_reason().await, stagely::protocol::CLOSE_REVOKED);
+    assert!(
+        TestAgent::dial(&api.url, &token).await.is_err(),
+        "its token is gone with it"
+    );
+    server.stop().await;
+}
