@@ -467,6 +467,7 @@ pub async fn run_agent(
         runtime,
         verify_wait: settings.verify_wait,
         health_timeout: settings.health_timeout,
+        deploy_timeout: settings.deploy_timeout,
     };
     let mut agent = Agent::new(deployer, results, HostInfo::default());
 

@@ -37,6 +37,7 @@ fn env() -> Env {
         runtime,
         verify_wait: Duration::from_secs(2),
         health_timeout: Duration::from_secs(20),
+        deploy_timeout: Duration::from_secs(300),
     };
     Env { work, base, deployer }
 }

@@ -3,4 +3,5 @@
 
 mod agent_engine;
 mod agent_override;
+mod agent_run;
 mod agent_support;
