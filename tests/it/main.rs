@@ -2,6 +2,7 @@
 //! listed here until it is reconciled.
 
 mod agent_engine;
+mod agent_git;
 mod agent_override;
 mod agent_run;
 mod agent_support;
