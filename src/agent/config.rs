@@ -16,6 +16,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/stagely-agent/agent.toml";
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/stagely-agent";
 pub const DEFAULT_VERIFY_WAIT_SECS: f64 = 5.0;
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_DEPLOY_TIMEOUT_SECS: u64 = 30 * 60;
 
 /// Every `STAGELY_AGENT_*` variable the agent reads; others get a warning (likely a typo).
 const KNOWN_ENV: &[&str] = &[
@@ -29,6 +30,7 @@ const KNOWN_ENV: &[&str] = &[
     "STAGELY_AGENT_VERIFY_WAIT_SECS",
     "STAGELY_AGENT_HEALTH_TIMEOUT_SECS",
     "STAGELY_AGENT_RUNTIME_DIR",
+    "STAGELY_AGENT_DEPLOY_TIMEOUT_SECS",
     "STAGELY_AGENT_LOG",
 ];
 
@@ -48,8 +50,8 @@ pub enum ConfigError {
     EmptyToken(PathBuf),
     #[error("server URL {url:?} is not valid: {reason}")]
     BadUrl { url: String, reason: &'static str },
-    #[error("{0} must be a number of seconds between 0 and 3600")]
-    BadDuration(&'static str),
+    #[error("{0} must be a number of seconds between 0 and {1}")]
+    BadDuration(&'static str, u64),
 }
 
 /// Flags of `stagely-agent run` (each also read from its `STAGELY_AGENT_*` variable).
@@ -82,6 +84,9 @@ pub struct RunArgs {
     /// Parent of the private directory for override files [default: $XDG_RUNTIME_DIR, /dev/shm].
     #[arg(long, env = "STAGELY_AGENT_RUNTIME_DIR")]
     pub runtime_dir: Option<PathBuf>,
+    /// A deployment still running after this many seconds is stopped and failed [default: 1800].
+    #[arg(long, env = "STAGELY_AGENT_DEPLOY_TIMEOUT_SECS")]
+    pub deploy_timeout_secs: Option<u64>,
 }
 
 /// `agent.toml`.
@@ -96,6 +101,7 @@ pub struct FileConfig {
     pub verify_wait_secs: Option<f64>,
     pub health_timeout_secs: Option<u64>,
     pub runtime_dir: Option<PathBuf>,
+    pub deploy_timeout_secs: Option<u64>,
 }
 
 /// The agent token. Never printed; zeroed on drop.
@@ -136,6 +142,7 @@ pub struct Settings {
     pub verify_wait: Duration,
     pub health_timeout: Duration,
     pub runtime_dir: Option<PathBuf>,
+    pub deploy_timeout: Duration,
 }
 
 /// Merge file, environment (already in `args` through clap) and flags into [`Settings`].
@@ -165,14 +172,21 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
         .or(file.verify_wait_secs)
         .unwrap_or(DEFAULT_VERIFY_WAIT_SECS);
     if !(0.0..=3600.0).contains(&verify) {
-        return Err(ConfigError::BadDuration("verify_wait_secs"));
+        return Err(ConfigError::BadDuration("verify_wait_secs", 3600));
     }
     let health = args
         .health_timeout_secs
         .or(file.health_timeout_secs)
         .unwrap_or(DEFAULT_HEALTH_TIMEOUT_SECS);
     if health > 3600 {
-        return Err(ConfigError::BadDuration("health_timeout_secs"));
+        return Err(ConfigError::BadDuration("health_timeout_secs", 3600));
+    }
+    let deploy_timeout = args
+        .deploy_timeout_secs
+        .or(file.deploy_timeout_secs)
+        .unwrap_or(DEFAULT_DEPLOY_TIMEOUT_SECS);
+    if !(1..=86_400).contains(&deploy_timeout) {
+        return Err(ConfigError::BadDuration("deploy_timeout_secs", 86_400));
     }
     Ok(Settings {
         url,
@@ -186,6 +200,7 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
         verify_wait: Duration::from_secs_f64(verify),
         health_timeout: Duration::from_secs(health),
         runtime_dir: args.runtime_dir.or(file.runtime_dir),
+        deploy_timeout: Duration::from_secs(deploy_timeout),
     })
 }
 

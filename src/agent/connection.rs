@@ -331,8 +331,14 @@ impl Agent {
                 Ok(())
             }
             Err(e) => {
-                // DecodeError never echoes the frame (it may hold secrets).
-                tracing::warn!(error = %e, "cannot decode a frame from the server");
+                // Only the kind of error: serde's reason can quote the frame, which may be a
+                // DEPLOY full of secrets.
+                let what = match &e {
+                    protocol::DecodeError::TooLarge(n) => format!("a frame of {n} bytes is too large"),
+                    protocol::DecodeError::NotAMessage => "a frame is not a protocol message".into(),
+                    protocol::DecodeError::Invalid { kind, .. } => format!("an invalid {kind} message"),
+                };
+                tracing::warn!("cannot decode a frame from the server: {what}");
                 Ok(())
             }
         }
@@ -467,6 +473,7 @@ pub async fn run_agent(
         runtime,
         verify_wait: settings.verify_wait,
         health_timeout: settings.health_timeout,
+        deploy_timeout: settings.deploy_timeout,
     };
     let mut agent = Agent::new(deployer, results, HostInfo::default());
 

@@ -43,6 +43,7 @@ fn fixture(compose_command: &str) -> Fixture {
         runtime,
         verify_wait: Duration::ZERO,
         health_timeout: Duration::ZERO,
+        deploy_timeout: Duration::from_secs(60),
     };
     let results = Results::open(work.path()).unwrap();
     let agent = Agent::new(

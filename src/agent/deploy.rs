@@ -38,6 +38,8 @@ pub enum DeployError {
     Verify(#[from] VerifyError),
     #[error("{0}")]
     BadProject(String),
+    #[error("the deployment did not finish within {0:?}; it was stopped")]
+    Timeout(Duration),
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
     #[error("pulling images failed ({exit}) for {images}:\n{tail}")]
@@ -64,6 +66,9 @@ pub struct Deployer {
     pub verify_wait: Duration,
     /// How long to keep asking while healthchecks are still `starting`.
     pub health_timeout: Duration,
+    /// A deployment still running after this long is stopped (its commands killed, its
+    /// override deleted) and failed, so one hung `compose up` cannot block the agent forever.
+    pub deploy_timeout: Duration,
 }
 
 impl Deployer {
@@ -77,10 +82,13 @@ impl Deployer {
     ) -> DeployResult {
         let masker = Masker::new(secrets.iter().map(|s| s.value.as_str()));
         let mut commit = None;
-        match self
-            .run_inner(deployment_id, project, secrets, &masker, log, &mut commit)
-            .await
-        {
+        let outcome = tokio::time::timeout(
+            self.deploy_timeout,
+            self.run_inner(deployment_id, project, secrets, &masker, log, &mut commit),
+        )
+        .await
+        .unwrap_or(Err(DeployError::Timeout(self.deploy_timeout)));
+        match outcome {
             Ok(result) => result,
             Err(e) => {
                 let message = process::truncate(&masker.mask(&e.to_string()), MAX_ERROR_BYTES);
@@ -313,5 +321,56 @@ impl Deployer {
                 tail: out.tail.join("\n"),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Scope;
+
+    #[tokio::test]
+    async fn a_hung_deployment_is_stopped_failed_and_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = tempfile::tempdir().unwrap();
+        // A "compose" that hangs while the override exists... or before: either way it must end.
+        let slow = dir.path().join("hang.sh");
+        std::fs::write(&slow, "exec sleep 30\n").unwrap();
+        let compose_file = dir.path().join("compose.yml");
+        std::fs::write(&compose_file, "services: {}\n").unwrap();
+        let deployer = Deployer {
+            compose: Compose::new(&format!("sh {}", slow.display())).unwrap(),
+            work_dir: dir.path().to_owned(),
+            runtime: RuntimeDir::prepare(dir.path(), Some(base.path())).unwrap(),
+            verify_wait: Duration::ZERO,
+            health_timeout: Duration::ZERO,
+            deploy_timeout: Duration::from_millis(500),
+        };
+        let project = ProjectSpec {
+            name: "p".into(),
+            environment: "e".into(),
+            repo_url: None,
+            git_ref: "main".into(),
+            compose_path: compose_file.to_string_lossy().into_owned(),
+            pull: PullPolicy::Never,
+        };
+        let secrets = vec![SecretEntry {
+            key: "K".into(),
+            value: "hung-canary".into(),
+            scope: Scope::Global,
+            service: None,
+        }];
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let started = std::time::Instant::now();
+        let result = deployer.run(1, &project, &secrets, &tx).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}: {:?}",
+            started.elapsed(),
+            result.error
+        );
+        assert_eq!(result.status, DeployOutcome::Fail);
+        assert!(result.error.unwrap().contains("did not finish"));
+        assert_eq!(std::fs::read_dir(deployer.runtime.path()).unwrap().count(), 0);
     }
 }

@@ -87,14 +87,25 @@ impl Results {
     pub fn open(work_dir: &Path) -> Result<Self, ResultsError> {
         let path = work_dir.join(FILE_NAME);
         let records = match fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str::<FileShape>(&text)
-                    .map_err(|e| ResultsError::Corrupt {
+            Ok(text) => match serde_json::from_str::<FileShape>(&text) {
+                Ok(shape) => shape.records,
+                Err(e) => {
+                    // Never written torn (write + rename), so this is outside damage. Keep it
+                    // for a human and start afresh rather than refuse to run.
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::error!(
+                        file = %path.display(),
+                        moved_to = %aside.display(),
+                        error = %e,
+                        "the deployments record is unreadable; starting a new one"
+                    );
+                    fs::rename(&path, &aside).map_err(|source| ResultsError::Io {
                         path: path.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .records
-            }
+                        source,
+                    })?;
+                    Vec::new()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(ResultsError::Io { path, source }),
         };
@@ -254,6 +265,15 @@ mod tests {
             r.get(3).unwrap().result.as_ref().unwrap().status,
             DeployOutcome::Fail
         );
+    }
+
+    #[test]
+    fn a_damaged_record_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
+        let r = Results::open(dir.path()).unwrap();
+        assert!(r.unacked().is_empty());
+        assert!(dir.path().join("deployments.json.corrupt").exists());
     }
 
     #[test]

@@ -174,3 +174,24 @@ pub async fn connect(
     });
     Ok((Box::pin(sink), stream))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_roots_load_and_a_bad_ca_file_is_refused() {
+        assert!(tls_config(None).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let err = tls_config(Some(&empty)).unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        assert!(tls_config(Some(&dir.path().join("absent.pem"))).is_err());
+        // A system CA bundle is a valid CA file.
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        if bundle.is_file() {
+            assert!(tls_config(Some(bundle)).is_ok());
+        }
+    }
+}

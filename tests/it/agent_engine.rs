@@ -37,6 +37,7 @@ fn env() -> Env {
         runtime,
         verify_wait: Duration::from_secs(2),
         health_timeout: Duration::from_secs(20),
+        deploy_timeout: Duration::from_secs(300),
     };
     Env { work, base, deployer }
 }
@@ -329,4 +330,48 @@ async fn refusals_happen_before_anything_starts() {
         );
         e.assert_no_override_left();
     }
+}
+
+const HEALTH: &str = r#"services:
+  fine:
+    image: stagely-test-busybox
+    command: ["sleep", "3600"]
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 1s
+      start_period: 0s
+      retries: 1
+  sick:
+    image: stagely-test-busybox
+    command: ["sh", "-c", "echo sick-service-output; sleep 3600"]
+    healthcheck:
+      test: ["CMD", "false"]
+      interval: 1s
+      start_period: 0s
+      retries: 1
+"#;
+
+#[tokio::test]
+async fn healthchecks_are_waited_for_and_an_unhealthy_service_fails() {
+    if !require_engine() {
+        return;
+    }
+    let e = env();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_compose(dir.path(), HEALTH);
+    let name = unique("agthealth");
+    let _down = ProjectDown(project_name(&name, "staging"));
+    let project = spec(&name, None, file.to_str().unwrap(), PullPolicy::Never);
+    let (result, lines) = e.deploy(20, &project, &[]).await;
+    assert_eq!(result.status, DeployOutcome::Fail, "{lines:#?}");
+    let error = result.error.unwrap_or_default();
+    assert!(error.contains("service sick: running (unhealthy)"), "{error}");
+    assert!(error.contains("sick-service-output"), "{error}");
+    assert!(!error.contains("service fine"), "{error}");
+    let fine = result.services.iter().find(|s| s.name == "fine").unwrap();
+    assert_eq!(
+        (fine.state.as_str(), fine.health.as_str()),
+        ("running", "healthy")
+    );
+    e.assert_no_override_left();
 }

@@ -38,6 +38,11 @@ pub fn require_engine() -> bool {
     ok("git", &["--version"]) || missing("git")
 }
 
+/// python3 (the private-repository test serves git over HTTP with it; test-deps.sh needs it too).
+pub fn require_python() -> bool {
+    ok("python3", &["--version"]) || missing("python3")
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent_engine;
+mod agent_git;
 mod agent_override;
+mod agent_run;
 mod agent_support;
 mod api;
 mod common;
