@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod deploys;
+pub mod mask;
 pub mod projects;
 pub mod protocol;
 pub mod redact;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
 
 use super::ephemeral::{EphemeralDir, EphemeralError};
-use super::mask::Masker;
 use super::{LogSink, agent_line, process};
+use crate::mask::Masker;
 use crate::protocol::{ProjectSpec, SecretEntry};
 
 /// The secret holding a private repository's password or token.

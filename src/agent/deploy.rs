@@ -12,11 +12,11 @@ use zeroize::Zeroize;
 use super::checkout::{CheckoutError, Git, GitCredential, compose_file_in};
 use super::compose::{Compose, ComposeError, project_name};
 use super::ephemeral::{EphemeralError, RuntimeDir};
-use super::mask::Masker;
 use super::override_file::{self, OVERRIDE_FILE_NAME, OverrideError};
 use super::results::DeployResult;
 use super::verify::{Target, Verdict, VerifyError};
 use super::{LogSink, agent_line, process};
+use crate::mask::Masker;
 use crate::protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
 
 /// Longest error text sent in a STATUS.

@@ -16,7 +16,6 @@ pub mod config;
 pub mod connection;
 pub mod deploy;
 pub mod ephemeral;
-pub mod mask;
 pub mod override_file;
 pub mod process;
 pub mod results;

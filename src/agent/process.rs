@@ -8,8 +8,8 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
-use super::mask::Masker;
 use super::{LogLine, LogSink};
+use crate::mask::Masker;
 use crate::protocol::LogStream;
 
 /// Longest line forwarded as one LOG frame; the rest is cut (frames are capped at 1 MiB).

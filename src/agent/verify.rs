@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::compose::Compose;
-use super::mask::Masker;
 use super::process;
+use crate::mask::Masker;
 use crate::protocol::ServiceState;
 
 /// Log lines shown for each bad service.

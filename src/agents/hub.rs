@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::deploys::LiveEvent;
-use crate::deploys::mask::Masker;
+use crate::mask::Masker;
 
 /// Frames queued for one agent connection.
 #[derive(Debug)]

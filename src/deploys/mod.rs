@@ -3,7 +3,6 @@
 
 pub mod api;
 pub mod logs;
-pub mod mask;
 pub mod reaper;
 pub mod service;
 pub mod store;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::mask::Masker;
 use super::store::{self, Finish, NewDeployment, PendingLine};
 use super::{DeployError, DeployStatus, LiveEvent, LogLine};
 use crate::agents::hub::{ActiveDeploy, HubEvent, Outbound};
 use crate::agents::{AgentIdentity, store as agent_store};
 use crate::app::AppState;
 use crate::db::{DbError, now_ms, rfc3339};
+use crate::mask::Masker;
 use crate::projects::{ProjectError, store as project_store};
 use crate::protocol::{
     self, DeployOutcome, LogStream, ProjectSpec, SecretEntry, ServerMessage, ServiceState,

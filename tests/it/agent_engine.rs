@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use stagely::agent::LogLine;
 use stagely::agent::compose::{Compose, project_name};
 use stagely::agent::deploy::Deployer;
 use stagely::agent::ephemeral::RuntimeDir;
 use stagely::agent::override_file::OVERRIDE_FILE_NAME;
 use stagely::agent::results::DeployResult;
-use stagely::agent::{LogLine, mask};
+use stagely::mask;
 use stagely::protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
 
 use crate::agent_override::{for_service, global, hard_values};

@@ -1,4 +1,6 @@
-//! Masking secret values out of every line the agent sends or logs.
+//! Masking secret values out of log lines. Shared by both sides, like the protocol: the agent
+//! masks before it sends, the appliance masks again before it stores or streams (defence in
+//! depth, and the appliance cannot trust an agent to have done it).
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
