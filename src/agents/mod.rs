@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod hub;
+pub mod pages;
 pub mod socket;
 pub mod store;
 

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod logs;
 pub mod mask;
+pub mod pages;
 pub mod reaper;
 pub mod service;
 pub mod store;

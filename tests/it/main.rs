@@ -7,3 +7,7 @@ mod api;
 mod common;
 mod deploy_flow;
 mod lifecycle;
+mod web_access;
+mod web_browser;
+mod web_github;
+mod web_support;
