@@ -242,6 +242,7 @@ async fn stream_log(state: AppState, id: i64, mut socket: WebSocket) {
     let Some(mut seen) = send_stored(&state, &mut socket, id, -1).await else {
         return;
     };
+    let mut shown_running = false;
     if let Some(rx) = live.as_mut() {
         loop {
             tokio::select! {
@@ -250,6 +251,16 @@ async fn stream_log(state: AppState, id: i64, mut socket: WebSocket) {
                         seen = l.seq;
                         let fragment = html! { pre id="log" hx-swap-oob="beforeend" { (line_markup(&l)) } };
                         if !send(&mut socket, fragment).await { return; }
+                        if !shown_running {
+                            // The agent has started: the page said "queued" until now.
+                            shown_running = true;
+                            if let Ok(mut d) = state.db.read(move |c| store::get(c, id)).await {
+                                if !d.status.is_finished() {
+                                    d.status = DeployStatus::Running;
+                                }
+                                if !send(&mut socket, status_block(&d)).await { return; }
+                            }
+                        }
                     }
                     Ok(LiveEvent::Line(_)) => {}
                     Ok(LiveEvent::Finished { .. }) | Err(RecvError::Closed) => break,

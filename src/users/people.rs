@@ -96,7 +96,7 @@ fn users_body(
                                 @if u.disabled { (badge("disabled", "disabled")) } @else { (badge("enabled", "enabled")) }
                             }
                             td { (view.sessions.get(&u.id).copied().unwrap_or(0)) }
-                            td.row-actions {
+                            td { div.row-actions {
                                 form method="post" action=(format!("/users/{}/disable", u.id)) {
                                     (csrf_field(&v.csrf))
                                     input type="hidden" name="disabled" value=(if u.disabled { "false" } else { "true" });
@@ -106,7 +106,7 @@ fn users_body(
                                     (csrf_field(&v.csrf))
                                     button.small.secondary.outline type="submit" { "End sessions" }
                                 }
-                            }
+                            } }
                         }
                     }
                 }

@@ -117,7 +117,10 @@ pub async fn dashboard_page(State(state): State<AppState>, v: Viewer) -> Result<
     let body = html! {
         div.page-head {
             h1 { "Dashboard" }
-            span.muted { span.live-dot {} (snap.projects.len()) " projects · " (online) " of " (total) " agents online" }
+            span.muted {
+                span.live-dot {}
+                (plural(snap.projects.len(), "project")) " · " (online) " of " (plural(total, "agent")) " online"
+            }
         }
         @if snap.projects.is_empty() {
             article.empty {
@@ -169,5 +172,13 @@ async fn push_updates(state: AppState, mut socket: WebSocket, can_admin: bool) {
         {
             return;
         }
+    }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
