@@ -172,7 +172,7 @@ pub fn csrf_field(token: &str) -> Markup {
 pub fn field_error(errors: &FormErrors, field: &str) -> Markup {
     html! {
         @if let Some(msg) = errors.get(field) {
-            small.field-error id=(format!("{field}-error")) { (msg) }
+            small.field-error id=(format!("{field}-error")) { (sentence(msg)) }
         }
     }
 }
@@ -213,11 +213,20 @@ impl FormErrors {
     }
 }
 
+/// Domain messages are lower-case fragments ("must be …"); on a page they start a sentence.
+fn sentence(msg: &str) -> String {
+    let mut chars = msg.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// A banner for the form as a whole.
 pub fn form_banner(errors: &FormErrors) -> Markup {
     html! {
         @if let Some(msg) = errors.get("form") {
-            p.notice.error role="alert" { (msg) }
+            p.notice.error role="alert" { (sentence(msg)) }
         }
     }
 }

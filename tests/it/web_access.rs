@@ -480,3 +480,40 @@ async fn a_real_server_logs_a_working_setup_link_once() {
     assert!(!std::fs::read_to_string(&log2).unwrap().contains("setup?token="));
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_shown_once_capped_at_the_role_and_revocable() {
+    let server = WebServer::start().await;
+    let mut admin = server.admin("root").await;
+    let mut member = server.user(&mut admin, "mia", "member").await;
+    let (status, body) = member
+        .post_form("/tokens", &[("name", "ci"), ("role", "admin")])
+        .await;
+    assert_eq!(status, 422, "no token above one's own role");
+    assert!(body.contains("higher role"));
+    let (status, body) = member
+        .post_form("/tokens", &[("name", "ci"), ("role", "member")])
+        .await;
+    assert_eq!(status, 201);
+    let token = between(&body, "id=\"new-token\">", "<").unwrap();
+    assert!(token.starts_with("stg_"));
+    let api = Api::new(&server.url, &token);
+    assert_eq!(api.get("/api/projects").await.0, 200);
+    let (_, list) = member.get("/tokens").await;
+    assert!(
+        list.contains("ci") && !list.contains(&token),
+        "listed, never shown again"
+    );
+    // Someone else's token is not theirs to revoke; their own is.
+    let (status, _) = member.post_form("/tokens/1/revoke", &[]).await;
+    assert_eq!(status, 303);
+    assert_eq!(api.get("/api/projects").await.0, 401);
+    let other = cli_token(&server.data_dir(), "ops", "admin");
+    let (status, _) = member.post_form("/tokens/2/revoke", &[]).await;
+    assert_eq!(status, 404, "a member cannot revoke the CLI's token");
+    assert_eq!(Api::new(&server.url, &other).get("/api/projects").await.0, 200);
+    let (status, _) = admin.post_form("/tokens/2/revoke", &[]).await;
+    assert_eq!(status, 303, "an admin can");
+    assert_eq!(Api::new(&server.url, &other).get("/api/projects").await.0, 401);
+    server.stop().await;
+}
