@@ -10,4 +10,5 @@ mod lifecycle;
 mod web_access;
 mod web_browser;
 mod web_github;
+mod web_live;
 mod web_support;
