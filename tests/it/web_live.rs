@@ -55,7 +55,7 @@ async fn the_log_socket_sends_stored_then_live_lines_once_and_closes_normally() 
     req.headers_mut().insert("origin", server.url.parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let mut text = String::new();
-    let mut next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> Option<Message> {
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> Option<Message> {
         tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
             .ok()
