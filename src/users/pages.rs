@@ -95,9 +95,17 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-pub async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+pub async fn login_page(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, PageError> {
     let next = safe_next(q.next.as_deref());
-    (no_store(), sign_in_form(&state, &next, None, "")).into_response()
+    // Already signed in: nothing to do here.
+    if session::resolve(&state, &headers).await?.is_some() {
+        return Ok(layout::see_other(&next));
+    }
+    Ok((no_store(), sign_in_form(&state, &next, None, "")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -412,6 +412,16 @@ async fn forms_validate_next_to_the_field_and_secret_values_never_come_back() {
         let (status, body) = admin.get(path).await;
         assert_eq!(status, 200, "{path}");
         assert!(!body.contains(CANARY), "{path} shows a secret value");
+        // The CSP allows no inline script or style: the pages must need none.
+        assert!(
+            !body.contains("style=\"") && !body.contains("<style"),
+            "{path}: inline style"
+        );
+        assert_eq!(
+            body.matches("<script").count(),
+            body.matches("<script src=\"/assets/").count(),
+            "{path}: inline script"
+        );
     }
     server.stop().await;
 }
