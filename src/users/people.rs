@@ -81,9 +81,13 @@ fn users_body(
                         tr {
                             td { strong { (u.username) } br; small.muted { "since " (ago(&u.created_at, now)) } }
                             td {
-                                @if u.has_password { "password" }
-                                @if u.has_password && u.github_login.is_some() { " + " }
-                                @if let Some(g) = &u.github_login { "GitHub @" (g) }
+                                @if u.has_password { "password" } @else { span.muted { "no password" } }
+                                form.row-actions method="post" action=(format!("/users/{}/github", u.id)) {
+                                    (csrf_field(&v.csrf))
+                                    input.compact name="github_login" value=(u.github_login.as_deref().unwrap_or(""))
+                                        placeholder="GitHub login" aria-label=(format!("GitHub login of {}", u.username));
+                                    button.small.secondary.outline type="submit" { "Link" }
+                                }
                             }
                             td {
                                 form.row-actions method="post" action=(format!("/users/{}/role", u.id)) {
@@ -356,4 +360,78 @@ pub async fn revoke_invite(
         return Err(crate::web::error::WebError::NotFound("invitation").into());
     }
     Ok(layout::see_other("/users?done=invite-revoked"))
+}
+
+#[derive(Deserialize)]
+pub struct GithubForm {
+    #[serde(default)]
+    github_login: String,
+}
+
+/// An admin links (or, with an empty login, unlinks) a GitHub login to a user. The allow list
+/// still decides whether that login may sign in.
+pub async fn link_github(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<GithubForm>,
+) -> Result<Response, PageError> {
+    let login = form
+        .github_login
+        .trim()
+        .trim_start_matches('@')
+        .to_ascii_lowercase();
+    let valid = login.is_empty()
+        || (login.len() <= 39
+            && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !login.starts_with('-'));
+    if !valid {
+        let err = UserError::Invalid {
+            field: "github_login",
+            message: "a GitHub login has letters, digits and '-' (at most 39)".into(),
+        };
+        return users_error(&state, &v, err).await;
+    }
+    let actor = v.who.actor.clone();
+    let result = state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, id)?;
+            if login.is_empty() {
+                store::unlink_github(tx, id)?;
+            } else {
+                store::link_github(tx, id, &login)?;
+            }
+            let detail = format!(
+                "{} → {}",
+                user.username,
+                if login.is_empty() { "none" } else { &login }
+            );
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.link_github",
+                "user",
+                Some(id),
+                &detail,
+            )?;
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
+        Err(e @ UserError::GithubTaken(_)) => {
+            users_error(
+                &state,
+                &v,
+                UserError::Invalid {
+                    field: "github_login",
+                    message: e.to_string(),
+                },
+            )
+            .await
+        }
+        Err(e) => users_error(&state, &v, e).await,
+    }
 }

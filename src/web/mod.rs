@@ -123,6 +123,7 @@ pub fn routes() -> Routes {
         .add(M::POST, "/users/invite", ADMIN, people::invite)
         .add(M::POST, "/users/{id}/role", ADMIN, people::change_role)
         .add(M::POST, "/users/{id}/disable", ADMIN, people::set_disabled)
+        .add(M::POST, "/users/{id}/github", ADMIN, people::link_github)
         .add(M::POST, "/users/{id}/sessions/end", ADMIN, people::end_sessions)
         .add(M::POST, "/invites/{id}/revoke", ADMIN, people::revoke_invite)
         .add(M::GET, "/audit", ADMIN, audit::pages::audit_page)

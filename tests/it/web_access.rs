@@ -67,6 +67,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/users/invite", "admin"),
     ("POST", "/users/{id}/role", "admin"),
     ("POST", "/users/{id}/disable", "admin"),
+    ("POST", "/users/{id}/github", "admin"),
     ("POST", "/users/{id}/sessions/end", "admin"),
     ("POST", "/invites/{id}/revoke", "admin"),
     ("GET", "/audit", "admin"),

@@ -206,5 +206,31 @@ async fn allowed_logins_and_org_members_get_in_and_others_are_refused() {
     assert_eq!(status, 403, "linked but not allowed");
     // And the password still works for the linked user.
     assert_eq!(again.sign_in("root", PASSWORD).await.0, 303);
+
+    // An admin links an allowed login to an existing local user: that person signs in with
+    // GitHub as that user (no new account).
+    let mut dev = server.user(&mut admin, "dev.smith", "member").await;
+    let (_, users) = admin.get("/users").await;
+    assert!(users.contains("/users/4/github"), "dev.smith is user 4");
+    let (status, _) = admin
+        .post_form("/users/4/github", &[("github_login", "@Alice")])
+        .await;
+    assert_eq!(status, 422, "alice already has her own account: {status}");
+    let (status, _) = admin.post_form("/users/2/github", &[("github_login", "")]).await;
+    assert_eq!(status, 303, "unlink alice's account");
+    let (status, _) = admin
+        .post_form("/users/4/github", &[("github_login", "@Alice")])
+        .await;
+    assert_eq!(status, 303);
+    *fake.current.lock().unwrap() = "alice".into();
+    let mut as_dev = WebClient::new(&server.url);
+    let (status, _, _) = github_sign_in(&mut as_dev, "/auth/github", None).await;
+    assert_eq!(status, 303);
+    let (_, body) = as_dev.get("/account").await;
+    assert!(
+        body.contains("dev.smith") && body.contains("member"),
+        "{body:.400}"
+    );
+    assert_eq!(dev.get("/").await.0, 200);
     server.stop().await;
 }
