@@ -17,4 +17,8 @@ fi
 export STAGELY_TEST_ARTIFACTS=${STAGELY_TEST_ARTIFACTS:-$PWD/artifacts}
 mkdir -p "$STAGELY_TEST_ARTIFACTS"
 cargo build --bins
+# Static release binaries into dist/ for the packaging tests (.deb, container image).
+if [ "${STAGELY_SKIP_RELEASE_BUILD:-0}" != 1 ]; then
+  packaging/build.sh
+fi
 cargo test --all-targets "$@"

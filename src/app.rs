@@ -81,17 +81,42 @@ impl App {
     /// Open storage and vault (migrations first), then start the background tasks.
     /// Must run inside a tokio runtime.
     pub fn start(config: Config) -> Result<App, StartError> {
+        Self::open(config)?.start()
+    }
+
+    /// The first half of `start`: lock the data dir, migrate, check the key. Nothing runs yet,
+    /// so the caller can bind its listener in between (migrations come before the bind).
+    pub fn open(config: Config) -> Result<Opened, StartError> {
         let lock = DataDirLock::acquire(&config)?;
         let db = Db::open(&config.db_path())?;
         let vault = Vault::open(&config.key_file, &db)?;
         db.write_blocking(agent_store::mark_all_offline)?;
-        let shutdown = CancellationToken::new();
-        let hub = Arc::new(Hub::new(now_ms(), config.agents.max_handshakes_per_sec));
-        let (logs, log_task) = LogWriter::start(
-            db.clone(),
-            Duration::from_millis(config.deploys.log_flush_ms),
-            shutdown.clone(),
-        );
+        Ok(Opened {
+            config,
+            db,
+            vault,
+            lock,
+        })
+    }
+}
+
+/// Storage and vault open and checked; background tasks not yet started.
+pub struct Opened {
+    pub config: Config,
+    db: Db,
+    vault: Vault,
+    lock: DataDirLock,
+}
+
+impl Opened {
+    /// Start the background tasks.
+    pub fn start(self) -> Result<App, StartError> {
+        let Opened {
+            config,
+            db,
+            vault,
+            lock,
+        } = self;
         let setup_link = crate::users::ensure_setup_link(&db, &config.public_url, now_ms())?;
         if let Some(link) = &setup_link {
             tracing::warn!(
@@ -99,6 +124,13 @@ impl App {
                  restart to get a new one)"
             );
         }
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(now_ms(), config.agents.max_handshakes_per_sec));
+        let (logs, log_task) = LogWriter::start(
+            db.clone(),
+            Duration::from_millis(config.deploys.log_flush_ms),
+            shutdown.clone(),
+        );
         let auth = Arc::new(crate::users::AuthState::new(&config.auth));
         let state = AppState {
             config: Arc::new(config),
@@ -122,7 +154,9 @@ impl App {
             _lock: lock,
         })
     }
+}
 
+impl App {
     /// Serve until the shutdown token fires: stop accepting, let in-flight requests finish,
     /// close agent sockets with a reason, drain the log writer.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
@@ -170,22 +204,16 @@ async fn persist_heartbeats(state: AppState) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers SIGTERM and SIGINT handlers now (so a signal that arrives right after start is
+/// not lost) and returns a future that resolves when either arrives.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }

@@ -1,7 +1,7 @@
 //! The `stagely` command line: `serve` and the admin commands. CLI glue, so `anyhow` is fine here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -43,6 +43,25 @@ pub enum Command {
     /// Administration on the data directory itself.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Write a consistent backup (database snapshot + master key) while the server runs.
+    Backup {
+        /// Archive to write (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Leave the master key out (keep it apart; restore then needs the key file in place).
+        #[arg(long)]
+        no_key: bool,
+    },
+    /// Restore a backup into the data directory (the server must be stopped).
+    Restore {
+        /// Archive written by `stagely backup`.
+        file: PathBuf,
+        /// Replace an existing database (the old files are kept beside it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Exit 0 when the appliance answers /readyz on its listen address (for container HEALTHCHECKs).
+    Healthcheck,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +143,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Backup { out, no_key } => backup(&cli, out, *no_key),
+        Command::Restore { file, force } => restore(&cli, file, *force),
+        Command::Healthcheck => healthcheck(&cli),
         Command::Admin(AdminCommand::RotateKey) => {
             let config = load_config(&cli, None, None)?;
             let _lock = DataDirLock::acquire(&config)?;
@@ -148,6 +170,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn backup(cli: &Cli, out: &Path, no_key: bool) -> anyhow::Result<()> {
+    let config = load_config(cli, None, None)?;
+    let manifest = crate::backup::backup(&config, out, !no_key)?;
+    println!(
+        "backup written to {} (schema {}, key {}, public key {})",
+        out.display(),
+        manifest.schema_version,
+        if manifest.includes_key {
+            "included: keep this file as safe as the key"
+        } else {
+            "NOT included"
+        },
+        manifest.recipient
+    );
+    Ok(())
+}
+
+fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()> {
+    let config = load_config(cli, None, None)?;
+    let _lock = DataDirLock::acquire(&config)?;
+    let manifest = crate::backup::restore(&config, file, force)?;
+    println!(
+        "restored the backup of {} into {} (key {})",
+        manifest.created_at,
+        config.data_dir.display(),
+        if manifest.includes_key {
+            "restored too"
+        } else {
+            "kept"
+        }
+    );
+    Ok(())
+}
+
+/// A dependency-free HTTP/1.0 probe of `/readyz` on the configured listen address.
+fn healthcheck(cli: &Cli) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let config = load_config(cli, None, None)?;
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.take(4096).read_to_string(&mut reply)?;
+    let status = reply.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "not ready: {status}"
+    );
+    println!("ready");
+    Ok(())
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,13 +240,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let listen = config.listen;
-        let app = App::start(config)?;
+        let mut opened = App::open(config)?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        opened.config.bound_to(addr);
+        let app = opened.start()?;
         let shutdown = app.state.shutdown.clone();
+        let signalled = shutdown_signal().context("cannot install signal handlers")?;
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signalled.await;
             tracing::info!("shutdown requested");
             shutdown.cancel();
         });

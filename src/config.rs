@@ -31,6 +31,9 @@ pub struct Config {
     pub public_url: String,
     /// age identity file that encrypts every secret. Empty: `<data_dir>/master.key`.
     pub key_file: PathBuf,
+    /// Folder holding `stagely-agent-linux-<arch>` binaries served at `/agent/download/…`.
+    /// Empty: `/usr/lib/stagely/agents`, then next to the `stagely` binary.
+    pub agent_binaries_dir: PathBuf,
     /// `tracing` filter, e.g. `info` or `stagely=debug,info`.
     pub log_level: String,
     /// `text` or `json`.
@@ -39,6 +42,9 @@ pub struct Config {
     pub deploys: DeploysConfig,
     pub auth: AuthConfig,
     pub github: GithubConfig,
+    /// True when `public_url` was derived from `listen` (fixed up once the port is bound).
+    #[serde(skip)]
+    pub public_url_derived: bool,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -179,12 +185,14 @@ impl Default for Config {
             data_dir: PathBuf::from("./stagely-data"),
             public_url: String::new(),
             key_file: PathBuf::new(),
+            agent_binaries_dir: PathBuf::new(),
             log_level: "info".into(),
             log_format: "text".into(),
             agents: AgentsConfig::default(),
             deploys: DeploysConfig::default(),
             auth: AuthConfig::default(),
             github: GithubConfig::default(),
+            public_url_derived: false,
             warnings: Vec::new(),
         }
     }
@@ -284,6 +292,7 @@ impl Config {
         }
         if self.public_url.is_empty() {
             self.public_url = format!("http://{}", self.listen);
+            self.public_url_derived = true;
         }
         let url = self.public_url.trim_end_matches('/').to_owned();
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
@@ -389,6 +398,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Once the listener is bound (perhaps on port 0), a derived public URL names the real address.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        if self.public_url_derived {
+            self.public_url = format!("http://{addr}");
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -4,6 +4,7 @@
 //! socket) that deploys are dispatched through, and `socket` one connection's life.
 
 pub mod api;
+pub mod download;
 pub mod hub;
 pub mod pages;
 pub mod socket;

@@ -7,6 +7,8 @@ mod api;
 mod common;
 mod deploy_flow;
 mod lifecycle;
+mod packaging;
+mod prereq;
 mod web_access;
 mod web_browser;
 mod web_github;

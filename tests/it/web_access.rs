@@ -13,6 +13,9 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/healthz", "public"),
     ("GET", "/readyz", "public"),
     ("GET", "/ws/agent", "agent"),
+    ("GET", "/agent/install.sh", "public"),
+    ("GET", "/agent/download/{target}", "public"),
+    ("GET", "/agent/download/{target}/sha256", "public"),
     ("GET", "/api/projects", "viewer"),
     ("POST", "/api/projects", "member"),
     ("GET", "/api/projects/{id}", "viewer"),
@@ -134,7 +137,8 @@ async fn every_route_with_every_role_and_without_a_session() {
         let concrete = path
             .replace("{id}", "999999")
             .replace("{project_id}", "999999")
-            .replace("{*path}", "app.css");
+            .replace("{*path}", "app.css")
+            .replace("{target}", "linux-x86_64");
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         for (client, rank) in &mut sessions {
             let mut anonymous = WebClient::new(&server.url);

@@ -1,20 +1,20 @@
 //! The whole web flow in a real headless Chromium driven over WebDriver (fantoccini +
 //! chromedriver): setup link → first admin → sign in → project, environment, secrets → agent →
-//! Deploy → live log lines in the page before the deploy finishes → SUCCESS. Screenshots of
-//! each main page go to `$STAGELY_TEST_ARTIFACTS` (default `artifacts/`).
+//! the real `stagely-agent` on this machine's Docker engine → Deploy → live log lines in the
+//! page before the deploy finishes → SUCCESS. Screenshots of each main page go to
+//! `$STAGELY_TEST_ARTIFACTS` (default `artifacts/`).
 //!
-//! Without Chromium this test prints a loud SKIP, except with `CI=true`, where it fails.
+//! Without Chromium or Docker this test prints a loud SKIP, except with `CI=true`, where it fails.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use serde_json::json;
 
-use crate::common::{TestAgent, WAIT, wait_for};
+use crate::common::{WAIT, wait_for};
 use crate::web_support::{PASSWORD, WebServer};
 
 const CANARY: &str = "canary-b64f0e-browser-secret";
@@ -165,21 +165,33 @@ fn compose_project(dir: &Path) -> PathBuf {
     path
 }
 
-/// The real agent, for when `stagely-agent` is implemented.
-// TODO(lead): switch to the real agent — call this instead of `TestAgent` below once
-// src/bin/stagely-agent.rs is more than a stub (it then deploys `compose_project` for real).
-#[allow(dead_code)]
+/// The real agent binary against this appliance. It waits 3 s between `up` and verifying, so
+/// compose's output reaches the page while the deployment is still running.
 fn start_real_agent(url: &str, token: &str, dir: &Path) -> tokio::process::Child {
     let token_file = dir.join("agent.token");
     std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let log = std::fs::File::create(artifacts().join("web-agent.log")).unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely-agent"))
-        .args(["run", "--server", url, "--token-file"])
+        .args(["run", "--server", url, "--verify-wait-secs", "3", "--token-file"])
         .arg(&token_file)
         .arg("--work-dir")
         .arg(dir.join("agent-work"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// Remove the compose project the deploy started (name: `<project>-<environment>`).
+fn compose_down(compose: &Path) {
+    let _ = std::process::Command::new("docker")
+        .args(["compose", "-p", "shop-staging", "-f"])
+        .arg(compose)
+        .args(["down", "-t", "0", "--remove-orphans"])
+        .output();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,22 +209,39 @@ async fn setup_sign_in_configure_and_deploy_in_a_real_browser() {
         );
         return;
     };
+    if !crate::prereq::docker() {
+        return;
+    }
     let server = WebServer::start().await;
     let work = tempfile::tempdir().unwrap();
     let compose = compose_project(work.path());
+    compose_down(&compose);
     let driver = start_driver(&chromedriver).await;
     let b = browser(&driver, &chromium).await;
     // Close the browser even when the flow fails, then report the failure.
-    let result = AssertUnwindSafe(flow(&server, &b, &compose)).catch_unwind().await;
+    let result = AssertUnwindSafe(flow(&server, &b, work.path(), &compose))
+        .catch_unwind()
+        .await;
+    if result.is_err() {
+        // What the browser showed when it went wrong.
+        let _ = b
+            .screenshot()
+            .await
+            .map(|png| std::fs::write(artifacts().join("failure.png"), png));
+        if let Ok(source) = b.source().await {
+            let _ = std::fs::write(artifacts().join("failure.html"), source);
+        }
+    }
     let _ = b.close().await;
     drop(driver);
+    compose_down(&compose);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
     server.stop().await;
 }
 
-async fn flow(server: &WebServer, b: &Client, compose: &Path) {
+async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     let url = &server.url;
     // 1. The setup link from the log makes the first admin and signs them in.
     let link = server.setup_link.clone().unwrap();
@@ -257,6 +286,13 @@ async fn flow(server: &WebServer, b: &Client, compose: &Path) {
     wait_text(b, "#name-error", "lowercase letters").await;
     shot(b, "04-project-form-error").await;
     fill(b, "#new-project input[name=name]", "shop").await;
+    // No registry here: the image is local.
+    b.find(Locator::Css("#new-project select[name=pull]"))
+        .await
+        .unwrap()
+        .select_by_value("never")
+        .await
+        .unwrap();
     click(b, "#new-project button[type=submit]").await;
     wait_text(b, ".notice.ok", "Project created").await;
     click(b, "#environments summary").await;
@@ -289,9 +325,7 @@ async fn flow(server: &WebServer, b: &Client, compose: &Path) {
     // 5. The agent connects; the dashboard shows it online without a reload.
     b.goto(&format!("{url}/")).await.unwrap();
     wait_text(b, "#dashboard-table", "offline").await;
-    // TODO(lead): switch to the real agent: `start_real_agent(url, &token, work_dir)` (above),
-    // then drop the protocol-level steps below (DEPLOY → LOG → STATUS are the agent's job).
-    let mut agent = TestAgent::connect(url, &token, Some(vec![])).await;
+    let _agent = start_real_agent(url, &token, work);
     wait_text(b, "#dashboard-table", "online").await;
     shot(b, "07-dashboard-agent-online").await;
 
@@ -299,32 +333,33 @@ async fn flow(server: &WebServer, b: &Client, compose: &Path) {
     b.goto(&format!("{url}/projects/1")).await.unwrap();
     click(b, "button[data-testid='deploy-staging']").await;
     wait_text(b, "h1", "Deployment #1").await;
-    let deploy = agent.recv().await;
-    assert_eq!(deploy["type"], "DEPLOY");
-    assert_eq!(deploy["project"]["compose_path"], compose.display().to_string());
-    assert!(
-        deploy["secrets"].to_string().contains(CANARY),
-        "the agent gets the value"
-    );
-    let id = deploy["deployment_id"].as_i64().unwrap();
-    for seq in 1..=3u64 {
-        agent
-            .log(id, seq, &format!("Container shop-web-{seq} Started"))
-            .await;
-    }
-    // Lines arrive over the WebSocket while the deployment is still running.
-    wait_text(b, "#log", "Container shop-web-3 Started").await;
+    // Compose's output streams in over the WebSocket while the deployment is still running
+    // (the agent waits 3 s before it verifies and reports).
+    wait_text(b, "#log", "shop-staging").await;
     let status = text_of(b, "#deploy-status").await.to_lowercase();
     assert!(
         status.contains("running") || status.contains("queued"),
-        "{status}"
+        "lines must arrive before the end: {status}"
     );
     shot(b, "08-deployment-live").await;
-    agent.status(id, "SUCCESS").await;
-    assert_eq!(agent.recv().await["type"], "ACK");
     wait_text(b, "#deploy-status", "success").await;
+    wait_text(b, "#deploy-status", "web").await;
     wait_text(b, "#live-indicator", "log complete").await;
     html(b).await;
+    // The secret typed into the form reached the container (and no page).
+    let env = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{json .Config.Env}}",
+            "shop-staging-web-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&env.stdout).contains(&format!("DB_PASSWORD={CANARY}")),
+        "the container got the secret"
+    );
     shot(b, "09-deployment-success").await;
 
     // 7. The other main pages, for the record (and the canary).
@@ -341,5 +376,4 @@ async fn flow(server: &WebServer, b: &Client, compose: &Path) {
         html(b).await;
         shot(b, name).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), agent.ws.close(None)).await;
 }

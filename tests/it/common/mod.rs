@@ -165,6 +165,24 @@ impl Api {
     }
 }
 
+/// Wait for `stagely serve`'s "listening on" line; returns the URL.
+pub async fn read_listen_line(stdout: tokio::process::ChildStdout, log: &Path) -> String {
+    let mut lines = BufReader::new(stdout).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("stagely listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!(
+            "server exited before listening; log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    })
+    .await
+    .expect("server did not start")
+}
+
 /// An appliance running inside the test process.
 pub struct TestServer {
     pub api: Api,
@@ -188,6 +206,7 @@ impl TestServer {
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        config.bound_to(listener.local_addr().unwrap());
         let app = App::start(config).unwrap();
         let shutdown = app.state.shutdown.clone();
         let token = admin_token(&dir.path().join("data"));
@@ -267,21 +286,7 @@ impl ServerProcess {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(url) = line.strip_prefix("stagely listening on ") {
-                    return url.to_owned();
-                }
-            }
-            panic!(
-                "server exited before listening; log: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        })
-        .await
-        .expect("server did not start");
+        let url = read_listen_line(child.stdout.take().unwrap(), log).await;
         ServerProcess {
             child,
             url,

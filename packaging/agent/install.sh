@@ -1,0 +1,108 @@
+#!/bin/sh
+# Stagely agent installer, served by the appliance at <public_url>/agent/install.sh.
+#
+#   curl -fsSL @PUBLIC_URL@/agent/install.sh | sudo sh
+#
+# It downloads the agent from this same appliance, checks its sha256, asks for the agent token
+# (typed at the terminal, so it never appears in a command line or shell history), writes it to a
+# 0600 file, installs a systemd unit and starts it. Options:
+#   --token-file FILE   read the token from FILE instead of asking (automation)
+#   --server URL        appliance URL (default: @PUBLIC_URL@)
+#   --root DIR          install under DIR instead of / (no service is started)
+#   --no-start          install only
+set -eu
+
+SERVER="@PUBLIC_URL@"
+ROOT=""
+TOKEN_FILE=""
+START=1
+
+die() { printf 'stagely-agent install: %s\n' "$*" >&2; exit 1; }
+say() { printf '%s\n' "$*"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --token-file) [ $# -ge 2 ] || die "--token-file needs a file"; TOKEN_FILE=$2; shift 2 ;;
+    --server) [ $# -ge 2 ] || die "--server needs a URL"; SERVER=$2; shift 2 ;;
+    --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; START=0; shift 2 ;;
+    --no-start) START=0; shift ;;
+    --token) die "--token is not accepted: a token on the command line is visible to every user of this machine. Use --token-file FILE, or run without it to be asked." ;;
+    *) die "unknown option: $1" ;;
+  esac
+done
+SERVER=${SERVER%/}
+
+case "$(uname -s)" in Linux) ;; *) die "only Linux is supported" ;; esac
+case "$(uname -m)" in
+  x86_64|amd64) TARGET=linux-x86_64 ;;
+  aarch64|arm64) TARGET=linux-aarch64 ;;
+  *) die "no agent build for $(uname -m)" ;;
+esac
+if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
+  die "run as root (pipe to 'sudo sh'), or pass --root DIR"
+fi
+
+fetch() { # fetch URL FILE
+  if command -v curl >/dev/null 2>&1; then curl -fsSL -o "$2" "$1"
+  elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
+  else die "curl or wget is required"; fi
+}
+
+# --- the token: from a file, or typed at the terminal (stdin is this script when piped) ---
+if [ -n "$TOKEN_FILE" ]; then
+  [ -r "$TOKEN_FILE" ] || die "cannot read $TOKEN_FILE"
+  TOKEN=$(head -n 1 "$TOKEN_FILE")
+else
+  [ -r /dev/tty ] || die "no terminal to ask for the token: use --token-file FILE"
+  printf 'Agent token (shown once when the agent was created; input hidden): ' >/dev/tty
+  stty -echo </dev/tty 2>/dev/null || true
+  IFS= read -r TOKEN </dev/tty || true
+  stty echo </dev/tty 2>/dev/null || true
+  printf '\n' >/dev/tty
+fi
+case "$TOKEN" in stga_*) ;; *) die "that is not an agent token (they start with stga_)" ;; esac
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT INT TERM
+
+say "Downloading the agent ($TARGET) from $SERVER"
+fetch "$SERVER/agent/download/$TARGET" "$TMP/stagely-agent"
+fetch "$SERVER/agent/download/$TARGET/sha256" "$TMP/sha256"
+WANT=$(cut -d ' ' -f 1 "$TMP/sha256")
+if command -v sha256sum >/dev/null 2>&1; then GOT=$(sha256sum "$TMP/stagely-agent" | cut -d ' ' -f 1)
+else GOT=$(openssl dgst -sha256 -r "$TMP/stagely-agent" | cut -d ' ' -f 1); fi
+[ -n "$WANT" ] && [ "$WANT" = "$GOT" ] || die "checksum mismatch (expected $WANT, got $GOT): not installing"
+
+BIN_DIR="$ROOT/usr/local/bin"
+CONF_DIR="$ROOT/etc/stagely-agent"
+WORK_DIR="$ROOT/var/lib/stagely-agent"
+UNIT_DIR="$ROOT/etc/systemd/system"
+mkdir -p "$BIN_DIR" "$CONF_DIR" "$UNIT_DIR"
+mkdir -p "$WORK_DIR" && chmod 0700 "$WORK_DIR"
+install -m 0755 "$TMP/stagely-agent" "$BIN_DIR/stagely-agent"
+
+umask 077
+printf '%s\n' "$TOKEN" >"$CONF_DIR/token"
+chmod 0600 "$CONF_DIR/token"
+umask 022
+cat >"$CONF_DIR/agent.toml" <<CONF
+# Stagely agent configuration (written by install.sh). The token lives in token_file only.
+server = "$SERVER"
+token_file = "/etc/stagely-agent/token"
+work_dir = "/var/lib/stagely-agent"
+CONF
+
+cat >"$UNIT_DIR/stagely-agent.service" <<'UNIT'
+@AGENT_UNIT@
+UNIT
+
+say "Installed: $BIN_DIR/stagely-agent, config $CONF_DIR/agent.toml, token $CONF_DIR/token (0600)"
+if [ "$START" = 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl daemon-reload
+  systemctl enable --now stagely-agent.service
+  say "Started: systemctl status stagely-agent"
+else
+  say "Start it with:"
+  say "  $BIN_DIR/stagely-agent run --config $CONF_DIR/agent.toml"
+  [ -n "$ROOT" ] && say "(installed under $ROOT: the config's paths are for /; pass --token-file $CONF_DIR/token --work-dir $WORK_DIR to run it from here)"
+fi

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Release builds of both binaries, static (musl) so they run on any x86_64 Linux whatever its
+# glibc, stripped, into dist/. Installs what the build needs when missing (musl-tools, the rustup
+# target). An aarch64 agent is built too when an aarch64 C cross compiler can be had; otherwise
+# that is said, and only x86_64 is served.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[build] %s\n' "$*" >&2; }
+
+TARGET=x86_64-unknown-linux-musl
+if ! command -v musl-gcc >/dev/null 2>&1; then
+  log "installing musl-tools"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
+fi
+rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
+
+log "cargo build --release --target $TARGET"
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$TARGET" --bins
+
+mkdir -p dist
+cp "target/$TARGET/release/stagely" dist/stagely
+cp "target/$TARGET/release/stagely-agent" dist/stagely-agent-linux-x86_64
+
+if [ "${STAGELY_BUILD_AARCH64:-0}" = 1 ]; then
+  A=aarch64-unknown-linux-musl
+  if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && rustup target list --installed | grep -qx "$A"; then
+    log "building the aarch64 agent"
+    CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
+      CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+      cargo build --release --locked --target "$A" --bin stagely-agent
+    cp "target/$A/release/stagely-agent" dist/stagely-agent-linux-aarch64
+  else
+    log "no aarch64 cross toolchain: skipping the aarch64 agent"
+  fi
+fi
+
+for f in dist/stagely dist/stagely-agent-linux-*; do
+  log "$(basename "$f"): $(stat -c %s "$f") bytes, $(file -b "$f" 2>/dev/null | cut -d, -f1-2 || true)"
+done

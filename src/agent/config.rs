@@ -1,0 +1,341 @@
+//! The agent's settings. One precedence order: defaults → `/etc/stagely-agent/agent.toml` (or
+//! `--config`) → `STAGELY_AGENT_*` environment → command-line flags.
+//!
+//! The token is never a flag (argv is readable by every user of the machine): it comes from
+//! `token_file` or the `STAGELY_AGENT_TOKEN` variable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use zeroize::Zeroize;
+
+use crate::protocol::AGENT_WS_PATH;
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/stagely-agent/agent.toml";
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/stagely-agent";
+pub const DEFAULT_VERIFY_WAIT_SECS: f64 = 5.0;
+pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 60;
+
+/// Every `STAGELY_AGENT_*` variable the agent reads; others get a warning (likely a typo).
+const KNOWN_ENV: &[&str] = &[
+    "STAGELY_AGENT_CONFIG",
+    "STAGELY_AGENT_SERVER",
+    "STAGELY_AGENT_TOKEN",
+    "STAGELY_AGENT_TOKEN_FILE",
+    "STAGELY_AGENT_WORK_DIR",
+    "STAGELY_AGENT_CA_FILE",
+    "STAGELY_AGENT_COMPOSE_COMMAND",
+    "STAGELY_AGENT_VERIFY_WAIT_SECS",
+    "STAGELY_AGENT_HEALTH_TIMEOUT_SECS",
+    "STAGELY_AGENT_RUNTIME_DIR",
+    "STAGELY_AGENT_LOG",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("no server given: set --server, STAGELY_AGENT_SERVER or `server` in the config file")]
+    NoServer,
+    #[error(
+        "no token given: set --token-file, STAGELY_AGENT_TOKEN_FILE, STAGELY_AGENT_TOKEN or `token_file`"
+    )]
+    NoToken,
+    #[error("the token file {0} is empty")]
+    EmptyToken(PathBuf),
+    #[error("server URL {url:?} is not valid: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    #[error("{0} must be a number of seconds between 0 and 3600")]
+    BadDuration(&'static str),
+}
+
+/// Flags of `stagely-agent run` (each also read from its `STAGELY_AGENT_*` variable).
+#[derive(clap::Args, Debug, Default)]
+pub struct RunArgs {
+    /// Config file [default: /etc/stagely-agent/agent.toml, when it exists].
+    #[arg(long, env = "STAGELY_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The appliance's URL: https://stagely.example.com (or http://, ws://, wss://).
+    #[arg(long, env = "STAGELY_AGENT_SERVER")]
+    pub server: Option<String>,
+    /// File holding the agent token (never pass the token itself as an argument).
+    #[arg(long, env = "STAGELY_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Where checkouts and the deployments record live [default: /var/lib/stagely-agent].
+    #[arg(long, env = "STAGELY_AGENT_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Extra PEM CA certificate(s) to trust, for a self-signed appliance.
+    #[arg(long, env = "STAGELY_AGENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// How to run compose [default: `docker compose` if present, else `docker-compose`].
+    #[arg(long, env = "STAGELY_AGENT_COMPOSE_COMMAND")]
+    pub compose_command: Option<String>,
+    /// Seconds between `up` and verification [default: 5].
+    #[arg(long, env = "STAGELY_AGENT_VERIFY_WAIT_SECS")]
+    pub verify_wait_secs: Option<f64>,
+    /// Seconds to wait for healthchecks still `starting` [default: 60].
+    #[arg(long, env = "STAGELY_AGENT_HEALTH_TIMEOUT_SECS")]
+    pub health_timeout_secs: Option<u64>,
+    /// Parent of the private directory for override files [default: $XDG_RUNTIME_DIR, /dev/shm].
+    #[arg(long, env = "STAGELY_AGENT_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
+}
+
+/// `agent.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub compose_command: Option<String>,
+    pub verify_wait_secs: Option<f64>,
+    pub health_timeout_secs: Option<u64>,
+    pub runtime_dir: Option<PathBuf>,
+}
+
+/// The agent token. Never printed; zeroed on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The WebSocket URL, already normalised (`wss://host/…/ws/agent`).
+    pub url: String,
+    pub token: Token,
+    pub work_dir: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    pub compose_command: Option<String>,
+    pub verify_wait: Duration,
+    pub health_timeout: Duration,
+    pub runtime_dir: Option<PathBuf>,
+}
+
+/// Merge file, environment (already in `args` through clap) and flags into [`Settings`].
+pub fn load(args: RunArgs) -> Result<Settings, ConfigError> {
+    warn_unknown_env();
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => read_file(Path::new(DEFAULT_CONFIG_FILE))?,
+        None => FileConfig::default(),
+    };
+    let env_token = std::env::var("STAGELY_AGENT_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    merge(args, file, env_token)
+}
+
+/// The merge itself, without touching the process environment (testable).
+pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Result<Settings, ConfigError> {
+    let server = args.server.or(file.server).ok_or(ConfigError::NoServer)?;
+    let url = normalize_server_url(&server)?;
+    let token = match args.token_file.or(file.token_file) {
+        Some(path) => read_token(&path)?,
+        None => Token::new(env_token.ok_or(ConfigError::NoToken)?.trim()),
+    };
+    let verify = args
+        .verify_wait_secs
+        .or(file.verify_wait_secs)
+        .unwrap_or(DEFAULT_VERIFY_WAIT_SECS);
+    if !(0.0..=3600.0).contains(&verify) {
+        return Err(ConfigError::BadDuration("verify_wait_secs"));
+    }
+    let health = args
+        .health_timeout_secs
+        .or(file.health_timeout_secs)
+        .unwrap_or(DEFAULT_HEALTH_TIMEOUT_SECS);
+    if health > 3600 {
+        return Err(ConfigError::BadDuration("health_timeout_secs"));
+    }
+    Ok(Settings {
+        url,
+        token,
+        work_dir: args
+            .work_dir
+            .or(file.work_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR)),
+        ca_file: args.ca_file.or(file.ca_file),
+        compose_command: args.compose_command.or(file.compose_command),
+        verify_wait: Duration::from_secs_f64(verify),
+        health_timeout: Duration::from_secs(health),
+        runtime_dir: args.runtime_dir.or(file.runtime_dir),
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        reason: e.message().to_owned(),
+    })
+}
+
+fn read_token(path: &Path) -> Result<Token, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(file = %path.display(), "the token file is readable by other users: chmod 600 it");
+    }
+    let token = Token::new(text.trim());
+    text.zeroize();
+    if token.expose().is_empty() {
+        return Err(ConfigError::EmptyToken(path.to_owned()));
+    }
+    Ok(token)
+}
+
+fn warn_unknown_env() {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("STAGELY_AGENT_") && !KNOWN_ENV.contains(&name.as_ref()) {
+            tracing::warn!(variable = %name, "unknown STAGELY_AGENT_ variable ignored (typo?)");
+        }
+    }
+}
+
+/// The appliance URL as users know it → the agent's WebSocket URL.
+///
+/// `https://` → `wss://`, `http://` → `ws://` (ws/wss kept); a path prefix is kept (an appliance
+/// under `/stagely`); `/ws/agent` is appended unless already there.
+pub fn normalize_server_url(input: &str) -> Result<String, ConfigError> {
+    let bad = |reason| ConfigError::BadUrl {
+        url: input.chars().take(200).collect(),
+        reason,
+    };
+    let s = input.trim();
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| bad("it needs a scheme, e.g. https://"))?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => "wss",
+        "http" | "ws" => "ws",
+        _ => return Err(bad("the scheme must be https, http, wss or ws")),
+    };
+    if rest.contains(['?', '#']) || rest.contains(char::is_whitespace) {
+        return Err(bad("it must not contain a query, fragment or spaces"));
+    }
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    if authority.is_empty() {
+        return Err(bad("it has no host"));
+    }
+    if authority.contains('@') {
+        return Err(bad("it must not contain credentials (use the token file)"));
+    }
+    let path = path.trim_end_matches('/');
+    let ws_path = AGENT_WS_PATH.trim_start_matches('/');
+    let path = if path.is_empty() {
+        ws_path.to_owned()
+    } else if path == ws_path || path.ends_with(AGENT_WS_PATH) {
+        path.to_owned()
+    } else {
+        format!("{path}/{ws_path}")
+    };
+    Ok(format!("{scheme}://{authority}/{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalised() {
+        let n = |s| normalize_server_url(s).unwrap();
+        assert_eq!(
+            n("https://stagely.example.com"),
+            "wss://stagely.example.com/ws/agent"
+        );
+        assert_eq!(
+            n("https://stagely.example.com/"),
+            "wss://stagely.example.com/ws/agent"
+        );
+        assert_eq!(n("http://127.0.0.1:8080"), "ws://127.0.0.1:8080/ws/agent");
+        assert_eq!(n("HTTPS://h/stagely/"), "wss://h/stagely/ws/agent");
+        assert_eq!(n("wss://h/ws/agent"), "wss://h/ws/agent");
+        assert_eq!(n("ws://h:1/x/ws/agent/"), "ws://h:1/x/ws/agent");
+        for bad in [
+            "h.example.com",
+            "ftp://h",
+            "https://",
+            "https://h/?a=1",
+            "https://u:p@h",
+        ] {
+            assert!(normalize_server_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_beat_file_and_token_never_comes_from_args() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "agt_secret\n").unwrap();
+        let file: FileConfig = toml::from_str(
+            "server = \"https://file.example\"\nwork_dir = \"/srv/file\"\nverify_wait_secs = 2.5\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            server: Some("http://flag.example".into()),
+            token_file: Some(token_file),
+            ..Default::default()
+        };
+        let s = merge(args, file, None).unwrap();
+        assert_eq!(s.url, "ws://flag.example/ws/agent");
+        assert_eq!(s.work_dir, PathBuf::from("/srv/file"));
+        assert_eq!(s.verify_wait, Duration::from_millis(2500));
+        assert_eq!(s.token.expose(), "agt_secret");
+        assert!(!format!("{s:?}").contains("agt_secret"));
+
+        let args = RunArgs {
+            server: Some("http://h".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            merge(args, FileConfig::default(), None),
+            Err(ConfigError::NoToken)
+        ));
+        let args = RunArgs {
+            server: Some("http://h".into()),
+            ..Default::default()
+        };
+        let s = merge(args, FileConfig::default(), Some("from-env".into())).unwrap();
+        assert_eq!(s.token.expose(), "from-env");
+        assert!(
+            toml::from_str::<FileConfig>("tokn_file = \"x\"").is_err(),
+            "unknown fields refused"
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! The Connection Manager: dial the appliance, say HELLO, run what it sends, report, and dial
+//! again forever with exponential backoff and full jitter when the connection drops.
+//!
+//! [`Agent::session`] is generic over `Sink`/`Stream`, so the protocol (HELLO, LOG ordering,
+//! STATUS kept until ACK, repeated DEPLOY, one deploy at a time) is tested over channels.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::LogLine;
+use super::compose::{self, Compose};
+use super::config::Settings;
+use super::deploy::Deployer;
+use super::ephemeral::RuntimeDir;
+use super::results::{DeployResult, Results};
+use super::transport::{self, WsIn, WsOut};
+use crate::protocol::{
+    self, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, SecretEntry, ServerMessage,
+};
+
+/// First retry ceiling; doubled each failed attempt up to [`BACKOFF_CAP`].
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// A connection that lasted this long resets the backoff.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// The agent pings this often, and gives the connection up after [`IDLE_TIMEOUT`] of silence.
+pub const PING_EVERY: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(95);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("cannot create the work directory {path}: {source}")]
+    WorkDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Private(#[from] super::ephemeral::EphemeralError),
+    #[error(transparent)]
+    Results(#[from] super::results::ResultsError),
+    #[error(transparent)]
+    Compose(#[from] super::compose::ComposeError),
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+}
+
+/// Exponential backoff with full jitter: the n-th delay is uniform in `[0, min(cap, base·2ⁿ)]`,
+/// so a thousand agents of a restarted server do not come back in the same second.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The ceiling of the next delay (before jitter).
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32 << self.attempt.min(20);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The next delay for a uniform random `unit` in `[0, 1)`.
+    pub fn next_delay(&mut self, unit: f64) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// What HELLO says about this machine.
+#[derive(Debug, Clone, Default)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub docker_version: String,
+    pub compose_version: String,
+}
+
+impl HostInfo {
+    pub async fn gather(compose: &Compose) -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        Self {
+            hostname,
+            docker_version: compose::docker_version().await.unwrap_or_default(),
+            compose_version: compose.version().await.unwrap_or_default(),
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    Disconnected(String),
+    Shutdown,
+}
+
+struct Running {
+    id: i64,
+    log_rx: mpsc::UnboundedReceiver<LogLine>,
+    handle: JoinHandle<DeployResult>,
+    seq: u64,
+}
+
+enum Event {
+    Log(LogLine),
+    Done,
+}
+
+/// The agent's state across connections: the running deployment and the results record.
+pub struct Agent {
+    deployer: Arc<Deployer>,
+    results: Arc<Mutex<Results>>,
+    current: Option<Running>,
+    host: HostInfo,
+}
+
+fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
+    // A panic while holding the lock leaves the record as it was on disk: keep using it.
+    results.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    pub fn new(deployer: Deployer, results: Results, host: HostInfo) -> Self {
+        Self {
+            deployer: Arc::new(deployer),
+            results: Arc::new(Mutex::new(results)),
+            current: None,
+            host,
+        }
+    }
+
+    pub fn set_host(&mut self, host: HostInfo) {
+        self.host = host;
+    }
+
+    /// Deployment ids for HELLO: the running one and every unacknowledged result.
+    pub fn active_deployments(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = lock(&self.results)
+            .unacked()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if let Some(r) = &self.current
+            && !ids.contains(&r.id)
+        {
+            ids.push(r.id);
+        }
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Whether a deployment is running.
+    pub fn is_busy(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Stop the running deployment, if any: its task is dropped, so its override is deleted and
+    /// its compose process killed. The record keeps it as interrupted (a FAIL on next start).
+    pub async fn abort(&mut self) {
+        if let Some(r) = self.current.take() {
+            tracing::warn!(
+                deployment_id = r.id,
+                "stopping: the running deployment is interrupted"
+            );
+            r.handle.abort();
+            let _ = r.handle.await;
+        }
+    }
+
+    /// One connection, from HELLO until it drops or `shutdown` fires.
+    pub async fn session<S, R, SE, RE>(
+        &mut self,
+        mut sink: S,
+        mut stream: R,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        R: Stream<Item = Result<WsIn, RE>> + Unpin,
+        SE: std::fmt::Display,
+        RE: std::fmt::Display,
+    {
+        let hello = AgentMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            hostname: self.host.hostname.clone(),
+            docker_version: self.host.docker_version.clone(),
+            compose_version: self.host.compose_version.clone(),
+            active_deployments: Some(self.active_deployments()),
+        };
+        if let Err(e) = send(&mut sink, &hello).await {
+            return SessionEnd::Disconnected(e);
+        }
+        // Results that finished while disconnected (or before a restart). The running
+        // deployment's STATUS goes after its remaining log lines, from the loop below.
+        let running = self.current.as_ref().map(|r| r.id);
+        let pending = lock(&self.results).unacked();
+        for (id, result) in pending.into_iter().filter(|(id, _)| Some(*id) != running) {
+            if let Err(e) = send(&mut sink, &result.to_status(id)).await {
+                return SessionEnd::Disconnected(e);
+            }
+        }
+
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = sink.send(WsOut::Close).await;
+                    return SessionEnd::Shutdown;
+                }
+                frame = stream.next() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None => return SessionEnd::Disconnected("connection closed".into()),
+                        Some(Err(e)) => return SessionEnd::Disconnected(e.to_string()),
+                        Some(Ok(WsIn::Close(reason))) => {
+                            return SessionEnd::Disconnected(format!("server closed the connection: {reason}"));
+                        }
+                        Some(Ok(WsIn::Other)) => {}
+                        Some(Ok(WsIn::Text(text))) => {
+                            if let Err(e) = self.handle_frame(&text, &mut sink).await {
+                                return SessionEnd::Disconnected(e);
+                            }
+                        }
+                    }
+                }
+                event = next_event(&mut self.current) => {
+                    if let Err(e) = self.handle_event(event, &mut sink).await {
+                        return SessionEnd::Disconnected(e);
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > IDLE_TIMEOUT {
+                        return SessionEnd::Disconnected(format!("nothing heard from the server for {IDLE_TIMEOUT:?}"));
+                    }
+                    if let Err(e) = sink.send(WsOut::Ping).await {
+                        return SessionEnd::Disconnected(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_event<S, SE>(&mut self, event: Event, sink: &mut S) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        match event {
+            Event::Log(line) => {
+                let Some(r) = self.current.as_mut() else {
+                    return Ok(());
+                };
+                let msg = AgentMessage::Log {
+                    deployment_id: r.id,
+                    seq: r.seq,
+                    stream: line.stream,
+                    line: line.line,
+                };
+                r.seq += 1;
+                send(sink, &msg).await
+            }
+            Event::Done => {
+                let Some(r) = self.current.take() else {
+                    return Ok(());
+                };
+                let result = match r.handle.await {
+                    Ok(result) => result,
+                    Err(e) => {
+                        // The task panicked: its drop guard removed the override; record a FAIL.
+                        tracing::error!(deployment_id = r.id, error = %e, "the deployment task crashed");
+                        let result =
+                            DeployResult::fail("the agent's deployment task crashed (see the agent log)");
+                        if let Err(e) = lock(&self.results).finish(r.id, result.clone()) {
+                            tracing::error!(deployment_id = r.id, error = %e, "cannot record the result");
+                        }
+                        result
+                    }
+                };
+                tracing::info!(deployment_id = r.id, status = ?result.status, "deployment finished");
+                send(sink, &result.to_status(r.id)).await
+            }
+        }
+    }
+
+    async fn handle_frame<S, SE>(&mut self, text: &str, sink: &mut S) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        match protocol::decode_server_message(text) {
+            Ok(Incoming::Known(ServerMessage::Deploy {
+                deployment_id,
+                project,
+                secrets,
+            })) => self.on_deploy(deployment_id, project, secrets, sink).await,
+            Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
+                if let Err(e) = lock(&self.results).ack(deployment_id) {
+                    tracing::error!(deployment_id, error = %e, "cannot record the ACK");
+                }
+                Ok(())
+            }
+            Ok(Incoming::Known(ServerMessage::Error { code, message })) => {
+                tracing::warn!(%code, %message, "the server reported an error");
+                Ok(())
+            }
+            Ok(Incoming::Unknown(kind)) => {
+                tracing::debug!(%kind, "ignoring a message type this agent does not know");
+                Ok(())
+            }
+            Err(e) => {
+                // DecodeError never echoes the frame (it may hold secrets).
+                tracing::warn!(error = %e, "cannot decode a frame from the server");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_deploy<S, SE>(
+        &mut self,
+        deployment_id: i64,
+        project: ProjectSpec,
+        secrets: Vec<SecretEntry>,
+        sink: &mut S,
+    ) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        let stored = lock(&self.results).get(deployment_id).cloned();
+        if let Some(record) = stored {
+            match record.result {
+                Some(result) => {
+                    tracing::info!(
+                        deployment_id,
+                        "DEPLOY for a finished deployment: resending its result"
+                    );
+                    if let Err(e) = lock(&self.results).reopen(deployment_id) {
+                        tracing::error!(deployment_id, error = %e, "cannot update the record");
+                    }
+                    return send(sink, &result.to_status(deployment_id)).await;
+                }
+                None => {
+                    tracing::info!(
+                        deployment_id,
+                        "DEPLOY for the deployment already running: ignored"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(r) = &self.current {
+            tracing::warn!(
+                deployment_id,
+                running = r.id,
+                "DEPLOY refused: another deployment is running"
+            );
+            let result = DeployResult::fail(format!(
+                "the agent is busy with deployment {}; only one deployment runs at a time",
+                r.id
+            ));
+            if let Err(e) = lock(&self.results).finish(deployment_id, result.clone()) {
+                tracing::error!(deployment_id, error = %e, "cannot record the result");
+            }
+            return send(sink, &result.to_status(deployment_id)).await;
+        }
+        if let Err(e) = lock(&self.results).mark_running(deployment_id) {
+            // Without the record a restart would forget this deployment; still run it.
+            tracing::error!(deployment_id, error = %e, "cannot record the deployment start");
+        }
+        tracing::info!(
+            deployment_id,
+            project = %project.name,
+            environment = %project.environment,
+            secrets = secrets.len(),
+            "deploying"
+        );
+        let (tx, log_rx) = mpsc::unbounded_channel();
+        let deployer = Arc::clone(&self.deployer);
+        let results = Arc::clone(&self.results);
+        let handle = tokio::spawn(async move {
+            let result = deployer.run(deployment_id, &project, &secrets, &tx).await;
+            drop(secrets);
+            // Recorded before the log channel closes, so a crash after this still reports it.
+            if let Err(e) = lock(&results).finish(deployment_id, result.clone()) {
+                tracing::error!(deployment_id, error = %e, "cannot record the result");
+            }
+            drop(tx);
+            result
+        });
+        self.current = Some(Running {
+            id: deployment_id,
+            log_rx,
+            handle,
+            seq: 0,
+        });
+        Ok(())
+    }
+}
+
+async fn next_event(current: &mut Option<Running>) -> Event {
+    match current {
+        Some(r) => match r.log_rx.recv().await {
+            Some(line) => Event::Log(line),
+            None => Event::Done,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn send<S, SE>(sink: &mut S, msg: &AgentMessage) -> Result<(), String>
+where
+    S: Sink<WsOut, Error = SE> + Unpin,
+    SE: std::fmt::Display,
+{
+    sink.send(WsOut::Text(protocol::encode(msg)))
+        .await
+        .map_err(|e| format!("send failed: {e}"))
+}
+
+/// `stagely-agent run`: prepare, then connect and reconnect until `shutdown` resolves.
+pub async fn run_agent(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ConnectionError> {
+    create_private_dir(&settings.work_dir)?;
+    let runtime = RuntimeDir::prepare(&settings.work_dir, settings.runtime_dir.as_deref())?;
+    let results = Results::open(&settings.work_dir)?;
+    let compose = match &settings.compose_command {
+        Some(c) => Compose::new(c)?,
+        None => Compose::detect().await,
+    };
+    let tls = transport::tls_config(settings.ca_file.as_deref())?;
+    tracing::info!(
+        server = %settings.url,
+        work_dir = %settings.work_dir.display(),
+        private_dir = %runtime.path().display(),
+        compose = %compose.display(),
+        "stagely-agent {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let deployer = Deployer {
+        compose: compose.clone(),
+        work_dir: settings.work_dir.clone(),
+        runtime,
+        verify_wait: settings.verify_wait,
+        health_timeout: settings.health_timeout,
+    };
+    let mut agent = Agent::new(deployer, results, HostInfo::default());
+
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+
+    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+    while !stop.is_cancelled() {
+        agent.set_host(HostInfo::gather(&compose).await);
+        let started = Instant::now();
+        let mut floor = Duration::ZERO;
+        tokio::select! {
+            () = stop.cancelled() => break,
+            dialed = transport::connect(&settings.url, &settings.token, Arc::clone(&tls)) => match dialed {
+                Ok((sink, stream)) => {
+                    tracing::info!(server = %settings.url, "connected");
+                    match agent.session(sink, stream, &stop).await {
+                        SessionEnd::Shutdown => break,
+                        SessionEnd::Disconnected(why) => tracing::warn!(reason = %why, "disconnected"),
+                    }
+                    if started.elapsed() >= BACKOFF_RESET_AFTER {
+                        backoff.reset();
+                    }
+                }
+                Err(e) => {
+                    floor = e.retry_after().unwrap_or_default().min(BACKOFF_CAP);
+                    tracing::warn!(error = %e, "cannot connect to the server");
+                }
+            }
+        }
+        let delay = backoff.next_delay(rand::random::<f64>()).max(floor);
+        tracing::info!(retry_in_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    agent.abort().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), ConnectionError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| ConnectionError::WorkDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

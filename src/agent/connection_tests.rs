@@ -1,0 +1,295 @@
+//! The connection protocol over channels: no server, no network, no Docker.
+
+use super::*;
+use crate::protocol::{DeployOutcome, LogStream, PullPolicy, Scope};
+
+type ServerTx = mpsc::UnboundedSender<Result<WsIn, String>>;
+type ServerRx = mpsc::UnboundedReceiver<WsOut>;
+
+fn pipe() -> (
+    ServerTx,
+    ServerRx,
+    impl Sink<WsOut, Error = String> + Unpin,
+    impl Stream<Item = Result<WsIn, String>> + Unpin,
+) {
+    let (to_agent, from_server) = mpsc::unbounded_channel::<Result<WsIn, String>>();
+    let (to_server, from_agent) = mpsc::unbounded_channel::<WsOut>();
+    let sink = Box::pin(futures_util::sink::unfold(
+        to_server,
+        |tx, item: WsOut| async move {
+            tx.send(item).map_err(|_| "server gone".to_string())?;
+            Ok::<_, String>(tx)
+        },
+    ));
+    let stream = Box::pin(futures_util::stream::unfold(from_server, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    }));
+    (to_agent, from_agent, sink, stream)
+}
+
+struct Fixture {
+    _work: tempfile::TempDir,
+    _base: tempfile::TempDir,
+    agent: Agent,
+}
+
+fn fixture(compose_command: &str) -> Fixture {
+    let work = tempfile::tempdir().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let runtime = RuntimeDir::prepare(work.path(), Some(base.path())).unwrap();
+    let deployer = Deployer {
+        compose: Compose::new(compose_command).unwrap(),
+        work_dir: work.path().to_owned(),
+        runtime,
+        verify_wait: Duration::ZERO,
+        health_timeout: Duration::ZERO,
+    };
+    let results = Results::open(work.path()).unwrap();
+    let agent = Agent::new(
+        deployer,
+        results,
+        HostInfo {
+            hostname: "test-host".into(),
+            ..Default::default()
+        },
+    );
+    Fixture {
+        _work: work,
+        _base: base,
+        agent,
+    }
+}
+
+fn deploy_frame(id: i64, compose_path: &str, secret_value: &str) -> WsIn {
+    WsIn::Text(protocol::encode(&ServerMessage::Deploy {
+        deployment_id: id,
+        project: ProjectSpec {
+            name: "shop".into(),
+            environment: "staging".into(),
+            repo_url: None,
+            git_ref: "main".into(),
+            compose_path: compose_path.into(),
+            pull: PullPolicy::Never,
+        },
+        secrets: vec![SecretEntry {
+            key: "CANARY".into(),
+            value: secret_value.into(),
+            scope: Scope::Global,
+            service: None,
+        }],
+    }))
+}
+
+async fn next_msg(rx: &mut ServerRx) -> AgentMessage {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("agent said nothing for 20 s")
+            .expect("agent hung up");
+        match frame {
+            WsOut::Text(t) => {
+                let Ok(Incoming::Known(m)) = protocol::decode_agent_message(&t) else {
+                    panic!("agent sent an undecodable frame")
+                };
+                return m;
+            }
+            WsOut::Ping => continue,
+            WsOut::Close => panic!("agent closed"),
+        }
+    }
+}
+
+fn run_session(
+    mut agent: Agent,
+    sink: impl Sink<WsOut, Error = String> + Unpin + Send + 'static,
+    stream: impl Stream<Item = Result<WsIn, String>> + Unpin + Send + 'static,
+    stop: CancellationToken,
+) -> JoinHandle<(Agent, SessionEnd)> {
+    tokio::spawn(async move {
+        let end = agent.session(sink, stream, &stop).await;
+        (agent, end)
+    })
+}
+
+#[tokio::test]
+async fn status_is_kept_until_ack_and_a_repeated_deploy_is_not_run_again() {
+    let f = fixture("docker compose");
+    let stop = CancellationToken::new();
+    let (tx, mut rx, sink, stream) = pipe();
+    let session = run_session(f.agent, sink, stream, stop.clone());
+
+    let AgentMessage::Hello {
+        protocol,
+        hostname,
+        active_deployments,
+        ..
+    } = next_msg(&mut rx).await
+    else {
+        panic!("first frame must be HELLO")
+    };
+    assert_eq!((protocol, hostname.as_str()), (PROTOCOL_VERSION, "test-host"));
+    assert_eq!(active_deployments, Some(vec![]));
+
+    // A compose file that does not exist: the deployment fails fast, before any command runs.
+    tx.send(Ok(deploy_frame(
+        1,
+        "/nonexistent/compose.yml",
+        "canary-value-123",
+    )))
+    .unwrap();
+    let mut seqs = Vec::new();
+    let (status, error) = loop {
+        match next_msg(&mut rx).await {
+            AgentMessage::Log {
+                deployment_id,
+                seq,
+                stream,
+                line,
+            } => {
+                assert_eq!((deployment_id, stream), (1, LogStream::Agent));
+                assert!(!line.contains("canary-value-123"));
+                seqs.push(seq);
+            }
+            AgentMessage::Status {
+                deployment_id,
+                status,
+                error,
+                ..
+            } => {
+                assert_eq!(deployment_id, 1);
+                break (status, error.unwrap_or_default());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(status, DeployOutcome::Fail);
+    assert!(error.contains("does not exist"), "{error}");
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "LOG before STATUS, in order"
+    );
+
+    // Connection drops before the ACK: the next session announces and resends the STATUS.
+    drop(tx);
+    let (agent, end) = session.await.unwrap();
+    assert!(matches!(end, SessionEnd::Disconnected(_)));
+    let (tx, mut rx, sink, stream) = pipe();
+    let session = run_session(agent, sink, stream, stop.clone());
+    let AgentMessage::Hello {
+        active_deployments, ..
+    } = next_msg(&mut rx).await
+    else {
+        panic!("HELLO first")
+    };
+    assert_eq!(active_deployments, Some(vec![1]));
+    assert!(matches!(
+        next_msg(&mut rx).await,
+        AgentMessage::Status { deployment_id: 1, .. }
+    ));
+    tx.send(Ok(WsIn::Text(protocol::encode(&ServerMessage::Ack {
+        deployment_id: 1,
+    }))))
+    .unwrap();
+
+    // The same DEPLOY again: answered with the stored result, no new LOG lines.
+    tx.send(Ok(deploy_frame(1, "/nonexistent/compose.yml", "x")))
+        .unwrap();
+    match next_msg(&mut rx).await {
+        AgentMessage::Status {
+            deployment_id: 1,
+            status: DeployOutcome::Fail,
+            error,
+            ..
+        } => assert!(error.unwrap_or_default().contains("does not exist")),
+        other => panic!("expected the stored STATUS, got {other:?}"),
+    }
+    stop.cancel();
+    let (agent, end) = session.await.unwrap();
+    assert_eq!(end, SessionEnd::Shutdown);
+    assert!(!agent.is_busy());
+}
+
+#[tokio::test]
+async fn one_deployment_at_a_time() {
+    // A "compose" that takes a while to answer `config --services`, then fails.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow-compose.sh");
+    std::fs::write(&slow, "sleep 2\necho 'no compose here' >&2\nexit 1\n").unwrap();
+    let compose_file = dir.path().join("compose.yml");
+    std::fs::write(&compose_file, "services: {}\n").unwrap();
+    let f = fixture(&format!("sh {}", slow.display()));
+    let stop = CancellationToken::new();
+    let (tx, mut rx, sink, stream) = pipe();
+    let session = run_session(f.agent, sink, stream, stop.clone());
+    assert!(matches!(next_msg(&mut rx).await, AgentMessage::Hello { .. }));
+
+    let path = compose_file.to_string_lossy().into_owned();
+    tx.send(Ok(deploy_frame(10, &path, "v"))).unwrap();
+    tx.send(Ok(deploy_frame(11, &path, "v"))).unwrap();
+    let mut finished = Vec::new();
+    while finished.len() < 2 {
+        if let AgentMessage::Status {
+            deployment_id, error, ..
+        } = next_msg(&mut rx).await
+        {
+            finished.push((deployment_id, error.unwrap_or_default()));
+        }
+    }
+    assert_eq!(finished[0].0, 11, "the second DEPLOY is refused at once");
+    assert!(
+        finished[0].1.contains("busy with deployment 10"),
+        "{}",
+        finished[0].1
+    );
+    assert_eq!(finished[1].0, 10);
+    assert!(finished[1].1.contains("no compose here"), "{}", finished[1].1);
+    stop.cancel();
+    session.await.unwrap();
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_frames_do_not_end_the_session() {
+    let f = fixture("docker compose");
+    let stop = CancellationToken::new();
+    let (tx, mut rx, sink, stream) = pipe();
+    let session = run_session(f.agent, sink, stream, stop.clone());
+    assert!(matches!(next_msg(&mut rx).await, AgentMessage::Hello { .. }));
+    for frame in [
+        "not json",
+        r#"{"type":"NEWS"}"#,
+        r#"{"type":"DEPLOY"}"#,
+        r#"{"type":"ACK","deployment_id":99}"#,
+    ] {
+        tx.send(Ok(WsIn::Text(frame.into()))).unwrap();
+    }
+    tx.send(Ok(WsIn::Other)).unwrap();
+    tx.send(Ok(WsIn::Close("server shutting down".into()))).unwrap();
+    let (_, end) = session.await.unwrap();
+    assert_eq!(
+        end,
+        SessionEnd::Disconnected("server closed the connection: server shutting down".into())
+    );
+}
+
+#[test]
+fn backoff_doubles_to_the_cap_with_full_jitter_and_resets() {
+    let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+    let ceilings: Vec<u64> = (0..9)
+        .map(|_| {
+            let c = b.ceiling();
+            let d = b.next_delay(0.999);
+            assert!(d <= c);
+            c.as_secs()
+        })
+        .collect();
+    assert_eq!(ceilings, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    assert_eq!(b.next_delay(0.0), Duration::ZERO, "full jitter reaches zero");
+    assert_eq!(b.next_delay(0.5), Duration::from_secs(30));
+    b.reset();
+    assert_eq!(b.ceiling(), BACKOFF_BASE);
+    for _ in 0..100 {
+        b.next_delay(1.0);
+    }
+    assert_eq!(b.ceiling(), BACKOFF_CAP, "no overflow after many attempts");
+}

@@ -1,0 +1,276 @@
+//! One deployment, start to finish (steps 4–7 of DESIGN.md): checkout, override, pull, up,
+//! verify, and the override deleted on every path. Output goes to a [`LogSink`] as it happens;
+//! the result is what the agent reports in STATUS.
+//!
+//! Refusals (bad secret key, unknown service, invalid compose file) happen before anything runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use zeroize::Zeroize;
+
+use super::checkout::{CheckoutError, Git, GitCredential, compose_file_in};
+use super::compose::{Compose, ComposeError, project_name};
+use super::ephemeral::{EphemeralError, RuntimeDir};
+use super::mask::Masker;
+use super::override_file::{self, OVERRIDE_FILE_NAME, OverrideError};
+use super::results::DeployResult;
+use super::verify::{Target, Verdict, VerifyError};
+use super::{LogSink, agent_line, process};
+use crate::protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
+
+/// Longest error text sent in a STATUS.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+/// Output lines of a failed command quoted in the error.
+const TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Override(#[from] OverrideError),
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error("checkout failed: {0}")]
+    Checkout(#[from] CheckoutError),
+    #[error(transparent)]
+    Private(#[from] EphemeralError),
+    #[error("verification failed: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("{0}")]
+    BadProject(String),
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("{step} failed ({exit}):\n{tail}")]
+    Step {
+        step: &'static str,
+        exit: String,
+        tail: String,
+    },
+}
+
+/// What every deployment shares: the agent's settings.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    pub compose: Compose,
+    pub work_dir: PathBuf,
+    pub runtime: RuntimeDir,
+    /// Wait between `up` and the first look at the containers (default 5 s).
+    pub verify_wait: Duration,
+    /// How long to keep asking while healthchecks are still `starting`.
+    pub health_timeout: Duration,
+}
+
+impl Deployer {
+    /// Run one deployment. Never fails: every error becomes a FAIL result with a masked message.
+    pub async fn run(
+        &self,
+        deployment_id: i64,
+        project: &ProjectSpec,
+        secrets: &[SecretEntry],
+        log: &LogSink,
+    ) -> DeployResult {
+        let masker = Masker::new(secrets.iter().map(|s| s.value.as_str()));
+        let mut commit = None;
+        match self
+            .run_inner(deployment_id, project, secrets, &masker, log, &mut commit)
+            .await
+        {
+            Ok(result) => result,
+            Err(e) => {
+                let message = process::truncate(&masker.mask(&e.to_string()), MAX_ERROR_BYTES);
+                agent_line(log, format!("deployment failed: {message}"));
+                DeployResult {
+                    status: DeployOutcome::Fail,
+                    services: Vec::new(),
+                    error: Some(message),
+                    commit,
+                }
+            }
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        deployment_id: i64,
+        project: &ProjectSpec,
+        secrets: &[SecretEntry],
+        masker: &Masker,
+        log: &LogSink,
+        commit_out: &mut Option<String>,
+    ) -> Result<DeployResult, DeployError> {
+        override_file::validate(secrets)?;
+        // Dropped on every path out of this function (and on cancellation or panic): the
+        // override and the askpass helper go with it.
+        let private = self.runtime.deployment_dir(deployment_id)?;
+
+        let compose_file = match project
+            .repo_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            Some(url) => {
+                let credential = GitCredential::from_secrets(secrets);
+                let git = Git {
+                    work_dir: &self.work_dir,
+                    private: &private,
+                    credential: credential.as_ref(),
+                    masker,
+                    log,
+                };
+                let co = git.checkout(project, url).await?;
+                *commit_out = Some(co.commit.clone());
+                compose_file_in(&co.dir, &project.compose_path)?
+            }
+            None => {
+                let p = PathBuf::from(&project.compose_path);
+                if !p.is_absolute() {
+                    return Err(DeployError::BadProject(format!(
+                        "compose_path {:?} must be absolute when the project has no repository",
+                        project.compose_path
+                    )));
+                }
+                p
+            }
+        };
+        if !compose_file.is_file() {
+            return Err(DeployError::BadProject(format!(
+                "compose file {} does not exist",
+                compose_file.display()
+            )));
+        }
+
+        agent_line(log, format!("reading {}", compose_file.display()));
+        let all_services = self.compose.services(&compose_file, true).await?;
+        let mut text = override_file::render(&all_services, secrets)?;
+        let active_services = self.compose.services(&compose_file, false).await?;
+        let written = private.write(OVERRIDE_FILE_NAME, &text, 0o600);
+        text.zeroize();
+        let override_path = written?;
+        agent_line(
+            log,
+            format!(
+                "injecting {} secret(s) into {} service(s)",
+                secrets
+                    .iter()
+                    .filter(|s| !override_file::is_agent_only(&s.key))
+                    .count(),
+                all_services.len()
+            ),
+        );
+
+        let name = project_name(&project.name, &project.environment);
+        let v1 = self.compose.is_v1();
+        if project.pull == PullPolicy::Always {
+            agent_line(log, "pulling images");
+            let mut cmd = self.compose.project_command(&name, &[&compose_file]);
+            cmd.arg("pull");
+            if !v1 {
+                cmd.arg("--ignore-buildable");
+            }
+            self.step("pulling images", cmd, masker, log).await?;
+        }
+
+        agent_line(log, format!("starting project {name}"));
+        let mut cmd = self
+            .compose
+            .project_command(&name, &[&compose_file, &override_path]);
+        cmd.args(["up", "-d", "--build", "--remove-orphans"]);
+        if !v1 {
+            // Already pulled for `always`; otherwise the policy is compose's own flag.
+            cmd.args([
+                "--pull",
+                match project.pull {
+                    PullPolicy::Never => "never",
+                    PullPolicy::Always | PullPolicy::Missing => "missing",
+                },
+            ]);
+        }
+        let up = self.step("docker compose up", cmd, masker, log).await;
+        // Compose has read the override: it goes now, not after verification.
+        drop(private);
+        up?;
+
+        agent_line(log, format!("verifying in {} s", self.verify_wait.as_secs_f32()));
+        tokio::time::sleep(self.verify_wait).await;
+        let target = Target {
+            compose: &self.compose,
+            project: &name,
+            compose_file: &compose_file,
+        };
+        let verdicts = target.settle(&active_services, self.health_timeout).await?;
+        let mut problems = Vec::new();
+        for (state, verdict) in &verdicts {
+            if *verdict == Verdict::Good {
+                continue;
+            }
+            let mut what = format!("service {}: {}", state.name, state.state);
+            if !state.health.is_empty() {
+                what.push_str(&format!(" ({})", state.health));
+            }
+            if let Some(code) = state.exit_code.filter(|_| state.state != "running") {
+                what.push_str(&format!(", exit code {code}"));
+            }
+            agent_line(log, what.clone());
+            let tail = target.log_tail(&state.name, masker).await;
+            if !tail.is_empty() {
+                what.push_str(&format!("\n  last {} log lines:", tail.len()));
+                for line in &tail {
+                    what.push_str("\n  ");
+                    what.push_str(line);
+                }
+            }
+            problems.push(what);
+        }
+        let services = verdicts.into_iter().map(|(s, _)| s).collect();
+        if problems.is_empty() {
+            agent_line(log, "all services are up");
+            Ok(DeployResult {
+                status: DeployOutcome::Success,
+                services,
+                error: None,
+                commit: commit_out.clone(),
+            })
+        } else {
+            let error = process::truncate(
+                &masker.mask(&format!(
+                    "{} service(s) not running:\n{}",
+                    problems.len(),
+                    problems.join("\n")
+                )),
+                MAX_ERROR_BYTES,
+            );
+            Ok(DeployResult {
+                status: DeployOutcome::Fail,
+                services,
+                error: Some(error),
+                commit: commit_out.clone(),
+            })
+        }
+    }
+
+    /// Run one compose step, streamed; a non-zero exit is an error quoting its last lines.
+    async fn step(
+        &self,
+        step: &'static str,
+        cmd: tokio::process::Command,
+        masker: &Masker,
+        log: &LogSink,
+    ) -> Result<(), DeployError> {
+        let out = process::run_streamed(cmd, masker, log, TAIL_LINES)
+            .await
+            .map_err(|source| DeployError::Spawn {
+                program: self.compose.display(),
+                source,
+            })?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(DeployError::Step {
+                step,
+                exit: out.describe_exit(),
+                tail: out.tail.join("\n"),
+            })
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Masking secret values out of every line the agent sends or logs.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+/// What a masked value is replaced with.
+pub const MASK: &str = "***";
+
+/// Values shorter than this are not masked: masking `1` or `on` would shred every line while
+/// protecting nothing.
+pub const MIN_MASKED_CHARS: usize = 3;
+
+/// Replaces every secret value (each line of a multi-line value separately) with [`MASK`].
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    matcher: Matcher,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Matcher {
+    #[default]
+    Nothing,
+    Values(AhoCorasick),
+    /// The matcher could not be built (absurdly many or long values): hide whole lines rather
+    /// than risk showing a secret.
+    Everything,
+}
+
+impl Masker {
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut patterns: Vec<&str> = values
+            .into_iter()
+            .flat_map(|v| v.split('\n'))
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
+            .filter(|p| p.chars().count() >= MIN_MASKED_CHARS)
+            .collect();
+        patterns.sort_unstable();
+        patterns.dedup();
+        if patterns.is_empty() {
+            return Self::default();
+        }
+        let matcher = match AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+        {
+            Ok(m) => Matcher::Values(m),
+            Err(_) => Matcher::Everything,
+        };
+        Self { matcher }
+    }
+
+    pub fn mask(&self, line: &str) -> String {
+        match &self.matcher {
+            Matcher::Nothing => line.to_owned(),
+            Matcher::Values(m) => m.replace_all(line, &vec![MASK; m.patterns_len()]),
+            Matcher::Everything => format!("{MASK} (line hidden)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_values_and_each_line_of_multi_line_values() {
+        let m = Masker::new(["s3cret", "ab", "first line\r\nsecond line", "s3cret-longer"]);
+        assert_eq!(m.mask("x s3cret y"), "x *** y");
+        assert_eq!(m.mask("s3cret-longer"), "***");
+        assert_eq!(m.mask("ab stays"), "ab stays");
+        assert_eq!(m.mask("got: second line!"), "got: ***!");
+        assert_eq!(m.mask("first line"), "***");
+        assert_eq!(Masker::new([""]).mask("abc"), "abc");
+    }
+}

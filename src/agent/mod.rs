@@ -1,0 +1,46 @@
+//! The agent: runs on a target server, dials the appliance, and deploys what it is told to
+//! (steps 4–7 of the deploy sequence in DESIGN.md).
+//!
+//! - [`connection`]: the outbound WebSocket, reconnect with backoff, HELLO/LOG/STATUS/ACK.
+//! - [`deploy`]: one deployment, start to finish: checkout, override, pull, up, verify, clean up.
+//! - [`override_file`]: the Config Merger that turns secrets into `docker-compose.stagely.yml`.
+//! - [`compose`], [`checkout`], [`verify`]: the only external commands the agent runs.
+//! - [`ephemeral`]: the private tmpfs directory the override lives in, and its drop guard.
+//! - [`results`]: the small on-disk record of finished deployments (no secrets).
+//!
+//! The agent links no server code: it shares only [`crate::protocol`] with the appliance.
+
+pub mod checkout;
+pub mod compose;
+pub mod config;
+pub mod connection;
+pub mod deploy;
+pub mod ephemeral;
+pub mod mask;
+pub mod override_file;
+pub mod process;
+pub mod results;
+pub mod transport;
+pub mod verify;
+
+use crate::protocol::LogStream;
+
+/// One line of deploy output, on its way to the appliance as a `LOG` frame. Already masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// Where a deployment sends its output. Unbounded on purpose: a deployment keeps running while
+/// the connection is down, and its lines wait here to be sent after the reconnect.
+pub type LogSink = tokio::sync::mpsc::UnboundedSender<LogLine>;
+
+/// Send one line the agent itself writes ("pulling images", "verifying").
+pub(crate) fn agent_line(log: &LogSink, line: impl Into<String>) {
+    // A closed sink means nobody listens any more (test finished, agent stopping): nothing to do.
+    let _ = log.send(LogLine {
+        stream: LogStream::Agent,
+        line: line.into(),
+    });
+}

@@ -1,0 +1,175 @@
+//! How the agent starts the few commands it runs (git, compose, docker): always an argument
+//! list, never a shell string; stdin closed; killed if the deployment is dropped; and without the
+//! agent's own `STAGELY_AGENT_*` variables, so a compose file's `${…}` cannot read the agent token.
+
+use std::ffi::OsStr;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use super::mask::Masker;
+use super::{LogLine, LogSink};
+use crate::protocol::LogStream;
+
+/// Longest line forwarded as one LOG frame; the rest is cut (frames are capped at 1 MiB).
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// A command with the agent's hygiene applied.
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STAGELY_AGENT_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// What a streamed command left behind.
+#[derive(Debug)]
+pub struct Streamed {
+    pub status: std::process::ExitStatus,
+    /// The last lines of its output (both streams, masked), for error messages.
+    pub tail: Vec<String>,
+}
+
+impl Streamed {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// `exit code N` or `killed by a signal`.
+    pub fn describe_exit(&self) -> String {
+        match self.status.code() {
+            Some(code) => format!("exit code {code}"),
+            None => "killed by a signal".into(),
+        }
+    }
+}
+
+/// Run `cmd`, sending each stdout/stderr line to `log` (masked) as soon as it is printed.
+pub async fn run_streamed(
+    mut cmd: Command,
+    masker: &Masker,
+    log: &LogSink,
+    keep_tail: usize,
+) -> std::io::Result<Streamed> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+    let readers = async {
+        tokio::join!(
+            pump(stdout, LogStream::Stdout, tx.clone()),
+            pump(stderr, LogStream::Stderr, tx)
+        )
+    };
+    let mut tail = std::collections::VecDeque::with_capacity(keep_tail + 1);
+    let forward = async {
+        while let Some(line) = rx.recv().await {
+            let masked = masker.mask(&line.line);
+            if keep_tail > 0 {
+                if tail.len() == keep_tail {
+                    tail.pop_front();
+                }
+                tail.push_back(masked.clone());
+            }
+            let _ = log.send(LogLine {
+                stream: line.stream,
+                line: masked,
+            });
+        }
+    };
+    tokio::join!(readers, forward);
+    let status = child.wait().await?;
+    Ok(Streamed {
+        status,
+        tail: tail.into_iter().collect(),
+    })
+}
+
+async fn pump(
+    reader: Option<impl AsRead>,
+    stream: LogStream,
+    tx: tokio::sync::mpsc::UnboundedSender<LogLine>,
+) {
+    let Some(reader) = reader else { return };
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Split on \n only; compose's progress output uses \r within a line, kept as is.
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    buf.pop();
+                }
+                let line = String::from_utf8_lossy(&buf);
+                let _ = tx.send(LogLine {
+                    stream,
+                    line: truncate(&line, MAX_LINE_BYTES),
+                });
+            }
+        }
+    }
+}
+
+/// Marker trait so `pump` takes either child pipe.
+pub trait AsRead: AsyncRead + Unpin {}
+impl<T: AsyncRead + Unpin> AsRead for T {}
+
+/// Cut `s` to at most `max` bytes on a char boundary, saying so.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [cut at {max} bytes]", &s[..end])
+}
+
+/// Run a short command to completion, capturing its output (not streamed).
+pub async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.output().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_streamed_masked_and_tailed() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let masker = Masker::new(["hunter2"]);
+        let mut cmd = command("sh");
+        cmd.args(["-c", "echo one; echo 'pw hunter2' >&2; printf 'no newline'"]);
+        let out = run_streamed(cmd, &masker, &tx, 2).await.unwrap();
+        assert!(out.success());
+        drop(tx);
+        let mut lines = Vec::new();
+        while let Some(l) = rx.recv().await {
+            lines.push(l);
+        }
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.line == "pw ***" && l.stream == LogStream::Stderr)
+        );
+        assert!(lines.iter().all(|l| !l.line.contains("hunter2")));
+        assert_eq!(out.tail.len(), 2);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert!(truncate("éééé", 3).starts_with('é'));
+    }
+}
