@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -101,9 +101,24 @@ async fn confirm_page(
         .into_response())
 }
 
+/// Characters of one line shown in a page; longer lines (up to a protocol frame, 1 MiB) are cut
+/// here, and are whole in the JSON API.
+const MAX_SHOWN_LINE_CHARS: usize = 4000;
+/// A socket message carries about this much rendered log at most (many small messages rather
+/// than one that outgrows the socket's write buffer).
+const MAX_FRAGMENT_BYTES: usize = 128 * 1024;
+
 fn line_markup(l: &LogLine) -> Markup {
+    let cut = l.line.char_indices().nth(MAX_SHOWN_LINE_CHARS).map(|(i, _)| i);
     html! {
-        span class=(l.stream) { span.seq { (l.seq) } (l.line) "\n" }
+        span class=(l.stream) {
+            span.seq { (l.seq) }
+            @match cut {
+                Some(i) => { (l.line[..i]) span.muted { " … (line cut; the API has it whole)" } }
+                None => { (l.line) }
+            }
+            "\n"
+        }
     }
 }
 
@@ -201,14 +216,15 @@ pub async fn live_socket(
 ) -> Result<Response, PageError> {
     // 404 before upgrading, so a wrong id is a plain HTTP answer.
     state.db.read(move |c| store::get(c, id)).await?;
-    Ok(small_buffers(ws).on_upgrade(move |socket| stream_log(state, id, socket)))
+    Ok(small_buffers(ws, 1024 * 1024).on_upgrade(move |socket| stream_log(state, id, socket)))
 }
 
-/// Browser sockets only ever receive small fragments: keep their buffers small.
-pub fn small_buffers(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+/// Browser sockets read almost nothing and write one message at a time: small buffers, with
+/// room for the largest message the socket sends (a bigger one would fail to send).
+pub fn small_buffers(ws: WebSocketUpgrade, largest_message: usize) -> WebSocketUpgrade {
     ws.read_buffer_size(1024)
         .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
+        .max_write_buffer_size(largest_message)
         .max_message_size(16 * 1024)
 }
 
@@ -226,8 +242,26 @@ async fn send_stored(state: &AppState, socket: &mut WebSocket, id: i64, after: i
     let Some(last) = lines.last().map(|l| l.seq) else {
         return Some(after);
     };
-    let fragment = html! { pre id="log" hx-swap-oob="beforeend" { @for l in &lines { (line_markup(l)) } } };
-    send(socket, fragment).await.then_some(last)
+    let mut chunk = String::new();
+    for l in &lines {
+        chunk.push_str(&line_markup(l).into_string());
+        if chunk.len() >= MAX_FRAGMENT_BYTES && !send_lines(socket, &std::mem::take(&mut chunk)).await {
+            return None;
+        }
+    }
+    if !chunk.is_empty() && !send_lines(socket, &chunk).await {
+        return None;
+    }
+    Some(last)
+}
+
+/// Append already-rendered lines to the page's log.
+async fn send_lines(socket: &mut WebSocket, rendered: &str) -> bool {
+    send(
+        socket,
+        html! { pre id="log" hx-swap-oob="beforeend" { (PreEscaped(rendered)) } },
+    )
+    .await
 }
 
 async fn stream_log(state: AppState, id: i64, mut socket: WebSocket) {
