@@ -130,6 +130,43 @@ impl Compose {
     }
 }
 
+impl Compose {
+    /// Each active service's `image:` (services that only `build:` have none), for naming the
+    /// image in a failed pull.
+    pub async fn service_images(
+        &self,
+        file: &Path,
+    ) -> Result<std::collections::BTreeMap<String, String>, ComposeError> {
+        let mut cmd = self.command();
+        cmd.arg("-f").arg(file).arg("config");
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            cmd.current_dir(dir);
+        }
+        let out = process::output(cmd).await.map_err(|source| ComposeError::Spawn {
+            program: self.display(),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(ComposeError::Invalid(process::truncate(
+                String::from_utf8_lossy(&out.stderr).trim(),
+                MAX_MESSAGE_BYTES,
+            )));
+        }
+        let model: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout)
+            .map_err(|e| ComposeError::Invalid(format!("unreadable `config` output: {e}")))?;
+        let mut images = std::collections::BTreeMap::new();
+        if let Some(services) = model.get("services").and_then(|s| s.as_mapping()) {
+            for (name, svc) in services {
+                if let (Some(name), Some(image)) = (name.as_str(), svc.get("image").and_then(|i| i.as_str()))
+                {
+                    images.insert(name.to_owned(), image.to_owned());
+                }
+            }
+        }
+        Ok(images)
+    }
+}
+
 /// The Docker engine's version, for HELLO.
 pub async fn docker_version() -> Option<String> {
     let mut cmd = process::command("docker");

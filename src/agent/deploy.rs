@@ -40,6 +40,12 @@ pub enum DeployError {
     BadProject(String),
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("pulling images failed ({exit}) for {images}:\n{tail}")]
+    Pull {
+        images: String,
+        exit: String,
+        tail: String,
+    },
     #[error("{step} failed ({exit}):\n{tail}")]
     Step {
         step: &'static str,
@@ -168,7 +174,14 @@ impl Deployer {
             if !v1 {
                 cmd.arg("--ignore-buildable");
             }
-            self.step("pulling images", cmd, masker, log).await?;
+            match self.step("pulling images", cmd, masker, log).await {
+                Ok(()) => {}
+                Err(DeployError::Step { exit, tail, .. }) => {
+                    let images = self.failed_images(&compose_file, &tail).await;
+                    return Err(DeployError::Pull { images, exit, tail });
+                }
+                Err(e) => return Err(e),
+            }
         }
 
         agent_line(log, format!("starting project {name}"));
@@ -246,6 +259,34 @@ impl Deployer {
                 error: Some(error),
                 commit: commit_out.clone(),
             })
+        }
+    }
+
+    /// The images a failed pull was about: those of services compose reported an error for,
+    /// else every image of the project.
+    async fn failed_images(&self, compose_file: &std::path::Path, tail: &str) -> String {
+        let images = self
+            .compose
+            .service_images(compose_file)
+            .await
+            .unwrap_or_default();
+        let failed: Vec<String> = images
+            .iter()
+            .filter(|(svc, _)| {
+                tail.lines().any(|l| {
+                    let l = l.trim_start();
+                    l.starts_with(&format!("{svc} ")) && l.contains("Error")
+                })
+            })
+            .map(|(svc, image)| format!("image {image} (service {svc})"))
+            .collect();
+        if !failed.is_empty() {
+            failed.join(", ")
+        } else if images.is_empty() {
+            "the project's images".into()
+        } else {
+            let all: Vec<&str> = images.values().map(String::as_str).collect();
+            format!("images {}", all.join(", "))
         }
     }
 

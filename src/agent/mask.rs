@@ -1,6 +1,6 @@
 //! Masking secret values out of every line the agent sends or logs.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 /// What a masked value is replaced with.
 pub const MASK: &str = "***";
@@ -38,8 +38,11 @@ impl Masker {
         if patterns.is_empty() {
             return Self::default();
         }
+        // An NFA builds in time linear in the patterns; the DFA aho-corasick may otherwise pick
+        // takes minutes for one 64 KiB value.
         let matcher = match AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .build(&patterns)
         {
             Ok(m) => Matcher::Values(m),
@@ -70,5 +73,21 @@ mod tests {
         assert_eq!(m.mask("got: second line!"), "got: ***!");
         assert_eq!(m.mask("first line"), "***");
         assert_eq!(Masker::new([""]).mask("abc"), "abc");
+    }
+
+    #[test]
+    fn large_values_build_quickly() {
+        let big = "x".repeat(64 * 1024);
+        let other: String = (0..64 * 1024)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let started = std::time::Instant::now();
+        let m = Masker::new([big.as_str(), other.as_str(), "short"]);
+        assert_eq!(m.mask(&format!("<{big}>")), "<***>");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -3,9 +3,13 @@
 // Test code panics on purpose when an expectation fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent_engine;
+mod agent_override;
+mod agent_support;
 mod api;
 mod common;
 mod deploy_flow;
+mod e2e_engine;
 mod lifecycle;
 mod packaging;
 mod prereq;

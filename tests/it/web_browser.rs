@@ -200,13 +200,7 @@ async fn setup_sign_in_configure_and_deploy_in_a_real_browser() {
         which("chromium").or_else(|| which("chromium-browser")),
         which("chromedriver"),
     ) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "Chromium and chromedriver are required in CI (scripts/test-deps.sh installs them)"
-        );
-        eprintln!(
-            "\n!!!!!!!! SKIP web_browser: chromium/chromedriver not installed (run scripts/test-deps.sh) !!!!!!!!\n"
-        );
+        crate::prereq::missing("Chromium and chromedriver");
         return;
     };
     if !crate::prereq::docker() {

@@ -1,0 +1,485 @@
+//! End to end on a real engine: `stagely serve` and `stagely-agent run` as real processes, a
+//! compose project in a local git repository, real containers whose environment is read back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{Api, ServerProcess, admin_token, file_contains, wait_for};
+use crate::prereq;
+
+const CANARY: &str = "e2e-canary-5d1b7c0a";
+
+/// Values that break naive override writers: interpolation, YAML retyping, escapes, size.
+fn hard_values() -> Vec<(&'static str, String)> {
+    vec![
+        ("DOLLAR", "$HOME ${PATH} $$ $".into()),
+        ("QUOTES", r#"it's "quoted" `tick` \backslash\"#.into()),
+        ("YES", "yes".into()),
+        ("OCTAL", "0123".into()),
+        ("FLOAT", "1e3".into()),
+        ("NULL", "null".into()),
+        ("TILDE", "~".into()),
+        ("MULTILINE", "line one\nline two\n\ttabbed\n".into()),
+        ("UNICODE", "ünïcødé ✓ 🚀 𝔘".into()),
+        ("EMPTY", String::new()),
+        ("BIG", "0123456789abcdef".repeat(4096)),
+        ("CANARY", CANARY.into()),
+    ]
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A git repository holding `compose.yaml` (and whatever else), committed.
+fn git_repo(dir: &Path, compose: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("compose.yaml"), compose).unwrap();
+    let git = |args: &[&str]| {
+        sh(Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir))
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "compose project"]);
+    format!("file://{}", dir.display())
+}
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    server: Option<ServerProcess>,
+    agent: Option<tokio::process::Child>,
+    api: Api,
+    project: String,
+    runtime: PathBuf,
+}
+
+impl Stack {
+    /// Server + project (from `compose`) + environment `env` + a running real agent.
+    async fn start(name: &str, compose: &str, env: &str) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let data = root.join("data");
+        let server = ServerProcess::spawn(
+            &data,
+            "127.0.0.1:0",
+            &[("STAGELY_DEPLOYS__AGENT_LOST_TIMEOUT_SECS", "20")],
+            &root.join("server.log"),
+        )
+        .await;
+        let api = Api::new(&server.url, &admin_token(&data));
+        let project = format!("{name}-{}", std::process::id());
+        let repo = git_repo(&root.join("repo"), compose);
+        let (status, p) = api
+            .post(
+                "/api/projects",
+                json!({"name": project, "repo_url": repo, "compose_path": "compose.yaml", "pull": "never"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{p}");
+        api.ok(
+            &format!("/api/projects/{}/environments", p["id"]),
+            json!({"name": env}),
+            201,
+        )
+        .await;
+        let runtime = PathBuf::from("/dev/shm").join(format!("stagely-test-{}-{name}", std::process::id()));
+        let mut stack = Stack {
+            _dir: dir,
+            root,
+            server: Some(server),
+            agent: None,
+            api,
+            project,
+            runtime,
+        };
+        stack.start_agent().await;
+        stack
+    }
+
+    async fn project_id(&self) -> i64 {
+        let (_, ps) = self.api.get("/api/projects").await;
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == self.project.as_str())
+            .unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    async fn start_agent(&mut self) {
+        let token_file = self.root.join("agent.token");
+        if !token_file.exists() {
+            let pid = self.project_id().await;
+            let (_, p) = self.api.get(&format!("/api/projects/{pid}")).await;
+            let env_id = p["environments"][0]["id"].as_i64().unwrap();
+            let (_, token) = self.api.agent(env_id, "e2e").await;
+            std::fs::write(&token_file, token).unwrap();
+        }
+        std::fs::create_dir_all(&self.runtime).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("agent.log"))
+            .unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely-agent"))
+            .args(["run", "--server", &self.api.url, "--token-file"])
+            .arg(&token_file)
+            .arg("--work-dir")
+            .arg(self.root.join("work"))
+            .arg("--runtime-dir")
+            .arg(&self.runtime)
+            .args(["--verify-wait-secs", "1"])
+            .env("STAGELY_AGENT_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let api = self.api.clone();
+        wait_for("agent online", Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                api.get("/api/agents")
+                    .await
+                    .1
+                    .as_array()?
+                    .iter()
+                    .any(|a| a["online"] == true)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    async fn secret(&self, body: Value) {
+        let pid = self.project_id().await;
+        self.api
+            .ok(&format!("/api/projects/{pid}/secrets"), body, 201)
+            .await;
+    }
+
+    async fn deploy(&self) -> i64 {
+        let pid = self.project_id().await;
+        let (status, body) = self.api.post(&format!("/api/deploy/{pid}"), json!({})).await;
+        assert_eq!(status, 202, "{body}");
+        body["deployment_id"].as_i64().unwrap()
+    }
+
+    fn compose_project(&self) -> String {
+        let env = "staging";
+        format!("{}-{env}", self.project)
+    }
+
+    /// The environment of a service's running container, as the container sees it.
+    fn container_env(&self, service: &str) -> HashMap<String, String> {
+        let id = sh(Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.compose_project()),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]));
+        let id = id.trim();
+        assert!(!id.is_empty(), "no running container for {service}");
+        let raw = Command::new("docker")
+            .args(["exec", id, "cat", "/proc/1/environ"])
+            .output()
+            .unwrap()
+            .stdout;
+        raw.split(|b| *b == 0)
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| {
+                let kv = String::from_utf8(kv.to_vec()).unwrap();
+                kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect()
+    }
+
+    fn containers(&self) -> usize {
+        let out = sh(Command::new("docker").args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.compose_project()),
+        ]));
+        out.lines().count()
+    }
+
+    /// Every override file left anywhere the agent could have written one.
+    fn leftover_overrides(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for base in [
+            self.runtime.clone(),
+            self.root.join("work"),
+            PathBuf::from("/dev/shm"),
+        ] {
+            let out = Command::new("find")
+                .arg(&base)
+                .args(["-name", "docker-compose.stagely.yml"])
+                .output()
+                .unwrap();
+            found.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
+        }
+        found
+    }
+
+    fn logs_contain(&self, needle: &str) -> bool {
+        file_contains(&self.root.join("server.log"), needle)
+            || file_contains(&self.root.join("agent.log"), needle)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args([
+                "compose",
+                "-p",
+                &self.compose_project(),
+                "down",
+                "-v",
+                "--remove-orphans",
+                "-t",
+                "0",
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.runtime);
+    }
+}
+
+const TWO_SERVICES: &str = r#"
+services:
+  web:
+    image: stagely-test-busybox:latest
+    command: ["sh", "-c", "echo web starting; exec sleep 3600"]
+    environment:
+      REPLACED_BY_SECRET: "from compose"
+      KEPT: "kept"
+  worker:
+    image: stagely-test-busybox:latest
+    command: ["sleep", "3600"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_deploy_delivers_every_value_byte_for_byte() {
+    if !prereq::docker() {
+        return;
+    }
+    let stack = Stack::start("e2e-values", TWO_SERVICES, "staging").await;
+    for (key, value) in hard_values() {
+        stack
+            .secret(json!({"key": key, "value": value, "scope": "global"}))
+            .await;
+    }
+    stack.secret(json!({"key": "REPLACED_BY_SECRET", "value": "from stagely", "scope": "service", "service": "web"})).await;
+    stack
+        .secret(json!({"key": "SCOPED", "value": "project-wide", "scope": "service", "service": "worker"}))
+        .await;
+    stack.secret(json!({"key": "SCOPED", "value": "staging only", "scope": "service", "service": "worker", "environment": "staging"})).await;
+    stack
+        .secret(
+            json!({"key": "YES", "value": "service beats global", "scope": "service", "service": "worker"}),
+        )
+        .await;
+
+    let id = stack.deploy().await;
+    let d = stack.api.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(d["status"], "success", "{d}");
+    assert!(
+        d["commit"].as_str().is_some_and(|c| c.len() == 40),
+        "commit recorded: {d}"
+    );
+    let (_, logs) = stack.api.get(&format!("/api/deployments/{id}/logs")).await;
+    assert!(
+        logs.as_array().unwrap().len() > 2,
+        "compose output stored: {logs}"
+    );
+
+    let web = stack.container_env("web");
+    let worker = stack.container_env("worker");
+    for (key, value) in hard_values() {
+        assert_eq!(web.get(key), Some(&value), "web {key}");
+        if key != "YES" {
+            assert_eq!(worker.get(key), Some(&value), "worker {key}");
+        }
+    }
+    assert_eq!(web["REPLACED_BY_SECRET"], "from stagely");
+    assert_eq!(web["KEPT"], "kept", "the rest of the compose model is untouched");
+    assert!(
+        !web.contains_key("SCOPED"),
+        "a service secret goes to its service only"
+    );
+    assert_eq!(
+        worker["SCOPED"], "staging only",
+        "environment-specific beats project-wide"
+    );
+    assert_eq!(worker["YES"], "service beats global");
+
+    assert_eq!(
+        stack.leftover_overrides(),
+        Vec::<PathBuf>::new(),
+        "no override file remains"
+    );
+    assert!(!logs.to_string().contains(CANARY), "stored logs are masked");
+    assert!(
+        !stack.logs_contain(CANARY),
+        "the canary is in neither process's log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_name_the_service_and_start_nothing_when_the_input_is_wrong() {
+    if !prereq::docker() {
+        return;
+    }
+    let crashing = r#"
+services:
+  ok:
+    image: stagely-test-busybox:latest
+    command: ["sleep", "3600"]
+  crashy:
+    image: stagely-test-busybox:latest
+    command: ["sh", "-c", "echo boom-before-exit; exit 3"]
+"#;
+    let stack = Stack::start("e2e-fail", crashing, "staging").await;
+    let id = stack.deploy().await;
+    let d = stack.api.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(
+        d["error"].as_str().unwrap().contains("crashy"),
+        "names the service: {d}"
+    );
+    let crashy = d["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "crashy")
+        .unwrap();
+    assert_eq!(crashy["exit_code"], 3, "{d}");
+    assert!(
+        d["error"].as_str().unwrap().contains("boom-before-exit"),
+        "the service's last lines: {d}"
+    );
+
+    // A service secret for a service that does not exist: FAIL before anything runs.
+    let fresh = Stack::start("e2e-unknown", TWO_SERVICES, "staging").await;
+    fresh
+        .secret(json!({"key": "K", "value": "v", "scope": "service", "service": "nosuch"}))
+        .await;
+    let id = fresh.deploy().await;
+    let d = fresh.api.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(d["status"], "failed");
+    assert!(d["error"].as_str().unwrap().contains("nosuch"), "{d}");
+    assert_eq!(fresh.containers(), 0, "nothing started");
+
+    // A broken compose file: FAIL with compose's own words, nothing started.
+    let broken = Stack::start(
+        "e2e-broken",
+        "services:\n  web:\n    image: [not, a, string\n",
+        "staging",
+    )
+    .await;
+    let id = broken.deploy().await;
+    let d = broken.api.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(d["status"], "failed");
+    assert!(
+        d["error"].as_str().unwrap_or("").len() > 10,
+        "compose's message is carried: {d}"
+    );
+    assert_eq!(broken.containers(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_or_the_agent_mid_deploy_ends_truthfully_and_leaves_no_secrets() {
+    if !prereq::docker() {
+        return;
+    }
+    // A healthcheck that takes a few seconds keeps the deploy in flight long enough to kill things.
+    let slow = r#"
+services:
+  web:
+    image: stagely-test-busybox:latest
+    command: ["sh", "-c", "sleep 4; touch /tmp/ready; exec sleep 3600"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 1s
+      retries: 30
+"#;
+    let mut stack = Stack::start("e2e-kill", slow, "staging").await;
+    stack
+        .secret(json!({"key": "CANARY", "value": CANARY, "scope": "global"}))
+        .await;
+
+    // 1. The server dies mid-deploy and comes back on the same port: the agent reconnects with
+    //    backoff and reports; the deployment ends success.
+    let id = stack.deploy().await;
+    let api = stack.api.clone();
+    wait_for("deploy running", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move { (api.get(&format!("/api/deployments/{id}")).await.1["status"] == "running").then_some(()) }
+    })
+    .await;
+    let server = stack.server.take().unwrap();
+    let port = server.port();
+    let data = stack.root.join("data");
+    server.kill().await;
+    stack.server = Some(
+        ServerProcess::spawn(
+            &data,
+            &format!("127.0.0.1:{port}"),
+            &[],
+            &stack.root.join("server.log"),
+        )
+        .await,
+    );
+    let d = stack.api.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(d["status"], "success", "reported after reconnecting: {d}");
+
+    // 2. The agent dies mid-deploy: after it restarts, no override file is left and the
+    //    deployment is failed as agent_lost (the new agent does not hold it).
+    let id = stack.deploy().await;
+    wait_for("deploy running", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move { (api.get(&format!("/api/deployments/{id}")).await.1["status"] == "running").then_some(()) }
+    })
+    .await;
+    let mut agent = stack.agent.take().unwrap();
+    agent.kill().await.unwrap();
+    stack.start_agent().await;
+    let d = stack.api.wait_finished(id, Duration::from_secs(60)).await;
+    // The restarted agent remembers it was mid-deploy and says so itself (the server would
+    // otherwise fail it as agent_lost): either way, a true `failed`.
+    assert_eq!(d["status"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(error == "agent_lost" || error.contains("restarted"), "{d}");
+    assert_eq!(
+        stack.leftover_overrides(),
+        Vec::<PathBuf>::new(),
+        "the restarted agent cleared the leftover"
+    );
+    assert!(!stack.logs_contain(CANARY));
+}
