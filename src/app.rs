@@ -24,6 +24,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub logs: LogWriter,
     pub shutdown: CancellationToken,
+    /// Sign-in rate limits and GitHub logins in flight.
+    pub auth: Arc<crate::users::AuthState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ impl DataDirLock {
 /// A started appliance: state plus its background tasks.
 pub struct App {
     pub state: AppState,
+    /// The one-time first-admin link, when the database has no users yet (also logged).
+    pub setup_link: Option<String>,
     tasks: Vec<JoinHandle<()>>,
     _lock: DataDirLock,
 }
@@ -113,6 +117,13 @@ impl Opened {
             vault,
             lock,
         } = self;
+        let setup_link = crate::users::ensure_setup_link(&db, &config.public_url, now_ms())?;
+        if let Some(link) = &setup_link {
+            tracing::warn!(
+                "no users yet: create the first admin at {link} (valid for 1 hour, works once; \
+                 restart to get a new one)"
+            );
+        }
         let shutdown = CancellationToken::new();
         let hub = Arc::new(Hub::new(now_ms(), config.agents.max_handshakes_per_sec));
         let (logs, log_task) = LogWriter::start(
@@ -120,6 +131,7 @@ impl Opened {
             Duration::from_millis(config.deploys.log_flush_ms),
             shutdown.clone(),
         );
+        let auth = Arc::new(crate::users::AuthState::new(&config.auth));
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -127,6 +139,7 @@ impl Opened {
             hub,
             logs,
             shutdown,
+            auth,
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
         let tasks = vec![
@@ -136,6 +149,7 @@ impl Opened {
         ];
         Ok(App {
             state,
+            setup_link,
             tasks,
             _lock: lock,
         })
@@ -148,7 +162,9 @@ impl App {
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let router = crate::web::router(self.state.clone());
         let shutdown = self.state.shutdown.clone();
-        let result = axum::serve(listener, router)
+        // Client addresses are needed for the per-address sign-in rate limit.
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         // Agent connection tasks watch the same token; give them a moment to send their close.

@@ -1,5 +1,7 @@
 //! The audit log: who did what to which object, when. Never a secret value.
 
+pub mod pages;
+
 use rusqlite::params;
 use serde::Serialize;
 

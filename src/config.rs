@@ -40,6 +40,8 @@ pub struct Config {
     pub log_format: String,
     pub agents: AgentsConfig,
     pub deploys: DeploysConfig,
+    pub auth: AuthConfig,
+    pub github: GithubConfig,
     /// True when `public_url` was derived from `listen` (fixed up once the port is bound).
     #[serde(skip)]
     pub public_url_derived: bool,
@@ -71,6 +73,111 @@ pub struct DeploysConfig {
     pub log_flush_ms: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A web session ends this long after sign-in (sign-out and admin revocation end it sooner).
+    pub session_hours: u64,
+    /// Failed sign-ins counted per client address and per account within this window.
+    pub login_window_secs: u64,
+    /// Failed sign-ins allowed per client address within the window.
+    pub login_max_failures_per_ip: u32,
+    /// Failed sign-ins allowed per account within the window.
+    pub login_max_failures_per_account: u32,
+    /// How long an invitation link stays valid.
+    pub invite_hours: u64,
+}
+
+/// GitHub (or GitHub Enterprise) sign-in. Off while `client_id` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// A file holding the client secret (read once at start); alternative to `client_secret`.
+    pub client_secret_file: PathBuf,
+    pub auth_url: String,
+    pub token_url: String,
+    /// REST API root: `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise.
+    pub api_url: String,
+    /// GitHub logins that may sign in.
+    pub allowed_logins: Vec<String>,
+    /// Members of these organisations may sign in.
+    pub allowed_orgs: Vec<String>,
+    /// Role of an account created by a first GitHub sign-in.
+    pub default_role: String,
+}
+
+impl GithubConfig {
+    pub fn enabled(&self) -> bool {
+        !self.client_id.is_empty()
+    }
+}
+
+/// A secret read from config: never printed by `Debug`, never serialized.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> SecretString {
+        SecretString(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "[redacted]" })
+    }
+}
+
+/// Serialized only to build the table of defaults, where it is empty: never writes the value.
+impl Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("")
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_hours: 12,
+            login_window_secs: 900,
+            login_max_failures_per_ip: 50,
+            login_max_failures_per_account: 10,
+            invite_hours: 72,
+        }
+    }
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            client_secret: SecretString::default(),
+            client_secret_file: PathBuf::new(),
+            auth_url: "https://github.com/login/oauth/authorize".into(),
+            token_url: "https://github.com/login/oauth/access_token".into(),
+            api_url: "https://api.github.com".into(),
+            allowed_logins: Vec::new(),
+            allowed_orgs: Vec::new(),
+            default_role: "viewer".into(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -83,6 +190,8 @@ impl Default for Config {
             log_format: "text".into(),
             agents: AgentsConfig::default(),
             deploys: DeploysConfig::default(),
+            auth: AuthConfig::default(),
+            github: GithubConfig::default(),
             public_url_derived: false,
             warnings: Vec::new(),
         }
@@ -220,7 +329,75 @@ impl Config {
         if self.deploys.agent_lost_timeout_secs == 0 || self.deploys.max_duration_secs == 0 {
             return invalid("deploys", "timeouts must be at least 1 second");
         }
+        if self.auth.session_hours == 0 || self.auth.session_hours > 24 * 90 {
+            return invalid("auth.session_hours", "must be between 1 and 2160 (90 days)");
+        }
+        if self.auth.login_window_secs == 0
+            || self.auth.login_max_failures_per_ip == 0
+            || self.auth.login_max_failures_per_account == 0
+        {
+            return invalid("auth", "login limits and window must be at least 1");
+        }
+        if self.auth.invite_hours == 0 {
+            return invalid("auth.invite_hours", "must be at least 1");
+        }
+        self.finish_github()?;
         Ok(self)
+    }
+
+    fn finish_github(&mut self) -> Result<(), ConfigError> {
+        let gh = &mut self.github;
+        if !gh.client_secret_file.as_os_str().is_empty() {
+            if !gh.client_secret.is_empty() {
+                return invalid(
+                    "github.client_secret_file",
+                    "set either github.client_secret or github.client_secret_file, not both",
+                );
+            }
+            let text = std::fs::read_to_string(&gh.client_secret_file).map_err(|e| ConfigError::Invalid {
+                key: "github.client_secret_file".into(),
+                message: format!("cannot read {}: {e}", gh.client_secret_file.display()),
+            })?;
+            gh.client_secret = SecretString::new(text.trim());
+        }
+        if crate::users::Role::parse(&gh.default_role).is_none() {
+            return invalid(
+                "github.default_role",
+                "allowed values are \"viewer\", \"member\" and \"admin\"",
+            );
+        }
+        for (key, url) in [
+            ("github.auth_url", &mut gh.auth_url),
+            ("github.token_url", &mut gh.token_url),
+            ("github.api_url", &mut gh.api_url),
+        ] {
+            *url = url.trim_end_matches('/').to_owned();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return invalid(key, "must be an http:// or https:// URL");
+            }
+        }
+        for list in [&mut gh.allowed_logins, &mut gh.allowed_orgs] {
+            *list = list
+                .iter()
+                .map(|l| l.trim().to_ascii_lowercase())
+                .filter(|l| !l.is_empty())
+                .collect();
+        }
+        if gh.enabled() {
+            if gh.client_secret.is_empty() {
+                return invalid(
+                    "github.client_secret",
+                    "is required when github.client_id is set (or use github.client_secret_file)",
+                );
+            }
+            if gh.allowed_logins.is_empty() && gh.allowed_orgs.is_empty() {
+                return invalid(
+                    "github.allowed_logins",
+                    "list at least one GitHub login or organisation (github.allowed_orgs) that may sign in",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Once the listener is bound (perhaps on port 0), a derived public URL names the real address.
@@ -294,6 +471,14 @@ fn apply_env(
                         message: format!("{name} must be a whole number"),
                     })?
             }
+            // Lists from the environment are comma-separated: STAGELY_GITHUB__ALLOWED_LOGINS=alice,bob
+            toml::Value::Array(_) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
             toml::Value::Boolean(_) => match raw.trim() {
                 "true" | "1" => toml::Value::Boolean(true),
                 "false" | "0" => toml::Value::Boolean(false),
@@ -391,6 +576,37 @@ mod tests {
         .unwrap();
         assert_eq!(c.warnings.len(), 1);
         assert!(c.warnings[0].contains("STAGELY_NOPE"));
+    }
+
+    #[test]
+    fn github_secret_is_redacted_and_read_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gh-secret");
+        std::fs::write(&file, "s3cr3t-value\n").unwrap();
+        let c = Config::load(
+            None,
+            env(&[
+                ("STAGELY_GITHUB__CLIENT_ID", "abc"),
+                ("STAGELY_GITHUB__CLIENT_SECRET_FILE", file.to_str().unwrap()),
+                ("STAGELY_GITHUB__ALLOWED_LOGINS", "Alice, bob"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.github.client_secret.expose(), "s3cr3t-value");
+        assert_eq!(c.github.allowed_logins, vec!["alice", "bob"]);
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        assert!(!toml::to_string(&c).unwrap().contains("s3cr3t-value"));
+        let err = Config::load(
+            None,
+            env(&[
+                ("STAGELY_GITHUB__CLIENT_ID", "abc"),
+                ("STAGELY_GITHUB__CLIENT_SECRET", "x"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("github.allowed_logins"), "{err}");
     }
 
     #[test]

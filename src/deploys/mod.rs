@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod logs;
+pub mod pages;
 pub mod reaper;
 pub mod service;
 pub mod store;

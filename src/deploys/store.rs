@@ -102,6 +102,14 @@ pub fn list(c: &Connection, environment_id: Option<i64>, limit: i64) -> Result<V
         .collect::<Result<_, _>>()?)
 }
 
+/// The newest deployment of every environment (for the dashboard).
+pub fn latest_per_environment(c: &Connection) -> Result<Vec<Deployment>, DeployError> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{SELECT} WHERE d.id IN (SELECT MAX(id) FROM deployments GROUP BY environment_id)"
+    ))?;
+    Ok(stmt.query_map([], from_row)?.collect::<Result<_, _>>()?)
+}
+
 /// Log lines in order, after `after_seq`, at most `limit`.
 pub fn logs(c: &Connection, deployment_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>, DbError> {
     let mut stmt = c.prepare_cached(

@@ -1,6 +1,7 @@
 //! Projects (a compose project in a repository or at a path) and their environments.
 
 pub mod api;
+pub mod pages;
 pub mod store;
 
 use serde::{Deserialize, Deserializer, Serialize};

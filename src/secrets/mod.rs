@@ -5,6 +5,7 @@
 //! as ciphertext (to the store) or as a [`crate::protocol::SecretEntry`] bound for an agent.
 
 pub mod api;
+pub mod pages;
 pub mod store;
 pub mod vault;
 

@@ -4,6 +4,11 @@
 //! route cannot exist without an entry in the access table. One middleware looks the matched
 //! route up in that table, establishes the [`Principal`] and refuses what the role may not do.
 //! A route missing from the table is refused (fail closed). Tests walk the whole table.
+//!
+//! A principal is an API token (`Authorization: Bearer`) or a web session cookie. Requests
+//! authenticated by the cookie must also come from this appliance's origin and, when they change
+//! state, carry the session's CSRF token ([`csrf`]); bearer-token calls are exempt (a browser
+//! never attaches a token by itself).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::handler::Handler;
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
@@ -19,7 +24,9 @@ use axum::routing::{MethodFilter, on};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::users::{Principal, Role, tokens};
+use crate::web::csrf;
 use crate::web::error::WebError;
+use crate::web::session::{self, Session};
 
 /// What a route requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,28 +111,79 @@ async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
     } else {
         req.method().clone()
     };
+    let page = is_page(&path);
     let Some(access) = gate.table.get(&(method, path.as_str())).copied() else {
         tracing::error!(path = %path, method = %req.method(), "route is missing from the access table: refused");
-        return WebError::Forbidden.into_response();
+        return refuse(&gate.state, WebError::Forbidden, page, &req);
     };
+    let state_changing = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     match access {
-        Access::Public | Access::Agent => next.run(req).await,
-        Access::Role(min) => match principal(&gate.state, req.headers()).await {
-            Ok(Some(p)) if p.role >= min => {
-                req.extensions_mut().insert(p);
-                next.run(req).await
+        Access::Agent => next.run(req).await,
+        Access::Public => {
+            // Sign-in forms: a cross-site page must not sign a browser in (login CSRF).
+            if state_changing && !session::same_origin(&gate.state.config, req.headers()) {
+                return refuse(&gate.state, WebError::Forbidden, page, &req);
             }
-            Ok(Some(_)) => WebError::Forbidden.into_response(),
-            Ok(None) => WebError::Unauthorized.into_response(),
-            Err(e) => e.into_response(),
-        },
+            next.run(req).await
+        }
+        Access::Role(min) => {
+            let (principal, session) = match principal(&gate.state, req.headers()).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return refuse(&gate.state, WebError::Unauthorized, page, &req),
+                Err(e) => return refuse(&gate.state, e, page, &req),
+            };
+            if principal.role < min {
+                return refuse(&gate.state, WebError::Forbidden, page, &req);
+            }
+            if let Some(session) = &session {
+                // A cookie rides along on cross-site requests; a bearer token never does. So only
+                // cookie-authenticated requests need the origin and CSRF checks.
+                let upgrade = req.headers().contains_key(header::UPGRADE);
+                if (state_changing || upgrade) && !session::same_origin(&gate.state.config, req.headers()) {
+                    tracing::warn!(path = %path, "cross-origin request with a session cookie refused");
+                    return refuse(&gate.state, WebError::Forbidden, page, &req);
+                }
+                if state_changing {
+                    req = match csrf::check(req, &session.csrf).await {
+                        Ok(req) => req,
+                        Err(req) => {
+                            tracing::warn!(path = %path, "request without a valid CSRF token refused");
+                            return refuse(&gate.state, WebError::Forbidden, page, &req);
+                        }
+                    };
+                }
+            }
+            req.extensions_mut().insert(principal);
+            if let Some(session) = session {
+                req.extensions_mut().insert(session);
+            }
+            next.run(req).await
+        }
     }
 }
 
-/// Who is calling: an API token in `Authorization: Bearer`.
-async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, WebError> {
-    if let Some(token) = crate::agents::socket::bearer(headers) {
-        return Ok(tokens::authenticate(&state.db, token, now_ms()).await?);
+/// Pages (and their WebSockets) answer refusals in HTML; the JSON API and agents in JSON.
+fn is_page(path: &str) -> bool {
+    !(path.starts_with("/api/") || path == "/ws/agent" || path == "/healthz" || path == "/readyz")
+}
+
+fn refuse(state: &AppState, err: WebError, page: bool, req: &Request) -> Response {
+    if page {
+        crate::web::layout::refusal(state, err, req)
+    } else {
+        err.into_response()
     }
-    Ok(None)
+}
+
+/// Who is calling: an API token in `Authorization: Bearer`, or a web session cookie.
+async fn principal(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<(Principal, Option<Session>)>, WebError> {
+    if let Some(token) = crate::agents::socket::bearer(headers) {
+        return Ok(tokens::authenticate(&state.db, token, now_ms())
+            .await?
+            .map(|p| (p, None)));
+    }
+    Ok(session::resolve(state, headers).await?.map(|(p, s)| (p, Some(s))))
 }

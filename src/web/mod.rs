@@ -1,8 +1,13 @@
-//! The HTTP surface: one router for the JSON API, the agent WebSocket and (later) the pages,
-//! all behind one authorization choke point ([`auth`]) and one security-headers layer.
+//! The HTTP surface: one router for the JSON API, the agent WebSocket and the web pages, all
+//! behind one authorization choke point ([`auth`]) and one security-headers layer.
 
+pub mod assets;
 pub mod auth;
+pub mod csrf;
+pub mod dashboard;
 pub mod error;
+pub mod layout;
+pub mod session;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::users::Role;
-use crate::{agents, deploys, projects, secrets};
+use crate::users::{account, github, people};
+use crate::{agents, audit, deploys, projects, secrets, users};
 use auth::{Access, Routes};
 use error::WebError;
 
@@ -82,6 +88,63 @@ pub fn routes() -> Routes {
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
         .add(M::GET, "/api/deployments/{id}", VIEWER, deploys::api::get)
         .add(M::GET, "/api/deployments/{id}/logs", VIEWER, deploys::api::logs)
+        // --- web UI: signing in -----------------------------------------------------------------
+        .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
+        .add(M::GET, "/login", Access::Public, users::pages::login_page)
+        .add(M::POST, "/login", Access::Public, users::pages::login_submit)
+        .add(M::GET, "/setup", Access::Public, users::pages::setup_page)
+        .add(M::POST, "/setup", Access::Public, users::pages::setup_submit)
+        .add(M::GET, "/invite", Access::Public, users::pages::invite_page)
+        .add(M::POST, "/invite", Access::Public, users::pages::invite_submit)
+        .add(M::GET, "/auth/github", Access::Public, github::start)
+        .add(M::GET, "/auth/github/callback", Access::Public, github::callback)
+        .add(M::POST, "/logout", VIEWER, users::pages::logout)
+        .add(M::GET, "/account", VIEWER, account::account_page)
+        .add(M::POST, "/account/github", VIEWER, github::start_link)
+        .add(M::POST, "/account/github/unlink", VIEWER, account::unlink_github)
+        .add(M::GET, "/tokens", VIEWER, account::tokens_page)
+        .add(M::POST, "/tokens", VIEWER, account::create_token)
+        .add(M::POST, "/tokens/{id}/revoke", VIEWER, account::revoke_token)
+        // --- web UI: pages ----------------------------------------------------------------------
+        .add(M::GET, "/", VIEWER, dashboard::dashboard_page)
+        .add(M::GET, "/ws/dashboard", VIEWER, dashboard::dashboard_socket)
+        .add(M::GET, "/projects", VIEWER, projects::pages::list_page)
+        .add(M::POST, "/projects", MEMBER, projects::pages::create)
+        .add(M::GET, "/projects/{id}", VIEWER, projects::pages::project_page)
+        .add(M::POST, "/projects/{id}", MEMBER, projects::pages::update)
+        .add(
+            M::POST,
+            "/projects/{id}/environments",
+            MEMBER,
+            projects::pages::add_environment,
+        )
+        .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
+        .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)
+        .add(M::POST, "/secrets/{id}/delete", MEMBER, secrets::pages::delete)
+        .add(M::POST, "/projects/{id}/deploy", MEMBER, deploys::pages::deploy)
+        .add(
+            M::GET,
+            "/deployments/{id}",
+            VIEWER,
+            deploys::pages::deployment_page,
+        )
+        .add(
+            M::GET,
+            "/ws/deployments/{id}",
+            VIEWER,
+            deploys::pages::live_socket,
+        )
+        .add(M::GET, "/agents", VIEWER, agents::pages::agents_page)
+        .add(M::POST, "/agents", ADMIN, agents::pages::create)
+        .add(M::POST, "/agents/{id}/revoke", ADMIN, agents::pages::revoke)
+        .add(M::GET, "/users", ADMIN, people::users_page)
+        .add(M::POST, "/users/invite", ADMIN, people::invite)
+        .add(M::POST, "/users/{id}/role", ADMIN, people::change_role)
+        .add(M::POST, "/users/{id}/disable", ADMIN, people::set_disabled)
+        .add(M::POST, "/users/{id}/github", ADMIN, people::link_github)
+        .add(M::POST, "/users/{id}/sessions/end", ADMIN, people::end_sessions)
+        .add(M::POST, "/invites/{id}/revoke", ADMIN, people::revoke_invite)
+        .add(M::GET, "/audit", ADMIN, audit::pages::audit_page)
 }
 
 /// The whole application router.
@@ -93,8 +156,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> Response {
-    WebError::NotFound("page").into_response()
+/// Unknown paths: JSON under `/api/`, a styled page everywhere else.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        WebError::NotFound("page").into_response()
+    } else {
+        layout::error_page(WebError::NotFound("page"))
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -16,3 +16,8 @@ mod lifecycle;
 mod operations;
 mod packaging;
 mod prereq;
+mod web_access;
+mod web_browser;
+mod web_github;
+mod web_live;
+mod web_support;

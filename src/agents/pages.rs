@@ -1,0 +1,234 @@
+//! The Agents page: every agent with its live state; admins create an agent for an environment
+//! (its token is shown once, inside a copy-paste command that starts it against this
+//! appliance) and revoke agents (their connection is closed at once).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::AgentInfo;
+use super::api::{CreatedAgent, create_agent, list_agents, revoke_agent};
+use crate::app::AppState;
+use crate::db::now_ms;
+use crate::projects::Project;
+use crate::users::{Principal, Role};
+use crate::web::layout::{
+    self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, field_error, form_banner, invalid,
+    no_store, page,
+};
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+/// The command that starts an agent with its token file, shown once after creation.
+fn start_command(public_url: &str, created: &CreatedAgent) -> String {
+    format!(
+        "sudo install -d -m 700 /etc/stagely-agent /var/lib/stagely-agent\n\
+         echo '{token}' | sudo tee /etc/stagely-agent/token >/dev/null && sudo chmod 600 /etc/stagely-agent/token\n\
+         sudo stagely-agent run --server {public_url} --token-file /etc/stagely-agent/token --work-dir /var/lib/stagely-agent",
+        token = created.token
+    )
+}
+
+fn body(
+    v: &Viewer,
+    public_url: &str,
+    agents: &[AgentInfo],
+    projects: &[Project],
+    created: Option<&CreatedAgent>,
+    form: (&str, &str, &FormErrors),
+    done: Option<&str>,
+) -> Markup {
+    let now = now_ms();
+    let (form_env, form_name, errors) = form;
+    html! {
+        (layout::notice(done))
+        div.page-head {
+            h1 { "Agents" }
+            span.muted { "Agents run on your servers and dial out to this appliance; each serves one environment." }
+        }
+        @if let Some(c) = created {
+            article.secret-once id="agent-created" {
+                header { strong { "Agent " (c.name) " created" } }
+                p { "Run this on the target server. The token is in it and is shown only this once." }
+                pre.token-box id="agent-command" { (start_command(public_url, c)) }
+                p.row-actions {
+                    button.small.secondary type="button" data-copy="agent-command" { "Copy command" }
+                    span.muted { "Token only: " }
+                    code.token-box id="agent-token" { (c.token) }
+                }
+            }
+        }
+        @if agents.is_empty() {
+            p.empty { "No agents yet." }
+        } @else {
+            figure {
+                table {
+                    thead { tr { th { "Agent" } th { "Project / environment" } th { "State" } th { "Last seen" } th { "Host" } @if v.can(Role::Admin) { th {} } } }
+                    tbody {
+                        @for a in agents {
+                            tr {
+                                td { strong { (a.name) } br; small.muted { "#" (a.id) } }
+                                td { a href=(format!("/projects/{}#env-{}", a.project_id, a.environment)) { (a.project) " / " (a.environment) } }
+                                td {
+                                    @if a.revoked { (badge("revoked", "revoked")) }
+                                    @else if a.online { (badge("online", "online")) }
+                                    @else { (badge("offline", "offline")) }
+                                }
+                                td { @if let Some(s) = &a.last_heartbeat { (ago(s, now)) } @else { span.muted { "never" } } }
+                                td {
+                                    small {
+                                        (a.hostname.as_deref().unwrap_or("–"))
+                                        @if let Some(ver) = &a.version { br; span.muted { "agent " (ver) } }
+                                    }
+                                }
+                                @if v.can(Role::Admin) {
+                                    td {
+                                        @if !a.revoked {
+                                            form method="post" action=(format!("/agents/{}/revoke", a.id)) {
+                                                (csrf_field(&v.csrf))
+                                                button.small.secondary.outline type="submit" { "Revoke" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if v.can(Role::Admin) {
+            article id="new-agent" {
+                header { h3 { "New agent" } }
+                (form_banner(errors))
+                @if projects.iter().all(|p| p.environments.is_empty()) {
+                    p.muted { "Create a project with an environment first." }
+                } @else {
+                    form.grid-form method="post" action="/agents" {
+                        (csrf_field(&v.csrf))
+                        label { "Environment"
+                            select name="environment_id" required aria-invalid=[invalid(errors, "environment_id")] {
+                                @for p in projects {
+                                    optgroup label=(p.name) {
+                                        @for e in &p.environments {
+                                            option value=(e.id) selected[form_env == e.id.to_string()] { (p.name) " / " (e.name) }
+                                        }
+                                    }
+                                }
+                            }
+                            (field_error(errors, "environment_id"))
+                        }
+                        label { "Name"
+                            input name="name" value=(form_name) required maxlength="64" placeholder="web-1"
+                                aria-invalid=[invalid(errors, "name")];
+                            (field_error(errors, "name"))
+                        }
+                        button type="submit" { "Create agent" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn render(
+    state: &AppState,
+    v: &Viewer,
+    created: Option<&CreatedAgent>,
+    form: (&str, &str, &FormErrors),
+    done: Option<&str>,
+) -> Result<Markup, PageError> {
+    let agents = list_agents(state).await?;
+    let projects = state.db.read(crate::projects::store::list).await?;
+    let markup = body(
+        v,
+        &state.config.public_url,
+        &agents,
+        &projects,
+        created,
+        form,
+        done,
+    );
+    Ok(page(v, "Agents", Nav::Agents, markup))
+}
+
+pub async fn agents_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
+    let markup = render(
+        &state,
+        &v,
+        None,
+        ("", "", &FormErrors::default()),
+        q.done.as_deref(),
+    )
+    .await?;
+    Ok((no_store(), markup).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct NewAgentForm {
+    #[serde(default)]
+    environment_id: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Form(form): Form<NewAgentForm>,
+) -> Result<Response, PageError> {
+    let result = match form.environment_id.trim().parse::<i64>() {
+        Ok(env) => create_agent(&state, &who, env, &form.name)
+            .await
+            .map_err(Into::into),
+        Err(_) => Err(crate::web::error::WebError::invalid(
+            "environment_id",
+            "choose an environment",
+        )),
+    };
+    match result {
+        Ok(created) => {
+            let markup = render(&state, &v, Some(&created), ("", "", &FormErrors::default()), None).await?;
+            Ok((StatusCode::CREATED, no_store(), markup).into_response())
+        }
+        Err(e) => {
+            let e = match e {
+                crate::web::error::WebError::NotFound("environment") => crate::web::error::WebError::invalid(
+                    "environment_id",
+                    "this environment no longer exists",
+                ),
+                other => other,
+            };
+            let errors = FormErrors::from_web(e, &["name", "environment_id"])?;
+            let markup = render(
+                &state,
+                &v,
+                None,
+                (&form.environment_id, &form.name, &errors),
+                None,
+            )
+            .await?;
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, no_store(), markup).into_response())
+        }
+    }
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    revoke_agent(&state, &who, id).await?;
+    Ok(layout::see_other("/agents?done=agent-revoked"))
+}

@@ -1,0 +1,396 @@
+//! Project pages: the list (with the create form), and one project's page: settings,
+//! environments, deploy buttons, deployment history per environment, and its secrets.
+//!
+//! Forms post to the same domain functions as the JSON API, so a bad value comes back as a typed
+//! error naming its field, shown next to that field; nothing is half-saved.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::api::{EnvironmentInput, create_environment, create_project, update_project};
+use super::{Project, ProjectInput, ProjectPatch, store};
+use crate::app::AppState;
+use crate::db::now_ms;
+use crate::deploys::{self, Deployment};
+use crate::secrets::pages::{SecretForm, secrets_section};
+use crate::users::{Principal, Role};
+use crate::web::error::WebError;
+use crate::web::layout::{
+    self, FormErrors, Nav, PageError, Viewer, ago, csrf_field, field_error, form_banner, invalid, no_store,
+    page,
+};
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+/// What the project forms hold when they come back with errors.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ProjectForm {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub repo_url: String,
+    #[serde(default)]
+    pub git_ref: String,
+    #[serde(default)]
+    pub compose_path: String,
+    #[serde(default)]
+    pub pull: String,
+}
+
+impl ProjectForm {
+    fn from_project(p: &Project) -> ProjectForm {
+        ProjectForm {
+            name: p.name.clone(),
+            repo_url: p.repo_url.clone().unwrap_or_default(),
+            git_ref: p.git_ref.clone(),
+            compose_path: p.compose_path.clone(),
+            pull: p.pull.as_str().to_owned(),
+        }
+    }
+}
+
+const PROJECT_FIELDS: &[&str] = &["name", "repo_url", "git_ref", "compose_path", "pull"];
+
+fn project_fields(f: &ProjectForm, errors: &FormErrors, readonly: bool) -> Markup {
+    let pull = if f.pull.is_empty() {
+        "always"
+    } else {
+        f.pull.as_str()
+    };
+    html! {
+        fieldset disabled[readonly] {
+            label { "Name"
+                input name="name" value=(f.name) required pattern="[a-z0-9][a-z0-9_-]{0,62}" placeholder="shop"
+                    aria-invalid=[invalid(errors, "name")] aria-describedby="name-help";
+                small id="name-help" { "Lowercase letters, digits, '-' and '_'." }
+            }
+            (field_error(errors, "name"))
+            label { "Repository URL " span.muted { "(optional)" }
+                input name="repo_url" value=(f.repo_url) placeholder="https://github.com/acme/shop.git"
+                    aria-invalid=[invalid(errors, "repo_url")];
+            }
+            (field_error(errors, "repo_url"))
+            div.grid {
+                label { "Git ref"
+                    input name="git_ref" value=(f.git_ref) placeholder="main" aria-invalid=[invalid(errors, "git_ref")];
+                }
+                label { "Pull images"
+                    select name="pull" aria-invalid=[invalid(errors, "pull")] {
+                        @for p in ["always", "missing", "never"] {
+                            option value=(p) selected[p == pull] { (p) }
+                        }
+                    }
+                }
+            }
+            (field_error(errors, "git_ref"))
+            (field_error(errors, "pull"))
+            label { "Compose file"
+                input name="compose_path" value=(f.compose_path) required
+                    placeholder="docker-compose.yml (in the repo) or /srv/shop/compose.yaml"
+                    aria-invalid=[invalid(errors, "compose_path")];
+                small { "Relative to the repository root, or an absolute path on the target server when there is no repository." }
+            }
+            (field_error(errors, "compose_path"))
+        }
+    }
+}
+
+// --- the list -----------------------------------------------------------------------------------
+
+fn list_body(v: &Viewer, projects: &[Project], form: &ProjectForm, errors: &FormErrors) -> Markup {
+    html! {
+        div.page-head { h1 { "Projects" } }
+        @if projects.is_empty() {
+            p.empty { "No projects yet." }
+        } @else {
+            figure {
+                table {
+                    thead { tr { th { "Project" } th { "Source" } th { "Environments" } th { "Updated" } } }
+                    tbody {
+                        @for p in projects {
+                            tr {
+                                td { a href=(format!("/projects/{}", p.id)) { strong { (p.name) } } }
+                                td { small { (p.repo_url.as_deref().unwrap_or("local compose file")) " · " code { (p.compose_path) } } }
+                                td { @for e in &p.environments { span.badge.none { (e.name) } " " } }
+                                td { (ago(&p.updated_at, now_ms())) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if v.can(Role::Member) {
+            article id="new-project" {
+                header { h3 { "New project" } }
+                (form_banner(errors))
+                form method="post" action="/projects" {
+                    (csrf_field(&v.csrf))
+                    (project_fields(form, errors, false))
+                    button type="submit" { "Create project" }
+                }
+            }
+        }
+    }
+}
+
+pub async fn list_page(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {
+    let projects = state.db.read(store::list).await?;
+    let body = list_body(&v, &projects, &ProjectForm::default(), &FormErrors::default());
+    Ok((no_store(), page(&v, "Projects", Nav::Projects, body)).into_response())
+}
+
+fn opt(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Form(form): Form<ProjectForm>,
+) -> Result<Response, PageError> {
+    let input = ProjectInput {
+        name: form.name.clone(),
+        repo_url: opt(&form.repo_url),
+        git_ref: opt(&form.git_ref),
+        compose_path: opt(&form.compose_path),
+        pull: opt(&form.pull),
+    };
+    match create_project(&state, &who, input).await {
+        Ok(p) => Ok(layout::see_other(&format!(
+            "/projects/{}?done=project-created",
+            p.id
+        ))),
+        Err(e) => {
+            let errors = FormErrors::from_web(e.into(), PROJECT_FIELDS)?;
+            let projects = state.db.read(store::list).await?;
+            let body = list_body(&v, &projects, &form, &errors);
+            Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                no_store(),
+                page(&v, "Projects", Nav::Projects, body),
+            )
+                .into_response())
+        }
+    }
+}
+
+// --- one project --------------------------------------------------------------------------------
+
+/// Forms of the project page that came back with errors.
+#[derive(Default)]
+pub struct Forms {
+    pub settings: Option<(ProjectForm, FormErrors)>,
+    pub environment: Option<(String, FormErrors)>,
+    pub secret: Option<(SecretForm, FormErrors)>,
+    pub deploy: Option<FormErrors>,
+}
+
+/// Production-like environments ask for a confirmation before a deploy.
+pub fn is_production(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("prod") || n == "live" || n.contains("production")
+}
+
+fn environment_card(
+    v: &Viewer,
+    project: &Project,
+    env: &super::Environment,
+    history: &[Deployment],
+) -> Markup {
+    let now = now_ms();
+    html! {
+        article.env-card id=(format!("env-{}", env.name)) {
+            header.page-head {
+                h4 { (env.name) @if let Some(r) = &env.git_ref { " " small.muted { "ref " code { (r) } } } }
+                @if v.can(Role::Member) {
+                    form.inline method="post" action=(format!("/projects/{}/deploy", project.id)) {
+                        (csrf_field(&v.csrf))
+                        input type="hidden" name="environment" value=(env.name);
+                        button.small type="submit" data-testid=(format!("deploy-{}", env.name)) {
+                            "Deploy " (env.name)
+                        }
+                    }
+                }
+            }
+            @if history.is_empty() {
+                p.muted { "Never deployed." }
+            } @else {
+                table {
+                    thead { tr { th { "#" } th { "Status" } th { "Ref" } th { "By" } th { "When" } } }
+                    tbody {
+                        @for d in history {
+                            tr {
+                                td { a href=(format!("/deployments/{}", d.id)) { "#" (d.id) } }
+                                td { (deploys::pages::status_badge(d.status)) }
+                                td { code { (d.git_ref) } }
+                                td { (d.triggered_by) }
+                                td { (ago(&d.created_at, now)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn render_project(
+    state: &AppState,
+    v: &Viewer,
+    id: i64,
+    forms: Forms,
+    done: Option<&str>,
+) -> Result<Markup, PageError> {
+    let (project, history, secrets) = state
+        .db
+        .read(move |c| {
+            let project = store::get(c, id)?;
+            let mut history = Vec::new();
+            for e in &project.environments {
+                history.push(deploys::store::list(c, Some(e.id), 10).map_err(WebError::from)?);
+            }
+            let secrets = crate::secrets::store::list(c, id).map_err(WebError::from)?;
+            Ok::<_, WebError>((project, history, secrets))
+        })
+        .await?;
+    let editable = v.can(Role::Member);
+    let (settings_form, settings_errors) = forms
+        .settings
+        .unwrap_or_else(|| (ProjectForm::from_project(&project), FormErrors::default()));
+    let (env_name, env_errors) = forms.environment.unwrap_or_default();
+    let body = html! {
+        (layout::notice(done))
+        div.page-head {
+            h1 { (project.name) }
+            span.muted { (project.repo_url.as_deref().unwrap_or("local compose file")) " · " code { (project.compose_path) } }
+        }
+        section id="environments" {
+            h2 { "Environments" }
+            @if let Some(errors) = &forms.deploy { (form_banner(errors)) }
+            @if project.environments.is_empty() {
+                p.empty { "No environment yet. Add one (e.g. staging) to deploy." }
+            }
+            @for (env, hist) in project.environments.iter().zip(&history) {
+                (environment_card(v, &project, env, hist))
+            }
+            @if editable {
+                details open[!env_errors.is_empty()] {
+                    summary { "Add an environment" }
+                    (form_banner(&env_errors))
+                    form.grid-form method="post" action=(format!("/projects/{}/environments", project.id)) {
+                        (csrf_field(&v.csrf))
+                        label { "Name"
+                            input name="name" value=(env_name) required placeholder="staging" pattern="[a-z0-9][a-z0-9_-]{0,31}"
+                                aria-invalid=[invalid(&env_errors, "name")];
+                            (field_error(&env_errors, "name"))
+                        }
+                        label { "Git ref " span.muted { "(optional)" }
+                            input name="git_ref" placeholder=(project.git_ref) aria-invalid=[invalid(&env_errors, "git_ref")];
+                            (field_error(&env_errors, "git_ref"))
+                        }
+                        button type="submit" { "Add environment" }
+                    }
+                }
+            }
+        }
+        (secrets_section(v, &project, &secrets, forms.secret.as_ref()))
+        section id="settings" {
+            h2 { "Settings" }
+            article {
+                (form_banner(&settings_errors))
+                form method="post" action=(format!("/projects/{}", project.id)) {
+                    (csrf_field(&v.csrf))
+                    (project_fields(&settings_form, &settings_errors, !editable))
+                    @if editable { button type="submit" { "Save settings" } }
+                }
+            }
+        }
+    };
+    Ok(page(v, &project.name, Nav::Projects, body))
+}
+
+pub async fn project_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
+    let markup = render_project(&state, &v, id, Forms::default(), q.done.as_deref()).await?;
+    Ok((no_store(), markup).into_response())
+}
+
+/// Re-render the project page with one form's errors (422).
+pub async fn with_errors(state: &AppState, v: &Viewer, id: i64, forms: Forms) -> Result<Response, PageError> {
+    let markup = render_project(state, v, id, forms, None).await?;
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, no_store(), markup).into_response())
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+    Form(form): Form<ProjectForm>,
+) -> Result<Response, PageError> {
+    let patch = ProjectPatch {
+        name: Some(form.name.clone()),
+        repo_url: Some(opt(&form.repo_url)),
+        git_ref: Some(form.git_ref.clone()),
+        compose_path: Some(form.compose_path.clone()),
+        pull: Some(form.pull.clone()),
+    };
+    match update_project(&state, &who, id, patch).await {
+        Ok(_) => Ok(layout::see_other(&format!("/projects/{id}?done=project-saved"))),
+        Err(e) => {
+            let errors = FormErrors::from_web(e.into(), PROJECT_FIELDS)?;
+            let forms = Forms {
+                settings: Some((form, errors)),
+                ..Forms::default()
+            };
+            with_errors(&state, &v, id, forms).await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EnvironmentForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    git_ref: String,
+}
+
+pub async fn add_environment(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+    Form(form): Form<EnvironmentForm>,
+) -> Result<Response, PageError> {
+    let input = EnvironmentInput {
+        name: form.name.clone(),
+        git_ref: opt(&form.git_ref),
+    };
+    match create_environment(&state, &who, id, input).await {
+        Ok(_) => Ok(layout::see_other(&format!(
+            "/projects/{id}?done=environment-added"
+        ))),
+        Err(e) => {
+            let errors = FormErrors::from_web(e.into(), &["name", "git_ref"])?;
+            let forms = Forms {
+                environment: Some((form.name, errors)),
+                ..Forms::default()
+            };
+            with_errors(&state, &v, id, forms).await
+        }
+    }
+}

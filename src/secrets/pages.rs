@@ -1,0 +1,244 @@
+//! The secrets part of a project page: add, replace the value of, and delete secrets per
+//! environment and scope. Values are write-only: no page ever contains one, not even the value
+//! just typed into a form that came back with an error.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::{Extension, Form};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::api::{NewValue, create_secret, delete_secret, update_secret};
+use super::{SecretInfo, SecretInput, store};
+use crate::app::AppState;
+use crate::db::now_ms;
+use crate::projects::Project;
+use crate::projects::pages::{Forms, with_errors};
+use crate::protocol::Scope;
+use crate::users::{Principal, Role};
+use crate::web::layout::{
+    self, FormErrors, PageError, Viewer, ago, csrf_field, field_error, form_banner, invalid,
+};
+
+/// The add-secret form as submitted. `value` is wiped on drop and never rendered back.
+#[derive(Default, Clone, Deserialize)]
+pub struct SecretForm {
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub environment: String,
+}
+
+impl Drop for SecretForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
+const MASK: &str = "••••••••";
+
+pub fn secrets_section(
+    v: &Viewer,
+    project: &Project,
+    secrets: &[SecretInfo],
+    failed: Option<&(SecretForm, FormErrors)>,
+) -> Markup {
+    let now = now_ms();
+    let editable = v.can(Role::Member);
+    let empty = (SecretForm::default(), FormErrors::default());
+    let (form, errors) = failed.unwrap_or(&empty);
+    let scope = if form.scope.is_empty() {
+        "global"
+    } else {
+        form.scope.as_str()
+    };
+    html! {
+        section id="secrets" {
+            h2 { "Secrets" }
+            p.muted {
+                "Values are encrypted at rest and never shown again. Environment-specific secrets win over "
+                "project-wide ones; service secrets reach only their compose service."
+            }
+            @if secrets.is_empty() {
+                p.empty { "No secrets yet." }
+            } @else {
+                figure {
+                    table {
+                        thead { tr { th { "Key" } th { "Value" } th { "Environment" } th { "Scope" } th { "Version" } th { "Updated" } @if editable { th {} } } }
+                        tbody {
+                            @for s in secrets {
+                                tr {
+                                    td { code { (s.key) } }
+                                    td { span.masked { (MASK) } }
+                                    td { (s.environment.as_deref().unwrap_or("all")) }
+                                    td { @match &s.service { Some(svc) => { "service " code { (svc) } }, None => "global" } }
+                                    td { "v" (s.version) }
+                                    td { (s.updated_by) br; small.muted { (ago(&s.updated_at, now)) } }
+                                    @if editable {
+                                        td {
+                                            details.inline-edit {
+                                                summary { "Replace value" }
+                                                form method="post" action=(format!("/secrets/{}", s.id)) {
+                                                    (csrf_field(&v.csrf))
+                                                    textarea name="value" rows="2" placeholder="new value" aria-label=(format!("New value for {}", s.key)) {}
+                                                    button.small type="submit" { "Save new value" }
+                                                }
+                                            }
+                                            form method="post" action=(format!("/secrets/{}/delete", s.id)) {
+                                                (csrf_field(&v.csrf))
+                                                button.small.secondary.outline type="submit" { "Delete" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if editable {
+                article id="new-secret" {
+                    header { h3 { "Add a secret" } }
+                    (form_banner(errors))
+                    form method="post" action=(format!("/projects/{}/secrets", project.id)) {
+                        (csrf_field(&v.csrf))
+                        div.grid {
+                            label { "Key"
+                                input name="key" value=(form.key) required placeholder="DATABASE_URL"
+                                    pattern="[A-Za-z_][A-Za-z0-9_]*" aria-invalid=[invalid(errors, "key")];
+                                (field_error(errors, "key"))
+                            }
+                            label { "Environment"
+                                select name="environment" aria-invalid=[invalid(errors, "environment")] {
+                                    option value="" selected[form.environment.is_empty()] { "all environments" }
+                                    @for e in &project.environments {
+                                        option value=(e.name) selected[form.environment == e.name] { (e.name) }
+                                    }
+                                }
+                                (field_error(errors, "environment"))
+                            }
+                        }
+                        div.grid {
+                            label { "Scope"
+                                select name="scope" aria-invalid=[invalid(errors, "scope")] {
+                                    option value="global" selected[scope == "global"] { "global (every service)" }
+                                    option value="service" selected[scope == "service"] { "one service" }
+                                }
+                                (field_error(errors, "scope"))
+                            }
+                            label { "Service " span.muted { "(for scope “one service”)" }
+                                input name="service" value=(form.service) placeholder="web" aria-invalid=[invalid(errors, "service")];
+                                (field_error(errors, "service"))
+                            }
+                        }
+                        label { "Value"
+                            textarea name="value" rows="3" aria-invalid=[invalid(errors, "value")]
+                                placeholder="stored encrypted; never shown again" {}
+                            @if !errors.is_empty() { small.muted { "For your safety the value was not kept: enter it again." } }
+                            (field_error(errors, "value"))
+                        }
+                        button type="submit" { "Add secret" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+const SECRET_FIELDS: &[&str] = &["key", "value", "scope", "service", "environment"];
+
+pub async fn create(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Path(project_id): Path<i64>,
+    Form(form): Form<SecretForm>,
+) -> Result<Response, PageError> {
+    let input = SecretInput {
+        key: form.key.clone(),
+        value: form.value.clone(),
+        scope: if form.scope.is_empty() {
+            Scope::Global.as_str().into()
+        } else {
+            form.scope.clone()
+        },
+        service: Some(form.service.clone()).filter(|s| !s.trim().is_empty()),
+        environment: Some(form.environment.clone()).filter(|s| !s.trim().is_empty()),
+    };
+    match create_secret(&state, &who, project_id, input).await {
+        Ok(_) => Ok(layout::see_other(&format!(
+            "/projects/{project_id}?done=secret-added#secrets"
+        ))),
+        Err(e) => {
+            let errors = FormErrors::from_web(e.into(), SECRET_FIELDS)?;
+            let forms = Forms {
+                secret: Some((form, errors)),
+                ..Forms::default()
+            };
+            with_errors(&state, &v, project_id, forms).await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ValueForm {
+    #[serde(default)]
+    value: String,
+}
+
+impl Drop for ValueForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
+async fn project_of(state: &AppState, id: i64) -> Result<i64, PageError> {
+    Ok(state
+        .db
+        .read(move |c| store::get(c, id).map(|s| s.project_id))
+        .await?)
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+    Form(form): Form<ValueForm>,
+) -> Result<Response, PageError> {
+    let project_id = project_of(&state, id).await?;
+    let new = NewValue {
+        value: form.value.clone(),
+    };
+    match update_secret(&state, &who, id, new).await {
+        Ok(_) => Ok(layout::see_other(&format!(
+            "/projects/{project_id}?done=secret-updated#secrets"
+        ))),
+        Err(e) => {
+            let errors = FormErrors::from_web(e.into(), &[])?;
+            let forms = Forms {
+                secret: Some((SecretForm::default(), errors)),
+                ..Forms::default()
+            };
+            with_errors(&state, &v, project_id, forms).await
+        }
+    }
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    let project_id = project_of(&state, id).await?;
+    delete_secret(&state, &who, id).await?;
+    Ok(layout::see_other(&format!(
+        "/projects/{project_id}?done=secret-deleted#secrets"
+    )))
+}

@@ -1,0 +1,379 @@
+//! GitHub (or GitHub Enterprise) sign-in with the oauth2 crate: authorization code + PKCE.
+//!
+//! Only logins in `github.allowed_logins`, or members of `github.allowed_orgs`, get in; anyone
+//! else is refused with a page that says why, however valid their GitHub account. A first
+//! sign-in creates an account with `github.default_role`; a signed-in user can instead link their
+//! GitHub identity to their existing account (Account page).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse, TokenUrl,
+};
+use serde::Deserialize;
+
+use super::pages::{safe_next, start_session};
+use super::store::{self, NewUser};
+use super::{Principal, Role, UserError};
+use crate::app::AppState;
+use crate::audit;
+use crate::db::now_ms;
+use crate::web::error::WebError;
+use crate::web::layout::{self, PageError, bare_page, no_store};
+use crate::web::session;
+
+const FLOW_COOKIE: &str = "stagely_oauth";
+const PENDING_TTL_MS: i64 = 10 * 60 * 1000;
+const MAX_PENDING: usize = 1000;
+
+type GithubClient = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+struct Pending {
+    verifier: PkceCodeVerifier,
+    /// Linking to this signed-in user rather than signing in.
+    link_user: Option<i64>,
+    next: String,
+    created: i64,
+}
+
+/// GitHub sign-ins between the redirect to GitHub and the callback, keyed by OAuth `state`.
+#[derive(Default)]
+pub struct PendingLogins {
+    map: Mutex<HashMap<String, Pending>>,
+}
+
+impl PendingLogins {
+    fn insert(&self, state: String, pending: Pending) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = pending.created;
+        map.retain(|_, p| now - p.created < PENDING_TTL_MS);
+        if map.len() >= MAX_PENDING {
+            // Someone is opening sign-ins without finishing them: drop the oldest.
+            if let Some(oldest) = map.iter().min_by_key(|(_, p)| p.created).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(state, pending);
+    }
+
+    fn take(&self, state: &str, now: i64) -> Option<Pending> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(state).filter(|p| now - p.created < PENDING_TTL_MS)
+    }
+}
+
+fn client(state: &AppState) -> Result<GithubClient, WebError> {
+    let gh = &state.config.github;
+    let bad = |what: &str| WebError::Internal(format!("github.{what} is not a valid URL"));
+    Ok(BasicClient::new(ClientId::new(gh.client_id.clone()))
+        .set_client_secret(ClientSecret::new(gh.client_secret.expose().to_owned()))
+        .set_auth_uri(AuthUrl::new(gh.auth_url.clone()).map_err(|_| bad("auth_url"))?)
+        .set_token_uri(TokenUrl::new(gh.token_url.clone()).map_err(|_| bad("token_url"))?)
+        .set_redirect_uri(
+            RedirectUrl::new(format!("{}/auth/github/callback", state.config.public_url))
+                .map_err(|_| bad("public_url"))?,
+        )
+        // GitHub takes the client credentials in the form body.
+        .set_auth_type(AuthType::RequestBody))
+}
+
+fn http() -> Result<reqwest::Client, WebError> {
+    reqwest::Client::builder()
+        // The token endpoint must not redirect us elsewhere (SSRF); GitHub never does.
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .user_agent(concat!("stagely/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| WebError::Internal(format!("cannot build the HTTP client: {e}")))
+}
+
+fn redirect_to_github(state: &AppState, link_user: Option<i64>, next: String) -> Result<Response, PageError> {
+    if !state.config.github.enabled() {
+        return Err(WebError::NotFound("page").into());
+    }
+    let client = client(state)?;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scope(Scope::new("read:user".into()))
+        .set_pkce_challenge(challenge);
+    if !state.config.github.allowed_orgs.is_empty() {
+        request = request.add_scope(Scope::new("read:org".into()));
+    }
+    let (url, csrf) = request.url();
+    state.auth.github.insert(
+        csrf.secret().clone(),
+        Pending {
+            verifier,
+            link_user,
+            next,
+            created: now_ms(),
+        },
+    );
+    let mut response = layout::see_other(url.as_str());
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_flow_cookie(&state.config, FLOW_COOKIE, csrf.secret()),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct StartQuery {
+    next: Option<String>,
+}
+
+/// `GET /auth/github`: off to GitHub.
+pub async fn start(
+    State(state): State<AppState>,
+    Query(q): Query<StartQuery>,
+) -> Result<Response, PageError> {
+    redirect_to_github(&state, None, safe_next(q.next.as_deref()))
+}
+
+/// `POST /account/github`: link GitHub to the signed-in user.
+pub async fn start_link(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, PageError> {
+    let Some(user_id) = who.user_id else {
+        return Err(WebError::invalid("user", "API tokens cannot link a GitHub account").into());
+    };
+    redirect_to_github(&state, Some(user_id), "/account".into())
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+fn refused(title: &str, text: String) -> Response {
+    let body = bare_page(
+        title,
+        html! {
+            article.error-page {
+                p.status-code { "403" }
+                h1 { (title) }
+                p { (text) }
+                p { a href="/login" role="button" { "Back to sign-in" } }
+            }
+        },
+    );
+    (StatusCode::FORBIDDEN, no_store(), body).into_response()
+}
+
+/// `GET /auth/github/callback`: GitHub sends the browser back here with a code.
+pub async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Result<Response, PageError> {
+    if !state.config.github.enabled() {
+        return Err(WebError::NotFound("page").into());
+    }
+    if let Some(error) = q.error {
+        tracing::info!(error = %error, "GitHub sign-in was cancelled or refused at GitHub");
+        return Ok(refused(
+            "GitHub sign-in did not complete",
+            "GitHub did not authorise the sign-in. Try again, or sign in with a password.".into(),
+        ));
+    }
+    let (Some(code), Some(oauth_state)) = (q.code, q.state) else {
+        return Err(WebError::invalid("code", "missing from the callback").into());
+    };
+    // The state must be the one this browser was given (login CSRF), and still pending.
+    let cookie_ok = session::read_cookie(&headers, FLOW_COOKIE)
+        .is_some_and(|c| crate::crypto::ct_eq(c.as_bytes(), oauth_state.as_bytes()));
+    let pending = state.auth.github.take(&oauth_state, now_ms());
+    let Some(pending) = pending.filter(|_| cookie_ok) else {
+        return Ok(refused(
+            "GitHub sign-in expired",
+            "This sign-in attempt is unknown or older than 10 minutes. Start again from the sign-in page."
+                .into(),
+        ));
+    };
+    let identity = identify(&state, code, pending.verifier).await?;
+    let mut response = match pending.link_user {
+        Some(user_id) => link(&state, &headers, user_id, &identity.login).await?,
+        None => sign_in(&state, &identity, &pending.next).await?,
+    };
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        session::clear_flow_cookie(&state.config, FLOW_COOKIE),
+    );
+    Ok(response)
+}
+
+struct Identity {
+    login: String,
+    orgs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GithubUser {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct GithubOrg {
+    login: String,
+}
+
+/// Exchange the code for a token and ask the API who this is (and their organisations).
+async fn identify(state: &AppState, code: String, verifier: PkceCodeVerifier) -> Result<Identity, WebError> {
+    let http = http()?;
+    let token = client(state)?
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "GitHub token exchange failed");
+            WebError::Unavailable("GitHub did not accept the sign-in code; try again".into())
+        })?;
+    let api = &state.config.github.api_url;
+    let get = |path: &str| {
+        http.get(format!("{api}{path}"))
+            .bearer_auth(token.access_token().secret())
+            .header(header::ACCEPT, "application/vnd.github+json")
+    };
+    let unavailable = |e: reqwest::Error| {
+        tracing::warn!(error = %e, "GitHub API call failed");
+        WebError::Unavailable("cannot reach the GitHub API; try again".into())
+    };
+    let user: GithubUser = get("/user")
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(unavailable)?
+        .json()
+        .await
+        .map_err(unavailable)?;
+    let orgs = if state.config.github.allowed_orgs.is_empty() {
+        Vec::new()
+    } else {
+        let orgs: Vec<GithubOrg> = get("/user/orgs?per_page=100")
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)?;
+        orgs.into_iter().map(|o| o.login.to_ascii_lowercase()).collect()
+    };
+    Ok(Identity {
+        login: user.login.to_ascii_lowercase(),
+        orgs,
+    })
+}
+
+/// True when config lets this GitHub identity sign in.
+fn allowed(state: &AppState, id: &Identity) -> bool {
+    let gh = &state.config.github;
+    gh.allowed_logins.contains(&id.login) || id.orgs.iter().any(|o| gh.allowed_orgs.contains(o))
+}
+
+async fn sign_in(state: &AppState, id: &Identity, next: &str) -> Result<Response, PageError> {
+    if !allowed(state, id) {
+        tracing::warn!(login = %id.login, "GitHub login not on the allow list: refused");
+        return Ok(refused(
+            "Not allowed to sign in",
+            format!(
+                "The GitHub account @{} is not allowed to sign in to this Stagely. An admin can add the \
+                 login (github.allowed_logins) or one of its organisations (github.allowed_orgs).",
+                id.login
+            ),
+        ));
+    }
+    let login = id.login.clone();
+    let default_role = Role::parse(&state.config.github.default_role).unwrap_or(Role::Viewer);
+    let user = state
+        .db
+        .write(move |tx| {
+            if let Some(user) = store::by_github_login(tx, &login)? {
+                return Ok(user);
+            }
+            let now = now_ms();
+            let new = NewUser {
+                username: &login,
+                display_name: "",
+                password_hash: None,
+                github_login: Some(&login),
+                role: default_role,
+            };
+            let id = store::insert(tx, &new, now)?;
+            audit::record(
+                tx,
+                now,
+                &format!("github:{login}"),
+                "user.create_github",
+                "user",
+                Some(id),
+                default_role.as_str(),
+            )?;
+            store::get(tx, id)
+        })
+        .await;
+    match user {
+        Ok(user) if user.disabled => Ok(refused(
+            "Account disabled",
+            "Your Stagely account is disabled. Ask an admin.".into(),
+        )),
+        Ok(user) => start_session(state, user.id, &user.username, "user.sign_in_github", next).await,
+        Err(UserError::UsernameTaken(name)) => Ok(refused(
+            "Link your account first",
+            format!(
+                "A Stagely user named {name:?} already exists. Sign in with its password and link GitHub \
+                 from the Account page."
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn link(
+    state: &AppState,
+    headers: &HeaderMap,
+    user_id: i64,
+    login: &str,
+) -> Result<Response, PageError> {
+    // Only the very session that started linking may finish it.
+    let current = session::resolve(state, headers).await?;
+    let Some((who, _)) = current.filter(|(p, _)| p.user_id == Some(user_id)) else {
+        return Err(WebError::Unauthorized.into());
+    };
+    let login = login.to_owned();
+    let result = state
+        .db
+        .write(move |tx| {
+            store::link_github(tx, user_id, &login)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &who.actor,
+                "user.link_github",
+                "user",
+                Some(user_id),
+                &login,
+            )?;
+            Ok::<_, UserError>(())
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(layout::see_other("/account?done=github-linked")),
+        Err(e @ UserError::GithubTaken(_)) => Ok(refused("Cannot link", e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}

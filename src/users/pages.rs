@@ -1,0 +1,463 @@
+//! Signing in and out: the sign-in page (local accounts), the one-time first-admin setup link,
+//! accepting an invitation, and sign-out.
+
+use std::net::SocketAddr;
+
+use axum::Form;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::store::{self, LinkKind, NewUser};
+use super::{Role, UserError, password, validate_password, validate_username};
+use crate::app::AppState;
+use crate::audit;
+use crate::db::now_ms;
+use crate::web::error::WebError;
+use crate::web::layout::{
+    self, FormErrors, PageError, bare_page, field_error, form_banner, invalid, no_store,
+};
+use crate::web::session::{self, Session};
+
+/// The client's address, for the per-address sign-in limit.
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        ))
+    }
+}
+
+/// Only local paths: an attacker's link must not turn sign-in into an open redirect.
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && !n.chars().any(char::is_control)
+                && !n.starts_with("/login") =>
+        {
+            n.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+/// The sign-in page body (also what the choke point shows, with 401, to someone not signed in).
+pub fn sign_in_form(state: &AppState, next: &str, error: Option<&str>, username: &str) -> Markup {
+    let next = safe_next(Some(next));
+    bare_page(
+        "Sign in",
+        html! {
+            article {
+                header { h2 { "Sign in to Stagely" } }
+                @if let Some(e) = error { p.notice.error role="alert" { (e) } }
+                form method="post" action="/login" {
+                    input type="hidden" name="next" value=(next);
+                    label { "Username"
+                        input name="username" value=(username) autocomplete="username" required autofocus;
+                    }
+                    label { "Password"
+                        input type="password" name="password" autocomplete="current-password" required;
+                    }
+                    button type="submit" { "Sign in" }
+                }
+                @if state.config.github.enabled() {
+                    hr;
+                    a.secondary.outline.full role="button" href=(format!("/auth/github?next={}", urlencode(&next))) {
+                        "Sign in with GitHub"
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+pub async fn login_page(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, PageError> {
+    let next = safe_next(q.next.as_deref());
+    // Already signed in: nothing to do here.
+    if session::resolve(&state, &headers).await?.is_some() {
+        return Ok(layout::see_other(&next));
+    }
+    Ok((no_store(), sign_in_form(&state, &next, None, "")).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+impl Drop for LoginForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+/// The one message for an unknown user, a wrong password and a disabled account.
+const BAD_LOGIN: &str = "Wrong username or password.";
+
+pub async fn login_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, PageError> {
+    let now = now_ms();
+    let username = form.username.trim().to_owned();
+    let next = safe_next(form.next.as_deref());
+    if let Some(wait) = state.auth.limiter.blocked(&ip, &username, now) {
+        let msg = format!(
+            "Too many failed sign-in attempts. Try again in {} minute(s).",
+            wait.div_ceil(60)
+        );
+        let body = sign_in_form(&state, &next, Some(&msg), &username);
+        return Ok((StatusCode::TOO_MANY_REQUESTS, no_store(), body).into_response());
+    }
+    let lookup = username.clone();
+    let found = state.db.read(move |c| store::by_username(c, &lookup)).await?;
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, None),
+    };
+    let password_ok = password::verify(Zeroizing::new(form.password.clone()), hash).await;
+    let user = match user {
+        Some(u) if password_ok && !u.disabled => u,
+        _ => {
+            state.auth.limiter.record_failure(&ip, &username, now);
+            tracing::info!(%ip, "failed sign-in");
+            let body = sign_in_form(&state, &next, Some(BAD_LOGIN), &username);
+            return Ok((StatusCode::UNAUTHORIZED, no_store(), body).into_response());
+        }
+    };
+    state.auth.limiter.record_success(&username);
+    start_session(&state, user.id, &user.username, "user.sign_in", &next).await
+}
+
+/// Create a session for a user and answer with its cookie and a redirect to `next`.
+pub async fn start_session(
+    state: &AppState,
+    user_id: i64,
+    username: &str,
+    action: &'static str,
+    next: &str,
+) -> Result<Response, PageError> {
+    let lifetime =
+        i64::try_from(state.config.auth.session_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    let actor = format!("user:{username}");
+    let (cookie, _) = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let created = store::create_session(tx, user_id, now, lifetime)?;
+            audit::record(tx, now, &actor, action, "user", Some(user_id), "")?;
+            Ok::<_, crate::db::DbError>(created)
+        })
+        .await?;
+    let mut response = layout::see_other(&safe_next(Some(next)));
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session::set_cookie(&state.config, &cookie));
+    Ok(response)
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, PageError> {
+    if let Some(s) = req.extensions().get::<Session>().cloned() {
+        let actor = format!("user:{}", s.username);
+        state
+            .db
+            .write(move |tx| {
+                store::delete_session(tx, &s.id_hash)?;
+                audit::record(tx, now_ms(), &actor, "user.sign_out", "user", Some(s.user_id), "")
+            })
+            .await?;
+    }
+    let mut response = layout::see_other("/login");
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session::clear_cookie(&state.config));
+    Ok(response)
+}
+
+// --- first admin and invitations -----------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    #[serde(default)]
+    token: String,
+}
+
+fn link_invalid_page(kind: LinkKind) -> Response {
+    let what = match kind {
+        LinkKind::Setup => "setup link",
+        LinkKind::Invite => "invitation link",
+    };
+    let hint = match kind {
+        LinkKind::Setup => {
+            "Setup links work once and for one hour. Restart Stagely while it has no users to print a new one to its log."
+        }
+        LinkKind::Invite => "Ask an admin for a new invitation.",
+    };
+    let body = bare_page(
+        "Link not valid",
+        html! {
+            article.error-page {
+                h1 { "This " (what) " is not valid" }
+                p { "It was used already, has expired, or was never issued." }
+                p.muted { (hint) }
+                p { a href="/login" role="button" { "Go to sign-in" } }
+            }
+        },
+    );
+    (StatusCode::NOT_FOUND, no_store(), body).into_response()
+}
+
+fn new_account_form(kind: LinkKind, token: &str, role: Role, errors: &FormErrors, username: &str) -> Markup {
+    let (title, action, intro) = match kind {
+        LinkKind::Setup => (
+            "Create the first admin",
+            "/setup",
+            "This one-time link creates Stagely's first administrator. It stops working once used.",
+        ),
+        LinkKind::Invite => (
+            "Accept your invitation",
+            "/invite",
+            "Choose a username and password for your Stagely account.",
+        ),
+    };
+    bare_page(
+        title,
+        html! {
+            article {
+                header {
+                    h2 { (title) }
+                    p.muted { (intro) " Role: " strong { (role.as_str()) } "." }
+                }
+                (form_banner(errors))
+                form method="post" action=(action) {
+                    input type="hidden" name="token" value=(token);
+                    label { "Username"
+                        input name="username" value=(username) autocomplete="username" required
+                            pattern="[A-Za-z0-9][A-Za-z0-9._-]{0,38}" aria-invalid=[invalid(errors, "username")];
+                    }
+                    (field_error(errors, "username"))
+                    label { "Password"
+                        input type="password" name="password" autocomplete="new-password" required
+                            minlength=(super::MIN_PASSWORD_CHARS) aria-invalid=[invalid(errors, "password")];
+                    }
+                    (field_error(errors, "password"))
+                    label { "Repeat the password"
+                        input type="password" name="confirm" autocomplete="new-password" required
+                            aria-invalid=[invalid(errors, "confirm")];
+                    }
+                    (field_error(errors, "confirm"))
+                    button type="submit" { "Create account and sign in" }
+                }
+            }
+        },
+    )
+}
+
+async fn show_link_form(state: &AppState, kind: LinkKind, token: String) -> Result<Response, PageError> {
+    let t = token.clone();
+    let role = state
+        .db
+        .read(move |c| store::peek_link(c, kind, &t, now_ms()))
+        .await?;
+    Ok(match role {
+        Some(role) => (
+            no_store(),
+            new_account_form(kind, &token, role, &FormErrors::default(), ""),
+        )
+            .into_response(),
+        None => link_invalid_page(kind),
+    })
+}
+
+pub async fn setup_page(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, PageError> {
+    show_link_form(&state, LinkKind::Setup, q.token).await
+}
+
+pub async fn invite_page(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, PageError> {
+    show_link_form(&state, LinkKind::Invite, q.token).await
+}
+
+#[derive(Deserialize)]
+pub struct NewAccountForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+impl Drop for NewAccountForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+        zeroize::Zeroize::zeroize(&mut self.confirm);
+    }
+}
+
+pub async fn setup_submit(
+    State(state): State<AppState>,
+    Form(form): Form<NewAccountForm>,
+) -> Result<Response, PageError> {
+    create_from_link(&state, LinkKind::Setup, form).await
+}
+
+pub async fn invite_submit(
+    State(state): State<AppState>,
+    Form(form): Form<NewAccountForm>,
+) -> Result<Response, PageError> {
+    create_from_link(&state, LinkKind::Invite, form).await
+}
+
+async fn create_from_link(
+    state: &AppState,
+    kind: LinkKind,
+    form: NewAccountForm,
+) -> Result<Response, PageError> {
+    let token = form.token.clone();
+    let peek = token.clone();
+    let Some(role) = state
+        .db
+        .read(move |c| store::peek_link(c, kind, &peek, now_ms()))
+        .await?
+    else {
+        return Ok(link_invalid_page(kind));
+    };
+    let checked = validate_username(&form.username).and_then(|u| {
+        validate_password(&form.password)?;
+        if form.password != form.confirm {
+            return Err(UserError::Invalid {
+                field: "confirm",
+                message: "the two passwords differ".into(),
+            });
+        }
+        Ok(u)
+    });
+    let username = match checked {
+        Ok(u) => u,
+        Err(e) => return rerender(kind, &token, role, e, &form.username),
+    };
+    let hash = password::hash(Zeroizing::new(form.password.clone()))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    let name = username.clone();
+    let created = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let Some((link_id, role)) = store::consume_link(tx, kind, &token, now)? else {
+                return Err(UserError::LinkInvalid);
+            };
+            // The setup link only ever creates the *first* user.
+            if kind == LinkKind::Setup && store::count(tx)? > 0 {
+                return Err(UserError::LinkInvalid);
+            }
+            let new = NewUser {
+                username: &name,
+                display_name: "",
+                password_hash: Some(&hash),
+                github_login: None,
+                role,
+            };
+            let id = store::insert(tx, &new, now)?;
+            store::set_link_user(tx, link_id, id)?;
+            let action = match kind {
+                LinkKind::Setup => "user.setup_admin",
+                LinkKind::Invite => "user.accept_invite",
+            };
+            audit::record(
+                tx,
+                now,
+                &format!("user:{name}"),
+                action,
+                "user",
+                Some(id),
+                role.as_str(),
+            )?;
+            Ok(id)
+        })
+        .await;
+    match created {
+        Ok(id) => start_session(state, id, &username, "user.sign_in", "/").await,
+        Err(UserError::LinkInvalid) => Ok(link_invalid_page(kind)),
+        Err(e) => rerender(kind, &form.token, role, e, &form.username),
+    }
+}
+
+fn rerender(
+    kind: LinkKind,
+    token: &str,
+    role: Role,
+    err: UserError,
+    username: &str,
+) -> Result<Response, PageError> {
+    let errors = match err {
+        UserError::Invalid { field, message } => FormErrors::one(field, message),
+        e @ UserError::UsernameTaken(_) => FormErrors::one("username", e.to_string()),
+        other => return Err(other.into()),
+    };
+    Ok((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        no_store(),
+        new_account_form(kind, token, role, &errors, username),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_stays_on_this_site() {
+        assert_eq!(safe_next(Some("/projects/1")), "/projects/1");
+        for bad in ["https://evil.example", "//evil.example", "/\\evil", "/login", "x"] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}

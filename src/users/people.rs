@@ -1,0 +1,437 @@
+//! The Users page (admin): invite by a one-time link bound to a role, change roles, disable and
+//! enable, end someone's sessions. Disabling ends every session of that user at once.
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::{Role, User, UserError, store};
+use crate::app::AppState;
+use crate::audit;
+use crate::db::{now_ms, rfc3339};
+use crate::web::layout::{
+    self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, form_banner, no_store, page,
+};
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+struct UsersView {
+    users: Vec<User>,
+    invites: Vec<store::Invite>,
+    sessions: HashMap<i64, i64>,
+}
+
+async fn load(state: &AppState) -> Result<UsersView, PageError> {
+    Ok(state
+        .db
+        .read(|c| {
+            let now = now_ms();
+            Ok::<_, crate::db::DbError>(UsersView {
+                users: store::list(c)?,
+                invites: store::open_invites(c, now)?,
+                sessions: store::session_counts(c, now)?.into_iter().collect(),
+            })
+        })
+        .await?)
+}
+
+fn role_select(name: &str, current: Role) -> Markup {
+    html! {
+        select name=(name) aria-label="Role" {
+            @for role in Role::ALL {
+                option value=(role.as_str()) selected[role == current] { (role.as_str()) }
+            }
+        }
+    }
+}
+
+fn users_body(
+    v: &Viewer,
+    view: &UsersView,
+    errors: &FormErrors,
+    invite_link: Option<(&str, Role)>,
+    done: Option<&str>,
+) -> Markup {
+    let now = now_ms();
+    html! {
+        (layout::notice(done))
+        div.page-head { h1 { "Users" } }
+        (form_banner(errors))
+        @if let Some((link, role)) = invite_link {
+            article.secret-once {
+                header { strong { "Invitation for a new " (role.as_str()) } }
+                p { "Send this link to the person you invite. It works once and is shown only now." }
+                pre.token-box id="invite-link" { (link) }
+                button.small.secondary type="button" data-copy="invite-link" { "Copy" }
+            }
+        }
+        figure {
+            table {
+                thead { tr { th { "User" } th { "Sign-in" } th { "Role" } th { "State" } th { "Sessions" } th { "Actions" } } }
+                tbody {
+                    @for u in &view.users {
+                        tr {
+                            td { strong { (u.username) } br; small.muted { "since " (ago(&u.created_at, now)) } }
+                            td {
+                                @if u.has_password { "password" } @else { span.muted { "no password" } }
+                                form.row-actions method="post" action=(format!("/users/{}/github", u.id)) {
+                                    (csrf_field(&v.csrf))
+                                    input.compact name="github_login" value=(u.github_login.as_deref().unwrap_or(""))
+                                        placeholder="GitHub login" aria-label=(format!("GitHub login of {}", u.username));
+                                    button.small.secondary.outline type="submit" { "Link" }
+                                }
+                            }
+                            td {
+                                form.row-actions method="post" action=(format!("/users/{}/role", u.id)) {
+                                    (csrf_field(&v.csrf))
+                                    (role_select("role", u.role))
+                                    button.small.secondary.outline type="submit" { "Save" }
+                                }
+                            }
+                            td {
+                                @if u.disabled { (badge("disabled", "disabled")) } @else { (badge("enabled", "enabled")) }
+                            }
+                            td { (view.sessions.get(&u.id).copied().unwrap_or(0)) }
+                            td { div.row-actions {
+                                form method="post" action=(format!("/users/{}/disable", u.id)) {
+                                    (csrf_field(&v.csrf))
+                                    input type="hidden" name="disabled" value=(if u.disabled { "false" } else { "true" });
+                                    button.small.secondary.outline type="submit" { (if u.disabled { "Enable" } else { "Disable" }) }
+                                }
+                                form method="post" action=(format!("/users/{}/sessions/end", u.id)) {
+                                    (csrf_field(&v.csrf))
+                                    button.small.secondary.outline type="submit" { "End sessions" }
+                                }
+                            } }
+                        }
+                    }
+                }
+            }
+        }
+        article {
+            header { h3 { "Invite someone" } }
+            form.grid-form method="post" action="/users/invite" {
+                (csrf_field(&v.csrf))
+                label { "Role" (role_select("role", Role::Member)) }
+                button type="submit" { "Create invitation link" }
+            }
+            @if !view.invites.is_empty() {
+                h4 { "Open invitations" }
+                table {
+                    thead { tr { th { "Role" } th { "Invited by" } th { "Created" } th { "Expires" } th {} } }
+                    tbody {
+                        @for i in &view.invites {
+                            tr {
+                                td { (i.role.as_str()) }
+                                td { (i.created_by) }
+                                td { (ago(&i.created_at, now)) }
+                                td { (rfc3339(i.expires_at).replace('T', " ").replace('Z', " UTC")) }
+                                td {
+                                    form method="post" action=(format!("/invites/{}/revoke", i.id)) {
+                                        (csrf_field(&v.csrf))
+                                        button.small.secondary.outline type="submit" { "Withdraw" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn users_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
+    let view = load(&state).await?;
+    let body = users_body(&v, &view, &FormErrors::default(), None, q.done.as_deref());
+    Ok((no_store(), page(&v, "Users", Nav::Users, body)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct RoleForm {
+    #[serde(default)]
+    role: String,
+}
+
+pub async fn invite(
+    State(state): State<AppState>,
+    v: Viewer,
+    Form(form): Form<RoleForm>,
+) -> Result<Response, PageError> {
+    let Some(role) = Role::parse(&form.role) else {
+        return users_error(
+            &state,
+            &v,
+            UserError::Invalid {
+                field: "role",
+                message: "unknown role".into(),
+            },
+        )
+        .await;
+    };
+    let actor = v.who.actor.clone();
+    let ttl = i64::try_from(state.config.auth.invite_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    let token = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let (id, token) = store::create_link(
+                tx,
+                store::LinkKind::Invite,
+                role,
+                &actor,
+                now,
+                now.saturating_add(ttl),
+            )?;
+            audit::record(tx, now, &actor, "user.invite", "invite", Some(id), role.as_str())?;
+            Ok::<_, crate::db::DbError>(token)
+        })
+        .await?;
+    let link = format!("{}/invite?token={token}", state.config.public_url);
+    let view = load(&state).await?;
+    let body = users_body(&v, &view, &FormErrors::default(), Some((&link, role)), None);
+    Ok((
+        StatusCode::CREATED,
+        no_store(),
+        page(&v, "Users", Nav::Users, body),
+    )
+        .into_response())
+}
+
+async fn users_error(state: &AppState, v: &Viewer, err: UserError) -> Result<Response, PageError> {
+    let (status, errors) = match err {
+        UserError::NotFound => return Err(err.into()),
+        e @ (UserError::LastAdmin | UserError::Invalid { .. }) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            FormErrors::one("form", e.to_string()),
+        ),
+        other => return Err(other.into()),
+    };
+    let view = load(state).await?;
+    let body = users_body(v, &view, &errors, None, None);
+    Ok((status, no_store(), page(v, "Users", Nav::Users, body)).into_response())
+}
+
+/// Refuse a change that leaves no enabled admin.
+fn keep_an_admin(tx: &rusqlite::Transaction<'_>, user: &User, losing_admin: bool) -> Result<(), UserError> {
+    if losing_admin
+        && user.role == Role::Admin
+        && !user.disabled
+        && store::other_enabled_admins(tx, user.id)? == 0
+    {
+        return Err(UserError::LastAdmin);
+    }
+    Ok(())
+}
+
+pub async fn change_role(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<RoleForm>,
+) -> Result<Response, PageError> {
+    let Some(role) = Role::parse(&form.role) else {
+        return users_error(
+            &state,
+            &v,
+            UserError::Invalid {
+                field: "role",
+                message: "unknown role".into(),
+            },
+        )
+        .await;
+    };
+    let actor = v.who.actor.clone();
+    let result = state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, id)?;
+            keep_an_admin(tx, &user, role != Role::Admin)?;
+            store::set_role(tx, id, role)?;
+            // Sessions carry no role: the next request already sees the new one.
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.role",
+                "user",
+                Some(id),
+                &format!("{} → {}", user.username, role.as_str()),
+            )?;
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
+        Err(e) => users_error(&state, &v, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DisableForm {
+    #[serde(default)]
+    disabled: String,
+}
+
+pub async fn set_disabled(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<DisableForm>,
+) -> Result<Response, PageError> {
+    let disable = form.disabled == "true";
+    let actor = v.who.actor.clone();
+    let result = state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, id)?;
+            keep_an_admin(tx, &user, disable)?;
+            store::set_disabled(tx, id, disable)?;
+            if disable {
+                store::delete_user_sessions(tx, id)?;
+            }
+            let action = if disable { "user.disable" } else { "user.enable" };
+            audit::record(tx, now_ms(), &actor, action, "user", Some(id), &user.username)?;
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
+        Err(e) => users_error(&state, &v, e).await,
+    }
+}
+
+pub async fn end_sessions(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    let actor = v.who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, id)?;
+            let n = store::delete_user_sessions(tx, id)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.end_sessions",
+                "user",
+                Some(id),
+                &format!("{} ({n})", user.username),
+            )?;
+            Ok::<_, UserError>(())
+        })
+        .await?;
+    Ok(layout::see_other("/users?done=sessions-ended"))
+}
+
+pub async fn revoke_invite(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    let actor = v.who.actor.clone();
+    let done = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let done = store::revoke_invite(tx, id, now)?;
+            if done {
+                audit::record(tx, now, &actor, "user.invite_revoke", "invite", Some(id), "")?;
+            }
+            Ok::<_, crate::db::DbError>(done)
+        })
+        .await?;
+    if !done {
+        return Err(crate::web::error::WebError::NotFound("invitation").into());
+    }
+    Ok(layout::see_other("/users?done=invite-revoked"))
+}
+
+#[derive(Deserialize)]
+pub struct GithubForm {
+    #[serde(default)]
+    github_login: String,
+}
+
+/// An admin links (or, with an empty login, unlinks) a GitHub login to a user. The allow list
+/// still decides whether that login may sign in.
+pub async fn link_github(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<GithubForm>,
+) -> Result<Response, PageError> {
+    let login = form
+        .github_login
+        .trim()
+        .trim_start_matches('@')
+        .to_ascii_lowercase();
+    let valid = login.is_empty()
+        || (login.len() <= 39
+            && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !login.starts_with('-'));
+    if !valid {
+        let err = UserError::Invalid {
+            field: "github_login",
+            message: "a GitHub login has letters, digits and '-' (at most 39)".into(),
+        };
+        return users_error(&state, &v, err).await;
+    }
+    let actor = v.who.actor.clone();
+    let result = state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, id)?;
+            if login.is_empty() {
+                store::unlink_github(tx, id)?;
+            } else {
+                store::link_github(tx, id, &login)?;
+            }
+            let detail = format!(
+                "{} → {}",
+                user.username,
+                if login.is_empty() { "none" } else { &login }
+            );
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.link_github",
+                "user",
+                Some(id),
+                &detail,
+            )?;
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
+        Err(e @ UserError::GithubTaken(_)) => {
+            users_error(
+                &state,
+                &v,
+                UserError::Invalid {
+                    field: "github_login",
+                    message: e.to_string(),
+                },
+            )
+            .await
+        }
+        Err(e) => users_error(&state, &v, e).await,
+    }
+}

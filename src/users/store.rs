@@ -1,0 +1,354 @@
+//! SQL for people: users, web sessions, and one-time sign-up links (first-admin setup, invites).
+//!
+//! Session ids and link tokens are 32 random bytes; only their SHA-256 hashes are stored.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{Role, User, UserError};
+use crate::crypto::{ct_eq, hash_token, random_token};
+use crate::db::{DbError, rfc3339};
+
+const USER_COLUMNS: &str =
+    "id, username, display_name, role, github_login, disabled, created_at, password_hash IS NOT NULL";
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        display_name: r.get(2)?,
+        role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::Viewer),
+        github_login: r.get(4)?,
+        disabled: r.get(5)?,
+        created_at: rfc3339(r.get(6)?),
+        has_password: r.get(7)?,
+    })
+}
+
+pub fn count(c: &Connection) -> Result<i64, DbError> {
+    Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+}
+
+pub fn list(c: &Connection) -> Result<Vec<User>, DbError> {
+    let mut stmt = c.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY username"))?;
+    Ok(stmt.query_map([], user_from_row)?.collect::<Result<_, _>>()?)
+}
+
+pub fn get(c: &Connection, id: i64) -> Result<User, UserError> {
+    c.query_row(
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+        [id],
+        user_from_row,
+    )
+    .optional()?
+    .ok_or(UserError::NotFound)
+}
+
+/// A user and their password hash, by username (case-insensitive).
+pub fn by_username(c: &Connection, username: &str) -> Result<Option<(User, Option<String>)>, DbError> {
+    Ok(c.query_row(
+        &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?1 COLLATE NOCASE"),
+        [username],
+        |r| Ok((user_from_row(r)?, r.get(8)?)),
+    )
+    .optional()?)
+}
+
+pub fn by_github_login(c: &Connection, login: &str) -> Result<Option<User>, DbError> {
+    Ok(c.query_row(
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE github_login = ?1 COLLATE NOCASE"),
+        [login],
+        user_from_row,
+    )
+    .optional()?)
+}
+
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub display_name: &'a str,
+    pub password_hash: Option<&'a str>,
+    pub github_login: Option<&'a str>,
+    pub role: Role,
+}
+
+pub fn insert(tx: &Transaction<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, UserError> {
+    if by_username(tx, u.username)?.is_some() {
+        return Err(UserError::UsernameTaken(u.username.to_owned()));
+    }
+    tx.execute(
+        "INSERT INTO users (username, display_name, password_hash, github_login, role, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            u.username,
+            u.display_name,
+            u.password_hash,
+            u.github_login,
+            u.role.as_str(),
+            now
+        ],
+    )
+    .map_err(|e| {
+        let e = DbError::from(e);
+        if e.is_constraint() {
+            UserError::UsernameTaken(u.username.to_owned())
+        } else {
+            UserError::Db(e)
+        }
+    })?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Enabled admins other than `except`: an admin may not demote or disable the last one.
+pub fn other_enabled_admins(c: &Connection, except: i64) -> Result<i64, DbError> {
+    Ok(c.query_row(
+        "SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id != ?1",
+        [except],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn set_role(tx: &Transaction<'_>, id: i64, role: Role) -> Result<(), UserError> {
+    match tx.execute(
+        "UPDATE users SET role = ?2 WHERE id = ?1",
+        params![id, role.as_str()],
+    )? {
+        0 => Err(UserError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+pub fn set_disabled(tx: &Transaction<'_>, id: i64, disabled: bool) -> Result<(), UserError> {
+    match tx.execute(
+        "UPDATE users SET disabled = ?2 WHERE id = ?1",
+        params![id, disabled],
+    )? {
+        0 => Err(UserError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+/// Bind a GitHub login to a user (lowercased); refused when another user holds it.
+pub fn link_github(tx: &Transaction<'_>, id: i64, login: &str) -> Result<(), UserError> {
+    if let Some(other) = by_github_login(tx, login)?
+        && other.id != id
+    {
+        return Err(UserError::GithubTaken(login.to_owned()));
+    }
+    tx.execute(
+        "UPDATE users SET github_login = ?2 WHERE id = ?1",
+        params![id, login.to_ascii_lowercase()],
+    )?;
+    Ok(())
+}
+
+pub fn unlink_github(tx: &Transaction<'_>, id: i64) -> Result<(), UserError> {
+    tx.execute("UPDATE users SET github_login = NULL WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+// --- sessions ---------------------------------------------------------------------------------
+
+/// A new session: returns the cookie value (shown to the browser only) and its CSRF token.
+pub fn create_session(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    now: i64,
+    lifetime_ms: i64,
+) -> Result<(String, String), DbError> {
+    let id = random_token("sess");
+    let csrf = random_token("csrf");
+    tx.execute(
+        "INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![hash_token(&id), user_id, csrf, now, now.saturating_add(lifetime_ms)],
+    )?;
+    // Sign-in is rare: a good moment to forget sessions that have run out.
+    tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+    Ok((id, csrf))
+}
+
+/// A live session: the user behind it (enabled) and the session's CSRF token.
+pub struct SessionRow {
+    pub id_hash: Vec<u8>,
+    pub user: User,
+    pub csrf: String,
+}
+
+pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
+    let hash = hash_token(cookie_value);
+    let row = c
+        .query_row(
+            &format!(
+                "SELECT s.id_hash, s.csrf_token, {} FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
+                USER_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("u.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            params![hash, now],
+            |r| {
+                let id_hash: Vec<u8> = r.get(0)?;
+                let csrf: String = r.get(1)?;
+                let user = User {
+                    id: r.get(2)?,
+                    username: r.get(3)?,
+                    display_name: r.get(4)?,
+                    role: Role::parse(&r.get::<_, String>(5)?).unwrap_or(Role::Viewer),
+                    github_login: r.get(6)?,
+                    disabled: r.get(7)?,
+                    created_at: rfc3339(r.get(8)?),
+                    has_password: r.get(9)?,
+                };
+                Ok(SessionRow { id_hash, user, csrf })
+            },
+        )
+        .optional()?;
+    Ok(row.filter(|s| ct_eq(&s.id_hash, &hash)))
+}
+
+pub fn delete_session(tx: &Transaction<'_>, id_hash: &[u8]) -> Result<(), DbError> {
+    tx.execute("DELETE FROM sessions WHERE id_hash = ?1", [id_hash])?;
+    Ok(())
+}
+
+/// End every session of a user; returns how many there were.
+pub fn delete_user_sessions(tx: &Transaction<'_>, user_id: i64) -> Result<usize, DbError> {
+    Ok(tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?)
+}
+
+pub fn session_counts(c: &Connection, now: i64) -> Result<Vec<(i64, i64)>, DbError> {
+    let mut stmt =
+        c.prepare("SELECT user_id, count(*) FROM sessions WHERE expires_at > ?1 GROUP BY user_id")?;
+    Ok(stmt
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+// --- one-time links -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    Setup,
+    Invite,
+}
+
+impl LinkKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkKind::Setup => "setup",
+            LinkKind::Invite => "invite",
+        }
+    }
+}
+
+/// Create a one-time link token; returns (id, token).
+pub fn create_link(
+    tx: &Transaction<'_>,
+    kind: LinkKind,
+    role: Role,
+    created_by: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<(i64, String), DbError> {
+    let token = random_token(kind.as_str());
+    tx.execute(
+        "INSERT INTO signup_links (token_hash, kind, role, created_by, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            hash_token(&token),
+            kind.as_str(),
+            role.as_str(),
+            created_by,
+            now,
+            expires_at
+        ],
+    )?;
+    Ok((tx.last_insert_rowid(), token))
+}
+
+/// The role a live (unused, unexpired) link of this kind grants.
+pub fn peek_link(c: &Connection, kind: LinkKind, token: &str, now: i64) -> Result<Option<Role>, DbError> {
+    let hash = hash_token(token);
+    let row = c
+        .query_row(
+            "SELECT token_hash, role FROM signup_links
+             WHERE token_hash = ?1 AND kind = ?2 AND used_at IS NULL AND expires_at > ?3",
+            params![hash, kind.as_str(), now],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?;
+    Ok(row
+        .filter(|(h, _)| ct_eq(h, &hash))
+        .and_then(|(_, role)| Role::parse(&role)))
+}
+
+/// Mark a live link used (inside the transaction that creates the user); its role, or `None`.
+pub fn consume_link(
+    tx: &Transaction<'_>,
+    kind: LinkKind,
+    token: &str,
+    now: i64,
+) -> Result<Option<(i64, Role)>, DbError> {
+    let Some(role) = peek_link(tx, kind, token, now)? else {
+        return Ok(None);
+    };
+    let id: i64 = tx.query_row(
+        "UPDATE signup_links SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL RETURNING id",
+        params![hash_token(token), now],
+        |r| r.get(0),
+    )?;
+    Ok(Some((id, role)))
+}
+
+pub fn set_link_user(tx: &Transaction<'_>, link_id: i64, user_id: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE signup_links SET used_by = ?2 WHERE id = ?1",
+        params![link_id, user_id],
+    )?;
+    Ok(())
+}
+
+/// Unused setup links are replaced at each start; only the newest one printed works.
+pub fn delete_setup_links(tx: &Transaction<'_>) -> Result<(), DbError> {
+    tx.execute(
+        "DELETE FROM signup_links WHERE kind = 'setup' AND used_at IS NULL",
+        [],
+    )?;
+    Ok(())
+}
+
+/// An open invitation as the Users page lists it.
+#[derive(Debug, Clone)]
+pub struct Invite {
+    pub id: i64,
+    pub role: Role,
+    pub created_by: String,
+    pub created_at: String,
+    pub expires_at: i64,
+}
+
+pub fn open_invites(c: &Connection, now: i64) -> Result<Vec<Invite>, DbError> {
+    let mut stmt = c.prepare(
+        "SELECT id, role, created_by, created_at, expires_at FROM signup_links
+         WHERE kind = 'invite' AND used_at IS NULL AND expires_at > ?1 ORDER BY id DESC",
+    )?;
+    Ok(stmt
+        .query_map([now], |r| {
+            Ok(Invite {
+                id: r.get(0)?,
+                role: Role::parse(&r.get::<_, String>(1)?).unwrap_or(Role::Viewer),
+                created_by: r.get(2)?,
+                created_at: rfc3339(r.get(3)?),
+                expires_at: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Withdraw an open invitation (it expires now).
+pub fn revoke_invite(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+    Ok(tx.execute(
+        "UPDATE signup_links SET expires_at = ?2 WHERE id = ?1 AND kind = 'invite' AND used_at IS NULL",
+        params![id, now],
+    )? == 1)
+}

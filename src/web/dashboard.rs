@@ -1,0 +1,186 @@
+//! The dashboard: every project × environment with its agent (online / offline, last seen) and
+//! its last deploy (status, when, who), kept current over a WebSocket without reloading.
+//!
+//! The socket listens to the hub's events (agent online/offline, deployment changed) and sends
+//! the whole table again, at most a few times a second; a lagging socket just re-renders.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::agents::AgentInfo;
+use crate::app::AppState;
+use crate::db::now_ms;
+use crate::deploys::Deployment;
+use crate::projects::Project;
+use crate::users::Role;
+use crate::web::error::WebError;
+use crate::web::layout::{Nav, PageError, Viewer, ago, badge, no_store, page};
+
+/// Changes closer together than this are sent as one re-render.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// "3 min ago" texts are refreshed this often even when nothing happens.
+const REFRESH: Duration = Duration::from_secs(30);
+
+struct Snapshot {
+    projects: Vec<Project>,
+    agents: HashMap<i64, Vec<AgentInfo>>,
+    latest: HashMap<i64, Deployment>,
+}
+
+async fn snapshot(state: &AppState) -> Result<Snapshot, WebError> {
+    let (projects, latest) = state
+        .db
+        .read(|c| {
+            let projects = crate::projects::store::list(c)?;
+            let latest = crate::deploys::store::latest_per_environment(c)?;
+            Ok::<_, WebError>((projects, latest))
+        })
+        .await?;
+    let mut agents: HashMap<i64, Vec<AgentInfo>> = HashMap::new();
+    for a in crate::agents::api::list_agents(state).await? {
+        if !a.revoked {
+            agents.entry(a.environment_id).or_default().push(a);
+        }
+    }
+    Ok(Snapshot {
+        projects,
+        agents,
+        latest: latest.into_iter().map(|d| (d.environment_id, d)).collect(),
+    })
+}
+
+fn rows(s: &Snapshot, can_admin: bool) -> Markup {
+    let now = now_ms();
+    html! {
+        div id="dashboard-table" hx-swap-oob="true" { table {
+        thead { tr { th { "Project" } th { "Environment" } th { "Agent" } th { "Last deploy" } } }
+        tbody {
+            @for p in &s.projects {
+                @if p.environments.is_empty() {
+                    tr {
+                        td { a href=(format!("/projects/{}", p.id)) { strong { (p.name) } } }
+                        td colspan="3" { span.muted { "no environment yet" } }
+                    }
+                }
+                @for e in &p.environments {
+                    tr data-env=(format!("{}/{}", p.name, e.name)) {
+                        td { a href=(format!("/projects/{}", p.id)) { strong { (p.name) } } }
+                        td { a href=(format!("/projects/{}#env-{}", p.id, e.name)) { (e.name) } }
+                        td {
+                            @match s.agents.get(&e.id) {
+                                Some(list) => {
+                                    @for a in list {
+                                        div {
+                                            @if a.online { (badge("online", "online")) } @else { (badge("offline", "offline")) }
+                                            " " (a.name)
+                                            @if let Some(seen) = &a.last_heartbeat {
+                                                " " small.muted { "seen " (ago(seen, now)) }
+                                            } @else {
+                                                " " small.muted { "never connected" }
+                                            }
+                                        }
+                                    }
+                                }
+                                None => {
+                                    span.muted { "no agent" }
+                                    @if can_admin { " · " a href="/agents" { "create one" } }
+                                }
+                            }
+                        }
+                        td {
+                            @match s.latest.get(&e.id) {
+                                Some(d) => {
+                                    a href=(format!("/deployments/{}", d.id)) { (badge(d.status.as_str(), d.status.as_str())) }
+                                    " " small { (ago(&d.created_at, now)) " by " (d.triggered_by) }
+                                }
+                                None => { (badge("never", "never deployed")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        } }
+    }
+}
+
+pub async fn dashboard_page(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {
+    let snap = snapshot(&state).await?;
+    let online = snap.agents.values().flatten().filter(|a| a.online).count();
+    let total = snap.agents.values().map(Vec::len).sum::<usize>();
+    let body = html! {
+        div.page-head {
+            h1 { "Dashboard" }
+            span.muted {
+                span.live-dot {}
+                (plural(snap.projects.len(), "project")) " · " (online) " of " (plural(total, "agent")) " online"
+            }
+        }
+        @if snap.projects.is_empty() {
+            article.empty {
+                p { "Nothing to deploy yet." }
+                @if v.can(Role::Member) { a href="/projects#new-project" role="button" { "Create your first project" } }
+            }
+        } @else {
+            figure hx-ext="ws" ws-connect="/ws/dashboard" {
+                (rows(&snap, v.can(Role::Admin)))
+            }
+        }
+    };
+    Ok((no_store(), page(&v, "Dashboard", Nav::Dashboard, body)).into_response())
+}
+
+pub async fn dashboard_socket(State(state): State<AppState>, v: Viewer, ws: WebSocketUpgrade) -> Response {
+    let can_admin = v.can(Role::Admin);
+    // The whole table is one message: thousands of agents make a few MB.
+    crate::deploys::pages::small_buffers(ws, 16 * 1024 * 1024)
+        .on_upgrade(move |socket| push_updates(state, socket, can_admin))
+}
+
+async fn push_updates(state: AppState, mut socket: WebSocket, can_admin: bool) {
+    let mut events = state.hub.events();
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.tick().await;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // Let a burst (a restart reconnecting many agents) settle into one re-render.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = refresh.tick() => {}
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+            () = state.shutdown.cancelled() => return,
+        }
+        let Ok(snap) = snapshot(&state).await else {
+            continue;
+        };
+        if socket
+            .send(Message::Text(rows(&snap, can_admin).into_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

@@ -1,0 +1,534 @@
+//! The role × route matrix over the one authorization choke point, CSRF, sessions, sign-in
+//! rules, and write-only secret values — all over real HTTP against a real appliance.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{Api, cli_token};
+use crate::web_support::{PASSWORD, WebClient, WebServer, between, location};
+
+/// Who may call what. This table is this test's own: it must equal the router's table exactly,
+/// so a route added without a decision here fails the test.
+const EXPECTED: &[(&str, &str, &str)] = &[
+    ("GET", "/healthz", "public"),
+    ("GET", "/readyz", "public"),
+    ("GET", "/ws/agent", "agent"),
+    ("GET", "/agent/install.sh", "public"),
+    ("GET", "/agent/download/{target}", "public"),
+    ("GET", "/agent/download/{target}/sha256", "public"),
+    ("GET", "/api/projects", "viewer"),
+    ("POST", "/api/projects", "member"),
+    ("GET", "/api/projects/{id}", "viewer"),
+    ("PATCH", "/api/projects/{id}", "member"),
+    ("DELETE", "/api/projects/{id}", "admin"),
+    ("POST", "/api/projects/{id}/environments", "member"),
+    ("DELETE", "/api/environments/{id}", "admin"),
+    ("GET", "/api/projects/{id}/secrets", "viewer"),
+    ("POST", "/api/projects/{id}/secrets", "member"),
+    ("PUT", "/api/secrets/{id}", "member"),
+    ("DELETE", "/api/secrets/{id}", "member"),
+    ("POST", "/api/environments/{id}/agents", "admin"),
+    ("GET", "/api/agents", "viewer"),
+    ("DELETE", "/api/agents/{id}", "admin"),
+    ("POST", "/api/deploy/{project_id}", "member"),
+    ("GET", "/api/deployments", "viewer"),
+    ("GET", "/api/deployments/{id}", "viewer"),
+    ("GET", "/api/deployments/{id}/logs", "viewer"),
+    ("GET", "/assets/{*path}", "public"),
+    ("GET", "/login", "public"),
+    ("POST", "/login", "public"),
+    ("GET", "/setup", "public"),
+    ("POST", "/setup", "public"),
+    ("GET", "/invite", "public"),
+    ("POST", "/invite", "public"),
+    ("GET", "/auth/github", "public"),
+    ("GET", "/auth/github/callback", "public"),
+    ("POST", "/logout", "viewer"),
+    ("GET", "/account", "viewer"),
+    ("POST", "/account/github", "viewer"),
+    ("POST", "/account/github/unlink", "viewer"),
+    ("GET", "/tokens", "viewer"),
+    ("POST", "/tokens", "viewer"),
+    ("POST", "/tokens/{id}/revoke", "viewer"),
+    ("GET", "/", "viewer"),
+    ("GET", "/ws/dashboard", "viewer"),
+    ("GET", "/projects", "viewer"),
+    ("POST", "/projects", "member"),
+    ("GET", "/projects/{id}", "viewer"),
+    ("POST", "/projects/{id}", "member"),
+    ("POST", "/projects/{id}/environments", "member"),
+    ("POST", "/projects/{id}/secrets", "member"),
+    ("POST", "/secrets/{id}", "member"),
+    ("POST", "/secrets/{id}/delete", "member"),
+    ("POST", "/projects/{id}/deploy", "member"),
+    ("GET", "/deployments/{id}", "viewer"),
+    ("GET", "/ws/deployments/{id}", "viewer"),
+    ("GET", "/agents", "viewer"),
+    ("POST", "/agents", "admin"),
+    ("POST", "/agents/{id}/revoke", "admin"),
+    ("GET", "/users", "admin"),
+    ("POST", "/users/invite", "admin"),
+    ("POST", "/users/{id}/role", "admin"),
+    ("POST", "/users/{id}/disable", "admin"),
+    ("POST", "/users/{id}/github", "admin"),
+    ("POST", "/users/{id}/sessions/end", "admin"),
+    ("POST", "/invites/{id}/revoke", "admin"),
+    ("GET", "/audit", "admin"),
+];
+
+fn access_name(a: stagely::web::auth::Access) -> String {
+    use stagely::web::auth::Access;
+    match a {
+        Access::Public => "public".into(),
+        Access::Agent => "agent".into(),
+        Access::Role(r) => r.as_str().into(),
+    }
+}
+
+fn level(name: &str) -> u8 {
+    match name {
+        "viewer" => 1,
+        "member" => 2,
+        "admin" => 3,
+        _ => 0,
+    }
+}
+
+#[test]
+fn every_route_is_in_this_tests_table() {
+    let actual: Vec<(String, String, String)> = stagely::web::routes()
+        .table()
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_owned(), access_name(r.access)))
+        .collect();
+    let expected: Vec<(String, String, String)> = EXPECTED
+        .iter()
+        .map(|(m, p, a)| ((*m).to_owned(), (*p).to_owned(), (*a).to_owned()))
+        .collect();
+    for row in &actual {
+        assert!(
+            expected.contains(row),
+            "route {row:?} is not in this test's table: decide its access here"
+        );
+    }
+    for row in &expected {
+        assert!(
+            actual.contains(row),
+            "table row {row:?} is not a route (or has another access)"
+        );
+    }
+    assert_eq!(actual.len(), expected.len(), "duplicate rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_with_every_role_and_without_a_session() {
+    let server = WebServer::start().await;
+    let mut admin = server.admin("root").await;
+    let member = server.user(&mut admin, "maria", "member").await;
+    let viewer = server.user(&mut admin, "victor", "viewer").await;
+    let mut sessions = [
+        (None, 0u8),
+        (Some(viewer), 1),
+        (Some(member), 2),
+        (Some(admin), 3),
+    ];
+    for (method, path, access) in EXPECTED {
+        // Ids that do not exist: an allowed call fails in its handler (404/422), never acts.
+        let concrete = path
+            .replace("{id}", "999999")
+            .replace("{project_id}", "999999")
+            .replace("{*path}", "app.css")
+            .replace("{target}", "linux-x86_64");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        for (client, rank) in &mut sessions {
+            let mut anonymous = WebClient::new(&server.url);
+            let c = client.as_mut().unwrap_or(&mut anonymous);
+            let csrf = c.csrf.clone();
+            let headers: Vec<(&str, &str)> = if csrf.is_empty() {
+                vec![]
+            } else {
+                vec![("x-csrf-token", &csrf)]
+            };
+            let form: Option<&[(&str, &str)]> = if method == Method::GET { None } else { Some(&[]) };
+            let (status, body, _) = c.request(method.clone(), &concrete, form, &headers).await;
+            let needed = level(access);
+            let refused = status == 401 || status == 403;
+            if *access == "public" || *access == "agent" {
+                // Decided by the handler itself (agent tokens; sign-in forms).
+                continue;
+            }
+            if *rank >= needed {
+                assert!(
+                    !refused,
+                    "{method} {concrete} with rank {rank} got {status}: {body:.200}"
+                );
+            } else if *rank == 0 {
+                assert_eq!(status, 401, "{method} {concrete} without a session: {body:.200}");
+            } else {
+                assert_eq!(status, 403, "{method} {concrete} with rank {rank}: {body:.200}");
+            }
+            if concrete == "/logout" && *rank > 0 {
+                // That really signed out: sign in again for the remaining routes.
+                let name = ["", "victor", "maria", "root"][usize::from(*rank)];
+                let (s, _, _) = c.sign_in(name, PASSWORD).await;
+                assert_eq!(s, 303);
+            }
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_origin_and_sessions() {
+    let server = WebServer::start().await;
+    let mut admin = server.admin("root").await;
+    let project = [("name", "shop"), ("compose_path", "/srv/shop/compose.yaml")];
+
+    // A session request that changes state without the token is refused, whatever else is right.
+    let (status, _, _) = admin.post_form_raw("/projects", &project).await;
+    assert_eq!(status, 403, "no token");
+    let mut forged = project.to_vec();
+    forged.push(("_csrf", "csrf_forged"));
+    let (status, _, _) = admin.post_form_raw("/projects", &forged).await;
+    assert_eq!(status, 403, "wrong token");
+    let (status, _, _) = admin
+        .request(
+            Method::POST,
+            "/api/projects",
+            None,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(status, 403, "JSON API with a session cookie needs the token too");
+    let csrf = admin.csrf.clone();
+    let (status, _, _) = admin
+        .request(
+            Method::POST,
+            "/projects",
+            Some(&project),
+            &[("x-csrf-token", &csrf), ("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(status, 403, "cross-origin");
+    let (_, list) = admin.get("/projects").await;
+    assert!(!list.contains("/projects/1\""), "nothing was created");
+    // With the token (header or field) it goes through.
+    let (status, _, headers) = admin
+        .request(
+            Method::POST,
+            "/projects",
+            Some(&project),
+            &[("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert!(location(&headers).starts_with("/projects/1"));
+    // Bearer tokens are exempt: no browser sends them on its own.
+    let api = Api::new(&server.url, &cli_token(&server.data_dir(), "ci", "member"));
+    assert_eq!(
+        api.post("/api/projects", json!({"name": "api", "compose_path": "/x"}))
+            .await
+            .0,
+        201
+    );
+
+    // A WebSocket from another site with the session cookie is refused before the upgrade.
+    let (status, _, _) = admin
+        .request(
+            Method::GET,
+            "/ws/dashboard",
+            None,
+            &[
+                ("origin", "https://evil.example"),
+                ("upgrade", "websocket"),
+                ("connection", "upgrade"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Sign-out ends the session at once: the old cookie is worthless.
+    let stolen = admin.cookies.clone();
+    let (status, _) = admin.post_form("/logout", &[]).await;
+    assert_eq!(status, 303);
+    let mut replay = WebClient::new(&server.url);
+    replay.cookies = stolen;
+    assert_eq!(replay.get("/projects").await.0, 401);
+
+    // Disabling a user ends their sessions at once.
+    let (s, _, _) = admin.sign_in("root", PASSWORD).await;
+    assert_eq!(s, 303);
+    let mut bob = server.user(&mut admin, "bob", "member").await;
+    assert_eq!(bob.get("/projects").await.0, 200);
+    let (_, users) = admin.get("/users").await;
+    assert!(users.contains("/users/2/disable"), "bob is user 2");
+    let bob_id = 2;
+    let (status, _) = admin
+        .post_form(&format!("/users/{bob_id}/disable"), &[("disabled", "true")])
+        .await;
+    assert_eq!(status, 303);
+    assert_eq!(bob.get("/projects").await.0, 401, "disabled: session gone");
+    let (status, body, _) = bob.sign_in("bob", PASSWORD).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("Wrong username or password."));
+
+    // The last admin cannot be demoted.
+    let (status, body) = admin.post_form("/users/1/role", &[("role", "viewer")]).await;
+    assert_eq!(status, 422, "{body:.300}");
+    assert!(body.contains("no enabled admin"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_is_uniform_and_rate_limited_and_setup_works_once() {
+    let server = WebServer::start_with(|c| c.auth.login_max_failures_per_account = 3).await;
+    let link = server.setup_link.clone().unwrap();
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let mut admin = server.admin("root").await;
+
+    // The setup link is spent: it cannot make a second admin.
+    let mut other = WebClient::new(&server.url);
+    let (status, body, _) = other
+        .post_form_raw(
+            "/setup",
+            &[
+                ("token", &token),
+                ("username", "mallory"),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(status, 404, "{body:.200}");
+    assert_eq!(other.get(&format!("/setup?token={token}")).await.0, 404);
+
+    // Unknown user and wrong password read the same.
+    let (s1, b1, _) = other.sign_in("nobody", "whatever-password").await;
+    let (s2, b2, _) = other.sign_in("root", "wrong-password!").await;
+    assert_eq!((s1, s2), (401, 401));
+    let msg = "Wrong username or password.";
+    assert!(b1.contains(msg) && b2.contains(msg));
+    // Per account: two more failures (three in all) and even the right password waits.
+    other.sign_in("root", "wrong-password!").await;
+    other.sign_in("root", "wrong-password!").await;
+    let (status, body, _) = other.sign_in("root", PASSWORD).await;
+    assert_eq!(status, 429, "{body:.200}");
+    assert!(body.contains("Too many failed sign-in attempts"));
+    // The session that exists is unaffected.
+    assert_eq!(admin.get("/").await.0, 200);
+
+    // Unknown pages are 404 and styled; API 404s stay JSON.
+    let (status, body) = admin.get("/no/such/page").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("<html") && body.contains("Not found"));
+    let (status, body) = admin.get("/api/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("\"not_found\""));
+    // Not signed in: the sign-in form, with 401.
+    let (status, body) = WebClient::new(&server.url).get("/projects").await;
+    assert_eq!(status, 401);
+    assert!(body.contains("action=\"/login\""));
+    // A viewer sees a styled 403.
+    let mut viewer = server.user(&mut admin, "vera", "viewer").await;
+    let (status, body) = viewer.get("/users").await;
+    assert_eq!(status, 403);
+    assert!(body.contains("Forbidden"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_validate_next_to_the_field_and_secret_values_never_come_back() {
+    const CANARY: &str = "canary-7f3a9c1e-never-in-html";
+    let server = WebServer::start().await;
+    let mut admin = server.admin("root").await;
+
+    let (status, body) = admin
+        .post_form(
+            "/projects",
+            &[("name", "Bad Name"), ("compose_path", "/srv/x.yml")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(body.contains("id=\"name-error\""), "error next to the name field");
+    assert!(
+        body.contains("value=\"Bad Name\""),
+        "the form keeps what was typed"
+    );
+    let (_, list) = admin.get("/projects").await;
+    assert!(list.contains("No projects yet."), "nothing half-saved");
+
+    let (status, _) = admin
+        .post_form(
+            "/projects",
+            &[("name", "shop"), ("compose_path", "/srv/shop/compose.yaml")],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let (status, _) = admin
+        .post_form("/projects/1/environments", &[("name", "staging")])
+        .await;
+    assert_eq!(status, 303);
+    // A bad key: the value is not echoed back into the form.
+    let (status, body) = admin
+        .post_form(
+            "/projects/1/secrets",
+            &[
+                ("key", "1BAD"),
+                ("value", CANARY),
+                ("scope", "global"),
+                ("environment", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(body.contains("id=\"key-error\""));
+    assert!(!body.contains(CANARY));
+    let (status, _) = admin
+        .post_form(
+            "/projects/1/secrets",
+            &[
+                ("key", "DB_PASSWORD"),
+                ("value", CANARY),
+                ("scope", "global"),
+                ("environment", "staging"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let (status, _) = admin
+        .post_form("/secrets/1", &[("value", &format!("{CANARY}-v2"))])
+        .await;
+    assert_eq!(status, 303);
+    let (_, page) = admin.get("/projects/1").await;
+    assert!(
+        page.contains("DB_PASSWORD") && page.contains("v2"),
+        "listed with its version"
+    );
+    for path in [
+        "/",
+        "/projects",
+        "/projects/1",
+        "/agents",
+        "/users",
+        "/audit",
+        "/account",
+        "/tokens",
+    ] {
+        let (status, body) = admin.get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.contains(CANARY), "{path} shows a secret value");
+        // The CSP allows no inline script or style: the pages must need none.
+        assert!(
+            !body.contains("style=\"") && !body.contains("<style"),
+            "{path}: inline style"
+        );
+        assert_eq!(
+            body.matches("<script").count(),
+            body.matches("<script src=\"/assets/").count(),
+            "{path}: inline script"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_are_embedded_with_cache_headers() {
+    let server = WebServer::start().await;
+    let mut admin = server.admin("root").await;
+    let (_, page) = admin.get("/").await;
+    let css = between(&page, "href=\"/assets/app.css", "\"").unwrap();
+    assert!(css.starts_with("?v="));
+    let (status, _, headers) = admin
+        .request(Method::GET, &format!("/assets/app.css{css}"), None, &[])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["cache-control"], "public, max-age=31536000, immutable");
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/css"));
+    let csp = headers["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let (status, _, _) = admin
+        .request(Method::GET, "/assets/app.css", None, &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(status, 304);
+    for script in ["htmx-2.0.11.min.js", "ext-ws-2.0.4.min.js"] {
+        assert!(page.contains(script));
+    }
+    assert!(
+        !page.contains("http://") || !page.contains("<script src=\"http"),
+        "no external scripts"
+    );
+    assert!(!page.contains("style=\""), "no inline styles (CSP)");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_server_logs_a_working_setup_link_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server =
+        crate::common::ServerProcess::spawn(&dir.path().join("data"), "127.0.0.1:0", &[], &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let token = between(&text, "/setup?token=", " ").expect("setup link in the log");
+    let token = token.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-');
+    let mut c = WebClient::new(&server.url);
+    assert_eq!(c.get(&format!("/setup?token={token}")).await.0, 200);
+    assert_eq!(c.get("/setup?token=setup_guessed").await.0, 404);
+    let (status, _, _) = c
+        .post_form_raw(
+            "/setup",
+            &[
+                ("token", token),
+                ("username", "first"),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert_eq!(c.get(&format!("/setup?token={token}")).await.0, 404, "used once");
+    assert!(server.terminate().await.success());
+    // A restart with a user prints no new link.
+    let log2 = dir.path().join("server2.log");
+    let server =
+        crate::common::ServerProcess::spawn(&dir.path().join("data"), "127.0.0.1:0", &[], &log2).await;
+    assert!(!std::fs::read_to_string(&log2).unwrap().contains("setup?token="));
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_shown_once_capped_at_the_role_and_revocable() {
+    let server = WebServer::start().await;
+    let mut admin = server.admin("root").await;
+    let mut member = server.user(&mut admin, "mia", "member").await;
+    let (status, body) = member
+        .post_form("/tokens", &[("name", "ci"), ("role", "admin")])
+        .await;
+    assert_eq!(status, 422, "no token above one's own role");
+    assert!(body.contains("higher role"));
+    let (status, body) = member
+        .post_form("/tokens", &[("name", "ci"), ("role", "member")])
+        .await;
+    assert_eq!(status, 201);
+    let token = between(&body, "id=\"new-token\">", "<").unwrap();
+    assert!(token.starts_with("stg_"));
+    let api = Api::new(&server.url, &token);
+    assert_eq!(api.get("/api/projects").await.0, 200);
+    let (_, list) = member.get("/tokens").await;
+    assert!(
+        list.contains("ci") && !list.contains(&token),
+        "listed, never shown again"
+    );
+    // Someone else's token is not theirs to revoke; their own is.
+    let (status, _) = member.post_form("/tokens/1/revoke", &[]).await;
+    assert_eq!(status, 303);
+    assert_eq!(api.get("/api/projects").await.0, 401);
+    let other = cli_token(&server.data_dir(), "ops", "admin");
+    let (status, _) = member.post_form("/tokens/2/revoke", &[]).await;
+    assert_eq!(status, 404, "a member cannot revoke the CLI's token");
+    assert_eq!(Api::new(&server.url, &other).get("/api/projects").await.0, 200);
+    let (status, _) = admin.post_form("/tokens/2/revoke", &[]).await;
+    assert_eq!(status, 303, "an admin can");
+    assert_eq!(Api::new(&server.url, &other).get("/api/projects").await.0, 401);
+    server.stop().await;
+}

@@ -1,0 +1,373 @@
+//! The whole web flow in a real headless Chromium driven over WebDriver (fantoccini +
+//! chromedriver): setup link → first admin → sign in → project, environment, secrets → agent →
+//! the real `stagely-agent` on this machine's Docker engine → Deploy → live log lines in the
+//! page before the deploy finishes → SUCCESS. Screenshots of each main page go to
+//! `$STAGELY_TEST_ARTIFACTS` (default `artifacts/`).
+//!
+//! Without Chromium or Docker this test prints a loud SKIP, except with `CI=true`, where it fails.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
+use serde_json::json;
+
+use crate::common::{WAIT, wait_for};
+use crate::web_support::{PASSWORD, WebServer};
+
+const CANARY: &str = "canary-b64f0e-browser-secret";
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("STAGELY_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    _child: tokio::process::Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+async fn start_driver(chromedriver: &Path) -> Driver {
+    // chromedriver picks no port by itself: take a free one from the kernel.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = artifacts().join("chromedriver.log");
+    let child = tokio::process::Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .arg(format!("--log-path={}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for("chromedriver to answer", WAIT, || {
+        let req = http.get(format!("{url}/status"));
+        async move {
+            req.send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        }
+    })
+    .await;
+    Driver {
+        _child: child,
+        url,
+        _profile: tempfile::tempdir().unwrap(),
+    }
+}
+
+async fn browser(driver: &Driver, chromium: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                "--window-size=1280,1000",
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("WebDriver session")
+}
+
+async fn shot(b: &Client, name: &str) {
+    let png = b.screenshot().await.unwrap();
+    std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The page's HTML, checked for the canary every time it is read.
+async fn html(b: &Client) -> String {
+    let source = b.source().await.unwrap();
+    assert!(
+        !source.contains(CANARY),
+        "a page shows a secret value: {}",
+        b.current_url().await.unwrap()
+    );
+    source
+}
+
+async fn fill(b: &Client, css: &str, value: &str) {
+    let el = b
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    el.clear().await.unwrap();
+    el.send_keys(value).await.unwrap();
+}
+
+async fn click(b: &Client, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn text_of(b: &Client, css: &str) -> String {
+    match b.find(Locator::Css(css)).await {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Wait until the element's rendered text contains `needle` (ignoring case: badges are
+/// upper-cased by CSS).
+async fn wait_text(b: &Client, css: &str, needle: &str) -> String {
+    let b = b.clone();
+    wait_for(&format!("{css} to contain {needle:?}"), WAIT, || {
+        let b = b.clone();
+        async move {
+            let t = text_of(&b, css).await;
+            t.to_lowercase().contains(&needle.to_lowercase()).then_some(t)
+        }
+    })
+    .await
+}
+
+/// A compose project on this machine, ready for the real agent (absolute `compose_path`).
+fn compose_project(dir: &Path) -> PathBuf {
+    let path = dir.join("compose.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  web:\n    image: stagely-test-busybox:latest\n    command: [\"sh\", \"-c\", \"echo started; sleep 3600\"]\n",
+    )
+    .unwrap();
+    path
+}
+
+/// The real agent binary against this appliance. It waits 3 s between `up` and verifying, so
+/// compose's output reaches the page while the deployment is still running.
+fn start_real_agent(url: &str, token: &str, dir: &Path) -> tokio::process::Child {
+    let token_file = dir.join("agent.token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let log = std::fs::File::create(artifacts().join("web-agent.log")).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely-agent"))
+        .args(["run", "--server", url, "--verify-wait-secs", "3", "--token-file"])
+        .arg(&token_file)
+        .arg("--work-dir")
+        .arg(dir.join("agent-work"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Remove the compose project the deploy started (name: `<project>-<environment>`).
+fn compose_down(compose: &Path) {
+    let _ = std::process::Command::new("docker")
+        .args(["compose", "-p", "shop-staging", "-f"])
+        .arg(compose)
+        .args(["down", "-t", "0", "--remove-orphans"])
+        .output();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_sign_in_configure_and_deploy_in_a_real_browser() {
+    let (Some(chromium), Some(chromedriver)) = (
+        which("chromium").or_else(|| which("chromium-browser")),
+        which("chromedriver"),
+    ) else {
+        crate::prereq::missing("Chromium and chromedriver");
+        return;
+    };
+    if !crate::prereq::docker() {
+        return;
+    }
+    let server = WebServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let compose = compose_project(work.path());
+    compose_down(&compose);
+    let driver = start_driver(&chromedriver).await;
+    let b = browser(&driver, &chromium).await;
+    // Close the browser even when the flow fails, then report the failure.
+    let result = AssertUnwindSafe(flow(&server, &b, work.path(), &compose))
+        .catch_unwind()
+        .await;
+    if result.is_err() {
+        // What the browser showed when it went wrong.
+        let _ = b
+            .screenshot()
+            .await
+            .map(|png| std::fs::write(artifacts().join("failure.png"), png));
+        if let Ok(source) = b.source().await {
+            let _ = std::fs::write(artifacts().join("failure.html"), source);
+        }
+    }
+    let _ = b.close().await;
+    drop(driver);
+    compose_down(&compose);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    server.stop().await;
+}
+
+async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
+    let url = &server.url;
+    // 1. The setup link from the log makes the first admin and signs them in.
+    let link = server.setup_link.clone().unwrap();
+    b.goto(&link).await.unwrap();
+    shot(b, "01-setup").await;
+    fill(b, "input[name=username]", "ada").await;
+    fill(b, "input[name=password]", PASSWORD).await;
+    fill(b, "input[name=confirm]", PASSWORD).await;
+    click(b, "button[type=submit]").await;
+    wait_text(b, "h1", "Dashboard").await;
+
+    // 2. Sign out and in again with the password.
+    click(b, "form[action='/logout'] button").await;
+    wait_text(b, "h2", "Sign in").await;
+    fill(b, "input[name=username]", "ada").await;
+    fill(b, "input[name=password]", "not the password").await;
+    click(b, "button[type=submit]").await;
+    wait_text(b, ".notice.error", "Wrong username or password").await;
+    shot(b, "02-sign-in-error").await;
+    fill(b, "input[name=username]", "ada").await;
+    fill(b, "input[name=password]", PASSWORD).await;
+    click(b, "form[action='/login'] button[type=submit]").await;
+    wait_text(b, "h1", "Dashboard").await;
+    shot(b, "03-dashboard-empty").await;
+
+    // 3. A project (first with a mistake, shown next to the field), an environment, secrets.
+    b.goto(&format!("{url}/projects")).await.unwrap();
+    fill(b, "#new-project input[name=name]", "Shop!").await;
+    fill(
+        b,
+        "#new-project input[name=compose_path]",
+        &compose.display().to_string(),
+    )
+    .await;
+    b.execute(
+        "document.querySelector('#new-project form').noValidate = true",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(b, "#new-project button[type=submit]").await;
+    wait_text(b, "#name-error", "lowercase letters").await;
+    shot(b, "04-project-form-error").await;
+    fill(b, "#new-project input[name=name]", "shop").await;
+    // No registry here: the image is local.
+    b.find(Locator::Css("#new-project select[name=pull]"))
+        .await
+        .unwrap()
+        .select_by_value("never")
+        .await
+        .unwrap();
+    click(b, "#new-project button[type=submit]").await;
+    wait_text(b, ".notice.ok", "Project created").await;
+    click(b, "#environments summary").await;
+    fill(b, "#environments input[name=name]", "staging").await;
+    click(b, "#environments form.grid-form button[type=submit]").await;
+    wait_text(b, ".notice.ok", "Environment added").await;
+    for (key, value, env) in [("DB_PASSWORD", CANARY, "staging"), ("GREETING", "hello", "")] {
+        fill(b, "#new-secret input[name=key]", key).await;
+        fill(b, "#new-secret textarea[name=value]", value).await;
+        b.find(Locator::Css("#new-secret select[name=environment]"))
+            .await
+            .unwrap()
+            .select_by_value(env)
+            .await
+            .unwrap();
+        click(b, "#new-secret button[type=submit]").await;
+        wait_text(b, ".notice.ok", "Secret added").await;
+    }
+    let page = html(b).await;
+    assert!(page.contains("DB_PASSWORD") && page.contains("GREETING"));
+    shot(b, "05-project").await;
+
+    // 4. An agent for shop/staging; its token is shown once.
+    b.goto(&format!("{url}/agents")).await.unwrap();
+    fill(b, "#new-agent input[name=name]", "web-1").await;
+    click(b, "#new-agent button[type=submit]").await;
+    let token = wait_text(b, "#agent-token", "stga_").await.trim().to_owned();
+    shot(b, "06-agent-created").await;
+
+    // 5. The agent connects; the dashboard shows it online without a reload.
+    b.goto(&format!("{url}/")).await.unwrap();
+    wait_text(b, "#dashboard-table", "offline").await;
+    let _agent = start_real_agent(url, &token, work);
+    wait_text(b, "#dashboard-table", "online").await;
+    shot(b, "07-dashboard-agent-online").await;
+
+    // 6. Deploy from the project page; the browser lands on the live deployment page.
+    b.goto(&format!("{url}/projects/1")).await.unwrap();
+    click(b, "button[data-testid='deploy-staging']").await;
+    wait_text(b, "h1", "Deployment #1").await;
+    // Compose's output streams in over the WebSocket while the deployment is still running
+    // (the agent waits 3 s before it verifies and reports).
+    wait_text(b, "#log", "shop-staging").await;
+    let status = text_of(b, "#deploy-status").await.to_lowercase();
+    assert!(
+        status.contains("running") || status.contains("queued"),
+        "lines must arrive before the end: {status}"
+    );
+    shot(b, "08-deployment-live").await;
+    wait_text(b, "#deploy-status", "success").await;
+    wait_text(b, "#deploy-status", "web").await;
+    wait_text(b, "#live-indicator", "log complete").await;
+    html(b).await;
+    // The secret typed into the form reached the container (and no page).
+    let env = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{json .Config.Env}}",
+            "shop-staging-web-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&env.stdout).contains(&format!("DB_PASSWORD={CANARY}")),
+        "the container got the secret"
+    );
+    shot(b, "09-deployment-success").await;
+
+    // 7. The other main pages, for the record (and the canary).
+    for (path, name) in [
+        ("/", "10-dashboard"),
+        ("/projects", "11-projects"),
+        ("/projects/1", "12-project-history"),
+        ("/users", "13-users"),
+        ("/audit", "14-audit"),
+        ("/tokens", "15-tokens"),
+        ("/no/such/page", "16-not-found"),
+    ] {
+        b.goto(&format!("{url}{path}")).await.unwrap();
+        html(b).await;
+        shot(b, name).await;
+    }
+}
