@@ -21,16 +21,23 @@ mkdir -p dist
 cp "target/$TARGET/release/stagely" dist/stagely
 cp "target/$TARGET/release/stagely-agent" dist/stagely-agent-linux-x86_64
 
-if [ "${STAGELY_BUILD_AARCH64:-0}" = 1 ]; then
+# The aarch64 agent: Debian's aarch64 cross gcc compiles ring's C; rust-lld links against the
+# musl that rustup ships for the target. Best effort: x86_64 is what the tests need.
+if [ "${STAGELY_BUILD_AARCH64:-1}" = 1 ]; then
   A=aarch64-unknown-linux-musl
-  if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && rustup target list --installed | grep -qx "$A"; then
-    log "building the aarch64 agent"
+  command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || {
+    log "installing gcc-aarch64-linux-gnu"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1 || true
+  }
+  rustup target list --installed | grep -qx "$A" || rustup target add "$A" >/dev/null 2>&1 || true
+  if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && rustup target list --installed | grep -qx "$A" &&
     CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
       CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
-      cargo build --release --locked --target "$A" --bin stagely-agent
+      cargo build --release --locked --target "$A" --bin stagely-agent; then
     cp "target/$A/release/stagely-agent" dist/stagely-agent-linux-aarch64
   else
-    log "no aarch64 cross toolchain: skipping the aarch64 agent"
+    log "WARNING: no aarch64 agent (cross toolchain unavailable or build failed); only x86_64 is served"
+    rm -f dist/stagely-agent-linux-aarch64
   fi
 fi
 

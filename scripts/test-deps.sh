@@ -87,6 +87,7 @@ if [ "${STAGELY_SKIP_BROWSER_DEPS:-0}" != 1 ]; then
   log "browser: $(chromium --version 2>/dev/null | head -n1)"
 fi
 
-# --- git (the agent checks out file:// repos in tests) -------------------------------------
+# --- git (the agent checks out file:// repos in tests), qemu (runs the aarch64 agent build) --
 command -v git >/dev/null 2>&1 || apt_install git
+command -v qemu-aarch64-static >/dev/null 2>&1 || apt_install qemu-user-static || log "no qemu-user-static: the aarch64 agent is not run"
 log "ready"

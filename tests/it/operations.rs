@@ -153,6 +153,31 @@ async fn the_container_image_serves_and_a_real_agent_deploys_through_it() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, agent_token).unwrap();
 
+    // An aarch64 agent, when built, is served too and runs (under qemu here).
+    let arm = prereq::dist().join("stagely-agent-linux-aarch64");
+    if arm.exists() {
+        let (status, sum) = Api::new(&url, "")
+            .get("/agent/download/linux-aarch64/sha256")
+            .await;
+        assert_eq!(status, 200);
+        let local = Command::new("sha256sum").arg(&arm).output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&local.stdout)
+                .starts_with(sum.as_str().unwrap().split(' ').next().unwrap())
+        );
+        if prereq::tool("qemu-aarch64-static") {
+            let out = Command::new("qemu-aarch64-static")
+                .arg(&arm)
+                .arg("--version")
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&out.stdout).starts_with("stagely-agent "),
+                "{out:?}"
+            );
+        }
+    }
+
     // The agent served by the container itself.
     let bin = dir.path().join("stagely-agent");
     let (status, _) = Api::new(&url, "")
