@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod bench_quick;
 mod common;
 mod deploy_flow;
 mod lifecycle;
