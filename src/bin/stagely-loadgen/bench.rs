@@ -28,6 +28,12 @@ pub struct BenchArgs {
     /// The shipped static agent whose size is reported.
     #[arg(long, default_value = "dist/stagely-agent-linux-x86_64")]
     pub agent_dist: PathBuf,
+    /// Secrets per project in the fixture (each DEPLOY decrypts and carries them).
+    #[arg(long, default_value_t = crate::setup::SECRETS_PER_PROJECT)]
+    pub secrets: usize,
+    /// Override the number of agents of the idle and storm groups.
+    #[arg(long)]
+    pub agents: Option<usize>,
     /// Runs of each benchmark; each figure is the median.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -38,6 +44,14 @@ pub struct BenchArgs {
     /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's default].
     #[arg(long, default_value_t = 200)]
     pub storm_handshakes: u32,
+    /// Handshakes/s the appliance allows while a swarm is filled before the idle and storm
+    /// measurements (the storm's restarted appliance uses --storm-handshakes).
+    #[arg(long, default_value_t = 5000)]
+    pub fill_handshakes: u32,
+    /// Extra environment for every appliance process, `KEY=VALUE` (repeatable), e.g. to try
+    /// `MALLOC_ARENA_MAX=2` or `STAGELY_DEPLOYS__LOG_FLUSH_MS=50`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub server_env: Vec<String>,
     /// Write the results here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -120,6 +134,9 @@ pub struct Bench {
     pub sizes: Sizes,
     pub clk_tck: u64,
     pub storm_handshakes: u32,
+    pub server_env: Vec<(String, String)>,
+    pub fill_handshakes: u32,
+    pub secrets: usize,
     fixture: Option<Fixture>,
 }
 
@@ -134,7 +151,7 @@ impl Bench {
             bin: self.stagely.clone(),
             data_dir,
             listen: "127.0.0.1:0".into(),
-            env: Vec::new(),
+            env: self.server_env.clone(),
             log: self.work.join(format!("{name}.log")),
         })
     }
@@ -145,7 +162,7 @@ impl Bench {
             bin: self.stagely.clone(),
             data_dir: self.work.join("fixture"),
             listen: "127.0.0.1:0".into(),
-            env: Vec::new(),
+            env: self.server_env.clone(),
             log: self.work.join("fixture.log"),
         }
     }
@@ -168,7 +185,7 @@ impl Bench {
         let server = self.fixture_server().start().await?;
         server.wait_ready().await?;
         let token = admin_token(&self.stagely, &self.work.join("fixture"))?;
-        let fixture = Fixture::create(server.addr()?, &token, n).await;
+        let fixture = Fixture::create(server.addr()?, &token, n, self.secrets).await;
         server.stop().await?;
         let fixture = fixture?;
         fixture.save(&self.fixture_path())?;
@@ -190,7 +207,11 @@ pub async fn main(args: BenchArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let sizes = if args.full { Sizes::full() } else { Sizes::quick() };
+    let mut sizes = if args.full { Sizes::full() } else { Sizes::quick() };
+    if let Some(n) = args.agents {
+        sizes.idle_agents = n;
+        sizes.storm_agents = n;
+    }
     let mode = if args.full { "full" } else { "quick" };
     let groups: Vec<&str> = if args.only.is_empty() {
         GROUPS.to_vec()
@@ -231,6 +252,17 @@ pub async fn main(args: BenchArgs) -> Result<()> {
         sizes,
         clk_tck: crate::server::clock_ticks_per_sec(),
         storm_handshakes: args.storm_handshakes,
+        server_env: args
+            .server_env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .with_context(|| format!("--server-env {kv:?}: expected KEY=VALUE"))
+            })
+            .collect::<Result<_>>()?,
+        fill_handshakes: args.fill_handshakes,
+        secrets: args.secrets,
         fixture: None,
     };
     if !bench.stagely.exists() {
@@ -240,6 +272,7 @@ pub async fn main(args: BenchArgs) -> Result<()> {
         );
     }
     let started = Instant::now();
+    let load_before = machine()["loadavg"].as_str().unwrap_or_default().to_owned();
     let mut res = Results::default();
     let needs_fixture = groups
         .iter()
@@ -259,8 +292,13 @@ pub async fn main(args: BenchArgs) -> Result<()> {
     let rows = res.rows(&groups);
     let machine = machine();
     println!(
-        "\nStagely benchmarks ({mode}, median of {runs} runs) on {} cores, {} MB, {}, Linux {}\n",
-        machine["nproc"], machine["mem_total_mb"], machine["cpu"], machine["kernel"]
+        "\nStagely benchmarks ({mode}, median of {runs} runs) on {} cores, {} MB, {}, Linux {}; \
+         load average {load_before} before, {} after\n",
+        machine["nproc"],
+        machine["mem_total_mb"],
+        machine["cpu"].as_str().unwrap_or_default(),
+        machine["kernel"].as_str().unwrap_or_default(),
+        machine["loadavg"].as_str().unwrap_or_default()
     );
     println!("{}", table(&rows));
     for r in &rows {
@@ -274,6 +312,7 @@ pub async fn main(args: BenchArgs) -> Result<()> {
             "mode": mode,
             "runs": runs,
             "machine": machine,
+            "loadavg_before": load_before,
             "seconds": started.elapsed().as_secs_f64(),
             "metrics": rows,
         });

@@ -165,8 +165,8 @@ pub async fn dispatch(b: &Bench, res: &mut Results) -> Result<()> {
             "dispatch_p50",
             format!(
                 "{n} agents connected, {total} deploys at {}/s over {DISPATCH_CONNECTIONS} kept-alive connections; \
-                 each project has 3 secrets (decrypted per deploy)",
-                b.sizes.dispatch_rate
+                 each project has {} secrets (decrypted per deploy)",
+                b.sizes.dispatch_rate, b.secrets
             ),
         );
         let missing = accepted.len() - lat.len();

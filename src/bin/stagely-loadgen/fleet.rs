@@ -15,9 +15,6 @@ use crate::report::{Results, quantile};
 use crate::server::{Server, free_port};
 use crate::swarm::Swarm;
 
-/// Handshakes/s allowed while *filling* the swarm (the storm's restarted appliance keeps its own
-/// setting): filling 10,000 agents at the default 200/s would take 50 s per run for nothing.
-const FILL_HANDSHAKES_PER_SEC: &str = "5000";
 /// How often `/healthz` is probed during the storm.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 
@@ -31,7 +28,12 @@ pub async fn run(b: &Bench, res: &mut Results, idle: bool, storm: bool) -> Resul
     let spec = b
         .fixture_server()
         .on(&format!("127.0.0.1:{port}"))
-        .with_env("STAGELY_AGENTS__MAX_HANDSHAKES_PER_SEC", FILL_HANDSHAKES_PER_SEC)
+        // Filling 10,000 agents at the default 200/s would cost 50 s a run for nothing: the
+        // fill has its own cap (--fill-handshakes); the storm's restarted appliance keeps its own.
+        .with_env(
+            "STAGELY_AGENTS__MAX_HANDSHAKES_PER_SEC",
+            &b.fill_handshakes.to_string(),
+        )
         .with_env(
             "STAGELY_AGENTS__PING_INTERVAL_SECS",
             &b.sizes.ping_secs.to_string(),
@@ -56,8 +58,9 @@ pub async fn run(b: &Bench, res: &mut Results, idle: bool, storm: bool) -> Resul
         res.note(
             "idle_rss_added",
             format!(
-                "{n} agents; filled in {:.1} s at up to {FILL_HANDSHAKES_PER_SEC} handshakes/s",
-                fill_started.elapsed().as_secs_f64()
+                "{n} agents; filled in {:.1} s at up to {} handshakes/s",
+                fill_started.elapsed().as_secs_f64(),
+                b.fill_handshakes
             ),
         );
         if idle {
@@ -125,8 +128,11 @@ async fn measure_idle(
     let cpu = ticks as f64 / b.clk_tck as f64 / secs * 100.0;
     res.add("idle_heartbeat_cpu", cpu);
     let note = format!(
-        "{n} agents, ping every {} s, CPU over {secs:.0} s; RSS {} → {} KB",
-        b.sizes.ping_secs, rss_before, rss_after
+        "{n} agents, ping every {} s, CPU over {secs:.0} s; RSS {} → {} KB, {} threads",
+        b.sizes.ping_secs,
+        rss_before,
+        rss_after,
+        crate::server::threads(server.pid).unwrap_or(0)
     );
     res.note("idle_heartbeat_cpu", note.clone());
     res.note("idle_rss_per_agent", note);

@@ -66,7 +66,7 @@ pub async fn agent_idle(b: &Bench, res: &mut Results, run: usize) -> Result<()> 
     server.wait_ready().await?;
     let outcome = async {
         let token = admin_token(&b.stagely, &spec.data_dir)?;
-        let fixture = Fixture::create(server.addr()?, &token, 1).await?;
+        let fixture = Fixture::create(server.addr()?, &token, 1, 0).await?;
         let a = fixture.agents.first().context("no agent made")?;
         let dir = b.work.join(format!("agent-{run}-work"));
         std::fs::create_dir_all(&dir)?;

@@ -421,5 +421,7 @@ pub fn machine() -> serde_json::Value {
         "mem_total_mb": mem_kb / 1024,
         "cpu": cpu,
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        // The machine may be shared: the load it carried is part of the result.
+        "loadavg": read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     })
 }

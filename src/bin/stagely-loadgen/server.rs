@@ -165,6 +165,11 @@ pub fn rss_kb(pid: u32) -> Result<u64> {
     status_field(pid, "VmRSS")
 }
 
+/// Threads of a process, from `/proc/<pid>/status`.
+pub fn threads(pid: u32) -> Result<u64> {
+    status_field(pid, "Threads")
+}
+
 fn status_field(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;

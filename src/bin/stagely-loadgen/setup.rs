@@ -13,8 +13,8 @@ use crate::http::Http;
 
 /// Environments per project (each environment gets one agent).
 const ENVS_PER_PROJECT: usize = 100;
-/// Secrets per project: a DEPLOY decrypts and carries these.
-const SECRETS_PER_PROJECT: usize = 3;
+/// Secrets per project by default: a DEPLOY decrypts and carries these.
+pub const SECRETS_PER_PROJECT: usize = 3;
 /// Parallel API connections used to build the fixture.
 const WORKERS: usize = 4;
 
@@ -46,7 +46,7 @@ impl Fixture {
     }
 
     /// Create `count` agents, each alone in its environment, through the API.
-    pub async fn create(addr: SocketAddr, admin_token: &str, count: usize) -> Result<Fixture> {
+    pub async fn create(addr: SocketAddr, admin_token: &str, count: usize, secrets: usize) -> Result<Fixture> {
         let projects = count.div_ceil(ENVS_PER_PROJECT);
         let mut tasks = Vec::new();
         for w in 0..WORKERS {
@@ -56,7 +56,7 @@ impl Fixture {
                 let mut out = Vec::new();
                 for p in (w..projects).step_by(WORKERS) {
                     let envs = ENVS_PER_PROJECT.min(count - p * ENVS_PER_PROJECT);
-                    out.extend(make_project(&mut http, p, envs).await?);
+                    out.extend(make_project(&mut http, p, envs, secrets).await?);
                 }
                 Ok::<_, anyhow::Error>(out)
             }));
@@ -73,7 +73,7 @@ impl Fixture {
     }
 }
 
-async fn make_project(http: &mut Http, p: usize, envs: usize) -> Result<Vec<FixtureAgent>> {
+async fn make_project(http: &mut Http, p: usize, envs: usize, secrets: usize) -> Result<Vec<FixtureAgent>> {
     let project = http
         .post_ok(
             "/api/projects",
@@ -82,7 +82,7 @@ async fn make_project(http: &mut Http, p: usize, envs: usize) -> Result<Vec<Fixt
         )
         .await?;
     let project_id = project["id"].as_i64().context("project id")?;
-    for s in 0..SECRETS_PER_PROJECT {
+    for s in 0..secrets {
         http.post_ok(
             &format!("/api/projects/{project_id}/secrets"),
             &json!({"key": format!("BENCH_SECRET_{s}"), "value": format!("bench-value-{p}-{s}-0123456789abcdef"),
