@@ -8,6 +8,8 @@
 #
 # Other arguments go to `stagely-loadgen bench` (--runs N, --storm-handshakes N, --work-dir DIR).
 # STAGELY_BENCH_DIST=1 runs packaging/build.sh first, so the shipped agent's size is measured.
+# STAGELY_BENCH_APPLIANCE=dist/stagely measures the shipped (static musl) appliance instead of
+# the glibc release build.
 # Results: printed as a table, and as JSON in target/bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,7 @@ target=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target/bench-results"
 out="$target/bench-results/$(date -u +%Y%m%dT%H%M%SZ).json"
 "$target/release/stagely-loadgen" bench \
-  --stagely "$target/release/stagely" \
+  --stagely "${STAGELY_BENCH_APPLIANCE:-$target/release/stagely}" \
   --agent "$target/release/stagely-agent" \
   --agent-dist dist/stagely-agent-linux-x86_64 \
   --out "$out" "${args[@]}"

@@ -41,9 +41,10 @@ pub struct BenchArgs {
     /// storm, overhead, sqlite.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's default].
-    #[arg(long, default_value_t = 200)]
-    pub storm_handshakes: u32,
+    /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's own
+    /// default, `agents.max_handshakes_per_sec`].
+    #[arg(long)]
+    pub storm_handshakes: Option<u32>,
     /// Handshakes/s the appliance allows while a swarm is filled before the idle and storm
     /// measurements (the storm's restarted appliance uses --storm-handshakes).
     #[arg(long, default_value_t = 5000)]
@@ -133,7 +134,7 @@ pub struct Bench {
     pub work: PathBuf,
     pub sizes: Sizes,
     pub clk_tck: u64,
-    pub storm_handshakes: u32,
+    pub storm_handshakes: Option<u32>,
     pub server_env: Vec<(String, String)>,
     pub fill_handshakes: u32,
     pub secrets: usize,

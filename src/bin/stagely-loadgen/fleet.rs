@@ -147,10 +147,10 @@ async fn reconnect_storm(
     mut swarm: Swarm,
     n: usize,
 ) -> Result<()> {
-    let spec = b.fixture_server().on(&server.addr()?.to_string()).with_env(
-        "STAGELY_AGENTS__MAX_HANDSHAKES_PER_SEC",
-        &b.storm_handshakes.to_string(),
-    );
+    let mut spec = b.fixture_server().on(&server.addr()?.to_string());
+    if let Some(cap) = b.storm_handshakes {
+        spec = spec.with_env("STAGELY_AGENTS__MAX_HANDSHAKES_PER_SEC", &cap.to_string());
+    }
     let before = swarm.totals();
     let killed_at = epoch_ms();
     server.kill().await?;
@@ -216,8 +216,9 @@ async fn reconnect_storm(
     res.note(
         "storm_30s",
         format!(
-            "{n} agents; appliance back {restart_ms} ms after SIGKILL; cap {} handshakes/s; times from the kill",
+            "{n} agents; appliance back {restart_ms} ms after SIGKILL; handshake cap {}; times from the kill",
             b.storm_handshakes
+                .map_or_else(|| "the appliance's default".to_owned(), |c| format!("{c}/s"))
         ),
     );
     res.note(

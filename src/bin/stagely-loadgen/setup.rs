@@ -46,7 +46,12 @@ impl Fixture {
     }
 
     /// Create `count` agents, each alone in its environment, through the API.
-    pub async fn create(addr: SocketAddr, admin_token: &str, count: usize, secrets: usize) -> Result<Fixture> {
+    pub async fn create(
+        addr: SocketAddr,
+        admin_token: &str,
+        count: usize,
+        secrets: usize,
+    ) -> Result<Fixture> {
         let projects = count.div_ceil(ENVS_PER_PROJECT);
         let mut tasks = Vec::new();
         for w in 0..WORKERS {
