@@ -203,7 +203,9 @@ impl Default for AgentsConfig {
         Self {
             ping_interval_secs: 20,
             offline_after_secs: 60,
-            max_handshakes_per_sec: 200,
+            // 10,000 agents back within 30 s of a restart needs ~2x their bare rate once jitter
+            // and Retry-After spread them; 1,000/s kept /healthz p99 near 30 ms (BENCHMARKS.md).
+            max_handshakes_per_sec: 1000,
         }
     }
 }
@@ -607,6 +609,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("github.allowed_logins"), "{err}");
+    }
+
+    #[test]
+    fn default_handshake_cap_lets_10000_agents_back_within_30_s() {
+        let cap = u64::from(AgentsConfig::default().max_handshakes_per_sec);
+        assert!(
+            cap * 30 >= 2 * 10_000,
+            "cap {cap}/s is too low for the reconnect-storm target"
+        );
     }
 
     #[test]

@@ -92,24 +92,25 @@ fn error_frame(code: &str, message: impl Into<String>) -> Message {
     )
 }
 
+/// One connection's task. It lives as long as the agent is connected, so its resting size is the
+/// per-agent cost of the hub: the futures that run only now and then (HELLO, the database, frame
+/// handling) are boxed while they run instead of being laid out inline in every idle task
+/// (BENCHMARKS.md, "10,000 idle agents").
 async fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) {
-    let Some((hello, active)) = await_hello(&agent, &mut socket).await else {
+    let Some((hello, active)) = Box::pin(await_hello(&agent, &mut socket)).await else {
         return;
     };
     let now = now_ms();
     let (id, info) = (agent.id, hello.clone());
-    if let Err(e) = state
-        .db
-        .write(move |tx| store::mark_online(tx, id, &info, now))
-        .await
-    {
+    if let Err(e) = Box::pin(state.db.write(move |tx| store::mark_online(tx, id, &info, now))).await {
         tracing::error!(agent_id = agent.id, error = %e, "cannot record agent connection");
         let _ = socket.send(close(1011, "server error")).await;
         return;
     }
     let mut reg = state.hub.register(agent.id, agent.environment_id, now);
     tracing::info!(agent_id = agent.id, agent = %agent.name, hostname = %hello.hostname, version = %hello.agent_version, "agent connected");
-    service::on_hello(&state, &agent, active).await;
+    drop(hello);
+    Box::pin(service::on_hello(&state, &agent, active)).await;
 
     let ping_every = Duration::from_secs(state.config.agents.ping_interval_secs);
     let offline_after = i64::try_from(state.config.agents.offline_after_secs * 1000).unwrap_or(i64::MAX);
@@ -130,7 +131,7 @@ async fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) {
                 reg.last_seen.store(now_ms(), Ordering::Relaxed);
                 match msg {
                     Message::Text(text) => {
-                        if let Err(reply) = handle_text(&state, &agent, text.as_str(), &mut socket).await {
+                        if let Err(reply) = Box::pin(handle_text(&state, &agent, text.as_str(), &mut socket)).await {
                             bad_frames += 1;
                             let _ = socket.send(reply).await;
                             if bad_frames > MAX_BAD_FRAMES {
@@ -147,7 +148,7 @@ async fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) {
                     Message::Close(_) => break "closed by agent",
                 }
             }
-            out = reg.rx.recv() => match out {
+            out = reg.rx.recv() => match out.map(|o| *o) {
                 Some(Outbound::Text(frame)) => {
                     if socket.send(Message::Text(frame.as_str().into())).await.is_err() {
                         break "send failed";
@@ -177,11 +178,7 @@ async fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) {
     let last_seen = reg.last_seen.load(Ordering::Relaxed);
     if state.hub.unregister(agent.id, reg.conn_id, now_ms()) {
         let id = agent.id;
-        if let Err(e) = state
-            .db
-            .write(move |tx| store::mark_offline(tx, id, last_seen))
-            .await
-        {
+        if let Err(e) = Box::pin(state.db.write(move |tx| store::mark_offline(tx, id, last_seen))).await {
             tracing::error!(agent_id = agent.id, error = %e, "cannot record agent disconnect");
         }
     }

@@ -9,6 +9,7 @@ mod agent_override;
 mod agent_run;
 mod agent_support;
 mod api;
+mod bench_quick;
 mod common;
 mod deploy_flow;
 mod e2e_engine;

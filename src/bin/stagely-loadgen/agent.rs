@@ -1,0 +1,261 @@
+//! A simulated agent: a real WebSocket client on loopback speaking protocol v1 with a real token.
+//!
+//! It dials `/ws/agent` with `Authorization: Bearer`, says HELLO, answers the server's pings
+//! (tungstenite sends the pong on its next read), takes DEPLOY frames and answers each at once
+//! with a STATUS SUCCESS (a "fast-acking" agent), and when the connection drops it comes back
+//! with the agent's own backoff: base 1 s, cap 60 s, full jitter, `Retry-After` as a floor, reset
+//! after a minute connected. Every loop is bounded by a deadline and a stop token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+use stagely::protocol::{self, AgentMessage, DeployOutcome, Incoming, ServerMessage, ServiceState};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// The agent's reconnect policy (docs/protocol.md, issue 3).
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// A handshake that takes longer than this counts as failed.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Milliseconds since the Unix epoch: the one clock the generator's processes share.
+pub fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Why a dial failed.
+#[derive(Debug)]
+pub enum DialError {
+    /// 503 with the server's `Retry-After`, if any.
+    Busy(Option<Duration>),
+    Other(String),
+}
+
+/// Dial `/ws/agent` with small client buffers (10,000 clients in a few processes must stay cheap).
+pub async fn dial(addr: SocketAddr, token: &str) -> Result<Ws, DialError> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| DialError::Other(format!("connect: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut req = format!("ws://{addr}{}", protocol::AGENT_WS_PATH)
+            .into_client_request()
+            .map_err(|e| DialError::Other(e.to_string()))?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| DialError::Other("token is not a header value".into()))?;
+        req.headers_mut().insert("authorization", value);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_write_buffer_size(4 * protocol::MAX_FRAME_BYTES);
+        match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::Error::Http(resp)) if resp.status().as_u16() == 503 => {
+                let retry = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Err(DialError::Busy(retry))
+            }
+            Err(tungstenite::Error::Http(resp)) => Err(DialError::Other(format!("HTTP {}", resp.status()))),
+            Err(e) => Err(DialError::Other(e.to_string())),
+        }
+    };
+    match tokio::time::timeout(DIAL_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Other("handshake timed out".into())),
+    }
+}
+
+pub fn hello_frame(name: &str) -> String {
+    json!({"type": "HELLO", "protocol": protocol::PROTOCOL_VERSION, "agent_version": "loadgen",
+        "hostname": name, "docker_version": "0", "compose_version": "0", "active_deployments": []})
+    .to_string()
+}
+
+pub fn log_frame(deployment_id: i64, seq: u64, line: &str) -> String {
+    protocol::encode(&AgentMessage::Log {
+        deployment_id,
+        seq,
+        stream: protocol::LogStream::Stdout,
+        line: line.to_owned(),
+    })
+}
+
+pub fn status_frame(deployment_id: i64) -> String {
+    protocol::encode(&AgentMessage::Status {
+        deployment_id,
+        status: DeployOutcome::Success,
+        services: vec![ServiceState {
+            name: "web".into(),
+            state: "running".into(),
+            health: String::new(),
+            exit_code: Some(0),
+        }],
+        error: None,
+        commit: None,
+    })
+}
+
+/// What an agent saw, reported to whoever drives it (in-process benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// A DEPLOY frame was read off the socket (`at`: this process's clock).
+    Deploy { deployment_id: i64, at: Instant },
+    /// The server acknowledged a STATUS.
+    Ack { deployment_id: i64 },
+}
+
+/// Counters shared by all agents of one process.
+#[derive(Default)]
+pub struct Stats {
+    pub connected: AtomicU64,
+    pub connects: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub busy_503: AtomicU64,
+    pub dial_errors: AtomicU64,
+    pub deploys: AtomicU64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({"connected": get(&self.connected), "connects": get(&self.connects),
+            "disconnects": get(&self.disconnects), "busy_503": get(&self.busy_503),
+            "dial_errors": get(&self.dial_errors), "deploys": get(&self.deploys)})
+    }
+}
+
+/// One simulated agent's identity and where it reports.
+pub struct AgentSpec {
+    pub index: usize,
+    pub token: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    /// Epoch ms of the current connection's start; 0 while disconnected.
+    pub connected_since: Arc<AtomicU64>,
+    pub events: Option<mpsc::UnboundedSender<Event>>,
+    /// Told once, when the first connection is up.
+    pub on_first_connect: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Full jitter: uniform in `[0, min(cap, base·2ⁿ)]`.
+pub fn backoff_delay(attempt: u32, unit: f64) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// Run the agent until `stop` fires or `deadline` passes: connect, serve, reconnect with backoff.
+/// Mirrors the real agent's loop: dial at once, then before every retry wait
+/// `max(full jitter, Retry-After)`.
+pub async fn run(mut spec: AgentSpec, stop: CancellationToken, deadline: Instant) {
+    let stats = spec.stats.clone();
+    let mut attempt: u32 = 0;
+    while !stop.is_cancelled() && Instant::now() < deadline {
+        let mut floor = Duration::ZERO;
+        match dial(spec.addr, &spec.token).await {
+            Ok(ws) => {
+                let started = Instant::now();
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                stats.connected.fetch_add(1, Ordering::Relaxed);
+                spec.connected_since.store(epoch_ms(), Ordering::Relaxed);
+                if let Some(tx) = spec.on_first_connect.take() {
+                    let _ = tx.send(());
+                }
+                let _ = session(&spec, ws, &stop, deadline).await;
+                spec.connected_since.store(0, Ordering::Relaxed);
+                stats.connected.fetch_sub(1, Ordering::Relaxed);
+                stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                if started.elapsed() >= BACKOFF_RESET_AFTER {
+                    attempt = 0;
+                }
+            }
+            Err(DialError::Busy(retry)) => {
+                stats.busy_503.fetch_add(1, Ordering::Relaxed);
+                floor = retry.unwrap_or_default().min(BACKOFF_CAP);
+            }
+            Err(DialError::Other(why)) => {
+                // The first few say what goes wrong; the count says how often.
+                if stats.dial_errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("loadgen: agent {} could not connect: {why}", spec.index);
+                }
+            }
+        }
+        let delay = backoff_delay(attempt, rand::random::<f64>()).max(floor);
+        attempt = attempt.saturating_add(1);
+        if !sleep_or_stop(delay, &stop, deadline).await {
+            break;
+        }
+    }
+}
+
+/// Sleep unless stopped; false when the agent should end.
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken, deadline: Instant) -> bool {
+    let until = (Instant::now() + d).min(deadline);
+    tokio::select! {
+        () = tokio::time::sleep_until(until.into()) => Instant::now() < deadline,
+        () = stop.cancelled() => false,
+    }
+}
+
+/// One connection: HELLO, then fast-ack every DEPLOY until the socket closes.
+async fn session(spec: &AgentSpec, mut ws: Ws, stop: &CancellationToken, deadline: Instant) -> Result<()> {
+    ws.send(Message::Text(hello_frame(&format!("sim-{}", spec.index)).into()))
+        .await
+        .context("HELLO")?;
+    loop {
+        let frame = tokio::select! {
+            f = ws.next() => f,
+            () = stop.cancelled() => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            () = tokio::time::sleep_until(deadline.into()) => return Ok(()),
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+            Some(Ok(_)) => continue,
+        };
+        let at = Instant::now();
+        match protocol::decode_server_message(text.as_str()) {
+            Ok(Incoming::Known(ServerMessage::Deploy { deployment_id, .. })) => {
+                spec.stats.deploys.fetch_add(1, Ordering::Relaxed);
+                if let Some(events) = &spec.events {
+                    let _ = events.send(Event::Deploy { deployment_id, at });
+                }
+                ws.send(Message::Text(status_frame(deployment_id).into()))
+                    .await
+                    .context("STATUS")?;
+            }
+            Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
+                if let Some(events) = &spec.events {
+                    let _ = events.send(Event::Ack { deployment_id });
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The metrics the issue asks for, their targets, per-run values, medians, and the table.
+//!
+//! Every metric in [`CATALOGUE`] ends up in the report either with a median of its runs or with an
+//! explicit "not measured: <reason>". Nothing is ever filled in with a made-up number.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// How a measured value is judged against its target.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+    /// Reported for context; no target of its own.
+    Info,
+}
+
+/// One metric of the issue's table.
+pub struct Spec {
+    pub key: &'static str,
+    /// Which benchmark produces it (`--only <group>` reruns just that one).
+    pub group: &'static str,
+    pub label: &'static str,
+    pub target: &'static str,
+    pub unit: &'static str,
+    pub goal: Goal,
+}
+
+const fn spec(
+    key: &'static str,
+    group: &'static str,
+    label: &'static str,
+    target: &'static str,
+    unit: &'static str,
+    goal: Goal,
+) -> Spec {
+    Spec {
+        key,
+        group,
+        label,
+        target,
+        unit,
+        goal,
+    }
+}
+
+/// Every benchmark group, in the order they run.
+pub const GROUPS: &[&str] = &[
+    "appliance",
+    "agent",
+    "idle",
+    "dispatch",
+    "logs",
+    "slow",
+    "storm",
+    "overhead",
+    "sqlite",
+];
+
+pub const CATALOGUE: &[Spec] = &[
+    spec(
+        "appliance_idle_rss",
+        "appliance",
+        "appliance idle RSS, no agents, after start",
+        "≤ 15 MB",
+        "MB",
+        Goal::AtMost(15.0),
+    ),
+    spec(
+        "agent_idle_rss",
+        "agent",
+        "agent idle RSS, connected, no deploy",
+        "≤ 5 MB",
+        "MB",
+        Goal::AtMost(5.0),
+    ),
+    spec(
+        "agent_idle_cpu",
+        "agent",
+        "agent CPU while idle and connected (heartbeats included)",
+        "no CPU between heartbeats (≤ 1 tick/min)",
+        "ms/min",
+        Goal::AtMost(10.0),
+    ),
+    spec(
+        "agent_idle_wakeups",
+        "agent",
+        "agent thread wakeups while idle",
+        "(context: a ping/pong costs a few)",
+        "/min",
+        Goal::Info,
+    ),
+    spec(
+        "agent_binary",
+        "agent",
+        "agent binary (static, stripped)",
+        "≤ 6 MB",
+        "MB",
+        Goal::AtMost(6.0),
+    ),
+    spec(
+        "idle_rss_added",
+        "idle",
+        "idle agents connected: RSS added to the appliance",
+        "≤ 50 MB for 10,000",
+        "MB",
+        Goal::AtMost(50.0),
+    ),
+    spec(
+        "idle_rss_per_agent",
+        "idle",
+        "idle agents connected: RSS per agent",
+        "≤ 5 KB",
+        "KB",
+        Goal::AtMost(5.0),
+    ),
+    spec(
+        "idle_heartbeat_cpu",
+        "idle",
+        "idle agents connected: appliance CPU (heartbeats)",
+        "≤ 3 % of one core",
+        "%",
+        Goal::AtMost(3.0),
+    ),
+    spec(
+        "dispatch_p50",
+        "dispatch",
+        "dispatch latency p50 (POST sent → agent holds DEPLOY)",
+        "≤ 1 ms",
+        "ms",
+        Goal::AtMost(1.0),
+    ),
+    spec(
+        "dispatch_p99",
+        "dispatch",
+        "dispatch latency p99",
+        "≤ 5 ms",
+        "ms",
+        Goal::AtMost(5.0),
+    ),
+    spec(
+        "dispatch_api_p50",
+        "dispatch",
+        "POST /api/deploy answered (202) p50",
+        "(context)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
+        "log_lines_per_sec",
+        "logs",
+        "log throughput, one deploy, stored in SQLite",
+        "≥ 100,000 lines/s",
+        "lines/s",
+        Goal::AtLeast(100_000.0),
+    ),
+    spec(
+        "log_commits_per_100ms",
+        "logs",
+        "log batching: commits per deploy per 100 ms (max)",
+        "≤ 1",
+        "commits",
+        Goal::AtMost(1.0),
+    ),
+    spec(
+        "log_live_push",
+        "logs",
+        "log lines pushed to a live browser subscriber",
+        "≥ 100,000 lines/s",
+        "lines/s",
+        Goal::AtLeast(100_000.0),
+    ),
+    spec(
+        "slow_subscriber",
+        "slow",
+        "browser that stops reading: appliance RSS growth",
+        "bounded (dropped or lags)",
+        "MB",
+        Goal::Info,
+    ),
+    spec(
+        "storm_30s",
+        "storm",
+        "reconnect storm: reconnected within 30 s of the kill",
+        "≥ 99 %",
+        "%",
+        Goal::AtLeast(99.0),
+    ),
+    spec(
+        "storm_90s",
+        "storm",
+        "reconnect storm: reconnected within 90 s of the kill",
+        "100 %",
+        "%",
+        Goal::AtLeast(100.0),
+    ),
+    spec(
+        "storm_t99",
+        "storm",
+        "reconnect storm: time until 99 % reconnected",
+        "(context)",
+        "s",
+        Goal::Info,
+    ),
+    spec(
+        "storm_503",
+        "storm",
+        "reconnect storm: handshakes refused with 503",
+        "(context)",
+        "count",
+        Goal::Info,
+    ),
+    spec(
+        "storm_healthz_p99",
+        "storm",
+        "/healthz latency p99 during the storm",
+        "responsive: ≤ 100 ms",
+        "ms",
+        Goal::AtMost(100.0),
+    ),
+    spec(
+        "storm_healthz_max",
+        "storm",
+        "/healthz latency max during the storm",
+        "(context)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
+        "deploy_overhead",
+        "overhead",
+        "deploy overhead: POST → agent starts `docker compose up`",
+        "≤ 50 ms",
+        "ms",
+        Goal::AtMost(50.0),
+    ),
+    spec(
+        "sqlite_deploys_per_sec",
+        "sqlite",
+        "SQLite: deployment records/s (full cycles)",
+        "≥ 1,000/s",
+        "records/s",
+        Goal::AtLeast(1_000.0),
+    ),
+];
+
+/// A metric's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub key: &'static str,
+    pub group: &'static str,
+    pub metric: &'static str,
+    pub target: &'static str,
+    pub unit: &'static str,
+    pub runs: Vec<f64>,
+    pub median: Option<f64>,
+    pub verdict: &'static str,
+    pub not_measured: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// Values gathered per metric across runs.
+#[derive(Default)]
+pub struct Results {
+    values: BTreeMap<&'static str, Vec<f64>>,
+    skipped: BTreeMap<&'static str, String>,
+    notes: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl Results {
+    pub fn add(&mut self, key: &'static str, value: f64) {
+        self.values.entry(key).or_default().push(value);
+    }
+
+    pub fn not_measured(&mut self, key: &'static str, reason: impl Into<String>) {
+        self.skipped.entry(key).or_insert_with(|| reason.into());
+    }
+
+    /// Mark every metric of a group not measured (unless it already has values).
+    pub fn group_not_measured(&mut self, group: &str, reason: &str) {
+        for s in CATALOGUE.iter().filter(|s| s.group == group) {
+            self.not_measured(s.key, reason);
+        }
+    }
+
+    pub fn note(&mut self, key: &'static str, note: impl Into<String>) {
+        let note = note.into();
+        let notes = self.notes.entry(key).or_default();
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+
+    pub fn rows(&self, groups: &[&str]) -> Vec<Row> {
+        CATALOGUE
+            .iter()
+            .filter(|s| groups.contains(&s.group))
+            .map(|s| {
+                let runs = self.values.get(s.key).cloned().unwrap_or_default();
+                let median = median(&runs);
+                let not_measured = match median {
+                    Some(_) => None,
+                    None => Some(
+                        self.skipped
+                            .get(s.key)
+                            .cloned()
+                            .unwrap_or_else(|| "no run produced a value".into()),
+                    ),
+                };
+                let verdict = match (median, s.goal) {
+                    (None, _) => "not measured",
+                    (Some(_), Goal::Info) => "info",
+                    (Some(v), Goal::AtMost(t)) if v <= t => "pass",
+                    (Some(v), Goal::AtLeast(t)) if v >= t => "pass",
+                    (Some(_), _) => "MISS",
+                };
+                Row {
+                    key: s.key,
+                    group: s.group,
+                    metric: s.label,
+                    target: s.target,
+                    unit: s.unit,
+                    runs,
+                    median,
+                    verdict,
+                    not_measured,
+                    notes: self.notes.get(s.key).cloned().unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Median (mean of the middle two for an even count); `None` for no values.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// The `q`-quantile (0..=1) of a sample, nearest rank.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+pub fn fmt_value(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 0.1 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// A Markdown table of the rows, for the terminal and BENCHMARKS.md.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| metric | target | measured (median) | runs | verdict |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        let measured = match (r.median, &r.not_measured) {
+            (Some(v), _) => format!("{} {}", fmt_value(v), r.unit),
+            (None, Some(why)) => format!("not measured: {why}"),
+            (None, None) => "not measured".into(),
+        };
+        let runs = r
+            .runs
+            .iter()
+            .map(|v| fmt_value(*v))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.metric, r.target, measured, runs, r.verdict
+        ));
+    }
+    out
+}
+
+/// What the machine is, for the report.
+pub fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem_kb: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    serde_json::json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "mem_total_mb": mem_kb / 1024,
+        "cpu": cpu,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        // The machine may be shared: the load it carried is part of the result.
+        "loadavg": read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    })
+}
