@@ -29,46 +29,40 @@ pub async fn trigger(
     project_id: i64,
     environment: Option<String>,
 ) -> Result<i64, DeployError> {
-    let (project, env, agent_ids, sealed) = state
+    // One transaction (one trip to the blocking pool) for lookup, decryption and the record:
+    // a vault problem or an offline agent leaves nothing half-made.
+    let (hub, vault, actor) = (state.hub.clone(), state.vault.clone(), who.actor.clone());
+    let (project, env, agent_id, secrets, git_ref, deployment_id) = state
         .db
-        .read(move |c| {
-            let project = project_store::get(c, project_id).map_err(|e| match e {
+        .write(move |tx| {
+            let project = project_store::get(tx, project_id).map_err(|e| match e {
                 ProjectError::NotFound => DeployError::ProjectNotFound,
                 ProjectError::Db(e) => DeployError::Db(e),
                 other => DeployError::Db(DbError::Task(other.to_string())),
             })?;
             let env = pick_environment(&project, environment.as_deref())?;
-            let agents = agent_store::ids_for_environment(c, env.id)?;
-            let sealed = secret_store::for_environment(c, project.id, env.id)?;
-            Ok::<_, DeployError>((project, env, agents, sealed))
-        })
-        .await?;
-    if agent_ids.is_empty() {
-        return Err(DeployError::NoAgent(env.name));
-    }
-    let Some(agent_id) = agent_ids.iter().copied().find(|id| state.hub.is_online(*id)) else {
-        return Err(offline_error(state, &env.name, agent_ids).await);
-    };
-    // Decrypt before recording anything: a vault problem must not leave a half-made deployment.
-    let secrets = decrypt_all(&state.vault, &sealed)?;
-    let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
-    let actor = who.actor.clone();
-    let (env_id, env_name, ref_for_db) = (env.id, env.name.clone(), git_ref.clone());
-    let deployment_id = state
-        .db
-        .write(move |tx| {
+            let agent_ids = agent_store::ids_for_environment(tx, env.id)?;
+            if agent_ids.is_empty() {
+                return Err(DeployError::NoAgent(env.name));
+            }
+            let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
+                return Err(offline_error(tx, &env.name, &agent_ids)?);
+            };
+            let sealed = secret_store::for_environment(tx, project.id, env.id)?;
+            let secrets = decrypt_all(&vault, &sealed)?;
+            let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
             let new = NewDeployment {
                 project_id,
-                environment_id: env_id,
-                environment: &env_name,
+                environment_id: env.id,
+                environment: &env.name,
                 agent_id,
-                git_ref: &ref_for_db,
+                git_ref: &git_ref,
                 triggered_by: &actor,
             };
             let now = now_ms();
             let id = store::insert(tx, &new, &sealed, now)?;
-            audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env_name)?;
-            Ok::<_, DeployError>(id)
+            audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env.name)?;
+            Ok((project, env, agent_id, secrets, git_ref, id))
         })
         .await?;
     state.hub.start_deploy(
@@ -91,7 +85,11 @@ pub async fn trigger(
     if let Err(e) = state.hub.send_to(agent_id, env.id, Outbound::Text(frame)) {
         tracing::warn!(deployment_id, agent_id, error = ?e, "agent went away before the DEPLOY could be queued");
         end_by_server(state, deployment_id, env.id, "agent_offline").await;
-        return Err(offline_error(state, &env.name, vec![agent_id]).await);
+        let env_name = env.name.clone();
+        return Err(state
+            .db
+            .read(move |c| offline_error(c, &env_name, &[agent_id]))
+            .await?);
     }
     tracing::info!(deployment_id, agent_id, project = %project.name, environment = %env.name, "deploy dispatched");
     state.hub.publish(HubEvent::DeploymentChanged {
@@ -148,23 +146,21 @@ fn pick_environment(
     }
 }
 
-async fn offline_error(state: &AppState, environment: &str, agent_ids: Vec<i64>) -> DeployError {
-    let last = state
-        .db
-        .read(move |c| {
-            let mut last: Option<i64> = None;
-            for id in agent_ids {
-                last = last.max(agent_store::last_heartbeat(c, id)?);
-            }
-            Ok::<_, DbError>(last)
-        })
-        .await
-        .unwrap_or(None);
-    DeployError::AgentOffline {
+/// `agent_offline`, with the last time any of the environment's agents was seen.
+fn offline_error(
+    c: &rusqlite::Connection,
+    environment: &str,
+    agent_ids: &[i64],
+) -> Result<DeployError, DbError> {
+    let mut last: Option<i64> = None;
+    for id in agent_ids {
+        last = last.max(agent_store::last_heartbeat(c, *id)?);
+    }
+    Ok(DeployError::AgentOffline {
         environment: environment.to_owned(),
         last_seen: last.map(rfc3339).unwrap_or_else(|| "never".into()),
         last_seen_ms: last,
-    }
+    })
 }
 
 fn decrypt_all(vault: &Vault, sealed: &[SealedSecret]) -> Result<Vec<SecretEntry>, DeployError> {

@@ -35,6 +35,22 @@ pub fn create(
     Ok((tx.last_insert_rowid(), token))
 }
 
+/// A live token's row, as far as authentication needs it.
+struct TokenRow {
+    id: i64,
+    name: String,
+    role: String,
+    hash: Vec<u8>,
+    user_id: Option<i64>,
+    username: Option<String>,
+    disabled: bool,
+    last_used_at: Option<i64>,
+}
+
+/// `last_used_at` is bookkeeping: written at most once a minute, so a busy API client costs a
+/// read per request, not a write transaction.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+
 /// The principal a bearer token stands for, if it is a live token.
 pub async fn authenticate(db: &Db, token: &str, now: i64) -> Result<Option<Principal>, DbError> {
     if !token.starts_with(TOKEN_PREFIX) {
@@ -45,44 +61,57 @@ pub async fn authenticate(db: &Db, token: &str, now: i64) -> Result<Option<Princ
         .read(move |c| {
             let row = c
                 .query_row(
-                    "SELECT t.id, t.name, t.role, t.token_hash, t.user_id, u.username, IFNULL(u.disabled, 0)
+                    "SELECT t.id, t.name, t.role, t.token_hash, t.user_id, u.username, IFNULL(u.disabled, 0),
+                            t.last_used_at
                      FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id
                      WHERE t.token_hash = ?1 AND t.revoked_at IS NULL",
                     [&hash],
                     |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Vec<u8>>(3)?,
-                            r.get::<_, Option<i64>>(4)?,
-                            r.get::<_, Option<String>>(5)?,
-                            r.get::<_, bool>(6)?,
-                        ))
+                        Ok(TokenRow {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                            role: r.get(2)?,
+                            hash: r.get(3)?,
+                            user_id: r.get(4)?,
+                            username: r.get(5)?,
+                            disabled: r.get(6)?,
+                            last_used_at: r.get(7)?,
+                        })
                     },
                 )
                 .optional()?;
-            Ok::<_, DbError>(row.filter(|row| ct_eq(&row.3, &hash) && !row.6))
+            Ok::<_, DbError>(row.filter(|row| ct_eq(&row.hash, &hash) && !row.disabled))
         })
         .await?;
-    let Some((id, name, role, _, user_id, username, _)) = found else {
+    let Some(row) = found else { return Ok(None) };
+    let Some(role) = Role::parse(&row.role) else {
         return Ok(None);
     };
-    let Some(role) = Role::parse(&role) else {
-        return Ok(None);
+    if row
+        .last_used_at
+        .is_none_or(|at| now - at >= LAST_USED_RESOLUTION_MS)
+    {
+        let id = row.id;
+        // Best effort: a failed bookkeeping write must not fail the request.
+        let _ = db
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+                Ok::<_, DbError>(())
+            })
+            .await;
+    }
+    let actor = match row.username {
+        Some(u) => format!("user:{u} (token {})", row.name),
+        None => format!("token:{}", row.name),
     };
-    // Best effort: a failed bookkeeping write must not fail the request.
-    let _ = db
-        .write(move |tx| {
-            tx.execute("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1 AND IFNULL(last_used_at, 0) < ?2 - 60000", params![id, now])?;
-            Ok::<_, DbError>(())
-        })
-        .await;
-    let actor = match username {
-        Some(u) => format!("user:{u} (token {name})"),
-        None => format!("token:{name}"),
-    };
-    Ok(Some(Principal { actor, role, user_id }))
+    Ok(Some(Principal {
+        actor,
+        role,
+        user_id: row.user_id,
+    }))
 }
 
 pub fn list(c: &rusqlite::Connection, user_id: Option<i64>) -> Result<Vec<ApiTokenInfo>, DbError> {
