@@ -184,3 +184,21 @@ async fn the_served_installer_checks_the_binary_and_keeps_the_token_out_of_argv(
     agent.kill().await.unwrap();
     server.terminate().await;
 }
+
+#[test]
+fn the_agent_binary_carries_no_server_code() {
+    if !prereq::dist_built() {
+        return;
+    }
+    // The agent never sees the master key or the database: none of that code is linked in.
+    let agent = std::fs::read(prereq::dist().join("stagely-agent-linux-x86_64")).unwrap();
+    let appliance = std::fs::read(prereq::dist().join("stagely")).unwrap();
+    let has = |bin: &[u8], s: &str| bin.windows(s.len()).any(|w| w == s.as_bytes());
+    for marker in ["sqlite_master", "AGE-SECRET-KEY", "refinery_schema_history"] {
+        assert!(
+            has(&appliance, marker),
+            "marker {marker} must be found in the appliance (else this test proves nothing)"
+        );
+        assert!(!has(&agent, marker), "the agent binary contains {marker}");
+    }
+}
