@@ -10,6 +10,7 @@
 # STAGELY_BENCH_DIST=1 runs packaging/build.sh first, so the shipped agent's size is measured.
 # STAGELY_BENCH_APPLIANCE=dist/stagely measures the shipped (static musl) appliance instead of
 # the glibc release build.
+# STAGELY_BENCH_AGENT=dist/stagely-agent-linux-x86_64 measures the shipped (static musl) agent.
 # Results: printed as a table, and as JSON in target/bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ mkdir -p "$target/bench-results"
 out="$target/bench-results/$(date -u +%Y%m%dT%H%M%SZ).json"
 "$target/release/stagely-loadgen" bench \
   --stagely "${STAGELY_BENCH_APPLIANCE:-$target/release/stagely}" \
-  --agent "$target/release/stagely-agent" \
+  --agent "${STAGELY_BENCH_AGENT:-$target/release/stagely-agent}" \
   --agent-dist dist/stagely-agent-linux-x86_64 \
   --out "$out" "${args[@]}"
 echo "results: $out"
