@@ -165,21 +165,23 @@ pub struct RoleForm {
     role: String,
 }
 
+impl RoleForm {
+    fn role(&self) -> Result<Role, UserError> {
+        Role::parse(&self.role).ok_or_else(|| UserError::Invalid {
+            field: "role",
+            message: "unknown role".into(),
+        })
+    }
+}
+
 pub async fn invite(
     State(state): State<AppState>,
     v: Viewer,
     Form(form): Form<RoleForm>,
 ) -> Result<Response, PageError> {
-    let Some(role) = Role::parse(&form.role) else {
-        return users_error(
-            &state,
-            &v,
-            UserError::Invalid {
-                field: "role",
-                message: "unknown role".into(),
-            },
-        )
-        .await;
+    let role = match form.role() {
+        Ok(role) => role,
+        Err(e) => return users_error(&state, &v, e).await,
     };
     let actor = v.who.actor.clone();
     let ttl = i64::try_from(state.config.auth.invite_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
@@ -242,16 +244,9 @@ pub async fn change_role(
     Path(id): Path<i64>,
     Form(form): Form<RoleForm>,
 ) -> Result<Response, PageError> {
-    let Some(role) = Role::parse(&form.role) else {
-        return users_error(
-            &state,
-            &v,
-            UserError::Invalid {
-                field: "role",
-                message: "unknown role".into(),
-            },
-        )
-        .await;
+    let role = match form.role() {
+        Ok(role) => role,
+        Err(e) => return users_error(&state, &v, e).await,
     };
     let actor = v.who.actor.clone();
     let result = state
