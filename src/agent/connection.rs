@@ -455,7 +455,7 @@ pub async fn run_agent(
     let runtime = RuntimeDir::prepare(&settings.work_dir, settings.runtime_dir.as_deref())?;
     let results = Results::open(&settings.work_dir)?;
     let compose = match &settings.compose_command {
-        Some(c) => Compose::new(c)?,
+        Some(c) => Compose::configured(c).await?,
         None => Compose::detect().await,
     };
     let tls = transport::tls_config(settings.ca_file.as_deref())?;

@@ -155,13 +155,9 @@ impl Deployer {
         }
 
         agent_line(log, format!("reading {}", compose_file.display()));
-        // Two compose invocations (every service incl. profiled ones; the active ones), run side
-        // by side: compose's own start-up is most of the time before `up` (BENCHMARKS.md).
-        let (all_services, active_services) = tokio::join!(
-            self.compose.services(&compose_file, true),
-            self.compose.services(&compose_file, false)
-        );
-        let (all_services, active_services) = (all_services?, active_services?);
+        // Every service, profiled ones too, gets the override; which of them are active matters
+        // only for verification, so that second question runs beside `up` (BENCHMARKS.md).
+        let all_services = self.compose.all_services(&compose_file).await?;
         let mut text = override_file::render(&all_services, secrets)?;
         let written = private.write(OVERRIDE_FILE_NAME, &text, 0o600);
         text.zeroize();
@@ -212,10 +208,14 @@ impl Deployer {
                 },
             ]);
         }
-        let up = self.step("docker compose up", cmd, masker, log).await;
+        let (up, active_services) = tokio::join!(
+            self.step("docker compose up", cmd, masker, log),
+            self.compose.services(&compose_file, false)
+        );
         // Compose has read the override: it goes now, not after verification.
         drop(private);
         up?;
+        let active_services = active_services?;
 
         agent_line(log, format!("verifying in {} s", self.verify_wait.as_secs_f32()));
         tokio::time::sleep(self.verify_wait).await;

@@ -2,9 +2,10 @@
 //! `services.<name>.environment` entries.
 //!
 //! Compose merges it over the project's own file, so a secret replaces a variable of the same
-//! name (list or map form) and nothing else in the model changes. Which services exist is asked
-//! of compose itself (`config --services` with every profile), so `include:`, `extends`, anchors,
-//! merge keys and profiles count exactly as compose counts them.
+//! name (list or map form) and nothing else in the model changes. Which services exist is read
+//! from the file's `services` keys where nothing else can add one, else asked of compose itself
+//! (`config --services` with every profile), so `include:`, `extends`, anchors, merge keys and
+//! profiles count exactly as compose counts them (`compose::services_in_file`).
 //!
 //! Every value must reach the container byte for byte, so each one is written as a YAML
 //! double-quoted scalar with `$` doubled (compose interpolates `$`), never bare (YAML would retype
@@ -61,7 +62,7 @@ pub async fn render_for_file(
 ) -> Result<String, OverrideError> {
     // Checked before compose runs, so a bad key is reported as such even when compose is missing.
     validate(secrets)?;
-    let services = compose.services(compose_file, true).await?;
+    let services = compose.all_services(compose_file).await?;
     render(&services, secrets)
 }
 

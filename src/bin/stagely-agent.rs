@@ -119,7 +119,7 @@ async fn render_override(
         anyhow::bail!("compose file {} does not exist", compose_file.display());
     }
     let compose = match compose_command {
-        Some(c) => Compose::new(&c)?,
+        Some(c) => Compose::configured(&c).await?,
         None => Compose::detect().await,
     };
     let rendered = override_file::render_for_file(&compose, &compose_file, &secrets).await?;

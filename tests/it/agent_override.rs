@@ -74,6 +74,10 @@ async fn check(files: &[(&str, &str)], secrets: &[SecretEntry]) {
     let dir = tempfile::tempdir().unwrap();
     let main = write_files(dir.path(), files);
     let compose = Compose::new("docker compose").unwrap();
+    // Where the agent reads the services from the file itself, compose must agree.
+    if let Some(read) = stagely::agent::compose::services_in_file(&main) {
+        assert_eq!(read, compose.services(&main, true).await.unwrap());
+    }
     let text = override_file::render_for_file(&compose, &main, secrets)
         .await
         .unwrap();

@@ -86,6 +86,17 @@ impl Drop for Container {
     }
 }
 
+/// The image this test built: removed afterwards, so runs do not pile images up.
+struct Image(String);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_container_image_serves_and_a_real_agent_deploys_through_it() {
     if !prereq::docker() || !prereq::dist_built() {
@@ -102,6 +113,7 @@ async fn the_container_image_serves_and_a_real_agent_deploys_through_it() {
         "image build: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _image = Image(tag.clone());
     let user = docker(&["image", "inspect", "-f", "{{.Config.User}}", &tag]);
     assert_eq!(user, "10001:10001", "runs unprivileged");
 
@@ -109,9 +121,11 @@ async fn the_container_image_serves_and_a_real_agent_deploys_through_it() {
     let _container = Container(id.clone());
     let port = docker(&["port", &id, "8080/tcp"]);
     let url = format!("http://{}", port.lines().next().unwrap());
+    // Docker's port proxy accepts before the server listens: a reset means "not yet".
+    let probe = reqwest::Client::new();
     wait_for("the container to be ready", Duration::from_secs(30), || {
-        let api = Api::new(&url, "");
-        async move { (api.get("/readyz").await.0 == 200).then_some(()) }
+        let req = probe.get(format!("{url}/readyz")).send();
+        async move { req.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
     })
     .await;
     let health = docker(&["exec", &id, "/stagely", "healthcheck"]);

@@ -1,6 +1,7 @@
 //! Deploy overhead on a real engine: `POST /api/deploy` sent → the real agent starts
 //! `docker compose up`. The agent's compose command is pointed at a shim that writes the wall
-//! clock (ns) when it is called with `up`, then runs `docker compose` itself; the POST's wall
+//! clock (ns) when it is called with `up`, then runs what the agent would have detected itself
+//! (the compose plugin binary, directly); the POST's wall
 //! clock is taken just before its bytes are written. No repository (no git fetch), `pull = never`.
 
 use std::os::unix::fs::PermissionsExt;
@@ -41,6 +42,18 @@ pub fn unavailable(b: &Bench) -> Option<String> {
     None
 }
 
+/// What the agent runs without a configured command (the plugin binary itself where the docker
+/// CLI would find it), as the shim's `exec` target, single-quoted for sh.
+async fn detected_compose() -> String {
+    stagely::agent::compose::Compose::detect()
+        .await
+        .argv()
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn wall_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -56,8 +69,9 @@ pub async fn run(b: &Bench, res: &mut Results, run: usize) -> Result<()> {
     std::fs::write(
         &shim,
         format!(
-            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = up ] && date +%s%N >> '{}' && break; done\nexec docker compose \"$@\"\n",
-            stamp.display()
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = up ] && date +%s%N >> '{}' && break; done\nexec {} \"$@\"\n",
+            stamp.display(),
+            detected_compose().await
         ),
     )?;
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755))?;
