@@ -49,6 +49,13 @@ pub struct BenchArgs {
     /// measurements (the storm's restarted appliance uses --storm-handshakes).
     #[arg(long, default_value_t = 5000)]
     pub fill_handshakes: u32,
+    /// Override the LOG frames of the logs and slow groups' deploy.
+    #[arg(long)]
+    pub log_lines: Option<usize>,
+    /// No browser subscriber in the log-throughput deploy (`log_live_push` is then not measured):
+    /// the stored rate and the batching as they are with nobody watching.
+    #[arg(long)]
+    pub no_live_viewer: bool,
     /// Extra environment for every appliance process, `KEY=VALUE` (repeatable), e.g. to try
     /// `MALLOC_ARENA_MAX=2` or `STAGELY_DEPLOYS__LOG_FLUSH_MS=50`.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -138,6 +145,7 @@ pub struct Bench {
     pub server_env: Vec<(String, String)>,
     pub fill_handshakes: u32,
     pub secrets: usize,
+    pub live_viewer: bool,
     fixture: Option<Fixture>,
 }
 
@@ -215,6 +223,9 @@ pub async fn main(args: BenchArgs) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let mut sizes = if args.full { Sizes::full() } else { Sizes::quick() };
+    if let Some(n) = args.log_lines {
+        sizes.log_lines = n;
+    }
     if let Some(n) = args.agents {
         sizes.idle_agents = n;
         sizes.storm_agents = n;
@@ -270,6 +281,7 @@ pub async fn main(args: BenchArgs) -> Result<()> {
             .collect::<Result<_>>()?,
         fill_handshakes: args.fill_handshakes,
         secrets: args.secrets,
+        live_viewer: !args.no_live_viewer,
         fixture: None,
     };
     if !bench.stagely.exists() {

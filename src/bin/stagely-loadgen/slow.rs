@@ -70,7 +70,7 @@ pub async fn run(b: &Bench, res: &mut Results) -> Result<()> {
             slow.stream_ms,
             mb(slow.end),
             if t.end == "normal close" {
-                "kept, lagging"
+                "kept"
             } else {
                 "dropped"
             },
