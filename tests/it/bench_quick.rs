@@ -90,6 +90,8 @@ fn quick_bench_reports_every_metric() {
         "dispatch_p99",
         "log_lines_per_sec",
         "log_commits_per_100ms",
+        "log_live_push",
+        "slow_subscriber",
         "storm_30s",
         "storm_90s",
         "storm_healthz_p99",

@@ -49,6 +49,13 @@ pub struct BenchArgs {
     /// measurements (the storm's restarted appliance uses --storm-handshakes).
     #[arg(long, default_value_t = 5000)]
     pub fill_handshakes: u32,
+    /// Override the LOG frames of the logs and slow groups' deploy.
+    #[arg(long)]
+    pub log_lines: Option<usize>,
+    /// No browser subscriber in the log-throughput deploy (`log_live_push` is then not measured):
+    /// the stored rate and the batching as they are with nobody watching.
+    #[arg(long)]
+    pub no_live_viewer: bool,
     /// Extra environment for every appliance process, `KEY=VALUE` (repeatable), e.g. to try
     /// `MALLOC_ARENA_MAX=2` or `STAGELY_DEPLOYS__LOG_FLUSH_MS=50`.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -138,6 +145,7 @@ pub struct Bench {
     pub server_env: Vec<(String, String)>,
     pub fill_handshakes: u32,
     pub secrets: usize,
+    pub live_viewer: bool,
     fixture: Option<Fixture>,
 }
 
@@ -187,8 +195,14 @@ impl Bench {
         server.wait_ready().await?;
         let token = admin_token(&self.stagely, &self.work.join("fixture"))?;
         let fixture = Fixture::create(server.addr()?, &token, n, self.secrets).await;
+        // A fresh data dir has no users: the appliance logged a one-time first-admin link.
+        let browser = crate::live::create_first_admin(server.addr()?, &self.work.join("fixture.log")).await;
         server.stop().await?;
-        let fixture = fixture?;
+        let mut fixture = fixture?;
+        match browser {
+            Ok(who) => fixture.browser = Some(who),
+            Err(e) => eprintln!("loadgen: no browser account, live-log metrics not measured: {e:#}"),
+        }
         fixture.save(&self.fixture_path())?;
         eprintln!(
             "loadgen: fixture of {n} agents made through the API in {:.1} s",
@@ -209,6 +223,9 @@ pub async fn main(args: BenchArgs) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let mut sizes = if args.full { Sizes::full() } else { Sizes::quick() };
+    if let Some(n) = args.log_lines {
+        sizes.log_lines = n;
+    }
     if let Some(n) = args.agents {
         sizes.idle_agents = n;
         sizes.storm_agents = n;
@@ -264,6 +281,7 @@ pub async fn main(args: BenchArgs) -> Result<()> {
             .collect::<Result<_>>()?,
         fill_handshakes: args.fill_handshakes,
         secrets: args.secrets,
+        live_viewer: !args.no_live_viewer,
         fixture: None,
     };
     if !bench.stagely.exists() {
@@ -277,7 +295,7 @@ pub async fn main(args: BenchArgs) -> Result<()> {
     let mut res = Results::default();
     let needs_fixture = groups
         .iter()
-        .any(|g| matches!(*g, "idle" | "dispatch" | "logs" | "storm" | "sqlite"));
+        .any(|g| matches!(*g, "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite"));
     if needs_fixture {
         bench.make_fixture().await?;
     }
@@ -342,16 +360,6 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
         }
         return;
     }
-    if group == "slow" {
-        // The slow-subscriber case needs the browser live-log socket; `logs` probes for it.
-        if !groups.contains(&"logs") {
-            res.group_not_measured(
-                "slow",
-                "run with the logs group (it probes for the live-log WebSocket)",
-            );
-        }
-        return;
-    }
     if group == "storm" && groups.contains(&"idle") {
         // Already measured together with the idle agents (one swarm fill per run).
         return;
@@ -364,6 +372,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
             "storm" => crate::fleet::run(b, res, false, true).await,
             "dispatch" => crate::deploys::dispatch(b, res).await,
             "logs" => crate::logs::throughput(b, res).await,
+            "slow" => crate::slow::run(b, res).await,
             "overhead" => crate::overhead::run(b, res, run).await,
             "sqlite" => crate::deploys::sqlite(b, res).await,
             _ => Ok(()),

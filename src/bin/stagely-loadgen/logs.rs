@@ -3,9 +3,11 @@
 //! so N / (first LOG sent → ACK read) is lines/s *stored*. Meanwhile a read-only SQLite
 //! connection watches how often this deployment's lines are committed (the batching target).
 //!
-//! Live browser subscribers (`/ws/deployments/{id}`) are probed; where the route exists a
-//! subscriber would plug in at [`live_subscriber_missing`].
+//! In the same deploy, one signed-in browser subscriber (`/ws/deployments/{id}`, see `live.rs`)
+//! connects before the lines flow and reads every frame: lines it received / (first LOG sent →
+//! last line at the browser) is lines/s *pushed live*. Which seqs it got is checked and noted.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +22,9 @@ use crate::agent::{self, dial, hello_frame, log_frame, status_frame};
 use crate::bench::Bench;
 use crate::fleet::wait_online;
 use crate::http::Http;
+use crate::live::{self, Credentials, Tally};
 use crate::report::Results;
+use crate::setup::FixtureAgent;
 
 /// Frames fed to the socket between flushes.
 const FLUSH_EVERY: usize = 256;
@@ -35,49 +39,31 @@ pub async fn throughput(b: &Bench, res: &mut Results) -> Result<()> {
     let addr = server.addr()?;
     let outcome = async {
         let mut http = Http::new(addr, Some(&fixture.admin_token));
-        if let Some(why) = live_subscriber_missing(&mut http).await? {
-            res.not_measured("log_live_push", why.clone());
-            res.not_measured("slow_subscriber", why);
-        }
-        let mut ws = dial(addr, &a.token)
-            .await
-            .map_err(|e| anyhow::anyhow!("agent could not connect: {e:?}"))?;
-        ws.send(Message::Text(hello_frame("log-agent").into())).await?;
-        wait_online(&mut http, 1, Duration::from_secs(30)).await?;
-        let answer = http
-            .post_ok(
-                &format!("/api/deploy/{}", a.project_id),
-                &json!({"environment": a.environment}),
-                202,
-            )
-            .await?;
-        let id = answer["deployment_id"].as_i64().context("deployment_id")?;
-        wait_frame(&mut ws, "DEPLOY", id).await?;
-
+        let (mut ws, id) = start_deploy(addr, &mut http, &a).await?;
         let n = b.sizes.log_lines;
-        let frames: Vec<String> = (0..n)
-            .map(|i| {
-                let line = format!(
-                    "#{} [web 3/7] RUN npm ci --omit=dev  added {} packages, audited {} packages in 4s",
-                    i % 97,
-                    i,
-                    i + 1
-                );
-                log_frame(id, i as u64, &line)
-            })
-            .collect();
+        let frames = log_frames(id, n);
+        // The browser subscriber connects before the lines flow and reads every frame.
+        let who = fixture.browser.as_ref().filter(|_| b.live_viewer);
+        let reader = match subscriber(addr, who, id).await {
+            Ok(mut sub) => {
+                let limit = Duration::from_secs(300);
+                let max = 2 * n as u64 + 10_000;
+                Some(tokio::spawn(
+                    async move { live::read_all(&mut sub, limit, max).await },
+                ))
+            }
+            Err(e) => {
+                res.not_measured("log_live_push", format!("no browser subscriber: {e:#}"));
+                None
+            }
+        };
         let watching = Arc::new(AtomicBool::new(true));
         let observer = {
             let (db, watching) = (b.fixture_db(), watching.clone());
             tokio::task::spawn_blocking(move || observe_commits(&db, id, &watching))
         };
         let started = Instant::now();
-        for (i, f) in frames.into_iter().enumerate() {
-            ws.feed(Message::Text(f.into())).await?;
-            if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
-                ws.flush().await?;
-            }
-        }
+        send_frames(&mut ws, frames).await?;
         ws.send(Message::Text(status_frame(id).into())).await?;
         let sent = started.elapsed();
         wait_frame(&mut ws, "ACK", id).await?;
@@ -89,12 +75,17 @@ pub async fn throughput(b: &Bench, res: &mut Results) -> Result<()> {
         res.note(
             "log_lines_per_sec",
             format!(
-                "{n} lines of ~80 chars: sent in {:.0} ms, all stored (ACK) after {:.0} ms",
+                "{n} lines of ~80 chars, {} browser subscriber reading: sent in {:.0} ms, all \
+                 stored (ACK) after {:.0} ms",
+                if reader.is_some() { "one" } else { "no" },
                 sent.as_secs_f64() * 1000.0,
                 stored.as_secs_f64() * 1000.0
             ),
         );
-        // The last commit carries the STATUS (the deploy's end is written at once, by design).
+        if let Some(reader) = reader {
+            let t = reader.await?;
+            report_live(res, &t, n as u64, started, stored);
+        }
         // The last commit carries the STATUS: a deploy's end is written at once, by design, so the
         // ACK does not wait for the timer. It is left out of the per-100 ms count, and shown apart.
         let window = Duration::from_millis(100);
@@ -128,8 +119,96 @@ pub async fn throughput(b: &Bench, res: &mut Results) -> Result<()> {
     outcome
 }
 
+/// Connect the agent, say HELLO, wait until it is online, deploy, and take the DEPLOY.
+pub async fn start_deploy(addr: SocketAddr, http: &mut Http, a: &FixtureAgent) -> Result<(agent::Ws, i64)> {
+    let mut ws = dial(addr, &a.token)
+        .await
+        .map_err(|e| anyhow::anyhow!("agent could not connect: {e:?}"))?;
+    ws.send(Message::Text(hello_frame("log-agent").into())).await?;
+    wait_online(http, 1, Duration::from_secs(30)).await?;
+    let answer = http
+        .post_ok(
+            &format!("/api/deploy/{}", a.project_id),
+            &json!({"environment": a.environment}),
+            202,
+        )
+        .await?;
+    let id = answer["deployment_id"].as_i64().context("deployment_id")?;
+    wait_frame(&mut ws, "DEPLOY", id).await?;
+    Ok((ws, id))
+}
+
+/// `n` LOG frames of ~80 characters for deployment `id`, seqs 0..n.
+pub fn log_frames(id: i64, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let line = format!(
+                "#{} [web 3/7] RUN npm ci --omit=dev  added {} packages, audited {} packages in 4s",
+                i % 97,
+                i,
+                i + 1
+            );
+            log_frame(id, i as u64, &line)
+        })
+        .collect()
+}
+
+/// Feed the frames as fast as the socket takes them, flushing every [`FLUSH_EVERY`].
+pub async fn send_frames(ws: &mut agent::Ws, frames: Vec<String>) -> Result<()> {
+    for (i, f) in frames.into_iter().enumerate() {
+        ws.feed(Message::Text(f.into())).await?;
+        if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            ws.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+/// A signed-in browser's live-log socket for deployment `id`, already subscribed.
+async fn subscriber(addr: SocketAddr, who: Option<&Credentials>, id: i64) -> Result<agent::Ws> {
+    let who =
+        who.context("--no-live-viewer, or the fixture has no browser account (no setup link logged)")?;
+    live::sign_in(addr, who).await?.subscribe(id, None).await
+}
+
+/// `log_live_push`: lines the browser received / (first LOG sent → last line at the browser).
+fn report_live(res: &mut Results, t: &Tally, n: u64, started: Instant, stored: Duration) {
+    let (Some(first), Some(last)) = (t.first, t.last) else {
+        res.not_measured("log_live_push", format!("the subscriber got no line ({})", t.end));
+        return;
+    };
+    let e2e = last.duration_since(started);
+    res.add("log_live_push", t.lines as f64 / e2e.as_secs_f64());
+    let window = last.duration_since(first).as_secs_f64();
+    res.note(
+        "log_live_push",
+        format!(
+            "a run: {} of {n} lines at the browser ({} missing, {} twice or out of order) in {} \
+             messages ({} of them several stored lines: a resync after lag), {:.1} MB of HTML; \
+             first LOG sent → last line at the browser {:.0} ms ({:+.0} ms from the ACK); \
+             first → last line received {:.0} ms ({:.0} lines/s); outcome shown: {}; end: {}",
+            t.lines,
+            n.saturating_sub(t.lines),
+            t.repeated,
+            t.messages,
+            t.batches,
+            t.bytes as f64 / 1e6,
+            e2e.as_secs_f64() * 1000.0,
+            (e2e.as_secs_f64() - stored.as_secs_f64()) * 1000.0,
+            window * 1000.0,
+            if window > 0.0 {
+                t.lines as f64 / window
+            } else {
+                f64::NAN
+            },
+            t.outcome,
+            t.end
+        ),
+    );
+}
+
 /// Read frames until `kind` for deployment `id` arrives (pings answered by tungstenite).
-async fn wait_frame(ws: &mut agent::Ws, kind: &str, id: i64) -> Result<()> {
+pub async fn wait_frame(ws: &mut agent::Ws, kind: &str, id: i64) -> Result<()> {
     tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(frame) = ws.next().await {
             if let Message::Text(t) = frame? {
@@ -185,23 +264,4 @@ fn max_in_window(events: &[Instant], w: Duration) -> usize {
         best = best.max(end - start + 1);
     }
     best
-}
-
-/// `Some(reason)` when the appliance has no live-log WebSocket for browsers yet.
-///
-/// When `/ws/deployments/{id}` exists, a subscriber (session cookie, read every event, or stop
-/// reading for the slow case) belongs here, fed by the same deploy as the throughput run.
-pub async fn live_subscriber_missing(http: &mut Http) -> Result<Option<String>> {
-    let a = http.get("/ws/deployments/1").await?;
-    Ok(Some(if a.status == 404 {
-        "the browser live-log WebSocket /ws/deployments/{id} is not in this build (web branch); \
-         SQLite storage is measured above"
-            .into()
-    } else {
-        format!(
-            "/ws/deployments/{{id}} answers {} here, but the loadgen has no browser subscriber yet \
-             (needs a session cookie login)",
-            a.status
-        )
-    }))
 }

@@ -12,11 +12,13 @@ mod deploys;
 mod fleet;
 mod footprint;
 mod http;
+mod live;
 mod logs;
 mod overhead;
 mod report;
 mod server;
 mod setup;
+mod slow;
 mod swarm;
 
 use std::process::ExitCode;

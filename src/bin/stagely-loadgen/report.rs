@@ -174,7 +174,7 @@ pub const CATALOGUE: &[Spec] = &[
     spec(
         "slow_subscriber",
         "slow",
-        "browser that stops reading: appliance RSS growth",
+        "slow subscriber: appliance RSS a browser that stops reading costs",
         "bounded (dropped or lags)",
         "MB",
         Goal::Info,

@@ -31,6 +31,9 @@ pub struct FixtureAgent {
 pub struct Fixture {
     pub admin_token: String,
     pub agents: Vec<FixtureAgent>,
+    /// The first admin, made through the setup link: the browser that watches live logs.
+    #[serde(default)]
+    pub browser: Option<crate::live::Credentials>,
 }
 
 impl Fixture {
@@ -74,6 +77,7 @@ impl Fixture {
         Ok(Fixture {
             admin_token: admin_token.to_owned(),
             agents,
+            browser: None,
         })
     }
 }
