@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self, Finish, PendingLine};
@@ -27,6 +27,9 @@ enum Command {
 #[derive(Clone)]
 pub struct LogWriter {
     tx: mpsc::Sender<Command>,
+    /// Counts the writer's transactions: a live viewer missing lines waits for the next one
+    /// instead of forcing a commit of its own.
+    commits: watch::Receiver<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +44,9 @@ impl LogWriter {
         shutdown: CancellationToken,
     ) -> (LogWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(run(db, rx, flush_every, shutdown));
-        (LogWriter { tx }, task)
+        let (committed, commits) = watch::channel(0);
+        let task = tokio::spawn(run(db, rx, flush_every, shutdown, committed));
+        (LogWriter { tx, commits }, task)
     }
 
     pub async fn line(&self, line: PendingLine) -> Result<(), WriterStopped> {
@@ -58,6 +62,11 @@ impl LogWriter {
             .await
             .map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?
+    }
+
+    /// Changes after each of the writer's transactions.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
     }
 
     /// Wait until everything queued so far is committed.
@@ -100,7 +109,13 @@ impl Batch {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Command>, flush_every: Duration, shutdown: CancellationToken) {
+async fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<Command>,
+    flush_every: Duration,
+    shutdown: CancellationToken,
+    committed: watch::Sender<u64>,
+) {
     loop {
         let first = tokio::select! {
             cmd = rx.recv() => cmd,
@@ -129,6 +144,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Command>, flush_every: Duration, shu
             batch.push(cmd);
         }
         write(&db, batch).await;
+        committed.send_modify(|n| *n += 1);
     }
     // Shutting down: drain what is queued so no line that reached us is lost.
     rx.close();

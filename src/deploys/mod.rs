@@ -2,6 +2,7 @@
 //! lines agents stream back, and their end.
 
 pub mod api;
+pub mod live;
 pub mod logs;
 pub mod pages;
 pub mod reaper;

@@ -126,6 +126,15 @@ pub fn logs(c: &Connection, deployment_id: i64, after_seq: i64, limit: i64) -> R
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The highest stored seq of a deployment's log, if it has any line.
+pub fn max_seq(c: &Connection, deployment_id: i64) -> Result<Option<i64>, DbError> {
+    Ok(c.query_row(
+        "SELECT MAX(seq) FROM deployment_logs WHERE deployment_id = ?1",
+        [deployment_id],
+        |r| r.get(0),
+    )?)
+}
+
 /// One buffered log line on its way to the store (already masked).
 #[derive(Debug, Clone)]
 pub struct PendingLine {

@@ -128,12 +128,7 @@ pub fn routes() -> Routes {
             VIEWER,
             deploys::pages::deployment_page,
         )
-        .add(
-            M::GET,
-            "/ws/deployments/{id}",
-            VIEWER,
-            deploys::pages::live_socket,
-        )
+        .add(M::GET, "/ws/deployments/{id}", VIEWER, deploys::live::live_socket)
         .add(M::GET, "/agents", VIEWER, agents::pages::agents_page)
         .add(M::POST, "/agents", ADMIN, agents::pages::create)
         .add(M::POST, "/agents/{id}/revoke", ADMIN, agents::pages::revoke)

@@ -1,0 +1,239 @@
+//! The live log of one deployment over a WebSocket (htmx ws extension): `/ws/deployments/{id}`.
+//!
+//! The socket subscribes to the live channel first, then sends the newest stored lines, then
+//! forwards live lines it has not sent yet (by seq). Lines already waiting in the channel go
+//! out together as one message, so a fast log costs few socket writes. A browser that reads too
+//! slowly makes the bounded broadcast channel lag; the lines it missed are then read from the
+//! store (waiting for the log writer's next commit where they are not written yet, never forcing
+//! one), so the viewer still gets every line once and in order, a slow viewer costs bounded
+//! memory, and it never slows the deploy or the log batching.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use maud::{Markup, PreEscaped, html};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+
+use super::pages::{
+    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, line_markup, live_indicator, small_buffers, status_block,
+};
+use super::{DeployStatus, LiveEvent, store};
+use crate::app::AppState;
+use crate::web::layout::PageError;
+
+/// Stored lines read per query while catching a viewer up.
+const CATCH_UP_CHUNK: i64 = 5000;
+/// How long a viewer waits for missing lines to be committed before going on without them
+/// (lines an agent never delivered never will be).
+const MISSING_LINES_WAIT: Duration = Duration::from_secs(2);
+
+pub async fn live_socket(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, PageError> {
+    // 404 before upgrading, so a wrong id is a plain HTTP answer.
+    state.db.read(move |c| store::get(c, id)).await?;
+    Ok(small_buffers(ws, 1024 * 1024).on_upgrade(move |socket| stream_log(state, id, socket)))
+}
+
+/// One viewer's socket and how far its log has got.
+struct Viewer {
+    state: AppState,
+    id: i64,
+    socket: WebSocket,
+    /// The highest seq sent (-1: none yet).
+    seen: i64,
+}
+
+/// The socket went away; the viewer's task ends.
+struct Gone;
+
+async fn stream_log(state: AppState, id: i64, socket: WebSocket) {
+    // Subscribe before reading the store, so no line falls between the two.
+    let live = state.hub.subscribe(id);
+    let mut v = Viewer {
+        state,
+        id,
+        socket,
+        seen: -1,
+    };
+    let _ = v.stream(live).await;
+}
+
+impl Viewer {
+    async fn stream(&mut self, live: Option<broadcast::Receiver<LiveEvent>>) -> Result<(), Gone> {
+        // Whatever the page showed, the socket starts from a clean log (it may be a reconnect).
+        self.send(html! { pre.log id="log" hx-swap-oob="true" {} })
+            .await?;
+        // Lines that reached the hub before the subscription may still be queued for the writer.
+        self.state.logs.flush().await;
+        self.send_tail().await?;
+        if let Some(mut rx) = live {
+            self.follow(&mut rx).await?;
+        }
+        // Finished (or already finished when the socket opened): the rest of the log, then the
+        // outcome. The end is committed after every line, so the store has them all now.
+        self.catch_up(None).await?;
+        let id = self.id;
+        if let Ok(d) = self.state.db.read(move |c| store::get(c, id)).await {
+            self.send(html! { (status_block(&d)) (live_indicator(false)) })
+                .await?;
+        }
+        // A normal close: the htmx ws extension reconnects only after abnormal ones.
+        let _ = self.socket.send(Message::Close(None)).await;
+        Ok(())
+    }
+
+    /// Forward live lines until the deployment ends, the server stops, or the viewer leaves.
+    async fn follow(&mut self, rx: &mut broadcast::Receiver<LiveEvent>) -> Result<(), Gone> {
+        let mut shown_running = false;
+        // Set when the channel dropped events for this viewer: missing lines are then worth
+        // waiting for (they are on their way to the store).
+        let mut lagged = false;
+        loop {
+            let first = tokio::select! {
+                event = rx.recv() => event,
+                msg = self.socket.recv() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(Gone),
+                    Some(Ok(_)) => continue,
+                },
+                () = self.state.shutdown.cancelled() => return Ok(()),
+            };
+            // This event and every one already waiting go out as one message.
+            let mut rendered = String::new();
+            let mut next = Some(first);
+            while let Some(event) = next.take() {
+                match event {
+                    Ok(LiveEvent::Line(l)) => {
+                        if l.seq > self.seen + 1 {
+                            // The channel no longer holds what came between: from the store.
+                            self.send_rendered(&std::mem::take(&mut rendered)).await?;
+                            let until = std::mem::take(&mut lagged).then_some(l.seq);
+                            self.catch_up(until).await?;
+                        }
+                        if l.seq > self.seen {
+                            self.seen = l.seq;
+                            rendered.push_str(&line_markup(&l).into_string());
+                        }
+                    }
+                    Ok(LiveEvent::Finished { .. }) | Err(RecvError::Closed) => {
+                        self.send_rendered(&rendered).await?;
+                        return Ok(());
+                    }
+                    Err(RecvError::Lagged(skipped)) => {
+                        lagged = true;
+                        tracing::debug!(
+                            deployment_id = self.id,
+                            skipped,
+                            "live log viewer lagged; the next line resyncs it from the store"
+                        );
+                    }
+                }
+                if rendered.len() < MAX_FRAGMENT_BYTES {
+                    next = match rx.try_recv() {
+                        Ok(event) => Some(Ok(event)),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    };
+                }
+            }
+            self.send_rendered(&rendered).await?;
+            if !shown_running && self.seen >= 0 {
+                // The agent has started: the page said "queued" until now.
+                shown_running = true;
+                let id = self.id;
+                if let Ok(mut d) = self.state.db.read(move |c| store::get(c, id)).await {
+                    if !d.status.is_finished() {
+                        d.status = DeployStatus::Running;
+                    }
+                    self.send(status_block(&d)).await?;
+                }
+            }
+        }
+    }
+
+    /// The newest stored lines (at most [`MAX_SHOWN_LINES`], like the page), with a note when
+    /// there are earlier ones.
+    async fn send_tail(&mut self) -> Result<(), Gone> {
+        let id = self.id;
+        let newest = self
+            .state
+            .db
+            .read(move |c| store::max_seq(c, id))
+            .await
+            .unwrap_or(None);
+        if let Some(max) = newest.filter(|m| *m >= MAX_SHOWN_LINES) {
+            let earlier = max + 1 - MAX_SHOWN_LINES;
+            self.send_rendered(
+                &html! { span.muted { "… " (earlier) " earlier lines: the full log is in the API\n" } }
+                    .into_string(),
+            )
+            .await?;
+            self.seen = earlier - 1;
+        }
+        self.catch_up(None).await
+    }
+
+    /// Send the stored lines after `seen`; with `until`, wait for the writer's commits until the
+    /// one before `until` is among them (a bounded wait: lines never delivered never come).
+    async fn catch_up(&mut self, until: Option<i64>) -> Result<(), Gone> {
+        let mut commits = self.state.logs.commits();
+        let deadline = tokio::time::Instant::now() + MISSING_LINES_WAIT;
+        loop {
+            // Marked before the read: a commit during it is not waited for in vain.
+            commits.borrow_and_update();
+            let (id, after) = (self.id, self.seen);
+            let lines = self
+                .state
+                .db
+                .read(move |c| store::logs(c, id, after, CATCH_UP_CHUNK))
+                .await
+                .unwrap_or_default();
+            if let Some(last) = lines.last().map(|l| l.seq) {
+                let mut chunk = String::new();
+                for l in &lines {
+                    chunk.push_str(&line_markup(l).into_string());
+                    if chunk.len() >= MAX_FRAGMENT_BYTES {
+                        self.send_rendered(&std::mem::take(&mut chunk)).await?;
+                    }
+                }
+                self.send_rendered(&chunk).await?;
+                self.seen = last;
+                continue;
+            }
+            let Some(until) = until.filter(|u| self.seen + 1 < *u) else {
+                return Ok(());
+            };
+            let committed = tokio::time::timeout_at(deadline, commits.changed()).await;
+            if !matches!(committed, Ok(Ok(()))) {
+                tracing::debug!(
+                    deployment_id = self.id,
+                    from = self.seen + 1,
+                    until,
+                    "live log lines never stored; going on"
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    /// Append already-rendered lines to the page's log.
+    async fn send_rendered(&mut self, rendered: &str) -> Result<(), Gone> {
+        if rendered.is_empty() {
+            return Ok(());
+        }
+        self.send(html! { pre id="log" hx-swap-oob="beforeend" { (PreEscaped(rendered)) } })
+            .await
+    }
+
+    async fn send(&mut self, m: Markup) -> Result<(), Gone> {
+        self.socket
+            .send(Message::Text(m.into_string().into()))
+            .await
+            .map_err(|_| Gone)
+    }
+}
