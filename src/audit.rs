@@ -17,10 +17,10 @@ pub fn record(
     target_id: Option<i64>,
     detail: &str,
 ) -> Result<(), DbError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_log (at, actor, action, target_type, target_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![now, actor, action, target_type, target_id, detail],
-    )?;
+    )?
+    .execute(params![now, actor, action, target_type, target_id, detail])?;
     Ok(())
 }
 

@@ -29,42 +29,44 @@ pub async fn trigger(
     project_id: i64,
     environment: Option<String>,
 ) -> Result<i64, DeployError> {
-    // One transaction (one trip to the blocking pool) for lookup, decryption and the record:
-    // a vault problem or an offline agent leaves nothing half-made.
-    let (hub, vault, actor) = (state.hub.clone(), state.vault.clone(), who.actor.clone());
-    let (project, env, agent_id, secrets, git_ref, deployment_id) = state
+    // The lookup is a few indexed reads, on this thread (no trip to the blocking pool); the
+    // decryption and the record are one trip, decryption first, so a vault problem leaves
+    // nothing half-made. The record keeps the versions of exactly the values decrypted.
+    let hub = state.hub.clone();
+    let target = state
         .db
-        .write(move |tx| {
-            let project = project_store::get(tx, project_id).map_err(|e| match e {
-                ProjectError::NotFound => DeployError::ProjectNotFound,
-                ProjectError::Db(e) => DeployError::Db(e),
-                other => DeployError::Db(DbError::Task(other.to_string())),
-            })?;
-            let env = pick_environment(&project, environment.as_deref())?;
-            let agent_ids = agent_store::ids_for_environment(tx, env.id)?;
-            if agent_ids.is_empty() {
-                return Err(DeployError::NoAgent(env.name));
-            }
-            let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
-                return Err(offline_error(tx, &env.name, &agent_ids)?);
-            };
-            let sealed = secret_store::for_environment(tx, project.id, env.id)?;
-            let secrets = decrypt_all(&vault, &sealed)?;
-            let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
-            let new = NewDeployment {
-                project_id,
-                environment_id: env.id,
-                environment: &env.name,
-                agent_id,
-                git_ref: &git_ref,
-                triggered_by: &actor,
-            };
+        .lookup(move |c| find_target(c, &hub, project_id, environment.as_deref()))
+        .await?;
+    let Target {
+        project,
+        env,
+        agent_id,
+        sealed,
+    } = target;
+    let (db, vault, actor) = (state.db.clone(), state.vault.clone(), who.actor.clone());
+    let (env_id, env_name) = (env.id, env.name.clone());
+    let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
+    let ref_for_record = git_ref.clone();
+    let (secrets, deployment_id) = tokio::task::spawn_blocking(move || {
+        let secrets = decrypt_all(&vault, &sealed)?;
+        let new = NewDeployment {
+            project_id,
+            environment_id: env_id,
+            environment: &env_name,
+            agent_id,
+            git_ref: &ref_for_record,
+            triggered_by: &actor,
+        };
+        let id = db.write_blocking(|tx| {
             let now = now_ms();
             let id = store::insert(tx, &new, &sealed, now)?;
-            audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env.name)?;
-            Ok((project, env, agent_id, secrets, git_ref, id))
-        })
-        .await?;
+            audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env_name)?;
+            Ok::<_, DeployError>(id)
+        })?;
+        Ok::<_, DeployError>((secrets, id))
+    })
+    .await
+    .map_err(|e| DeployError::Db(DbError::Task(e.to_string())))??;
     state.hub.start_deploy(
         deployment_id,
         agent_id,
@@ -97,6 +99,43 @@ pub async fn trigger(
         environment_id: env.id,
     });
     Ok(deployment_id)
+}
+
+/// Where a deploy goes: the project, its environment, an online agent there, and the sealed
+/// values to send.
+struct Target {
+    project: projects::Project,
+    env: projects::Environment,
+    agent_id: i64,
+    sealed: Vec<SealedSecret>,
+}
+
+fn find_target(
+    c: &rusqlite::Connection,
+    hub: &crate::agents::hub::Hub,
+    project_id: i64,
+    environment: Option<&str>,
+) -> Result<Target, DeployError> {
+    let project = project_store::get(c, project_id).map_err(|e| match e {
+        ProjectError::NotFound => DeployError::ProjectNotFound,
+        ProjectError::Db(e) => DeployError::Db(e),
+        other => DeployError::Db(DbError::Task(other.to_string())),
+    })?;
+    let env = pick_environment(&project, environment)?;
+    let agent_ids = agent_store::ids_for_environment(c, env.id)?;
+    if agent_ids.is_empty() {
+        return Err(DeployError::NoAgent(env.name));
+    }
+    let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
+        return Err(offline_error(c, &env.name, &agent_ids)?);
+    };
+    let sealed = secret_store::for_environment(c, project.id, env.id)?;
+    Ok(Target {
+        project,
+        env,
+        agent_id,
+        sealed,
+    })
 }
 
 fn pick_environment(

@@ -24,11 +24,11 @@ pub fn insert(
     secrets: &[SealedSecret],
     now: i64,
 ) -> Result<i64, DeployError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO deployments (project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at)
          VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
-        params![d.project_id, d.environment_id, d.agent_id, d.git_ref, d.triggered_by, now],
-    )
+    )?
+    .execute(params![d.project_id, d.environment_id, d.agent_id, d.git_ref, d.triggered_by, now])
     .map_err(|e| {
         let e = DbError::from(e);
         if e.is_constraint() { DeployError::InProgress(d.environment.to_owned()) } else { DeployError::Db(e) }

@@ -39,11 +39,8 @@ fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, 
 
 pub fn get(c: &Connection, id: i64) -> Result<Project, ProjectError> {
     let mut project = c
-        .query_row(
-            &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
-            [id],
-            project_from_row,
-        )
+        .prepare_cached(&format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"))?
+        .query_row([id], project_from_row)
         .optional()?
         .ok_or(ProjectError::NotFound)?;
     project.environments = environments_of(c, id)?;

@@ -175,33 +175,30 @@ pub struct SessionRow {
 pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
     let hash = hash_token(cookie_value);
     let row = c
-        .query_row(
-            &format!(
-                "SELECT s.id_hash, s.csrf_token, {} FROM sessions s JOIN users u ON u.id = s.user_id
+        .prepare_cached(&format!(
+            "SELECT s.id_hash, s.csrf_token, {} FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
-                USER_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("u.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            params![hash, now],
-            |r| {
-                let id_hash: Vec<u8> = r.get(0)?;
-                let csrf: String = r.get(1)?;
-                let user = User {
-                    id: r.get(2)?,
-                    username: r.get(3)?,
-                    display_name: r.get(4)?,
-                    role: Role::parse(&r.get::<_, String>(5)?).unwrap_or(Role::Viewer),
-                    github_login: r.get(6)?,
-                    disabled: r.get(7)?,
-                    created_at: rfc3339(r.get(8)?),
-                    has_password: r.get(9)?,
-                };
-                Ok(SessionRow { id_hash, user, csrf })
-            },
-        )
+            USER_COLUMNS
+                .split(", ")
+                .map(|c| format!("u.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?
+        .query_row(params![hash, now], |r| {
+            let id_hash: Vec<u8> = r.get(0)?;
+            let csrf: String = r.get(1)?;
+            let user = User {
+                id: r.get(2)?,
+                username: r.get(3)?,
+                display_name: r.get(4)?,
+                role: Role::parse(&r.get::<_, String>(5)?).unwrap_or(Role::Viewer),
+                github_login: r.get(6)?,
+                disabled: r.get(7)?,
+                created_at: rfc3339(r.get(8)?),
+                has_password: r.get(9)?,
+            };
+            Ok(SessionRow { id_hash, user, csrf })
+        })
         .optional()?;
     Ok(row.filter(|s| ct_eq(&s.id_hash, &hash)))
 }

@@ -58,27 +58,26 @@ pub async fn authenticate(db: &Db, token: &str, now: i64) -> Result<Option<Princ
     }
     let hash = hash_token(token);
     let found = db
-        .read(move |c| {
+        .lookup(move |c| {
             let row = c
-                .query_row(
+                .prepare_cached(
                     "SELECT t.id, t.name, t.role, t.token_hash, t.user_id, u.username, IFNULL(u.disabled, 0),
                             t.last_used_at
                      FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id
                      WHERE t.token_hash = ?1 AND t.revoked_at IS NULL",
-                    [&hash],
-                    |r| {
-                        Ok(TokenRow {
-                            id: r.get(0)?,
-                            name: r.get(1)?,
-                            role: r.get(2)?,
-                            hash: r.get(3)?,
-                            user_id: r.get(4)?,
-                            username: r.get(5)?,
-                            disabled: r.get(6)?,
-                            last_used_at: r.get(7)?,
-                        })
-                    },
-                )
+                )?
+                .query_row([&hash], |r| {
+                    Ok(TokenRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        role: r.get(2)?,
+                        hash: r.get(3)?,
+                        user_id: r.get(4)?,
+                        username: r.get(5)?,
+                        disabled: r.get(6)?,
+                        last_used_at: r.get(7)?,
+                    })
+                })
                 .optional()?;
             Ok::<_, DbError>(row.filter(|row| ct_eq(&row.hash, &hash) && !row.disabled))
         })

@@ -91,7 +91,7 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<(Pr
     let value = value.to_owned();
     let row = state
         .db
-        .read(move |c| store::session(c, &value, now_ms()))
+        .lookup(move |c| store::session(c, &value, now_ms()))
         .await?;
     Ok(row.map(|s| {
         let principal = Principal {
