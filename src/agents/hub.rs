@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
+use super::mailbox::{self, TrySendError};
 use crate::deploys::LiveEvent;
 use crate::mask::Masker;
 
@@ -24,26 +25,20 @@ pub enum Outbound {
     Close(u16, &'static str),
 }
 
-/// Depth of an agent's outbound queue. DEPLOY and ACK are rare; a full queue means a stuck peer.
-const OUTBOUND_QUEUE: usize = 8;
-/// Frames travel boxed: tokio's channel allocates slots in blocks of 32 whatever its bound, so a
-/// pointer-sized slot keeps each idle agent's queue at ~300 bytes instead of ~1.3 KB
-/// (BENCHMARKS.md, "10,000 idle agents").
-pub type Slot = Box<Outbound>;
 /// Live log events buffered per viewer before a slow viewer starts losing lines (it is told so).
 const LIVE_BUFFER: usize = 1024;
 
 struct Conn {
     conn_id: u64,
     environment_id: i64,
-    tx: mpsc::Sender<Slot>,
+    tx: mailbox::Sender<Outbound>,
     last_seen: Arc<AtomicI64>,
 }
 
 /// A connection's handle on itself, given at registration.
 pub struct Registration {
     pub conn_id: u64,
-    pub rx: mpsc::Receiver<Slot>,
+    pub rx: mailbox::Receiver<Outbound>,
     pub last_seen: Arc<AtomicI64>,
 }
 
@@ -94,7 +89,7 @@ impl Hub {
     /// Register a live connection, replacing (and closing) an older one of the same agent.
     pub fn register(&self, agent_id: i64, environment_id: i64, now_ms: i64) -> Registration {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (tx, rx) = mailbox::mailbox();
         let last_seen = Arc::new(AtomicI64::new(now_ms));
         let conn = Conn {
             conn_id,
@@ -105,7 +100,7 @@ impl Hub {
         if let Some(old) = lock(&self.conns).insert(agent_id, conn) {
             let _ = old
                 .tx
-                .try_send(Box::new(Outbound::Close(1008, crate::protocol::CLOSE_REPLACED)));
+                .try_send(Outbound::Close(1008, crate::protocol::CLOSE_REPLACED));
         }
         lock(&self.disconnected_at).remove(&agent_id);
         let _ = self.events.send(HubEvent::AgentOnline { agent_id });
@@ -160,23 +155,23 @@ impl Hub {
         if conn.environment_id != environment_id {
             return Err(SendError::WrongEnvironment);
         }
-        conn.tx.try_send(Box::new(frame)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SendError::Offline,
+        conn.tx.try_send(frame).map_err(|e| match e {
+            TrySendError::Full => SendError::Busy,
+            TrySendError::Closed => SendError::Offline,
         })
     }
 
     /// Ask a connection to close (revoked agent, deleted environment).
     pub fn disconnect(&self, agent_id: i64, code: u16, reason: &'static str) {
         if let Some(conn) = lock(&self.conns).get(&agent_id) {
-            let _ = conn.tx.try_send(Box::new(Outbound::Close(code, reason)));
+            let _ = conn.tx.try_send(Outbound::Close(code, reason));
         }
     }
 
     /// Close every connection (shutdown).
     pub fn disconnect_all(&self, code: u16, reason: &'static str) {
         for conn in lock(&self.conns).values() {
-            let _ = conn.tx.try_send(Box::new(Outbound::Close(code, reason)));
+            let _ = conn.tx.try_send(Outbound::Close(code, reason));
         }
     }
 
@@ -282,19 +277,13 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_agents_queue_slot_is_pointer_sized() {
-        // Every connected agent holds a 32-slot block of these; keep it a pointer.
-        assert_eq!(std::mem::size_of::<Slot>(), std::mem::size_of::<usize>());
-    }
-
-    #[test]
     fn routing_is_scoped_to_the_environment_and_newest_connection() {
         let hub = Hub::new(0, 10);
         let mut first = hub.register(1, 100, 0);
         let mut second = hub.register(1, 100, 0);
         assert!(matches!(
-            first.rx.try_recv().map(|o| *o),
-            Ok(Outbound::Close(1008, _))
+            first.rx.try_recv(),
+            Some(Some(Outbound::Close(1008, _)))
         ));
         assert_eq!(
             hub.send_to(1, 200, Outbound::Close(1000, "x")),
@@ -305,7 +294,7 @@ mod tests {
             Err(SendError::Offline)
         );
         hub.send_to(1, 100, Outbound::Close(1000, "x")).unwrap();
-        assert!(second.rx.try_recv().is_ok());
+        assert!(matches!(second.rx.try_recv(), Some(Some(_))));
         assert!(
             !hub.unregister(1, first.conn_id, 5),
             "an old connection must not unregister the new one"

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod download;
 pub mod hub;
+pub mod mailbox;
 pub mod pages;
 pub mod socket;
 pub mod store;

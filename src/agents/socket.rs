@@ -15,7 +15,8 @@ use axum::extract::ws::{
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{AgentIdentity, HelloInfo, hub::Outbound, store};
+use super::hub::{Outbound, Registration};
+use super::{AgentIdentity, HelloInfo, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::service;
@@ -55,13 +56,21 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    // Small buffers: an idle agent costs a few KB instead of ~130 KB (STACK-NOTES.md).
-    ws.read_buffer_size(1024)
+    // Small buffers: an idle agent costs a few KB instead of ~130 KB (STACK-NOTES.md). The read
+    // buffer is held for the connection's life: 512 bytes still take ~5 LOG frames per read
+    // (BENCHMARKS.md: idle agents, log throughput).
+    ws.read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(2 * protocol::MAX_FRAME_BYTES)
         .max_message_size(protocol::MAX_FRAME_BYTES)
         .max_frame_size(protocol::MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| run(state, agent, socket))
+        .on_upgrade(move |socket| {
+            // The connection gets its own task rather than living inside axum's upgrade future,
+            // which keeps the upgrade's config and callback beside it for the connection's whole
+            // life (~230 bytes per idle agent).
+            tokio::spawn(run(state, agent, socket));
+            std::future::ready(())
+        })
 }
 
 /// The token from `Authorization: Bearer …`.
@@ -93,96 +102,161 @@ fn error_frame(code: &str, message: impl Into<String>) -> Message {
 }
 
 /// One connection's task. It lives as long as the agent is connected, so its resting size is the
-/// per-agent cost of the hub: the futures that run only now and then (HELLO, the database, frame
-/// handling) are boxed while they run instead of being laid out inline in every idle task
-/// (BENCHMARKS.md, "10,000 idle agents").
-async fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) {
-    let Some((hello, active)) = Box::pin(await_hello(&agent, &mut socket)).await else {
-        return;
-    };
+/// per-agent cost of the hub (BENCHMARKS.md, "10,000 idle agents"):
+/// - the futures that run only now and then (HELLO, the database, frame handling) are boxed
+///   while they run instead of being laid out inline in every idle task;
+/// - it is an `async move` block, not an `async fn`: an async fn keeps its arguments' slots
+///   beside the locals it moves them into (~480 bytes here).
+#[allow(clippy::manual_async_fn)] // see above: the async fn form costs ~480 bytes per agent
+fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
+    async move {
+        let Some(reg) = Box::pin(connect(&state, &agent, &mut socket)).await else {
+            return;
+        };
+        serve(&state, &agent, &mut socket, reg).await;
+    }
+}
+
+/// HELLO, then the connection is recorded and registered with the hub.
+async fn connect(state: &AppState, agent: &AgentIdentity, socket: &mut WebSocket) -> Option<Registration> {
+    let (hello, active) = await_hello(agent, socket).await?;
     let now = now_ms();
     let (id, info) = (agent.id, hello.clone());
-    if let Err(e) = Box::pin(state.db.write(move |tx| store::mark_online(tx, id, &info, now))).await {
+    if let Err(e) = state.db.write(move |tx| store::mark_online(tx, id, &info, now)).await {
         tracing::error!(agent_id = agent.id, error = %e, "cannot record agent connection");
         let _ = socket.send(close(1011, "server error")).await;
-        return;
+        return None;
     }
-    let mut reg = state.hub.register(agent.id, agent.environment_id, now);
+    let reg = state.hub.register(agent.id, agent.environment_id, now);
     tracing::info!(agent_id = agent.id, agent = %agent.name, hostname = %hello.hostname, version = %hello.agent_version, "agent connected");
     drop(hello);
-    Box::pin(service::on_hello(&state, &agent, active)).await;
+    service::on_hello(state, agent, active).await;
+    Some(reg)
+}
 
+/// What woke a connection's task.
+enum Event {
+    Incoming(Option<Result<Message, axum::Error>>),
+    Outbound(Option<Outbound>),
+    Ping,
+    Shutdown,
+}
+
+/// A registered connection between events.
+struct Connected<'a> {
+    state: &'a AppState,
+    agent: &'a AgentIdentity,
+    socket: &'a mut WebSocket,
+    reg: Registration,
+    offline_after: i64,
+    bad_frames: u32,
+}
+
+/// Frames both ways until either side closes, the agent goes quiet, or the appliance stops.
+async fn serve(state: &AppState, agent: &AgentIdentity, socket: &mut WebSocket, reg: Registration) {
     let ping_every = Duration::from_secs(state.config.agents.ping_interval_secs);
-    let offline_after = i64::try_from(state.config.agents.offline_after_secs * 1000).unwrap_or(i64::MAX);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut bad_frames = 0u32;
+    let mut conn = Connected {
+        state,
+        agent,
+        socket,
+        reg,
+        offline_after: i64::try_from(state.config.agents.offline_after_secs * 1000).unwrap_or(i64::MAX),
+        bad_frames: 0,
+    };
     let reason = loop {
-        tokio::select! {
-            incoming = socket.recv() => {
-                let msg = match incoming {
-                    None => break "closed",
-                    Some(Err(e)) => {
-                        tracing::warn!(agent_id = agent.id, error = %e, "agent connection error");
-                        let _ = socket.send(close(1009, "frame too large or malformed")).await;
-                        break "error";
-                    }
-                    Some(Ok(msg)) => msg,
-                };
-                reg.last_seen.store(now_ms(), Ordering::Relaxed);
-                match msg {
-                    Message::Text(text) => {
-                        if let Err(reply) = Box::pin(handle_text(&state, &agent, text.as_str(), &mut socket)).await {
-                            bad_frames += 1;
-                            let _ = socket.send(reply).await;
-                            if bad_frames > MAX_BAD_FRAMES {
-                                let _ = socket.send(close(1008, "too many invalid frames")).await;
-                                break "too many invalid frames";
-                            }
-                        }
-                    }
-                    Message::Binary(_) => {
-                        tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
-                        let _ = socket.send(error_frame("bad_message", "binary frames are not part of the protocol")).await;
-                    }
-                    Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => break "closed by agent",
-                }
-            }
-            out = reg.rx.recv() => match out.map(|o| *o) {
-                Some(Outbound::Text(frame)) => {
-                    if socket.send(Message::Text(frame.as_str().into())).await.is_err() {
-                        break "send failed";
-                    }
-                }
-                Some(Outbound::Close(code, why)) => {
-                    let _ = socket.send(close(code, why)).await;
-                    break why;
-                }
-                None => break "hub dropped",
-            },
-            _ = ping.tick() => {
-                if now_ms() - reg.last_seen.load(Ordering::Relaxed) > offline_after {
-                    let _ = socket.send(close(1001, "heartbeat timeout")).await;
-                    break "heartbeat timeout";
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break "ping failed";
-                }
-            }
-            () = state.shutdown.cancelled() => {
-                let _ = socket.send(close(1001, protocol::CLOSE_SHUTDOWN)).await;
-                break protocol::CLOSE_SHUTDOWN;
-            }
+        // The only await of an idle connection: handling an event runs boxed, so none of it
+        // takes room in the idle task.
+        let event = tokio::select! {
+            incoming = conn.socket.recv() => Event::Incoming(incoming),
+            out = conn.reg.rx.recv() => Event::Outbound(out),
+            _ = ping.tick() => Event::Ping,
+            () = state.shutdown.cancelled() => Event::Shutdown,
+        };
+        if let Some(reason) = Box::pin(conn.handle(event)).await {
+            break reason;
         }
     };
-    let last_seen = reg.last_seen.load(Ordering::Relaxed);
-    if state.hub.unregister(agent.id, reg.conn_id, now_ms()) {
-        let id = agent.id;
-        if let Err(e) = Box::pin(state.db.write(move |tx| store::mark_offline(tx, id, last_seen))).await {
-            tracing::error!(agent_id = agent.id, error = %e, "cannot record agent disconnect");
+    Box::pin(conn.end(reason)).await;
+}
+
+impl Connected<'_> {
+    /// `Some(reason)` when the connection is over.
+    async fn handle(&mut self, event: Event) -> Option<&'static str> {
+        let agent = self.agent;
+        match event {
+            Event::Incoming(None) => Some("closed"),
+            Event::Incoming(Some(Err(e))) => {
+                tracing::warn!(agent_id = agent.id, error = %e, "agent connection error");
+                let _ = self.socket.send(close(1009, "frame too large or malformed")).await;
+                Some("error")
+            }
+            Event::Incoming(Some(Ok(msg))) => {
+                self.reg.last_seen.store(now_ms(), Ordering::Relaxed);
+                self.incoming(msg).await
+            }
+            Event::Outbound(Some(Outbound::Text(frame))) => {
+                let sent = self.socket.send(Message::Text(frame.as_str().into())).await;
+                sent.is_err().then_some("send failed")
+            }
+            Event::Outbound(Some(Outbound::Close(code, why))) => {
+                let _ = self.socket.send(close(code, why)).await;
+                Some(why)
+            }
+            Event::Outbound(None) => Some("hub dropped"),
+            Event::Ping => {
+                if now_ms() - self.reg.last_seen.load(Ordering::Relaxed) > self.offline_after {
+                    let _ = self.socket.send(close(1001, "heartbeat timeout")).await;
+                    return Some("heartbeat timeout");
+                }
+                let sent = self.socket.send(Message::Ping(Default::default())).await;
+                sent.is_err().then_some("ping failed")
+            }
+            Event::Shutdown => {
+                let _ = self.socket.send(close(1001, protocol::CLOSE_SHUTDOWN)).await;
+                Some(protocol::CLOSE_SHUTDOWN)
+            }
         }
     }
-    tracing::info!(agent_id = agent.id, reason, "agent disconnected");
+
+    async fn incoming(&mut self, msg: Message) -> Option<&'static str> {
+        let (state, agent) = (self.state, self.agent);
+        match msg {
+            Message::Text(text) => {
+                if let Err(reply) = handle_text(state, agent, text.as_str(), self.socket).await {
+                    self.bad_frames += 1;
+                    let _ = self.socket.send(reply).await;
+                    if self.bad_frames > MAX_BAD_FRAMES {
+                        let _ = self.socket.send(close(1008, "too many invalid frames")).await;
+                        return Some("too many invalid frames");
+                    }
+                }
+                None
+            }
+            Message::Binary(_) => {
+                tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
+                let _ = self
+                    .socket
+                    .send(error_frame("bad_message", "binary frames are not part of the protocol"))
+                    .await;
+                None
+            }
+            Message::Ping(_) | Message::Pong(_) => None,
+            Message::Close(_) => Some("closed by agent"),
+        }
+    }
+
+    async fn end(self, reason: &'static str) {
+        let (state, agent) = (self.state, self.agent);
+        let last_seen = self.reg.last_seen.load(Ordering::Relaxed);
+        if state.hub.unregister(agent.id, self.reg.conn_id, now_ms()) {
+            let id = agent.id;
+            if let Err(e) = state.db.write(move |tx| store::mark_offline(tx, id, last_seen)).await {
+                tracing::error!(agent_id = agent.id, error = %e, "cannot record agent disconnect");
+            }
+        }
+        tracing::info!(agent_id = agent.id, reason, "agent disconnected");
+    }
 }
 
 /// Wait for the first frame, which must be a HELLO in this protocol version.
