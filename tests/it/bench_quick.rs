@@ -19,6 +19,7 @@ const METRICS: &[&str] = &[
     "dispatch_p50",
     "dispatch_p99",
     "dispatch_api_p50",
+    "dispatch_floor_p50",
     "log_lines_per_sec",
     "log_commits_per_100ms",
     "log_live_push",

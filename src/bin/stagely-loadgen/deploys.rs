@@ -169,6 +169,19 @@ pub async fn dispatch(b: &Bench, res: &mut Results) -> Result<()> {
                 b.sizes.dispatch_rate, b.secrets
             ),
         );
+        // The floor under the same load: an authenticated GET of one project (a token lookup
+        // and one read), paced like the deploys, on a kept-alive connection.
+        let mut floor = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / b.sizes.dispatch_rate));
+        for i in 0..total.min(500) {
+            tick.tick().await;
+            let a = http.get(&format!("/api/projects/{}", agents[i % n].project_id)).await?;
+            if a.status == 200 {
+                floor.push(a.done_at.duration_since(a.sent_at).as_secs_f64() * 1000.0);
+            }
+        }
+        floor.sort_by(f64::total_cmp);
+        res.add("dispatch_floor_p50", quantile(&floor, 0.5).unwrap_or(f64::NAN));
         let missing = accepted.len() - lat.len();
         if refused > 0 || missing > 0 {
             res.note(

@@ -148,6 +148,14 @@ pub const CATALOGUE: &[Spec] = &[
         Goal::Info,
     ),
     spec(
+        "dispatch_floor_p50",
+        "dispatch",
+        "GET /api/projects/{id} answered p50, same load (the floor)",
+        "(context)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
         "log_lines_per_sec",
         "logs",
         "log throughput, one deploy, stored in SQLite",
