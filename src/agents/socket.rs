@@ -122,7 +122,11 @@ async fn connect(state: &AppState, agent: &AgentIdentity, socket: &mut WebSocket
     let (hello, active) = await_hello(agent, socket).await?;
     let now = now_ms();
     let (id, info) = (agent.id, hello.clone());
-    if let Err(e) = state.db.write(move |tx| store::mark_online(tx, id, &info, now)).await {
+    if let Err(e) = state
+        .db
+        .write(move |tx| store::mark_online(tx, id, &info, now))
+        .await
+    {
         tracing::error!(agent_id = agent.id, error = %e, "cannot record agent connection");
         let _ = socket.send(close(1011, "server error")).await;
         return None;
@@ -188,7 +192,10 @@ impl Connected<'_> {
             Event::Incoming(None) => Some("closed"),
             Event::Incoming(Some(Err(e))) => {
                 tracing::warn!(agent_id = agent.id, error = %e, "agent connection error");
-                let _ = self.socket.send(close(1009, "frame too large or malformed")).await;
+                let _ = self
+                    .socket
+                    .send(close(1009, "frame too large or malformed"))
+                    .await;
                 Some("error")
             }
             Event::Incoming(Some(Ok(msg))) => {
@@ -237,7 +244,10 @@ impl Connected<'_> {
                 tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
                 let _ = self
                     .socket
-                    .send(error_frame("bad_message", "binary frames are not part of the protocol"))
+                    .send(error_frame(
+                        "bad_message",
+                        "binary frames are not part of the protocol",
+                    ))
                     .await;
                 None
             }
@@ -251,7 +261,11 @@ impl Connected<'_> {
         let last_seen = self.reg.last_seen.load(Ordering::Relaxed);
         if state.hub.unregister(agent.id, self.reg.conn_id, now_ms()) {
             let id = agent.id;
-            if let Err(e) = state.db.write(move |tx| store::mark_offline(tx, id, last_seen)).await {
+            if let Err(e) = state
+                .db
+                .write(move |tx| store::mark_offline(tx, id, last_seen))
+                .await
+            {
                 tracing::error!(agent_id = agent.id, error = %e, "cannot record agent disconnect");
             }
         }
