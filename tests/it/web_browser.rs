@@ -330,7 +330,16 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     // Compose's output streams in over the WebSocket while the deployment is still running
     // (the agent waits 3 s before it verifies and reports).
     wait_text(b, "#log", "shop-staging").await;
-    let status = text_of(b, "#deploy-status").await.to_lowercase();
+    // The status block is swapped in beside the first lines: an element found just before the
+    // swap goes stale (read as empty), so read it again.
+    let mut status = String::new();
+    for _ in 0..40 {
+        status = text_of(b, "#deploy-status").await.to_lowercase();
+        if !status.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(
         status.contains("running") || status.contains("queued"),
         "lines must arrive before the end: {status}"
