@@ -52,11 +52,15 @@ impl Compose {
 
     /// A configured command, its version asked: a standalone `docker-compose` may well be v2.
     pub async fn configured(spec: &str) -> Result<Self, ComposeError> {
-        let mut compose = Self::new(spec)?;
-        if let Some(version) = compose.version().await {
-            compose.v1 = is_v1_version(&version);
+        Ok(Self::new(spec)?.version_asked().await)
+    }
+
+    /// v1 or v2 by what `version --short` says, when it answers.
+    async fn version_asked(mut self) -> Self {
+        if let Some(version) = self.version().await {
+            self.v1 = is_v1_version(&version);
         }
-        Ok(compose)
+        self
     }
 
     /// The v2 plugin binary run directly when the docker CLI would find one; else `docker
@@ -80,9 +84,14 @@ impl Compose {
         cmd.arg("version");
         match process::output(cmd).await {
             Ok(out) if out.status.success() => v2,
-            _ => Self::configured("docker-compose")
+            _ => {
+                Self {
+                    argv: vec!["docker-compose".into()],
+                    v1: true,
+                }
+                .version_asked()
                 .await
-                .unwrap_or_else(|_| unreachable!("the spec is not empty")),
+            }
         }
     }
 

@@ -173,31 +173,24 @@ pub struct SessionRow {
 }
 
 pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
+    // Every page request runs this: the statement text is built once.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let user_columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
+        format!(
+            "SELECT {}, s.id_hash, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
+            user_columns.join(", ")
+        )
+    });
     let hash = hash_token(cookie_value);
     let row = c
-        .prepare_cached(&format!(
-            "SELECT s.id_hash, s.csrf_token, {} FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
-            USER_COLUMNS
-                .split(", ")
-                .map(|c| format!("u.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))?
+        .prepare_cached(&SQL)?
         .query_row(params![hash, now], |r| {
-            let id_hash: Vec<u8> = r.get(0)?;
-            let csrf: String = r.get(1)?;
-            let user = User {
-                id: r.get(2)?,
-                username: r.get(3)?,
-                display_name: r.get(4)?,
-                role: Role::parse(&r.get::<_, String>(5)?).unwrap_or(Role::Viewer),
-                github_login: r.get(6)?,
-                disabled: r.get(7)?,
-                created_at: rfc3339(r.get(8)?),
-                has_password: r.get(9)?,
-            };
-            Ok(SessionRow { id_hash, user, csrf })
+            Ok(SessionRow {
+                user: user_from_row(r)?,
+                id_hash: r.get(8)?,
+                csrf: r.get(9)?,
+            })
         })
         .optional()?;
     Ok(row.filter(|s| ct_eq(&s.id_hash, &hash)))
