@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Release builds of both binaries, static (musl) so they run on any x86_64 Linux whatever its
+# Release builds of the appliance and the agent, static (musl) so they run on any x86_64 Linux whatever its
 # glibc, stripped, into dist/. Installs what the build needs when missing (musl-tools, the rustup
 # target). An aarch64 agent is built too when an aarch64 C cross compiler can be had; otherwise
 # that is said, and only x86_64 is served.
@@ -14,8 +14,11 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
 fi
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
 
-log "cargo build --release --target $TARGET"
-CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$TARGET" --bins
+# The two shipped packages only: the appliance (root package) and the agent. The benchmark
+# tool (crates/loadgen) is never built here.
+log "cargo build --release --target $TARGET -p stagely -p stagely-agent"
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$TARGET" \
+  -p stagely --bin stagely -p stagely-agent --bin stagely-agent
 
 mkdir -p dist
 cp "target/$TARGET/release/stagely" dist/stagely
@@ -33,7 +36,7 @@ if [ "${STAGELY_BUILD_AARCH64:-1}" = 1 ]; then
   if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && rustup target list --installed | grep -qx "$A" &&
     CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
       CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
-      cargo build --release --locked --target "$A" --bin stagely-agent; then
+      cargo build --release --locked --target "$A" -p stagely-agent --bin stagely-agent; then
     cp "target/$A/release/stagely-agent" dist/stagely-agent-linux-aarch64
   else
     log "WARNING: no aarch64 agent (cross toolchain unavailable or build failed); only x86_64 is served"

@@ -20,7 +20,7 @@ if [ ${#args[@]} -eq 0 ]; then
   args=(--quick)
 fi
 
-cargo build --release --bins
+cargo build --release --workspace --bins
 if [ "${STAGELY_BENCH_DIST:-0}" = 1 ]; then
   packaging/build.sh
 fi

@@ -1,8 +1,36 @@
 #!/usr/bin/env bash
 # The whole test suite: installs and starts what the tests need (Docker engine, Compose v2, the
-# local busybox test image, Chromium), then runs every test. README's second command.
+# local busybox test image, Chromium), builds the release binaries, then runs every test of every
+# workspace crate. README's second command.
+#
+#   scripts/test.sh            # everything (what CI runs)
+#   scripts/test.sh --quick    # the edit-test loop: unit tests and in-process integration tests;
+#                              # no installer, no engine, no browser, no release build
+#
+# Other arguments go to `cargo test` (a test name filter, `-- --nocapture` …). docs/testing.md
+# says which tier covers what.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+quick=0
+if [ "${1:-}" = "--quick" ]; then
+  quick=1
+  shift
+fi
+
+export STAGELY_TEST_ARTIFACTS=${STAGELY_TEST_ARTIFACTS:-$PWD/artifacts}
+mkdir -p "$STAGELY_TEST_ARTIFACTS"
+
+if [ "$quick" = 1 ]; then
+  # The modules that need a Docker engine, a browser or dist/ (docs/testing.md). Everything else
+  # runs: unit tests of every crate, and the integration tests against in-process appliances,
+  # real SQLite files and real WebSockets.
+  cargo build --workspace --bins
+  cargo test --workspace --all-targets "$@" -- \
+    --skip agent_engine:: --skip e2e_engine:: --skip web_browser:: --skip packaging:: \
+    --skip operations:: --skip bench_quick:: --skip agent_git:: --skip agent_override::
+  exit 0
+fi
 
 if [ "${STAGELY_SKIP_DEPS:-0}" != 1 ]; then
   if ! scripts/test-deps.sh; then
@@ -14,11 +42,9 @@ if [ "${STAGELY_SKIP_DEPS:-0}" != 1 ]; then
   fi
 fi
 
-export STAGELY_TEST_ARTIFACTS=${STAGELY_TEST_ARTIFACTS:-$PWD/artifacts}
-mkdir -p "$STAGELY_TEST_ARTIFACTS"
-cargo build --bins
+cargo build --workspace --bins
 # Static release binaries into dist/ for the packaging tests (.deb, container image).
 if [ "${STAGELY_SKIP_RELEASE_BUILD:-0}" != 1 ]; then
   packaging/build.sh
 fi
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

@@ -112,7 +112,7 @@ pub async fn revoke_agent(state: &AppState, who: &Principal, id: i64) -> Result<
             Ok::<_, AgentError>(())
         })
         .await?;
-    state.hub.disconnect(id, 1008, crate::protocol::CLOSE_REVOKED);
+    state.hub.disconnect(id, 1008, stagely_protocol::CLOSE_REVOKED);
     Ok(())
 }
 

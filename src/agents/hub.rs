@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use super::mailbox::{self, TrySendError};
 use crate::deploys::LiveEvent;
-use crate::mask::Masker;
+use stagely_protocol::mask::Masker;
 
 /// Frames queued for one agent connection.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ impl Hub {
         if let Some(old) = lock(&self.conns).insert(agent_id, conn) {
             let _ = old
                 .tx
-                .try_send(Outbound::Close(1008, crate::protocol::CLOSE_REPLACED));
+                .try_send(Outbound::Close(1008, stagely_protocol::CLOSE_REPLACED));
         }
         lock(&self.disconnected_at).remove(&agent_id);
         let _ = self.events.send(HubEvent::AgentOnline { agent_id });

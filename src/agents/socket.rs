@@ -20,8 +20,8 @@ use super::{AgentIdentity, HelloInfo, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::service;
-use crate::protocol::{self, AgentMessage, Incoming, PROTOCOL_VERSION, ServerMessage};
 use crate::web::error::WebError;
+use stagely_protocol::{self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ServerMessage};
 
 /// An agent must say HELLO this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

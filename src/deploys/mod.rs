@@ -12,8 +12,8 @@ pub mod store;
 use serde::Serialize;
 
 use crate::db::DbError;
-use crate::protocol::ServiceState;
 use crate::secrets::vault::VaultError;
+use stagely_protocol::ServiceState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

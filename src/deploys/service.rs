@@ -11,15 +11,15 @@ use crate::agents::hub::{ActiveDeploy, HubEvent, Outbound};
 use crate::agents::{AgentIdentity, store as agent_store};
 use crate::app::AppState;
 use crate::db::{DbError, now_ms, rfc3339};
-use crate::mask::Masker;
 use crate::projects::{ProjectError, store as project_store};
-use crate::protocol::{
-    self, DeployOutcome, LogStream, ProjectSpec, SecretEntry, ServerMessage, ServiceState,
-};
 use crate::secrets::store::{self as secret_store, SealedSecret};
 use crate::secrets::vault::Vault;
 use crate::users::Principal;
 use crate::{audit, projects};
+use stagely_protocol::mask::Masker;
+use stagely_protocol::{
+    self as protocol, DeployOutcome, LogStream, ProjectSpec, SecretEntry, ServerMessage, ServiceState,
+};
 
 /// Start a deploy of one environment of a project; returns the deployment id once the agent's
 /// connection holds the DEPLOY.

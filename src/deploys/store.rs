@@ -4,8 +4,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{DeployError, DeployStatus, Deployment, LogLine, SecretVersion};
 use crate::db::{DbError, rfc3339};
-use crate::protocol::ServiceState;
 use crate::secrets::store::SealedSecret;
+use stagely_protocol::ServiceState;
 
 pub struct NewDeployment<'a> {
     pub project_id: i64,

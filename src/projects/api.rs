@@ -227,6 +227,6 @@ pub async fn delete_environment(
 /// Agents of a deleted project or environment lose their record: close their live sockets too.
 fn close_agents(state: &AppState, agents: Vec<i64>) {
     for id in agents {
-        state.hub.disconnect(id, 1008, crate::protocol::CLOSE_REVOKED);
+        state.hub.disconnect(id, 1008, stagely_protocol::CLOSE_REVOKED);
     }
 }

@@ -7,7 +7,7 @@ pub mod store;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::db::DbError;
-use crate::protocol::PullPolicy;
+use stagely_protocol::PullPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{Environment, Project, ProjectError, ValidProject};
 use crate::db::{DbError, rfc3339};
-use crate::protocol::PullPolicy;
+use stagely_protocol::PullPolicy;
 
 const PROJECT_COLUMNS: &str = "id, name, repo_url, git_ref, compose_path, pull, created_at, updated_at";
 

@@ -2,7 +2,7 @@
 //!
 //! A secret is a key, a value, a scope (`global`: every service; `service`: one service) and an
 //! optional environment (none: every environment of the project). Values leave this module only
-//! as ciphertext (to the store) or as a [`crate::protocol::SecretEntry`] bound for an agent.
+//! as ciphertext (to the store) or as a [`stagely_protocol::SecretEntry`] bound for an agent.
 
 pub mod api;
 pub mod pages;
@@ -12,7 +12,7 @@ pub mod vault;
 use serde::{Deserialize, Serialize};
 
 use crate::db::DbError;
-use crate::protocol::Scope;
+use stagely_protocol::Scope;
 use vault::VaultError;
 
 /// Largest value accepted: 64 KiB of UTF-8.

@@ -14,11 +14,11 @@ use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::Project;
 use crate::projects::pages::{Forms, with_errors};
-use crate::protocol::Scope;
 use crate::users::{Principal, Role};
 use crate::web::layout::{
     self, FormErrors, PageError, Viewer, ago, csrf_field, field_error, form_banner, invalid,
 };
+use stagely_protocol::Scope;
 
 /// The add-secret form as submitted. `value` is wiped on drop and never rendered back.
 #[derive(Default, Clone, Deserialize)]

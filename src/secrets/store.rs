@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{SecretError, SecretInfo};
 use crate::db::{DbError, rfc3339};
-use crate::protocol::Scope;
+use stagely_protocol::Scope;
 
 const INFO_SELECT: &str =
     "SELECT s.id, s.project_id, s.key, s.scope, s.service, e.name, s.version, s.updated_by, s.updated_at

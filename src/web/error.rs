@@ -135,7 +135,7 @@ where
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(rejection) => Err(WebError::invalid(
                 "body",
-                crate::redact::serde_message(&rejection.body_text()),
+                stagely_protocol::redact::serde_message(&rejection.body_text()),
             )),
         }
     }

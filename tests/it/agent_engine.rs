@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use stagely::agent::LogLine;
-use stagely::agent::compose::{Compose, project_name};
-use stagely::agent::deploy::Deployer;
-use stagely::agent::ephemeral::RuntimeDir;
-use stagely::agent::override_file::OVERRIDE_FILE_NAME;
-use stagely::agent::results::DeployResult;
-use stagely::mask;
-use stagely::protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
+use stagely_agent::LogLine;
+use stagely_agent::compose::{Compose, project_name};
+use stagely_agent::deploy::Deployer;
+use stagely_agent::ephemeral::RuntimeDir;
+use stagely_agent::override_file::OVERRIDE_FILE_NAME;
+use stagely_agent::results::DeployResult;
+use stagely_protocol::mask;
+use stagely_protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
 
 use crate::agent_override::{for_service, global, hard_values};
 use crate::agent_support::{ProjectDown, containers_of, find_named, git, require_engine, unique};

@@ -10,10 +10,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use stagely::agent::compose::{Compose, project_name};
-use stagely::agent::deploy::Deployer;
-use stagely::agent::ephemeral::RuntimeDir;
-use stagely::protocol::{DeployOutcome, ProjectSpec, PullPolicy};
+use stagely_agent::compose::{Compose, project_name};
+use stagely_agent::deploy::Deployer;
+use stagely_agent::ephemeral::RuntimeDir;
+use stagely_protocol::{DeployOutcome, ProjectSpec, PullPolicy};
 
 use crate::agent_override::global;
 use crate::agent_support::{ProjectDown, git, require_engine, require_python, unique};

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use stagely::agent::compose::Compose;
-use stagely::agent::override_file::{self, OVERRIDE_FILE_NAME};
-use stagely::protocol::{Scope, SecretEntry};
+use stagely_agent::compose::Compose;
+use stagely_agent::override_file::{self, OVERRIDE_FILE_NAME};
+use stagely_protocol::{Scope, SecretEntry};
 
 use crate::agent_support::require_compose;
 
@@ -75,7 +75,7 @@ async fn check(files: &[(&str, &str)], secrets: &[SecretEntry]) {
     let main = write_files(dir.path(), files);
     let compose = Compose::new("docker compose").unwrap();
     // Where the agent reads the services from the file itself, compose must agree.
-    if let Some(read) = stagely::agent::compose::services_in_file(&main) {
+    if let Some(read) = stagely_agent::compose::services_in_file(&main) {
         assert_eq!(read, compose.services(&main, true).await.unwrap());
     }
     let text = override_file::render_for_file(&compose, &main, secrets)
@@ -270,7 +270,7 @@ async fn no_secrets_changes_nothing() {
 }
 
 fn cli(compose: &Path, secrets: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_stagely-agent"))
+    Command::new(crate::bins::agent())
         .args(["render-override", "--compose-file"])
         .arg(compose)
         .arg("--secrets-file")

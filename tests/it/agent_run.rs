@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use stagely::agent::compose::project_name;
-use stagely::agent::override_file::OVERRIDE_FILE_NAME;
-use stagely::protocol::{
-    self, AgentMessage, DeployOutcome, Incoming, ProjectSpec, PullPolicy, SecretEntry, ServerMessage,
+use stagely_agent::compose::project_name;
+use stagely_agent::override_file::OVERRIDE_FILE_NAME;
+use stagely_protocol::{
+    self as protocol, AgentMessage, DeployOutcome, Incoming, ProjectSpec, PullPolicy, SecretEntry,
+    ServerMessage,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -83,7 +84,7 @@ struct AgentProc {
 fn start_agent(addr: std::net::SocketAddr, dir: &Path) -> AgentProc {
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely-agent"))
+    let mut child = tokio::process::Command::new(crate::bins::agent())
         .arg("run")
         .arg("--server")
         .arg(format!("http://{addr}"))

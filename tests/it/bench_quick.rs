@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// Every metric the table asks for (src/bin/stagely-loadgen/report.rs `CATALOGUE`).
+/// Every metric the table asks for (crates/loadgen/src/report.rs `CATALOGUE`).
 const METRICS: &[&str] = &[
     "appliance_idle_rss",
     "agent_idle_rss",
@@ -38,7 +38,7 @@ const METRICS: &[&str] = &[
 fn quick_bench_reports_every_metric() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_stagely-loadgen"))
+    let run = Command::new(crate::bins::loadgen())
         .args([
             "bench",
             "--quick",
@@ -47,7 +47,7 @@ fn quick_bench_reports_every_metric() {
             "--stagely",
             env!("CARGO_BIN_EXE_stagely"),
         ])
-        .args(["--agent", env!("CARGO_BIN_EXE_stagely-agent")])
+        .args(["--agent", crate::bins::agent()])
         .arg("--work-dir")
         .arg(dir.path().join("work"))
         .arg("--out")

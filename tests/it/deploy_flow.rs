@@ -215,7 +215,7 @@ async fn tokens_offline_agents_and_concurrent_deploys_are_refused_clearly() {
     // Revoking closes the live connection with a reason, and the token stops working.
     let (status, _) = api.delete(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(status, 204);
-    assert_eq!(agent.closed_reason().await, stagely::protocol::CLOSE_REVOKED);
+    assert_eq!(agent.closed_reason().await, stagely_protocol::CLOSE_REVOKED);
     let err = TestAgent::dial(&api.url, &token).await.unwrap_err();
     assert!(
         matches!(err, tokio_tungstenite::tungstenite::Error::Http(ref r) if r.status() == 401),
@@ -285,7 +285,7 @@ async fn deleting_a_project_closes_its_agents() {
     let mut agent = TestAgent::connect(&api.url, &token, None).await;
     api.wait_online(agent_id).await;
     assert_eq!(api.delete(&format!("/api/projects/{pid}")).await.0, 204);
-    assert_eq!(agent.closed_reason().await, stagely::protocol::CLOSE_REVOKED);
+    assert_eq!(agent.closed_reason().await, stagely_protocol::CLOSE_REVOKED);
     assert!(
         TestAgent::dial(&api.url, &token).await.is_err(),
         "its token is gone with it"

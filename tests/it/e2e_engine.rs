@@ -143,7 +143,7 @@ impl Stack {
             .append(true)
             .open(self.root.join("agent.log"))
             .unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely-agent"))
+        let child = tokio::process::Command::new(crate::bins::agent())
             .args(["run", "--server", &self.api.url, "--token-file"])
             .arg(&token_file)
             .arg("--work-dir")

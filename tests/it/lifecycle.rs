@@ -65,8 +65,14 @@ async fn a_canary_secret_appears_nowhere_but_the_agent() {
     responses.push_str(&put.to_string());
     assert!(!responses.contains(CANARY), "an API response leaked the canary");
     let (_, logs) = api.get(&format!("/api/deployments/{id}/logs")).await;
-    assert_eq!(logs[0]["line"], format!("CANARY={}", stagely::mask::MASK));
-    assert_eq!(logs[1]["line"], format!("prefix{}suffix", stagely::mask::MASK));
+    assert_eq!(
+        logs[0]["line"],
+        format!("CANARY={}", stagely_protocol::mask::MASK)
+    );
+    assert_eq!(
+        logs[1]["line"],
+        format!("prefix{}suffix", stagely_protocol::mask::MASK)
+    );
 
     // The SQLite file and its WAL, while the server still runs (the WAL is not yet folded in).
     for file in ["stagely.db", "stagely.db-wal"] {
@@ -206,7 +212,7 @@ async fn shutdown_closes_agents_with_a_reason_and_rotation_keeps_secrets() {
 
     let port = server.port();
     assert!(server.terminate().await.success());
-    assert_eq!(agent.closed_reason().await, stagely::protocol::CLOSE_SHUTDOWN);
+    assert_eq!(agent.closed_reason().await, stagely_protocol::CLOSE_SHUTDOWN);
 
     let old_key = std::fs::read_to_string(data.join("master.key")).unwrap();
     let out = rotate();

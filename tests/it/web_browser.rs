@@ -172,7 +172,7 @@ fn start_real_agent(url: &str, token: &str, dir: &Path) -> tokio::process::Child
     std::fs::write(&token_file, token).unwrap();
     std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let log = std::fs::File::create(artifacts().join("web-agent.log")).unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely-agent"))
+    tokio::process::Command::new(crate::bins::agent())
         .args(["run", "--server", url, "--verify-wait-secs", "3", "--token-file"])
         .arg(&token_file)
         .arg("--work-dir")

@@ -13,8 +13,8 @@ use zeroize::Zeroize;
 
 use super::ephemeral::{EphemeralDir, EphemeralError};
 use super::{LogSink, agent_line, process};
-use crate::mask::Masker;
-use crate::protocol::{ProjectSpec, SecretEntry};
+use stagely_protocol::mask::Masker;
+use stagely_protocol::{ProjectSpec, SecretEntry};
 
 /// The secret holding a private repository's password or token.
 pub const GIT_TOKEN_KEY: &str = "STAGELY_GIT_TOKEN";
@@ -287,7 +287,7 @@ impl Git<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Scope;
+    use stagely_protocol::Scope;
 
     #[test]
     fn names_and_paths_are_confined() {

@@ -1,7 +1,7 @@
 //! The connection protocol over channels: no server, no network, no Docker.
 
 use super::*;
-use crate::protocol::{DeployOutcome, LogStream, PullPolicy, Scope};
+use stagely_protocol::{DeployOutcome, LogStream, PullPolicy, Scope};
 
 type ServerTx = mpsc::UnboundedSender<Result<WsIn, String>>;
 type ServerRx = mpsc::UnboundedReceiver<WsOut>;

@@ -45,7 +45,7 @@ pub fn unavailable(b: &Bench) -> Option<String> {
 /// What the agent runs without a configured command (the plugin binary itself where the docker
 /// CLI would find it), as the shim's `exec` target, single-quoted for sh.
 async fn detected_compose() -> String {
-    stagely::agent::compose::Compose::detect()
+    stagely_agent::compose::Compose::detect()
         .await
         .argv()
         .iter()

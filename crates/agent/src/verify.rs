@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use super::compose::Compose;
 use super::process;
-use crate::mask::Masker;
-use crate::protocol::ServiceState;
+use stagely_protocol::ServiceState;
+use stagely_protocol::mask::Masker;
 
 /// Log lines shown for each bad service.
 pub const LOG_TAIL_LINES: usize = 20;

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::config::Token;
-use crate::protocol::MAX_FRAME_BYTES;
+use stagely_protocol::MAX_FRAME_BYTES;
 
 /// How long a TCP + TLS + upgrade handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,5 +1,5 @@
 //! The agent: runs on a target server, dials the appliance, and deploys what it is told to
-//! (steps 4–7 of the deploy sequence in DESIGN.md).
+//! (steps 4–7 of the deploy sequence in docs/design.md).
 //!
 //! - [`connection`]: the outbound WebSocket, reconnect with backoff, HELLO/LOG/STATUS/ACK.
 //! - [`deploy`]: one deployment, start to finish: checkout, override, pull, up, verify, clean up.
@@ -8,7 +8,7 @@
 //! - [`ephemeral`]: the private tmpfs directory the override lives in, and its drop guard.
 //! - [`results`]: the small on-disk record of finished deployments (no secrets).
 //!
-//! The agent links no server code: it shares only [`crate::protocol`] with the appliance.
+//! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
 
 pub mod checkout;
 pub mod compose;
@@ -22,7 +22,7 @@ pub mod results;
 pub mod transport;
 pub mod verify;
 
-use crate::protocol::LogStream;
+use stagely_protocol::LogStream;
 
 /// One line of deploy output, on its way to the appliance as a `LOG` frame. Already masked.
 #[derive(Debug, Clone, PartialEq, Eq)]

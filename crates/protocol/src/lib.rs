@@ -1,9 +1,12 @@
 //! The wire protocol between the appliance and its agents (protocol v1).
 //!
 //! JSON text frames over one WebSocket, each with a `type` field. This module knows neither side:
-//! the server (`crate::agents::hub`) and the agent (`crate::agent`) both speak it. Extra fields
+//! the appliance (`stagely::agents::hub`) and the agent (`stagely_agent`) both speak it. Extra fields
 //! are ignored on decode so either side can grow; unknown `type`s decode to [`Incoming::Unknown`]
 //! so a newer peer's informational messages do not break an older one. See docs/protocol.md.
+
+pub mod mask;
+pub mod redact;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,13 +85,17 @@ impl Scope {
     }
 }
 
-/// One decrypted secret as it travels in a `DEPLOY`. Its `Debug` never prints the value.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One decrypted secret as it travels in a `DEPLOY`. Its `Debug` never prints the value, and the
+/// value is wiped from memory when the entry is dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::ZeroizeOnDrop)]
 pub struct SecretEntry {
+    #[zeroize(skip)]
     pub key: String,
     pub value: String,
+    #[zeroize(skip)]
     pub scope: Scope,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[zeroize(skip)]
     pub service: Option<String>,
 }
 
@@ -100,12 +107,6 @@ impl std::fmt::Debug for SecretEntry {
             .field("scope", &self.scope)
             .field("service", &self.service)
             .finish()
-    }
-}
-
-impl Drop for SecretEntry {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.value);
     }
 }
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stagely::agent::compose::Compose;
-use stagely::agent::config::{self, RunArgs};
-use stagely::agent::override_file;
-use stagely::protocol::SecretEntry;
+use stagely_agent::compose::Compose;
+use stagely_agent::config::{self, RunArgs};
+use stagely_agent::override_file;
+use stagely_protocol::SecretEntry;
 
 #[derive(Parser)]
 #[command(
@@ -82,7 +82,7 @@ fn init_tracing() {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = config::load(args)?;
-    stagely::agent::connection::run_agent(settings, shutdown_signal()).await?;
+    stagely_agent::connection::run_agent(settings, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -16,8 +16,8 @@ use super::override_file::{self, OVERRIDE_FILE_NAME, OverrideError};
 use super::results::DeployResult;
 use super::verify::{Target, Verdict, VerifyError};
 use super::{LogSink, agent_line, process};
-use crate::mask::Masker;
-use crate::protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
+use stagely_protocol::mask::Masker;
+use stagely_protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
 
 /// Longest error text sent in a STATUS.
 const MAX_ERROR_BYTES: usize = 64 * 1024;
@@ -332,7 +332,7 @@ impl Deployer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Scope;
+    use stagely_protocol::Scope;
 
     #[tokio::test]
     async fn a_hung_deployment_is_stopped_failed_and_cleaned_up() {

@@ -20,8 +20,8 @@ use super::deploy::Deployer;
 use super::ephemeral::RuntimeDir;
 use super::results::{DeployResult, Results};
 use super::transport::{self, WsIn, WsOut};
-use crate::protocol::{
-    self, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, SecretEntry, ServerMessage,
+use stagely_protocol::{
+    self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, SecretEntry, ServerMessage,
 };
 
 /// First retry ceiling; doubled each failed attempt up to [`BACKOFF_CAP`].

@@ -9,8 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::{LogLine, LogSink};
-use crate::mask::Masker;
-use crate::protocol::LogStream;
+use stagely_protocol::LogStream;
+use stagely_protocol::mask::Masker;
 
 /// Longest line forwarded as one LOG frame; the rest is cut (frames are capped at 1 MiB).
 pub const MAX_LINE_BYTES: usize = 16 * 1024;

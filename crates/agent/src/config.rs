@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroize;
 
-use crate::protocol::AGENT_WS_PATH;
+use stagely_protocol::AGENT_WS_PATH;
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/stagely-agent/agent.toml";
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/stagely-agent";

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::compose::{Compose, ComposeError};
-use crate::protocol::{Scope, SecretEntry};
+use stagely_protocol::{Scope, SecretEntry};
 
 /// The override's file name, as DESIGN.md names it.
 pub const OVERRIDE_FILE_NAME: &str = "docker-compose.stagely.yml";
@@ -243,8 +243,9 @@ mod tests {
 
     pub(crate) fn hard_values() -> Vec<String> {
         // Shared with the unit tests: tests/fixtures/hard-values.json (short values), plus big ones.
-        let mut v: Vec<String> = serde_json::from_str(include_str!("../../tests/fixtures/hard-values.json"))
-            .expect("hard-values.json is a JSON array of strings");
+        let mut v: Vec<String> =
+            serde_json::from_str(include_str!("../../../tests/fixtures/hard-values.json"))
+                .expect("hard-values.json is a JSON array of strings");
         v.push("x".repeat(64 * 1024));
         v.push("$\"\\\n".repeat(4000));
         v

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{AgentMessage, DeployOutcome, ServiceState};
+use stagely_protocol::{AgentMessage, DeployOutcome, ServiceState};
 
 /// Finished records kept; older acknowledged ones are dropped.
 pub const KEEP_FINISHED: usize = 200;

@@ -22,7 +22,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use stagely::protocol::{self, AgentMessage, DeployOutcome, Incoming, ServerMessage, ServiceState};
+use stagely_protocol::{
+    self as protocol, AgentMessage, DeployOutcome, Incoming, ServerMessage, ServiceState,
+};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
