@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod deploys;
+pub mod names;
 pub mod projects;
 pub mod secrets;
 pub mod users;
