@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+pub mod stored;
+pub use stored::{Stored, StoredEnum, enum_at};
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
