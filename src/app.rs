@@ -117,7 +117,7 @@ impl Opened {
             vault,
             lock,
         } = self;
-        let setup_link = crate::users::ensure_setup_link(&db, &config.public_url, now_ms())?;
+        let setup_link = crate::users::ensure_setup_link(&db, config.public_url.as_str(), now_ms())?;
         if let Some(link) = &setup_link {
             tracing::warn!(
                 "no users yet: create the first admin at {link} (valid for 1 hour, works once; \

@@ -106,8 +106,10 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log_format == "json" {
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if config.log_format == crate::config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

@@ -4,10 +4,18 @@
 //! `STAGELY_*` environment variables (`__` nests: `STAGELY_AGENTS__PING_INTERVAL_SECS`) → flags.
 //! Loading never writes files. Every key is documented in `stagely.toml.example`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::users::Role;
+
+mod types;
+pub use types::{HttpUrl, LogFormat, PublicUrl, SecretString};
+
+/// Where the appliance listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
 /// A bad configuration: always names the key and what is allowed.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +36,7 @@ pub struct Config {
     /// Folder for the SQLite database (and, by default, the master key).
     pub data_dir: PathBuf,
     /// URL users and agents reach this appliance at. Empty: derived from `listen`.
-    pub public_url: String,
+    pub public_url: PublicUrl,
     /// age identity file that encrypts every secret. Empty: `<data_dir>/master.key`.
     pub key_file: PathBuf,
     /// Folder holding `stagely-agent-linux-<arch>` binaries served at `/agent/download/…`.
@@ -37,14 +45,13 @@ pub struct Config {
     /// `tracing` filter, e.g. `info` or `stagely=debug,info`.
     pub log_level: String,
     /// `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
+    /// Peers whose `X-Request-Id` header is kept (a reverse proxy in front of the appliance).
+    pub trusted_proxies: Vec<IpAddr>,
     pub agents: AgentsConfig,
     pub deploys: DeploysConfig,
     pub auth: AuthConfig,
     pub github: GithubConfig,
-    /// True when `public_url` was derived from `listen` (fixed up once the port is bound).
-    #[serde(skip)]
-    pub public_url_derived: bool,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -96,57 +103,21 @@ pub struct GithubConfig {
     pub client_secret: SecretString,
     /// A file holding the client secret (read once at start); alternative to `client_secret`.
     pub client_secret_file: PathBuf,
-    pub auth_url: String,
-    pub token_url: String,
+    pub auth_url: HttpUrl,
+    pub token_url: HttpUrl,
     /// REST API root: `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise.
-    pub api_url: String,
+    pub api_url: HttpUrl,
     /// GitHub logins that may sign in.
     pub allowed_logins: Vec<String>,
     /// Members of these organisations may sign in.
     pub allowed_orgs: Vec<String>,
     /// Role of an account created by a first GitHub sign-in.
-    pub default_role: String,
+    pub default_role: Role,
 }
 
 impl GithubConfig {
     pub fn enabled(&self) -> bool {
         !self.client_id.is_empty()
-    }
-}
-
-/// A secret read from config: never printed by `Debug`, never serialized.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(s: impl Into<String>) -> SecretString {
-        SecretString(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "[redacted]" })
-    }
-}
-
-/// Serialized only to build the table of defaults, where it is empty: never writes the value.
-impl Serialize for SecretString {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("")
-    }
-}
-
-impl Drop for SecretString {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -168,31 +139,40 @@ impl Default for GithubConfig {
             client_id: String::new(),
             client_secret: SecretString::default(),
             client_secret_file: PathBuf::new(),
-            auth_url: "https://github.com/login/oauth/authorize".into(),
-            token_url: "https://github.com/login/oauth/access_token".into(),
-            api_url: "https://api.github.com".into(),
+            auth_url: github_url("https://github.com/login/oauth/authorize"),
+            token_url: github_url("https://github.com/login/oauth/access_token"),
+            api_url: github_url("https://api.github.com"),
             allowed_logins: Vec::new(),
             allowed_orgs: Vec::new(),
-            default_role: "viewer".into(),
+            default_role: Role::Viewer,
         }
     }
+}
+
+/// GitHub's own endpoints, the defaults: constants that parse.
+fn github_url(s: &str) -> HttpUrl {
+    #[allow(
+        clippy::expect_used,
+        reason = "a constant URL of this file; the tests parse every default"
+    )]
+    HttpUrl::parse(s).expect("a valid default URL")
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from("./stagely-data"),
-            public_url: String::new(),
+            public_url: PublicUrl::derived_from(DEFAULT_LISTEN),
             key_file: PathBuf::new(),
             agent_binaries_dir: PathBuf::new(),
             log_level: "info".into(),
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
+            trusted_proxies: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
             agents: AgentsConfig::default(),
             deploys: DeploysConfig::default(),
             auth: AuthConfig::default(),
             github: GithubConfig::default(),
-            public_url_derived: false,
             warnings: Vec::new(),
         }
     }
@@ -279,7 +259,13 @@ impl Config {
             config.data_dir = dir.clone();
         }
         if let Some(url) = &flags.public_url {
-            config.public_url = url.clone();
+            config.public_url =
+                HttpUrl::parse(url)
+                    .map(PublicUrl::set)
+                    .map_err(|message| ConfigError::Invalid {
+                        key: "public_url".into(),
+                        message,
+                    })?;
         }
         config.finish()
     }
@@ -292,20 +278,8 @@ impl Config {
         if self.key_file.as_os_str().is_empty() {
             self.key_file = self.data_dir.join("master.key");
         }
-        if self.public_url.is_empty() {
-            self.public_url = format!("http://{}", self.listen);
-            self.public_url_derived = true;
-        }
-        let url = self.public_url.trim_end_matches('/').to_owned();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
-            return invalid(
-                "public_url",
-                "must be an http:// or https:// URL, e.g. https://stagely.example.com",
-            );
-        }
-        self.public_url = url;
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return invalid("log_format", "allowed values are \"text\" and \"json\"");
+        if self.public_url.is_derived() {
+            self.public_url = PublicUrl::derived_from(self.listen);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return invalid(
@@ -362,22 +336,6 @@ impl Config {
             })?;
             gh.client_secret = SecretString::new(text.trim());
         }
-        if crate::users::Role::parse(&gh.default_role).is_none() {
-            return invalid(
-                "github.default_role",
-                "allowed values are \"viewer\", \"member\" and \"admin\"",
-            );
-        }
-        for (key, url) in [
-            ("github.auth_url", &mut gh.auth_url),
-            ("github.token_url", &mut gh.token_url),
-            ("github.api_url", &mut gh.api_url),
-        ] {
-            *url = url.trim_end_matches('/').to_owned();
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return invalid(key, "must be an http:// or https:// URL");
-            }
-        }
         for list in [&mut gh.allowed_logins, &mut gh.allowed_orgs] {
             *list = list
                 .iter()
@@ -404,8 +362,8 @@ impl Config {
 
     /// Once the listener is bound (perhaps on port 0), a derived public URL names the real address.
     pub fn bound_to(&mut self, addr: SocketAddr) {
-        if self.public_url_derived {
-            self.public_url = format!("http://{addr}");
+        if self.public_url.is_derived() {
+            self.public_url = PublicUrl::derived_from(addr);
         }
     }
 
@@ -415,7 +373,7 @@ impl Config {
 
     /// True when cookies must be `Secure`.
     pub fn is_https(&self) -> bool {
-        self.public_url.starts_with("https://")
+        self.public_url.url().is_https()
     }
 }
 
@@ -510,7 +468,10 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("./stagely-data"));
         assert_eq!(c.key_file, PathBuf::from("./stagely-data/master.key"));
-        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:8080");
+        assert!(c.public_url.is_derived());
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.github.default_role, Role::Viewer);
     }
 
     #[test]
@@ -538,7 +499,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/env"));
         assert_eq!(c.agents.ping_interval_secs, 5);
         assert_eq!(c.agents.offline_after_secs, 30);
-        assert_eq!(c.public_url, "https://deploy.example.com");
+        assert_eq!(c.public_url.as_str(), "https://deploy.example.com");
         assert!(c.is_https());
     }
 
@@ -561,6 +522,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("agents.ping_interval_secs"), "{err}");
+        for (var, value, key) in [
+            ("STAGELY_LOG_FORMAT", "xml", "log_format"),
+            ("STAGELY_GITHUB__DEFAULT_ROLE", "owner", "default_role"),
+            ("STAGELY_GITHUB__API_URL", "api.github.com", "api_url"),
+            (
+                "STAGELY_TRUSTED_PROXIES",
+                "10.0.0.1,proxy.local",
+                "trusted_proxies",
+            ),
+        ] {
+            let err = Config::load(None, env(&[(var, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "lissen = \"0.0.0.0:1\"\n").unwrap();

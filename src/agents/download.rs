@@ -100,7 +100,7 @@ pub async fn checksum(
 pub async fn install_script(State(state): State<AppState>) -> Response {
     let script = INSTALL_SH
         .replace("@AGENT_UNIT@", AGENT_UNIT.trim_end())
-        .replace("@PUBLIC_URL@", &state.config.public_url);
+        .replace("@PUBLIC_URL@", state.config.public_url.as_str());
     let mut response = script.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

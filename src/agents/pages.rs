@@ -148,7 +148,7 @@ async fn render(
     let projects = state.db.read(crate::projects::store::list).await?;
     let markup = body(
         v,
-        &state.config.public_url,
+        state.config.public_url.as_str(),
         &agents,
         &projects,
         created,

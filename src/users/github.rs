@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use super::pages::{safe_next, start_session};
 use super::store::{self, NewUser};
-use super::{Principal, Role, UserError};
+use super::{Principal, UserError};
 use crate::app::AppState;
 use crate::audit;
 use crate::db::now_ms;
@@ -76,8 +76,8 @@ fn client(state: &AppState) -> Result<GithubClient, WebError> {
     let bad = |what: &str| WebError::Internal(format!("github.{what} is not a valid URL"));
     Ok(BasicClient::new(ClientId::new(gh.client_id.clone()))
         .set_client_secret(ClientSecret::new(gh.client_secret.expose().to_owned()))
-        .set_auth_uri(AuthUrl::new(gh.auth_url.clone()).map_err(|_| bad("auth_url"))?)
-        .set_token_uri(TokenUrl::new(gh.token_url.clone()).map_err(|_| bad("token_url"))?)
+        .set_auth_uri(AuthUrl::new(gh.auth_url.to_string()).map_err(|_| bad("auth_url"))?)
+        .set_token_uri(TokenUrl::new(gh.token_url.to_string()).map_err(|_| bad("token_url"))?)
         .set_redirect_uri(
             RedirectUrl::new(format!("{}/auth/github/callback", state.config.public_url))
                 .map_err(|_| bad("public_url"))?,
@@ -298,7 +298,7 @@ async fn sign_in(state: &AppState, id: &Identity, next: &str) -> Result<Response
         ));
     }
     let login = id.login.clone();
-    let default_role = Role::parse(&state.config.github.default_role).unwrap_or(Role::Viewer);
+    let default_role = state.config.github.default_role;
     let user = state
         .db
         .write(move |tx| {

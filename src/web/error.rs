@@ -1,7 +1,7 @@
 //! One error type for every HTTP surface, each variant mapped to its status on purpose.
 //!
-//! JSON callers get `{"error":{"code","message"}}`. Internal errors are logged once with a
-//! request id and shown only as that id: their text may name files or SQL, never a secret
+//! JSON callers get `{"error":{"code","message","request_id"}}`. Internal errors are logged once
+//! with the request id and shown only as that id: their text may name files or SQL, never a secret
 //! (no error type in this crate carries a secret value).
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -92,10 +92,9 @@ impl From<crate::secrets::vault::VaultError> for WebError {
     }
 }
 
-/// A short random id tying a logged internal error to what the user saw.
+/// The id tying a logged error to what the user saw: the current request's ([`super::request`]).
 pub fn request_id() -> String {
-    let bytes: [u8; 6] = rand::random();
-    hex::encode(bytes)
+    super::request::current_id()
 }
 
 impl IntoResponse for WebError {
@@ -104,7 +103,11 @@ impl IntoResponse for WebError {
         if let WebError::Internal(detail) = &self {
             tracing::error!(request_id = %id, error = %detail, "internal error");
         }
-        let mut body = json!({"error": {"code": self.code(), "message": self.public_message(&id)}});
+        let mut body = json!({"error": {
+            "code": self.code(),
+            "message": self.public_message(&id),
+            "request_id": id,
+        }});
         match &self {
             WebError::Invalid { field, .. } => body["error"]["field"] = json!(field),
             WebError::AgentOffline { last_seen, .. } => body["error"]["last_seen"] = json!(last_seen),

@@ -324,6 +324,7 @@ pub fn error_page(err: WebError) -> Response {
                 h1 { (title) }
                 p { (text) }
                 p { a href="/" role="button" { "Back to the dashboard" } }
+                p.request-id { small { "Request id " code { (id) } } }
             }
         },
     );

@@ -7,6 +7,7 @@ pub mod csrf;
 pub mod dashboard;
 pub mod error;
 pub mod layout;
+pub mod request;
 pub mod session;
 
 use axum::Router;
@@ -147,6 +148,12 @@ pub fn router(state: AppState) -> Router {
     routes()
         .into_router(state.clone())
         .fallback(not_found)
+        // Router::layer wraps each route (and the fallback), so the route is matched by the time
+        // the request context reads it; it is outside the authorization gate (route_layer).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request::context,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

@@ -123,7 +123,7 @@ pub fn same_origin(config: &Config, headers: &HeaderMap) -> bool {
         return true;
     };
     let origin = origin.trim().to_ascii_lowercase();
-    if origin == origin_of(&config.public_url) {
+    if origin == origin_of(config.public_url.as_str()) {
         return true;
     }
     let host = headers
@@ -156,7 +156,9 @@ mod tests {
     #[test]
     fn origin_must_be_the_public_url_or_the_requested_host() {
         let config = Config {
-            public_url: "https://deploy.example.com".into(),
+            public_url: crate::config::PublicUrl::set(
+                crate::config::HttpUrl::parse("https://deploy.example.com").unwrap(),
+            ),
             ..Config::default()
         };
         assert!(same_origin(&config, &headers(&[])));

@@ -18,6 +18,7 @@ mod lifecycle;
 mod operations;
 mod packaging;
 mod prereq;
+mod request_context;
 mod web_access;
 mod web_browser;
 mod web_github;

@@ -139,9 +139,10 @@ async fn allowed_logins_and_org_members_get_in_and_others_are_refused() {
     let server = WebServer::start_with(|c| {
         c.github.client_id = "stagely-test-client".into();
         c.github.client_secret = stagely::config::SecretString::new("gh-client-secret-xyz");
-        c.github.auth_url = format!("{gh}/login/oauth/authorize");
-        c.github.token_url = format!("{gh}/login/oauth/access_token");
-        c.github.api_url = format!("{gh}/api/v3");
+        c.github.auth_url = stagely::config::HttpUrl::parse(&format!("{gh}/login/oauth/authorize")).unwrap();
+        c.github.token_url =
+            stagely::config::HttpUrl::parse(&format!("{gh}/login/oauth/access_token")).unwrap();
+        c.github.api_url = stagely::config::HttpUrl::parse(&format!("{gh}/api/v3")).unwrap();
         c.github.allowed_logins = vec!["alice".into()];
         c.github.allowed_orgs = vec!["acme".into()];
     })

@@ -1,4 +1,4 @@
-//! One deployment, start to finish (steps 4–7 of DESIGN.md): checkout, override, pull, up,
+//! One deployment, start to finish (steps 4–7 of docs/design.md): checkout, override, pull, up,
 //! verify, and the override deleted on every path. Output goes to a [`LogSink`] as it happens;
 //! the result is what the agent reports in STATUS.
 //!

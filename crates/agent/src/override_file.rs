@@ -19,7 +19,7 @@ use std::path::Path;
 use super::compose::{Compose, ComposeError};
 use stagely_protocol::{Scope, SecretEntry};
 
-/// The override's file name, as DESIGN.md names it.
+/// The override's file name, as docs/design.md names it.
 pub const OVERRIDE_FILE_NAME: &str = "docker-compose.stagely.yml";
 
 /// Secrets whose key starts with this are for the agent itself (the git credential) and are
