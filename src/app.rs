@@ -173,7 +173,9 @@ impl App {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for task in self.tasks {
-            let _ = task.await;
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a background task ended abnormally");
+            }
         }
         tracing::info!("stopped");
         result

@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroize;
 
 use super::ephemeral::{EphemeralDir, EphemeralError};
 use super::{LogSink, agent_line, process};
@@ -53,6 +52,7 @@ pub enum CheckoutError {
 }
 
 /// The credential for a private repository. Its `Debug` never shows it; zeroed on drop.
+#[derive(zeroize::ZeroizeOnDrop)]
 pub struct GitCredential {
     username: String,
     token: String,
@@ -61,13 +61,6 @@ pub struct GitCredential {
 impl std::fmt::Debug for GitCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("GitCredential(<redacted>)")
-    }
-}
-
-impl Drop for GitCredential {
-    fn drop(&mut self) {
-        self.username.zeroize();
-        self.token.zeroize();
     }
 }
 

@@ -235,6 +235,8 @@ const MAX_DIRECT_READ: u64 = 1024 * 1024;
 /// the whole model first.
 pub fn services_in_file(file: &Path) -> Option<Vec<String>> {
     use serde_yaml_ng::Value;
+    // Unreadable or unparsable here is not an error of ours: `None` hands the file to compose,
+    // which reads it again and words the error the user sees.
     if std::fs::metadata(file).ok()?.len() > MAX_DIRECT_READ {
         return None;
     }
@@ -282,6 +284,7 @@ pub async fn docker_version() -> Option<String> {
     first_line(cmd).await
 }
 
+/// Informational (versions in HELLO): a command that cannot run answers `None`, not an error.
 async fn first_line(cmd: Command) -> Option<String> {
     let out = process::output(cmd).await.ok()?;
     if !out.status.success() {

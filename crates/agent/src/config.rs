@@ -105,7 +105,7 @@ pub struct FileConfig {
 }
 
 /// The agent token. Never printed; zeroed on drop.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
 pub struct Token(String);
 
 impl Token {
@@ -121,12 +121,6 @@ impl Token {
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Token(<redacted>)")
-    }
-}
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        self.0.zeroize();
     }
 }
 

@@ -95,6 +95,7 @@ pub struct HostInfo {
 }
 
 impl HostInfo {
+    /// Informational only (shown on the Agents page): what cannot be read is left empty.
     pub async fn gather(compose: &Compose) -> Self {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -184,6 +185,8 @@ impl Agent {
                 "stopping: the running deployment is interrupted"
             );
             r.handle.abort();
+            // An aborted task answers `Cancelled`: waiting is only so its guards (the override's
+            // removal) run before the process exits.
             let _ = r.handle.await;
         }
     }
@@ -227,6 +230,7 @@ impl Agent {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
+                    // A polite close; if the socket is already gone there is nobody to tell.
                     let _ = sink.send(WsOut::Close).await;
                     return SessionEnd::Shutdown;
                 }

@@ -282,6 +282,7 @@ impl Deployer {
             .compose
             .service_images(compose_file)
             .await
+            // Only enriches a failure message: without the image list it names no image.
             .unwrap_or_default();
         let failed: Vec<String> = images
             .iter()

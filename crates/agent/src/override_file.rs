@@ -158,6 +158,7 @@ pub fn render(services: &[String], secrets: &[SecretEntry]) -> Result<String, Ov
             out.push_str("services:\n");
             any = true;
         }
+        // Writing to a String cannot fail (fmt::Write for String is infallible).
         let _ = writeln!(out, "  {}:\n    environment:", yaml_quote(service));
         for (key, value) in env {
             let _ = writeln!(out, "      {}: {}", yaml_quote(key), quote_value(value));

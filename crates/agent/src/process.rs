@@ -77,6 +77,7 @@ pub async fn run_streamed(
                 }
                 tail.push_back(masked.clone());
             }
+            // A closed sink: the deployment's reader is gone (agent stopping); nothing to send to.
             let _ = log.send(LogLine {
                 stream: line.stream,
                 line: masked,
@@ -109,6 +110,7 @@ async fn pump(
                     buf.pop();
                 }
                 let line = String::from_utf8_lossy(&buf);
+                // The receiver stops only when the command is over: a late line has no reader.
                 let _ = tx.send(LogLine {
                     stream,
                     line: truncate(&line, MAX_LINE_BYTES),
