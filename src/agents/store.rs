@@ -21,6 +21,16 @@ pub fn create(
     if !exists {
         return Err(AgentError::EnvironmentNotFound);
     }
+    // Writes are serialised (BEGIN IMMEDIATE), so this check and the insert see the same rows;
+    // the unique index (environment_id, name) backs it up.
+    let taken: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM agents WHERE environment_id = ?1 AND name = ?2)",
+        params![environment_id, name],
+        |r| r.get(0),
+    )?;
+    if taken {
+        return Err(AgentError::NameTaken(name.to_owned()));
+    }
     let token = random_token(AGENT_TOKEN_PREFIX);
     tx.execute(
         "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
