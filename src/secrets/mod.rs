@@ -5,6 +5,7 @@
 //! as ciphertext (to the store) or as a [`stagely_protocol::SecretEntry`] bound for an agent.
 
 pub mod api;
+pub mod ops;
 pub mod pages;
 pub mod store;
 pub mod vault;
@@ -58,17 +59,29 @@ pub struct SecretInfo {
     pub updated_at: String,
 }
 
-/// A create request. `Debug` is hand-written so the value never reaches a log.
-#[derive(Clone, Deserialize)]
+/// A create request. `Debug` is hand-written so the value never reaches a log; the value is
+/// wiped from memory on drop.
+#[derive(Clone, Deserialize, zeroize::ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
 pub struct SecretInput {
+    #[zeroize(skip)]
     pub key: String,
     pub value: String,
+    #[zeroize(skip)]
     pub scope: String,
     #[serde(default)]
+    #[zeroize(skip)]
     pub service: Option<String>,
     #[serde(default)]
+    #[zeroize(skip)]
     pub environment: Option<String>,
+}
+
+/// A new value for an existing secret, wiped from memory on drop.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct NewValue {
+    pub value: String,
 }
 
 impl std::fmt::Debug for SecretInput {
@@ -79,12 +92,6 @@ impl std::fmt::Debug for SecretInput {
             .field("service", &self.service)
             .field("environment", &self.environment)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for SecretInput {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.value);
     }
 }
 
