@@ -316,4 +316,20 @@ mod tests {
         assert!(hub.unregister(1, second.conn_id, 5));
         assert_eq!(hub.offline_since(1), Some(5));
     }
+
+    #[test]
+    fn a_backed_up_connection_is_still_disconnected() {
+        let hub = Hub::new(0, 10);
+        let mut reg = hub.register(1, 100, 0);
+        while hub.send_to(1, 100, Outbound::Close(1000, "x")).is_ok() {}
+        hub.disconnect(1, 1008, stagely_protocol::CLOSE_REVOKED);
+        assert!(!hub.is_online(1));
+        // The queued frames drain, then the connection's mailbox reports it is over.
+        let mut drained = 0;
+        while let Some(Some(_)) = reg.rx.try_recv() {
+            drained += 1;
+        }
+        assert_eq!(drained, super::super::mailbox::CAPACITY);
+        assert!(matches!(reg.rx.try_recv(), Some(None)));
+    }
 }
