@@ -23,9 +23,11 @@ impl From<AgentError> for WebError {
             AgentError::NotFound => WebError::NotFound("agent"),
             AgentError::EnvironmentNotFound => WebError::NotFound("environment"),
             AgentError::Invalid { field, message } => WebError::invalid(field, message),
-            e @ AgentError::NameTaken(_) => WebError::Conflict {
-                code: "name_taken",
-                message: e.to_string(),
+            AgentError::NameTaken(name) => WebError::NameTaken {
+                field: "name".into(),
+                message: format!(
+                    "this environment already has an agent named {name:?} (revoked agents keep their names)"
+                ),
             },
             AgentError::Db(e) => e.into(),
         }

@@ -30,7 +30,7 @@ pub enum AgentError {
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
     /// The name is already used by an agent of this environment (revoked ones included).
-    #[error("name: this environment already has an agent named {0:?}")]
+    #[error("name: this environment already has an agent named {0:?} (revoked agents keep their names)")]
     NameTaken(String),
     #[error(transparent)]
     Db(#[from] DbError),

@@ -207,12 +207,9 @@ pub async fn create(
             StatusCode::UNPROCESSABLE_ENTITY,
             FormErrors::one("environment_id", "this environment no longer exists"),
         ),
-        Err(AgentError::NameTaken(name)) => (
+        Err(e @ AgentError::NameTaken(_)) => (
             StatusCode::CONFLICT,
-            FormErrors::one(
-                "name",
-                format!("this environment already has an agent named {name:?}"),
-            ),
+            FormErrors::from_web(e.into(), &["name", "environment_id"])?,
         ),
         Err(e) => (
             StatusCode::UNPROCESSABLE_ENTITY,

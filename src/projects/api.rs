@@ -15,12 +15,8 @@ impl From<ProjectError> for WebError {
             ProjectError::NotFound => WebError::NotFound("project"),
             ProjectError::EnvironmentNotFound => WebError::NotFound("environment"),
             ProjectError::Invalid { field, message } => WebError::invalid(field, message),
-            e @ ProjectError::NameTaken(_) => WebError::Conflict {
-                code: "name_taken",
-                message: e.to_string(),
-            },
-            e @ ProjectError::EnvironmentTaken(_) => WebError::Conflict {
-                code: "name_taken",
+            e @ (ProjectError::NameTaken(_) | ProjectError::EnvironmentTaken(_)) => WebError::NameTaken {
+                field: "name".into(),
                 message: e.to_string(),
             },
             ProjectError::Db(e) => e.into(),

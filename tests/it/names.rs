@@ -27,6 +27,7 @@ async fn api_refuses_markup_paths_and_duplicate_agent_names_naming_the_field() {
     let (status, err) = api.post(&path, json!({"name": "web-1"})).await;
     assert_eq!(status, 409, "{err}");
     assert_eq!(err["error"]["code"], "name_taken", "{err}");
+    assert_eq!(err["error"]["field"], "name", "{err}");
     let message = err["error"]["message"].as_str().unwrap();
     assert!(
         message.starts_with("name:") && message.contains("web-1"),
@@ -80,6 +81,22 @@ async fn the_agents_page_applies_the_same_name_rule() {
     assert_eq!(status, 409);
     assert!(body.contains("id=\"name-error\""), "the duplicate is reported at the name field");
     assert!(body.contains("already has an agent named"), "{body}");
+
+    // A duplicate project or environment name is also reported at its field, on both surfaces.
+    let api = crate::common::Api::new(&server.url, &crate::common::admin_token(&server.data_dir()));
+    let (status, err) = api
+        .post("/api/projects", json!({"name": "shop", "compose_path": "/srv/y.yml"}))
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str(), err["error"]["field"].as_str()),
+        (409, Some("name_taken"), Some("name")),
+        "{err}"
+    );
+    let (status, body) = admin
+        .post_form("/projects/1/environments", &[("name", "staging")])
+        .await;
+    assert_eq!(status, 422);
+    assert!(body.contains("id=\"name-error\""), "{body}");
     server.stop().await;
 }
 
