@@ -9,8 +9,8 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{AgentError, AgentInfo};
 use super::ops::{CreatedAgent, create_agent, list_agents, revoke_agent};
+use super::{AgentError, AgentInfo};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::Project;

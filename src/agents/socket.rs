@@ -141,8 +141,7 @@ impl Connected<'_> {
             Event::Incoming(None) => Some("closed"),
             Event::Incoming(Some(Err(e))) => {
                 tracing::warn!(agent_id = agent.id, error = %e, "agent connection error");
-                send_anyway(self.socket, close(1009, "frame too large or malformed"))
-                    .await;
+                send_anyway(self.socket, close(1009, "frame too large or malformed")).await;
                 Some("error")
             }
             Event::Incoming(Some(Ok(msg))) => {
@@ -189,11 +188,11 @@ impl Connected<'_> {
             }
             Message::Binary(_) => {
                 tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
-                send_anyway(self.socket, error_frame(
-                        "bad_message",
-                        "binary frames are not part of the protocol",
-                    ))
-                    .await;
+                send_anyway(
+                    self.socket,
+                    error_frame("bad_message", "binary frames are not part of the protocol"),
+                )
+                .await;
                 None
             }
             Message::Ping(_) | Message::Pong(_) => None,
@@ -258,8 +257,11 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
                      (download it from this appliance)"
                 );
                 send_anyway(socket, error_frame("protocol_unsupported", message)).await;
-                send_anyway(socket, close(1002, "unsupported protocol version: upgrade the agent"))
-                    .await;
+                send_anyway(
+                    socket,
+                    close(1002, "unsupported protocol version: upgrade the agent"),
+                )
+                .await;
                 return None;
             }
             let clip = |s: String| s.chars().take(200).collect::<String>();
@@ -273,8 +275,11 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
         }
         _ => {
             tracing::warn!(agent_id = agent.id, "agent's first frame was not a HELLO");
-            send_anyway(socket, error_frame("hello_required", "the first frame must be a HELLO"))
-                .await;
+            send_anyway(
+                socket,
+                error_frame("hello_required", "the first frame must be a HELLO"),
+            )
+            .await;
             send_anyway(socket, close(1002, "HELLO required")).await;
             None
         }

@@ -216,10 +216,7 @@ mod tests {
             (7, 1, "db-7-7"),
             (8, 1, "db-7"),
         ];
-        assert_eq!(
-            got,
-            want.map(|(i, e, n)| (i, e, n.to_owned())).to_vec()
-        );
+        assert_eq!(got, want.map(|(i, e, n)| (i, e, n.to_owned())).to_vec());
         let dup = c.execute(
             "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (1, 'web', x'09', 0)",
             [],

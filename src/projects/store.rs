@@ -72,14 +72,7 @@ pub fn insert(tx: &Transaction<'_>, p: &ValidProject, now: i64) -> Result<i64, P
     tx.execute(
         "INSERT INTO projects (name, repo_url, git_ref, compose_path, pull, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-        params![
-            p.name,
-            p.repo_url,
-            p.git_ref,
-            p.compose_path,
-            Stored(p.pull),
-            now
-        ],
+        params![p.name, p.repo_url, p.git_ref, p.compose_path, Stored(p.pull), now],
     )
     .map_err(|e| name_taken(e, &p.name))?;
     Ok(tx.last_insert_rowid())
@@ -203,7 +196,9 @@ mod tests {
             db.read_blocking(list).unwrap_err().to_string(),
         ] {
             assert!(
-                err.contains("projects row 1") && err.contains("\"sometimes\"") && err.contains("pull policy"),
+                err.contains("projects row 1")
+                    && err.contains("\"sometimes\"")
+                    && err.contains("pull policy"),
                 "{err}"
             );
         }

@@ -173,8 +173,12 @@ const VAULT_CHECK: &str = "vault_check";
 
 /// The vault's check value (age ciphertext), if one was stored.
 pub fn vault_check(c: &Connection) -> Result<Option<Vec<u8>>, DbError> {
-    Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [VAULT_CHECK], |r| r.get(0))
-        .optional()?)
+    Ok(
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [VAULT_CHECK], |r| {
+            r.get(0)
+        })
+        .optional()?,
+    )
 }
 
 /// Store the check value unless one is already there.

@@ -52,7 +52,10 @@ async fn the_agents_page_applies_the_same_name_rule() {
     let server = WebServer::start().await;
     let mut admin = server.admin("root").await;
     let (status, _) = admin
-        .post_form("/projects", &[("name", "shop"), ("compose_path", "/srv/shop.yml")])
+        .post_form(
+            "/projects",
+            &[("name", "shop"), ("compose_path", "/srv/shop.yml")],
+        )
         .await;
     assert_eq!(status, 303);
     let (status, _) = admin
@@ -65,7 +68,10 @@ async fn the_agents_page_applies_the_same_name_rule() {
             .post_form("/agents", &[("environment_id", "1"), ("name", bad)])
             .await;
         assert_eq!(status, 422, "{bad}");
-        assert!(body.contains("id=\"name-error\""), "{bad}: error next to the name field");
+        assert!(
+            body.contains("id=\"name-error\""),
+            "{bad}: error next to the name field"
+        );
         assert!(!body.contains("<script>"), "{bad}: escaped when shown back");
     }
     let (_, page) = admin.get("/agents").await;
@@ -79,16 +85,26 @@ async fn the_agents_page_applies_the_same_name_rule() {
         .post_form("/agents", &[("environment_id", "1"), ("name", "web-1")])
         .await;
     assert_eq!(status, 409);
-    assert!(body.contains("id=\"name-error\""), "the duplicate is reported at the name field");
+    assert!(
+        body.contains("id=\"name-error\""),
+        "the duplicate is reported at the name field"
+    );
     assert!(body.contains("already has an agent named"), "{body}");
 
     // A duplicate project or environment name is also reported at its field, on both surfaces.
     let api = crate::common::Api::new(&server.url, &crate::common::admin_token(&server.data_dir()));
     let (status, err) = api
-        .post("/api/projects", json!({"name": "shop", "compose_path": "/srv/y.yml"}))
+        .post(
+            "/api/projects",
+            json!({"name": "shop", "compose_path": "/srv/y.yml"}),
+        )
         .await;
     assert_eq!(
-        (status, err["error"]["code"].as_str(), err["error"]["field"].as_str()),
+        (
+            status,
+            err["error"]["code"].as_str(),
+            err["error"]["field"].as_str()
+        ),
         (409, Some("name_taken"), Some("name")),
         "{err}"
     );
@@ -131,9 +147,17 @@ async fn project_and_environment_names_follow_one_rule_in_the_api_and_the_pages(
         if ok {
             assert_eq!(status, 201, "{name} → {err}");
         } else {
-            assert_eq!((status, err["error"]["field"].as_str()), (422, Some("name")), "{name}");
+            assert_eq!(
+                (status, err["error"]["field"].as_str()),
+                (422, Some("name")),
+                "{name}"
+            );
         }
-        let page_name = if ok { format!("p{}", &name[1..]) } else { name.clone() };
+        let page_name = if ok {
+            format!("p{}", &name[1..])
+        } else {
+            name.clone()
+        };
         let (status, body) = admin
             .post_form(
                 "/projects",
@@ -149,9 +173,17 @@ async fn project_and_environment_names_follow_one_rule_in_the_api_and_the_pages(
     }
 
     let (pid, _) = api.project("envs", &[]).await;
-    for (name, ok) in [("staging", true), ("Prod", false), (&*"e".repeat(33), false), ("e/x", false)] {
+    for (name, ok) in [
+        ("staging", true),
+        ("Prod", false),
+        (&*"e".repeat(33), false),
+        ("e/x", false),
+    ] {
         let (status, _) = api
-            .post(&format!("/api/projects/{pid}/environments"), json!({"name": name}))
+            .post(
+                &format!("/api/projects/{pid}/environments"),
+                json!({"name": name}),
+            )
             .await;
         assert_eq!(status, if ok { 201 } else { 422 }, "API {name}");
         let page_name = if ok { "production" } else { name };
