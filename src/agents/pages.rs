@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::Project;
 use crate::users::{Principal, Role};
+use crate::web::error::WebError;
 use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, field_error, form_banner, invalid,
     no_store, page,
@@ -202,19 +203,15 @@ pub async fn create(
             let markup = render(&state, &v, Some(&created), ("", "", &FormErrors::default()), None).await?;
             return Ok((StatusCode::CREATED, no_store(), markup).into_response());
         }
-        // Shown at the fields they are about.
+        // Shown at the fields they are about: 422 for a bad value, 409 for a name in use.
         Err(AgentError::EnvironmentNotFound) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             FormErrors::one("environment_id", "this environment no longer exists"),
         ),
-        Err(e @ AgentError::NameTaken(_)) => (
-            StatusCode::CONFLICT,
-            FormErrors::from_web(e.into(), &["name", "environment_id"])?,
-        ),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            FormErrors::from_web(e.into(), &["name", "environment_id"])?,
-        ),
+        Err(e) => {
+            let e = WebError::from(e);
+            (e.status(), FormErrors::from_web(e, &["name", "environment_id"])?)
+        }
     };
     let markup = render(
         &state,
