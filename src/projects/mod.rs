@@ -1,4 +1,7 @@
 //! Projects (a compose project in a repository or at a path) and their environments.
+//!
+//! Types and validation live here, the operations (the writes, their rules and audit entries)
+//! in `ops`, the SQL in `store`; `api` (JSON) and `pages` (HTML) only translate HTTP to `ops`.
 
 pub mod api;
 pub mod ops;

@@ -3,6 +3,9 @@
 //! A secret is a key, a value, a scope (`global`: every service; `service`: one service) and an
 //! optional environment (none: every environment of the project). Values leave this module only
 //! as ciphertext (to the store) or as a [`stagely_protocol::SecretEntry`] bound for an agent.
+//!
+//! Types and validation live here, the operations in `ops`, every SQL statement (the vault's
+//! included) in `store`; `api` (JSON) and `pages` (HTML) only translate HTTP to `ops`.
 
 pub mod api;
 pub mod ops;
