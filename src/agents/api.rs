@@ -1,17 +1,21 @@
-//! JSON API for agents: create (the token is shown once), list, revoke.
+//! The agents' HTTP surface: the JSON API (create, the token shown once; list; revoke), the
+//! agent download (binary, checksum, install script) and the `/ws/agent` upgrade. Handlers only
+//! translate HTTP to [`super::ops`] and back.
 
 use axum::Extension;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 
-use super::{AgentError, AgentInfo, store};
+use super::download::{self, DownloadError};
+use super::ops::{self, CreatedAgent};
+use super::{AgentError, AgentInfo, socket, store};
 use crate::app::AppState;
-use crate::audit;
-use crate::db::{now_ms, rfc3339};
 use crate::users::Principal;
 use crate::web::error::{Json, WebError};
+use stagely_protocol as protocol;
 
 impl From<AgentError> for WebError {
     fn from(e: AgentError) -> Self {
@@ -19,7 +23,22 @@ impl From<AgentError> for WebError {
             AgentError::NotFound => WebError::NotFound("agent"),
             AgentError::EnvironmentNotFound => WebError::NotFound("environment"),
             AgentError::Invalid { field, message } => WebError::invalid(field, message),
+            AgentError::NameTaken(name) => WebError::NameTaken {
+                field: "name".into(),
+                message: format!(
+                    "this environment already has an agent named {name:?} (revoked agents keep their names)"
+                ),
+            },
             AgentError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<DownloadError> for WebError {
+    fn from(e: DownloadError) -> Self {
+        match e {
+            DownloadError::NotFound => WebError::NotFound("agent build for this platform"),
+            e @ (DownloadError::Io { .. } | DownloadError::Task(_)) => WebError::Internal(e.to_string()),
         }
     }
 }
@@ -30,90 +49,18 @@ pub struct NewAgent {
     pub name: String,
 }
 
-#[derive(Serialize)]
-pub struct CreatedAgent {
-    pub id: i64,
-    pub name: String,
-    pub environment_id: i64,
-    /// Shown only in this response; only its hash is stored.
-    pub token: String,
-}
-
-/// Create an agent for an environment; shared by the API and the agents page.
-pub async fn create_agent(
-    state: &AppState,
-    who: &Principal,
-    environment_id: i64,
-    name: &str,
-) -> Result<CreatedAgent, AgentError> {
-    let name = name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(AgentError::Invalid {
-            field: "name",
-            message: "must be 1 to 64 printable characters".into(),
-        });
-    }
-    let actor = who.actor.clone();
-    let (id, token) = state
-        .db
-        .write({
-            let name = name.clone();
-            move |tx| {
-                let now = now_ms();
-                let (id, token) = store::create(tx, environment_id, &name, now)?;
-                audit::record(tx, now, &actor, "agent.create", "agent", Some(id), &name)?;
-                Ok::<_, AgentError>((id, token))
-            }
-        })
-        .await?;
-    Ok(CreatedAgent {
-        id,
-        name,
-        environment_id,
-        token,
-    })
-}
-
 pub async fn create(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(environment_id): Path<i64>,
     Json(input): Json<NewAgent>,
-) -> Result<impl IntoResponse, WebError> {
-    let created = create_agent(&state, &who, environment_id, &input.name).await?;
+) -> Result<(StatusCode, axum::Json<CreatedAgent>), WebError> {
+    let created = ops::create_agent(&state, &who, environment_id, &input.name).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
-/// Every agent, with live status from the hub where connected.
-pub async fn list_agents(state: &AppState) -> Result<Vec<AgentInfo>, AgentError> {
-    let mut agents = state.db.read(store::list).await?;
-    for a in &mut agents {
-        a.online = state.hub.is_online(a.id);
-        if let Some(seen) = state.hub.last_seen(a.id) {
-            a.last_heartbeat = Some(rfc3339(seen));
-        }
-    }
-    Ok(agents)
-}
-
 pub async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<AgentInfo>>, WebError> {
-    Ok(axum::Json(list_agents(&state).await?))
-}
-
-/// Revoke an agent and close its live connection at once.
-pub async fn revoke_agent(state: &AppState, who: &Principal, id: i64) -> Result<(), AgentError> {
-    let actor = who.actor.clone();
-    state
-        .db
-        .write(move |tx| {
-            let now = now_ms();
-            let agent = store::revoke(tx, id, now)?;
-            audit::record(tx, now, &actor, "agent.revoke", "agent", Some(id), &agent.name)?;
-            Ok::<_, AgentError>(())
-        })
-        .await?;
-    state.hub.disconnect(id, 1008, stagely_protocol::CLOSE_REVOKED);
-    Ok(())
+    Ok(axum::Json(ops::list_agents(&state).await?))
 }
 
 pub async fn delete(
@@ -121,6 +68,105 @@ pub async fn delete(
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, WebError> {
-    revoke_agent(&state, &who, id).await?;
+    ops::revoke_agent(&state, &who, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// --- the agent download -------------------------------------------------------------------------
+
+/// `GET /agent/download/{target}`: the binary, with its sha256 in `X-Checksum-Sha256`.
+pub async fn binary(State(state): State<AppState>, Path(target): Path<String>) -> Result<Response, WebError> {
+    let bin = download::load(&state, &target).await?;
+    let mut response = bin.bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"stagely-agent\""),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // A hex digest is always a valid header value; the header is a convenience (the
+    // `/sha256` route serves the same sum).
+    if let Ok(v) = HeaderValue::from_str(&bin.sha256) {
+        headers.insert("x-checksum-sha256", v);
+    }
+    Ok(response)
+}
+
+/// `GET /agent/download/{target}/sha256`: `sha256sum`-style line.
+pub async fn checksum(State(state): State<AppState>, Path(target): Path<String>) -> Result<String, WebError> {
+    let bin = download::load(&state, &target).await?;
+    Ok(format!("{}  stagely-agent\n", bin.sha256))
+}
+
+/// `GET /agent/install.sh`: the POSIX installer bound to this appliance's public URL.
+pub async fn install_script(State(state): State<AppState>) -> Response {
+    let mut response = download::install_script(state.config.public_url.as_str()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/x-shellscript; charset=utf-8"),
+    );
+    response
+}
+
+// --- the agent connection -----------------------------------------------------------------------
+
+/// `GET /ws/agent`: authenticate the agent token, then upgrade; [`socket::run`] lives the
+/// connection.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !state.hub.admit_handshake() {
+        // Spread the retry over a few seconds so a herd does not come back together.
+        let retry = 1 + u64::from(rand::random::<u8>() % 5);
+        let mut response = WebError::Unavailable("too many agent connections at once".into()).into_response();
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
+    let Some(token) = bearer(&headers) else {
+        return WebError::Unauthorized.into_response();
+    };
+    let token = token.to_owned();
+    let agent = match state.db.read(move |c| store::authenticate(c, &token)).await {
+        Ok(Some(agent)) => agent,
+        Ok(None) => return WebError::Unauthorized.into_response(),
+        Err(e) => return WebError::from(e).into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // Small buffers: an idle agent costs a few KB instead of ~130 KB (STACK-NOTES.md). The read
+    // buffer is held for the connection's life: 512 bytes still take ~5 LOG frames per read
+    // (BENCHMARKS.md: idle agents, log throughput).
+    ws.read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * protocol::MAX_FRAME_BYTES)
+        .max_message_size(protocol::MAX_FRAME_BYTES)
+        .max_frame_size(protocol::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| {
+            // The connection gets its own task rather than living inside axum's upgrade future,
+            // which keeps the upgrade's config and callback beside it for the connection's whole
+            // life (~230 bytes per idle agent).
+            tokio::spawn(socket::run(state, agent, socket));
+            std::future::ready(())
+        })
+}
+
+/// The token from `Authorization: Bearer …`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }

@@ -98,11 +98,14 @@ impl Hub {
             last_seen: last_seen.clone(),
         };
         if let Some(old) = lock(&self.conns).insert(agent_id, conn) {
+            // Best effort: when the old queue is full the reason is lost, but `old` (its only
+            // sender) is dropped here, so the old connection still ends once its queue drains.
             let _ = old
                 .tx
                 .try_send(Outbound::Close(1008, stagely_protocol::CLOSE_REPLACED));
         }
         lock(&self.disconnected_at).remove(&agent_id);
+        // Sending fails only when nobody listens to hub events, which is fine.
         let _ = self.events.send(HubEvent::AgentOnline { agent_id });
         Registration {
             conn_id,
@@ -118,6 +121,7 @@ impl Hub {
             conns.remove(&agent_id);
             drop(conns);
             lock(&self.disconnected_at).insert(agent_id, now_ms);
+            // Sending fails only when nobody listens to hub events, which is fine.
             let _ = self.events.send(HubEvent::AgentOffline { agent_id });
             return true;
         }
@@ -163,14 +167,22 @@ impl Hub {
 
     /// Ask a connection to close (revoked agent, deleted environment).
     pub fn disconnect(&self, agent_id: i64, code: u16, reason: &'static str) {
-        if let Some(conn) = lock(&self.conns).get(&agent_id) {
-            let _ = conn.tx.try_send(Outbound::Close(code, reason));
+        let mut conns = lock(&self.conns);
+        let full = conns
+            .get(&agent_id)
+            .is_some_and(|conn| conn.tx.try_send(Outbound::Close(code, reason)) == Err(TrySendError::Full));
+        if full {
+            // A revoked agent must not stay connected because its queue is backed up: dropping
+            // the connection's only sender ends it once the queue drains.
+            conns.remove(&agent_id);
         }
     }
 
     /// Close every connection (shutdown).
     pub fn disconnect_all(&self, code: u16, reason: &'static str) {
         for conn in lock(&self.conns).values() {
+            // At shutdown every connection also sees the shutdown signal and closes itself; the
+            // queued Close only carries the reason.
             let _ = conn.tx.try_send(Outbound::Close(code, reason));
         }
     }
@@ -218,6 +230,7 @@ impl Hub {
     }
 
     pub fn publish(&self, event: HubEvent) {
+        // Sending fails only when nobody listens to hub events, which is fine.
         let _ = self.events.send(event);
     }
 }
@@ -302,5 +315,21 @@ mod tests {
         assert!(hub.is_online(1));
         assert!(hub.unregister(1, second.conn_id, 5));
         assert_eq!(hub.offline_since(1), Some(5));
+    }
+
+    #[test]
+    fn a_backed_up_connection_is_still_disconnected() {
+        let hub = Hub::new(0, 10);
+        let mut reg = hub.register(1, 100, 0);
+        while hub.send_to(1, 100, Outbound::Close(1000, "x")).is_ok() {}
+        hub.disconnect(1, 1008, stagely_protocol::CLOSE_REVOKED);
+        assert!(!hub.is_online(1));
+        // The queued frames drain, then the connection's mailbox reports it is over.
+        let mut drained = 0;
+        while let Some(Some(_)) = reg.rx.try_recv() {
+            drained += 1;
+        }
+        assert_eq!(drained, super::super::mailbox::CAPACITY);
+        assert!(matches!(reg.rx.try_recv(), Some(None)));
     }
 }

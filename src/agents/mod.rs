@@ -1,12 +1,15 @@
 //! Agents: the processes on target servers that dial in over WebSocket and run deploys.
 //!
-//! `store` holds their records, `api` the JSON surface, `hub` the live connections (agent id →
-//! socket) that deploys are dispatched through, and `socket` one connection's life.
+//! `ops` holds the operations (create, list, revoke) that both `api` (JSON, the agent download
+//! and the `/ws/agent` upgrade) and `pages` call, `store` their records, `hub` the live
+//! connections (agent id → socket) that deploys are dispatched through, `socket` one
+//! connection's life after the upgrade, and `download` finding the agent binaries to serve.
 
 pub mod api;
 pub mod download;
 pub mod hub;
 pub mod mailbox;
+pub mod ops;
 pub mod pages;
 pub mod socket;
 pub mod store;
@@ -26,6 +29,9 @@ pub enum AgentError {
     EnvironmentNotFound,
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
+    /// The name is already used by an agent of this environment (revoked ones included).
+    #[error("name: this environment already has an agent named {0:?} (revoked agents keep their names)")]
+    NameTaken(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }

@@ -9,12 +9,13 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::AgentInfo;
-use super::api::{CreatedAgent, create_agent, list_agents, revoke_agent};
+use super::ops::{CreatedAgent, create_agent, list_agents, revoke_agent};
+use super::{AgentError, AgentInfo};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::Project;
 use crate::users::{Principal, Role};
+use crate::web::error::WebError;
 use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, field_error, form_banner, invalid,
     no_store, page,
@@ -126,7 +127,9 @@ fn body(
                         }
                         label { "Name"
                             input name="name" value=(form_name) required maxlength="64" placeholder="web-1"
-                                aria-invalid=[invalid(errors, "name")];
+                                pattern="[A-Za-z0-9][A-Za-z0-9._-]{0,63}" aria-invalid=[invalid(errors, "name")]
+                                aria-describedby="agent-name-help";
+                            small id="agent-name-help" { "Letters, digits, '-', '_' and '.'; unique within the environment." }
                             (field_error(errors, "name"))
                         }
                         button type="submit" { "Create agent" }
@@ -189,39 +192,36 @@ pub async fn create(
     Form(form): Form<NewAgentForm>,
 ) -> Result<Response, PageError> {
     let result = match form.environment_id.trim().parse::<i64>() {
-        Ok(env) => create_agent(&state, &who, env, &form.name)
-            .await
-            .map_err(Into::into),
-        Err(_) => Err(crate::web::error::WebError::invalid(
-            "environment_id",
-            "choose an environment",
-        )),
+        Ok(env) => create_agent(&state, &who, env, &form.name).await,
+        Err(_) => Err(AgentError::Invalid {
+            field: "environment_id",
+            message: "choose an environment".into(),
+        }),
     };
-    match result {
+    let (status, errors) = match result {
         Ok(created) => {
             let markup = render(&state, &v, Some(&created), ("", "", &FormErrors::default()), None).await?;
-            Ok((StatusCode::CREATED, no_store(), markup).into_response())
+            return Ok((StatusCode::CREATED, no_store(), markup).into_response());
         }
+        // Shown at the fields they are about: 422 for a bad value, 409 for a name in use.
+        Err(AgentError::EnvironmentNotFound) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            FormErrors::one("environment_id", "this environment no longer exists"),
+        ),
         Err(e) => {
-            let e = match e {
-                crate::web::error::WebError::NotFound("environment") => crate::web::error::WebError::invalid(
-                    "environment_id",
-                    "this environment no longer exists",
-                ),
-                other => other,
-            };
-            let errors = FormErrors::from_web(e, &["name", "environment_id"])?;
-            let markup = render(
-                &state,
-                &v,
-                None,
-                (&form.environment_id, &form.name, &errors),
-                None,
-            )
-            .await?;
-            Ok((StatusCode::UNPROCESSABLE_ENTITY, no_store(), markup).into_response())
+            let e = WebError::from(e);
+            (e.status(), FormErrors::from_web(e, &["name", "environment_id"])?)
         }
-    }
+    };
+    let markup = render(
+        &state,
+        &v,
+        None,
+        (&form.environment_id, &form.name, &errors),
+        None,
+    )
+    .await?;
+    Ok((status, no_store(), markup).into_response())
 }
 
 pub async fn revoke(

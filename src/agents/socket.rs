@@ -1,5 +1,9 @@
-//! One agent connection: the `/ws/agent` upgrade, then HELLO, then frames until either side
-//! closes, the agent goes quiet past `offline_after_secs`, or the appliance shuts down.
+//! One agent connection after the `/ws/agent` upgrade (in `agents::api`): HELLO, then frames
+//! until either side closes, the agent goes quiet past `offline_after_secs`, or the appliance
+//! shuts down.
+//!
+//! HTTP-facing: this module lives an upgraded axum [`WebSocket`] (its `Message`/`CloseFrame`
+//! types); the upgrade, the token check and everything else about the request are in `api.rs`.
 //!
 //! Nothing an agent sends can panic or stall this task: oversized frames close the connection
 //! with a reason, malformed or unknown frames are answered with an ERROR frame, and every
@@ -8,19 +12,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::extract::ws::{
-    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 
 use super::hub::{Outbound, Registration};
 use super::{AgentIdentity, HelloInfo, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::service;
-use crate::web::error::WebError;
 use stagely_protocol::{self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ServerMessage};
 
 /// An agent must say HELLO this soon after connecting.
@@ -28,60 +26,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Malformed frames tolerated on one connection before it is closed.
 const MAX_BAD_FRAMES: u32 = 20;
 
-/// `GET /ws/agent`: authenticate the agent token, then upgrade.
-pub async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    if !state.hub.admit_handshake() {
-        // Spread the retry over a few seconds so a herd does not come back together.
-        let retry = 1 + u64::from(rand::random::<u8>() % 5);
-        let mut response = WebError::Unavailable("too many agent connections at once".into()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return response;
-    }
-    let Some(token) = bearer(&headers) else {
-        return WebError::Unauthorized.into_response();
-    };
-    let token = token.to_owned();
-    let agent = match state.db.read(move |c| store::authenticate(c, &token)).await {
-        Ok(Some(agent)) => agent,
-        Ok(None) => return WebError::Unauthorized.into_response(),
-        Err(e) => return WebError::from(e).into_response(),
-    };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
-    };
-    // Small buffers: an idle agent costs a few KB instead of ~130 KB (STACK-NOTES.md). The read
-    // buffer is held for the connection's life: 512 bytes still take ~5 LOG frames per read
-    // (BENCHMARKS.md: idle agents, log throughput).
-    ws.read_buffer_size(512)
-        .write_buffer_size(0)
-        .max_write_buffer_size(2 * protocol::MAX_FRAME_BYTES)
-        .max_message_size(protocol::MAX_FRAME_BYTES)
-        .max_frame_size(protocol::MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| {
-            // The connection gets its own task rather than living inside axum's upgrade future,
-            // which keeps the upgrade's config and callback beside it for the connection's whole
-            // life (~230 bytes per idle agent).
-            tokio::spawn(run(state, agent, socket));
-            std::future::ready(())
-        })
-}
-
-/// The token from `Authorization: Bearer …`.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+/// Send a frame whose failure leaves nothing to do: a Close on a connection that is ending, an
+/// ERROR frame answering a bad one, an ACK. When the send fails the connection is already broken
+/// and the next receive ends it (and records it offline), so the error is dropped on purpose.
+async fn send_anyway(socket: &mut WebSocket, msg: Message) {
+    let _ = socket.send(msg).await;
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -108,7 +57,7 @@ fn error_frame(code: &str, message: impl Into<String>) -> Message {
 /// - it is an `async move` block, not an `async fn`: an async fn keeps its arguments' slots
 ///   beside the locals it moves them into (~480 bytes here).
 #[allow(clippy::manual_async_fn)] // see above: the async fn form costs ~480 bytes per agent
-fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
+pub fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
     async move {
         let Some(reg) = Box::pin(connect(&state, &agent, &mut socket)).await else {
             return;
@@ -128,7 +77,7 @@ async fn connect(state: &AppState, agent: &AgentIdentity, socket: &mut WebSocket
         .await
     {
         tracing::error!(agent_id = agent.id, error = %e, "cannot record agent connection");
-        let _ = socket.send(close(1011, "server error")).await;
+        send_anyway(socket, close(1011, "server error")).await;
         return None;
     }
     let reg = state.hub.register(agent.id, agent.environment_id, now);
@@ -192,10 +141,7 @@ impl Connected<'_> {
             Event::Incoming(None) => Some("closed"),
             Event::Incoming(Some(Err(e))) => {
                 tracing::warn!(agent_id = agent.id, error = %e, "agent connection error");
-                let _ = self
-                    .socket
-                    .send(close(1009, "frame too large or malformed"))
-                    .await;
+                send_anyway(self.socket, close(1009, "frame too large or malformed")).await;
                 Some("error")
             }
             Event::Incoming(Some(Ok(msg))) => {
@@ -207,20 +153,20 @@ impl Connected<'_> {
                 sent.is_err().then_some("send failed")
             }
             Event::Outbound(Some(Outbound::Close(code, why))) => {
-                let _ = self.socket.send(close(code, why)).await;
+                send_anyway(self.socket, close(code, why)).await;
                 Some(why)
             }
             Event::Outbound(None) => Some("hub dropped"),
             Event::Ping => {
                 if now_ms() - self.reg.last_seen.load(Ordering::Relaxed) > self.offline_after {
-                    let _ = self.socket.send(close(1001, "heartbeat timeout")).await;
+                    send_anyway(self.socket, close(1001, "heartbeat timeout")).await;
                     return Some("heartbeat timeout");
                 }
                 let sent = self.socket.send(Message::Ping(Default::default())).await;
                 sent.is_err().then_some("ping failed")
             }
             Event::Shutdown => {
-                let _ = self.socket.send(close(1001, protocol::CLOSE_SHUTDOWN)).await;
+                send_anyway(self.socket, close(1001, protocol::CLOSE_SHUTDOWN)).await;
                 Some(protocol::CLOSE_SHUTDOWN)
             }
         }
@@ -232,9 +178,9 @@ impl Connected<'_> {
             Message::Text(text) => {
                 if let Err(reply) = handle_text(state, agent, text.as_str(), self.socket).await {
                     self.bad_frames += 1;
-                    let _ = self.socket.send(reply).await;
+                    send_anyway(self.socket, reply).await;
                     if self.bad_frames > MAX_BAD_FRAMES {
-                        let _ = self.socket.send(close(1008, "too many invalid frames")).await;
+                        send_anyway(self.socket, close(1008, "too many invalid frames")).await;
                         return Some("too many invalid frames");
                     }
                 }
@@ -242,13 +188,11 @@ impl Connected<'_> {
             }
             Message::Binary(_) => {
                 tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
-                let _ = self
-                    .socket
-                    .send(error_frame(
-                        "bad_message",
-                        "binary frames are not part of the protocol",
-                    ))
-                    .await;
+                send_anyway(
+                    self.socket,
+                    error_frame("bad_message", "binary frames are not part of the protocol"),
+                )
+                .await;
                 None
             }
             Message::Ping(_) | Message::Pong(_) => None,
@@ -289,7 +233,7 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
         Ok(Some(text)) => text,
         Ok(None) => return None,
         Err(_) => {
-            let _ = socket.send(close(1008, "no HELLO within 10 s")).await;
+            send_anyway(socket, close(1008, "no HELLO within 10 s")).await;
             return None;
         }
     };
@@ -312,10 +256,12 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
                     "this appliance speaks protocol {PROTOCOL_VERSION}, the agent speaks {protocol}: upgrade the agent \
                      (download it from this appliance)"
                 );
-                let _ = socket.send(error_frame("protocol_unsupported", message)).await;
-                let _ = socket
-                    .send(close(1002, "unsupported protocol version: upgrade the agent"))
-                    .await;
+                send_anyway(socket, error_frame("protocol_unsupported", message)).await;
+                send_anyway(
+                    socket,
+                    close(1002, "unsupported protocol version: upgrade the agent"),
+                )
+                .await;
                 return None;
             }
             let clip = |s: String| s.chars().take(200).collect::<String>();
@@ -329,10 +275,12 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
         }
         _ => {
             tracing::warn!(agent_id = agent.id, "agent's first frame was not a HELLO");
-            let _ = socket
-                .send(error_frame("hello_required", "the first frame must be a HELLO"))
-                .await;
-            let _ = socket.send(close(1002, "HELLO required")).await;
+            send_anyway(
+                socket,
+                error_frame("hello_required", "the first frame must be a HELLO"),
+            )
+            .await;
+            send_anyway(socket, close(1002, "HELLO required")).await;
             None
         }
     }
@@ -378,7 +326,7 @@ async fn handle_text(
                 .map_err(|e| refused(agent, &e))?;
             if ack {
                 let frame = protocol::encode(&ServerMessage::Ack { deployment_id });
-                let _ = socket.send(Message::Text(frame.into())).await;
+                send_anyway(socket, Message::Text(frame.into())).await;
             }
             Ok(())
         }

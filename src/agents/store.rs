@@ -21,6 +21,16 @@ pub fn create(
     if !exists {
         return Err(AgentError::EnvironmentNotFound);
     }
+    // Writes are serialised (BEGIN IMMEDIATE), so this check and the insert see the same rows;
+    // the unique index (environment_id, name) backs it up.
+    let taken: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM agents WHERE environment_id = ?1 AND name = ?2)",
+        params![environment_id, name],
+        |r| r.get(0),
+    )?;
+    if taken {
+        return Err(AgentError::NameTaken(name.to_owned()));
+    }
     let token = random_token(AGENT_TOKEN_PREFIX);
     tx.execute(
         "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -151,4 +161,84 @@ pub fn record_heartbeats(tx: &Transaction<'_>, beats: &[(i64, i64)]) -> Result<(
         stmt.execute(params![id, at])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: [&str; 2] = [
+        include_str!("../../migrations/V1__initial.sql"),
+        include_str!("../../migrations/V2__web_sign_in.sql"),
+    ];
+    const V3: &str = include_str!("../../migrations/V3__agent_names.sql");
+
+    fn names(c: &Connection) -> Vec<(i64, i64, String)> {
+        let mut stmt = c
+            .prepare("SELECT id, environment_id, name FROM agents ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn v3_renames_old_duplicates_deterministically_then_enforces_unique_names() {
+        let c = Connection::open_in_memory().unwrap();
+        for sql in SCHEMA {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO projects (id, name, git_ref, compose_path, pull, created_at, updated_at)
+                 VALUES (1, 'p', 'main', '/c.yml', 'always', 0, 0);
+             INSERT INTO environments (id, project_id, name, created_at) VALUES (1, 1, 'a', 0), (2, 1, 'b', 0);
+             INSERT INTO agents (id, environment_id, name, token_hash, created_at, revoked_at) VALUES
+                 (1, 1, 'web', x'01', 0, 5),       -- revoked: gives the name up to the live one
+                 (2, 1, 'web', x'02', 0, NULL),
+                 (3, 1, 'web', x'03', 0, NULL),
+                 (4, 2, 'web', x'04', 0, NULL),    -- another environment: untouched
+                 (5, 1, '<script>', x'05', 0, NULL), -- breaks the new rule: kept readable
+                 (6, 1, 'db', x'06', 0, NULL),
+                 (7, 1, 'db', x'07', 0, NULL),
+                 (8, 1, 'db-7', x'08', 0, NULL);   -- already holds the name 7 would get",
+        )
+        .unwrap();
+        c.execute_batch(V3).unwrap();
+        let got = names(&c);
+        let want = [
+            (1, 1, "web-1"),
+            (2, 1, "web"),
+            (3, 1, "web-3"),
+            (4, 2, "web"),
+            (5, 1, "<script>"),
+            (6, 1, "db"),
+            (7, 1, "db-7-7"),
+            (8, 1, "db-7"),
+        ];
+        assert_eq!(got, want.map(|(i, e, n)| (i, e, n.to_owned())).to_vec());
+        let dup = c.execute(
+            "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (1, 'web', x'09', 0)",
+            [],
+        );
+        assert!(DbError::from(dup.unwrap_err()).is_constraint());
+    }
+
+    #[test]
+    fn a_duplicate_name_in_one_environment_is_name_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("s.db")).unwrap();
+        db.write_blocking(|tx| {
+            tx.execute_batch(
+                "INSERT INTO projects (id, name, git_ref, compose_path, pull, created_at, updated_at)
+                     VALUES (1, 'p', 'main', '/c.yml', 'always', 0, 0);
+                 INSERT INTO environments (id, project_id, name, created_at) VALUES (1, 1, 'a', 0), (2, 1, 'b', 0);",
+            )?;
+            create(tx, 1, "web-1", 0)?;
+            assert!(matches!(create(tx, 1, "web-1", 0), Err(AgentError::NameTaken(n)) if n == "web-1"));
+            create(tx, 2, "web-1", 0)?;
+            Ok::<_, AgentError>(())
+        })
+        .unwrap();
+    }
 }

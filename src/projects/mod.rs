@@ -1,12 +1,17 @@
 //! Projects (a compose project in a repository or at a path) and their environments.
+//!
+//! Types and validation live here, the operations (the writes, their rules and audit entries)
+//! in `ops`, the SQL in `store`; `api` (JSON) and `pages` (HTML) only translate HTTP to `ops`.
 
 pub mod api;
+pub mod ops;
 pub mod pages;
 pub mod store;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::db::DbError;
+use crate::names::{self, NameKind};
 use stagely_protocol::PullPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,33 @@ fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// A new environment of a project.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentInput {
+    pub name: String,
+    #[serde(default)]
+    pub git_ref: Option<String>,
+}
+
+/// A validated environment, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidEnvironment {
+    pub name: String,
+    pub git_ref: Option<String>,
+}
+
+impl EnvironmentInput {
+    pub fn validate(&self) -> Result<ValidEnvironment, ProjectError> {
+        let name = validate_slug("name", NameKind::Environment, &self.name)?;
+        let git_ref = match self.git_ref.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(r) => Some(validate_git_ref("git_ref", r)?),
+        };
+        Ok(ValidEnvironment { name, git_ref })
+    }
+}
+
 /// A validated project, ready to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidProject {
@@ -101,24 +133,13 @@ fn invalid<T>(field: &'static str, message: impl Into<String>) -> Result<T, Proj
     })
 }
 
-/// Lowercase letters, digits, `-` and `_`, starting with a letter or digit: safe in URLs, paths
-/// and compose project names.
-pub fn validate_slug(field: &'static str, value: &str, max: usize) -> Result<String, ProjectError> {
-    let v = value.trim();
-    let ok_chars = v
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    let ok_start = v
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if v.is_empty() || v.len() > max || !ok_chars || !ok_start {
-        return invalid(
-            field,
-            format!("use 1 to {max} lowercase letters, digits, '-' or '_', starting with a letter or digit"),
-        );
-    }
-    Ok(v.to_owned())
+/// A project or environment name ([`NameKind::Project`] / [`NameKind::Environment`]: the one rule
+/// per kind of name), with the form or JSON field it came from named in the error.
+pub fn validate_slug(field: &'static str, kind: NameKind, value: &str) -> Result<String, ProjectError> {
+    names::validate(kind, value).map_err(|e| ProjectError::Invalid {
+        field,
+        message: e.message,
+    })
 }
 
 /// A branch, tag or commit. Never starts with `-` (it goes to git as an argument).
@@ -196,7 +217,7 @@ fn validate_compose_path(value: &str, has_repo: bool) -> Result<String, ProjectE
 
 impl ProjectInput {
     pub fn validate(&self) -> Result<ValidProject, ProjectError> {
-        let name = validate_slug("name", &self.name, 63)?;
+        let name = validate_slug("name", NameKind::Project, &self.name)?;
         let repo_url = match self.repo_url.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(url) => Some(validate_repo_url(url)?),
@@ -299,6 +320,17 @@ mod tests {
         assert!(p.validate().is_err());
         p.git_ref = Some("release/2026.11".into());
         assert!(p.validate().is_ok());
+        for (name, ok) in [("staging", true), ("Staging", false), (&*"e".repeat(33), false)] {
+            let env = EnvironmentInput {
+                name: name.into(),
+                git_ref: None,
+            };
+            match env.validate() {
+                Ok(_) => assert!(ok, "{name}"),
+                Err(ProjectError::Invalid { field, .. }) => assert!(!ok && field == "name", "{name}"),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
         p.pull = Some("sometimes".into());
         assert!(matches!(
             p.validate(),

@@ -11,8 +11,8 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::api::{EnvironmentInput, create_environment, create_project, update_project};
-use super::{Project, ProjectInput, ProjectPatch, store};
+use super::ops::{create_environment, create_project, update_project};
+use super::{EnvironmentInput, Project, ProjectInput, ProjectPatch, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::{self, Deployment};

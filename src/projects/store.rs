@@ -3,19 +3,31 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{Environment, Project, ProjectError, ValidProject};
-use crate::db::{DbError, rfc3339};
+use crate::db::{DbError, Stored, StoredEnum, enum_at, rfc3339};
 use stagely_protocol::PullPolicy;
+
+impl StoredEnum for PullPolicy {
+    const WHAT: &'static str = "pull policy";
+    fn from_stored(s: &str) -> Option<Self> {
+        PullPolicy::parse(s)
+    }
+    fn as_stored(&self) -> &'static str {
+        self.as_str()
+    }
+}
 
 const PROJECT_COLUMNS: &str = "id, name, repo_url, git_ref, compose_path, pull, created_at, updated_at";
 
 fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    let id = r.get(0)?;
     Ok(Project {
-        id: r.get(0)?,
+        id,
         name: r.get(1)?,
         repo_url: r.get(2)?,
         git_ref: r.get(3)?,
         compose_path: r.get(4)?,
-        pull: PullPolicy::parse(&r.get::<_, String>(5)?).unwrap_or_default(),
+        // An unknown policy is an error naming the row: never silently `always`.
+        pull: enum_at(r, 5, "projects", id)?,
         created_at: rfc3339(r.get(6)?),
         updated_at: rfc3339(r.get(7)?),
         environments: Vec::new(),
@@ -60,14 +72,7 @@ pub fn insert(tx: &Transaction<'_>, p: &ValidProject, now: i64) -> Result<i64, P
     tx.execute(
         "INSERT INTO projects (name, repo_url, git_ref, compose_path, pull, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-        params![
-            p.name,
-            p.repo_url,
-            p.git_ref,
-            p.compose_path,
-            p.pull.as_str(),
-            now
-        ],
+        params![p.name, p.repo_url, p.git_ref, p.compose_path, Stored(p.pull), now],
     )
     .map_err(|e| name_taken(e, &p.name))?;
     Ok(tx.last_insert_rowid())
@@ -78,7 +83,7 @@ pub fn update(tx: &Transaction<'_>, id: i64, p: &ValidProject, now: i64) -> Resu
         .execute(
             "UPDATE projects SET name = ?2, repo_url = ?3, git_ref = ?4, compose_path = ?5, pull = ?6, updated_at = ?7
              WHERE id = ?1",
-            params![id, p.name, p.repo_url, p.git_ref, p.compose_path, p.pull.as_str(), now],
+            params![id, p.name, p.repo_url, p.git_ref, p.compose_path, Stored(p.pull), now],
         )
         .map_err(|e| name_taken(e, &p.name))?;
     if n == 0 {
@@ -154,5 +159,48 @@ pub fn delete_environment(tx: &Transaction<'_>, id: i64) -> Result<(), ProjectEr
     match tx.execute("DELETE FROM environments WHERE id = ?1", [id])? {
         0 => Err(ProjectError::EnvironmentNotFound),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn an_unknown_stored_pull_policy_is_an_error_naming_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("s.db")).unwrap();
+        db.write_blocking(|tx| {
+            let valid = ValidProject {
+                name: "shop".into(),
+                repo_url: None,
+                git_ref: "main".into(),
+                compose_path: "/srv/shop.yml".into(),
+                pull: PullPolicy::Missing,
+            };
+            let id = insert(tx, &valid, 0)?;
+            assert_eq!(get(tx, id)?.pull, PullPolicy::Missing);
+            // A value this binary does not know (a newer Stagely, a hand edit): the CHECK
+            // constraint is bypassed the way such a row would get there.
+            tx.execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE projects SET pull = 'sometimes' WHERE id = 1;
+                 PRAGMA ignore_check_constraints = OFF;",
+            )?;
+            Ok::<_, ProjectError>(())
+        })
+        .unwrap();
+        for err in [
+            db.read_blocking(|c| get(c, 1)).unwrap_err().to_string(),
+            db.read_blocking(list).unwrap_err().to_string(),
+        ] {
+            assert!(
+                err.contains("projects row 1")
+                    && err.contains("\"sometimes\"")
+                    && err.contains("pull policy"),
+                "{err}"
+            );
+        }
     }
 }

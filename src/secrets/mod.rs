@@ -3,8 +3,12 @@
 //! A secret is a key, a value, a scope (`global`: every service; `service`: one service) and an
 //! optional environment (none: every environment of the project). Values leave this module only
 //! as ciphertext (to the store) or as a [`stagely_protocol::SecretEntry`] bound for an agent.
+//!
+//! Types and validation live here, the operations in `ops`, every SQL statement (the vault's
+//! included) in `store`; `api` (JSON) and `pages` (HTML) only translate HTTP to `ops`.
 
 pub mod api;
+pub mod ops;
 pub mod pages;
 pub mod store;
 pub mod vault;
@@ -58,17 +62,29 @@ pub struct SecretInfo {
     pub updated_at: String,
 }
 
-/// A create request. `Debug` is hand-written so the value never reaches a log.
-#[derive(Clone, Deserialize)]
+/// A create request. `Debug` is hand-written so the value never reaches a log; the value is
+/// wiped from memory on drop.
+#[derive(Clone, Deserialize, zeroize::ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
 pub struct SecretInput {
+    #[zeroize(skip)]
     pub key: String,
     pub value: String,
+    #[zeroize(skip)]
     pub scope: String,
     #[serde(default)]
+    #[zeroize(skip)]
     pub service: Option<String>,
     #[serde(default)]
+    #[zeroize(skip)]
     pub environment: Option<String>,
+}
+
+/// A new value for an existing secret, wiped from memory on drop.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct NewValue {
+    pub value: String,
 }
 
 impl std::fmt::Debug for SecretInput {
@@ -79,12 +95,6 @@ impl std::fmt::Debug for SecretInput {
             .field("service", &self.service)
             .field("environment", &self.environment)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for SecretInput {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.value);
     }
 }
 

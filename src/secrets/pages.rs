@@ -8,8 +8,8 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::api::{NewValue, create_secret, delete_secret, update_secret};
-use super::{SecretInfo, SecretInput, store};
+use super::ops::{create_secret, delete_secret, update_secret};
+use super::{NewValue, SecretInfo, SecretInput, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::Project;
@@ -21,24 +21,22 @@ use crate::web::layout::{
 use stagely_protocol::Scope;
 
 /// The add-secret form as submitted. `value` is wiped on drop and never rendered back.
-#[derive(Default, Clone, Deserialize)]
+#[derive(Default, Clone, Deserialize, zeroize::ZeroizeOnDrop)]
 pub struct SecretForm {
     #[serde(default)]
+    #[zeroize(skip)]
     pub key: String,
     #[serde(default)]
     pub value: String,
     #[serde(default)]
+    #[zeroize(skip)]
     pub scope: String,
     #[serde(default)]
+    #[zeroize(skip)]
     pub service: String,
     #[serde(default)]
+    #[zeroize(skip)]
     pub environment: String,
-}
-
-impl Drop for SecretForm {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.value);
-    }
 }
 
 const MASK: &str = "••••••••";
@@ -186,16 +184,11 @@ pub async fn create(
     }
 }
 
-#[derive(Deserialize)]
+/// The replace-value form as submitted; wiped on drop.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
 pub struct ValueForm {
     #[serde(default)]
     value: String,
-}
-
-impl Drop for ValueForm {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.value);
-    }
 }
 
 async fn project_of(state: &AppState, id: i64) -> Result<i64, PageError> {

@@ -5,19 +5,32 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{SecretError, SecretInfo};
-use crate::db::{DbError, rfc3339};
+use crate::db::{DbError, Stored, StoredEnum, enum_at, rfc3339};
 use stagely_protocol::Scope;
+
+impl StoredEnum for Scope {
+    const WHAT: &'static str = "secret scope";
+    fn from_stored(s: &str) -> Option<Self> {
+        Scope::parse(s)
+    }
+    fn as_stored(&self) -> &'static str {
+        self.as_str()
+    }
+}
 
 const INFO_SELECT: &str =
     "SELECT s.id, s.project_id, s.key, s.scope, s.service, e.name, s.version, s.updated_by, s.updated_at
      FROM secrets s LEFT JOIN environments e ON e.id = s.environment_id";
 
 fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretInfo> {
+    let id = r.get(0)?;
     Ok(SecretInfo {
-        id: r.get(0)?,
+        id,
         project_id: r.get(1)?,
         key: r.get(2)?,
-        scope: Scope::parse(&r.get::<_, String>(3)?).unwrap_or(Scope::Global),
+        // An unknown scope is an error naming the row: falling back to `global` would widen a
+        // service secret to every service.
+        scope: enum_at(r, 3, "secrets", id)?,
         service: r.get(4)?,
         environment: r.get(5)?,
         version: r.get(6)?,
@@ -32,13 +45,16 @@ pub fn get(c: &Connection, id: i64) -> Result<SecretInfo, SecretError> {
         .ok_or(SecretError::NotFound)
 }
 
-pub fn list(c: &Connection, project_id: i64) -> Result<Vec<SecretInfo>, SecretError> {
-    let exists: bool = c.query_row(
+pub fn project_exists(c: &Connection, project_id: i64) -> Result<bool, DbError> {
+    Ok(c.query_row(
         "SELECT EXISTS(SELECT 1 FROM projects WHERE id = ?1)",
         [project_id],
         |r| r.get(0),
-    )?;
-    if !exists {
+    )?)
+}
+
+pub fn list(c: &Connection, project_id: i64) -> Result<Vec<SecretInfo>, SecretError> {
+    if !project_exists(c, project_id)? {
         return Err(SecretError::ProjectNotFound);
     }
     let mut stmt = c.prepare(&format!(
@@ -77,7 +93,7 @@ pub fn insert(tx: &Transaction<'_>, s: &NewSecret<'_>, now: i64) -> Result<i64, 
     tx.execute(
         "INSERT INTO secrets (project_id, environment_id, key, scope, service, encrypted_value, version, updated_by, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
-        params![s.project_id, s.environment_id, s.key, s.scope.as_str(), s.service, s.ciphertext, s.actor, now],
+        params![s.project_id, s.environment_id, s.key, Stored(s.scope), s.service, s.ciphertext, s.actor, now],
     )
     .map_err(|e| {
         let e = DbError::from(e);
@@ -135,10 +151,11 @@ pub fn for_environment(
          WHERE project_id = ?1 AND (environment_id IS NULL OR environment_id = ?2)",
     )?;
     let rows = stmt.query_map(params![project_id, environment_id], |r| {
+        let id = r.get(0)?;
         Ok(SealedSecret {
-            id: r.get(0)?,
+            id,
             key: r.get(1)?,
-            scope: Scope::parse(&r.get::<_, String>(2)?).unwrap_or(Scope::Global),
+            scope: enum_at(r, 2, "secrets", id)?,
             service: r.get(3)?,
             environment_specific: r.get(4)?,
             version: r.get(5)?,
@@ -147,6 +164,54 @@ pub fn for_environment(
     })?;
     let rows: Vec<SealedSecret> = rows.collect::<Result<_, _>>()?;
     Ok(resolve(rows))
+}
+
+// --- the vault's rows --------------------------------------------------------------------------
+
+/// The `meta` key of the check value the vault's key must decrypt.
+const VAULT_CHECK: &str = "vault_check";
+
+/// The vault's check value (age ciphertext), if one was stored.
+pub fn vault_check(c: &Connection) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [VAULT_CHECK], |r| {
+            r.get(0)
+        })
+        .optional()?,
+    )
+}
+
+/// Store the check value unless one is already there.
+pub fn init_vault_check(tx: &Transaction<'_>, sealed: &[u8]) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+        params![VAULT_CHECK, sealed],
+    )?;
+    Ok(())
+}
+
+/// Replace the check value (key rotation).
+pub fn set_vault_check(tx: &Transaction<'_>, sealed: &[u8]) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE meta SET value = ?2 WHERE key = ?1",
+        params![VAULT_CHECK, sealed],
+    )?;
+    Ok(())
+}
+
+/// Every secret's id and ciphertext (key rotation).
+pub fn all_ciphertexts(c: &Connection) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
+    let mut stmt = c.prepare("SELECT id, encrypted_value FROM secrets")?;
+    Ok(stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Replace one secret's ciphertext without a new version (key rotation: same value).
+pub fn set_ciphertext(tx: &Transaction<'_>, id: i64, ciphertext: &[u8]) -> Result<(), DbError> {
+    tx.prepare_cached("UPDATE secrets SET encrypted_value = ?2 WHERE id = ?1")?
+        .execute(params![id, ciphertext])?;
+    Ok(())
 }
 
 fn resolve(rows: Vec<SealedSecret>) -> Vec<SealedSecret> {
@@ -176,6 +241,51 @@ mod tests {
             environment_specific: env,
             version: 1,
             ciphertext: vec![],
+        }
+    }
+
+    #[test]
+    fn an_unknown_stored_scope_is_an_error_naming_the_row_never_global() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("s.db")).unwrap();
+        db.write_blocking(|tx| {
+            tx.execute_batch(
+                "INSERT INTO projects (id, name, git_ref, compose_path, pull, created_at, updated_at)
+                     VALUES (1, 'p', 'main', '/c.yml', 'always', 0, 0);
+                 INSERT INTO environments (id, project_id, name, created_at) VALUES (1, 1, 'staging', 0);",
+            )?;
+            let new = NewSecret {
+                project_id: 1,
+                environment_id: None,
+                key: "K",
+                scope: Scope::Service,
+                service: Some("web"),
+                ciphertext: vec![1],
+                actor: "t",
+            };
+            let id = insert(tx, &new, 0)?;
+            assert_eq!(get(tx, id)?.scope, Scope::Service);
+            // What a newer Stagely or a hand edit could leave: bypass the CHECK to write it.
+            tx.execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE secrets SET scope = 'team' WHERE id = 1;
+                 PRAGMA ignore_check_constraints = OFF;",
+            )?;
+            Ok::<_, SecretError>(())
+        })
+        .unwrap();
+        let errors = [
+            db.read_blocking(|c| get(c, 1)).unwrap_err().to_string(),
+            db.read_blocking(|c| list(c, 1)).unwrap_err().to_string(),
+            db.read_blocking(|c| for_environment(c, 1, 1))
+                .unwrap_err()
+                .to_string(),
+        ];
+        for err in errors {
+            assert!(
+                err.contains("secrets row 1") && err.contains("\"team\"") && err.contains("secret scope"),
+                "{err}"
+            );
         }
     }
 

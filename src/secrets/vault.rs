@@ -13,12 +13,12 @@ use std::str::FromStr;
 
 use age::secrecy::ExposeSecret;
 use age::x25519::{Identity, Recipient};
-use rusqlite::{OptionalExtension, Transaction};
+use rusqlite::Transaction;
 use zeroize::Zeroizing;
 
+use super::store;
 use crate::db::{Db, DbError};
 
-const CHECK_KEY: &str = "vault_check";
 const CHECK_PLAINTEXT: &[u8] = b"stagely vault check v1";
 
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +67,7 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Load (or, for a database without secrets, create) the key and check it against the database.
     pub fn open(key_file: &Path, db: &Db) -> Result<Vault, VaultError> {
-        let check = db.read_blocking(|c| {
-            Ok::<_, VaultError>(
-                c.query_row("SELECT value FROM meta WHERE key = ?1", [CHECK_KEY], |r| {
-                    r.get::<_, Vec<u8>>(0)
-                })
-                .optional()?,
-            )
-        })?;
+        let check = db.read_blocking(store::vault_check)?;
         let pending = pending_path(key_file);
         let vault = match (key_file.exists(), check) {
             (false, None) => {
@@ -114,16 +107,10 @@ impl Vault {
             }
         };
         let sealed = age::encrypt(&vault.recipient, CHECK_PLAINTEXT).map_err(|_| VaultError::Encrypt)?;
-        db.write_blocking(move |tx| {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
-                rusqlite::params![CHECK_KEY, sealed],
-            )?;
-            Ok::<_, VaultError>(())
-        })?;
+        db.write_blocking(move |tx| store::init_vault_check(tx, &sealed))?;
         if pending.exists() {
             // Left by a rotation that failed before commit: the old key is still the right one.
-            let _ = std::fs::remove_file(&pending);
+            remove_pending(&pending);
         }
         Ok(vault)
     }
@@ -163,7 +150,8 @@ pub fn rotate_key(key_file: &Path, db: &Db) -> Result<RotationReport, VaultError
     let count = match result {
         Ok(n) => n,
         Err(e) => {
-            let _ = std::fs::remove_file(&pending);
+            // Not committed: the old key stays; the rotation's error is the one to report.
+            remove_pending(&pending);
             return Err(e);
         }
     };
@@ -187,22 +175,23 @@ pub struct RotationReport {
 }
 
 fn reencrypt_all(tx: &Transaction<'_>, old: &Vault, new: &Vault) -> Result<usize, VaultError> {
-    let rows: Vec<(i64, Vec<u8>)> = {
-        let mut stmt = tx.prepare("SELECT id, encrypted_value FROM secrets")?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?
-    };
-    let mut update = tx.prepare("UPDATE secrets SET encrypted_value = ?2 WHERE id = ?1")?;
+    let rows = store::all_ciphertexts(tx)?;
     for (id, ciphertext) in &rows {
         let plain = old.decrypt(ciphertext)?;
-        update.execute(rusqlite::params![id, new.encrypt(&plain)?])?;
+        store::set_ciphertext(tx, *id, &new.encrypt(&plain)?)?;
     }
     let sealed = age::encrypt(&new.recipient, CHECK_PLAINTEXT).map_err(|_| VaultError::Encrypt)?;
-    tx.execute(
-        "UPDATE meta SET value = ?2 WHERE key = ?1",
-        rusqlite::params![CHECK_KEY, sealed],
-    )?;
+    store::set_vault_check(tx, &sealed)?;
     Ok(rows.len())
+}
+
+/// Remove a `<key_file>.new` that is not (or no longer) needed. A failure is logged rather than
+/// returned: the key in use is right either way, and the next rotation refuses to overwrite
+/// the leftover file (it is created with `create_new`), so nothing is lost silently.
+fn remove_pending(pending: &Path) {
+    if let Err(e) = std::fs::remove_file(pending) {
+        tracing::warn!(file = %pending.display(), error = %e, "cannot remove the unused new key file; delete it by hand");
+    }
 }
 
 fn pending_path(key_file: &Path) -> PathBuf {
@@ -217,8 +206,13 @@ fn read_key_file(path: &Path) -> Result<Identity, VaultError> {
         source,
     })?);
     let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o077)
-        .unwrap_or(0);
+        .map_err(|source| VaultError::Io {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o077;
     if mode != 0 {
         tracing::warn!(key_file = %path.display(), "master key file is readable by group/others; chmod 600 it");
     }

@@ -180,7 +180,7 @@ async fn principal(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<(Principal, Option<Session>)>, WebError> {
-    if let Some(token) = crate::agents::socket::bearer(headers) {
+    if let Some(token) = crate::agents::api::bearer(headers) {
         return Ok(tokens::authenticate(&state.db, token, now_ms())
             .await?
             .map(|p| (p, None)));

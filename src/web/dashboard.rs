@@ -43,7 +43,7 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, WebError> {
         })
         .await?;
     let mut agents: HashMap<i64, Vec<AgentInfo>> = HashMap::new();
-    for a in crate::agents::api::list_agents(state).await? {
+    for a in crate::agents::ops::list_agents(state).await? {
         if !a.revoked {
             agents.entry(a.environment_id).or_default().push(a);
         }

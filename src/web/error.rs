@@ -22,6 +22,9 @@ pub enum WebError {
     Invalid { field: String, message: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// 409 `name_taken`: a name already in use, naming the field it came in.
+    #[error("{field}: {message}")]
+    NameTaken { field: String, message: String },
     /// 409 `agent_offline`, carrying when the agent was last seen.
     #[error("{message}")]
     AgentOffline {
@@ -50,7 +53,9 @@ impl WebError {
             WebError::Forbidden => StatusCode::FORBIDDEN,
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
             WebError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            WebError::Conflict { .. } | WebError::AgentOffline { .. } => StatusCode::CONFLICT,
+            WebError::Conflict { .. } | WebError::NameTaken { .. } | WebError::AgentOffline { .. } => {
+                StatusCode::CONFLICT
+            }
             WebError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             WebError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,6 +69,7 @@ impl WebError {
             WebError::NotFound(_) => "not_found",
             WebError::Invalid { .. } => "invalid_field",
             WebError::Conflict { code, .. } => code,
+            WebError::NameTaken { .. } => "name_taken",
             WebError::AgentOffline { .. } => "agent_offline",
             WebError::TooMany { .. } => "rate_limited",
             WebError::Unavailable(_) => "unavailable",
@@ -109,7 +115,9 @@ impl IntoResponse for WebError {
             "request_id": id,
         }});
         match &self {
-            WebError::Invalid { field, .. } => body["error"]["field"] = json!(field),
+            WebError::Invalid { field, .. } | WebError::NameTaken { field, .. } => {
+                body["error"]["field"] = json!(field);
+            }
             WebError::AgentOffline { last_seen, .. } => body["error"]["last_seen"] = json!(last_seen),
             _ => {}
         }

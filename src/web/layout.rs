@@ -205,6 +205,10 @@ impl FormErrors {
             WebError::Invalid { field, message } => {
                 Ok(FormErrors::one("form", format!("{field}: {message}")))
             }
+            WebError::NameTaken { field, message } if fields.contains(&field.as_str()) => {
+                Ok(FormErrors::one(field, message))
+            }
+            e @ WebError::NameTaken { .. } => Ok(FormErrors::one("form", e.to_string())),
             e @ (WebError::Conflict { .. } | WebError::AgentOffline { .. }) => {
                 Ok(FormErrors::one("form", e.to_string()))
             }

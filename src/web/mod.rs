@@ -32,24 +32,24 @@ pub fn routes() -> Routes {
     Routes::default()
         .add(M::GET, "/healthz", Access::Public, healthz)
         .add(M::GET, "/readyz", Access::Public, readyz)
-        .add(M::GET, "/ws/agent", Access::Agent, agents::socket::upgrade)
+        .add(M::GET, "/ws/agent", Access::Agent, agents::api::upgrade)
         .add(
             M::GET,
             "/agent/install.sh",
             Access::Public,
-            agents::download::install_script,
+            agents::api::install_script,
         )
         .add(
             M::GET,
             "/agent/download/{target}",
             Access::Public,
-            agents::download::binary,
+            agents::api::binary,
         )
         .add(
             M::GET,
             "/agent/download/{target}/sha256",
             Access::Public,
-            agents::download::checksum,
+            agents::api::checksum,
         )
         .add(M::GET, "/api/projects", VIEWER, projects::api::list)
         .add(M::POST, "/api/projects", MEMBER, projects::api::create)

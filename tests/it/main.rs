@@ -15,6 +15,7 @@ mod common;
 mod deploy_flow;
 mod e2e_engine;
 mod lifecycle;
+mod names;
 mod operations;
 mod packaging;
 mod prereq;

@@ -1,0 +1,122 @@
+//! Secret operations, shared by the JSON API and the project page: validate, encrypt, store,
+//! and record the audit entry (never the value) in the same transaction.
+
+use super::{
+    NewValue, SecretError, SecretInfo, SecretInput, store, validate_key, validate_scope, validate_value,
+};
+use crate::app::AppState;
+use crate::audit;
+use crate::db::now_ms;
+use crate::users::Principal;
+
+/// Validate, encrypt and store a new secret.
+pub async fn create_secret(
+    state: &AppState,
+    who: &Principal,
+    project_id: i64,
+    input: SecretInput,
+) -> Result<SecretInfo, SecretError> {
+    let key = input.key.trim().to_owned();
+    validate_key(&key)?;
+    validate_value(&input.value)?;
+    let (scope, service) = validate_scope(&input.scope, input.service.as_deref())?;
+    let ciphertext = state.vault.encrypt(&input.value)?;
+    let environment = input
+        .environment
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned);
+    drop(input);
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            if !store::project_exists(tx, project_id)? {
+                return Err(SecretError::ProjectNotFound);
+            }
+            let environment_id = match &environment {
+                Some(name) => Some(store::environment_id(tx, project_id, name)?),
+                None => None,
+            };
+            let now = now_ms();
+            let new = store::NewSecret {
+                project_id,
+                environment_id,
+                key: &key,
+                scope,
+                service: service.as_deref(),
+                ciphertext,
+                actor: &actor,
+            };
+            let id = store::insert(tx, &new, now)?;
+            audit::record(
+                tx,
+                now,
+                &actor,
+                "secret.create",
+                "secret",
+                Some(id),
+                &describe(&key, service.as_deref(), environment.as_deref()),
+            )?;
+            store::get(tx, id)
+        })
+        .await
+}
+
+/// Replace a secret's value (its version goes up by one).
+pub async fn update_secret(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    new: NewValue,
+) -> Result<SecretInfo, SecretError> {
+    validate_value(&new.value)?;
+    let ciphertext = state.vault.encrypt(&new.value)?;
+    drop(new);
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let before = store::get(tx, id)?;
+            let now = now_ms();
+            store::update_value(tx, id, &ciphertext, &actor, now)?;
+            let what = describe(
+                &before.key,
+                before.service.as_deref(),
+                before.environment.as_deref(),
+            );
+            audit::record(tx, now, &actor, "secret.update", "secret", Some(id), &what)?;
+            store::get(tx, id)
+        })
+        .await
+}
+
+/// Delete a secret.
+pub async fn delete_secret(state: &AppState, who: &Principal, id: i64) -> Result<(), SecretError> {
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let before = store::get(tx, id)?;
+            store::delete(tx, id)?;
+            let what = describe(
+                &before.key,
+                before.service.as_deref(),
+                before.environment.as_deref(),
+            );
+            audit::record(tx, now_ms(), &actor, "secret.delete", "secret", Some(id), &what)
+                .map_err(SecretError::from)
+        })
+        .await
+}
+
+/// `KEY`, `KEY (service web)`, `KEY (staging)`: what the audit log says about a secret.
+fn describe(key: &str, service: Option<&str>, environment: Option<&str>) -> String {
+    match (service, environment) {
+        (None, None) => key.to_owned(),
+        (Some(s), None) => format!("{key} (service {s})"),
+        (None, Some(e)) => format!("{key} ({e})"),
+        (Some(s), Some(e)) => format!("{key} (service {s}, {e})"),
+    }
+}
