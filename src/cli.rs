@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{App, DataDirLock, shutdown_signal};
 use crate::config::{Config, Overrides};
 use crate::db::{Db, now_ms};
-use crate::users::{Role, tokens};
+use crate::users::{Principal, Role, UserError, ops};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -128,18 +128,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&cli, None, None)?;
             let role =
                 Role::parse(role).with_context(|| format!("--role {role:?}: use admin, member or viewer"))?;
-            let name = name.trim();
-            anyhow::ensure!(
-                !name.is_empty() && name.len() <= 64,
-                "--name must be 1 to 64 characters"
-            );
             let db = Db::open(&config.db_path())?;
-            let token = db.write_blocking(|tx| {
-                let now = now_ms();
-                let (id, token) = tokens::create(tx, name, role, None, now)?;
-                crate::audit::record(tx, now, "cli", "token.create", "api_token", Some(id), name)?;
-                Ok::<_, crate::db::DbError>(token)
-            })?;
+            // The same operation (and name rule: characters, not bytes) as the Tokens page.
+            let created = db
+                .write_blocking(|tx| ops::create_token_in(tx, &Principal::cli(), name, role, now_ms()))
+                .map_err(|e| match e {
+                    UserError::Invalid { message, .. } => anyhow::anyhow!("--name: {message}"),
+                    other => other.into(),
+                })?;
+            let token = &created.token;
             println!("{token}");
             Ok(())
         }

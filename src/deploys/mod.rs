@@ -36,17 +36,29 @@ impl DeployStatus {
         }
     }
 
-    pub fn parse(s: &str) -> DeployStatus {
+    /// `None` for a value this binary does not know (never a default: see [`crate::db::stored`]).
+    pub fn parse(s: &str) -> Option<DeployStatus> {
         match s {
-            "queued" => DeployStatus::Queued,
-            "running" => DeployStatus::Running,
-            "success" => DeployStatus::Success,
-            _ => DeployStatus::Failed,
+            "queued" => Some(DeployStatus::Queued),
+            "running" => Some(DeployStatus::Running),
+            "success" => Some(DeployStatus::Success),
+            "failed" => Some(DeployStatus::Failed),
+            _ => None,
         }
     }
 
     pub fn is_finished(self) -> bool {
         matches!(self, DeployStatus::Success | DeployStatus::Failed)
+    }
+}
+
+impl crate::db::stored::StoredEnum for DeployStatus {
+    const WHAT: &'static str = "deployment status";
+    fn from_stored(s: &str) -> Option<Self> {
+        DeployStatus::parse(s)
+    }
+    fn as_stored(&self) -> &'static str {
+        self.as_str()
     }
 }
 

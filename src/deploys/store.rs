@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{DeployError, DeployStatus, Deployment, LogLine, SecretVersion};
+use crate::db::stored::enum_at;
 use crate::db::{DbError, rfc3339};
 use crate::secrets::store::SealedSecret;
 use stagely_protocol::ServiceState;
@@ -48,21 +49,30 @@ const SELECT: &str = "SELECT d.id, d.project_id, p.name, d.environment_id, e.nam
      FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
+    let id: i64 = r.get(0)?;
     let services: Option<String> = r.get(10)?;
     Ok(Deployment {
-        id: r.get(0)?,
+        id,
         project_id: r.get(1)?,
         project: r.get(2)?,
         environment_id: r.get(3)?,
         environment: r.get(4)?,
         agent_id: r.get(5)?,
-        status: DeployStatus::parse(&r.get::<_, String>(6)?),
+        status: enum_at(r, 6, "deployments", id)?,
         git_ref: r.get(7)?,
         commit: r.get(8)?,
         error: r.get(9)?,
-        services: services
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default(),
+        // A services column that does not parse is an error naming the row, not an empty list.
+        services: match services {
+            None => Vec::new(),
+            Some(s) => serde_json::from_str(&s).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    10,
+                    rusqlite::types::Type::Text,
+                    format!("deployments row {id}: services: {e}").into(),
+                )
+            })?,
+        },
         triggered_by: r.get(11)?,
         created_at: rfc3339(r.get(12)?),
         finished_at: r.get::<_, Option<i64>>(13)?.map(rfc3339),
@@ -205,7 +215,7 @@ pub fn owner(
     Ok(c.query_row(
         "SELECT agent_id, environment_id, status FROM deployments WHERE id = ?1",
         [deployment_id],
-        |r| Ok((r.get(0)?, r.get(1)?, DeployStatus::parse(&r.get::<_, String>(2)?))),
+        |r| Ok((r.get(0)?, r.get(1)?, enum_at(r, 2, "deployments", deployment_id)?)),
     )
     .optional()?)
 }
