@@ -1,13 +1,20 @@
 //! Deployments: the server half of the deploy sequence (trigger, lookup, dispatch), the log
 //! lines agents stream back, and their end.
 
+//!
+//! [`ops`]: the deploy trigger and the server's own writes; [`service`]: what agents report
+//! (masked, or withheld when it cannot be masked); [`store`]: the SQL; [`api`] and [`pages`]
+//! (with the live log socket, [`live`]) only translate HTTP.
+
 pub mod api;
-pub mod live;
 pub mod logs;
+pub mod ops;
 pub mod pages;
 pub mod reaper;
 pub mod service;
 pub mod store;
+
+pub use pages::live;
 
 use serde::Serialize;
 

@@ -219,3 +219,37 @@ pub fn owner(
     )
     .optional()?)
 }
+
+/// The project and environment a deployment belongs to.
+pub fn project_and_environment(c: &Connection, deployment_id: i64) -> Result<(i64, i64), DeployError> {
+    c.query_row(
+        "SELECT project_id, environment_id FROM deployments WHERE id = ?1",
+        [deployment_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .ok_or(DeployError::NotFound)
+}
+
+/// Mark an unfinished deployment's log as withheld: its error becomes `note`, and the note is
+/// stored as the line at `seq` (stream `agent`). True the first time, false once already noted.
+pub fn note_withheld(
+    tx: &Transaction<'_>,
+    deployment_id: i64,
+    seq: i64,
+    note: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let changed = tx.execute(
+        "UPDATE deployments SET error = ?2 WHERE id = ?1 AND status IN ('queued', 'running')
+           AND (error IS NULL OR error != ?2)",
+        params![deployment_id, note],
+    )?;
+    if changed == 1 {
+        tx.execute(
+            "INSERT OR IGNORE INTO deployment_logs (deployment_id, seq, stream, line, at) VALUES (?1, ?2, 'agent', ?3, ?4)",
+            params![deployment_id, seq, note, now],
+        )?;
+    }
+    Ok(changed == 1)
+}

@@ -523,10 +523,11 @@ mod tests {
         let refused = db.write_blocking(|tx| create_token_in(tx, &member, &long, Role::Member, 1));
         assert!(
             matches!(&refused, Err(UserError::Invalid { field: "name", .. })),
-            "{refused:?}"
+            "{:?}",
+            refused.err()
         );
         let higher = db.write_blocking(|tx| create_token_in(tx, &member, "ci", Role::Admin, 1));
-        assert!(matches!(higher, Err(UserError::RoleTooHigh)), "{higher:?}");
+        assert!(matches!(higher, Err(UserError::RoleTooHigh)), "{:?}", higher.err());
     }
 
     #[test]
