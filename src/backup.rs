@@ -34,7 +34,10 @@ pub enum BackupError {
     #[error("{0} is not a Stagely backup (no {MANIFEST} inside)")]
     NotABackup(PathBuf),
     #[error("{path}: its {MANIFEST} does not parse: {source}")]
-    BadManifest { path: PathBuf, source: serde_json::Error },
+    BadManifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("this backup was made by a newer Stagely (schema {found}, this binary knows up to {known})")]
     TooNew { found: i64, known: i64 },
     #[error("{0} already holds a database; pass --force to replace it (the old files are kept beside it)")]
@@ -151,10 +154,12 @@ pub fn restore(config: &Config, archive: &Path, force: bool) -> Result<Manifest,
             MANIFEST => {
                 let mut text = String::new();
                 entry.read_to_string(&mut text).map_err(io(archive))?;
-                manifest = Some(serde_json::from_str(&text).map_err(|source| BackupError::BadManifest {
-                    path: archive.to_owned(),
-                    source,
-                })?);
+                manifest = Some(
+                    serde_json::from_str(&text).map_err(|source| BackupError::BadManifest {
+                        path: archive.to_owned(),
+                        source,
+                    })?,
+                );
             }
             DB_ENTRY | KEY_ENTRY => {
                 let dest = work.path().join(&name);

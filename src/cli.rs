@@ -100,6 +100,7 @@ fn load_config(cli: &Cli, listen: Option<SocketAddr>, public_url: Option<String>
 }
 
 fn init_logging(config: &Config) {
+    // RUST_LOG is optional: unset (or not a valid filter) means the configured level applies.
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
@@ -221,6 +222,7 @@ fn healthcheck(cli: &Cli) -> anyhow::Result<()> {
     stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut reply = String::new();
     stream.take(4096).read_to_string(&mut reply)?;
+    // An empty reply has no status line: reported below as "not ready: ".
     let status = reply.lines().next().unwrap_or_default();
     anyhow::ensure!(
         status.split_whitespace().nth(1) == Some("200"),

@@ -60,7 +60,11 @@ async fn context(
         Some((Some(a), _, status)) if a == agent.id && status.is_finished() => Ok(Reporting::Finished),
         Some((Some(a), environment_id, _)) if a == agent.id && environment_id == agent.environment_id => {
             match rebuild_masker(state, deployment_id).await {
-                Ok(masker) => Ok(Reporting::Live(state.hub.start_deploy(deployment_id, agent.id, masker))),
+                Ok(masker) => Ok(Reporting::Live(state.hub.start_deploy(
+                    deployment_id,
+                    agent.id,
+                    masker,
+                ))),
                 Err(e) => {
                     // Not cached: the next report tries again, so a passing vault problem heals.
                     tracing::error!(deployment_id, error = %e, "cannot build the masker: the deployment's log is withheld");
@@ -245,4 +249,3 @@ pub async fn on_hello(state: &AppState, agent: &AgentIdentity, active: Option<Ve
         }
     }
 }
-

@@ -242,7 +242,12 @@ pub async fn change_role(state: &AppState, who: &Principal, id: i64, role: Role)
 }
 
 /// Disable (ending every session at once) or enable a user; the last enabled admin stays enabled.
-pub fn set_disabled_in(tx: &Transaction<'_>, who: &Principal, id: i64, disable: bool) -> Result<(), UserError> {
+pub fn set_disabled_in(
+    tx: &Transaction<'_>,
+    who: &Principal,
+    id: i64,
+    disable: bool,
+) -> Result<(), UserError> {
     let user = store::get(tx, id)?;
     keep_an_admin(tx, &user, disable)?;
     store::set_disabled(tx, id, disable)?;
@@ -254,9 +259,17 @@ pub fn set_disabled_in(tx: &Transaction<'_>, who: &Principal, id: i64, disable: 
     Ok(())
 }
 
-pub async fn set_disabled(state: &AppState, who: &Principal, id: i64, disable: bool) -> Result<(), UserError> {
+pub async fn set_disabled(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    disable: bool,
+) -> Result<(), UserError> {
     let who = who.clone();
-    state.db.write(move |tx| set_disabled_in(tx, &who, id, disable)).await
+    state
+        .db
+        .write(move |tx| set_disabled_in(tx, &who, id, disable))
+        .await
 }
 
 /// End every session of a user; answers how many there were.
@@ -289,14 +302,8 @@ pub async fn invite(state: &AppState, who: &Principal, role: Role) -> Result<Str
         .db
         .write(move |tx| {
             let now = now_ms();
-            let (id, token) = store::create_link(
-                tx,
-                LinkKind::Invite,
-                role,
-                &actor,
-                now,
-                now.saturating_add(ttl),
-            )?;
+            let (id, token) =
+                store::create_link(tx, LinkKind::Invite, role, &actor, now, now.saturating_add(ttl))?;
             audit::record(tx, now, &actor, "user.invite", "invite", Some(id), role.as_str())?;
             Ok::<_, UserError>(token)
         })
@@ -338,7 +345,12 @@ pub fn parse_github_login(value: &str) -> Result<String, UserError> {
 
 /// An admin links (or, with an empty login, unlinks) a GitHub login to a user. The allow list
 /// still decides whether that login may sign in.
-pub async fn set_github_login(state: &AppState, who: &Principal, id: i64, login: &str) -> Result<(), UserError> {
+pub async fn set_github_login(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    login: &str,
+) -> Result<(), UserError> {
     let login = parse_github_login(login)?;
     let actor = who.actor.clone();
     state
@@ -355,7 +367,15 @@ pub async fn set_github_login(state: &AppState, who: &Principal, id: i64, login:
                 user.username,
                 if login.is_empty() { "none" } else { &login }
             );
-            audit::record(tx, now_ms(), &actor, "user.link_github", "user", Some(id), &detail)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.link_github",
+                "user",
+                Some(id),
+                &detail,
+            )?;
             Ok(())
         })
         .await
@@ -369,7 +389,15 @@ pub async fn link_own_github(state: &AppState, who: &Principal, login: &str) -> 
         .db
         .write(move |tx| {
             store::link_github(tx, user_id, &login)?;
-            audit::record(tx, now_ms(), &actor, "user.link_github", "user", Some(user_id), &login)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.link_github",
+                "user",
+                Some(user_id),
+                &login,
+            )?;
             Ok(())
         })
         .await
@@ -390,7 +418,15 @@ pub async fn unlink_own_github(state: &AppState, who: &Principal) -> Result<(), 
                 });
             }
             store::unlink_github(tx, user_id)?;
-            audit::record(tx, now_ms(), &actor, "user.unlink_github", "user", Some(user_id), "")?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.unlink_github",
+                "user",
+                Some(user_id),
+                "",
+            )?;
             Ok(())
         })
         .await
@@ -527,7 +563,11 @@ mod tests {
             refused.err()
         );
         let higher = db.write_blocking(|tx| create_token_in(tx, &member, "ci", Role::Admin, 1));
-        assert!(matches!(higher, Err(UserError::RoleTooHigh)), "{:?}", higher.err());
+        assert!(
+            matches!(higher, Err(UserError::RoleTooHigh)),
+            "{:?}",
+            higher.err()
+        );
     }
 
     #[test]
@@ -543,7 +583,10 @@ mod tests {
         })
         .unwrap();
         let err = db.read_blocking(|c| store::get(c, id)).unwrap_err().to_string();
-        assert!(err.contains(&format!("users row {id}")) && err.contains("\"owner\""), "{err}");
+        assert!(
+            err.contains(&format!("users row {id}")) && err.contains("\"owner\""),
+            "{err}"
+        );
         let err = db.read_blocking(store::list).unwrap_err().to_string();
         assert!(err.contains("users row"), "{err}");
     }

@@ -111,10 +111,7 @@ pub fn other_enabled_admins(c: &Connection, except: i64) -> Result<i64, DbError>
 }
 
 pub fn set_role(tx: &Transaction<'_>, id: i64, role: Role) -> Result<(), UserError> {
-    match tx.execute(
-        "UPDATE users SET role = ?2 WHERE id = ?1",
-        params![id, role],
-    )? {
+    match tx.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id, role])? {
         0 => Err(UserError::NotFound),
         _ => Ok(()),
     }
@@ -268,7 +265,12 @@ pub fn peek_link(c: &Connection, kind: LinkKind, token: &str, now: i64) -> Resul
             "SELECT token_hash, role, id FROM signup_links
              WHERE token_hash = ?1 AND kind = ?2 AND used_at IS NULL AND expires_at > ?3",
             params![hash, kind.as_str(), now],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, enum_at::<Role>(r, 1, "signup_links", r.get(2)?)?)),
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    enum_at::<Role>(r, 1, "signup_links", r.get(2)?)?,
+                ))
+            },
         )
         .optional()?;
     Ok(row.filter(|(h, _)| ct_eq(h, &hash)).map(|(_, role)| role))

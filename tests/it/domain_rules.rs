@@ -32,14 +32,24 @@ async fn the_last_admin_can_be_neither_demoted_nor_disabled_through_the_page() {
     assert_eq!(status, 303);
     assert_eq!(admin.get("/users").await.0, 403, "root is a member now");
     // And now grace is the last one.
-    let (status, body) = second.post_form("/users/2/disable", &[("disabled", "true")]).await;
+    let (status, body) = second
+        .post_form("/users/2/disable", &[("disabled", "true")])
+        .await;
     assert_eq!(status, 422, "{body:.300}");
     server.stop().await;
 }
 
 fn cli_create_token(data_dir: &std::path::Path, name: &str) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_stagely"))
-        .args(["admin", "create-token", "--name", name, "--role", "viewer", "--data-dir"])
+        .args([
+            "admin",
+            "create-token",
+            "--name",
+            name,
+            "--role",
+            "viewer",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env_remove("RUST_LOG")
         .output()
@@ -54,11 +64,15 @@ async fn token_names_are_counted_in_characters_by_the_page_and_the_cli_alike() {
     let ok = "é".repeat(64);
     let long = "é".repeat(65);
 
-    let (status, body) = admin.post_form("/tokens", &[("name", &ok), ("role", "viewer")]).await;
+    let (status, body) = admin
+        .post_form("/tokens", &[("name", &ok), ("role", "viewer")])
+        .await;
     assert_eq!(status, 201, "{body:.300}");
     let token = between(&body, "id=\"new-token\">", "<").unwrap();
     assert_eq!(Api::new(&server.url, &token).get("/api/projects").await.0, 200);
-    let (status, body) = admin.post_form("/tokens", &[("name", &long), ("role", "viewer")]).await;
+    let (status, body) = admin
+        .post_form("/tokens", &[("name", &long), ("role", "viewer")])
+        .await;
     assert_eq!(status, 422, "{body:.300}");
     assert!(body.contains("1 to 64"), "the rule is stated: {body:.500}");
 

@@ -16,11 +16,9 @@ use axum::response::Response;
 use maud::{Markup, PreEscaped, html};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-use super::{
-    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, line_markup, live_indicator, small_buffers, status_block,
-};
-use crate::deploys::{DeployStatus, LiveEvent, store};
+use super::{MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, line_markup, live_indicator, small_buffers, status_block};
 use crate::app::AppState;
+use crate::deploys::{DeployStatus, LiveEvent, store};
 use crate::web::layout::PageError;
 
 /// Stored lines read per query while catching a viewer up.

@@ -297,7 +297,10 @@ async fn sign_in(state: &AppState, id: &Identity, next: &str) -> Result<Response
     }
     // Config validation refuses an unknown `github.default_role`, so this does not fail in practice.
     let default_role = Role::parse(&state.config.github.default_role).ok_or_else(|| {
-        WebError::Internal(format!("github.default_role {:?} is not a role", state.config.github.default_role))
+        WebError::Internal(format!(
+            "github.default_role {:?} is not a role",
+            state.config.github.default_role
+        ))
     })?;
     match ops::github_sign_in(state, &id.login, default_role).await {
         Ok(user) => start_session(state, user.id, &user.username, "user.sign_in_github", next).await,

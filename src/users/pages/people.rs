@@ -199,7 +199,11 @@ async fn users_error(state: &AppState, v: &Viewer, err: UserError) -> Result<Res
 }
 
 /// Where a change lands: back on the Users page, or the page again with the reason.
-async fn after_change(state: &AppState, v: &Viewer, result: Result<(), UserError>) -> Result<Response, PageError> {
+async fn after_change(
+    state: &AppState,
+    v: &Viewer,
+    result: Result<(), UserError>,
+) -> Result<Response, PageError> {
     match result {
         Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
         Err(e) => users_error(state, v, e).await,
