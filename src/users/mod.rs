@@ -197,23 +197,4 @@ impl AuthState {
 /// How long the first-admin setup link printed at start stays valid.
 pub const SETUP_LINK_TTL_MS: i64 = 60 * 60 * 1000;
 
-/// On a start with no users, issue a fresh one-time setup link (older unused ones stop working)
-/// and return it; `None` once anyone exists.
-pub fn ensure_setup_link(db: &crate::db::Db, public_url: &str, now: i64) -> Result<Option<String>, DbError> {
-    db.write_blocking(|tx| {
-        if store::count(tx)? > 0 {
-            store::delete_setup_links(tx)?;
-            return Ok(None);
-        }
-        store::delete_setup_links(tx)?;
-        let (_, token) = store::create_link(
-            tx,
-            store::LinkKind::Setup,
-            Role::Admin,
-            "system",
-            now,
-            now + SETUP_LINK_TTL_MS,
-        )?;
-        Ok(Some(format!("{public_url}/setup?token={token}")))
-    })
-}
+pub use ops::ensure_setup_link;

@@ -8,10 +8,12 @@ use rusqlite::Transaction;
 use zeroize::Zeroizing;
 
 use super::store::{self, LinkKind, NewUser};
-use super::{Principal, Role, User, UserError, password, validate_password, validate_username};
+use super::{
+    Principal, Role, SETUP_LINK_TTL_MS, User, UserError, password, validate_password, validate_username,
+};
 use crate::app::AppState;
 use crate::audit;
-use crate::db::now_ms;
+use crate::db::{Db, DbError, now_ms};
 use crate::names::{self, NameKind};
 
 // --- sign-in ------------------------------------------------------------------------------------
@@ -194,6 +196,27 @@ pub async fn github_sign_in(state: &AppState, login: &str, default_role: Role) -
         return Err(UserError::Disabled);
     }
     Ok(user)
+}
+
+/// On a start with no users, issue a fresh one-time setup link (older unused ones stop working)
+/// and return it; `None` once anyone exists.
+pub fn ensure_setup_link(db: &Db, public_url: &str, now: i64) -> Result<Option<String>, DbError> {
+    db.write_blocking(|tx| {
+        if store::count(tx)? > 0 {
+            store::delete_setup_links(tx)?;
+            return Ok(None);
+        }
+        store::delete_setup_links(tx)?;
+        let (_, token) = store::create_link(
+            tx,
+            LinkKind::Setup,
+            Role::Admin,
+            "system",
+            now,
+            now + SETUP_LINK_TTL_MS,
+        )?;
+        Ok(Some(format!("{public_url}/setup?token={token}")))
+    })
 }
 
 // --- people (admin) -------------------------------------------------------------------------------
