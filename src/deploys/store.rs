@@ -253,3 +253,34 @@ pub fn note_withheld(
     }
     Ok(changed == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn an_unknown_stored_status_is_an_error_naming_the_row_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write_blocking(|tx| {
+            // As a newer Stagely (or a hand edit) might leave it, past the constraints.
+            tx.execute_batch(
+                "INSERT INTO projects (id, name, git_ref, compose_path, pull, created_at, updated_at)
+                 VALUES (1, 'p', 'main', 'compose.yaml', 'missing', 0, 0);
+                 INSERT INTO environments (id, project_id, name, created_at) VALUES (1, 1, 'e', 0);
+                 PRAGMA ignore_check_constraints = ON;
+                 INSERT INTO deployments (id, project_id, environment_id, status, git_ref, triggered_by, created_at)
+                 VALUES (41, 1, 1, 'paused', 'main', 'cli', 0);
+                 PRAGMA ignore_check_constraints = OFF;",
+            )?;
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+        let err = db.read_blocking(|c| owner(c, 41)).unwrap_err().to_string();
+        assert!(
+            err.contains("deployments row 41") && err.contains("\"paused\""),
+            "{err}"
+        );
+    }
+}
