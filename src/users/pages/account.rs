@@ -192,6 +192,11 @@ pub async fn create_token(
             )
                 .into_response());
         }
+        // The role select has no error slot of its own: its message goes in the banner.
+        Err(UserError::Invalid {
+            field: "role",
+            message,
+        }) => FormErrors::one("form", message),
         Err(UserError::Invalid { field, message }) => FormErrors::one(field, message),
         Err(e @ UserError::RoleTooHigh) => FormErrors::one("form", e.to_string()),
         Err(e) => return Err(e.into()),
