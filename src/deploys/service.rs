@@ -99,6 +99,11 @@ async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<Masker, 
 /// Record, once, that a deployment's log is withheld: its error says so, and one log line (at the
 /// first withheld line's place) too. Later lines are dropped without a word.
 async fn note_withheld(state: &AppState, agent: &AgentIdentity, deployment_id: i64, seq: i64) {
+    // Most withheld lines come after the note: a read tells, so they cost no write transaction.
+    let error = state.db.read(move |c| store::error_of(c, deployment_id)).await;
+    if matches!(&error, Ok(Some(e)) if e == WITHHELD_NOTE) {
+        return;
+    }
     let noted = state
         .db
         .write(move |tx| store::note_withheld(tx, deployment_id, seq, WITHHELD_NOTE, now_ms()))

@@ -231,6 +231,17 @@ pub fn project_and_environment(c: &Connection, deployment_id: i64) -> Result<(i6
     .ok_or(DeployError::NotFound)
 }
 
+/// A deployment's error text, if any.
+pub fn error_of(c: &Connection, deployment_id: i64) -> Result<Option<String>, DbError> {
+    Ok(c.query_row(
+        "SELECT error FROM deployments WHERE id = ?1",
+        [deployment_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten())
+}
+
 /// Mark an unfinished deployment's log as withheld: its error becomes `note`, and the note is
 /// stored as the line at `seq` (stream `agent`). True the first time, false once already noted.
 pub fn note_withheld(
