@@ -6,6 +6,8 @@
 //! that could not be decrypted is never produced silently. Restore refuses to run under a live
 //! server and checks the key against the restored database before it finishes.
 
+mod store;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,6 +33,11 @@ pub enum BackupError {
     Vault(#[from] VaultError),
     #[error("{0} is not a Stagely backup (no {MANIFEST} inside)")]
     NotABackup(PathBuf),
+    #[error("{path}: its {MANIFEST} does not parse: {source}")]
+    BadManifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("this backup was made by a newer Stagely (schema {found}, this binary knows up to {known})")]
     TooNew { found: i64, known: i64 },
     #[error("{0} already holds a database; pass --force to replace it (the old files are kept beside it)")]
@@ -72,7 +79,7 @@ pub fn backup(config: &Config, out: &Path, include_key: bool) -> Result<Manifest
         .map_err(io(dir))?;
     let snapshot = work.path().join(DB_ENTRY);
     let target = snapshot.to_string_lossy().into_owned();
-    db.read_blocking(|c| Ok::<_, DbError>(c.execute("VACUUM INTO ?1", [target])?))?;
+    db.read_blocking(|c| store::snapshot_into(c, &target))?;
 
     // The snapshot must open with this key: never write a backup that cannot be restored.
     let check = Db::open(&snapshot)?;
@@ -95,7 +102,10 @@ pub fn backup(config: &Config, out: &Path, include_key: bool) -> Result<Manifest
         .open(&partial)
         .map_err(io(&partial))?;
     let mut tar = tar::Builder::new(file);
-    let manifest_json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|source| BackupError::BadManifest {
+        path: partial.clone(),
+        source,
+    })?;
     append_bytes(&mut tar, MANIFEST, &manifest_json, &partial)?;
     tar.append_path_with_name(&snapshot, DB_ENTRY)
         .map_err(io(&partial))?;
@@ -144,7 +154,12 @@ pub fn restore(config: &Config, archive: &Path, force: bool) -> Result<Manifest,
             MANIFEST => {
                 let mut text = String::new();
                 entry.read_to_string(&mut text).map_err(io(archive))?;
-                manifest = serde_json::from_str(&text).ok();
+                manifest = Some(
+                    serde_json::from_str(&text).map_err(|source| BackupError::BadManifest {
+                        path: archive.to_owned(),
+                        source,
+                    })?,
+                );
             }
             DB_ENTRY | KEY_ENTRY => {
                 let dest = work.path().join(&name);

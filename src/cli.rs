@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{App, DataDirLock, shutdown_signal};
 use crate::config::{Config, Overrides};
 use crate::db::{Db, now_ms};
-use crate::users::{Role, tokens};
+use crate::users::{Principal, Role, UserError, ops};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,6 +100,7 @@ fn load_config(cli: &Cli, listen: Option<SocketAddr>, public_url: Option<String>
 }
 
 fn init_logging(config: &Config) {
+    // RUST_LOG is optional: unset (or not a valid filter) means the configured level applies.
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
@@ -130,18 +131,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&cli, None, None)?;
             let role =
                 Role::parse(role).with_context(|| format!("--role {role:?}: use admin, member or viewer"))?;
-            let name = name.trim();
-            anyhow::ensure!(
-                !name.is_empty() && name.len() <= 64,
-                "--name must be 1 to 64 characters"
-            );
             let db = Db::open(&config.db_path())?;
-            let token = db.write_blocking(|tx| {
-                let now = now_ms();
-                let (id, token) = tokens::create(tx, name, role, None, now)?;
-                crate::audit::record(tx, now, "cli", "token.create", "api_token", Some(id), name)?;
-                Ok::<_, crate::db::DbError>(token)
-            })?;
+            // The same operation (and name rule: characters, not bytes) as the Tokens page.
+            let created = db
+                .write_blocking(|tx| ops::create_token_in(tx, &Principal::cli(), name, role, now_ms()))
+                .map_err(|e| match e {
+                    UserError::Invalid { message, .. } => anyhow::anyhow!("--name: {message}"),
+                    other => other.into(),
+                })?;
+            let token = &created.token;
             println!("{token}");
             Ok(())
         }
@@ -226,6 +224,7 @@ fn healthcheck(cli: &Cli) -> anyhow::Result<()> {
     stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut reply = String::new();
     stream.take(4096).read_to_string(&mut reply)?;
+    // An empty reply has no status line: reported below as "not ready: ".
     let status = reply.lines().next().unwrap_or_default();
     anyhow::ensure!(
         status.split_whitespace().nth(1) == Some("200"),

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{DeployError, Deployment, LogLine, service, store};
+use super::{DeployError, Deployment, LogLine, ops, store};
 use crate::app::AppState;
 use crate::db::rfc3339;
 use crate::users::Principal;
@@ -58,7 +58,7 @@ pub async fn deploy(
             .map_err(|e| WebError::invalid("body", format!("not a deploy request: {e}")))?
     };
     let environment = request.environment;
-    let id = service::trigger(&state, &who, project_id, environment).await?;
+    let id = ops::trigger(&state, &who, project_id, environment).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "deployment_id": id }))))
 }
 

@@ -73,6 +73,7 @@ impl LogWriter {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::Flush(done)).await.is_ok() {
+            // An error means the writer stopped mid-flush: there is nothing left to wait for.
             let _ = wait.await;
         }
     }
@@ -175,6 +176,7 @@ async fn write(db: &Db, batch: Batch) {
         .await;
     match result {
         Ok(changed) => {
+            // A waiter that went away (its connection closed) needs no answer.
             for ((_, done), changed) in finishes.into_iter().zip(changed) {
                 let _ = done.send(Ok(changed));
             }
@@ -187,6 +189,7 @@ async fn write(db: &Db, batch: Batch) {
             }
         }
     }
+    // As above: a flusher that went away needs no answer.
     for done in flushed {
         let _ = done.send(());
     }

@@ -1,13 +1,20 @@
 //! Deployments: the server half of the deploy sequence (trigger, lookup, dispatch), the log
 //! lines agents stream back, and their end.
 
+//!
+//! [`ops`]: the deploy trigger and the server's own writes; [`service`]: what agents report
+//! (masked, or withheld when it cannot be masked); [`store`]: the SQL; [`api`] and [`pages`]
+//! (with the live log socket, [`live`]) only translate HTTP.
+
 pub mod api;
-pub mod live;
 pub mod logs;
+pub mod ops;
 pub mod pages;
 pub mod reaper;
 pub mod service;
 pub mod store;
+
+pub use pages::live;
 
 use serde::Serialize;
 
@@ -36,17 +43,29 @@ impl DeployStatus {
         }
     }
 
-    pub fn parse(s: &str) -> DeployStatus {
+    /// `None` for a value this binary does not know (never a default: see [`crate::db::stored`]).
+    pub fn parse(s: &str) -> Option<DeployStatus> {
         match s {
-            "queued" => DeployStatus::Queued,
-            "running" => DeployStatus::Running,
-            "success" => DeployStatus::Success,
-            _ => DeployStatus::Failed,
+            "queued" => Some(DeployStatus::Queued),
+            "running" => Some(DeployStatus::Running),
+            "success" => Some(DeployStatus::Success),
+            "failed" => Some(DeployStatus::Failed),
+            _ => None,
         }
     }
 
     pub fn is_finished(self) -> bool {
         matches!(self, DeployStatus::Success | DeployStatus::Failed)
+    }
+}
+
+impl crate::db::stored::StoredEnum for DeployStatus {
+    const WHAT: &'static str = "deployment status";
+    fn from_stored(s: &str) -> Option<Self> {
+        DeployStatus::parse(s)
+    }
+    fn as_stored(&self) -> &'static str {
+        self.as_str()
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{service, store};
+use super::{ops, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 
@@ -44,7 +44,7 @@ pub async fn sweep(state: &AppState, now: i64) {
         };
         if let Some(error) = verdict {
             tracing::warn!(deployment_id = id, error, "failing overdue deployment");
-            service::end_by_server(state, id, environment_id, error).await;
+            ops::end_by_server(state, id, environment_id, error).await;
         }
     }
 }

@@ -1,237 +1,49 @@
-//! Steps 1–3 of the deploy sequence (trigger, lookup, dispatch) and the handling of what agents
-//! report back (LOG, STATUS), with the rule that an agent speaks only for its own deployments.
+//! What agents report about their deployments (HELLO's list, LOG, STATUS), with the rule that
+//! an agent speaks only for its own deployments, and the rule that nothing is stored or shown
+//! unmasked: when a deployment's masker cannot be built, its log lines are withheld and the
+//! deployment says why.
 
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
-use super::store::{self, Finish, NewDeployment, PendingLine};
+use super::ops::end_by_server;
+use super::store::{self, Finish, PendingLine};
 use super::{DeployError, DeployStatus, LiveEvent, LogLine};
-use crate::agents::hub::{ActiveDeploy, HubEvent, Outbound};
-use crate::agents::{AgentIdentity, store as agent_store};
+use crate::agents::AgentIdentity;
+use crate::agents::hub::{ActiveDeploy, HubEvent};
 use crate::app::AppState;
-use crate::db::{DbError, now_ms, rfc3339};
-use crate::projects::{ProjectError, store as project_store};
-use crate::secrets::store::{self as secret_store, SealedSecret};
-use crate::secrets::vault::Vault;
-use crate::users::Principal;
-use crate::{audit, projects};
+use crate::db::{now_ms, rfc3339};
+use crate::secrets::store as secret_store;
 use stagely_protocol::mask::Masker;
-use stagely_protocol::{
-    self as protocol, DeployOutcome, LogStream, ProjectSpec, SecretEntry, ServerMessage, ServiceState,
-};
+use stagely_protocol::{DeployOutcome, LogStream, ServiceState};
 
-/// Start a deploy of one environment of a project; returns the deployment id once the agent's
-/// connection holds the DEPLOY.
-pub async fn trigger(
-    state: &AppState,
-    who: &Principal,
-    project_id: i64,
-    environment: Option<String>,
-) -> Result<i64, DeployError> {
-    // The lookup is a few indexed reads, on this thread (no trip to the blocking pool); the
-    // decryption and the record are one trip, decryption first, so a vault problem leaves
-    // nothing half-made. The record keeps the versions of exactly the values decrypted.
-    let hub = state.hub.clone();
-    let target = state
-        .db
-        .lookup(move |c| find_target(c, &hub, project_id, environment.as_deref()))
-        .await?;
-    let Target {
-        project,
-        env,
-        agent_id,
-        sealed,
-    } = target;
-    let (db, vault, actor) = (state.db.clone(), state.vault.clone(), who.actor.clone());
-    let (env_id, env_name) = (env.id, env.name.clone());
-    let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
-    let ref_for_record = git_ref.clone();
-    let (secrets, deployment_id) = tokio::task::spawn_blocking(move || {
-        let secrets = decrypt_all(&vault, &sealed)?;
-        let new = NewDeployment {
-            project_id,
-            environment_id: env_id,
-            environment: &env_name,
-            agent_id,
-            git_ref: &ref_for_record,
-            triggered_by: &actor,
-        };
-        let id = db.write_blocking(|tx| {
-            let now = now_ms();
-            let id = store::insert(tx, &new, &sealed, now)?;
-            audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env_name)?;
-            Ok::<_, DeployError>(id)
-        })?;
-        Ok::<_, DeployError>((secrets, id))
-    })
-    .await
-    .map_err(|e| DeployError::Db(DbError::Task(e.to_string())))??;
-    state.hub.start_deploy(
-        deployment_id,
-        agent_id,
-        Masker::new(secrets.iter().map(|s| s.value.as_str())),
-    );
-    let frame = Zeroizing::new(protocol::encode(&ServerMessage::Deploy {
-        deployment_id,
-        project: ProjectSpec {
-            name: project.name.clone(),
-            environment: env.name.clone(),
-            repo_url: project.repo_url.clone(),
-            git_ref,
-            compose_path: project.compose_path.clone(),
-            pull: project.pull,
-        },
-        secrets,
-    }));
-    if let Err(e) = state.hub.send_to(agent_id, env.id, Outbound::Text(frame)) {
-        tracing::warn!(deployment_id, agent_id, error = ?e, "agent went away before the DEPLOY could be queued");
-        end_by_server(state, deployment_id, env.id, "agent_offline").await;
-        let env_name = env.name.clone();
-        return Err(state
-            .db
-            .read(move |c| offline_error(c, &env_name, &[agent_id]))
-            .await?);
-    }
-    tracing::info!(deployment_id, agent_id, project = %project.name, environment = %env.name, "deploy dispatched");
-    state.hub.publish(HubEvent::DeploymentChanged {
-        deployment_id,
-        environment_id: env.id,
-    });
-    Ok(deployment_id)
-}
-
-/// Where a deploy goes: the project, its environment, an online agent there, and the sealed
-/// values to send.
-struct Target {
-    project: projects::Project,
-    env: projects::Environment,
-    agent_id: i64,
-    sealed: Vec<SealedSecret>,
-}
-
-fn find_target(
-    c: &rusqlite::Connection,
-    hub: &crate::agents::hub::Hub,
-    project_id: i64,
-    environment: Option<&str>,
-) -> Result<Target, DeployError> {
-    let project = project_store::get(c, project_id).map_err(|e| match e {
-        ProjectError::NotFound => DeployError::ProjectNotFound,
-        ProjectError::Db(e) => DeployError::Db(e),
-        other => DeployError::Db(DbError::Task(other.to_string())),
-    })?;
-    let env = pick_environment(&project, environment)?;
-    let agent_ids = agent_store::ids_for_environment(c, env.id)?;
-    if agent_ids.is_empty() {
-        return Err(DeployError::NoAgent(env.name));
-    }
-    let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
-        return Err(offline_error(c, &env.name, &agent_ids)?);
-    };
-    let sealed = secret_store::for_environment(c, project.id, env.id)?;
-    Ok(Target {
-        project,
-        env,
-        agent_id,
-        sealed,
-    })
-}
-
-fn pick_environment(
-    project: &projects::Project,
-    name: Option<&str>,
-) -> Result<projects::Environment, DeployError> {
-    let names = || {
-        project
-            .environments
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match name.map(str::trim).filter(|n| !n.is_empty()) {
-        Some(name) => project
-            .environments
-            .iter()
-            .find(|e| e.name == name)
-            .cloned()
-            .ok_or_else(|| DeployError::Invalid {
-                field: "environment",
-                message: format!(
-                    "project {} has no environment {name:?} (it has: {})",
-                    project.name,
-                    names()
-                ),
-            }),
-        None => match project.environments.as_slice() {
-            [only] => Ok(only.clone()),
-            [] => Err(DeployError::Invalid {
-                field: "environment",
-                message: format!(
-                    "project {} has no environment yet; create one first",
-                    project.name
-                ),
-            }),
-            _ => Err(DeployError::Invalid {
-                field: "environment",
-                message: format!(
-                    "required: project {} has several environments ({})",
-                    project.name,
-                    names()
-                ),
-            }),
-        },
-    }
-}
-
-/// `agent_offline`, with the last time any of the environment's agents was seen.
-fn offline_error(
-    c: &rusqlite::Connection,
-    environment: &str,
-    agent_ids: &[i64],
-) -> Result<DeployError, DbError> {
-    let mut last: Option<i64> = None;
-    for id in agent_ids {
-        last = last.max(agent_store::last_heartbeat(c, *id)?);
-    }
-    Ok(DeployError::AgentOffline {
-        environment: environment.to_owned(),
-        last_seen: last.map(rfc3339).unwrap_or_else(|| "never".into()),
-        last_seen_ms: last,
-    })
-}
-
-fn decrypt_all(vault: &Vault, sealed: &[SealedSecret]) -> Result<Vec<SecretEntry>, DeployError> {
-    sealed
-        .iter()
-        .map(|s| {
-            let value = vault.decrypt(&s.ciphertext)?;
-            Ok(SecretEntry {
-                key: s.key.clone(),
-                value: value.as_str().to_owned(),
-                scope: s.scope,
-                service: s.service.clone(),
-            })
-        })
-        .collect()
-}
+/// What a deployment's log says, and its error, when its masker cannot be built.
+pub const WITHHELD_NOTE: &str = "log withheld: the secrets could not be loaded to mask it";
 
 /// An agent spoke about a deployment that is not its own (or does not exist).
 #[derive(Debug, thiserror::Error)]
 #[error("deployment {0} is not assigned to this agent")]
 pub struct NotAssigned(pub i64);
 
-/// The live context of a deployment this agent may report for. `Ok(None)`: it is this agent's
-/// but already finished. After a server restart the context (and its masker) is rebuilt.
+/// Where an agent's report about one of its deployments goes.
+enum Reporting {
+    /// Live: masked with this context's masker.
+    Live(Arc<ActiveDeploy>),
+    /// Already finished.
+    Finished,
+    /// Its masker could not be built: nothing it sends is stored or shown.
+    Withheld,
+}
+
+/// The live context of a deployment this agent may report for. After a server restart the
+/// context (and its masker) is rebuilt; if the masker cannot be, the report is withheld.
 async fn context(
     state: &AppState,
     agent: &AgentIdentity,
     deployment_id: i64,
-) -> Result<Option<Arc<ActiveDeploy>>, NotAssigned> {
+) -> Result<Reporting, NotAssigned> {
     if let Some(active) = state.hub.active_deploy(deployment_id) {
         return if active.agent_id == agent.id {
-            Ok(Some(active))
+            Ok(Reporting::Live(active))
         } else {
             Err(NotAssigned(deployment_id))
         };
@@ -245,38 +57,65 @@ async fn context(
             NotAssigned(deployment_id)
         })?;
     match owner {
-        Some((Some(a), _, status)) if a == agent.id && status.is_finished() => Ok(None),
+        Some((Some(a), _, status)) if a == agent.id && status.is_finished() => Ok(Reporting::Finished),
         Some((Some(a), environment_id, _)) if a == agent.id && environment_id == agent.environment_id => {
-            let masker = rebuild_masker(state, deployment_id).await;
-            Ok(Some(state.hub.start_deploy(deployment_id, agent.id, masker)))
+            match rebuild_masker(state, deployment_id).await {
+                Ok(masker) => Ok(Reporting::Live(state.hub.start_deploy(
+                    deployment_id,
+                    agent.id,
+                    masker,
+                ))),
+                Err(e) => {
+                    // Not cached: the next report tries again, so a passing vault problem heals.
+                    tracing::error!(deployment_id, error = %e, "cannot build the masker: the deployment's log is withheld");
+                    Ok(Reporting::Withheld)
+                }
+            }
         }
         _ => Err(NotAssigned(deployment_id)),
     }
 }
 
 /// After a restart the values a deployment was sent are gone from memory; mask with the current
-/// values of its secrets (the agent masks with the exact ones before sending, too).
-async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Masker {
+/// values of its secrets (the agent masks with the exact ones before sending, too). Any secret
+/// that cannot be read or decrypted fails the whole masker: a partial one would let its value
+/// through.
+async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<Masker, DeployError> {
     let vault = state.vault.clone();
-    let values = state
+    state
         .db
         .read(move |c| {
-            let (project_id, env_id): (i64, i64) = c.query_row(
-                "SELECT project_id, environment_id FROM deployments WHERE id = ?1",
-                [deployment_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            let (project_id, env_id) = store::project_and_environment(c, deployment_id)?;
             let sealed = secret_store::for_environment(c, project_id, env_id)?;
-            Ok::<_, DbError>(
-                sealed
-                    .iter()
-                    .filter_map(|s| vault.decrypt(&s.ciphertext).ok())
-                    .collect::<Vec<_>>(),
-            )
+            let values = sealed
+                .iter()
+                .map(|s| vault.decrypt(&s.ciphertext))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, DeployError>(Masker::new(values.iter().map(|v| v.as_str())))
         })
         .await
-        .unwrap_or_default();
-    Masker::new(values.iter().map(|v| v.as_str()))
+}
+
+/// Record, once, that a deployment's log is withheld: its error says so, and one log line (at the
+/// first withheld line's place) too. Later lines are dropped without a word.
+async fn note_withheld(state: &AppState, agent: &AgentIdentity, deployment_id: i64, seq: i64) {
+    // Most withheld lines come after the note: a read tells, so they cost no write transaction.
+    let error = state.db.read(move |c| store::error_of(c, deployment_id)).await;
+    if matches!(&error, Ok(Some(e)) if e == WITHHELD_NOTE) {
+        return;
+    }
+    let noted = state
+        .db
+        .write(move |tx| store::note_withheld(tx, deployment_id, seq, WITHHELD_NOTE, now_ms()))
+        .await;
+    match noted {
+        Ok(true) => state.hub.publish(HubEvent::DeploymentChanged {
+            deployment_id,
+            environment_id: agent.environment_id,
+        }),
+        Ok(false) => {}
+        Err(e) => tracing::error!(deployment_id, error = %e, "cannot record that the log is withheld"),
+    }
 }
 
 pub async fn on_log(
@@ -287,12 +126,18 @@ pub async fn on_log(
     stream: LogStream,
     line: &str,
 ) -> Result<(), NotAssigned> {
-    let Some(active) = context(state, agent, deployment_id).await? else {
-        return Ok(());
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let active = match context(state, agent, deployment_id).await? {
+        Reporting::Live(active) => active,
+        Reporting::Finished => return Ok(()),
+        Reporting::Withheld => {
+            note_withheld(state, agent, deployment_id, seq).await;
+            return Ok(());
+        }
     };
     let at = now_ms();
     let line = active.masker.mask(line);
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    // No live viewer is not an error: the line is stored for those who come later.
     let _ = active.live.send(LiveEvent::Line(LogLine {
         seq,
         stream: stream.as_str().into(),
@@ -322,15 +167,22 @@ pub async fn on_status(
     error: Option<String>,
     commit: Option<String>,
 ) -> Result<bool, NotAssigned> {
-    let Some(active) = context(state, agent, deployment_id).await? else {
+    let active = match context(state, agent, deployment_id).await? {
+        Reporting::Live(active) => Some(active),
         // Already finished (e.g. failed as agent_lost): acknowledge so the agent stops resending.
-        return Ok(true);
+        Reporting::Finished => return Ok(true),
+        Reporting::Withheld => None,
+    };
+    // Without a masker, the agent's own words (service states, its error) are withheld too.
+    let mask = |text: &str| match &active {
+        Some(active) => active.masker.mask(text),
+        None => "(withheld)".to_owned(),
     };
     let masked_services = services
         .into_iter()
         .map(|s| ServiceState {
+            state: mask(&s.state),
             name: s.name,
-            state: active.masker.mask(&s.state),
             health: s.health,
             exit_code: s.exit_code,
         })
@@ -339,7 +191,10 @@ pub async fn on_status(
         DeployOutcome::Success => DeployStatus::Success,
         DeployOutcome::Fail => DeployStatus::Failed,
     };
-    let error = error.map(|e| active.masker.mask(&e));
+    let error = match &active {
+        Some(_) => error.map(|e| mask(&e)),
+        None => Some(WITHHELD_NOTE.to_owned()),
+    };
     let commit = commit.filter(|c| c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_hexdigit()));
     let finish = Finish {
         deployment_id,
@@ -351,7 +206,10 @@ pub async fn on_status(
     };
     match state.logs.finish(finish).await {
         Ok(_) => {
-            let _ = active.live.send(LiveEvent::Finished { status, error });
+            if let Some(active) = &active {
+                // No live viewer is not an error.
+                let _ = active.live.send(LiveEvent::Finished { status, error });
+            }
             state.hub.end_deploy(deployment_id);
             state.hub.publish(HubEvent::DeploymentChanged {
                 deployment_id,
@@ -394,36 +252,5 @@ pub async fn on_hello(state: &AppState, agent: &AgentIdentity, active: Option<Ve
             );
             end_by_server(state, id, environment_id, "agent_lost").await;
         }
-    }
-}
-
-/// Fail a deployment on the server's own authority (`agent_lost`, `timeout`, `agent_offline`).
-pub async fn end_by_server(state: &AppState, deployment_id: i64, environment_id: i64, error: &str) {
-    let finish = Finish {
-        deployment_id,
-        status: DeployStatus::Failed,
-        error: Some(error.to_owned()),
-        services: Vec::new(),
-        commit: None,
-        at: now_ms(),
-    };
-    let error = finish.error.clone();
-    match state.logs.finish(finish).await {
-        Ok(true) => {
-            if let Some(active) = state.hub.end_deploy(deployment_id) {
-                let _ = active.live.send(LiveEvent::Finished {
-                    status: DeployStatus::Failed,
-                    error,
-                });
-            }
-            state.hub.publish(HubEvent::DeploymentChanged {
-                deployment_id,
-                environment_id,
-            });
-        }
-        Ok(false) => {
-            state.hub.end_deploy(deployment_id);
-        }
-        Err(e) => tracing::error!(deployment_id, error = %e, "cannot mark deployment failed"),
     }
 }

@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{DeployError, DeployStatus, Deployment, LogLine, SecretVersion};
+use crate::db::stored::enum_at;
 use crate::db::{DbError, rfc3339};
 use crate::secrets::store::SealedSecret;
 use stagely_protocol::ServiceState;
@@ -48,21 +49,30 @@ const SELECT: &str = "SELECT d.id, d.project_id, p.name, d.environment_id, e.nam
      FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
+    let id: i64 = r.get(0)?;
     let services: Option<String> = r.get(10)?;
     Ok(Deployment {
-        id: r.get(0)?,
+        id,
         project_id: r.get(1)?,
         project: r.get(2)?,
         environment_id: r.get(3)?,
         environment: r.get(4)?,
         agent_id: r.get(5)?,
-        status: DeployStatus::parse(&r.get::<_, String>(6)?),
+        status: enum_at(r, 6, "deployments", id)?,
         git_ref: r.get(7)?,
         commit: r.get(8)?,
         error: r.get(9)?,
-        services: services
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default(),
+        // A services column that does not parse is an error naming the row, not an empty list.
+        services: match services {
+            None => Vec::new(),
+            Some(s) => serde_json::from_str(&s).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    10,
+                    rusqlite::types::Type::Text,
+                    format!("deployments row {id}: services: {e}").into(),
+                )
+            })?,
+        },
         triggered_by: r.get(11)?,
         created_at: rfc3339(r.get(12)?),
         finished_at: r.get::<_, Option<i64>>(13)?.map(rfc3339),
@@ -205,7 +215,83 @@ pub fn owner(
     Ok(c.query_row(
         "SELECT agent_id, environment_id, status FROM deployments WHERE id = ?1",
         [deployment_id],
-        |r| Ok((r.get(0)?, r.get(1)?, DeployStatus::parse(&r.get::<_, String>(2)?))),
+        |r| Ok((r.get(0)?, r.get(1)?, enum_at(r, 2, "deployments", deployment_id)?)),
     )
     .optional()?)
+}
+
+/// The project and environment a deployment belongs to.
+pub fn project_and_environment(c: &Connection, deployment_id: i64) -> Result<(i64, i64), DeployError> {
+    c.query_row(
+        "SELECT project_id, environment_id FROM deployments WHERE id = ?1",
+        [deployment_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .ok_or(DeployError::NotFound)
+}
+
+/// A deployment's error text, if any.
+pub fn error_of(c: &Connection, deployment_id: i64) -> Result<Option<String>, DbError> {
+    Ok(c.query_row(
+        "SELECT error FROM deployments WHERE id = ?1",
+        [deployment_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten())
+}
+
+/// Mark an unfinished deployment's log as withheld: its error becomes `note`, and the note is
+/// stored as the line at `seq` (stream `agent`). True the first time, false once already noted.
+pub fn note_withheld(
+    tx: &Transaction<'_>,
+    deployment_id: i64,
+    seq: i64,
+    note: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let changed = tx.execute(
+        "UPDATE deployments SET error = ?2 WHERE id = ?1 AND status IN ('queued', 'running')
+           AND (error IS NULL OR error != ?2)",
+        params![deployment_id, note],
+    )?;
+    if changed == 1 {
+        tx.execute(
+            "INSERT OR IGNORE INTO deployment_logs (deployment_id, seq, stream, line, at) VALUES (?1, ?2, 'agent', ?3, ?4)",
+            params![deployment_id, seq, note, now],
+        )?;
+    }
+    Ok(changed == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn an_unknown_stored_status_is_an_error_naming_the_row_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write_blocking(|tx| {
+            // As a newer Stagely (or a hand edit) might leave it, past the constraints.
+            tx.execute_batch(
+                "INSERT INTO projects (id, name, git_ref, compose_path, pull, created_at, updated_at)
+                 VALUES (1, 'p', 'main', 'compose.yaml', 'missing', 0, 0);
+                 INSERT INTO environments (id, project_id, name, created_at) VALUES (1, 1, 'e', 0);
+                 PRAGMA ignore_check_constraints = ON;
+                 INSERT INTO deployments (id, project_id, environment_id, status, git_ref, triggered_by, created_at)
+                 VALUES (41, 1, 1, 'paused', 'main', 'cli', 0);
+                 PRAGMA ignore_check_constraints = OFF;",
+            )?;
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+        let err = db.read_blocking(|c| owner(c, 41)).unwrap_err().to_string();
+        assert!(
+            err.contains("deployments row 41") && err.contains("\"paused\""),
+            "{err}"
+        );
+    }
 }

@@ -1,14 +1,18 @@
 //! People and credentials: roles, the authenticated principal, local accounts (argon2id),
 //! GitHub sign-in, web sessions, one-time setup and invitation links, API tokens.
 
-pub mod account;
-pub mod github;
+//!
+//! The rules and writes live in [`ops`]; [`store`] holds the SQL; [`pages`] (sign-in, account,
+//! GitHub, people) only translates HTTP to `ops` calls and results to pages.
+
 pub mod limiter;
+pub mod ops;
 pub mod pages;
 pub mod password;
-pub mod people;
 pub mod store;
 pub mod tokens;
+
+pub use pages::{account, github, people};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +45,21 @@ pub enum UserError {
     LastAdmin,
     #[error("this link is not valid: it was used already, has expired, or was never issued")]
     LinkInvalid,
+    /// The one answer for an unknown user, a wrong password and a disabled account.
+    #[error("Wrong username or password.")]
+    SignInRefused,
+    #[error("too many failed sign-in attempts; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("this account is disabled")]
+    Disabled,
+    #[error("a token cannot have a higher role than yours")]
+    RoleTooHigh,
+    #[error("token not found")]
+    TokenNotFound,
+    #[error("invitation not found")]
+    InviteNotFound,
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -48,29 +67,6 @@ pub enum UserError {
 impl From<rusqlite::Error> for UserError {
     fn from(e: rusqlite::Error) -> Self {
         UserError::Db(e.into())
-    }
-}
-
-impl From<UserError> for crate::web::error::WebError {
-    fn from(e: UserError) -> Self {
-        use crate::web::error::WebError;
-        match e {
-            UserError::NotFound => WebError::NotFound("user"),
-            UserError::Invalid { field, message } => WebError::invalid(field, message),
-            e @ (UserError::UsernameTaken(_) | UserError::GithubTaken(_)) => WebError::Conflict {
-                code: "name_taken",
-                message: e.to_string(),
-            },
-            e @ UserError::LastAdmin => WebError::Conflict {
-                code: "last_admin",
-                message: e.to_string(),
-            },
-            e @ UserError::LinkInvalid => WebError::Conflict {
-                code: "link_invalid",
-                message: e.to_string(),
-            },
-            UserError::Db(e) => e.into(),
-        }
     }
 }
 
@@ -136,6 +132,29 @@ impl Role {
     }
 }
 
+impl crate::db::stored::StoredEnum for Role {
+    const WHAT: &'static str = "role";
+    fn from_stored(s: &str) -> Option<Self> {
+        Role::parse(s)
+    }
+    fn as_stored(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// Roles are read through `FromSql`: an unknown stored role is an error, never `viewer`.
+impl rusqlite::types::FromSql for Role {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        crate::db::stored::Stored::<Role>::column_result(value).map(|s| s.0)
+    }
+}
+
+impl rusqlite::types::ToSql for Role {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+    }
+}
+
 /// Who is making a request, as established by the authorization choke point.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -178,23 +197,4 @@ impl AuthState {
 /// How long the first-admin setup link printed at start stays valid.
 pub const SETUP_LINK_TTL_MS: i64 = 60 * 60 * 1000;
 
-/// On a start with no users, issue a fresh one-time setup link (older unused ones stop working)
-/// and return it; `None` once anyone exists.
-pub fn ensure_setup_link(db: &crate::db::Db, public_url: &str, now: i64) -> Result<Option<String>, DbError> {
-    db.write_blocking(|tx| {
-        if store::count(tx)? > 0 {
-            store::delete_setup_links(tx)?;
-            return Ok(None);
-        }
-        store::delete_setup_links(tx)?;
-        let (_, token) = store::create_link(
-            tx,
-            store::LinkKind::Setup,
-            Role::Admin,
-            "system",
-            now,
-            now + SETUP_LINK_TTL_MS,
-        )?;
-        Ok(Some(format!("{public_url}/setup?token={token}")))
-    })
-}
+pub use ops::ensure_setup_link;

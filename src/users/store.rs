@@ -1,22 +1,26 @@
-//! SQL for people: users, web sessions, and one-time sign-up links (first-admin setup, invites).
+//! SQL for people: users, web sessions, one-time sign-up links (first-admin setup, invites) and
+//! API tokens.
 //!
 //! Session ids and link tokens are 32 random bytes; only their SHA-256 hashes are stored.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::tokens::{ApiTokenInfo, TOKEN_PREFIX};
 use super::{Role, User, UserError};
 use crate::crypto::{ct_eq, hash_token, random_token};
+use crate::db::stored::enum_at;
 use crate::db::{DbError, rfc3339};
 
 const USER_COLUMNS: &str =
     "id, username, display_name, role, github_login, disabled, created_at, password_hash IS NOT NULL";
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    let id: i64 = r.get(0)?;
     Ok(User {
-        id: r.get(0)?,
+        id,
         username: r.get(1)?,
         display_name: r.get(2)?,
-        role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::Viewer),
+        role: enum_at(r, 3, "users", id)?,
         github_login: r.get(4)?,
         disabled: r.get(5)?,
         created_at: rfc3339(r.get(6)?),
@@ -82,7 +86,7 @@ pub fn insert(tx: &Transaction<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, Us
             u.display_name,
             u.password_hash,
             u.github_login,
-            u.role.as_str(),
+            u.role,
             now
         ],
     )
@@ -100,17 +104,14 @@ pub fn insert(tx: &Transaction<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, Us
 /// Enabled admins other than `except`: an admin may not demote or disable the last one.
 pub fn other_enabled_admins(c: &Connection, except: i64) -> Result<i64, DbError> {
     Ok(c.query_row(
-        "SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id != ?1",
-        [except],
+        "SELECT count(*) FROM users WHERE role = ?2 AND disabled = 0 AND id != ?1",
+        params![except, Role::Admin],
         |r| r.get(0),
     )?)
 }
 
 pub fn set_role(tx: &Transaction<'_>, id: i64, role: Role) -> Result<(), UserError> {
-    match tx.execute(
-        "UPDATE users SET role = ?2 WHERE id = ?1",
-        params![id, role.as_str()],
-    )? {
+    match tx.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id, role])? {
         0 => Err(UserError::NotFound),
         _ => Ok(()),
     }
@@ -247,7 +248,7 @@ pub fn create_link(
         params![
             hash_token(&token),
             kind.as_str(),
-            role.as_str(),
+            role,
             created_by,
             now,
             expires_at
@@ -261,15 +262,18 @@ pub fn peek_link(c: &Connection, kind: LinkKind, token: &str, now: i64) -> Resul
     let hash = hash_token(token);
     let row = c
         .query_row(
-            "SELECT token_hash, role FROM signup_links
+            "SELECT token_hash, role, id FROM signup_links
              WHERE token_hash = ?1 AND kind = ?2 AND used_at IS NULL AND expires_at > ?3",
             params![hash, kind.as_str(), now],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    enum_at::<Role>(r, 1, "signup_links", r.get(2)?)?,
+                ))
+            },
         )
         .optional()?;
-    Ok(row
-        .filter(|(h, _)| ct_eq(h, &hash))
-        .and_then(|(_, role)| Role::parse(&role)))
+    Ok(row.filter(|(h, _)| ct_eq(h, &hash)).map(|(_, role)| role))
 }
 
 /// Mark a live link used (inside the transaction that creates the user); its role, or `None`.
@@ -324,9 +328,10 @@ pub fn open_invites(c: &Connection, now: i64) -> Result<Vec<Invite>, DbError> {
     )?;
     Ok(stmt
         .query_map([now], |r| {
+            let id: i64 = r.get(0)?;
             Ok(Invite {
-                id: r.get(0)?,
-                role: Role::parse(&r.get::<_, String>(1)?).unwrap_or(Role::Viewer),
+                id,
+                role: enum_at(r, 1, "signup_links", id)?,
                 created_by: r.get(2)?,
                 created_at: rfc3339(r.get(3)?),
                 expires_at: r.get(4)?,
@@ -339,6 +344,98 @@ pub fn open_invites(c: &Connection, now: i64) -> Result<Vec<Invite>, DbError> {
 pub fn revoke_invite(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
     Ok(tx.execute(
         "UPDATE signup_links SET expires_at = ?2 WHERE id = ?1 AND kind = 'invite' AND used_at IS NULL",
+        params![id, now],
+    )? == 1)
+}
+
+// --- API tokens ---------------------------------------------------------------------------------
+
+/// Create a token; the clear text is returned once and never stored.
+pub fn insert_token(
+    tx: &Transaction<'_>,
+    name: &str,
+    role: Role,
+    user_id: Option<i64>,
+    now: i64,
+) -> Result<(i64, String), DbError> {
+    let token = random_token(TOKEN_PREFIX);
+    tx.execute(
+        "INSERT INTO api_tokens (name, token_hash, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![name, hash_token(&token), user_id, role, now],
+    )?;
+    Ok((tx.last_insert_rowid(), token))
+}
+
+/// A live token's row, as far as authentication needs it.
+pub struct TokenRow {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub hash: Vec<u8>,
+    pub user_id: Option<i64>,
+    pub username: Option<String>,
+    pub disabled: bool,
+    pub last_used_at: Option<i64>,
+}
+
+/// The live token whose hash is `hash` (compared in constant time), if its user is enabled.
+pub fn live_token(c: &Connection, hash: &[u8]) -> Result<Option<TokenRow>, DbError> {
+    let row = c
+        .prepare_cached(
+            "SELECT t.id, t.name, t.role, t.token_hash, t.user_id, u.username, IFNULL(u.disabled, 0),
+                    t.last_used_at
+             FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id
+             WHERE t.token_hash = ?1 AND t.revoked_at IS NULL",
+        )?
+        .query_row([hash], |r| {
+            let id: i64 = r.get(0)?;
+            Ok(TokenRow {
+                id,
+                name: r.get(1)?,
+                role: enum_at(r, 2, "api_tokens", id)?,
+                hash: r.get(3)?,
+                user_id: r.get(4)?,
+                username: r.get(5)?,
+                disabled: r.get(6)?,
+                last_used_at: r.get(7)?,
+            })
+        })
+        .optional()?;
+    Ok(row.filter(|row| ct_eq(&row.hash, hash) && !row.disabled))
+}
+
+pub fn touch_token(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    Ok(())
+}
+
+/// Tokens of one user (`Some`), or every token (`None`).
+pub fn list_tokens(c: &Connection, user_id: Option<i64>) -> Result<Vec<ApiTokenInfo>, DbError> {
+    let mut stmt = c.prepare(
+        "SELECT id, name, role, created_at, last_used_at, revoked_at IS NOT NULL FROM api_tokens
+         WHERE (?1 IS NULL OR user_id = ?1) ORDER BY id",
+    )?;
+    let rows = stmt.query_map([user_id], |r| {
+        let id: i64 = r.get(0)?;
+        Ok(ApiTokenInfo {
+            id,
+            name: r.get(1)?,
+            role: enum_at(r, 2, "api_tokens", id)?,
+            created_at: rfc3339(r.get(3)?),
+            last_used_at: r.get::<_, Option<i64>>(4)?.map(rfc3339),
+            revoked: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Revoke a token; false when no such live token exists.
+pub fn revoke_token(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+    Ok(tx.execute(
+        "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, now],
     )? == 1)
 }

@@ -13,6 +13,7 @@ mod bench_quick;
 mod bins;
 mod common;
 mod deploy_flow;
+mod domain_rules;
 mod e2e_engine;
 mod lifecycle;
 mod names;

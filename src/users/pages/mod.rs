@@ -1,5 +1,12 @@
-//! Signing in and out: the sign-in page (local accounts), the one-time first-admin setup link,
-//! accepting an invitation, and sign-out.
+//! The users domain's HTTP surface (it has no JSON routes). This file: signing in and out (the
+//! sign-in page for local accounts), the one-time first-admin setup link, accepting an
+//! invitation. [`account`]: the signed-in user's account and API tokens; [`github`]: GitHub
+//! sign-in and linking; [`people`]: the admin's Users page. Every rule and write is a
+//! [`super::ops`] call; these handlers translate forms to calls and results to pages.
+
+pub mod account;
+pub mod github;
+pub mod people;
 
 use std::net::SocketAddr;
 
@@ -12,10 +19,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::store::{self, LinkKind, NewUser};
-use super::{Role, UserError, password, validate_password, validate_username};
+use super::store::{self, LinkKind};
+use super::{Role, UserError, ops};
 use crate::app::AppState;
-use crate::audit;
 use crate::db::now_ms;
 use crate::web::error::WebError;
 use crate::web::layout::{
@@ -108,58 +114,71 @@ pub async fn login_page(
     Ok((no_store(), sign_in_form(&state, &next, None, "")).into_response())
 }
 
-#[derive(Deserialize)]
+impl From<UserError> for WebError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::NotFound => WebError::NotFound("user"),
+            UserError::TokenNotFound => WebError::NotFound("token"),
+            UserError::InviteNotFound => WebError::NotFound("invitation"),
+            UserError::Invalid { field, message } => WebError::invalid(field, message),
+            e @ (UserError::UsernameTaken(_) | UserError::GithubTaken(_)) => WebError::Conflict {
+                code: "name_taken",
+                message: e.to_string(),
+            },
+            e @ UserError::LastAdmin => WebError::Conflict {
+                code: "last_admin",
+                message: e.to_string(),
+            },
+            e @ UserError::LinkInvalid => WebError::Conflict {
+                code: "link_invalid",
+                message: e.to_string(),
+            },
+            UserError::SignInRefused | UserError::Disabled => WebError::Unauthorized,
+            UserError::RateLimited { retry_after_secs } => WebError::TooMany { retry_after_secs },
+            UserError::RoleTooHigh => WebError::Forbidden,
+            UserError::Internal(e) => WebError::Internal(e),
+            UserError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// The password is wiped from memory when the form is dropped.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
 pub struct LoginForm {
     #[serde(default)]
+    #[zeroize(skip)]
     username: String,
     #[serde(default)]
     password: String,
     #[serde(default)]
+    #[zeroize(skip)]
     next: Option<String>,
 }
-
-impl Drop for LoginForm {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
-    }
-}
-
-/// The one message for an unknown user, a wrong password and a disabled account.
-const BAD_LOGIN: &str = "Wrong username or password.";
 
 pub async fn login_submit(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
-    let now = now_ms();
     let username = form.username.trim().to_owned();
     let next = safe_next(form.next.as_deref());
-    if let Some(wait) = state.auth.limiter.blocked(&ip, &username, now) {
-        let msg = format!(
-            "Too many failed sign-in attempts. Try again in {} minute(s).",
-            wait.div_ceil(60)
-        );
-        let body = sign_in_form(&state, &next, Some(&msg), &username);
-        return Ok((StatusCode::TOO_MANY_REQUESTS, no_store(), body).into_response());
-    }
-    let lookup = username.clone();
-    let found = state.db.read(move |c| store::by_username(c, &lookup)).await?;
-    let (user, hash) = match found {
-        Some((user, hash)) => (Some(user), hash),
-        None => (None, None),
-    };
-    let password_ok = password::verify(Zeroizing::new(form.password.clone()), hash).await;
-    let user = match user {
-        Some(u) if password_ok && !u.disabled => u,
-        _ => {
-            state.auth.limiter.record_failure(&ip, &username, now);
-            tracing::info!(%ip, "failed sign-in");
-            let body = sign_in_form(&state, &next, Some(BAD_LOGIN), &username);
+    let checked = ops::check_sign_in(&state, &ip, &username, Zeroizing::new(form.password.clone())).await;
+    let user = match checked {
+        Ok(user) => user,
+        Err(UserError::RateLimited { retry_after_secs }) => {
+            let msg = format!(
+                "Too many failed sign-in attempts. Try again in {} minute(s).",
+                retry_after_secs.div_ceil(60)
+            );
+            let body = sign_in_form(&state, &next, Some(&msg), &username);
+            return Ok((StatusCode::TOO_MANY_REQUESTS, no_store(), body).into_response());
+        }
+        Err(e @ UserError::SignInRefused) => {
+            let body = sign_in_form(&state, &next, Some(&e.to_string()), &username);
             return Ok((StatusCode::UNAUTHORIZED, no_store(), body).into_response());
         }
+        Err(e) => return Err(e.into()),
     };
-    state.auth.limiter.record_success(&username);
     start_session(&state, user.id, &user.username, "user.sign_in", &next).await
 }
 
@@ -171,18 +190,7 @@ pub async fn start_session(
     action: &'static str,
     next: &str,
 ) -> Result<Response, PageError> {
-    let lifetime =
-        i64::try_from(state.config.auth.session_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
-    let actor = format!("user:{username}");
-    let (cookie, _) = state
-        .db
-        .write(move |tx| {
-            let now = now_ms();
-            let created = store::create_session(tx, user_id, now, lifetime)?;
-            audit::record(tx, now, &actor, action, "user", Some(user_id), "")?;
-            Ok::<_, crate::db::DbError>(created)
-        })
-        .await?;
+    let cookie = ops::start_session(state, user_id, username, action).await?;
     let mut response = layout::see_other(&safe_next(Some(next)));
     response
         .headers_mut()
@@ -195,14 +203,7 @@ pub async fn logout(
     req: axum::extract::Request,
 ) -> Result<Response, PageError> {
     if let Some(s) = req.extensions().get::<Session>().cloned() {
-        let actor = format!("user:{}", s.username);
-        state
-            .db
-            .write(move |tx| {
-                store::delete_session(tx, &s.id_hash)?;
-                audit::record(tx, now_ms(), &actor, "user.sign_out", "user", Some(s.user_id), "")
-            })
-            .await?;
+        ops::end_session(&state, s.id_hash.clone(), s.user_id, &s.username).await?;
     }
     let mut response = layout::see_other("/login");
     response
@@ -320,23 +321,19 @@ pub async fn invite_page(
     show_link_form(&state, LinkKind::Invite, q.token).await
 }
 
-#[derive(Deserialize)]
+/// The passwords are wiped from memory when the form is dropped.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
 pub struct NewAccountForm {
     #[serde(default)]
+    #[zeroize(skip)]
     token: String,
     #[serde(default)]
+    #[zeroize(skip)]
     username: String,
     #[serde(default)]
     password: String,
     #[serde(default)]
     confirm: String,
-}
-
-impl Drop for NewAccountForm {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
-        zeroize::Zeroize::zeroize(&mut self.confirm);
-    }
 }
 
 pub async fn setup_submit(
@@ -367,62 +364,13 @@ async fn create_from_link(
     else {
         return Ok(link_invalid_page(kind));
     };
-    let checked = validate_username(&form.username).and_then(|u| {
-        validate_password(&form.password)?;
-        if form.password != form.confirm {
-            return Err(UserError::Invalid {
-                field: "confirm",
-                message: "the two passwords differ".into(),
-            });
-        }
-        Ok(u)
-    });
-    let username = match checked {
-        Ok(u) => u,
-        Err(e) => return rerender(kind, &token, role, e, &form.username),
+    let account = ops::NewAccount {
+        username: form.username.clone(),
+        password: Zeroizing::new(form.password.clone()),
+        confirm: Zeroizing::new(form.confirm.clone()),
     };
-    let hash = password::hash(Zeroizing::new(form.password.clone()))
-        .await
-        .map_err(|e| WebError::Internal(e.to_string()))?;
-    let name = username.clone();
-    let created = state
-        .db
-        .write(move |tx| {
-            let now = now_ms();
-            let Some((link_id, role)) = store::consume_link(tx, kind, &token, now)? else {
-                return Err(UserError::LinkInvalid);
-            };
-            // The setup link only ever creates the *first* user.
-            if kind == LinkKind::Setup && store::count(tx)? > 0 {
-                return Err(UserError::LinkInvalid);
-            }
-            let new = NewUser {
-                username: &name,
-                display_name: "",
-                password_hash: Some(&hash),
-                github_login: None,
-                role,
-            };
-            let id = store::insert(tx, &new, now)?;
-            store::set_link_user(tx, link_id, id)?;
-            let action = match kind {
-                LinkKind::Setup => "user.setup_admin",
-                LinkKind::Invite => "user.accept_invite",
-            };
-            audit::record(
-                tx,
-                now,
-                &format!("user:{name}"),
-                action,
-                "user",
-                Some(id),
-                role.as_str(),
-            )?;
-            Ok(id)
-        })
-        .await;
-    match created {
-        Ok(id) => start_session(state, id, &username, "user.sign_in", "/").await,
+    match ops::create_from_link(state, kind, &token, account).await {
+        Ok((id, username)) => start_session(state, id, &username, "user.sign_in", "/").await,
         Err(UserError::LinkInvalid) => Ok(link_invalid_page(kind)),
         Err(e) => rerender(kind, &form.token, role, e, &form.username),
     }

@@ -10,10 +10,9 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Role, User, UserError, store};
 use crate::app::AppState;
-use crate::audit;
 use crate::db::{now_ms, rfc3339};
+use crate::users::{Role, User, UserError, ops, store};
 use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, form_banner, no_store, page,
 };
@@ -165,43 +164,16 @@ pub struct RoleForm {
     role: String,
 }
 
-impl RoleForm {
-    fn role(&self) -> Result<Role, UserError> {
-        Role::parse(&self.role).ok_or_else(|| UserError::Invalid {
-            field: "role",
-            message: "unknown role".into(),
-        })
-    }
-}
-
 pub async fn invite(
     State(state): State<AppState>,
     v: Viewer,
     Form(form): Form<RoleForm>,
 ) -> Result<Response, PageError> {
-    let role = match form.role() {
+    let role = match ops::parse_role(&form.role) {
         Ok(role) => role,
         Err(e) => return users_error(&state, &v, e).await,
     };
-    let actor = v.who.actor.clone();
-    let ttl = i64::try_from(state.config.auth.invite_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
-    let token = state
-        .db
-        .write(move |tx| {
-            let now = now_ms();
-            let (id, token) = store::create_link(
-                tx,
-                store::LinkKind::Invite,
-                role,
-                &actor,
-                now,
-                now.saturating_add(ttl),
-            )?;
-            audit::record(tx, now, &actor, "user.invite", "invite", Some(id), role.as_str())?;
-            Ok::<_, crate::db::DbError>(token)
-        })
-        .await?;
-    let link = format!("{}/invite?token={token}", state.config.public_url);
+    let link = ops::invite(&state, &v.who, role).await?;
     let view = load(&state).await?;
     let body = users_body(&v, &view, &FormErrors::default(), Some((&link, role)), None);
     Ok((
@@ -226,16 +198,16 @@ async fn users_error(state: &AppState, v: &Viewer, err: UserError) -> Result<Res
     Ok((status, no_store(), page(v, "Users", Nav::Users, body)).into_response())
 }
 
-/// Refuse a change that leaves no enabled admin.
-fn keep_an_admin(tx: &rusqlite::Transaction<'_>, user: &User, losing_admin: bool) -> Result<(), UserError> {
-    if losing_admin
-        && user.role == Role::Admin
-        && !user.disabled
-        && store::other_enabled_admins(tx, user.id)? == 0
-    {
-        return Err(UserError::LastAdmin);
+/// Where a change lands: back on the Users page, or the page again with the reason.
+async fn after_change(
+    state: &AppState,
+    v: &Viewer,
+    result: Result<(), UserError>,
+) -> Result<Response, PageError> {
+    match result {
+        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
+        Err(e) => users_error(state, v, e).await,
     }
-    Ok(())
 }
 
 pub async fn change_role(
@@ -244,34 +216,11 @@ pub async fn change_role(
     Path(id): Path<i64>,
     Form(form): Form<RoleForm>,
 ) -> Result<Response, PageError> {
-    let role = match form.role() {
-        Ok(role) => role,
-        Err(e) => return users_error(&state, &v, e).await,
+    let result = match ops::parse_role(&form.role) {
+        Ok(role) => ops::change_role(&state, &v.who, id, role).await,
+        Err(e) => Err(e),
     };
-    let actor = v.who.actor.clone();
-    let result = state
-        .db
-        .write(move |tx| {
-            let user = store::get(tx, id)?;
-            keep_an_admin(tx, &user, role != Role::Admin)?;
-            store::set_role(tx, id, role)?;
-            // Sessions carry no role: the next request already sees the new one.
-            audit::record(
-                tx,
-                now_ms(),
-                &actor,
-                "user.role",
-                "user",
-                Some(id),
-                &format!("{} → {}", user.username, role.as_str()),
-            )?;
-            Ok(())
-        })
-        .await;
-    match result {
-        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
-        Err(e) => users_error(&state, &v, e).await,
-    }
+    after_change(&state, &v, result).await
 }
 
 #[derive(Deserialize)]
@@ -286,26 +235,8 @@ pub async fn set_disabled(
     Path(id): Path<i64>,
     Form(form): Form<DisableForm>,
 ) -> Result<Response, PageError> {
-    let disable = form.disabled == "true";
-    let actor = v.who.actor.clone();
-    let result = state
-        .db
-        .write(move |tx| {
-            let user = store::get(tx, id)?;
-            keep_an_admin(tx, &user, disable)?;
-            store::set_disabled(tx, id, disable)?;
-            if disable {
-                store::delete_user_sessions(tx, id)?;
-            }
-            let action = if disable { "user.disable" } else { "user.enable" };
-            audit::record(tx, now_ms(), &actor, action, "user", Some(id), &user.username)?;
-            Ok(())
-        })
-        .await;
-    match result {
-        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
-        Err(e) => users_error(&state, &v, e).await,
-    }
+    let result = ops::set_disabled(&state, &v.who, id, form.disabled == "true").await;
+    after_change(&state, &v, result).await
 }
 
 pub async fn end_sessions(
@@ -313,24 +244,7 @@ pub async fn end_sessions(
     v: Viewer,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let actor = v.who.actor.clone();
-    state
-        .db
-        .write(move |tx| {
-            let user = store::get(tx, id)?;
-            let n = store::delete_user_sessions(tx, id)?;
-            audit::record(
-                tx,
-                now_ms(),
-                &actor,
-                "user.end_sessions",
-                "user",
-                Some(id),
-                &format!("{} ({n})", user.username),
-            )?;
-            Ok::<_, UserError>(())
-        })
-        .await?;
+    ops::end_sessions(&state, &v.who, id).await?;
     Ok(layout::see_other("/users?done=sessions-ended"))
 }
 
@@ -339,21 +253,7 @@ pub async fn revoke_invite(
     v: Viewer,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let actor = v.who.actor.clone();
-    let done = state
-        .db
-        .write(move |tx| {
-            let now = now_ms();
-            let done = store::revoke_invite(tx, id, now)?;
-            if done {
-                audit::record(tx, now, &actor, "user.invite_revoke", "invite", Some(id), "")?;
-            }
-            Ok::<_, crate::db::DbError>(done)
-        })
-        .await?;
-    if !done {
-        return Err(crate::web::error::WebError::NotFound("invitation").into());
-    }
+    ops::revoke_invite(&state, &v.who, id).await?;
     Ok(layout::see_other("/users?done=invite-revoked"))
 }
 
@@ -363,70 +263,20 @@ pub struct GithubForm {
     github_login: String,
 }
 
-/// An admin links (or, with an empty login, unlinks) a GitHub login to a user. The allow list
-/// still decides whether that login may sign in.
+/// An admin links (or, with an empty login, unlinks) a GitHub login to a user.
 pub async fn link_github(
     State(state): State<AppState>,
     v: Viewer,
     Path(id): Path<i64>,
     Form(form): Form<GithubForm>,
 ) -> Result<Response, PageError> {
-    let login = form
-        .github_login
-        .trim()
-        .trim_start_matches('@')
-        .to_ascii_lowercase();
-    let valid = login.is_empty()
-        || (login.len() <= 39
-            && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !login.starts_with('-'));
-    if !valid {
-        let err = UserError::Invalid {
+    let result = match ops::set_github_login(&state, &v.who, id, &form.github_login).await {
+        // Shown beside the field, as the form's own error.
+        Err(e @ UserError::GithubTaken(_)) => Err(UserError::Invalid {
             field: "github_login",
-            message: "a GitHub login has letters, digits and '-' (at most 39)".into(),
-        };
-        return users_error(&state, &v, err).await;
-    }
-    let actor = v.who.actor.clone();
-    let result = state
-        .db
-        .write(move |tx| {
-            let user = store::get(tx, id)?;
-            if login.is_empty() {
-                store::unlink_github(tx, id)?;
-            } else {
-                store::link_github(tx, id, &login)?;
-            }
-            let detail = format!(
-                "{} → {}",
-                user.username,
-                if login.is_empty() { "none" } else { &login }
-            );
-            audit::record(
-                tx,
-                now_ms(),
-                &actor,
-                "user.link_github",
-                "user",
-                Some(id),
-                &detail,
-            )?;
-            Ok(())
-        })
-        .await;
-    match result {
-        Ok(()) => Ok(layout::see_other("/users?done=user-updated")),
-        Err(e @ UserError::GithubTaken(_)) => {
-            users_error(
-                &state,
-                &v,
-                UserError::Invalid {
-                    field: "github_login",
-                    message: e.to_string(),
-                },
-            )
-            .await
-        }
-        Err(e) => users_error(&state, &v, e).await,
-    }
+            message: e.to_string(),
+        }),
+        other => other,
+    };
+    after_change(&state, &v, result).await
 }

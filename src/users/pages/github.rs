@@ -21,12 +21,10 @@ use oauth2::{
 };
 use serde::Deserialize;
 
-use super::pages::{safe_next, start_session};
-use super::store::{self, NewUser};
-use super::{Principal, UserError};
+use super::{safe_next, start_session};
 use crate::app::AppState;
-use crate::audit;
 use crate::db::now_ms;
+use crate::users::{Principal, Role, UserError, ops};
 use crate::web::error::WebError;
 use crate::web::layout::{self, PageError, bare_page, no_store};
 use crate::web::session;
@@ -297,41 +295,14 @@ async fn sign_in(state: &AppState, id: &Identity, next: &str) -> Result<Response
             ),
         ));
     }
-    let login = id.login.clone();
+    // Typed at load: an unknown `github.default_role` stops the start.
     let default_role = state.config.github.default_role;
-    let user = state
-        .db
-        .write(move |tx| {
-            if let Some(user) = store::by_github_login(tx, &login)? {
-                return Ok(user);
-            }
-            let now = now_ms();
-            let new = NewUser {
-                username: &login,
-                display_name: "",
-                password_hash: None,
-                github_login: Some(&login),
-                role: default_role,
-            };
-            let id = store::insert(tx, &new, now)?;
-            audit::record(
-                tx,
-                now,
-                &format!("github:{login}"),
-                "user.create_github",
-                "user",
-                Some(id),
-                default_role.as_str(),
-            )?;
-            store::get(tx, id)
-        })
-        .await;
-    match user {
-        Ok(user) if user.disabled => Ok(refused(
+    match ops::github_sign_in(state, &id.login, default_role).await {
+        Ok(user) => start_session(state, user.id, &user.username, "user.sign_in_github", next).await,
+        Err(UserError::Disabled) => Ok(refused(
             "Account disabled",
             "Your Stagely account is disabled. Ask an admin.".into(),
         )),
-        Ok(user) => start_session(state, user.id, &user.username, "user.sign_in_github", next).await,
         Err(UserError::UsernameTaken(name)) => Ok(refused(
             "Link your account first",
             format!(
@@ -354,23 +325,7 @@ async fn link(
     let Some((who, _)) = current.filter(|(p, _)| p.user_id == Some(user_id)) else {
         return Err(WebError::Unauthorized.into());
     };
-    let login = login.to_owned();
-    let result = state
-        .db
-        .write(move |tx| {
-            store::link_github(tx, user_id, &login)?;
-            audit::record(
-                tx,
-                now_ms(),
-                &who.actor,
-                "user.link_github",
-                "user",
-                Some(user_id),
-                &login,
-            )?;
-            Ok::<_, UserError>(())
-        })
-        .await;
+    let result = ops::link_own_github(state, &who, login).await;
     match result {
         Ok(()) => Ok(layout::see_other("/account?done=github-linked")),
         Err(e @ UserError::GithubTaken(_)) => Ok(refused("Cannot link", e.to_string())),

@@ -16,11 +16,9 @@ use axum::response::Response;
 use maud::{Markup, PreEscaped, html};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-use super::pages::{
-    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, line_markup, live_indicator, small_buffers, status_block,
-};
-use super::{DeployStatus, LiveEvent, store};
+use super::{MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, line_markup, live_indicator, small_buffers, status_block};
 use crate::app::AppState;
+use crate::deploys::{DeployStatus, LiveEvent, store};
 use crate::web::layout::PageError;
 
 /// Stored lines read per query while catching a viewer up.
@@ -60,6 +58,7 @@ async fn stream_log(state: AppState, id: i64, socket: WebSocket) {
         socket,
         seen: -1,
     };
+    // `Gone` only means the viewer left: nothing to report.
     let _ = v.stream(live).await;
 }
 
@@ -78,11 +77,16 @@ impl Viewer {
         // outcome. The end is committed after every line, so the store has them all now.
         self.catch_up(None).await?;
         let id = self.id;
-        if let Ok(d) = self.state.db.read(move |c| store::get(c, id)).await {
-            self.send(html! { (status_block(&d)) (live_indicator(false)) })
-                .await?;
-        }
-        // A normal close: the htmx ws extension reconnects only after abnormal ones.
+        let d = self
+            .state
+            .db
+            .read(move |c| store::get(c, id))
+            .await
+            .map_err(|e| self.storage_failed(&e))?;
+        self.send(html! { (status_block(&d)) (live_indicator(false)) })
+            .await?;
+        // A normal close: the htmx ws extension reconnects only after abnormal ones. A viewer
+        // already gone cannot be told.
         let _ = self.socket.send(Message::Close(None)).await;
         Ok(())
     }
@@ -146,12 +150,16 @@ impl Viewer {
                 // The agent has started: the page said "queued" until now.
                 shown_running = true;
                 let id = self.id;
-                if let Ok(mut d) = self.state.db.read(move |c| store::get(c, id)).await {
-                    if !d.status.is_finished() {
-                        d.status = DeployStatus::Running;
-                    }
-                    self.send(status_block(&d)).await?;
+                let mut d = self
+                    .state
+                    .db
+                    .read(move |c| store::get(c, id))
+                    .await
+                    .map_err(|e| self.storage_failed(&e))?;
+                if !d.status.is_finished() {
+                    d.status = DeployStatus::Running;
                 }
+                self.send(status_block(&d)).await?;
             }
         }
     }
@@ -165,7 +173,7 @@ impl Viewer {
             .db
             .read(move |c| store::max_seq(c, id))
             .await
-            .unwrap_or(None);
+            .map_err(|e| self.storage_failed(&e))?;
         if let Some(max) = newest.filter(|m| *m >= MAX_SHOWN_LINES) {
             let earlier = max + 1 - MAX_SHOWN_LINES;
             self.send_rendered(
@@ -192,7 +200,7 @@ impl Viewer {
                 .db
                 .read(move |c| store::logs(c, id, after, CATCH_UP_CHUNK))
                 .await
-                .unwrap_or_default();
+                .map_err(|e| self.storage_failed(&e))?;
             if let Some(last) = lines.last().map(|l| l.seq) {
                 let mut chunk = String::new();
                 for l in &lines {
@@ -219,6 +227,13 @@ impl Viewer {
                 return Ok(());
             }
         }
+    }
+
+    /// The log cannot be read: logged, and the socket ends (abnormally, so the browser
+    /// reconnects) rather than showing a log with a silent gap.
+    fn storage_failed(&self, e: &dyn std::fmt::Display) -> Gone {
+        tracing::error!(deployment_id = self.id, error = %e, "cannot read the log for a live viewer");
+        Gone
     }
 
     /// Append already-rendered lines to the page's log.

@@ -1,6 +1,8 @@
 //! Deploy from the browser and watch it: the Deploy action (with a confirmation step for
 //! production-like environments) and the deployment page; its live log is `live.rs`.
 
+pub mod live;
+
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,7 +11,7 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{DeployStatus, Deployment, LogLine, service, store};
+use super::{DeployStatus, Deployment, LogLine, ops, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::pages::{Forms, is_production, with_errors};
@@ -43,7 +45,7 @@ pub async fn deploy(
     if is_production(&env) && form.confirm.trim() != env {
         return confirm_page(&state, &v, project_id, &env, !form.confirm.is_empty()).await;
     }
-    match service::trigger(&state, &who, project_id, Some(env)).await {
+    match ops::trigger(&state, &who, project_id, Some(env)).await {
         Ok(id) => Ok(layout::see_other(&format!("/deployments/{id}"))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), &[])?;

@@ -8,10 +8,9 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Role, store, tokens};
 use crate::app::AppState;
-use crate::audit;
 use crate::db::{DbError, now_ms};
+use crate::users::{Role, UserError, ops, store, tokens};
 use crate::web::error::WebError;
 use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, field_error, form_banner, invalid,
@@ -67,33 +66,10 @@ pub async fn account_page(
 }
 
 pub async fn unlink_github(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {
-    let Some(user_id) = v.who.user_id else {
+    if v.who.user_id.is_none() {
         return Err(WebError::NotFound("account").into());
-    };
-    let actor = v.who.actor.clone();
-    state
-        .db
-        .write(move |tx| {
-            let user = store::get(tx, user_id)?;
-            if !user.has_password {
-                return Err(super::UserError::Invalid {
-                    field: "github",
-                    message: "this account has no password; unlinking GitHub would lock you out".into(),
-                });
-            }
-            store::unlink_github(tx, user_id)?;
-            audit::record(
-                tx,
-                now_ms(),
-                &actor,
-                "user.unlink_github",
-                "user",
-                Some(user_id),
-                "",
-            )?;
-            Ok(())
-        })
-        .await?;
+    }
+    ops::unlink_own_github(&state, &v.who).await?;
     Ok(layout::see_other("/account?done=github-unlinked"))
 }
 
@@ -172,18 +148,9 @@ fn tokens_body(
     }
 }
 
-/// Admins see every token; others their own.
-fn scope_of(v: &Viewer) -> Option<i64> {
-    if v.can(Role::Admin) {
-        None
-    } else {
-        Some(v.who.user_id.unwrap_or(-1))
-    }
-}
-
 async fn token_list(state: &AppState, v: &Viewer) -> Result<Vec<tokens::ApiTokenInfo>, DbError> {
-    let scope = scope_of(v);
-    state.db.read(move |c| tokens::list(c, scope)).await
+    let scope = ops::token_scope(&v.who);
+    state.db.read(move |c| store::list_tokens(c, scope)).await
 }
 
 pub async fn tokens_page(
@@ -209,51 +176,35 @@ pub async fn create_token(
     v: Viewer,
     Form(form): Form<NewTokenForm>,
 ) -> Result<Response, PageError> {
-    let name = form.name.trim().to_owned();
-    let role = Role::parse(&form.role);
-    let error = if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        Some(FormErrors::one("name", "must be 1 to 64 printable characters"))
-    } else if role.is_none_or(|r| r > v.who.role) {
-        Some(FormErrors::one(
-            "form",
-            "a token cannot have a higher role than yours",
-        ))
-    } else {
-        None
+    let created = match ops::parse_role(&form.role) {
+        Ok(role) => ops::create_token(&state, &v.who, &form.name, role).await,
+        Err(e) => Err(e),
     };
-    if let Some(errors) = error {
-        let list = token_list(&state, &v).await?;
-        let body = tokens_body(&v, &list, &errors, &form.name, None, None);
-        return Ok((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            no_store(),
-            page(&v, "API tokens", Nav::Account, body),
-        )
-            .into_response());
-    }
-    let role = role.unwrap_or(Role::Viewer);
-    let (actor, user_id, token_name) = (v.who.actor.clone(), v.who.user_id, name.clone());
-    let token = state
-        .db
-        .write(move |tx| {
-            let now = now_ms();
-            let (id, token) = tokens::create(tx, &token_name, role, user_id, now)?;
-            audit::record(
-                tx,
-                now,
-                &actor,
-                "token.create",
-                "api_token",
-                Some(id),
-                &token_name,
-            )?;
-            Ok::<_, DbError>(token)
-        })
-        .await?;
+    let errors = match created {
+        Ok(created) => {
+            let list = token_list(&state, &v).await?;
+            let shown = Some((created.name.as_str(), created.token.as_str()));
+            let body = tokens_body(&v, &list, &FormErrors::default(), "", shown, None);
+            return Ok((
+                StatusCode::CREATED,
+                no_store(),
+                page(&v, "API tokens", Nav::Account, body),
+            )
+                .into_response());
+        }
+        // The role select has no error slot of its own: its message goes in the banner.
+        Err(UserError::Invalid {
+            field: "role",
+            message,
+        }) => FormErrors::one("form", message),
+        Err(UserError::Invalid { field, message }) => FormErrors::one(field, message),
+        Err(e @ UserError::RoleTooHigh) => FormErrors::one("form", e.to_string()),
+        Err(e) => return Err(e.into()),
+    };
     let list = token_list(&state, &v).await?;
-    let body = tokens_body(&v, &list, &FormErrors::default(), "", Some((&name, &token)), None);
+    let body = tokens_body(&v, &list, &errors, &form.name, None, None);
     Ok((
-        StatusCode::CREATED,
+        StatusCode::UNPROCESSABLE_ENTITY,
         no_store(),
         page(&v, "API tokens", Nav::Account, body),
     )
@@ -265,24 +216,6 @@ pub async fn revoke_token(
     v: Viewer,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let scope = scope_of(&v);
-    let actor = v.who.actor.clone();
-    let revoked = state
-        .db
-        .write(move |tx| {
-            let mine = tokens::list(tx, scope)?.iter().any(|t| t.id == id);
-            if !mine {
-                return Ok(false);
-            }
-            let done = tokens::revoke(tx, id, now_ms())?;
-            if done {
-                audit::record(tx, now_ms(), &actor, "token.revoke", "api_token", Some(id), "")?;
-            }
-            Ok::<_, DbError>(done)
-        })
-        .await?;
-    if !revoked {
-        return Err(WebError::NotFound("token").into());
-    }
+    ops::revoke_token(&state, &v.who, id).await?;
     Ok(layout::see_other("/tokens?done=token-revoked"))
 }

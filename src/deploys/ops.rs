@@ -1,0 +1,248 @@
+//! Deployment writes started by a principal or by the server: the deploy trigger (steps 1–3
+//! of the deploy sequence: trigger, lookup, dispatch) and ending a deployment on the server's
+//! own authority. The rules (which environment, which agent, an agent online) live here; the SQL
+//! in [`super::store`]; `api.rs` and `pages.rs` only translate HTTP to these calls.
+
+use zeroize::Zeroizing;
+
+use super::store::{self, Finish, NewDeployment};
+use super::{DeployError, DeployStatus, LiveEvent};
+use crate::agents::hub::{HubEvent, Outbound};
+use crate::agents::store as agent_store;
+use crate::app::AppState;
+use crate::db::{DbError, now_ms, rfc3339};
+use crate::projects::{ProjectError, store as project_store};
+use crate::secrets::store::{self as secret_store, SealedSecret};
+use crate::secrets::vault::Vault;
+use crate::users::Principal;
+use crate::{audit, projects};
+use stagely_protocol::mask::Masker;
+use stagely_protocol::{self as protocol, ProjectSpec, SecretEntry, ServerMessage};
+
+/// Start a deploy of one environment of a project; returns the deployment id once the agent's
+/// connection holds the DEPLOY.
+pub async fn trigger(
+    state: &AppState,
+    who: &Principal,
+    project_id: i64,
+    environment: Option<String>,
+) -> Result<i64, DeployError> {
+    // The lookup is a few indexed reads, on this thread (no trip to the blocking pool); the
+    // decryption and the record are one trip, decryption first, so a vault problem leaves
+    // nothing half-made. The record keeps the versions of exactly the values decrypted.
+    let hub = state.hub.clone();
+    let target = state
+        .db
+        .lookup(move |c| find_target(c, &hub, project_id, environment.as_deref()))
+        .await?;
+    let Target {
+        project,
+        env,
+        agent_id,
+        sealed,
+    } = target;
+    let (db, vault, actor) = (state.db.clone(), state.vault.clone(), who.actor.clone());
+    let (env_id, env_name) = (env.id, env.name.clone());
+    let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
+    let ref_for_record = git_ref.clone();
+    let (secrets, deployment_id) = tokio::task::spawn_blocking(move || {
+        let secrets = decrypt_all(&vault, &sealed)?;
+        let new = NewDeployment {
+            project_id,
+            environment_id: env_id,
+            environment: &env_name,
+            agent_id,
+            git_ref: &ref_for_record,
+            triggered_by: &actor,
+        };
+        let id = db.write_blocking(|tx| {
+            let now = now_ms();
+            let id = store::insert(tx, &new, &sealed, now)?;
+            audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env_name)?;
+            Ok::<_, DeployError>(id)
+        })?;
+        Ok::<_, DeployError>((secrets, id))
+    })
+    .await
+    .map_err(|e| DeployError::Db(DbError::Task(e.to_string())))??;
+    state.hub.start_deploy(
+        deployment_id,
+        agent_id,
+        Masker::new(secrets.iter().map(|s| s.value.as_str())),
+    );
+    let frame = Zeroizing::new(protocol::encode(&ServerMessage::Deploy {
+        deployment_id,
+        project: ProjectSpec {
+            name: project.name.clone(),
+            environment: env.name.clone(),
+            repo_url: project.repo_url.clone(),
+            git_ref,
+            compose_path: project.compose_path.clone(),
+            pull: project.pull,
+        },
+        secrets,
+    }));
+    if let Err(e) = state.hub.send_to(agent_id, env.id, Outbound::Text(frame)) {
+        tracing::warn!(deployment_id, agent_id, error = ?e, "agent went away before the DEPLOY could be queued");
+        end_by_server(state, deployment_id, env.id, "agent_offline").await;
+        let env_name = env.name.clone();
+        return Err(state
+            .db
+            .read(move |c| offline_error(c, &env_name, &[agent_id]))
+            .await?);
+    }
+    tracing::info!(deployment_id, agent_id, project = %project.name, environment = %env.name, "deploy dispatched");
+    state.hub.publish(HubEvent::DeploymentChanged {
+        deployment_id,
+        environment_id: env.id,
+    });
+    Ok(deployment_id)
+}
+
+/// Where a deploy goes: the project, its environment, an online agent there, and the sealed
+/// values to send.
+struct Target {
+    project: projects::Project,
+    env: projects::Environment,
+    agent_id: i64,
+    sealed: Vec<SealedSecret>,
+}
+
+fn find_target(
+    c: &rusqlite::Connection,
+    hub: &crate::agents::hub::Hub,
+    project_id: i64,
+    environment: Option<&str>,
+) -> Result<Target, DeployError> {
+    let project = project_store::get(c, project_id).map_err(|e| match e {
+        ProjectError::NotFound => DeployError::ProjectNotFound,
+        ProjectError::Db(e) => DeployError::Db(e),
+        other => DeployError::Db(DbError::Task(other.to_string())),
+    })?;
+    let env = pick_environment(&project, environment)?;
+    let agent_ids = agent_store::ids_for_environment(c, env.id)?;
+    if agent_ids.is_empty() {
+        return Err(DeployError::NoAgent(env.name));
+    }
+    let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
+        return Err(offline_error(c, &env.name, &agent_ids)?);
+    };
+    let sealed = secret_store::for_environment(c, project.id, env.id)?;
+    Ok(Target {
+        project,
+        env,
+        agent_id,
+        sealed,
+    })
+}
+
+fn pick_environment(
+    project: &projects::Project,
+    name: Option<&str>,
+) -> Result<projects::Environment, DeployError> {
+    let names = || {
+        project
+            .environments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => project
+            .environments
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+            .ok_or_else(|| DeployError::Invalid {
+                field: "environment",
+                message: format!(
+                    "project {} has no environment {name:?} (it has: {})",
+                    project.name,
+                    names()
+                ),
+            }),
+        None => match project.environments.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => Err(DeployError::Invalid {
+                field: "environment",
+                message: format!(
+                    "project {} has no environment yet; create one first",
+                    project.name
+                ),
+            }),
+            _ => Err(DeployError::Invalid {
+                field: "environment",
+                message: format!(
+                    "required: project {} has several environments ({})",
+                    project.name,
+                    names()
+                ),
+            }),
+        },
+    }
+}
+
+/// `agent_offline`, with the last time any of the environment's agents was seen.
+fn offline_error(
+    c: &rusqlite::Connection,
+    environment: &str,
+    agent_ids: &[i64],
+) -> Result<DeployError, DbError> {
+    let mut last: Option<i64> = None;
+    for id in agent_ids {
+        last = last.max(agent_store::last_heartbeat(c, *id)?);
+    }
+    Ok(DeployError::AgentOffline {
+        environment: environment.to_owned(),
+        last_seen: last.map(rfc3339).unwrap_or_else(|| "never".into()),
+        last_seen_ms: last,
+    })
+}
+
+fn decrypt_all(vault: &Vault, sealed: &[SealedSecret]) -> Result<Vec<SecretEntry>, DeployError> {
+    sealed
+        .iter()
+        .map(|s| {
+            let value = vault.decrypt(&s.ciphertext)?;
+            Ok(SecretEntry {
+                key: s.key.clone(),
+                value: value.as_str().to_owned(),
+                scope: s.scope,
+                service: s.service.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Fail a deployment on the server's own authority (`agent_lost`, `timeout`, `agent_offline`).
+pub async fn end_by_server(state: &AppState, deployment_id: i64, environment_id: i64, error: &str) {
+    let finish = Finish {
+        deployment_id,
+        status: DeployStatus::Failed,
+        error: Some(error.to_owned()),
+        services: Vec::new(),
+        commit: None,
+        at: now_ms(),
+    };
+    let error = finish.error.clone();
+    match state.logs.finish(finish).await {
+        Ok(true) => {
+            if let Some(active) = state.hub.end_deploy(deployment_id) {
+                // No live viewer is not an error.
+                let _ = active.live.send(LiveEvent::Finished {
+                    status: DeployStatus::Failed,
+                    error,
+                });
+            }
+            state.hub.publish(HubEvent::DeploymentChanged {
+                deployment_id,
+                environment_id,
+            });
+        }
+        Ok(false) => {
+            state.hub.end_deploy(deployment_id);
+        }
+        Err(e) => tracing::error!(deployment_id, error = %e, "cannot mark deployment failed"),
+    }
+}

@@ -1,0 +1,616 @@
+//! Every users-domain write and rule, called by the pages (and the CLI): sign-in checks, sessions,
+//! one-time links (setup, invitations), roles, disabling (the last-admin rule), GitHub links and
+//! API tokens (the token rules). Each operation takes a principal and plain input, validates,
+//! writes through [`store`], and records its audit entry in the same transaction.
+//! No HTTP types here: handlers translate requests to these calls and results to pages.
+
+use rusqlite::Transaction;
+use zeroize::Zeroizing;
+
+use super::store::{self, LinkKind, NewUser};
+use super::{
+    Principal, Role, SETUP_LINK_TTL_MS, User, UserError, password, validate_password, validate_username,
+};
+use crate::app::AppState;
+use crate::audit;
+use crate::db::{Db, DbError, now_ms};
+use crate::names::{self, NameKind};
+
+// --- sign-in ------------------------------------------------------------------------------------
+
+/// Check a local sign-in: the rate limit first, then the same answer ([`UserError::SignInRefused`])
+/// for an unknown user, a wrong password and a disabled account. A refusal counts against the
+/// address and the account; a success clears the account's count.
+pub async fn check_sign_in(
+    state: &AppState,
+    ip: &str,
+    username: &str,
+    password_text: Zeroizing<String>,
+) -> Result<User, UserError> {
+    let now = now_ms();
+    let username = username.trim().to_owned();
+    if let Some(wait) = state.auth.limiter.blocked(ip, &username, now) {
+        return Err(UserError::RateLimited {
+            retry_after_secs: wait,
+        });
+    }
+    let lookup = username.clone();
+    let found = state.db.read(move |c| store::by_username(c, &lookup)).await?;
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, None),
+    };
+    // Verified even for an unknown user, so the answer takes as long either way.
+    let password_ok = password::verify(password_text, hash).await;
+    match user {
+        Some(u) if password_ok && !u.disabled => {
+            state.auth.limiter.record_success(&username);
+            Ok(u)
+        }
+        _ => {
+            state.auth.limiter.record_failure(ip, &username, now);
+            tracing::info!(%ip, "failed sign-in");
+            Err(UserError::SignInRefused)
+        }
+    }
+}
+
+/// Open a web session for a user who passed a sign-in check; answers the cookie value.
+pub async fn start_session(
+    state: &AppState,
+    user_id: i64,
+    username: &str,
+    action: &'static str,
+) -> Result<String, UserError> {
+    let lifetime =
+        i64::try_from(state.config.auth.session_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    let actor = format!("user:{username}");
+    let (cookie, _) = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let created = store::create_session(tx, user_id, now, lifetime)?;
+            audit::record(tx, now, &actor, action, "user", Some(user_id), "")?;
+            Ok::<_, UserError>(created)
+        })
+        .await?;
+    Ok(cookie)
+}
+
+/// Sign out: end the session whose id hash is `id_hash`.
+pub async fn end_session(
+    state: &AppState,
+    id_hash: Vec<u8>,
+    user_id: i64,
+    username: &str,
+) -> Result<(), UserError> {
+    let actor = format!("user:{username}");
+    state
+        .db
+        .write(move |tx| {
+            store::delete_session(tx, &id_hash)?;
+            audit::record(tx, now_ms(), &actor, "user.sign_out", "user", Some(user_id), "")?;
+            Ok(())
+        })
+        .await
+}
+
+/// What a new account from a one-time link is made of.
+pub struct NewAccount {
+    pub username: String,
+    pub password: Zeroizing<String>,
+    pub confirm: Zeroizing<String>,
+}
+
+/// Create an account from a setup link (the first admin only) or an invitation; the link is used
+/// up in the same transaction. Answers the user's id and username.
+pub async fn create_from_link(
+    state: &AppState,
+    kind: LinkKind,
+    token: &str,
+    account: NewAccount,
+) -> Result<(i64, String), UserError> {
+    let username = validate_username(&account.username)?;
+    validate_password(&account.password)?;
+    if *account.password != *account.confirm {
+        return Err(UserError::Invalid {
+            field: "confirm",
+            message: "the two passwords differ".into(),
+        });
+    }
+    let hash = password::hash(account.password)
+        .await
+        .map_err(|e| UserError::Internal(e.to_string()))?;
+    let (name, token) = (username.clone(), token.to_owned());
+    let id = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let Some((link_id, role)) = store::consume_link(tx, kind, &token, now)? else {
+                return Err(UserError::LinkInvalid);
+            };
+            // The setup link only ever creates the *first* user.
+            if kind == LinkKind::Setup && store::count(tx)? > 0 {
+                return Err(UserError::LinkInvalid);
+            }
+            let new = NewUser {
+                username: &name,
+                display_name: "",
+                password_hash: Some(&hash),
+                github_login: None,
+                role,
+            };
+            let id = store::insert(tx, &new, now)?;
+            store::set_link_user(tx, link_id, id)?;
+            let action = match kind {
+                LinkKind::Setup => "user.setup_admin",
+                LinkKind::Invite => "user.accept_invite",
+            };
+            audit::record(
+                tx,
+                now,
+                &format!("user:{name}"),
+                action,
+                "user",
+                Some(id),
+                role.as_str(),
+            )?;
+            Ok(id)
+        })
+        .await?;
+    Ok((id, username))
+}
+
+/// A GitHub identity that passed the allow list: its user, created with `default_role` on a first
+/// sign-in. A disabled account is refused.
+pub async fn github_sign_in(state: &AppState, login: &str, default_role: Role) -> Result<User, UserError> {
+    let login = login.to_owned();
+    let user = state
+        .db
+        .write(move |tx| {
+            if let Some(user) = store::by_github_login(tx, &login)? {
+                return Ok(user);
+            }
+            let now = now_ms();
+            let new = NewUser {
+                username: &login,
+                display_name: "",
+                password_hash: None,
+                github_login: Some(&login),
+                role: default_role,
+            };
+            let id = store::insert(tx, &new, now)?;
+            audit::record(
+                tx,
+                now,
+                &format!("github:{login}"),
+                "user.create_github",
+                "user",
+                Some(id),
+                default_role.as_str(),
+            )?;
+            store::get(tx, id)
+        })
+        .await?;
+    if user.disabled {
+        return Err(UserError::Disabled);
+    }
+    Ok(user)
+}
+
+/// On a start with no users, issue a fresh one-time setup link (older unused ones stop working)
+/// and return it; `None` once anyone exists.
+pub fn ensure_setup_link(db: &Db, public_url: &str, now: i64) -> Result<Option<String>, DbError> {
+    db.write_blocking(|tx| {
+        if store::count(tx)? > 0 {
+            store::delete_setup_links(tx)?;
+            return Ok(None);
+        }
+        store::delete_setup_links(tx)?;
+        let (_, token) = store::create_link(
+            tx,
+            LinkKind::Setup,
+            Role::Admin,
+            "system",
+            now,
+            now + SETUP_LINK_TTL_MS,
+        )?;
+        Ok(Some(format!("{public_url}/setup?token={token}")))
+    })
+}
+
+// --- people (admin) -------------------------------------------------------------------------------
+
+/// Refuse a change that leaves no enabled admin.
+fn keep_an_admin(tx: &Transaction<'_>, user: &User, losing_admin: bool) -> Result<(), UserError> {
+    if losing_admin
+        && user.role == Role::Admin
+        && !user.disabled
+        && store::other_enabled_admins(tx, user.id)? == 0
+    {
+        return Err(UserError::LastAdmin);
+    }
+    Ok(())
+}
+
+/// A role from a form or request field.
+pub fn parse_role(value: &str) -> Result<Role, UserError> {
+    Role::parse(value.trim()).ok_or_else(|| UserError::Invalid {
+        field: "role",
+        message: "unknown role: use admin, member or viewer".into(),
+    })
+}
+
+/// Change a user's role; the last enabled admin stays admin.
+pub fn change_role_in(tx: &Transaction<'_>, who: &Principal, id: i64, role: Role) -> Result<(), UserError> {
+    let user = store::get(tx, id)?;
+    keep_an_admin(tx, &user, role != Role::Admin)?;
+    store::set_role(tx, id, role)?;
+    // Sessions carry no role: the next request already sees the new one.
+    audit::record(
+        tx,
+        now_ms(),
+        &who.actor,
+        "user.role",
+        "user",
+        Some(id),
+        &format!("{} → {}", user.username, role.as_str()),
+    )?;
+    Ok(())
+}
+
+pub async fn change_role(state: &AppState, who: &Principal, id: i64, role: Role) -> Result<(), UserError> {
+    let who = who.clone();
+    state.db.write(move |tx| change_role_in(tx, &who, id, role)).await
+}
+
+/// Disable (ending every session at once) or enable a user; the last enabled admin stays enabled.
+pub fn set_disabled_in(
+    tx: &Transaction<'_>,
+    who: &Principal,
+    id: i64,
+    disable: bool,
+) -> Result<(), UserError> {
+    let user = store::get(tx, id)?;
+    keep_an_admin(tx, &user, disable)?;
+    store::set_disabled(tx, id, disable)?;
+    if disable {
+        store::delete_user_sessions(tx, id)?;
+    }
+    let action = if disable { "user.disable" } else { "user.enable" };
+    audit::record(tx, now_ms(), &who.actor, action, "user", Some(id), &user.username)?;
+    Ok(())
+}
+
+pub async fn set_disabled(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    disable: bool,
+) -> Result<(), UserError> {
+    let who = who.clone();
+    state
+        .db
+        .write(move |tx| set_disabled_in(tx, &who, id, disable))
+        .await
+}
+
+/// End every session of a user; answers how many there were.
+pub async fn end_sessions(state: &AppState, who: &Principal, id: i64) -> Result<usize, UserError> {
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, id)?;
+            let n = store::delete_user_sessions(tx, id)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.end_sessions",
+                "user",
+                Some(id),
+                &format!("{} ({n})", user.username),
+            )?;
+            Ok(n)
+        })
+        .await
+}
+
+/// Invite someone with a one-time link bound to `role`; answers the link.
+pub async fn invite(state: &AppState, who: &Principal, role: Role) -> Result<String, UserError> {
+    let actor = who.actor.clone();
+    let ttl = i64::try_from(state.config.auth.invite_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    let token = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let (id, token) =
+                store::create_link(tx, LinkKind::Invite, role, &actor, now, now.saturating_add(ttl))?;
+            audit::record(tx, now, &actor, "user.invite", "invite", Some(id), role.as_str())?;
+            Ok::<_, UserError>(token)
+        })
+        .await?;
+    Ok(format!("{}/invite?token={token}", state.config.public_url))
+}
+
+/// Withdraw an open invitation.
+pub async fn revoke_invite(state: &AppState, who: &Principal, id: i64) -> Result<(), UserError> {
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            if !store::revoke_invite(tx, id, now)? {
+                return Err(UserError::InviteNotFound);
+            }
+            audit::record(tx, now, &actor, "user.invite_revoke", "invite", Some(id), "")?;
+            Ok(())
+        })
+        .await
+}
+
+/// A GitHub login as an admin types it (`@` and case dropped); empty means none.
+pub fn parse_github_login(value: &str) -> Result<String, UserError> {
+    let login = value.trim().trim_start_matches('@').to_ascii_lowercase();
+    let valid = login.is_empty()
+        || (login.len() <= 39
+            && login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !login.starts_with('-'));
+    if !valid {
+        return Err(UserError::Invalid {
+            field: "github_login",
+            message: "a GitHub login has letters, digits and '-' (at most 39)".into(),
+        });
+    }
+    Ok(login)
+}
+
+/// An admin links (or, with an empty login, unlinks) a GitHub login to a user. The allow list
+/// still decides whether that login may sign in.
+pub async fn set_github_login(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    login: &str,
+) -> Result<(), UserError> {
+    let login = parse_github_login(login)?;
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, id)?;
+            if login.is_empty() {
+                store::unlink_github(tx, id)?;
+            } else {
+                store::link_github(tx, id, &login)?;
+            }
+            let detail = format!(
+                "{} → {}",
+                user.username,
+                if login.is_empty() { "none" } else { &login }
+            );
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.link_github",
+                "user",
+                Some(id),
+                &detail,
+            )?;
+            Ok(())
+        })
+        .await
+}
+
+/// A signed-in user links the GitHub identity they just proved to their own account.
+pub async fn link_own_github(state: &AppState, who: &Principal, login: &str) -> Result<(), UserError> {
+    let user_id = who.user_id.ok_or(UserError::NotFound)?;
+    let (actor, login) = (who.actor.clone(), login.to_owned());
+    state
+        .db
+        .write(move |tx| {
+            store::link_github(tx, user_id, &login)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.link_github",
+                "user",
+                Some(user_id),
+                &login,
+            )?;
+            Ok(())
+        })
+        .await
+}
+
+/// A user unlinks GitHub from their own account; refused when it has no password to sign in with.
+pub async fn unlink_own_github(state: &AppState, who: &Principal) -> Result<(), UserError> {
+    let user_id = who.user_id.ok_or(UserError::NotFound)?;
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, user_id)?;
+            if !user.has_password {
+                return Err(UserError::Invalid {
+                    field: "github",
+                    message: "this account has no password; unlinking GitHub would lock you out".into(),
+                });
+            }
+            store::unlink_github(tx, user_id)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.unlink_github",
+                "user",
+                Some(user_id),
+                "",
+            )?;
+            Ok(())
+        })
+        .await
+}
+
+// --- API tokens -----------------------------------------------------------------------------------
+
+/// A token just made: its clear text is shown once and never stored.
+pub struct CreatedToken {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+}
+
+/// Create an API token for `who` (bound to their user, if any). The name follows
+/// [`NameKind::Token`]; a token cannot have a higher role than its creator.
+pub fn create_token_in(
+    tx: &Transaction<'_>,
+    who: &Principal,
+    name: &str,
+    role: Role,
+    now: i64,
+) -> Result<CreatedToken, UserError> {
+    let name = names::validate(NameKind::Token, name).map_err(|e| UserError::Invalid {
+        field: "name",
+        message: e.message,
+    })?;
+    if role > who.role {
+        return Err(UserError::RoleTooHigh);
+    }
+    let (id, token) = store::insert_token(tx, &name, role, who.user_id, now)?;
+    audit::record(tx, now, &who.actor, "token.create", "api_token", Some(id), &name)?;
+    Ok(CreatedToken { id, name, token })
+}
+
+pub async fn create_token(
+    state: &AppState,
+    who: &Principal,
+    name: &str,
+    role: Role,
+) -> Result<CreatedToken, UserError> {
+    let (who, name) = (who.clone(), name.to_owned());
+    state
+        .db
+        .write(move |tx| create_token_in(tx, &who, &name, role, now_ms()))
+        .await
+}
+
+/// Whose tokens `who` sees and may revoke: admins every token, others their own.
+pub fn token_scope(who: &Principal) -> Option<i64> {
+    if who.role >= Role::Admin {
+        None
+    } else {
+        Some(who.user_id.unwrap_or(-1))
+    }
+}
+
+/// Revoke a live token `who` may see; [`UserError::TokenNotFound`] otherwise.
+pub async fn revoke_token(state: &AppState, who: &Principal, id: i64) -> Result<(), UserError> {
+    let scope = token_scope(who);
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let mine = store::list_tokens(tx, scope)?.iter().any(|t| t.id == id);
+            let now = now_ms();
+            if !mine || !store::revoke_token(tx, id, now)? {
+                return Err(UserError::TokenNotFound);
+            }
+            audit::record(tx, now, &actor, "token.revoke", "api_token", Some(id), "")?;
+            Ok(())
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        (dir, db)
+    }
+
+    fn add_user(db: &Db, name: &str, role: Role) -> i64 {
+        db.write_blocking(|tx| {
+            let new = NewUser {
+                username: name,
+                display_name: "",
+                password_hash: None,
+                github_login: None,
+                role,
+            };
+            store::insert(tx, &new, 1)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_last_enabled_admin_can_be_neither_demoted_nor_disabled() {
+        let (_dir, db) = db();
+        let admin = add_user(&db, "ada", Role::Admin);
+        let who = Principal::cli();
+        let demote = db.write_blocking(|tx| change_role_in(tx, &who, admin, Role::Member));
+        assert!(matches!(demote, Err(UserError::LastAdmin)), "{demote:?}");
+        let disable = db.write_blocking(|tx| set_disabled_in(tx, &who, admin, true));
+        assert!(matches!(disable, Err(UserError::LastAdmin)), "{disable:?}");
+        // With a second admin, the first may go.
+        add_user(&db, "grace", Role::Admin);
+        db.write_blocking(|tx| change_role_in(tx, &who, admin, Role::Member))
+            .unwrap();
+        let user = db.read_blocking(|c| store::get(c, admin)).unwrap();
+        assert_eq!(user.role, Role::Member);
+    }
+
+    #[test]
+    fn token_names_count_characters_and_roles_stay_at_or_below_the_creator() {
+        let (_dir, db) = db();
+        let member = Principal {
+            actor: "user:m".into(),
+            role: Role::Member,
+            user_id: None,
+        };
+        let ok = "é".repeat(64);
+        let made = db.write_blocking(|tx| create_token_in(tx, &member, &ok, Role::Member, 1));
+        assert_eq!(made.unwrap().name, ok);
+        let long = "é".repeat(65);
+        let refused = db.write_blocking(|tx| create_token_in(tx, &member, &long, Role::Member, 1));
+        assert!(
+            matches!(&refused, Err(UserError::Invalid { field: "name", .. })),
+            "{:?}",
+            refused.err()
+        );
+        let higher = db.write_blocking(|tx| create_token_in(tx, &member, "ci", Role::Admin, 1));
+        assert!(
+            matches!(higher, Err(UserError::RoleTooHigh)),
+            "{:?}",
+            higher.err()
+        );
+    }
+
+    #[test]
+    fn an_unknown_stored_role_is_an_error_naming_the_row() {
+        let (_dir, db) = db();
+        let id = add_user(&db, "ada", Role::Admin);
+        db.write_blocking(|tx| {
+            // As a newer Stagely (or a hand edit) might leave it, past the CHECK constraint.
+            tx.execute_batch("PRAGMA ignore_check_constraints = ON")?;
+            tx.execute("UPDATE users SET role = 'owner' WHERE id = ?1", [id])?;
+            tx.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
+            Ok::<_, crate::db::DbError>(())
+        })
+        .unwrap();
+        let err = db.read_blocking(|c| store::get(c, id)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("users row {id}")) && err.contains("\"owner\""),
+            "{err}"
+        );
+        let err = db.read_blocking(store::list).unwrap_err().to_string();
+        assert!(err.contains("users row"), "{err}");
+    }
+}
