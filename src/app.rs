@@ -160,13 +160,8 @@ impl App {
     /// Serve until the shutdown token fires: stop accepting, let in-flight requests finish,
     /// close agent sockets with a reason, drain the log writer.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        let router = crate::web::router(self.state.clone());
         let shutdown = self.state.shutdown.clone();
-        // Client addresses are needed for the per-address sign-in rate limit.
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let result = crate::web::serve(listener, self.state.clone(), shutdown.cancelled_owned()).await;
         // Agent connection tasks watch the same token; give them a moment to send their close.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.state.hub.online_count() > 0 && tokio::time::Instant::now() < deadline {

@@ -158,6 +158,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serve the router on `listener` until `shutdown` resolves, then let in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Client addresses are needed for the per-address sign-in rate limit and trusted proxies.
+    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Unknown paths: JSON under `/api/`, a styled page everywhere else.
 async fn not_found(uri: axum::http::Uri) -> Response {
     if uri.path().starts_with("/api/") {

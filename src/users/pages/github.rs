@@ -24,7 +24,7 @@ use serde::Deserialize;
 use super::{safe_next, start_session};
 use crate::app::AppState;
 use crate::db::now_ms;
-use crate::users::{Principal, Role, UserError, ops};
+use crate::users::{Principal, UserError, ops};
 use crate::web::error::WebError;
 use crate::web::layout::{self, PageError, bare_page, no_store};
 use crate::web::session;
