@@ -11,7 +11,6 @@ pub mod hub;
 pub mod mailbox;
 pub mod ops;
 pub mod pages;
-pub mod socket;
 pub mod store;
 
 use serde::Serialize;

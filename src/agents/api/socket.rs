@@ -1,4 +1,4 @@
-//! One agent connection after the `/ws/agent` upgrade (in `agents::api`): HELLO, then frames
+//! One agent connection after the `/ws/agent` upgrade (in `agents::api`, of which this is part): HELLO, then frames
 //! until either side closes, the agent goes quiet past `offline_after_secs`, or the appliance
 //! shuts down.
 //!
@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 
-use super::hub::{Outbound, Registration};
-use super::{AgentIdentity, HelloInfo, store};
+use crate::agents::hub::{Outbound, Registration};
+use crate::agents::{AgentIdentity, HelloInfo, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::service;

@@ -2,6 +2,8 @@
 //! agent download (binary, checksum, install script) and the `/ws/agent` upgrade. Handlers only
 //! translate HTTP to [`super::ops`] and back.
 
+pub mod socket;
+
 use axum::Extension;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Path, State};
@@ -11,7 +13,7 @@ use serde::Deserialize;
 
 use super::download::{self, DownloadError};
 use super::ops::{self, CreatedAgent};
-use super::{AgentError, AgentInfo, socket, store};
+use super::{AgentError, AgentInfo, store};
 use crate::app::AppState;
 use crate::users::Principal;
 use crate::web::error::{Json, WebError};
