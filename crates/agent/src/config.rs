@@ -116,6 +116,8 @@ pub struct FileConfig {
     pub health_timeout_secs: Option<u64>,
     pub runtime_dir: Option<PathBuf>,
     pub deploy_timeout_secs: Option<u64>,
+    /// The file's form of `--insecure-transport` (install.sh writes it when told to).
+    pub insecure_transport: Option<bool>,
     /// The compose policy's allowances (docs/agent.md). Only this file sets them: no flag, no
     /// variable, nothing the appliance sends.
     #[serde(default)]
@@ -186,8 +188,9 @@ pub fn load(args: RunArgs) -> Result<Settings, ConfigError> {
 pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Result<Settings, ConfigError> {
     let server = args.server.or(file.server).ok_or(ConfigError::NoServer)?;
     let url = normalize_server_url(&server)?;
+    let insecure_transport = args.insecure_transport || file.insecure_transport.unwrap_or(false);
     if let Some(host) = insecure_host(&url)
-        && !args.insecure_transport
+        && !insecure_transport
     {
         return Err(ConfigError::InsecureTransport { url, host });
     }
@@ -230,7 +233,7 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
         health_timeout: Duration::from_secs(health),
         runtime_dir: args.runtime_dir.or(file.runtime_dir),
         deploy_timeout: Duration::from_secs(deploy_timeout),
-        insecure_transport: args.insecure_transport,
+        insecure_transport,
         policy: file.policy,
     })
 }
@@ -451,5 +454,37 @@ mod transport_tests {
         assert!(toml::from_str::<FileConfig>("[policy]\nallow_everything = true\n").is_err());
         let bad: FileConfig = toml::from_str("server = \"https://h\"\n[policy]\nallow_bind = [\"relative\"]\n").unwrap();
         assert!(matches!(merge(RunArgs::default(), bad, Some("t".into())), Err(ConfigError::Policy(_))));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example parses and validates, and has every policy key.
+    #[test]
+    fn the_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/agent/agent.toml.example");
+        let file = read_file(Path::new(path)).unwrap();
+        file.policy.validate().unwrap();
+        assert_eq!(
+            file.policy.project["traefik/production"].allow_shared_namespaces,
+            ["network"]
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        for key in [
+            "allow_bind",
+            "allow_read",
+            "allow_cap_add",
+            "allow_devices",
+            "allow_device_cgroup_rules",
+            "allow_shared_namespaces",
+            "allow_security_opt",
+            "allow_privileged",
+            "allow_volumes_from",
+            "insecure_transport",
+        ] {
+            assert!(text.contains(key), "{key} is not in the example");
+        }
     }
 }

@@ -155,7 +155,7 @@ impl Deployer {
                     )));
                 }
                 // A compose file already on the target: its directory is the checkout.
-                let checkout = sources::checkout_of_local_file(&p, &agent_state).map_err(DeployError::BadProject)?;
+                let checkout = sources::checkout_of_local_file(&p).map_err(DeployError::BadProject)?;
                 (p, checkout)
             }
         };
@@ -168,7 +168,7 @@ impl Deployer {
 
         // Before compose reads anything: every file it would read is inside the checkout.
         let allow = self.policy.for_project(&project.name, &project.environment);
-        sources::check(&compose_file, &checkout, &allow)?;
+        sources::check(&compose_file, &checkout, &agent_state, &allow)?;
 
         agent_line(log, format!("reading {}", compose_file.display()));
         // Every service, profiled ones too, gets the override; which of them are active matters

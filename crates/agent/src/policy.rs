@@ -397,14 +397,8 @@ fn check_service(
 }
 
 fn check_build(subject: &str, build: &Value, cx: &Context<'_>, allow_privileged: bool, out: &mut Vec<Violation>) {
-    let mut refuse = |key: &str, value: String, setting: String| {
-        out.push(Violation {
-            subject: subject.to_owned(),
-            key: key.into(),
-            value,
-            allow_with: cx.allow.hint(setting),
-        });
-    };
+    // (key, value, the setting that allows it, or the whole "nothing: …" text)
+    let mut found: Vec<(&str, String, Result<String, &str>)> = Vec::new();
     let context = build.get("context").and_then(Value::as_str).unwrap_or(".");
     let mut local = Vec::new();
     if !is_remote(context) {
@@ -413,9 +407,9 @@ fn check_build(subject: &str, build: &Value, cx: &Context<'_>, allow_privileged:
             local.push(("build.dockerfile", Path::new(context).join(file)));
         }
     }
-    for (name, ctx) in build.get("additional_contexts").and_then(Value::as_object).into_iter().flatten() {
+    let extra = build.get("additional_contexts").and_then(Value::as_object);
+    for ctx in extra.into_iter().flat_map(|m| m.values()) {
         if let Some(ctx) = ctx.as_str().filter(|c| !is_remote(c) && !c.starts_with("service:")) {
-            let _ = name;
             local.push(("build.additional_contexts", Path::new(context).join(ctx)));
         }
     }
@@ -426,23 +420,40 @@ fn check_build(subject: &str, build: &Value, cx: &Context<'_>, allow_privileged:
     }
     for (key, path) in local {
         let resolved = resolve(&path);
-        if !resolved.starts_with(cx.checkout) && !cx.allow.may_read(&resolved) {
-            refuse(key, path.display().to_string(), format!("allow_read = [{:?}]", resolved.display().to_string()));
+        if !confined_ok(&resolved, cx.checkout, cx.agent_state) {
+            found.push((key, path.display().to_string(), Err(STATE_NEVER_READ)));
+        } else if !resolved.starts_with(cx.checkout) && !cx.allow.may_read(&resolved) {
+            let setting = format!("allow_read = [{:?}]", resolved.display().to_string());
+            found.push((key, path.display().to_string(), Ok(setting)));
         }
     }
     if build.get("privileged").and_then(Value::as_bool) == Some(true) && !allow_privileged {
-        refuse("build.privileged", "true".into(), "allow_privileged = true".into());
+        found.push(("build.privileged", "true".into(), Ok("allow_privileged = true".into())));
     }
     let entitlements = strings(build.get("entitlements"));
     if !entitlements.is_empty() && !allow_privileged {
-        refuse("build.entitlements", entitlements.join(", "), "allow_privileged = true".into());
+        found.push(("build.entitlements", entitlements.join(", "), Ok("allow_privileged = true".into())));
     }
-    if build.get("network").and_then(Value::as_str) == Some("host")
-        && !cx.allow.any(|a| a.allow_shared_namespaces.iter().any(|n| n == "network"))
-    {
-        refuse("build.network", "host".into(), r#"allow_shared_namespaces = ["network"]"#.into());
+    if build.get("network").and_then(Value::as_str) == Some("host") && !allows_ns(cx, "network") {
+        let setting = r#"allow_shared_namespaces = ["network"]"#.to_owned();
+        found.push(("build.network", "host".into(), Ok(setting)));
+    }
+    for (key, value, allow) in found {
+        out.push(Violation {
+            subject: subject.to_owned(),
+            key: key.into(),
+            value,
+            allow_with: match allow {
+                Ok(setting) => cx.allow.hint(setting),
+                Err(never) => never.into(),
+            },
+        });
     }
 }
+
+/// The `allow_with` of a path inside the agent's state.
+pub const STATE_NEVER_READ: &str =
+    "nothing: the agent's own state (its work and private directories) is never read or mounted; use a path outside it";
 
 /// A bind mount of `source`: fine inside the checkout (unless that is the agent's own state
 /// beyond it), else only under an `allow_bind` entry; a protected path needs an entry naming it
@@ -452,12 +463,10 @@ fn check_bind(subject: &str, key: &str, source: &str, cx: &Context<'_>, binds: &
     if bind_allowed(&resolved, cx, binds) {
         return;
     }
-    let allow_with = if cx
-        .agent_state
-        .iter()
-        .any(|s| resolved.starts_with(s) || s.starts_with(&resolved))
-    {
-        "nothing: the agent's own state (its work and private directories) is never mounted; use a path outside it".into()
+    let allow_with = if resolved.parent().is_none() {
+        "nothing: the whole host is never mounted".into()
+    } else if !confined_ok(&resolved, cx.checkout, cx.agent_state) {
+        STATE_NEVER_READ.into()
     } else {
         cx.allow
             .hint(format!("allow_bind = [{:?}]", resolved.display().to_string()))
@@ -474,16 +483,11 @@ fn bind_allowed(path: &Path, cx: &Context<'_>, binds: &[PathBuf]) -> bool {
     if !path.is_absolute() {
         return false;
     }
+    if !confined_ok(path, cx.checkout, cx.agent_state) {
+        return false;
+    }
     if path.starts_with(cx.checkout) {
         return true;
-    }
-    // The agent's state, or a directory holding it (which is every other project's checkout).
-    if cx
-        .agent_state
-        .iter()
-        .any(|s| path.starts_with(s) || s.starts_with(path))
-    {
-        return false;
     }
     binds.iter().any(|allowed| {
         path.starts_with(allowed)
@@ -494,6 +498,17 @@ fn bind_allowed(path: &Path, cx: &Context<'_>, binds: &[PathBuf]) -> bool {
                 // Inside a protected path: the allowance must name it or a path inside it.
                 .all(|p| !path.starts_with(&p) || allowed.starts_with(&p))
     })
+}
+
+/// The agent's state is never exposed: not a directory holding it (that is every project's
+/// checkout and the deployments record), and nothing inside it, except the project's own
+/// checkout when that checkout lives there (a cloned repository).
+pub fn confined_ok(path: &Path, checkout: &Path, agent_state: &[PathBuf]) -> bool {
+    let in_state = |p: &Path| agent_state.iter().any(|s| p.starts_with(s));
+    if agent_state.iter().any(|s| s.starts_with(path)) {
+        return false;
+    }
+    !in_state(path) || path.starts_with(checkout) && in_state(checkout)
 }
 
 /// `host`, or `container:<id>` of a container that is not one of the project's services.

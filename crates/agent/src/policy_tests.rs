@@ -168,3 +168,27 @@ fn paths_resolve_through_symlinks() {
     let real = std::fs::canonicalize(dir.path()).unwrap();
     assert_eq!(resolve(&dir.path().join("missing/a")), real.join("missing/a"));
 }
+
+#[test]
+fn a_checkout_holding_the_agent_state_does_not_expose_it() {
+    let state = [PathBuf::from("/srv/app/work")];
+    let eff = PolicyConfig::default().for_project("p", "e");
+    let cx = Context {
+        allow: &eff,
+        checkout: Path::new("/srv/app"),
+        agent_state: &state,
+    };
+    let bind = |src: &str| svc(json!({"volumes": [{"type": "bind", "source": src, "target": "/x"}]}));
+    assert!(check(&bind("/srv/app/data"), &cx).is_ok());
+    for src in ["/srv/app", "/srv/app/work", "/srv/app/work/p/e"] {
+        let v = check(&bind(src), &cx).unwrap_err().0;
+        assert_eq!(v[0].allow_with, STATE_NEVER_READ, "{src}");
+    }
+    // A cloned checkout lives in the state: its own files are fine, its siblings are not.
+    let cloned = Context {
+        checkout: Path::new("/srv/app/work/p/e"),
+        ..cx
+    };
+    assert!(check(&bind("/srv/app/work/p/e/conf"), &cloned).is_ok());
+    assert!(check(&bind("/srv/app/work/q/e"), &cloned).is_err());
+}

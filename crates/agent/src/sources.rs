@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
-use super::policy::{Effective, Refused, Violation, resolve};
+use super::policy::{Effective, Refused, STATE_NEVER_READ, Violation, confined_ok, resolve};
 
 /// Largest single file compose may read for a deployment.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -40,8 +40,9 @@ pub enum SourceError {
 }
 
 /// The checkout a project without a repository uses: the compose file's directory. Refused when
-/// that is the whole host, a protected directory itself, or holds the agent's own state.
-pub fn checkout_of_local_file(compose_file: &Path, agent_state: &[PathBuf]) -> Result<PathBuf, String> {
+/// that is the whole host, a protected directory or one holding one, or inside /proc, /sys, /dev.
+/// (The agent's own state inside it stays out of reach: [`super::policy::confined_ok`].)
+pub fn checkout_of_local_file(compose_file: &Path) -> Result<PathBuf, String> {
     let dir = compose_file.parent().unwrap_or(Path::new("/"));
     let real = resolve(dir);
     let protected = super::policy::PROTECTED_PATHS
@@ -49,8 +50,7 @@ pub fn checkout_of_local_file(compose_file: &Path, agent_state: &[PathBuf]) -> R
         .map(|p| resolve(Path::new(p)))
         .any(|p| p == real || p.starts_with(&real));
     let under_kernel = ["/proc", "/sys", "/dev"].iter().any(|p| real.starts_with(p));
-    let holds_state = agent_state.iter().any(|s| s.starts_with(&real));
-    if protected || under_kernel || holds_state {
+    if protected || under_kernel {
         return Err(format!(
             "the compose file's directory {} is the checkout of a project without a repository, \
              and it is (or holds) a protected host directory: put the compose file in a directory of its own",
@@ -62,9 +62,15 @@ pub fn checkout_of_local_file(compose_file: &Path, agent_state: &[PathBuf]) -> R
 
 /// Check every file compose will read for `compose_file`, inside `checkout` (resolved) unless
 /// an `allow_read` entry names it.
-pub fn check(compose_file: &Path, checkout: &Path, allow: &Effective) -> Result<(), SourceError> {
+pub fn check(
+    compose_file: &Path,
+    checkout: &Path,
+    agent_state: &[PathBuf],
+    allow: &Effective,
+) -> Result<(), SourceError> {
     let mut scan = Scan {
         checkout,
+        agent_state,
         allow,
         total: 0,
         seen: BTreeSet::new(),
@@ -81,6 +87,7 @@ pub fn check(compose_file: &Path, checkout: &Path, allow: &Effective) -> Result<
 
 struct Scan<'a> {
     checkout: &'a Path,
+    agent_state: &'a [PathBuf],
     allow: &'a Effective,
     total: u64,
     seen: BTreeSet<PathBuf>,
@@ -103,6 +110,15 @@ impl Scan<'_> {
             return None;
         }
         let resolved = resolve(&base.join(written));
+        if !confined_ok(&resolved, self.checkout, self.agent_state) {
+            self.refused.push(Violation {
+                subject: subject.to_owned(),
+                key: key.to_owned(),
+                value: format!("{written} (resolves to {})", resolved.display()),
+                allow_with: STATE_NEVER_READ.into(),
+            });
+            return None;
+        }
         if resolved.starts_with(self.checkout) || self.allow.may_read(&resolved) {
             return Some(resolved);
         }
