@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use super::ephemeral::{EphemeralDir, EphemeralError};
 use super::{LogSink, agent_line, process};
 use stagely_protocol::mask::Masker;

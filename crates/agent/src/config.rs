@@ -424,10 +424,22 @@ mod transport_tests {
         ] {
             assert_eq!(insecure_host(ok), None, "{ok}");
         }
-        assert_eq!(insecure_host("ws://stagely.example.com/ws/agent").as_deref(), Some("stagely.example.com"));
-        assert_eq!(insecure_host("ws://10.0.0.1:8080/ws/agent").as_deref(), Some("10.0.0.1"));
-        assert_eq!(insecure_host("ws://[2001:db8::1]:8080/ws/agent").as_deref(), Some("2001:db8::1"));
-        assert_eq!(insecure_host("ws://127.0.0.1.evil.example/ws/agent").as_deref(), Some("127.0.0.1.evil.example"));
+        assert_eq!(
+            insecure_host("ws://stagely.example.com/ws/agent").as_deref(),
+            Some("stagely.example.com")
+        );
+        assert_eq!(
+            insecure_host("ws://10.0.0.1:8080/ws/agent").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            insecure_host("ws://[2001:db8::1]:8080/ws/agent").as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(
+            insecure_host("ws://127.0.0.1.evil.example/ws/agent").as_deref(),
+            Some("127.0.0.1.evil.example")
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
@@ -438,8 +450,13 @@ mod transport_tests {
             insecure_transport: insecure,
             ..Default::default()
         };
-        let err = merge(args(false), FileConfig::default(), None).unwrap_err().to_string();
-        assert!(err.contains("--insecure-transport") && err.contains("stagely.example.com"), "{err}");
+        let err = merge(args(false), FileConfig::default(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--insecure-transport") && err.contains("stagely.example.com"),
+            "{err}"
+        );
         let s = merge(args(true), FileConfig::default(), None).unwrap();
         assert!(s.is_insecure());
     }
@@ -450,10 +467,17 @@ mod transport_tests {
             "server = \"https://h\"\n[policy]\nallow_cap_add = [\"NET_ADMIN\"]\n[policy.project.shop]\nallow_bind = [\"/srv/shop\"]\n",
         )
         .unwrap();
-        assert_eq!(file.policy.project["shop"].allow_bind, [PathBuf::from("/srv/shop")]);
+        assert_eq!(
+            file.policy.project["shop"].allow_bind,
+            [PathBuf::from("/srv/shop")]
+        );
         assert!(toml::from_str::<FileConfig>("[policy]\nallow_everything = true\n").is_err());
-        let bad: FileConfig = toml::from_str("server = \"https://h\"\n[policy]\nallow_bind = [\"relative\"]\n").unwrap();
-        assert!(matches!(merge(RunArgs::default(), bad, Some("t".into())), Err(ConfigError::Policy(_))));
+        let bad: FileConfig =
+            toml::from_str("server = \"https://h\"\n[policy]\nallow_bind = [\"relative\"]\n").unwrap();
+        assert!(matches!(
+            merge(RunArgs::default(), bad, Some("t".into())),
+            Err(ConfigError::Policy(_))
+        ));
     }
 }
 
@@ -464,7 +488,10 @@ mod example_tests {
     /// The shipped example parses and validates, and has every policy key.
     #[test]
     fn the_example_config_parses() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/agent/agent.toml.example");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../packaging/agent/agent.toml.example"
+        );
         let file = read_file(Path::new(path)).unwrap();
         file.policy.validate().unwrap();
         assert_eq!(

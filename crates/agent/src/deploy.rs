@@ -14,8 +14,8 @@ use super::compose::{Compose, ComposeError, project_name};
 use super::ephemeral::{EphemeralError, RuntimeDir};
 use super::override_file::{self, OVERRIDE_FILE_NAME, OverrideError};
 use super::policy::{self, PolicyConfig, Refused};
-use super::sources::{self, SourceError};
 use super::results::DeployResult;
+use super::sources::{self, SourceError};
 use super::verify::{Target, Verdict, VerifyError};
 use super::{LogSink, agent_line, process};
 use stagely_protocol::mask::Masker;
@@ -125,7 +125,10 @@ impl Deployer {
         // override and the askpass helper go with it.
         let private = self.runtime.deployment_dir(deployment_id)?;
 
-        let agent_state = [policy::resolve(&self.work_dir), policy::resolve(self.runtime.path())];
+        let agent_state = [
+            policy::resolve(&self.work_dir),
+            policy::resolve(self.runtime.path()),
+        ];
         let (compose_file, checkout) = match project
             .repo_url
             .as_deref()

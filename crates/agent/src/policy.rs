@@ -143,7 +143,11 @@ impl PolicyConfig {
                         return Err(bad(field, &p.display(), "must be an absolute path without `..`"));
                     }
                     if p.parent().is_none() {
-                        return Err(bad(field, &p.display(), "is the whole host: name the path you need"));
+                        return Err(bad(
+                            field,
+                            &p.display(),
+                            "is the whole host: name the path you need",
+                        ));
                     }
                 }
             }
@@ -158,7 +162,11 @@ impl PolicyConfig {
             }
             for cap in &a.allow_cap_add {
                 if normalize_cap(cap) == "ALL" {
-                    return Err(bad("allow_cap_add", cap, "is every capability: name the ones you need"));
+                    return Err(bad(
+                        "allow_cap_add",
+                        cap,
+                        "is every capability: name the ones you need",
+                    ));
                 }
             }
         }
@@ -203,7 +211,10 @@ impl Effective {
 
     /// Where to add `setting` to allow this, for the message.
     fn hint(&self, setting: String) -> String {
-        format!("{setting} under {} in the agent's config file", self.project_section)
+        format!(
+            "{setting} under {} in the agent's config file",
+            self.project_section
+        )
     }
 
     /// May compose read `path` (already resolved) outside the checkout?
@@ -229,11 +240,18 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: `{}: {}` is refused by the agent's compose policy; to allow it, set {}",
-            self.subject, self.key, self.value, self.allow_with
-        )
+        let (subject, key, value) = (&self.subject, &self.key, &self.value);
+        match self.allow_with.strip_prefix("nothing: ") {
+            Some(why) => write!(
+                f,
+                "{subject}: `{key}: {value}` is refused by the agent's compose policy and cannot be allowed: {why}"
+            ),
+            None => write!(
+                f,
+                "{subject}: `{key}: {value}` is refused by the agent's compose policy; to allow it, set {}",
+                self.allow_with
+            ),
+        }
     }
 }
 
@@ -282,11 +300,21 @@ pub fn check(model: &Value, cx: &Context<'_>) -> Result<(), Refused> {
     for (name, def) in model.get("volumes").and_then(Value::as_object).unwrap_or(&empty) {
         let opts = def.get("driver_opts");
         let device = opts.and_then(|o| o.get("device")).and_then(Value::as_str);
-        let o = opts.and_then(|o| o.get("o")).and_then(Value::as_str).unwrap_or("");
+        let o = opts
+            .and_then(|o| o.get("o"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if let Some(device) = device
             && (o.split(',').any(|x| x.trim() == "bind" || x.trim() == "rbind") || device.starts_with('/'))
         {
-            check_bind(&format!("volume {name}"), "driver_opts.device", device, cx, &binds, &mut out);
+            check_bind(
+                &format!("volume {name}"),
+                "driver_opts.device",
+                device,
+                cx,
+                &binds,
+                &mut out,
+            );
         }
     }
     // An external network named `host` is the host's network stack.
@@ -306,7 +334,8 @@ pub fn check(model: &Value, cx: &Context<'_>) -> Result<(), Refused> {
 }
 
 fn allows_ns(cx: &Context<'_>, ns: &str) -> bool {
-    cx.allow.any(|a| a.allow_shared_namespaces.iter().any(|n| n == ns))
+    cx.allow
+        .any(|a| a.allow_shared_namespaces.iter().any(|n| n == ns))
 }
 
 fn check_service(
@@ -333,7 +362,9 @@ fn check_service(
     for cap in strings(svc.get("cap_add")) {
         let norm = normalize_cap(cap);
         let allowed = SAFE_CAPS.contains(&norm.as_str())
-            || cx.allow.any(|a| a.allow_cap_add.iter().any(|c| normalize_cap(c) == norm));
+            || cx
+                .allow
+                .any(|a| a.allow_cap_add.iter().any(|c| normalize_cap(c) == norm));
         if !allowed {
             refuse("cap_add", cap.to_owned(), format!("allow_cap_add = [{norm:?}]"));
         }
@@ -358,28 +389,53 @@ fn check_service(
     }
     if !strings(svc.get("device_cgroup_rules")).is_empty() && !cx.allow.any(|a| a.allow_device_cgroup_rules) {
         let rules = strings(svc.get("device_cgroup_rules")).join(", ");
-        refuse("device_cgroup_rules", rules, "allow_device_cgroup_rules = true".into());
+        refuse(
+            "device_cgroup_rules",
+            rules,
+            "allow_device_cgroup_rules = true".into(),
+        );
     }
     for (key, ns) in NAMESPACES {
         let Some(value) = svc.get(*key).and_then(Value::as_str) else {
             continue;
         };
         if shares_outside(value, services) && !allows_ns(cx, ns) {
-            refuse(key, value.to_owned(), format!("allow_shared_namespaces = [{ns:?}]"));
+            refuse(
+                key,
+                value.to_owned(),
+                format!("allow_shared_namespaces = [{ns:?}]"),
+            );
         }
     }
     for opt in strings(svc.get("security_opt")) {
         let norm = normalize_security_opt(opt);
-        if weakens_confinement(&norm) && !cx.allow.any(|a| a.allow_security_opt.iter().any(|o| normalize_security_opt(o) == norm)) {
-            refuse("security_opt", opt.to_owned(), format!("allow_security_opt = [{norm:?}]"));
+        if weakens_confinement(&norm)
+            && !cx.allow.any(|a| {
+                a.allow_security_opt
+                    .iter()
+                    .any(|o| normalize_security_opt(o) == norm)
+            })
+        {
+            refuse(
+                "security_opt",
+                opt.to_owned(),
+                format!("allow_security_opt = [{norm:?}]"),
+            );
         }
     }
     for from in strings(svc.get("volumes_from")) {
         // `service` or `service:mode` is the project's own; `container:name` is not.
         if let Some(container) = from.strip_prefix("container:") {
             let container = container.split(':').next().unwrap_or(container);
-            if !cx.allow.any(|a| a.allow_volumes_from.iter().any(|c| c == container)) {
-                refuse("volumes_from", from.to_owned(), format!("allow_volumes_from = [{container:?}]"));
+            if !cx
+                .allow
+                .any(|a| a.allow_volumes_from.iter().any(|c| c == container))
+            {
+                refuse(
+                    "volumes_from",
+                    from.to_owned(),
+                    format!("allow_volumes_from = [{container:?}]"),
+                );
             }
         }
     }
@@ -396,7 +452,13 @@ fn check_service(
     }
 }
 
-fn check_build(subject: &str, build: &Value, cx: &Context<'_>, allow_privileged: bool, out: &mut Vec<Violation>) {
+fn check_build(
+    subject: &str,
+    build: &Value,
+    cx: &Context<'_>,
+    allow_privileged: bool,
+    out: &mut Vec<Violation>,
+) {
     // (key, value, the setting that allows it, or the whole "nothing: …" text)
     let mut found: Vec<(&str, String, Result<String, &str>)> = Vec::new();
     let context = build.get("context").and_then(Value::as_str).unwrap_or(".");
@@ -409,7 +471,10 @@ fn check_build(subject: &str, build: &Value, cx: &Context<'_>, allow_privileged:
     }
     let extra = build.get("additional_contexts").and_then(Value::as_object);
     for ctx in extra.into_iter().flat_map(|m| m.values()) {
-        if let Some(ctx) = ctx.as_str().filter(|c| !is_remote(c) && !c.starts_with("service:")) {
+        if let Some(ctx) = ctx
+            .as_str()
+            .filter(|c| !is_remote(c) && !c.starts_with("service:"))
+        {
             local.push(("build.additional_contexts", Path::new(context).join(ctx)));
         }
     }
@@ -428,11 +493,19 @@ fn check_build(subject: &str, build: &Value, cx: &Context<'_>, allow_privileged:
         }
     }
     if build.get("privileged").and_then(Value::as_bool) == Some(true) && !allow_privileged {
-        found.push(("build.privileged", "true".into(), Ok("allow_privileged = true".into())));
+        found.push((
+            "build.privileged",
+            "true".into(),
+            Ok("allow_privileged = true".into()),
+        ));
     }
     let entitlements = strings(build.get("entitlements"));
     if !entitlements.is_empty() && !allow_privileged {
-        found.push(("build.entitlements", entitlements.join(", "), Ok("allow_privileged = true".into())));
+        found.push((
+            "build.entitlements",
+            entitlements.join(", "),
+            Ok("allow_privileged = true".into()),
+        ));
     }
     if build.get("network").and_then(Value::as_str) == Some("host") && !allows_ns(cx, "network") {
         let setting = r#"allow_shared_namespaces = ["network"]"#.to_owned();
@@ -452,13 +525,19 @@ fn check_build(subject: &str, build: &Value, cx: &Context<'_>, allow_privileged:
 }
 
 /// The `allow_with` of a path inside the agent's state.
-pub const STATE_NEVER_READ: &str =
-    "nothing: the agent's own state (its work and private directories) is never read or mounted; use a path outside it";
+pub const STATE_NEVER_READ: &str = "nothing: the agent's own state (its work and private directories) is never read or mounted; use a path outside it";
 
 /// A bind mount of `source`: fine inside the checkout (unless that is the agent's own state
 /// beyond it), else only under an `allow_bind` entry; a protected path needs an entry naming it
 /// or a path inside it, and the agent's state is never mounted.
-fn check_bind(subject: &str, key: &str, source: &str, cx: &Context<'_>, binds: &[PathBuf], out: &mut Vec<Violation>) {
+fn check_bind(
+    subject: &str,
+    key: &str,
+    source: &str,
+    cx: &Context<'_>,
+    binds: &[PathBuf],
+    out: &mut Vec<Violation>,
+) {
     let resolved = resolve(Path::new(source));
     if bind_allowed(&resolved, cx, binds) {
         return;

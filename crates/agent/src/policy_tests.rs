@@ -44,19 +44,54 @@ fn a_plain_service_passes() {
 #[test]
 fn each_default_refusal_names_service_key_value_and_setting() {
     let cases = [
-        (json!({"privileged": true}), "privileged", "true", "allow_privileged = true"),
-        (json!({"cap_add": ["SYS_ADMIN"]}), "cap_add", "SYS_ADMIN", r#"allow_cap_add = ["SYS_ADMIN"]"#),
-        (json!({"cap_add": ["ALL"]}), "cap_add", "ALL", r#"allow_cap_add = ["ALL"]"#),
+        (
+            json!({"privileged": true}),
+            "privileged",
+            "true",
+            "allow_privileged = true",
+        ),
+        (
+            json!({"cap_add": ["SYS_ADMIN"]}),
+            "cap_add",
+            "SYS_ADMIN",
+            r#"allow_cap_add = ["SYS_ADMIN"]"#,
+        ),
+        (
+            json!({"cap_add": ["ALL"]}),
+            "cap_add",
+            "ALL",
+            r#"allow_cap_add = ["ALL"]"#,
+        ),
         (
             json!({"devices": [{"source": "/dev/fuse", "target": "/dev/fuse"}]}),
             "devices",
             "/dev/fuse",
             r#"allow_devices = ["/dev/fuse"]"#,
         ),
-        (json!({"pid": "host"}), "pid", "host", r#"allow_shared_namespaces = ["pid"]"#),
-        (json!({"ipc": "host"}), "ipc", "host", r#"allow_shared_namespaces = ["ipc"]"#),
-        (json!({"network_mode": "host"}), "network_mode", "host", r#"allow_shared_namespaces = ["network"]"#),
-        (json!({"userns_mode": "host"}), "userns_mode", "host", r#"allow_shared_namespaces = ["userns"]"#),
+        (
+            json!({"pid": "host"}),
+            "pid",
+            "host",
+            r#"allow_shared_namespaces = ["pid"]"#,
+        ),
+        (
+            json!({"ipc": "host"}),
+            "ipc",
+            "host",
+            r#"allow_shared_namespaces = ["ipc"]"#,
+        ),
+        (
+            json!({"network_mode": "host"}),
+            "network_mode",
+            "host",
+            r#"allow_shared_namespaces = ["network"]"#,
+        ),
+        (
+            json!({"userns_mode": "host"}),
+            "userns_mode",
+            "host",
+            r#"allow_shared_namespaces = ["userns"]"#,
+        ),
         (
             json!({"network_mode": "container:other"}),
             "network_mode",
@@ -108,17 +143,38 @@ fn each_default_refusal_names_service_key_value_and_setting() {
 #[test]
 fn protected_paths_and_the_agent_state_are_never_mounted_by_a_broad_allowance() {
     let bind = |src: &str| svc(json!({"volumes": [{"type": "bind", "source": src, "target": "/x"}]}));
-    for p in ["/", "/etc", "/etc/passwd", "/root", "/proc", "/sys", "/boot", "/dev", "/var/run/docker.sock"] {
+    for p in [
+        "/",
+        "/etc",
+        "/etc/passwd",
+        "/root",
+        "/proc",
+        "/sys",
+        "/boot",
+        "/dev",
+        "/var/run/docker.sock",
+    ] {
         assert!(cx_check(bind(p), "").is_err(), "{p}");
     }
     // Another project's checkout, or the agent's state: never, whatever is allowed.
     let other = bind("/var/lib/stagely-agent/other/production");
     let v = cx_check(other, "allow_bind = [\"/var/lib\"]").unwrap_err().0;
     assert!(v[0].allow_with.starts_with("nothing"), "{v:?}");
+    assert!(
+        v[0].to_string()
+            .contains("cannot be allowed: the agent's own state"),
+        "{v:?}"
+    );
     // A broad allowance does not open a protected path inside it...
     assert!(cx_check(bind("/var/lib/docker/volumes"), "allow_bind = [\"/var/lib\"]").is_err());
     // ...one naming it does.
-    assert!(cx_check(bind("/var/lib/docker/volumes"), "allow_bind = [\"/var/lib/docker\"]").is_ok());
+    assert!(
+        cx_check(
+            bind("/var/lib/docker/volumes"),
+            "allow_bind = [\"/var/lib/docker\"]"
+        )
+        .is_ok()
+    );
     assert!(cx_check(bind("/srv/data/sub"), "allow_bind = [\"/srv/data\"]").is_ok());
     assert!(cx_check(bind("/srv/database"), "allow_bind = [\"/srv/data\"]").is_err());
     // `/` is refused as an allowance.
@@ -147,7 +203,8 @@ fn allowances_are_narrow_and_per_project() {
         .0;
     assert_eq!(only_priv.len(), 1);
     assert_eq!(only_priv[0].key, "cap_add");
-    let both = "[project.\"shop/production\"]\nallow_privileged = true\nallow_cap_add = [\"cap_net_admin\"]\n";
+    let both =
+        "[project.\"shop/production\"]\nallow_privileged = true\nallow_cap_add = [\"cap_net_admin\"]\n";
     assert_eq!(cx_check(model.clone(), both), Ok(()));
     let staging = "[project.\"shop/staging\"]\nallow_privileged = true\nallow_cap_add = [\"NET_ADMIN\"]\n";
     assert!(cx_check(model, staging).is_err());
@@ -164,7 +221,10 @@ fn a_violation_never_quotes_the_environment() {
 fn paths_resolve_through_symlinks() {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink("/etc", dir.path().join("link")).unwrap();
-    assert_eq!(resolve(&dir.path().join("link/ssl/x/../y")), Path::new("/etc/ssl/y"));
+    assert_eq!(
+        resolve(&dir.path().join("link/ssl/x/../y")),
+        Path::new("/etc/ssl/y")
+    );
     let real = std::fs::canonicalize(dir.path()).unwrap();
     assert_eq!(resolve(&dir.path().join("missing/a")), real.join("missing/a"));
 }

@@ -163,7 +163,11 @@ pub async fn output_capped(mut cmd: Command, max: usize) -> std::io::Result<Opti
         return Ok(None);
     }
     let status = child.wait().await?;
-    Ok(Some(std::process::Output { status, stdout, stderr }))
+    Ok(Some(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }))
 }
 
 #[cfg(test)]

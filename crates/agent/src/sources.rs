@@ -144,7 +144,9 @@ impl Scan<'_> {
             }
         };
         if !meta.is_file() {
-            return Err(SourceError::NotAFile { path: path.to_owned() });
+            return Err(SourceError::NotAFile {
+                path: path.to_owned(),
+            });
         }
         if meta.len() > MAX_FILE_BYTES {
             return Err(SourceError::TooLarge {
@@ -170,7 +172,13 @@ impl Scan<'_> {
 
     /// A compose file: confined, sized, parsed, and everything it names scanned in turn.
     /// `project_dir` is what its relative paths are relative to.
-    fn compose_file(&mut self, file: &Path, subject: &str, key: &str, project_dir: &Path) -> Result<(), SourceError> {
+    fn compose_file(
+        &mut self,
+        file: &Path,
+        subject: &str,
+        key: &str,
+        project_dir: &Path,
+    ) -> Result<(), SourceError> {
         let written = file.to_string_lossy().into_owned();
         let Some(path) = self.confined(subject, key, &written, Path::new("/")) else {
             return Ok(());
@@ -208,7 +216,11 @@ impl Scan<'_> {
         let here = path.parent().unwrap_or(Path::new("/")).to_owned();
         let shown = path.display().to_string();
         self.includes(&doc, &shown, project_dir)?;
-        let services = doc.get("services").and_then(Value::as_mapping).into_iter().flatten();
+        let services = doc
+            .get("services")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten();
         for (name, svc) in services {
             let subject = format!("service {} ({shown})", name.as_str().unwrap_or("?"));
             for key in ["env_file", "label_file"] {
