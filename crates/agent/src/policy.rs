@@ -378,11 +378,7 @@ fn check_service(
             .or_else(|| dev.as_str().map(|s| s.split(':').next().unwrap_or(s).to_owned()))
             .unwrap_or_default();
         let resolved = resolve(Path::new(&source));
-        let allowed = cx
-            .allow
-            .paths(|a| &a.allow_devices)
-            .iter()
-            .any(|p| *p == resolved);
+        let allowed = cx.allow.paths(|a| &a.allow_devices).contains(&resolved);
         if !allowed {
             refuse("devices", source.clone(), format!("allow_devices = [{source:?}]"));
         }
@@ -439,7 +435,6 @@ fn check_service(
             }
         }
     }
-    drop(refuse);
     for vol in svc.get("volumes").and_then(Value::as_array).into_iter().flatten() {
         if vol.get("type").and_then(Value::as_str) == Some("bind")
             && let Some(source) = vol.get("source").and_then(Value::as_str)

@@ -230,11 +230,10 @@ impl Scan<'_> {
             }
             if let Some(extends) = svc.get("extends")
                 && let Some(file) = extends.get("file").and_then(Value::as_str)
+                && let Some(target) = self.confined(&subject, "extends.file", file, &here)
             {
-                if let Some(target) = self.confined(&subject, "extends.file", file, &here) {
-                    let dir = target.parent().unwrap_or(Path::new("/")).to_owned();
-                    self.compose_file(&target, &subject, "extends.file", &dir)?;
-                }
+                let dir = target.parent().unwrap_or(Path::new("/")).to_owned();
+                self.compose_file(&target, &subject, "extends.file", &dir)?;
             }
         }
         Ok(())
