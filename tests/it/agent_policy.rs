@@ -3,7 +3,8 @@
 //! container, network or volume of the project); a narrow allowance lets exactly that through;
 //! compose files and env files symlinked out of the checkout are refused before compose reads
 //! them. And the transport rule, on the real binary: `ws://` to a host that is not loopback is
-//! refused before any dial, and `--insecure-transport` dials with a warning.
+//! refused before any dial, and `--insecure-transport` dials with a warning; `install.sh` the same
+//! for `http://`.
 
 // Test helpers outside #[test] fns: clippy does not count them as tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -481,4 +482,57 @@ async fn ws_to_a_host_off_this_machine_is_refused_before_any_dial() {
         stderr.contains("--insecure-transport: connecting without encryption"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn install_sh_refuses_http_off_loopback_before_fetching() {
+    if !crate::prereq::tool("curl") {
+        return;
+    }
+    let Some(ip) = non_loopback_ip() else {
+        crate::prereq::missing("a non-loopback address on this machine");
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "stga_install_canary\n").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/agent/install.sh");
+    let install = |insecure: bool| {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg(script)
+            .args(["--server", &server, "--no-start", "--root"])
+            .arg(dir.path().join("root"))
+            .arg("--token-file")
+            .arg(&token)
+            .env_remove("STAGELY_INSECURE_TRANSPORT")
+            .kill_on_drop(true);
+        if insecure {
+            cmd.env("STAGELY_INSECURE_TRANSPORT", "1");
+        }
+        cmd.output()
+    };
+    let out = install(false).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refusing") && stderr.contains("--insecure-transport"),
+        "{stderr}"
+    );
+    let pending = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(pending.is_err(), "install.sh fetched although it refused");
+
+    // Opted in: it warns and fetches (this listener answers nothing, so the fetch then fails).
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .expect("install.sh did not fetch")
+            .unwrap();
+        drop(tcp);
+    });
+    let out = install(true).await.unwrap();
+    accept.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WARNING: --insecure-transport"), "{stderr}");
 }
