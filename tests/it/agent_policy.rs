@@ -536,3 +536,27 @@ async fn install_sh_refuses_http_off_loopback_before_fetching() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("WARNING: --insecure-transport"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_appliance_warns_at_start_about_an_http_public_url_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let warning = "public_url is http:// and not loopback";
+    for (public, warned) in [
+        ("http://stagely.example.com", true),
+        ("https://stagely.example.com", false),
+        ("", false), // derived from the loopback listen address
+    ] {
+        let data = dir.path().join(format!("data{}", public.len()));
+        let log = dir.path().join(format!("server{}.log", public.len()));
+        let server = crate::common::ServerProcess::spawn(
+            &data,
+            "127.0.0.1:0",
+            &[("STAGELY_PUBLIC_URL", public)],
+            &log,
+        )
+        .await;
+        server.terminate().await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.contains(warning), warned, "{public:?}: {text}");
+    }
+}

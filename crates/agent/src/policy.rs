@@ -560,18 +560,19 @@ fn bind_allowed(path: &Path, cx: &Context<'_>, binds: &[PathBuf]) -> bool {
     if !confined_ok(path, cx.checkout, cx.agent_state) {
         return false;
     }
-    if path.starts_with(cx.checkout) {
+    // Inside a protected path (even in a checkout there, for a repo-less project): only an
+    // allowance naming that path or a path inside it.
+    let guarded = PROTECTED_PATHS
+        .iter()
+        .map(|p| resolve(Path::new(p)))
+        .filter(|p| p.parent().is_some())
+        .find(|p| path.starts_with(p));
+    if path.starts_with(cx.checkout) && guarded.is_none() {
         return true;
     }
-    binds.iter().any(|allowed| {
-        path.starts_with(allowed)
-            && PROTECTED_PATHS
-                .iter()
-                .map(|p| resolve(Path::new(p)))
-                .filter(|p| p.parent().is_some())
-                // Inside a protected path: the allowance must name it or a path inside it.
-                .all(|p| !path.starts_with(&p) || allowed.starts_with(&p))
-    })
+    binds
+        .iter()
+        .any(|allowed| path.starts_with(allowed) && guarded.as_ref().is_none_or(|p| allowed.starts_with(p)))
 }
 
 /// The agent's state is never exposed: not a directory holding it (that is every project's

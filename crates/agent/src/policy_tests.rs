@@ -252,3 +252,19 @@ fn a_checkout_holding_the_agent_state_does_not_expose_it() {
     assert!(check(&bind("/srv/app/work/p/e/conf"), &cloned).is_ok());
     assert!(check(&bind("/srv/app/work/q/e"), &cloned).is_err());
 }
+
+#[test]
+fn a_repo_less_checkout_under_a_protected_path_does_not_open_it() {
+    let eff = PolicyConfig::default().for_project("p", "e");
+    let cx = Context {
+        allow: &eff,
+        checkout: Path::new("/etc/myapp"),
+        agent_state: &[],
+    };
+    let bind = svc(json!({"volumes": [{"type": "bind", "source": "/etc/myapp/conf", "target": "/c"}]}));
+    let v = check(&bind, &cx).unwrap_err().0;
+    assert!(
+        v[0].allow_with.contains(r#"allow_bind = ["/etc/myapp/conf"]"#),
+        "{v:?}"
+    );
+}
