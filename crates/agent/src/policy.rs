@@ -285,7 +285,7 @@ pub fn check(model: &Value, cx: &Context<'_>) -> Result<(), Refused> {
     let empty = serde_json::Map::new();
     let services = model.get("services").and_then(Value::as_object).unwrap_or(&empty);
     for (name, svc) in services {
-        check_service(name, svc, services, cx, &binds, &mut out);
+        check_service(name, svc, cx, &binds, &mut out);
     }
     // Top-level `secrets`/`configs` with `file:` are bind mounts of that host file.
     for section in ["secrets", "configs"] {
@@ -338,14 +338,7 @@ fn allows_ns(cx: &Context<'_>, ns: &str) -> bool {
         .any(|a| a.allow_shared_namespaces.iter().any(|n| n == ns))
 }
 
-fn check_service(
-    name: &str,
-    svc: &Value,
-    services: &serde_json::Map<String, Value>,
-    cx: &Context<'_>,
-    binds: &[PathBuf],
-    out: &mut Vec<Violation>,
-) {
+fn check_service(name: &str, svc: &Value, cx: &Context<'_>, binds: &[PathBuf], out: &mut Vec<Violation>) {
     let subject = format!("service {name}");
     let mut refuse = |key: &str, value: String, setting: String| {
         out.push(Violation {
@@ -395,7 +388,7 @@ fn check_service(
         let Some(value) = svc.get(*key).and_then(Value::as_str) else {
             continue;
         };
-        if shares_outside(value, services) && !allows_ns(cx, ns) {
+        if shares_outside(value) && !allows_ns(cx, ns) {
             refuse(
                 key,
                 value.to_owned(),
@@ -586,17 +579,11 @@ pub fn confined_ok(path: &Path, checkout: &Path, agent_state: &[PathBuf]) -> boo
     !in_state(path) || path.starts_with(checkout) && in_state(checkout)
 }
 
-/// `host`, or `container:<id>` of a container that is not one of the project's services.
-fn shares_outside(value: &str, services: &serde_json::Map<String, Value>) -> bool {
-    if value == "host" {
-        return true;
-    }
-    match value.strip_prefix("container:") {
-        // Compose rewrites `service:x` to `container:<project>-x-1` only at run time; in the
-        // model a `container:` reference is to something compose does not manage.
-        Some(name) => !services.contains_key(name),
-        None => false,
-    }
+/// `host`, or `container:<name>`: a container compose does not manage for this project (a
+/// sibling service is `service:<name>`; a container that merely shares a service's name is not
+/// the project's).
+fn shares_outside(value: &str) -> bool {
+    value == "host" || value.starts_with("container:")
 }
 
 /// `seccomp:unconfined` and `seccomp=unconfined` are the same option.
