@@ -255,6 +255,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
             shutdown.cancel();
         });
         tracing::info!(%addr, public_url = %app.state.config.public_url, data_dir = %app.state.config.data_dir.display(), "serving");
+        // Issue 11: agents refuse ws:// off loopback, so say it here too, once, at start.
+        let public = &app.state.config.public_url;
+        let loopback = url::Url::parse(public.as_str()).ok().is_some_and(|u| match u.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        });
+        if !public.url().is_https() && !loopback {
+            tracing::warn!(public_url = %public, "public_url is http:// and not loopback: agents will refuse it unless started with --insecure-transport, and the agent token, every secret and every sign-in would cross the network in clear; put the appliance behind https");
+        }
         // One line on stdout that scripts and tests can wait for.
         println!("stagely listening on http://{addr}");
         app.serve(listener).await.context("server error")

@@ -10,12 +10,16 @@
 #   --server URL        appliance URL (default: @PUBLIC_URL@)
 #   --root DIR          install under DIR instead of / (no service is started)
 #   --no-start          install only
+#   --insecure-transport  accept an http:// URL to a host that is not loopback (or set
+#                       STAGELY_INSECURE_TRANSPORT=1): the binary, its checksum and later the token
+#                       and every secret then cross the network unencrypted. Written into agent.toml.
 set -eu
 
 SERVER="@PUBLIC_URL@"
 ROOT=""
 TOKEN_FILE=""
 START=1
+INSECURE=${STAGELY_INSECURE_TRANSPORT:-0}
 
 die() { printf 'stagely-agent install: %s\n' "$*" >&2; exit 1; }
 say() { printf '%s\n' "$*"; }
@@ -26,11 +30,38 @@ while [ $# -gt 0 ]; do
     --server) [ $# -ge 2 ] || die "--server needs a URL"; SERVER=$2; shift 2 ;;
     --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; START=0; shift 2 ;;
     --no-start) START=0; shift ;;
+    --insecure-transport) INSECURE=1; shift ;;
     --token) die "--token is not accepted: a token on the command line is visible to every user of this machine. Use --token-file FILE, or run without it to be asked." ;;
     *) die "unknown option: $1" ;;
   esac
 done
 SERVER=${SERVER%/}
+
+# --- the transport: refused before anything is fetched ---
+# http:// only to this machine (localhost, 127.0.0.0/8, [::1]); anything else must be https://,
+# else anyone on the path could swap the binary and its checksum, and later read the token.
+case "$INSECURE" in 1|true|yes|on) INSECURE=1 ;; *) INSECURE=0 ;; esac
+case "$SERVER" in
+  https://*) ;;
+  http://*)
+    HOSTPORT=${SERVER#http://}; HOSTPORT=${HOSTPORT%%/*}
+    case "$HOSTPORT" in
+      \[*\]*) HOST=${HOSTPORT#\[}; HOST=${HOST%%\]*} ;;
+      *) HOST=${HOSTPORT%%:*} ;;
+    esac
+    HOST=$(printf '%s' "$HOST" | tr 'A-Z' 'a-z'); HOST=${HOST%.}
+    case "$HOST" in
+      localhost|*.localhost|::1) LOOPBACK=1 ;;
+      127.*) printf '%s' "$HOST" | grep -Eq '^127\.[0-9]+\.[0-9]+\.[0-9]+$' && LOOPBACK=1 || LOOPBACK=0 ;;
+      *) LOOPBACK=0 ;;
+    esac
+    if [ "$LOOPBACK" = 0 ]; then
+      [ "$INSECURE" = 1 ] || die "refusing $SERVER: http:// to $HOST is not encrypted, so anyone on the path could replace the agent binary and its checksum, and read the agent token and every secret later. Use https://, or pass --insecure-transport (STAGELY_INSECURE_TRANSPORT=1) to accept that."
+      printf 'stagely-agent install: WARNING: --insecure-transport: downloading from %s without encryption\n' "$SERVER" >&2
+    fi
+    ;;
+  *) die "the server URL must start with https:// (or http:// to this machine): $SERVER" ;;
+esac
 
 case "$(uname -s)" in Linux) ;; *) die "only Linux is supported" ;; esac
 case "$(uname -m)" in
@@ -90,7 +121,16 @@ cat >"$CONF_DIR/agent.toml" <<CONF
 server = "$SERVER"
 token_file = "/etc/stagely-agent/token"
 work_dir = "/var/lib/stagely-agent"
+
+# The compose policy refuses privileged services, extra capabilities, devices, host namespaces,
+# binds and files outside the checkout. Allow one thing for one project here, e.g.:
+# [policy.project."traefik/production"]
+# allow_bind = ["/var/run/docker.sock"]
+# (docs/agent.md, "Compose policy"; only this file can loosen it, never the appliance)
 CONF
+if [ "$INSECURE" = 1 ]; then
+  printf '# Accepted at install (--insecure-transport): the server is http:// and not on this machine.\ninsecure_transport = true\n' >>"$CONF_DIR/agent.toml"
+fi
 
 cat >"$UNIT_DIR/stagely-agent.service" <<'UNIT'
 @AGENT_UNIT@

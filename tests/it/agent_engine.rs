@@ -39,6 +39,7 @@ fn env() -> Env {
         verify_wait: Duration::from_secs(2),
         health_timeout: Duration::from_secs(20),
         deploy_timeout: Duration::from_secs(300),
+        policy: Default::default(),
     };
     Env { work, base, deployer }
 }

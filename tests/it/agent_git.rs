@@ -123,6 +123,7 @@ async fn a_private_repository_is_cloned_with_the_token_secret_which_touches_no_d
         verify_wait: Duration::from_secs(1),
         health_timeout: Duration::from_secs(10),
         deploy_timeout: Duration::from_secs(120),
+        policy: Default::default(),
     };
     let name = unique("agtpriv");
     let _down = ProjectDown(project_name(&name, "staging"));

@@ -6,6 +6,7 @@
 mod agent_engine;
 mod agent_git;
 mod agent_override;
+mod agent_policy;
 mod agent_run;
 mod agent_support;
 mod api;

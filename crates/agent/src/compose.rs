@@ -223,6 +223,50 @@ impl Compose {
     }
 }
 
+/// Largest normalised model read from `config` (the compose files are capped at 8 MiB in all).
+const MAX_MODEL_BYTES: usize = 32 * 1024 * 1024;
+
+impl Compose {
+    /// Compose's normalised model of `files` for project `project`, every profile included, for
+    /// the policy check. It holds the secret values (`environment`): the caller checks it in
+    /// memory and drops it; nothing here logs it, and an error never quotes stdout.
+    pub async fn model(&self, project: &str, files: &[&Path]) -> Result<serde_json::Value, ComposeError> {
+        let mut cmd = self.project_command(project, files);
+        if self.is_v1() {
+            cmd.arg("config");
+        } else {
+            cmd.args(["--profile", "*", "config", "--format", "json"]);
+        }
+        let out = process::output_capped(cmd, MAX_MODEL_BYTES)
+            .await
+            .map_err(|source| ComposeError::Spawn {
+                program: self.display(),
+                source,
+            })?
+            .ok_or_else(|| {
+                ComposeError::Invalid(format!("`config` printed more than {MAX_MODEL_BYTES} bytes"))
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let msg = stderr.trim();
+            return Err(ComposeError::Invalid(if msg.is_empty() {
+                format!("{} config exited with {}", self.display(), out.status)
+            } else {
+                process::truncate(msg, MAX_MESSAGE_BYTES)
+            }));
+        }
+        // Neither parser's message quotes the input, but say only that it failed, to be sure.
+        let parsed = if self.is_v1() {
+            serde_yaml_ng::from_slice::<serde_json::Value>(&out.stdout).ok()
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+        };
+        let mut stdout = out.stdout;
+        zeroize::Zeroize::zeroize(&mut stdout);
+        parsed.ok_or_else(|| ComposeError::Invalid("unreadable `config` output".into()))
+    }
+}
+
 /// Largest compose file read directly; a bigger one is left to compose.
 const MAX_DIRECT_READ: u64 = 1024 * 1024;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroize;
 
+use super::policy::{PolicyConfig, PolicyConfigError};
 use stagely_protocol::AGENT_WS_PATH;
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/stagely-agent/agent.toml";
@@ -32,6 +33,7 @@ const KNOWN_ENV: &[&str] = &[
     "STAGELY_AGENT_RUNTIME_DIR",
     "STAGELY_AGENT_DEPLOY_TIMEOUT_SECS",
     "STAGELY_AGENT_LOG",
+    "STAGELY_AGENT_INSECURE_TRANSPORT",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,15 @@ pub enum ConfigError {
     BadUrl { url: String, reason: &'static str },
     #[error("{0} must be a number of seconds between 0 and {1}")]
     BadDuration(&'static str, u64),
+    #[error(
+        "refusing to connect to {url}: it is not encrypted (ws:// or http://) and {host} is not a \
+         loopback address, so anyone on the path would see the agent token and every secret. Use \
+         https://, or start the agent with --insecure-transport (STAGELY_AGENT_INSECURE_TRANSPORT=1) \
+         to accept that"
+    )]
+    InsecureTransport { url: String, host: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyConfigError),
 }
 
 /// Flags of `stagely-agent run` (each also read from its `STAGELY_AGENT_*` variable).
@@ -87,6 +98,9 @@ pub struct RunArgs {
     /// A deployment still running after this many seconds is stopped and failed [default: 1800].
     #[arg(long, env = "STAGELY_AGENT_DEPLOY_TIMEOUT_SECS")]
     pub deploy_timeout_secs: Option<u64>,
+    /// Allow an unencrypted ws:// (http://) server that is not on loopback; warned at every connect.
+    #[arg(long, env = "STAGELY_AGENT_INSECURE_TRANSPORT")]
+    pub insecure_transport: bool,
 }
 
 /// `agent.toml`.
@@ -102,6 +116,12 @@ pub struct FileConfig {
     pub health_timeout_secs: Option<u64>,
     pub runtime_dir: Option<PathBuf>,
     pub deploy_timeout_secs: Option<u64>,
+    /// The file's form of `--insecure-transport` (install.sh writes it when told to).
+    pub insecure_transport: Option<bool>,
+    /// The compose policy's allowances (docs/agent.md). Only this file sets them: no flag, no
+    /// variable, nothing the appliance sends.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 /// The agent token. Never printed; zeroed on drop.
@@ -137,6 +157,17 @@ pub struct Settings {
     pub health_timeout: Duration,
     pub runtime_dir: Option<PathBuf>,
     pub deploy_timeout: Duration,
+    /// `ws://` to a host that is not loopback was allowed with `--insecure-transport`.
+    pub insecure_transport: bool,
+    pub policy: PolicyConfig,
+}
+
+impl Settings {
+    /// Whether this connection is unencrypted to a host off this machine (allowed only with
+    /// `--insecure-transport`, and then warned about at every connect).
+    pub fn is_insecure(&self) -> bool {
+        insecure_host(&self.url).is_some()
+    }
 }
 
 /// Merge file, environment (already in `args` through clap) and flags into [`Settings`].
@@ -157,6 +188,13 @@ pub fn load(args: RunArgs) -> Result<Settings, ConfigError> {
 pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Result<Settings, ConfigError> {
     let server = args.server.or(file.server).ok_or(ConfigError::NoServer)?;
     let url = normalize_server_url(&server)?;
+    let insecure_transport = args.insecure_transport || file.insecure_transport.unwrap_or(false);
+    if let Some(host) = insecure_host(&url)
+        && !insecure_transport
+    {
+        return Err(ConfigError::InsecureTransport { url, host });
+    }
+    file.policy.validate()?;
     let token = match args.token_file.or(file.token_file) {
         Some(path) => read_token(&path)?,
         None => Token::new(env_token.ok_or(ConfigError::NoToken)?.trim()),
@@ -195,7 +233,27 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
         health_timeout: Duration::from_secs(health),
         runtime_dir: args.runtime_dir.or(file.runtime_dir),
         deploy_timeout: Duration::from_secs(deploy_timeout),
+        insecure_transport,
+        policy: file.policy,
     })
+}
+
+/// For a `ws://` URL whose host is not a loopback address, that host. Decided on the URL alone,
+/// before any name is resolved: `localhost` counts as loopback (it resolves locally by
+/// definition, RFC 6761), any other name does not.
+pub fn insecure_host(ws_url: &str) -> Option<String> {
+    let rest = ws_url.strip_prefix("ws://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let lower = host.to_ascii_lowercase();
+    let lower = lower.trim_end_matches('.');
+    let loopback = lower == "localhost"
+        || lower.ends_with(".localhost")
+        || lower.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_owned())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -319,6 +377,7 @@ mod tests {
         let args = RunArgs {
             server: Some("http://flag.example".into()),
             token_file: Some(token_file),
+            insecure_transport: true,
             ..Default::default()
         };
         let s = merge(args, file, None).unwrap();
@@ -329,7 +388,7 @@ mod tests {
         assert!(!format!("{s:?}").contains("agt_secret"));
 
         let args = RunArgs {
-            server: Some("http://h".into()),
+            server: Some("http://localhost".into()),
             ..Default::default()
         };
         assert!(matches!(
@@ -337,7 +396,7 @@ mod tests {
             Err(ConfigError::NoToken)
         ));
         let args = RunArgs {
-            server: Some("http://h".into()),
+            server: Some("http://localhost".into()),
             ..Default::default()
         };
         let s = merge(args, FileConfig::default(), Some("from-env".into())).unwrap();
@@ -346,5 +405,113 @@ mod tests {
             toml::from_str::<FileConfig>("tokn_file = \"x\"").is_err(),
             "unknown fields refused"
         );
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::*;
+
+    #[test]
+    fn ws_is_for_loopback_only_unless_insecure() {
+        for ok in [
+            "ws://127.0.0.1:8080/ws/agent",
+            "ws://127.9.9.9/ws/agent",
+            "ws://[::1]:80/ws/agent",
+            "ws://localhost:1/ws/agent",
+            "ws://LOCALHOST./ws/agent",
+            "wss://stagely.example.com/ws/agent",
+        ] {
+            assert_eq!(insecure_host(ok), None, "{ok}");
+        }
+        assert_eq!(
+            insecure_host("ws://stagely.example.com/ws/agent").as_deref(),
+            Some("stagely.example.com")
+        );
+        assert_eq!(
+            insecure_host("ws://10.0.0.1:8080/ws/agent").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            insecure_host("ws://[2001:db8::1]:8080/ws/agent").as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(
+            insecure_host("ws://127.0.0.1.evil.example/ws/agent").as_deref(),
+            Some("127.0.0.1.evil.example")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "agt_x\n").unwrap();
+        let args = |insecure| RunArgs {
+            server: Some("http://stagely.example.com".into()),
+            token_file: Some(token_file.clone()),
+            insecure_transport: insecure,
+            ..Default::default()
+        };
+        let err = merge(args(false), FileConfig::default(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--insecure-transport") && err.contains("stagely.example.com"),
+            "{err}"
+        );
+        let s = merge(args(true), FileConfig::default(), None).unwrap();
+        assert!(s.is_insecure());
+    }
+
+    #[test]
+    fn the_policy_is_read_from_the_file_and_validated() {
+        let file: FileConfig = toml::from_str(
+            "server = \"https://h\"\n[policy]\nallow_cap_add = [\"NET_ADMIN\"]\n[policy.project.shop]\nallow_bind = [\"/srv/shop\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.policy.project["shop"].allow_bind,
+            [PathBuf::from("/srv/shop")]
+        );
+        assert!(toml::from_str::<FileConfig>("[policy]\nallow_everything = true\n").is_err());
+        let bad: FileConfig =
+            toml::from_str("server = \"https://h\"\n[policy]\nallow_bind = [\"relative\"]\n").unwrap();
+        assert!(matches!(
+            merge(RunArgs::default(), bad, Some("t".into())),
+            Err(ConfigError::Policy(_))
+        ));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example parses and validates, and has every policy key.
+    #[test]
+    fn the_example_config_parses() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../packaging/agent/agent.toml.example"
+        );
+        let file = read_file(Path::new(path)).unwrap();
+        file.policy.validate().unwrap();
+        assert_eq!(
+            file.policy.project["traefik/production"].allow_shared_namespaces,
+            ["network"]
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        for key in [
+            "allow_bind",
+            "allow_read",
+            "allow_cap_add",
+            "allow_devices",
+            "allow_device_cgroup_rules",
+            "allow_shared_namespaces",
+            "allow_security_opt",
+            "allow_privileged",
+            "allow_volumes_from",
+            "insecure_transport",
+        ] {
+            assert!(text.contains(key), "{key} is not in the example");
+        }
     }
 }

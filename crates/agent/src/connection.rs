@@ -478,6 +478,7 @@ pub async fn run_agent(
         verify_wait: settings.verify_wait,
         health_timeout: settings.health_timeout,
         deploy_timeout: settings.deploy_timeout,
+        policy: settings.policy.clone(),
     };
     let mut agent = Agent::new(deployer, results, HostInfo::default());
 
@@ -493,6 +494,13 @@ pub async fn run_agent(
         agent.set_host(HostInfo::gather(&compose).await);
         let started = Instant::now();
         let mut floor = Duration::ZERO;
+        if settings.is_insecure() {
+            tracing::warn!(
+                server = %settings.url,
+                "--insecure-transport: connecting without encryption to a host that is not loopback; \
+                 anyone on the path can read the agent token and every secret, and forge deployments"
+            );
+        }
         tokio::select! {
             () = stop.cancelled() => break,
             dialed = transport::connect(&settings.url, &settings.token, Arc::clone(&tls)) => match dialed {

@@ -44,6 +44,7 @@ fn fixture(compose_command: &str) -> Fixture {
         verify_wait: Duration::ZERO,
         health_timeout: Duration::ZERO,
         deploy_timeout: Duration::from_secs(60),
+        policy: Default::default(),
     };
     let results = Results::open(work.path()).unwrap();
     let agent = Agent::new(

@@ -13,7 +13,9 @@ use super::checkout::{CheckoutError, Git, GitCredential, compose_file_in};
 use super::compose::{Compose, ComposeError, project_name};
 use super::ephemeral::{EphemeralError, RuntimeDir};
 use super::override_file::{self, OVERRIDE_FILE_NAME, OverrideError};
+use super::policy::{self, PolicyConfig, Refused};
 use super::results::DeployResult;
+use super::sources::{self, SourceError};
 use super::verify::{Target, Verdict, VerifyError};
 use super::{LogSink, agent_line, process};
 use stagely_protocol::mask::Masker;
@@ -38,6 +40,10 @@ pub enum DeployError {
     Verify(#[from] VerifyError),
     #[error("{0}")]
     BadProject(String),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Sources(#[from] SourceError),
     #[error("the deployment did not finish within {0:?}; it was stopped")]
     Timeout(Duration),
     #[error("cannot run {program}: {source}")]
@@ -69,6 +75,8 @@ pub struct Deployer {
     /// A deployment still running after this long is stopped (its commands killed, its
     /// override deleted) and failed, so one hung `compose up` cannot block the agent forever.
     pub deploy_timeout: Duration,
+    /// The compose policy (agent.toml `[policy]`): never from the DEPLOY.
+    pub policy: PolicyConfig,
 }
 
 impl Deployer {
@@ -117,7 +125,11 @@ impl Deployer {
         // override and the askpass helper go with it.
         let private = self.runtime.deployment_dir(deployment_id)?;
 
-        let compose_file = match project
+        let agent_state = [
+            policy::resolve(&self.work_dir),
+            policy::resolve(self.runtime.path()),
+        ];
+        let (compose_file, checkout) = match project
             .repo_url
             .as_deref()
             .map(str::trim)
@@ -134,7 +146,8 @@ impl Deployer {
                 };
                 let co = git.checkout(project, url).await?;
                 *commit_out = Some(co.commit.clone());
-                compose_file_in(&co.dir, &project.compose_path)?
+                let file = compose_file_in(&co.dir, &project.compose_path)?;
+                (file, policy::resolve(&co.dir))
             }
             None => {
                 let p = PathBuf::from(&project.compose_path);
@@ -144,7 +157,9 @@ impl Deployer {
                         project.compose_path
                     )));
                 }
-                p
+                // A compose file already on the target: its directory is the checkout.
+                let checkout = sources::checkout_of_local_file(&p).map_err(DeployError::BadProject)?;
+                (p, checkout)
             }
         };
         if !compose_file.is_file() {
@@ -153,6 +168,10 @@ impl Deployer {
                 compose_file.display()
             )));
         }
+
+        // Before compose reads anything: every file it would read is inside the checkout.
+        let allow = self.policy.for_project(&project.name, &project.environment);
+        sources::check(&compose_file, &checkout, &agent_state, &allow)?;
 
         agent_line(log, format!("reading {}", compose_file.display()));
         // Every service, profiled ones too, gets the override; which of them are active matters
@@ -175,6 +194,25 @@ impl Deployer {
         );
 
         let name = project_name(&project.name, &project.environment);
+        // Compose's own model of what `up` would run, override included, checked before
+        // anything is pulled, built or started. It holds the secret values: checked in memory,
+        // dropped here, never logged.
+        agent_line(log, "checking the compose model against the agent's policy");
+        let model = self
+            .compose
+            .model(&name, &[&compose_file, &override_path])
+            .await?;
+        let verdict = policy::check(
+            &model,
+            &policy::Context {
+                allow: &allow,
+                checkout: &checkout,
+                agent_state: &agent_state,
+            },
+        );
+        drop(model);
+        verdict?;
+
         let v1 = self.compose.is_v1();
         if project.pull == PullPolicy::Always {
             agent_line(log, "pulling images");
@@ -342,7 +380,9 @@ mod tests {
         // A "compose" that hangs while the override exists... or before: either way it must end.
         let slow = dir.path().join("hang.sh");
         std::fs::write(&slow, "exec sleep 30\n").unwrap();
-        let compose_file = dir.path().join("compose.yml");
+        // In a directory of its own: the work dir itself is never a project's checkout.
+        std::fs::create_dir(dir.path().join("project")).unwrap();
+        let compose_file = dir.path().join("project/compose.yml");
         std::fs::write(&compose_file, "services: {}\n").unwrap();
         let deployer = Deployer {
             compose: Compose::new(&format!("sh {}", slow.display())).unwrap(),
@@ -351,6 +391,7 @@ mod tests {
             verify_wait: Duration::ZERO,
             health_timeout: Duration::ZERO,
             deploy_timeout: Duration::from_millis(500),
+            policy: PolicyConfig::default(),
         };
         let project = ProjectSpec {
             name: "p".into(),

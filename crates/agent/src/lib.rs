@@ -6,6 +6,8 @@
 //! - [`override_file`]: the Config Merger that turns secrets into `docker-compose.stagely.yml`.
 //! - [`compose`], [`checkout`], [`verify`]: the only external commands the agent runs.
 //! - [`ephemeral`]: the private tmpfs directory the override lives in, and its drop guard.
+//! - [`policy`], [`sources`]: the compose policy (what a compose model may ask of the host) and
+//!   the confinement of every file compose reads to the checkout.
 //! - [`results`]: the small on-disk record of finished deployments (no secrets).
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
@@ -17,8 +19,10 @@ pub mod connection;
 pub mod deploy;
 pub mod ephemeral;
 pub mod override_file;
+pub mod policy;
 pub mod process;
 pub mod results;
+pub mod sources;
 pub mod transport;
 pub mod verify;
 

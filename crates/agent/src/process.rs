@@ -142,6 +142,34 @@ pub async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
     cmd.output().await
 }
 
+/// Like [`output`], but reading at most `max` bytes of each stream: a command printing more is
+/// killed and reported as `Ok(None)`, so its output cannot fill the agent's memory.
+pub async fn output_capped(mut cmd: Command, max: usize) -> std::io::Result<Option<std::process::Output>> {
+    use tokio::io::AsyncReadExt;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let read = |pipe: Option<Box<dyn AsRead + Send>>| async move {
+        let mut buf = Vec::new();
+        if let Some(pipe) = pipe {
+            pipe.take(max as u64 + 1).read_to_end(&mut buf).await?;
+        }
+        Ok::<_, std::io::Error>(buf)
+    };
+    let stdout = child.stdout.take().map(|p| Box::new(p) as Box<dyn AsRead + Send>);
+    let stderr = child.stderr.take().map(|p| Box::new(p) as Box<dyn AsRead + Send>);
+    let (stdout, stderr) = tokio::try_join!(read(stdout), read(stderr))?;
+    if stdout.len() > max || stderr.len() > max {
+        child.kill().await?;
+        return Ok(None);
+    }
+    let status = child.wait().await?;
+    Ok(Some(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
