@@ -138,9 +138,15 @@ pub async fn dashboard_page(State(state): State<AppState>, v: Viewer) -> Result<
 
 pub async fn dashboard_socket(State(state): State<AppState>, v: Viewer, ws: WebSocketUpgrade) -> Response {
     let can_admin = v.can(Role::Admin);
+    // Sign-out, disable, demotion or ended sessions close the socket at once (dropping it).
+    let revoked = state.auth.until_revoked(v.who.user_id);
     // The whole table is one message: thousands of agents make a few MB.
-    crate::deploys::pages::small_buffers(ws, 16 * 1024 * 1024)
-        .on_upgrade(move |socket| push_updates(state, socket, can_admin))
+    crate::deploys::pages::small_buffers(ws, 16 * 1024 * 1024).on_upgrade(move |socket| async move {
+        tokio::select! {
+            () = push_updates(state, socket, can_admin) => {}
+            () = revoked => {}
+        }
+    })
 }
 
 async fn push_updates(state: AppState, mut socket: WebSocket, can_admin: bool) {

@@ -98,6 +98,7 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<(Pr
             actor: format!("user:{}", s.user.username),
             role: s.user.role,
             user_id: Some(s.user.id),
+            via_token: false,
         };
         let session = Session {
             id_hash: s.id_hash,
