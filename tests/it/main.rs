@@ -19,6 +19,7 @@ mod e2e_engine;
 mod lifecycle;
 mod names;
 mod operations;
+mod privilege;
 mod packaging;
 mod prereq;
 mod request_context;
