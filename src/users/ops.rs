@@ -290,7 +290,10 @@ pub fn change_role_in(tx: &Transaction<'_>, who: &Principal, id: i64, role: Role
 
 pub async fn change_role(state: &AppState, who: &Principal, id: i64, role: Role) -> Result<(), UserError> {
     let who = who.clone();
-    state.db.write(move |tx| change_role_in(tx, &who, id, role)).await?;
+    state
+        .db
+        .write(move |tx| change_role_in(tx, &who, id, role))
+        .await?;
     // Open WebSockets were authorised with the old role: close them (a browser that may still
     // view reconnects with the new one).
     state.auth.revoke(id);
@@ -367,8 +370,7 @@ pub async fn invite(state: &AppState, who: &Principal, role: Role) -> Result<Str
         .db
         .write(move |tx| {
             let now = now_ms();
-            let (id, token) =
-                store::create_link(
+            let (id, token) = store::create_link(
                 tx,
                 LinkKind::Invite,
                 role,
@@ -646,6 +648,43 @@ mod tests {
             "{:?}",
             higher.err()
         );
+    }
+
+    #[test]
+    fn a_token_cannot_mint_tokens_and_invitations_follow_the_inviters_current_role() {
+        let (_dir, db) = db();
+        let token = Principal {
+            actor: "user:ada (token ci)".into(),
+            role: Role::Admin,
+            user_id: None,
+            via_token: true,
+        };
+        let minted = db.write_blocking(|tx| create_token_in(tx, &token, "child", Role::Viewer, 1));
+        assert!(
+            matches!(minted, Err(UserError::TokenCannotMint)),
+            "{:?}",
+            minted.err()
+        );
+        let ada = add_user(&db, "ada", Role::Admin);
+        add_user(&db, "root", Role::Admin);
+        let (_, link) = db
+            .write_blocking(|tx| {
+                store::create_link(tx, LinkKind::Invite, Role::Admin, "user:ada", Some(ada), 1, 100)
+            })
+            .unwrap();
+        let live = |db: &Db| {
+            db.read_blocking(|c| live_link(c, LinkKind::Invite, &link, 2))
+                .unwrap()
+        };
+        assert!(live(&db).is_some());
+        db.write_blocking(|tx| change_role_in(tx, &Principal::cli(), ada, Role::Member))
+            .unwrap();
+        assert!(live(&db).is_none(), "demoted below the invitation's role");
+        db.write_blocking(|tx| change_role_in(tx, &Principal::cli(), ada, Role::Admin))
+            .unwrap();
+        db.write_blocking(|tx| set_disabled_in(tx, &Principal::cli(), ada, true))
+            .unwrap();
+        assert!(live(&db).is_none(), "a disabled inviter");
     }
 
     #[test]

@@ -58,18 +58,31 @@ async fn a_token_acts_with_its_owners_current_role_and_dies_with_a_disabled_owne
     let api = Api::new(&server.url, &token);
     let (p1, _) = cli.project("one", &["staging"]).await;
     let (p2, _) = cli.project("two", &["staging"]).await;
-    assert_eq!(api.delete(&format!("/api/projects/{p1}")).await.0, 204, "admin while ada is");
+    assert_eq!(
+        api.delete(&format!("/api/projects/{p1}")).await.0,
+        204,
+        "admin while ada is"
+    );
 
     let (status, body) = root.post_form("/users/2/role", &[("role", "member")]).await;
     assert!(status < 400, "{status}: {body}");
     let (status, body) = api.delete(&format!("/api/projects/{p2}")).await;
     assert_eq!(status, 403, "the admin token of a member is a member's: {body}");
-    let (status, body) = api.post("/api/projects", json!({"name": "three", "repo_url": "https://example.com/r.git"})).await;
+    let (status, body) = api
+        .post(
+            "/api/projects",
+            json!({"name": "three", "repo_url": "https://example.com/r.git"}),
+        )
+        .await;
     assert_eq!(status, 201, "and can still do what a member can: {body}");
 
     let (status, body) = root.post_form("/users/2/disable", &[("disabled", "true")]).await;
     assert!(status < 400, "{status}: {body}");
-    assert_eq!(api.get("/api/projects").await.0, 401, "a disabled owner's token is dead");
+    assert_eq!(
+        api.get("/api/projects").await.0,
+        401,
+        "a disabled owner's token is dead"
+    );
     // A CLI token has no owner: it keeps its role.
     assert_eq!(cli.delete(&format!("/api/projects/{p2}")).await.0, 204);
     server.stop().await;
@@ -109,7 +122,10 @@ async fn an_invitation_is_capped_by_its_inviters_current_role_and_dies_with_them
         !accept(&server, &for_admin, "eve").await,
         "a member's old admin invitation creates no admin"
     );
-    assert!(accept(&server, &for_member, "max").await, "one at the inviter's role still works");
+    assert!(
+        accept(&server, &for_member, "max").await,
+        "one at the inviter's role still works"
+    );
 
     let mut bob = server.user(&mut root, "bob", "admin").await;
     let for_viewer = invite(&mut bob, "viewer").await;
@@ -130,7 +146,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 async fn open(server: &WebServer, c: &WebClient, path: &str) -> Ws {
     let url = format!("{}{path}", server.url.replacen("http", "ws", 1));
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("cookie", c.cookie_header().parse().unwrap());
+    req.headers_mut()
+        .insert("cookie", c.cookie_header().parse().unwrap());
     req.headers_mut().insert("origin", server.url.parse().unwrap());
     tokio_tungstenite::connect_async(req).await.unwrap().0
 }
@@ -165,16 +182,30 @@ async fn sign_out_ended_sessions_disable_and_demotion_close_the_persons_sockets(
 
     // (user id, what ends it) — users are made in this order: 2, 3, 4, 5.
     let mut people = Vec::new();
-    for (name, role) in [("sam", "member"), ("eli", "member"), ("dee", "member"), ("dom", "admin")] {
+    for (name, role) in [
+        ("sam", "member"),
+        ("eli", "member"),
+        ("dee", "member"),
+        ("dom", "admin"),
+    ] {
         people.push(server.user(&mut root, name, role).await);
     }
-    for (i, what) in ["sign-out", "end sessions", "disable", "demotion"].into_iter().enumerate() {
+    for (i, what) in ["sign-out", "end sessions", "disable", "demotion"]
+        .into_iter()
+        .enumerate()
+    {
         let user_id = i + 2;
         let c = &mut people[i];
         let mut dash = open(&server, c, "/ws/dashboard").await;
         let mut log = open(&server, c, &live).await;
-        assert!(!closes_within(&mut dash, Duration::from_millis(300)).await, "{what}: open before");
-        assert!(!closes_within(&mut log, Duration::from_millis(300)).await, "{what}: open before");
+        assert!(
+            !closes_within(&mut dash, Duration::from_millis(300)).await,
+            "{what}: open before"
+        );
+        assert!(
+            !closes_within(&mut log, Duration::from_millis(300)).await,
+            "{what}: open before"
+        );
         let (status, body) = match what {
             "sign-out" => c.post_form("/logout", &[]).await,
             "end sessions" => {
@@ -191,13 +222,22 @@ async fn sign_out_ended_sessions_disable_and_demotion_close_the_persons_sockets(
             }
         };
         assert!(status < 400, "{what}: {status}: {body}");
-        assert!(closes_within(&mut dash, Duration::from_secs(2)).await, "{what}: dashboard socket closed");
-        assert!(closes_within(&mut log, Duration::from_secs(2)).await, "{what}: live-log socket closed");
+        assert!(
+            closes_within(&mut dash, Duration::from_secs(2)).await,
+            "{what}: dashboard socket closed"
+        );
+        assert!(
+            closes_within(&mut log, Duration::from_secs(2)).await,
+            "{what}: live-log socket closed"
+        );
     }
     // Someone else's sockets stay open.
     let mut dash = open(&server, &root, "/ws/dashboard").await;
     let (status, _) = root.post_form("/users/2/disable", &[("disabled", "false")]).await;
     assert!(status < 400);
-    assert!(!closes_within(&mut dash, Duration::from_millis(500)).await, "root's socket stays open");
+    assert!(
+        !closes_within(&mut dash, Duration::from_millis(500)).await,
+        "root's socket stays open"
+    );
     server.stop().await;
 }

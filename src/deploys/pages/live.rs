@@ -37,12 +37,14 @@ pub async fn live_socket(
     state.db.read(move |c| store::get(c, id)).await?;
     // Sign-out, disable, demotion or ended sessions close the socket at once (dropping it).
     let revoked = state.auth.until_revoked(who.user_id);
-    Ok(small_buffers(ws, 1024 * 1024).on_upgrade(move |socket| async move {
-        tokio::select! {
-            () = stream_log(state, id, socket) => {}
-            () = revoked => {}
-        }
-    }))
+    Ok(
+        small_buffers(ws, 1024 * 1024).on_upgrade(move |socket| async move {
+            tokio::select! {
+                () = stream_log(state, id, socket) => {}
+                () = revoked => {}
+            }
+        }),
+    )
 }
 
 /// One viewer's socket and how far its log has got.
