@@ -171,6 +171,8 @@ pub struct SessionRow {
     pub id_hash: Vec<u8>,
     pub user: User,
     pub csrf: String,
+    /// When the session ends by itself (ms since the epoch).
+    pub expires_at: i64,
 }
 
 pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
@@ -178,7 +180,7 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let user_columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
         format!(
-            "SELECT {}, s.id_hash, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id
+            "SELECT {}, s.id_hash, s.csrf_token, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
             user_columns.join(", ")
         )
@@ -191,6 +193,7 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
                 user: user_from_row(r)?,
                 id_hash: r.get(8)?,
                 csrf: r.get(9)?,
+                expires_at: r.get(10)?,
             })
         })
         .optional()?;
