@@ -54,6 +54,8 @@ pub enum UserError {
     Disabled,
     #[error("a token cannot have a higher role than yours")]
     RoleTooHigh,
+    #[error("a token cannot mint tokens: create tokens from a signed-in browser or the CLI")]
+    TokenCannotMint,
     #[error("token not found")]
     TokenNotFound,
     #[error("invitation not found")]
@@ -162,6 +164,8 @@ pub struct Principal {
     pub actor: String,
     pub role: Role,
     pub user_id: Option<i64>,
+    /// True when the caller authenticated with an API token (a token cannot mint tokens).
+    pub via_token: bool,
 }
 
 impl Principal {
@@ -171,14 +175,19 @@ impl Principal {
             actor: "cli".into(),
             role: Role::Admin,
             user_id: None,
+            via_token: false,
         }
     }
 }
 
-/// In-memory state of sign-in: the rate limiter and GitHub logins in flight.
+/// In-memory state of sign-in: the rate limiter, GitHub logins in flight and the revocation
+/// channel that closes a person's open WebSockets.
 pub struct AuthState {
     pub limiter: limiter::LoginLimiter,
     pub github: github::PendingLogins,
+    /// The id of a user whose sign-out, disable, demotion or ended sessions must close their
+    /// open WebSockets ([`AuthState::until_revoked`]).
+    revocations: tokio::sync::broadcast::Sender<i64>,
 }
 
 impl AuthState {
@@ -190,6 +199,31 @@ impl AuthState {
                 config.login_max_failures_per_account,
             ),
             github: github::PendingLogins::default(),
+            revocations: tokio::sync::broadcast::channel(256).0,
+        }
+    }
+
+    /// Close every open WebSocket of this user (the browser reconnects and is re-authorised).
+    pub fn revoke(&self, user_id: i64) {
+        // No receiver means no open socket: nothing to close.
+        let _ = self.revocations.send(user_id);
+    }
+
+    /// A future that ends when `user_id`'s sockets must close: a socket task selects on it.
+    /// `None` (a CLI token, no person) never ends. A lagging receiver ends too: closing a socket
+    /// too often only costs a reconnect, missing a revocation would keep it streaming.
+    pub fn until_revoked(&self, user_id: Option<i64>) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.revocations.subscribe();
+        async move {
+            let Some(user_id) = user_id else {
+                return std::future::pending().await;
+            };
+            loop {
+                match rx.recv().await {
+                    Ok(id) if id != user_id => {}
+                    Ok(_) | Err(_) => return,
+                }
+            }
         }
     }
 }

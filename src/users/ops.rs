@@ -90,9 +90,13 @@ pub async fn end_session(
         .write(move |tx| {
             store::delete_session(tx, &id_hash)?;
             audit::record(tx, now_ms(), &actor, "user.sign_out", "user", Some(user_id), "")?;
-            Ok(())
+            Ok::<_, UserError>(())
         })
-        .await
+        .await?;
+    // Signing out closes the person's open WebSockets (those of their other sessions reconnect
+    // and are re-authorised).
+    state.auth.revoke(user_id);
+    Ok(())
 }
 
 /// What a new account from a one-time link is made of.
@@ -126,9 +130,13 @@ pub async fn create_from_link(
         .db
         .write(move |tx| {
             let now = now_ms();
-            let Some((link_id, role)) = store::consume_link(tx, kind, &token, now)? else {
+            let Some(link) = live_link(tx, kind, &token, now)? else {
                 return Err(UserError::LinkInvalid);
             };
+            let (link_id, role) = (link.id, link.role);
+            if !store::consume_link(tx, link_id, now)? {
+                return Err(UserError::LinkInvalid);
+            }
             // The setup link only ever creates the *first* user.
             if kind == LinkKind::Setup && store::count(tx)? > 0 {
                 return Err(UserError::LinkInvalid);
@@ -159,6 +167,26 @@ pub async fn create_from_link(
         })
         .await?;
     Ok((id, username))
+}
+
+/// The live link `token` of this kind, if it can still be used. An invitation is capped by its
+/// inviter's *current* role: it dies when the inviter is disabled or now has a lower role than
+/// the one it grants. A link made without a person (the setup link; an invite through a CLI
+/// token) keeps its role.
+pub fn live_link(
+    c: &rusqlite::Connection,
+    kind: LinkKind,
+    token: &str,
+    now: i64,
+) -> Result<Option<store::LinkRow>, UserError> {
+    let Some(link) = store::peek_link(c, kind, token, now)? else {
+        return Ok(None);
+    };
+    Ok(match link.inviter {
+        Some((_, true)) => None,
+        Some((inviter_role, false)) if inviter_role < link.role => None,
+        _ => Some(link),
+    })
 }
 
 /// A GitHub identity that passed the allow list: its user, created with `default_role` on a first
@@ -212,6 +240,7 @@ pub fn ensure_setup_link(db: &Db, public_url: &str, now: i64) -> Result<Option<S
             LinkKind::Setup,
             Role::Admin,
             "system",
+            None,
             now,
             now + SETUP_LINK_TTL_MS,
         )?;
@@ -261,7 +290,14 @@ pub fn change_role_in(tx: &Transaction<'_>, who: &Principal, id: i64, role: Role
 
 pub async fn change_role(state: &AppState, who: &Principal, id: i64, role: Role) -> Result<(), UserError> {
     let who = who.clone();
-    state.db.write(move |tx| change_role_in(tx, &who, id, role)).await
+    state
+        .db
+        .write(move |tx| change_role_in(tx, &who, id, role))
+        .await?;
+    // Open WebSockets were authorised with the old role: close them (a browser that may still
+    // view reconnects with the new one).
+    state.auth.revoke(id);
+    Ok(())
 }
 
 /// Disable (ending every session at once) or enable a user; the last enabled admin stays enabled.
@@ -292,13 +328,17 @@ pub async fn set_disabled(
     state
         .db
         .write(move |tx| set_disabled_in(tx, &who, id, disable))
-        .await
+        .await?;
+    if disable {
+        state.auth.revoke(id);
+    }
+    Ok(())
 }
 
 /// End every session of a user; answers how many there were.
 pub async fn end_sessions(state: &AppState, who: &Principal, id: i64) -> Result<usize, UserError> {
     let actor = who.actor.clone();
-    state
+    let n = state
         .db
         .write(move |tx| {
             let user = store::get(tx, id)?;
@@ -312,21 +352,33 @@ pub async fn end_sessions(state: &AppState, who: &Principal, id: i64) -> Result<
                 Some(id),
                 &format!("{} ({n})", user.username),
             )?;
-            Ok(n)
+            Ok::<_, UserError>(n)
         })
-        .await
+        .await?;
+    state.auth.revoke(id);
+    Ok(n)
 }
 
 /// Invite someone with a one-time link bound to `role`; answers the link.
 pub async fn invite(state: &AppState, who: &Principal, role: Role) -> Result<String, UserError> {
-    let actor = who.actor.clone();
+    let (actor, inviter) = (who.actor.clone(), who.user_id);
+    if role > who.role {
+        return Err(UserError::RoleTooHigh);
+    }
     let ttl = i64::try_from(state.config.auth.invite_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
     let token = state
         .db
         .write(move |tx| {
             let now = now_ms();
-            let (id, token) =
-                store::create_link(tx, LinkKind::Invite, role, &actor, now, now.saturating_add(ttl))?;
+            let (id, token) = store::create_link(
+                tx,
+                LinkKind::Invite,
+                role,
+                &actor,
+                inviter,
+                now,
+                now.saturating_add(ttl),
+            )?;
             audit::record(tx, now, &actor, "user.invite", "invite", Some(id), role.as_str())?;
             Ok::<_, UserError>(token)
         })
@@ -465,7 +517,8 @@ pub struct CreatedToken {
 }
 
 /// Create an API token for `who` (bound to their user, if any). The name follows
-/// [`NameKind::Token`]; a token cannot have a higher role than its creator.
+/// [`NameKind::Token`]; a token cannot have a higher role than its creator, and a token cannot
+/// mint tokens (only a signed-in person or the CLI can), so no token outlives its parent.
 pub fn create_token_in(
     tx: &Transaction<'_>,
     who: &Principal,
@@ -477,6 +530,9 @@ pub fn create_token_in(
         field: "name",
         message: e.message,
     })?;
+    if who.via_token {
+        return Err(UserError::TokenCannotMint);
+    }
     if role > who.role {
         return Err(UserError::RoleTooHigh);
     }
@@ -574,6 +630,7 @@ mod tests {
             actor: "user:m".into(),
             role: Role::Member,
             user_id: None,
+            via_token: false,
         };
         let ok = "é".repeat(64);
         let made = db.write_blocking(|tx| create_token_in(tx, &member, &ok, Role::Member, 1));
@@ -591,6 +648,43 @@ mod tests {
             "{:?}",
             higher.err()
         );
+    }
+
+    #[test]
+    fn a_token_cannot_mint_tokens_and_invitations_follow_the_inviters_current_role() {
+        let (_dir, db) = db();
+        let token = Principal {
+            actor: "user:ada (token ci)".into(),
+            role: Role::Admin,
+            user_id: None,
+            via_token: true,
+        };
+        let minted = db.write_blocking(|tx| create_token_in(tx, &token, "child", Role::Viewer, 1));
+        assert!(
+            matches!(minted, Err(UserError::TokenCannotMint)),
+            "{:?}",
+            minted.err()
+        );
+        let ada = add_user(&db, "ada", Role::Admin);
+        add_user(&db, "root", Role::Admin);
+        let (_, link) = db
+            .write_blocking(|tx| {
+                store::create_link(tx, LinkKind::Invite, Role::Admin, "user:ada", Some(ada), 1, 100)
+            })
+            .unwrap();
+        let live = |db: &Db| {
+            db.read_blocking(|c| live_link(c, LinkKind::Invite, &link, 2))
+                .unwrap()
+        };
+        assert!(live(&db).is_some());
+        db.write_blocking(|tx| change_role_in(tx, &Principal::cli(), ada, Role::Member))
+            .unwrap();
+        assert!(live(&db).is_none(), "demoted below the invitation's role");
+        db.write_blocking(|tx| change_role_in(tx, &Principal::cli(), ada, Role::Admin))
+            .unwrap();
+        db.write_blocking(|tx| set_disabled_in(tx, &Principal::cli(), ada, true))
+            .unwrap();
+        assert!(live(&db).is_none(), "a disabled inviter");
     }
 
     #[test]

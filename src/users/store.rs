@@ -171,6 +171,8 @@ pub struct SessionRow {
     pub id_hash: Vec<u8>,
     pub user: User,
     pub csrf: String,
+    /// When the session ends by itself (ms since the epoch).
+    pub expires_at: i64,
 }
 
 pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
@@ -178,7 +180,7 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let user_columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
         format!(
-            "SELECT {}, s.id_hash, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id
+            "SELECT {}, s.id_hash, s.csrf_token, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
             user_columns.join(", ")
         )
@@ -191,6 +193,7 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
                 user: user_from_row(r)?,
                 id_hash: r.get(8)?,
                 csrf: r.get(9)?,
+                expires_at: r.get(10)?,
             })
         })
         .optional()?;
@@ -232,24 +235,27 @@ impl LinkKind {
     }
 }
 
-/// Create a one-time link token; returns (id, token).
+/// Create a one-time link token; returns (id, token). `created_by_user` is the inviting person,
+/// if any (the acceptance rule checks their current role).
 pub fn create_link(
     tx: &Transaction<'_>,
     kind: LinkKind,
     role: Role,
     created_by: &str,
+    created_by_user: Option<i64>,
     now: i64,
     expires_at: i64,
 ) -> Result<(i64, String), DbError> {
     let token = random_token(kind.as_str());
     tx.execute(
-        "INSERT INTO signup_links (token_hash, kind, role, created_by, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO signup_links (token_hash, kind, role, created_by, created_by_user, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             hash_token(&token),
             kind.as_str(),
             role,
             created_by,
+            created_by_user,
             now,
             expires_at
         ],
@@ -257,41 +263,51 @@ pub fn create_link(
     Ok((tx.last_insert_rowid(), token))
 }
 
-/// The role a live (unused, unexpired) link of this kind grants.
-pub fn peek_link(c: &Connection, kind: LinkKind, token: &str, now: i64) -> Result<Option<Role>, DbError> {
+/// A live (unused, unexpired) link of some kind, as stored.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkRow {
+    pub id: i64,
+    pub role: Role,
+    /// The inviter: their current role and whether they are disabled (`None`: no person).
+    pub inviter: Option<(Role, bool)>,
+}
+
+/// The live (unused, unexpired) link of this kind whose token is `token`.
+pub fn peek_link(c: &Connection, kind: LinkKind, token: &str, now: i64) -> Result<Option<LinkRow>, DbError> {
     let hash = hash_token(token);
     let row = c
         .query_row(
-            "SELECT token_hash, role, id FROM signup_links
-             WHERE token_hash = ?1 AND kind = ?2 AND used_at IS NULL AND expires_at > ?3",
+            "SELECT l.token_hash, l.role, l.id, u.role, u.disabled FROM signup_links l
+             LEFT JOIN users u ON u.id = l.created_by_user
+             WHERE l.token_hash = ?1 AND l.kind = ?2 AND l.used_at IS NULL AND l.expires_at > ?3",
             params![hash, kind.as_str(), now],
             |r| {
+                let id: i64 = r.get(2)?;
+                let inviter = match r.get::<_, Option<Role>>(3)? {
+                    Some(role) => Some((role, r.get::<_, bool>(4)?)),
+                    None => None,
+                };
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
-                    enum_at::<Role>(r, 1, "signup_links", r.get(2)?)?,
+                    LinkRow {
+                        id,
+                        role: enum_at::<Role>(r, 1, "signup_links", id)?,
+                        inviter,
+                    },
                 ))
             },
         )
         .optional()?;
-    Ok(row.filter(|(h, _)| ct_eq(h, &hash)).map(|(_, role)| role))
+    Ok(row.filter(|(h, _)| ct_eq(h, &hash)).map(|(_, link)| link))
 }
 
-/// Mark a live link used (inside the transaction that creates the user); its role, or `None`.
-pub fn consume_link(
-    tx: &Transaction<'_>,
-    kind: LinkKind,
-    token: &str,
-    now: i64,
-) -> Result<Option<(i64, Role)>, DbError> {
-    let Some(role) = peek_link(tx, kind, token, now)? else {
-        return Ok(None);
-    };
-    let id: i64 = tx.query_row(
-        "UPDATE signup_links SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL RETURNING id",
-        params![hash_token(token), now],
-        |r| r.get(0),
-    )?;
-    Ok(Some((id, role)))
+/// Mark the live link `id` used (inside the transaction that creates the user); false when it
+/// was used meanwhile.
+pub fn consume_link(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+    Ok(tx.execute(
+        "UPDATE signup_links SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
+        params![id, now],
+    )? == 1)
 }
 
 pub fn set_link_user(tx: &Transaction<'_>, link_id: i64, user_id: i64) -> Result<(), DbError> {
@@ -375,6 +391,8 @@ pub struct TokenRow {
     pub user_id: Option<i64>,
     pub username: Option<String>,
     pub disabled: bool,
+    /// The owner's current role (`None`: a CLI token, no owner).
+    pub owner_role: Option<Role>,
     pub last_used_at: Option<i64>,
 }
 
@@ -383,7 +401,7 @@ pub fn live_token(c: &Connection, hash: &[u8]) -> Result<Option<TokenRow>, DbErr
     let row = c
         .prepare_cached(
             "SELECT t.id, t.name, t.role, t.token_hash, t.user_id, u.username, IFNULL(u.disabled, 0),
-                    t.last_used_at
+                    t.last_used_at, u.role
              FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id
              WHERE t.token_hash = ?1 AND t.revoked_at IS NULL",
         )?
@@ -398,6 +416,7 @@ pub fn live_token(c: &Connection, hash: &[u8]) -> Result<Option<TokenRow>, DbErr
                 username: r.get(5)?,
                 disabled: r.get(6)?,
                 last_used_at: r.get(7)?,
+                owner_role: r.get(8)?,
             })
         })
         .optional()?;

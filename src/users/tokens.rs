@@ -46,9 +46,13 @@ pub async fn authenticate(db: &Db, token: &str, now: i64) -> Result<Option<Princ
         Some(u) => format!("user:{u} (token {})", row.name),
         None => format!("token:{}", row.name),
     };
+    // A token acts with the lower of its own role and its owner's current one; a CLI token
+    // (no owner) keeps its own.
+    let role = row.owner_role.map_or(row.role, |owner| owner.min(row.role));
     Ok(Some(Principal {
         actor,
-        role: row.role,
+        role,
         user_id: row.user_id,
+        via_token: true,
     }))
 }

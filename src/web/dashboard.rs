@@ -136,11 +136,23 @@ pub async fn dashboard_page(State(state): State<AppState>, v: Viewer) -> Result<
     Ok((no_store(), page(&v, "Dashboard", Nav::Dashboard, body)).into_response())
 }
 
-pub async fn dashboard_socket(State(state): State<AppState>, v: Viewer, ws: WebSocketUpgrade) -> Response {
+pub async fn dashboard_socket(
+    State(state): State<AppState>,
+    v: Viewer,
+    session: Option<axum::Extension<crate::web::session::Session>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let can_admin = v.can(Role::Admin);
+    // Sign-out, disable, demotion, ended sessions or the session's expiry close the socket at
+    // once (dropping it).
+    let revoked = crate::web::session::socket_end(&state, &v.who, session.as_deref());
     // The whole table is one message: thousands of agents make a few MB.
-    crate::deploys::pages::small_buffers(ws, 16 * 1024 * 1024)
-        .on_upgrade(move |socket| push_updates(state, socket, can_admin))
+    crate::deploys::pages::small_buffers(ws, 16 * 1024 * 1024).on_upgrade(move |socket| async move {
+        tokio::select! {
+            () = push_updates(state, socket, can_admin) => {}
+            () = revoked => {}
+        }
+    })
 }
 
 async fn push_updates(state: AppState, mut socket: WebSocket, can_admin: bool) {

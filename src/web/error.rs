@@ -16,6 +16,9 @@ pub enum WebError {
     Unauthorized,
     #[error("you are not allowed to do this")]
     Forbidden,
+    /// 403 `forbidden` with the reason the caller is told.
+    #[error("{0}")]
+    ForbiddenBecause(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{field}: {message}")]
@@ -50,7 +53,7 @@ impl WebError {
     pub fn status(&self) -> StatusCode {
         match self {
             WebError::Unauthorized => StatusCode::UNAUTHORIZED,
-            WebError::Forbidden => StatusCode::FORBIDDEN,
+            WebError::Forbidden | WebError::ForbiddenBecause(_) => StatusCode::FORBIDDEN,
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
             WebError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             WebError::Conflict { .. } | WebError::NameTaken { .. } | WebError::AgentOffline { .. } => {
@@ -65,7 +68,7 @@ impl WebError {
     pub fn code(&self) -> &'static str {
         match self {
             WebError::Unauthorized => "unauthorized",
-            WebError::Forbidden => "forbidden",
+            WebError::Forbidden | WebError::ForbiddenBecause(_) => "forbidden",
             WebError::NotFound(_) => "not_found",
             WebError::Invalid { .. } => "invalid_field",
             WebError::Conflict { code, .. } => code,

@@ -317,6 +317,7 @@ pub fn error_page(err: WebError) -> Response {
             "Forbidden",
             "Your role does not allow this. Ask an admin if you need it.".to_owned(),
         ),
+        WebError::ForbiddenBecause(why) => ("Forbidden", why.clone()),
         WebError::Unauthorized => ("Sign-in required", "Please sign in.".to_owned()),
         other => ("Something went wrong", other.public_message(&id)),
     };

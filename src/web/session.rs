@@ -22,6 +22,32 @@ pub struct Session {
     pub user_id: i64,
     pub username: String,
     pub csrf: String,
+    /// When the session ends by itself (ms since the epoch).
+    pub expires_at: i64,
+}
+
+/// A future that ends when a WebSocket opened by `who` must close: that person's sign-out,
+/// disable, demotion or ended sessions ([`crate::users::AuthState::until_revoked`]), or the
+/// session it was opened with expiring. A socket task selects on it.
+pub fn socket_end(
+    state: &AppState,
+    who: &Principal,
+    session: Option<&Session>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let revoked = state.auth.until_revoked(who.user_id);
+    let expires_in = session.map(|s| u64::try_from(s.expires_at - now_ms()).unwrap_or(0));
+    async move {
+        let expired = async move {
+            match expires_in {
+                Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = revoked => {}
+            () = expired => {}
+        }
+    }
 }
 
 pub fn cookie_name(config: &Config) -> &'static str {
@@ -98,12 +124,14 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<(Pr
             actor: format!("user:{}", s.user.username),
             role: s.user.role,
             user_id: Some(s.user.id),
+            via_token: false,
         };
         let session = Session {
             id_hash: s.id_hash,
             user_id: s.user.id,
             username: s.user.username,
             csrf: s.csrf,
+            expires_at: s.expires_at,
         };
         (principal, session)
     }))

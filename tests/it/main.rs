@@ -21,6 +21,7 @@ mod names;
 mod operations;
 mod packaging;
 mod prereq;
+mod privilege;
 mod request_context;
 mod web_access;
 mod web_browser;

@@ -30,11 +30,23 @@ const MISSING_LINES_WAIT: Duration = Duration::from_secs(2);
 pub async fn live_socket(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    axum::Extension(who): axum::Extension<crate::users::Principal>,
+    session: Option<axum::Extension<crate::web::session::Session>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, PageError> {
     // 404 before upgrading, so a wrong id is a plain HTTP answer.
     state.db.read(move |c| store::get(c, id)).await?;
-    Ok(small_buffers(ws, 1024 * 1024).on_upgrade(move |socket| stream_log(state, id, socket)))
+    // Sign-out, disable, demotion, ended sessions or the session's expiry close the socket at
+    // once (dropping it).
+    let revoked = crate::web::session::socket_end(&state, &who, session.as_deref());
+    Ok(
+        small_buffers(ws, 1024 * 1024).on_upgrade(move |socket| async move {
+            tokio::select! {
+                () = stream_log(state, id, socket) => {}
+                () = revoked => {}
+            }
+        }),
+    )
 }
 
 /// One viewer's socket and how far its log has got.

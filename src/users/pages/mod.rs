@@ -19,7 +19,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::store::{self, LinkKind};
+use super::store::LinkKind;
 use super::{Role, UserError, ops};
 use crate::app::AppState;
 use crate::db::now_ms;
@@ -136,6 +136,7 @@ impl From<UserError> for WebError {
             UserError::SignInRefused | UserError::Disabled => WebError::Unauthorized,
             UserError::RateLimited { retry_after_secs } => WebError::TooMany { retry_after_secs },
             UserError::RoleTooHigh => WebError::Forbidden,
+            e @ UserError::TokenCannotMint => WebError::ForbiddenBecause(e.to_string()),
             UserError::Internal(e) => WebError::Internal(e),
             UserError::Db(e) => e.into(),
         }
@@ -295,8 +296,9 @@ async fn show_link_form(state: &AppState, kind: LinkKind, token: String) -> Resu
     let t = token.clone();
     let role = state
         .db
-        .read(move |c| store::peek_link(c, kind, &t, now_ms()))
-        .await?;
+        .read(move |c| ops::live_link(c, kind, &t, now_ms()))
+        .await?
+        .map(|l| l.role);
     Ok(match role {
         Some(role) => (
             no_store(),
@@ -359,8 +361,9 @@ async fn create_from_link(
     let peek = token.clone();
     let Some(role) = state
         .db
-        .read(move |c| store::peek_link(c, kind, &peek, now_ms()))
+        .read(move |c| ops::live_link(c, kind, &peek, now_ms()))
         .await?
+        .map(|l| l.role)
     else {
         return Ok(link_invalid_page(kind));
     };
