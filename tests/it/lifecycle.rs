@@ -101,7 +101,9 @@ async fn state_survives_a_restart_and_interrupted_deploys_end_truthfully() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    let env = [("STAGELY_DEPLOYS__AGENT_LOST_TIMEOUT_SECS", "2")];
+    // Agent 0 must be back and report within this grace after the restart: 2 s was met alone
+    // but not always beside the other tests on 2 cores.
+    let env = [("STAGELY_DEPLOYS__AGENT_LOST_TIMEOUT_SECS", "5")];
     let server = ServerProcess::spawn(&data, "127.0.0.1:0", &env, &log).await;
     let port = server.port();
     let api = Api::new(&server.url, &admin_token(&data));
