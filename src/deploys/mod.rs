@@ -14,8 +14,6 @@ pub mod reaper;
 pub mod service;
 pub mod store;
 
-pub use pages::live;
-
 use serde::Serialize;
 
 use crate::db::DbError;

@@ -12,8 +12,6 @@ pub mod password;
 pub mod store;
 pub mod tokens;
 
-pub use pages::{account, github, people};
-
 use serde::{Deserialize, Serialize};
 
 use crate::db::DbError;
@@ -184,7 +182,7 @@ impl Principal {
 /// channel that closes a person's open WebSockets.
 pub struct AuthState {
     pub limiter: limiter::LoginLimiter,
-    pub github: github::PendingLogins,
+    pub github: pages::github::PendingLogins,
     /// The id of a user whose sign-out, disable, demotion or ended sessions must close their
     /// open WebSockets ([`AuthState::until_revoked`]).
     revocations: tokio::sync::broadcast::Sender<i64>,
@@ -198,7 +196,7 @@ impl AuthState {
                 config.login_max_failures_per_ip,
                 config.login_max_failures_per_account,
             ),
-            github: github::PendingLogins::default(),
+            github: pages::github::PendingLogins::default(),
             revocations: tokio::sync::broadcast::channel(256).0,
         }
     }

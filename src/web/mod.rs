@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::users::Role;
-use crate::users::{account, github, people};
+use crate::users::pages::{account, github, people};
 use crate::{agents, audit, deploys, projects, secrets, users};
 use auth::{Access, Routes};
 use error::WebError;
@@ -129,7 +129,12 @@ pub fn routes() -> Routes {
             VIEWER,
             deploys::pages::deployment_page,
         )
-        .add(M::GET, "/ws/deployments/{id}", VIEWER, deploys::live::live_socket)
+        .add(
+            M::GET,
+            "/ws/deployments/{id}",
+            VIEWER,
+            deploys::pages::live::live_socket,
+        )
         .add(M::GET, "/agents", VIEWER, agents::pages::agents_page)
         .add(M::POST, "/agents", ADMIN, agents::pages::create)
         .add(M::POST, "/agents/{id}/revoke", ADMIN, agents::pages::revoke)
