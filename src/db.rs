@@ -324,6 +324,42 @@ mod tests {
     }
 
     #[test]
+    fn v9_keeps_each_stack_name_and_parts_two_that_joined_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_conn(&path).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(4))
+            .run(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO projects VALUES (1, 'a-b', NULL, 'main', 'compose.yaml', 'never', 0, 0);
+             INSERT INTO projects VALUES (2, 'a', NULL, 'main', 'compose.yaml', 'never', 0, 0);
+             INSERT INTO environments (id, project_id, name, created_at) VALUES (10, 1, 'c', 0);
+             INSERT INTO environments (id, project_id, name, created_at) VALUES (11, 2, 'b-c', 0);
+             INSERT INTO environments (id, project_id, name, created_at) VALUES (12, 2, 'prod', 0);",
+        )
+        .unwrap();
+        drop(conn);
+        let db = Db::open(&path).unwrap();
+        let names: Vec<(i64, String)> = db
+            .read_blocking(|c| {
+                let mut stmt = c.prepare("SELECT id, compose_project FROM environments ORDER BY id")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok::<_, DbError>(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(
+            names,
+            [
+                (10, "a-b-c".to_owned()),
+                (11, "a-b-c-11".to_owned()),
+                (12, "a-prod".to_owned())
+            ]
+        );
+    }
+
+    #[test]
     fn timestamps_format_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }

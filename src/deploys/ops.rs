@@ -79,6 +79,7 @@ pub async fn trigger(
             git_ref,
             compose_path: project.compose_path.clone(),
             pull: project.pull,
+            compose_project: Some(env.compose_project.clone()),
         },
         secrets,
     }));

@@ -56,6 +56,9 @@ pub struct Environment {
     pub name: String,
     /// Overrides the project's ref for this environment.
     pub git_ref: Option<String>,
+    /// The compose project name its stack runs under on the target: chosen when the environment
+    /// is made, unique across the appliance, kept across renames (see `store::insert_environment`).
+    pub compose_project: String,
 }
 
 /// Fields of a project, as given by a create request or after applying a patch.

@@ -36,7 +36,7 @@ fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
 
 fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, DbError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, project_id, name, git_ref FROM environments WHERE project_id = ?1 ORDER BY id",
+        "SELECT id, project_id, name, git_ref, compose_project FROM environments WHERE project_id = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map([project_id], |r| {
         Ok(Environment {
@@ -44,6 +44,7 @@ fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, 
             project_id: r.get(1)?,
             name: r.get(2)?,
             git_ref: r.get(3)?,
+            compose_project: r.get(4)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -115,14 +116,12 @@ pub fn insert_environment(
     git_ref: Option<&str>,
     now: i64,
 ) -> Result<i64, ProjectError> {
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS(SELECT 1 FROM projects WHERE id = ?1)",
-        [project_id],
-        |r| r.get(0),
-    )?;
-    if !exists {
-        return Err(ProjectError::NotFound);
-    }
+    let project_name: String = tx
+        .query_row("SELECT name FROM projects WHERE id = ?1", [project_id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or(ProjectError::NotFound)?;
     tx.execute(
         "INSERT INTO environments (project_id, name, git_ref, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![project_id, name, git_ref, now],
@@ -135,12 +134,37 @@ pub fn insert_environment(
             ProjectError::Db(e)
         }
     })?;
-    Ok(tx.last_insert_rowid())
+    let id = tx.last_insert_rowid();
+    let compose_project = free_compose_project(tx, &format!("{project_name}-{name}"), id)?;
+    tx.execute(
+        "UPDATE environments SET compose_project = ?1 WHERE id = ?2",
+        params![compose_project, id],
+    )?;
+    Ok(id)
+}
+
+/// The compose project name for a new environment: `<project>-<environment>` as the names are
+/// now, or, when another environment already runs under that (`a-b`/`c` and `a`/`b-c`), the same
+/// with the environment's id appended until it is free. The unique index makes a collision
+/// impossible whatever this picks; names never change afterwards, so a rename orphans nothing.
+fn free_compose_project(tx: &Transaction<'_>, base: &str, id: i64) -> Result<String, DbError> {
+    let mut candidate = base.to_owned();
+    loop {
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM environments WHERE compose_project = ?1)",
+            [&candidate],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            return Ok(candidate);
+        }
+        candidate = format!("{candidate}-{id}");
+    }
 }
 
 pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectError> {
     c.query_row(
-        "SELECT id, project_id, name, git_ref FROM environments WHERE id = ?1",
+        "SELECT id, project_id, name, git_ref, compose_project FROM environments WHERE id = ?1",
         [id],
         |r| {
             Ok(Environment {
@@ -148,6 +172,7 @@ pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectEr
                 project_id: r.get(1)?,
                 name: r.get(2)?,
                 git_ref: r.get(3)?,
+                compose_project: r.get(4)?,
             })
         },
     )

@@ -82,6 +82,7 @@ fn spec(name: &str, repo_url: Option<String>, compose_path: &str, pull: PullPoli
         git_ref: "main".into(),
         compose_path: compose_path.into(),
         pull,
+        compose_project: None,
     }
 }
 

@@ -134,6 +134,7 @@ async fn a_private_repository_is_cloned_with_the_token_secret_which_touches_no_d
         git_ref: "main".into(),
         compose_path: "compose.yml".into(),
         pull: PullPolicy::Never,
+        compose_project: None,
     };
 
     // Without the token: refused by the server, at once (no prompt), nothing started.

@@ -61,6 +61,7 @@ fn spec(name: &str, repo_url: Option<String>, compose_path: &str) -> ProjectSpec
         git_ref: "main".into(),
         compose_path: compose_path.into(),
         pull: PullPolicy::Never,
+        compose_project: None,
     }
 }
 

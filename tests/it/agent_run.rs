@@ -190,6 +190,7 @@ fn deploy_msg(id: i64, name: &str, compose: &Path, secrets: Vec<SecretEntry>) ->
             git_ref: "main".into(),
             compose_path: compose.to_string_lossy().into_owned(),
             pull: PullPolicy::Never,
+            compose_project: None,
         },
         secrets,
     }

@@ -42,7 +42,7 @@ fn sh(cmd: &mut Command) -> String {
 }
 
 /// A git repository holding `compose.yaml` (and whatever else), committed.
-fn git_repo(dir: &Path, compose: &str) -> String {
+pub(crate) fn git_repo(dir: &Path, compose: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("compose.yaml"), compose).unwrap();
     let git = |args: &[&str]| {

@@ -13,6 +13,7 @@ mod api;
 mod bench_quick;
 mod bins;
 mod common;
+mod compose_names;
 mod deploy_flow;
 mod domain_rules;
 mod e2e_engine;

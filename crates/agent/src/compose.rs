@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use stagely_protocol::ProjectSpec;
 use tokio::process::Command;
 
 use super::process;
@@ -339,11 +340,26 @@ async fn first_line(cmd: Command) -> Option<String> {
     (!line.is_empty()).then(|| line.chars().take(100).collect())
 }
 
+/// The compose project name a deployment runs under: the one the appliance chose for the
+/// environment (unique across the appliance, stable across renames), or, from an appliance that
+/// sends none, `<project>-<environment>` as before. Either way it is brought to compose's rules.
+pub fn project_name_for(spec: &ProjectSpec) -> String {
+    match spec.compose_project.as_deref() {
+        Some(chosen) => compose_safe(chosen),
+        None => project_name(&spec.name, &spec.environment),
+    }
+}
+
 /// A compose project name for one environment of one project, by compose's rules: lowercase
 /// letters, digits, `-` and `_`, starting with a letter or digit. So staging and production of
 /// the same project can share a server.
 pub fn project_name(project: &str, environment: &str) -> String {
-    let raw = format!("{project}-{environment}").to_lowercase();
+    compose_safe(&format!("{project}-{environment}"))
+}
+
+/// `raw` by compose's project-name rules (anything else becomes `_`; leading `-`/`_` dropped).
+fn compose_safe(raw: &str) -> String {
+    let raw = raw.to_lowercase();
     let kept: String = raw
         .chars()
         .map(|c| match c {
@@ -369,6 +385,20 @@ mod tests {
         assert_eq!(project_name("my.app", "prod eu"), "my_app-prod_eu");
         assert_eq!(project_name("_x", "é"), "x-_");
         assert_eq!(project_name("", ""), "stagely");
+        let mut spec = ProjectSpec {
+            name: "a-b".into(),
+            environment: "c".into(),
+            repo_url: None,
+            git_ref: "main".into(),
+            compose_path: "compose.yaml".into(),
+            pull: stagely_protocol::PullPolicy::Never,
+            compose_project: None,
+        };
+        assert_eq!(project_name_for(&spec), "a-b-c");
+        spec.compose_project = Some("a-b-c-7".into());
+        assert_eq!(project_name_for(&spec), "a-b-c-7");
+        spec.compose_project = Some("../Evil name".into());
+        assert_eq!(project_name_for(&spec), "evil_name");
     }
 
     #[test]

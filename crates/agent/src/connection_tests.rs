@@ -72,6 +72,7 @@ fn deploy_frame(id: i64, compose_path: &str, secret_value: &str) -> WsIn {
             git_ref: "main".into(),
             compose_path: compose_path.into(),
             pull: PullPolicy::Never,
+            compose_project: None,
         },
         secrets: vec![SecretEntry {
             key: "CANARY".into(),

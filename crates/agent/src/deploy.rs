@@ -10,7 +10,7 @@ use std::time::Duration;
 use zeroize::Zeroize;
 
 use super::checkout::{CheckoutError, Git, GitCredential, compose_file_in};
-use super::compose::{Compose, ComposeError, project_name};
+use super::compose::{Compose, ComposeError, project_name_for};
 use super::ephemeral::{EphemeralError, RuntimeDir};
 use super::override_file::{self, OVERRIDE_FILE_NAME, OverrideError};
 use super::policy::{self, PolicyConfig, Refused};
@@ -193,7 +193,7 @@ impl Deployer {
             ),
         );
 
-        let name = project_name(&project.name, &project.environment);
+        let name = project_name_for(project);
         // Compose's own model of what `up` would run, override included, checked before
         // anything is pulled, built or started. It holds the secret values: checked in memory,
         // dropped here, never logged.
@@ -400,6 +400,7 @@ mod tests {
             git_ref: "main".into(),
             compose_path: compose_file.to_string_lossy().into_owned(),
             pull: PullPolicy::Never,
+            compose_project: None,
         };
         let secrets = vec![SecretEntry {
             key: "K".into(),

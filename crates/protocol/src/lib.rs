@@ -121,6 +121,11 @@ pub struct ProjectSpec {
     pub compose_path: String,
     #[serde(default)]
     pub pull: PullPolicy,
+    /// The compose project name the stack runs under (`docker compose -p`), chosen by the
+    /// appliance once per environment and unique across it. Absent from an older appliance: the
+    /// agent then derives `<name>-<environment>` as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
 }
 
 /// Which output a log line came from.
@@ -347,6 +352,7 @@ mod tests {
                 git_ref: "main".into(),
                 compose_path: "/srv/shop/compose.yaml".into(),
                 pull: PullPolicy::Missing,
+                compose_project: None,
             },
             secrets: vec![SecretEntry {
                 key: "DB_URL".into(),
