@@ -25,7 +25,11 @@ fuzz_target!(|input: Input| {
         .map(|(key, value, service)| SecretEntry {
             key: key.clone(),
             value: value.clone(),
-            scope: if service.is_some() { Scope::Service } else { Scope::Global },
+            scope: if service.is_some() {
+                Scope::Service
+            } else {
+                Scope::Global
+            },
             service: service.clone(),
         })
         .collect();
@@ -35,7 +39,10 @@ fuzz_target!(|input: Input| {
     let doc: Value = serde_yaml_ng::from_str(&text).expect("the override is valid YAML");
     for service in &input.services {
         let mut expected: BTreeMap<&str, &str> = BTreeMap::new();
-        for s in secrets.iter().filter(|s| !is_agent_only(&s.key) && s.service.is_none()) {
+        for s in secrets
+            .iter()
+            .filter(|s| !is_agent_only(&s.key) && s.service.is_none())
+        {
             expected.insert(&s.key, &s.value);
         }
         for s in secrets
