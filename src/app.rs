@@ -125,7 +125,14 @@ impl Opened {
             );
         }
         let shutdown = CancellationToken::new();
-        let hub = Arc::new(Hub::new(now_ms(), config.agents.max_handshakes_per_sec));
+        let hub = Arc::new(Hub::new(
+            now_ms(),
+            config.agents.max_handshakes_per_sec,
+            config.agents.max_failed_handshakes_per_ip_per_min,
+        ));
+        for hash in db.read_blocking(agent_store::live_token_hashes)? {
+            hub.admission.remember(hash);
+        }
         let (logs, log_task) = LogWriter::start(
             db.clone(),
             Duration::from_millis(config.deploys.log_flush_ms),

@@ -125,6 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { listen, public_url } => {
             let config = load_config(&cli, *listen, public_url.clone())?;
             init_logging(&config);
+            crate::web::serve::raise_descriptor_limit();
             serve(config)
         }
         Command::Admin(AdminCommand::CreateToken { name, role }) => {
