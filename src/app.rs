@@ -26,6 +26,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Sign-in rate limits and GitHub logins in flight.
     pub auth: Arc<crate::users::AuthState>,
+    /// The agent binaries served at `/agent/download/…`, read once (again only on change).
+    pub binaries: Arc<crate::agents::download::Binaries>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,7 @@ impl Opened {
             logs,
             shutdown,
             auth,
+            binaries: Arc::default(),
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
         let tasks = vec![
