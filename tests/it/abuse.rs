@@ -316,3 +316,44 @@ async fn binary_frames_from_an_agent_count_as_invalid_frames() {
     assert_eq!(agent.closed_reason().await, "too many invalid frames");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_too_big_for_one_frame_fails_saying_what_is_too_big_never_agent_lost() {
+    use serde_json::json;
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let (pid, envs) = api.project("bulky", &["prod"]).await;
+    let (_, token) = api.agent(envs[0], "web").await;
+    let mut agent = TestAgent::connect(&api.url, &token, None).await;
+    // 12 values of 60,000 bytes, mostly quotes: 1.4 MiB once JSON-escaped (each under the
+    // 64 KiB value limit, so every one of them is accepted on its own).
+    let canary = "CANARY-7f3a9";
+    for i in 0..12 {
+        let value = format!("{canary}{}", "\"".repeat(60_000 - canary.len()));
+        api.ok(
+            &format!("/api/projects/{pid}/secrets"),
+            json!({"key": format!("CERT_{i}"), "value": value, "scope": "global"}),
+            201,
+        )
+        .await;
+    }
+    let (status, body) = api.post(&format!("/api/deploy/{pid}"), json!({})).await;
+    assert!((400..500).contains(&status) && status != 409, "{status} {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        message.contains("accepts at most 1.0 MiB") && message.contains("CERT_"),
+        "{message}"
+    );
+    assert!(!body.to_string().contains(canary), "no value in the answer");
+    assert!(
+        agent.recv_within(Duration::from_millis(500)).await.is_none(),
+        "nothing was sent to the agent"
+    );
+    let (_, list) = api.get("/api/deployments").await;
+    let d = &list.as_array().unwrap()[0];
+    assert_eq!(d["status"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(error.contains("the DEPLOY message is 1.4 MiB"), "{error}");
+    assert!(!error.contains("agent_lost") && !error.contains(canary), "{error}");
+    server.stop().await;
+}
