@@ -304,7 +304,10 @@ mod tests {
             matches!(&needed, BackupError::KeyNeeded { recipient: r, .. } if *r == recipient),
             "{needed}"
         );
-        assert!(needed.to_string().contains(&recipient), "says which key: {needed}");
+        assert!(
+            needed.to_string().contains(&recipient),
+            "says which key: {needed}"
+        );
         // Another key in its place: refused, naming the one needed.
         let other = config(&tmp.path().join("other"));
         Vault::open(&other.key_file, &Db::open(&other.db_path()).unwrap()).unwrap();

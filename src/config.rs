@@ -333,7 +333,10 @@ impl Config {
             return invalid("agents.max_handshakes_per_sec", "must be at least 1");
         }
         if self.agents.max_failed_handshakes_per_ip_per_min == 0 {
-            return invalid("agents.max_failed_handshakes_per_ip_per_min", "must be at least 1");
+            return invalid(
+                "agents.max_failed_handshakes_per_ip_per_min",
+                "must be at least 1",
+            );
         }
         if self.http.header_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
             return invalid("http", "timeouts must be at least 1 second");

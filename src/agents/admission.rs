@@ -84,13 +84,16 @@ impl Admission {
             at: now,
         });
         let rate = burst / 60.0;
-        bucket.tokens = (bucket.tokens + now.saturating_duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.tokens =
+            (bucket.tokens + now.saturating_duration_since(bucket.at).as_secs_f64() * rate).min(burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(((1.0 - bucket.tokens) / rate).ceil().max(1.0)))
+            Err(Duration::from_secs_f64(
+                ((1.0 - bucket.tokens) / rate).ceil().max(1.0),
+            ))
         }
     }
 
@@ -145,7 +148,10 @@ mod tests {
         assert_eq!((0..10).filter(|_| a.try_attempt(ip(1), t0).is_ok()).count(), 6);
         let retry = a.try_attempt(ip(1), t0).unwrap_err();
         assert_eq!(retry, Duration::from_secs(10), "6 per minute: one every 10 s");
-        assert!(a.try_attempt(ip(2), t0).is_ok(), "another address is not affected");
+        assert!(
+            a.try_attempt(ip(2), t0).is_ok(),
+            "another address is not affected"
+        );
         assert!(a.try_attempt(ip(1), t0 + Duration::from_secs(10)).is_ok());
     }
 

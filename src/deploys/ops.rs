@@ -90,7 +90,12 @@ pub async fn trigger(
     if let Some(message) = oversized(&frame, &secret_sizes) {
         // The agent would refuse the frame and the deploy end as `agent_lost` with no word of
         // why (issue 12): say what is too big instead, on the deployment and to the caller.
-        tracing::warn!(deployment_id, agent_id, bytes = frame.len(), "DEPLOY frame over the limit: not sent");
+        tracing::warn!(
+            deployment_id,
+            agent_id,
+            bytes = frame.len(),
+            "DEPLOY frame over the limit: not sent"
+        );
         end_by_server(state, deployment_id, env.id, &message).await;
         return Err(DeployError::Invalid {
             field: "secrets",
@@ -137,7 +142,11 @@ fn oversized(frame: &str, secret_sizes: &[(String, usize)]) -> Option<String> {
         size(protocol::MAX_FRAME_BYTES),
         secret_sizes.len(),
         size(total),
-        if named.is_empty() { "none".to_owned() } else { named.join(", ") },
+        if named.is_empty() {
+            "none".to_owned()
+        } else {
+            named.join(", ")
+        },
     ))
 }
 
@@ -313,11 +322,21 @@ mod tests {
 
     #[test]
     fn an_oversized_frame_is_explained_without_values() {
-        let sizes = vec![("BIG".to_owned(), 700 * 1024), ("ALSO".to_owned(), 600 * 1024), ("SMALL".to_owned(), 10)];
+        let sizes = vec![
+            ("BIG".to_owned(), 700 * 1024),
+            ("ALSO".to_owned(), 600 * 1024),
+            ("SMALL".to_owned(), 10),
+        ];
         let frame = "x".repeat(1_300 * 1024 + 100);
         let msg = oversized(&frame, &sizes).unwrap();
-        assert!(msg.starts_with("the DEPLOY message is 1.3 MiB and the agent accepts at most 1.0 MiB"), "{msg}");
-        assert!(msg.contains("BIG (700.0 KiB), ALSO (600.0 KiB), SMALL (10 B)"), "{msg}");
+        assert!(
+            msg.starts_with("the DEPLOY message is 1.3 MiB and the agent accepts at most 1.0 MiB"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("BIG (700.0 KiB), ALSO (600.0 KiB), SMALL (10 B)"),
+            "{msg}"
+        );
         assert!(oversized("small", &sizes).is_none());
         assert_eq!(encoded_len("a\"b\n"), 8);
     }

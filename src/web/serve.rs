@@ -92,7 +92,9 @@ pub async fn serve(
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
             let conn = builder.serve_connection(io, service).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             let mut signal = std::pin::pin!(signal_tx.closed());
@@ -235,7 +237,11 @@ impl IdleIo {
 }
 
 impl AsyncRead for IdleIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -248,7 +254,11 @@ impl AsyncRead for IdleIo {
 }
 
 impl AsyncWrite for IdleIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, data) {
             Poll::Ready(r) => {

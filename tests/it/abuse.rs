@@ -131,7 +131,9 @@ async fn a_half_sent_request_and_a_stalled_body_are_closed() {
 
     // Headers never finished.
     let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let answer = closed_within(&mut s, Duration::from_secs(10))
         .await
         .expect("a half-sent request must be closed after the header timeout");
@@ -152,7 +154,9 @@ async fn a_half_sent_request_and_a_stalled_body_are_closed() {
 
     // A keep-alive connection is answered, then closed once it idles past the header timeout.
     let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let answer = closed_within(&mut s, Duration::from_secs(10)).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.stop().await;
@@ -354,6 +358,9 @@ async fn a_deploy_too_big_for_one_frame_fails_saying_what_is_too_big_never_agent
     assert_eq!(d["status"], "failed", "{d}");
     let error = d["error"].as_str().unwrap();
     assert!(error.contains("the DEPLOY message is 1.4 MiB"), "{error}");
-    assert!(!error.contains("agent_lost") && !error.contains(canary), "{error}");
+    assert!(
+        !error.contains("agent_lost") && !error.contains(canary),
+        "{error}"
+    );
     server.stop().await;
 }

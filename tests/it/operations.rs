@@ -73,7 +73,10 @@ async fn a_backup_taken_while_serving_restores_and_deploys_the_same_secrets() {
 
     // With --include-key the archive carries the key, and says so.
     let with_key = dir.path().join("with-key.tar");
-    let out = stagely(&["backup", "--include-key", "--out", with_key.to_str().unwrap()], &restored);
+    let out = stagely(
+        &["backup", "--include-key", "--out", with_key.to_str().unwrap()],
+        &restored,
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("master key is included"));
     assert!(file_holds(&with_key, "AGE-SECRET-KEY"));

@@ -208,7 +208,10 @@ fn the_units_and_the_compose_file_raise_descriptors_and_forbid_core_dumps() {
     // Issue 12: 1,024 descriptors capped the fleet near a thousand agents, and a core dump of
     // either process would hold secrets. The agent unit is also what install.sh installs
     // (src/agents/download.rs embeds this file).
-    for unit in ["packaging/systemd/stagely.service", "packaging/systemd/stagely-agent.service"] {
+    for unit in [
+        "packaging/systemd/stagely.service",
+        "packaging/systemd/stagely-agent.service",
+    ] {
         let text = std::fs::read_to_string(repo().join(unit)).unwrap();
         let service: Vec<&str> = text
             .split("[Service]")
@@ -223,7 +226,10 @@ fn the_units_and_the_compose_file_raise_descriptors_and_forbid_core_dumps() {
         }
     }
     let compose = std::fs::read_to_string(repo().join("packaging/compose.yaml")).unwrap();
-    let ulimits = compose.split("ulimits:").nth(1).expect("compose.yaml sets ulimits");
+    let ulimits = compose
+        .split("ulimits:")
+        .nth(1)
+        .expect("compose.yaml sets ulimits");
     let lines: Vec<&str> = ulimits.lines().map(str::trim).take(3).collect();
     assert!(
         lines.contains(&"nofile: 65536") && lines.contains(&"core: 0"),
