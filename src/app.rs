@@ -26,6 +26,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Sign-in rate limits and GitHub logins in flight.
     pub auth: Arc<crate::users::AuthState>,
+    /// The agent binaries served at `/agent/download/…`, read once (again only on change).
+    pub binaries: Arc<crate::agents::download::Binaries>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +127,14 @@ impl Opened {
             );
         }
         let shutdown = CancellationToken::new();
-        let hub = Arc::new(Hub::new(now_ms(), config.agents.max_handshakes_per_sec));
+        let hub = Arc::new(Hub::new(
+            now_ms(),
+            config.agents.max_handshakes_per_sec,
+            config.agents.max_failed_handshakes_per_ip_per_min,
+        ));
+        for hash in db.read_blocking(agent_store::live_token_hashes)? {
+            hub.admission.remember(hash);
+        }
         let (logs, log_task) = LogWriter::start(
             db.clone(),
             Duration::from_millis(config.deploys.log_flush_ms),
@@ -140,6 +149,7 @@ impl Opened {
             logs,
             shutdown,
             auth,
+            binaries: Arc::default(),
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
         let tasks = vec![

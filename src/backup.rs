@@ -1,8 +1,9 @@
 //! Online backup and restore of the data directory.
 //!
 //! A backup is a tar archive (mode 0600) holding a consistent snapshot of the database
-//! (`VACUUM INTO`, safe while the server writes), the master key unless `--no-key` is given, and a
-//! manifest. The snapshot is checked against the key before the archive is written, so a backup
+//! (`VACUUM INTO`, safe while the server writes), a manifest, and the master key only when
+//! `--include-key` is given (issue 12: by default a backup holds ciphertext only, and the
+//! manifest names the key's public half so the right key file can be found at restore). The snapshot is checked against the key before the archive is written, so a backup
 //! that could not be decrypted is never produced silently. Restore refuses to run under a live
 //! server and checks the key against the restored database before it finishes.
 
@@ -43,9 +44,13 @@ pub enum BackupError {
     #[error("{0} already holds a database; pass --force to replace it (the old files are kept beside it)")]
     NotEmpty(PathBuf),
     #[error(
-        "this backup does not include the master key and {0} does not exist: put the key file there (or set key_file) first"
+        "this backup does not include the master key and {path} does not exist: put the key file whose public key is {recipient} there (or set key_file) first"
     )]
-    KeyNeeded(PathBuf),
+    KeyNeeded { path: PathBuf, recipient: String },
+    #[error(
+        "the key file {path} is not the key of this backup: it needs the key whose public key is {recipient} (put that file there, or set key_file)"
+    )]
+    WrongKey { path: PathBuf, recipient: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
@@ -193,10 +198,22 @@ pub fn restore(config: &Config, archive: &Path, force: bool) -> Result<Manifest,
         config.key_file.clone()
     };
     if !key_for_check.exists() {
-        return Err(BackupError::KeyNeeded(config.key_file.clone()));
+        return Err(BackupError::KeyNeeded {
+            path: config.key_file.clone(),
+            recipient: manifest.recipient.clone(),
+        });
     }
     // Prove the pair works before touching the live files.
-    Vault::open(&key_for_check, &Db::open(&staged_db)?)?;
+    match Vault::open(&key_for_check, &Db::open(&staged_db)?) {
+        Ok(_) => {}
+        Err(VaultError::WrongKey { .. }) if !staged_key.exists() => {
+            return Err(BackupError::WrongKey {
+                path: config.key_file.clone(),
+                recipient: manifest.recipient.clone(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
 
     let stamp = now_ms();
     let keep_aside = |path: &Path| -> Result<(), BackupError> {
@@ -281,11 +298,24 @@ mod tests {
         let archive = tmp.path().join("nokey.tar");
         assert!(!backup(&a, &archive, false).unwrap().includes_key);
         let b = config(&tmp.path().join("b"));
-        assert!(matches!(
-            restore(&b, &archive, false),
-            Err(BackupError::KeyNeeded(_))
-        ));
+        let needed = restore(&b, &archive, false).unwrap_err();
+        let recipient = Vault::open(&a.key_file, &db).unwrap().recipient();
+        assert!(
+            matches!(&needed, BackupError::KeyNeeded { recipient: r, .. } if *r == recipient),
+            "{needed}"
+        );
+        assert!(
+            needed.to_string().contains(&recipient),
+            "says which key: {needed}"
+        );
+        // Another key in its place: refused, naming the one needed.
+        let other = config(&tmp.path().join("other"));
+        Vault::open(&other.key_file, &Db::open(&other.db_path()).unwrap()).unwrap();
         fs::create_dir_all(&b.data_dir).unwrap();
+        fs::copy(&other.key_file, &b.key_file).unwrap();
+        let wrong = restore(&b, &archive, false).unwrap_err();
+        assert!(matches!(wrong, BackupError::WrongKey { .. }), "{wrong}");
+        assert!(wrong.to_string().contains(&recipient), "{wrong}");
         fs::copy(&a.key_file, &b.key_file).unwrap();
         restore(&b, &archive, false).unwrap();
         let garbage = tmp.path().join("garbage.tar");

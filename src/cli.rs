@@ -43,13 +43,18 @@ pub enum Command {
     /// Administration on the data directory itself.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Write a consistent backup (database snapshot + master key) while the server runs.
+    /// Write a consistent backup (database snapshot; the master key only with --include-key)
+    /// while the server runs.
     Backup {
         /// Archive to write (mode 0600).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Leave the master key out (keep it apart; restore then needs the key file in place).
+        /// Put the master key in the archive too (then the archive alone decrypts every secret:
+        /// keep it as safe as the key). Default: left out; keep the key file apart.
         #[arg(long)]
+        include_key: bool,
+        /// The old opt-out, now the default: accepted and ignored.
+        #[arg(long, hide = true, conflicts_with = "include_key")]
         no_key: bool,
     },
     /// Restore a backup into the data directory (the server must be stopped).
@@ -125,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { listen, public_url } => {
             let config = load_config(&cli, *listen, public_url.clone())?;
             init_logging(&config);
+            crate::web::serve::raise_descriptor_limit();
             serve(config)
         }
         Command::Admin(AdminCommand::CreateToken { name, role }) => {
@@ -143,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Backup { out, no_key } => backup(&cli, out, *no_key),
+        Command::Backup { out, include_key, .. } => backup(&cli, out, *include_key),
         Command::Restore { file, force } => restore(&cli, file, *force),
         Command::Healthcheck => healthcheck(&cli),
         Command::Admin(AdminCommand::RotateKey) => {
@@ -170,20 +176,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn backup(cli: &Cli, out: &Path, no_key: bool) -> anyhow::Result<()> {
+fn backup(cli: &Cli, out: &Path, include_key: bool) -> anyhow::Result<()> {
     let config = load_config(cli, None, None)?;
-    let manifest = crate::backup::backup(&config, out, !no_key)?;
+    let manifest = crate::backup::backup(&config, out, include_key)?;
     println!(
-        "backup written to {} (schema {}, key {}, public key {})",
+        "backup written to {} (schema {})",
         out.display(),
-        manifest.schema_version,
-        if manifest.includes_key {
-            "included: keep this file as safe as the key"
-        } else {
-            "NOT included"
-        },
-        manifest.recipient
+        manifest.schema_version
     );
+    if manifest.includes_key {
+        println!(
+            "the master key is included: this file alone decrypts every secret, keep it as safe as the key"
+        );
+    } else {
+        println!(
+            "the master key is NOT included (only ciphertext): restoring needs the key file {} \
+             (public key {}); keep a copy of it apart, or pass --include-key",
+            config.key_file.display(),
+            manifest.recipient
+        );
+    }
     Ok(())
 }
 
@@ -192,14 +204,16 @@ fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&config)?;
     let manifest = crate::backup::restore(&config, file, force)?;
     println!(
-        "restored the backup of {} into {} (key {})",
+        "restored the backup of {} into {} (master key {}: {}, public key {})",
         manifest.created_at,
         config.data_dir.display(),
         if manifest.includes_key {
-            "restored too"
+            "restored from the backup"
         } else {
-            "kept"
-        }
+            "from the key file"
+        },
+        config.key_file.display(),
+        manifest.recipient
     );
     Ok(())
 }

@@ -48,6 +48,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Peers whose `X-Request-Id` header is kept (a reverse proxy in front of the appliance).
     pub trusted_proxies: Vec<IpAddr>,
+    pub http: HttpConfig,
     pub agents: AgentsConfig,
     pub deploys: DeploysConfig,
     pub auth: AuthConfig,
@@ -57,6 +58,32 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// Bounds on every HTTP connection, so slow or idle clients cannot hold the descriptors that
+/// `/healthz` and the agents need (src/web/serve.rs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A request's headers must have arrived this long after the connection became ready for
+    /// them (also how long a keep-alive connection may wait for its next request).
+    pub header_timeout_secs: u64,
+    /// A connection still speaking HTTP that moves no byte either way for this long is closed
+    /// (a stalled body or a client that stops reading its answer). WebSockets are exempt.
+    pub idle_timeout_secs: u64,
+    /// Connections still speaking HTTP (not upgraded to a WebSocket) per client address; past
+    /// it a new connection is closed at once. IPv6 addresses count per /64.
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections_per_ip: 256,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentsConfig {
@@ -64,8 +91,12 @@ pub struct AgentsConfig {
     pub ping_interval_secs: u64,
     /// An agent with no pong (or any frame) for this long is offline.
     pub offline_after_secs: u64,
-    /// New agent WebSocket handshakes accepted per second; the excess gets 503 + Retry-After.
+    /// New agent WebSocket handshakes (with a valid agent token) accepted per second; the
+    /// excess gets 503 + Retry-After.
     pub max_handshakes_per_sec: u32,
+    /// Handshakes with a wrong agent token allowed per client address per minute (a burst of
+    /// this many, refilled evenly); past it the address gets 429 without a database lookup.
+    pub max_failed_handshakes_per_ip_per_min: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +200,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             trusted_proxies: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            http: HttpConfig::default(),
             agents: AgentsConfig::default(),
             deploys: DeploysConfig::default(),
             auth: AuthConfig::default(),
@@ -186,6 +218,7 @@ impl Default for AgentsConfig {
             // 10,000 agents back within 30 s of a restart needs ~2x their bare rate once jitter
             // and Retry-After spread them; 1,000/s kept /healthz p99 near 30 ms (BENCHMARKS.md).
             max_handshakes_per_sec: 1000,
+            max_failed_handshakes_per_ip_per_min: 60,
         }
     }
 }
@@ -298,6 +331,18 @@ impl Config {
         }
         if self.agents.max_handshakes_per_sec == 0 {
             return invalid("agents.max_handshakes_per_sec", "must be at least 1");
+        }
+        if self.agents.max_failed_handshakes_per_ip_per_min == 0 {
+            return invalid(
+                "agents.max_failed_handshakes_per_ip_per_min",
+                "must be at least 1",
+            );
+        }
+        if self.http.header_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
+            return invalid("http", "timeouts must be at least 1 second");
+        }
+        if self.http.max_connections_per_ip == 0 {
+            return invalid("http.max_connections_per_ip", "must be at least 1");
         }
         if self.deploys.log_flush_ms == 0 || self.deploys.log_flush_ms > 10_000 {
             return invalid("deploys.log_flush_ms", "must be between 1 and 10000");

@@ -1,8 +1,11 @@
 //! Serving the agent binary (and an install script) from the appliance itself, so target servers
 //! need nothing but this appliance's URL. The binary is public: it carries no secret.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
+use axum::body::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
@@ -26,10 +29,77 @@ pub enum DownloadError {
     Task(String),
 }
 
-/// One agent binary, read from disk.
+/// One agent binary as read from disk, with what identifies that read (path, size, mtime): the
+/// bytes and their sha256 are kept and shared by every download until the file changes.
+#[derive(Clone)]
 pub struct AgentBinary {
-    pub bytes: Vec<u8>,
+    pub path: PathBuf,
+    pub len: u64,
+    pub mtime: Option<SystemTime>,
     pub sha256: String,
+    /// Shared, not copied, by each response.
+    pub bytes: Bytes,
+}
+
+impl AgentBinary {
+    fn is_current(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
+        self.path == path && self.len == meta.len() && self.mtime == meta.modified().ok()
+    }
+}
+
+/// The agent binaries read so far, one per target (issue 12: hashing per request took the
+/// appliance past 1.5 GB). A request only looks at the file's metadata; the file is read and
+/// hashed again only when its path, size or mtime changed, once even under concurrent requests.
+#[derive(Default)]
+pub struct Binaries {
+    by_target: tokio::sync::Mutex<HashMap<String, AgentBinary>>,
+}
+
+impl Binaries {
+    /// The current binary for `target`, reading it only if the cached one is out of date.
+    async fn get(&self, paths: Vec<PathBuf>, target: &str) -> Result<AgentBinary, DownloadError> {
+        let found = tokio::task::spawn_blocking(move || {
+            paths
+                .into_iter()
+                .find_map(|p| std::fs::metadata(&p).ok().filter(|m| m.is_file()).map(|m| (p, m)))
+        })
+        .await
+        .map_err(|e| DownloadError::Task(e.to_string()))?;
+        let Some((path, meta)) = found else {
+            return Err(DownloadError::NotFound);
+        };
+        // Held across the read so that concurrent requests after a change read the file once.
+        let mut cache = self.by_target.lock().await;
+        if let Some(bin) = cache.get(target).filter(|b| b.is_current(&path, &meta)) {
+            return Ok(bin.clone());
+        }
+        let bin = tokio::task::spawn_blocking(move || read_binary(path))
+            .await
+            .map_err(|e| DownloadError::Task(e.to_string()))??;
+        tracing::info!(target, path = %bin.path.display(), bytes = bin.len, sha256 = %bin.sha256, "agent binary read");
+        cache.insert(target.to_owned(), bin.clone());
+        Ok(bin)
+    }
+}
+
+fn read_binary(path: PathBuf) -> Result<AgentBinary, DownloadError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DownloadError::Io { path, source }
+    };
+    let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+    // Size and mtime from the open file, so they describe the bytes read below.
+    let meta = file.metadata().map_err(io(&path))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io(&path))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok(AgentBinary {
+        len: meta.len(),
+        mtime: meta.modified().ok(),
+        sha256,
+        bytes: Bytes::from(bytes),
+        path,
+    })
 }
 
 /// Where agent binaries are looked for: the configured folder, else the packaged location,
@@ -59,23 +129,12 @@ fn host_target() -> String {
     format!("linux-{}", std::env::consts::ARCH)
 }
 
-/// The first existing binary for `target` with its bytes and sha256.
+/// The first existing binary for `target` with its bytes and sha256 (cached, see [`Binaries`]).
 pub async fn load(state: &AppState, target: &str) -> Result<AgentBinary, DownloadError> {
     if !TARGETS.contains(&target) {
         return Err(DownloadError::NotFound);
     }
-    let paths = candidates(state, target);
-    tokio::task::spawn_blocking(move || {
-        let path = paths
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or(DownloadError::NotFound)?;
-        let bytes = std::fs::read(&path).map_err(|source| DownloadError::Io { path, source })?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        Ok(AgentBinary { bytes, sha256 })
-    })
-    .await
-    .map_err(|e| DownloadError::Task(e.to_string()))?
+    state.binaries.get(candidates(state, target), target).await
 }
 
 /// The POSIX installer bound to this appliance's public URL.

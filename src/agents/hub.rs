@@ -66,10 +66,12 @@ pub struct Hub {
     started_at_ms: i64,
     events: broadcast::Sender<HubEvent>,
     handshakes: Mutex<TokenBucket>,
+    /// The checks in front of the handshake budget (known tokens, per-address failures).
+    pub admission: super::admission::Admission,
 }
 
 impl Hub {
-    pub fn new(now_ms: i64, max_handshakes_per_sec: u32) -> Hub {
+    pub fn new(now_ms: i64, max_handshakes_per_sec: u32, failed_handshakes_per_ip_per_min: u32) -> Hub {
         Hub {
             conns: Mutex::new(HashMap::new()),
             deploys: Mutex::new(HashMap::new()),
@@ -78,10 +80,12 @@ impl Hub {
             started_at_ms: now_ms,
             events: broadcast::channel(256).0,
             handshakes: Mutex::new(TokenBucket::new(max_handshakes_per_sec)),
+            admission: super::admission::Admission::new(failed_handshakes_per_ip_per_min),
         }
     }
 
-    /// Take one handshake slot; `false` means "too many right now, come back later".
+    /// Take one handshake slot; `false` means "too many right now, come back later". Only for
+    /// requests whose agent token has been checked ([`super::admission`]).
     pub fn admit_handshake(&self) -> bool {
         lock(&self.handshakes).take(Instant::now())
     }
@@ -291,7 +295,7 @@ mod tests {
 
     #[test]
     fn routing_is_scoped_to_the_environment_and_newest_connection() {
-        let hub = Hub::new(0, 10);
+        let hub = Hub::new(0, 10, 60);
         let mut first = hub.register(1, 100, 0);
         let mut second = hub.register(1, 100, 0);
         assert!(matches!(
@@ -319,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_backed_up_connection_is_still_disconnected() {
-        let hub = Hub::new(0, 10);
+        let hub = Hub::new(0, 10, 60);
         let mut reg = hub.register(1, 100, 0);
         while hub.send_to(1, 100, Outbound::Close(1000, "x")).is_ok() {}
         hub.disconnect(1, 1008, stagely_protocol::CLOSE_REVOKED);

@@ -5,6 +5,7 @@
 //! connections (agent id → socket) that deploys are dispatched through, `socket` one
 //! connection's life after the upgrade, and `download` finding the agent binaries to serve.
 
+pub mod admission;
 pub mod api;
 pub mod download;
 pub mod hub;

@@ -50,6 +50,8 @@ pub async fn create_agent(
             }
         })
         .await?;
+    // Its first handshake passes the per-address failure limit even from a busy address.
+    state.hub.admission.remember(crate::crypto::hash_token(&token));
     Ok(CreatedAgent {
         id,
         name,

@@ -57,6 +57,13 @@ pub fn authenticate(c: &Connection, token: &str) -> Result<Option<AgentIdentity>
         .map(|(agent, _)| agent))
 }
 
+/// The token hashes of every live agent (the handshake admission's "known" set at start).
+pub fn live_token_hashes(c: &Connection) -> Result<Vec<Vec<u8>>, DbError> {
+    let mut stmt = c.prepare("SELECT token_hash FROM agents WHERE revoked_at IS NULL")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 const INFO_SELECT: &str = "SELECT a.id, a.name, a.environment_id, e.name, p.id, p.name, a.online, a.last_heartbeat,
         a.agent_version, a.hostname, a.docker_version, a.compose_version, a.created_at, a.revoked_at IS NOT NULL
      FROM agents a JOIN environments e ON e.id = a.environment_id JOIN projects p ON p.id = e.project_id";

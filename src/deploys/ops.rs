@@ -70,6 +70,11 @@ pub async fn trigger(
         agent_id,
         Masker::new(secrets.iter().map(|s| s.value.as_str())),
     );
+    // Names and encoded sizes only (no value), to explain a frame that is too big.
+    let secret_sizes: Vec<(String, usize)> = secrets
+        .iter()
+        .map(|s| (s.key.clone(), encoded_len(&s.value)))
+        .collect();
     let frame = Zeroizing::new(protocol::encode(&ServerMessage::Deploy {
         deployment_id,
         project: ProjectSpec {
@@ -83,6 +88,21 @@ pub async fn trigger(
         },
         secrets,
     }));
+    if let Some(message) = oversized(&frame, &secret_sizes) {
+        // The agent would refuse the frame and the deploy end as `agent_lost` with no word of
+        // why (issue 12): say what is too big instead, on the deployment and to the caller.
+        tracing::warn!(
+            deployment_id,
+            agent_id,
+            bytes = frame.len(),
+            "DEPLOY frame over the limit: not sent"
+        );
+        end_by_server(state, deployment_id, env.id, &message).await;
+        return Err(DeployError::Invalid {
+            field: "secrets",
+            message,
+        });
+    }
     if let Err(e) = state.hub.send_to(agent_id, env.id, Outbound::Text(frame)) {
         tracing::warn!(deployment_id, agent_id, error = ?e, "agent went away before the DEPLOY could be queued");
         end_by_server(state, deployment_id, env.id, "agent_offline").await;
@@ -98,6 +118,55 @@ pub async fn trigger(
         environment_id: env.id,
     });
     Ok(deployment_id)
+}
+
+/// A DEPLOY frame the agent would refuse (over [`protocol::MAX_FRAME_BYTES`]): what to tell
+/// the person, naming the largest secrets by key with their encoded sizes. `None` when it fits.
+fn oversized(frame: &str, secret_sizes: &[(String, usize)]) -> Option<String> {
+    if frame.len() <= protocol::MAX_FRAME_BYTES {
+        return None;
+    }
+    let total: usize = secret_sizes.iter().map(|(_, n)| n).sum();
+    let mut largest: Vec<&(String, usize)> = secret_sizes.iter().collect();
+    largest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let named: Vec<String> = largest
+        .iter()
+        .take(3)
+        .map(|(key, n)| format!("{key} ({})", size(*n)))
+        .collect();
+    Some(format!(
+        "the DEPLOY message is {} and the agent accepts at most {}; its {} secret values take {} \
+         once JSON-encoded (quotes, backslashes and control characters take 2-6 bytes each), the \
+         largest being {}. Make the values smaller or fewer (e.g. mount large files on the target \
+         instead of storing them as secrets)",
+        size(frame.len()),
+        size(protocol::MAX_FRAME_BYTES),
+        secret_sizes.len(),
+        size(total),
+        if named.is_empty() {
+            "none".to_owned()
+        } else {
+            named.join(", ")
+        },
+    ))
+}
+
+/// A value's size inside the JSON frame (escaping included).
+fn encoded_len(value: &str) -> usize {
+    serde_json::to_string(value).map_or(value.len(), |s| s.len())
+}
+
+/// Bytes for people: `1.3 MiB`, `12.0 KiB`, `900 B`.
+fn size(bytes: usize) -> String {
+    #[allow(clippy::cast_precision_loss, reason = "one decimal for display")]
+    let b = bytes as f64;
+    if bytes >= 1024 * 1024 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if bytes >= 1024 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
 }
 
 /// Where a deploy goes: the project, its environment, an online agent there, and the sealed
@@ -245,5 +314,31 @@ pub async fn end_by_server(state: &AppState, deployment_id: i64, environment_id:
             state.hub.end_deploy(deployment_id);
         }
         Err(e) => tracing::error!(deployment_id, error = %e, "cannot mark deployment failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_frame_is_explained_without_values() {
+        let sizes = vec![
+            ("BIG".to_owned(), 700 * 1024),
+            ("ALSO".to_owned(), 600 * 1024),
+            ("SMALL".to_owned(), 10),
+        ];
+        let frame = "x".repeat(1_300 * 1024 + 100);
+        let msg = oversized(&frame, &sizes).unwrap();
+        assert!(
+            msg.starts_with("the DEPLOY message is 1.3 MiB and the agent accepts at most 1.0 MiB"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("BIG (700.0 KiB), ALSO (600.0 KiB), SMALL (10 B)"),
+            "{msg}"
+        );
+        assert!(oversized("small", &sizes).is_none());
+        assert_eq!(encoded_len("a\"b\n"), 8);
     }
 }

@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod error;
 pub mod layout;
 pub mod request;
+pub mod serve;
 pub mod session;
 
 use axum::Router;
@@ -169,11 +170,10 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Client addresses are needed for the per-address sign-in rate limit and trusted proxies.
-    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Client addresses (ConnectInfo) are needed for the per-address limits and trusted proxies;
+    // serve::serve adds them, with the connection timeouts and the per-address cap.
+    let limits = state.config.http.clone();
+    serve::serve(listener, router(state), &limits, shutdown).await
 }
 
 /// Unknown paths: JSON under `/api/`, a styled page everywhere else.

@@ -32,6 +32,9 @@ const METRICS: &[&str] = &[
     "storm_healthz_max",
     "deploy_overhead",
     "sqlite_deploys_per_sec",
+    "flood_agents_online",
+    "flood_dispatch_p99",
+    "halfopen_healthz_p99",
 ];
 
 #[test]

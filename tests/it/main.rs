@@ -3,6 +3,7 @@
 // Test code panics on purpose when an expectation fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod agent_engine;
 mod agent_git;
 mod agent_override;

@@ -37,15 +37,49 @@ async fn a_backup_taken_while_serving_restores_and_deploys_the_same_secrets() {
     .await;
     let (agent_id, token) = api.agent(envs[0], "a").await;
 
+    // By default the key stays out (issue 12), and the output says so and which key it is.
     let archive = dir.path().join("backup.tar");
     let out = stagely(&["backup", "--out", archive.to_str().unwrap()], &data);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("key included"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("master key is NOT included"), "{said}");
+    let recipient = said
+        .split("public key ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_owned();
+    assert!(recipient.starts_with("age1"), "{said}");
+    assert!(!file_holds(&archive, "AGE-SECRET-KEY"), "no key in the archive");
+    // The old flag is still accepted.
+    let no_key = dir.path().join("no-key.tar");
+    let out = stagely(&["backup", "--no-key", "--out", no_key.to_str().unwrap()], &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!file_holds(&no_key, "AGE-SECRET-KEY"));
     server.terminate().await;
 
+    // Restore into a fresh dir says which key it needs; with the key file in place it works.
     let restored = dir.path().join("restored");
     let out = stagely(&["restore", archive.to_str().unwrap()], &restored);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&recipient) && err.contains("master.key"),
+        "names the key file and its public key: {err}"
+    );
+    std::fs::copy(data.join("master.key"), restored.join("master.key")).unwrap();
+    let out = stagely(&["restore", archive.to_str().unwrap()], &restored);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // With --include-key the archive carries the key, and says so.
+    let with_key = dir.path().join("with-key.tar");
+    let out = stagely(
+        &["backup", "--include-key", "--out", with_key.to_str().unwrap()],
+        &restored,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("master key is included"));
+    assert!(file_holds(&with_key, "AGE-SECRET-KEY"));
     let out = stagely(&["restore", archive.to_str().unwrap()], &restored);
     assert!(
         !out.status.success(),
@@ -65,6 +99,10 @@ async fn a_backup_taken_while_serving_restores_and_deploys_the_same_secrets() {
         "the secret arrives intact after restore"
     );
     server.terminate().await;
+}
+
+fn file_holds(path: &Path, needle: &str) -> bool {
+    crate::common::file_contains(path, needle)
 }
 
 fn docker(args: &[&str]) -> String {

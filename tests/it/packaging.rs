@@ -202,3 +202,37 @@ fn the_agent_binary_carries_no_server_code() {
         assert!(!has(&agent, marker), "the agent binary contains {marker}");
     }
 }
+
+#[test]
+fn the_units_and_the_compose_file_raise_descriptors_and_forbid_core_dumps() {
+    // Issue 12: 1,024 descriptors capped the fleet near a thousand agents, and a core dump of
+    // either process would hold secrets. The agent unit is also what install.sh installs
+    // (src/agents/download.rs embeds this file).
+    for unit in [
+        "packaging/systemd/stagely.service",
+        "packaging/systemd/stagely-agent.service",
+    ] {
+        let text = std::fs::read_to_string(repo().join(unit)).unwrap();
+        let service: Vec<&str> = text
+            .split("[Service]")
+            .nth(1)
+            .and_then(|s| s.split("\n[").next())
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .collect();
+        for line in ["LimitNOFILE=65536", "LimitCORE=0"] {
+            assert!(service.contains(&line), "{unit} [Service] lacks {line}");
+        }
+    }
+    let compose = std::fs::read_to_string(repo().join("packaging/compose.yaml")).unwrap();
+    let ulimits = compose
+        .split("ulimits:")
+        .nth(1)
+        .expect("compose.yaml sets ulimits");
+    let lines: Vec<&str> = ulimits.lines().map(str::trim).take(3).collect();
+    assert!(
+        lines.contains(&"nofile: 65536") && lines.contains(&"core: 0"),
+        "{lines:?}"
+    );
+}

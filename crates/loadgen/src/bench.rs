@@ -293,9 +293,12 @@ pub async fn main(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     let load_before = machine()["loadavg"].as_str().unwrap_or_default().to_owned();
     let mut res = Results::default();
-    let needs_fixture = groups
-        .iter()
-        .any(|g| matches!(*g, "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite"));
+    let needs_fixture = groups.iter().any(|g| {
+        matches!(
+            *g,
+            "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite" | "abuse"
+        )
+    });
     if needs_fixture {
         bench.make_fixture().await?;
     }
@@ -375,6 +378,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
             "slow" => crate::slow::run(b, res).await,
             "overhead" => crate::overhead::run(b, res, run).await,
             "sqlite" => crate::deploys::sqlite(b, res).await,
+            "abuse" => crate::abuse::run(b, res).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {

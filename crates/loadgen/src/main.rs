@@ -6,6 +6,7 @@
 //! (the open-file limit is per process). The appliance's memory and CPU are read from its own
 //! `/proc/<pid>`, never from the generator. CLI glue: errors are `anyhow` with context.
 
+mod abuse;
 mod agent;
 mod bench;
 mod deploys;

@@ -56,6 +56,7 @@ pub const GROUPS: &[&str] = &[
     "storm",
     "overhead",
     "sqlite",
+    "abuse",
 ];
 
 pub const CATALOGUE: &[Spec] = &[
@@ -250,6 +251,30 @@ pub const CATALOGUE: &[Spec] = &[
         "≥ 1,000/s",
         "records/s",
         Goal::AtLeast(1_000.0),
+    ),
+    spec(
+        "flood_agents_online",
+        "abuse",
+        "agents back online within 30 s during a tokenless handshake flood",
+        "100 %",
+        "%",
+        Goal::AtLeast(100.0),
+    ),
+    spec(
+        "flood_dispatch_p99",
+        "abuse",
+        "dispatch p99 during a tokenless handshake flood",
+        "(context)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
+        "halfopen_healthz_p99",
+        "abuse",
+        "/healthz p99 (another address) with 1,000 half-open connections from one",
+        "answered",
+        "ms",
+        Goal::Info,
     ),
 ];
 

@@ -6,15 +6,19 @@ pub mod socket;
 
 use axum::Extension;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Path, State};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::download::{self, DownloadError};
 use super::ops::{self, CreatedAgent};
-use super::{AgentError, AgentInfo, store};
+use super::{AGENT_TOKEN_PREFIX, AgentError, AgentIdentity, AgentInfo, store};
 use crate::app::AppState;
+use crate::crypto::hash_token;
 use crate::users::Principal;
 use crate::web::error::{Json, WebError};
 use stagely_protocol as protocol;
@@ -120,26 +124,13 @@ pub async fn install_script(State(state): State<AppState>) -> Response {
 /// connection.
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !state.hub.admit_handshake() {
-        // Spread the retry over a few seconds so a herd does not come back together.
-        let retry = 1 + u64::from(rand::random::<u8>() % 5);
-        let mut response = WebError::Unavailable("too many agent connections at once".into()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return response;
-    }
-    let Some(token) = bearer(&headers) else {
-        return WebError::Unauthorized.into_response();
-    };
-    let token = token.to_owned();
-    let agent = match state.db.read(move |c| store::authenticate(c, &token)).await {
-        Ok(Some(agent)) => agent,
-        Ok(None) => return WebError::Unauthorized.into_response(),
-        Err(e) => return WebError::from(e).into_response(),
+    let agent = match admit(&state, peer.ip(), &headers).await {
+        Ok(agent) => agent,
+        Err(response) => return response,
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -160,6 +151,57 @@ pub async fn upgrade(
             tokio::spawn(socket::run(state, agent, socket));
             std::future::ready(())
         })
+}
+
+/// The agent a handshake's token belongs to, or the refusal. Order matters (issue 12): a request
+/// without a valid token never spends the shared budget; one without a token costs a header
+/// look; a wrong token is charged to its address, which past its allowance gets 429 before any
+/// lookup. The token's hash decides whether the address allowance applies at all.
+async fn admit(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<AgentIdentity, Response> {
+    let admission = &state.hub.admission;
+    let token = bearer(headers).filter(|t| t.starts_with(AGENT_TOKEN_PREFIX));
+    let hash = token.map(hash_token);
+    let known = hash.as_deref().is_some_and(|h| admission.is_known(h));
+    if !known && let Err(retry) = admission.try_attempt(ip, Instant::now()) {
+        return Err(WebError::TooMany {
+            retry_after_secs: retry.as_secs().max(1),
+        }
+        .into_response());
+    }
+    let (Some(token), Some(hash)) = (token, hash) else {
+        return Err(WebError::Unauthorized.into_response());
+    };
+    let token = token.to_owned();
+    // A point read on an index: microseconds, on this thread when a reader is free.
+    let agent = match state.db.lookup(move |c| store::authenticate(c, &token)).await {
+        Ok(Some(agent)) => agent,
+        Ok(None) => {
+            admission.forget(&hash);
+            return Err(WebError::Unauthorized.into_response());
+        }
+        Err(e) => return Err(WebError::from(e).into_response()),
+    };
+    if !known {
+        admission.refund(ip);
+        admission.remember(hash);
+    }
+    if !state.hub.admit_handshake() {
+        // Spread the retry over a few seconds so a herd does not come back together.
+        let retry = 1 + u64::from(rand::random::<u8>() % 5);
+        return Err(refusal(
+            WebError::Unavailable("too many agent connections at once".into()),
+            retry,
+        ));
+    }
+    Ok(agent)
+}
+
+fn refusal(error: WebError, retry_after_secs: u64) -> Response {
+    let mut response = error.into_response();
+    if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
 }
 
 /// The token from `Authorization: Bearer …`.

@@ -175,29 +175,34 @@ impl Connected<'_> {
     async fn incoming(&mut self, msg: Message) -> Option<&'static str> {
         let (state, agent) = (self.state, self.agent);
         match msg {
-            Message::Text(text) => {
-                if let Err(reply) = handle_text(state, agent, text.as_str(), self.socket).await {
-                    self.bad_frames += 1;
-                    send_anyway(self.socket, reply).await;
-                    if self.bad_frames > MAX_BAD_FRAMES {
-                        send_anyway(self.socket, close(1008, "too many invalid frames")).await;
-                        return Some("too many invalid frames");
-                    }
-                }
-                None
-            }
+            Message::Text(text) => match handle_text(state, agent, text.as_str(), self.socket).await {
+                Err(reply) => self.bad_frame(reply).await,
+                Ok(()) => None,
+            },
+            // Counted like any other invalid frame (issue 12), so a flood of them ends the
+            // connection instead of costing a warning and a reply each, forever.
             Message::Binary(_) => {
                 tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
-                send_anyway(
-                    self.socket,
-                    error_frame("bad_message", "binary frames are not part of the protocol"),
-                )
-                .await;
-                None
+                self.bad_frame(error_frame(
+                    "bad_message",
+                    "binary frames are not part of the protocol",
+                ))
+                .await
             }
             Message::Ping(_) | Message::Pong(_) => None,
             Message::Close(_) => Some("closed by agent"),
         }
+    }
+
+    /// Answer an invalid frame; past [`MAX_BAD_FRAMES`] of them, close the connection.
+    async fn bad_frame(&mut self, reply: Message) -> Option<&'static str> {
+        self.bad_frames += 1;
+        send_anyway(self.socket, reply).await;
+        if self.bad_frames > MAX_BAD_FRAMES {
+            send_anyway(self.socket, close(1008, "too many invalid frames")).await;
+            return Some("too many invalid frames");
+        }
+        None
     }
 
     async fn end(self, reason: &'static str) {
