@@ -262,7 +262,10 @@ mod tests {
         let net = Cidr::parse(" 10.1.2.3/8 ").unwrap();
         assert_eq!(net.to_string(), "10.0.0.0/8");
         assert!(net.contains(ip("10.200.0.1")) && !net.contains(ip("11.0.0.1")));
-        assert!(net.contains(ip("::ffff:10.0.0.9")), "IPv4-mapped peers count as IPv4");
+        assert!(
+            net.contains(ip("::ffff:10.0.0.9")),
+            "IPv4-mapped peers count as IPv4"
+        );
         let one = Cidr::parse("192.0.2.7").unwrap();
         assert_eq!(one.to_string(), "192.0.2.7/32");
         assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));

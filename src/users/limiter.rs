@@ -155,8 +155,12 @@ impl LoginLimiter {
     }
 }
 
+/// Whole seconds from `now` to `at`, rounded up, at least 1 (what `Retry-After` says).
 fn secs_until(at: i64, now: i64) -> u64 {
-    u64::try_from((at - now).max(0) / 1000 + 1).unwrap_or(1)
+    u64::try_from(at.saturating_sub(now))
+        .unwrap_or(0)
+        .div_ceil(1000)
+        .max(1)
 }
 
 #[cfg(test)]
@@ -178,7 +182,7 @@ mod tests {
         drop(l.reserve("1.1.1.1", "admin", 5_000).unwrap());
         assert_eq!(l.reserve("1.1.1.1", "admin", 5_001).unwrap_err(), 10);
         drop(l.reserve("1.1.1.1", "admin", 15_000).unwrap());
-        assert_eq!(l.reserve("1.1.1.1", "admin", 15_000).unwrap_err(), 21);
+        assert_eq!(l.reserve("1.1.1.1", "admin", 15_000).unwrap_err(), 20);
         // A success from the pair forgets it.
         let ok = l.reserve("1.1.1.1", "admin", 40_000).unwrap();
         l.succeeded(ok);
@@ -197,7 +201,7 @@ mod tests {
         for name in ["c", "d", "e"] {
             drop(l.reserve("1.1.1.1", name, 0).unwrap());
         }
-        assert_eq!(l.reserve("1.1.1.1", "f", 1000).unwrap_err(), 60, "any account");
+        assert_eq!(l.reserve("1.1.1.1", "f", 1000).unwrap_err(), 59, "any account");
         assert!(l.reserve("2.2.2.2", "f", 1000).is_ok(), "another address");
         assert!(l.reserve("1.1.1.1", "f", 60_000).is_ok(), "window passed");
         // A cancel restores the pair's wait as it was.

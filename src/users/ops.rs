@@ -32,16 +32,12 @@ pub async fn check_sign_in(
 ) -> Result<User, UserError> {
     let now = now_ms();
     let username = username.trim().to_owned();
-    let reservation = state
-        .auth
-        .limiter
-        .reserve(ip, &username, now)
-        .map_err(|wait| {
-            tracing::info!(%ip, "sign-in refused before checking: rate limited");
-            UserError::RateLimited {
-                retry_after_secs: wait,
-            }
-        })?;
+    let reservation = state.auth.limiter.reserve(ip, &username, now).map_err(|wait| {
+        tracing::info!(%ip, "sign-in refused before checking: rate limited");
+        UserError::RateLimited {
+            retry_after_secs: wait,
+        }
+    })?;
     let lookup = username.clone();
     let found = match state.db.read(move |c| store::by_username(c, &lookup)).await {
         Ok(found) => found,

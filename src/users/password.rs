@@ -122,7 +122,11 @@ impl HashPool {
 
     /// Check a password against a stored hash. With no stored hash (unknown user, GitHub-only
     /// user) a dummy hash is checked instead, so the answer takes as long either way.
-    pub async fn verify(&self, password: Zeroizing<String>, stored: Option<String>) -> Result<bool, PasswordError> {
+    pub async fn verify(
+        &self,
+        password: Zeroizing<String>,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
         match self.run(Work::Verify(password, stored)).await? {
             Done::Verified(ok) => Ok(ok),
             Done::Hashed(_) => Err(PasswordError::Task("unexpected answer".into())),

@@ -14,6 +14,9 @@ use crate::db::{DbError, rfc3339};
 const USER_COLUMNS: &str = "id, username, display_name, role, github_login, disabled, created_at, \
      password_hash IS NOT NULL, github_id";
 
+/// How many columns [`USER_COLUMNS`] names: a query's own columns follow them.
+const USER_COLUMN_COUNT: usize = 9;
+
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     let id: i64 = r.get(0)?;
     Ok(User {
@@ -53,7 +56,7 @@ pub fn by_username(c: &Connection, username: &str) -> Result<Option<(User, Optio
     Ok(c.query_row(
         &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?1 COLLATE NOCASE"),
         [username],
-        |r| Ok((user_from_row(r)?, r.get(9)?)),
+        |r| Ok((user_from_row(r)?, r.get(USER_COLUMN_COUNT)?)),
     )
     .optional()?)
 }
@@ -253,9 +256,9 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
         .query_row(params![hash, now], |r| {
             Ok(SessionRow {
                 user: user_from_row(r)?,
-                id_hash: r.get(8)?,
-                csrf: r.get(9)?,
-                expires_at: r.get(10)?,
+                id_hash: r.get(USER_COLUMN_COUNT)?,
+                csrf: r.get(USER_COLUMN_COUNT + 1)?,
+                expires_at: r.get(USER_COLUMN_COUNT + 2)?,
             })
         })
         .optional()?;
@@ -519,4 +522,12 @@ pub fn revoke_token(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbE
         "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, now],
     )? == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_user_column_count_matches_the_list() {
+        assert_eq!(super::USER_COLUMNS.split(", ").count(), super::USER_COLUMN_COUNT);
+    }
 }

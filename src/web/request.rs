@@ -222,7 +222,10 @@ mod tests {
         assert_eq!(client_addr(&c, ip("10.0.0.1"), &spoofed), ip("198.51.100.7"));
         // From anyone else the header is ignored.
         assert_eq!(client_addr(&c, ip("203.0.113.9"), &spoofed), ip("203.0.113.9"));
-        assert_eq!(client_addr(&c, ip("::ffff:203.0.113.9"), &spoofed), ip("203.0.113.9"));
+        assert_eq!(
+            client_addr(&c, ip("::ffff:203.0.113.9"), &spoofed),
+            ip("203.0.113.9")
+        );
         // No header, or only trusted hops.
         assert_eq!(client_addr(&c, ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
         let inside = headers(&[("x-forwarded-for", "10.9.9.9"), ("x-forwarded-for", "10.0.0.3")]);

@@ -28,9 +28,9 @@ use crate::app::AppState;
 use crate::db::now_ms;
 use crate::users::ops::GithubIdentity;
 use crate::users::{Principal, UserError, ops};
-use crate::web::request::ClientAddr;
 use crate::web::error::WebError;
 use crate::web::layout::{self, PageError, bare_page, no_store};
+use crate::web::request::ClientAddr;
 use crate::web::session;
 
 const FLOW_COOKIE: &str = "stagely_oauth";
@@ -301,16 +301,18 @@ fn allowed(state: &AppState, id: &Identity) -> bool {
     let gh = &state.config.github;
     let numeric = |e: &String| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit());
     let user_id = id.user.id.to_string();
-    let by_user = gh
-        .allowed_logins
-        .iter()
-        .any(|e| if numeric(e) { *e == user_id } else { *e == id.user.login });
-    // Organisation ids only match numeric entries; logins only the others.
-    let by_org = id.orgs.iter().any(|o| {
-        gh.allowed_orgs
-            .iter()
-            .any(|e| numeric(e) == numeric(o) && e == o)
+    let by_user = gh.allowed_logins.iter().any(|e| {
+        if numeric(e) {
+            *e == user_id
+        } else {
+            *e == id.user.login
+        }
     });
+    // Organisation ids only match numeric entries; logins only the others.
+    let by_org = id
+        .orgs
+        .iter()
+        .any(|o| gh.allowed_orgs.iter().any(|e| numeric(e) == numeric(o) && e == o));
     by_user || by_org
 }
 
@@ -337,7 +339,15 @@ async fn sign_in(
     let default_role = state.config.github.default_role;
     match ops::github_sign_in(state, &id.user, default_role, &client.to_string()).await {
         Ok(user) => {
-            start_session(state, client, user.id, &user.username, "user.sign_in_github", next).await
+            start_session(
+                state,
+                client,
+                user.id,
+                &user.username,
+                "user.sign_in_github",
+                next,
+            )
+            .await
         }
         Err(UserError::GithubIdMismatch { login }) => Ok(refused(
             "This GitHub login belongs to someone else now",

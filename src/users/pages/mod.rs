@@ -21,10 +21,10 @@ use super::{Role, UserError, ops};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::web::error::WebError;
-use crate::web::request::ClientAddr;
 use crate::web::layout::{
     self, FormErrors, PageError, bare_page, field_error, form_banner, invalid, no_store,
 };
+use crate::web::request::ClientAddr;
 use crate::web::session::{self, Session};
 
 /// Only local paths: an attacker's link must not turn sign-in into an open redirect.
