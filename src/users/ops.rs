@@ -38,6 +38,16 @@ pub async fn check_sign_in(
             retry_after_secs: wait,
         }
     })?;
+    // A place on the password threads before the lookup: a flood beyond them costs neither a
+    // database read nor a hash.
+    let slot = match state.auth.passwords.admit() {
+        Ok(slot) => slot,
+        Err(_) => {
+            state.auth.limiter.cancel(reservation);
+            tracing::warn!(%ip, "sign-in refused: every password thread is busy");
+            return Err(UserError::Busy);
+        }
+    };
     let lookup = username.clone();
     let found = match state.db.read(move |c| store::by_username(c, &lookup)).await {
         Ok(found) => found,
@@ -51,7 +61,7 @@ pub async fn check_sign_in(
         None => (None, None),
     };
     // Verified even for an unknown user, so the answer takes as long either way.
-    let password_ok = match state.auth.passwords.verify(password_text, hash).await {
+    let password_ok = match state.auth.passwords.verify_in(slot, password_text, hash).await {
         Ok(ok) => ok,
         Err(e) => {
             state.auth.limiter.cancel(reservation);

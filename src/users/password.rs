@@ -2,7 +2,10 @@
 //! threads of its own.
 //!
 //! Each hash holds 19 MiB while it runs, so how many run at once is what bounds the appliance's
-//! memory under a flood of sign-ins. The pool runs `threads` at a time and lets `queue` more
+//! memory under a flood of sign-ins. Each thread also keeps its 19 MiB of argon2 blocks and
+//! reuses them for every check: allocating them per check made glibc keep ~60 MB per thread
+//! (its mmap threshold rises after the first free, so later blocks come from the thread's arena
+//! and stay there), 400 MB under a flood with only two threads (BENCHMARKS.md). The pool runs `threads` at a time and lets `queue` more
 //! wait; anything beyond is refused at once ([`PasswordError::Busy`], answered 429 +
 //! `Retry-After`) instead of piling up. It is not tokio's blocking pool, which the database
 //! uses: a sign-in flood cannot take the database's threads.
@@ -11,8 +14,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::PasswordHash;
+use argon2::password_hash::PasswordHasher;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
@@ -43,8 +47,10 @@ struct Job {
     _slot: Slot,
 }
 
-/// One admitted job (queued or running); gives its place back when dropped.
-struct Slot(Arc<AtomicUsize>);
+/// A place in the pool (queued or running), taken with [`HashPool::admit`] before the work that
+/// leads to a hash (a sign-in's user lookup), so a flood is turned away before it costs
+/// anything; gives its place back when dropped.
+pub struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -86,7 +92,8 @@ impl HashPool {
         self.verified.load(Ordering::Acquire)
     }
 
-    fn admit(&self) -> Result<Slot, PasswordError> {
+    /// Take a place, or [`PasswordError::Busy`] at once when the threads and the queue are full.
+    pub fn admit(&self) -> Result<Slot, PasswordError> {
         self.admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.capacity).then_some(n + 1)
@@ -95,8 +102,7 @@ impl HashPool {
         Ok(Slot(Arc::clone(&self.admitted)))
     }
 
-    async fn run(&self, work: Work) -> Result<Done, PasswordError> {
-        let slot = self.admit()?;
+    async fn run(&self, slot: Slot, work: Work) -> Result<Done, PasswordError> {
         let (reply, done) = oneshot::channel();
         let job = Job {
             work,
@@ -114,7 +120,7 @@ impl HashPool {
 
     /// Hash a password into a PHC string (`$argon2id$v=19$…`).
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, PasswordError> {
-        match self.run(Work::Hash(password)).await? {
+        match self.run(self.admit()?, Work::Hash(password)).await? {
             Done::Hashed(r) => r,
             Done::Verified(_) => Err(PasswordError::Task("unexpected answer".into())),
         }
@@ -127,7 +133,17 @@ impl HashPool {
         password: Zeroizing<String>,
         stored: Option<String>,
     ) -> Result<bool, PasswordError> {
-        match self.run(Work::Verify(password, stored)).await? {
+        self.verify_in(self.admit()?, password, stored).await
+    }
+
+    /// [`HashPool::verify`] in a place already taken.
+    pub async fn verify_in(
+        &self,
+        slot: Slot,
+        password: Zeroizing<String>,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        match self.run(slot, Work::Verify(password, stored)).await? {
             Done::Verified(ok) => Ok(ok),
             Done::Hashed(_) => Err(PasswordError::Task("unexpected answer".into())),
         }
@@ -135,6 +151,8 @@ impl HashPool {
 }
 
 fn worker(rx: &Mutex<mpsc::Receiver<Job>>, verified: &AtomicU64) {
+    // This thread's argon2 memory, made once (at the first check) and reused.
+    let mut memory: Vec<Block> = Vec::new();
     loop {
         let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
             Ok(job) => job,
@@ -145,7 +163,7 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, verified: &AtomicU64) {
         let done = std::panic::catch_unwind(AssertUnwindSafe(|| match work {
             Work::Hash(password) => Done::Hashed(hash_now(&password)),
             Work::Verify(password, stored) => {
-                let ok = verify_now(&password, stored.as_deref());
+                let ok = verify_now(&password, stored.as_deref(), &mut memory);
                 verified.fetch_add(1, Ordering::AcqRel);
                 Done::Verified(ok)
             }
@@ -164,15 +182,43 @@ fn hash_now(password: &str) -> Result<String, PasswordError> {
         .map_err(|e| PasswordError::Hash(e.to_string()))
 }
 
-fn verify_now(password: &str, stored: Option<&str>) -> bool {
+/// Check `password` against a PHC string in `memory` (grown to the hash's block count once). An
+/// unparsable or unknown hash fails closed. Same computation as `PasswordVerifier`, but with
+/// the thread's own blocks, and the output compared in constant time.
+fn verify_now(password: &str, stored: Option<&str>, memory: &mut Vec<Block>) -> bool {
     let (hash, real) = match stored {
         Some(h) => (h, true),
         None => (dummy_hash(), false),
     };
-    let ok = Argon2::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok();
-    ok && real
+    let Ok(phc) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
+        return false;
+    };
+    let algorithm = Algorithm::try_from(phc.algorithm.as_str());
+    let version = phc.version.map_or(Ok(Version::default()), Version::try_from);
+    let (Ok(algorithm), Ok(version), Ok(params)) = (algorithm, version, Params::try_from(&phc)) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::new());
+    }
+    let mut out = Zeroizing::new([0_u8; 64]);
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    let Some(blocks) = memory.get_mut(..blocks) else {
+        return false;
+    };
+    let computed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.as_bytes(),
+        salt,
+        out,
+        blocks,
+    );
+    computed.is_ok() && crate::crypto::ct_eq(out, expected.as_bytes()) && real
 }
 
 fn dummy_hash() -> &'static str {

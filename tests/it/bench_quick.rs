@@ -32,6 +32,9 @@ const METRICS: &[&str] = &[
     "storm_healthz_max",
     "deploy_overhead",
     "sqlite_deploys_per_sec",
+    "signin_peak_rss",
+    "signin_rss_added",
+    "signin_busy_share",
 ];
 
 #[test]

@@ -18,6 +18,7 @@ mod overhead;
 mod report;
 mod server;
 mod setup;
+mod signin;
 mod slow;
 mod swarm;
 

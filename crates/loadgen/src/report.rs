@@ -56,6 +56,7 @@ pub const GROUPS: &[&str] = &[
     "storm",
     "overhead",
     "sqlite",
+    "signin",
 ];
 
 pub const CATALOGUE: &[Spec] = &[
@@ -250,6 +251,30 @@ pub const CATALOGUE: &[Spec] = &[
         "≥ 1,000/s",
         "records/s",
         Goal::AtLeast(1_000.0),
+    ),
+    spec(
+        "signin_peak_rss",
+        "signin",
+        "appliance peak RSS, 200 concurrent sign-ins (wrong passwords, each client its own address)",
+        "bounded (≤ 100 MB)",
+        "MB",
+        Goal::AtMost(100.0),
+    ),
+    spec(
+        "signin_rss_added",
+        "signin",
+        "RSS added by the sign-in flood (peak − before)",
+        "(context)",
+        "MB",
+        Goal::Info,
+    ),
+    spec(
+        "signin_busy_share",
+        "signin",
+        "share of flood sign-ins answered 429 at once (password threads busy)",
+        "(context)",
+        "%",
+        Goal::Info,
     ),
 ];
 
