@@ -255,7 +255,7 @@ pub async fn github_sign_in(
     let GithubIdentity { id: gid, login } = identity.clone();
     let from = from.to_owned();
     // The outer error rolls back; the inner one is a refusal whose audit entry must commit.
-    let outcome = state
+    state
         .db
         .write(move |tx| -> Result<Result<User, UserError>, UserError> {
             let now = now_ms();
@@ -315,8 +315,7 @@ pub async fn github_sign_in(
             )?;
             Ok(Ok(store::get(tx, id)?))
         })
-        .await?;
-    outcome
+        .await?
 }
 
 /// On a start with no users, issue a fresh one-time setup link (older unused ones stop working)
