@@ -570,6 +570,40 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_cidr_blocks_from_file_or_environment() {
+        let c = Config::load(None, vec![], &Overrides::default()).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c.is_trusted_proxy(ip("127.0.0.1")) && c.is_trusted_proxy(ip("::1")));
+        assert!(!c.is_trusted_proxy(ip("10.0.0.1")), "loopback only by default");
+        let c = Config::load(
+            None,
+            env(&[
+                ("STAGELY_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7,fd00::/8"),
+                ("STAGELY_CLIENT_ADDRESS_HEADER", "Forwarded"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        for (addr, trusted) in [
+            ("10.20.30.40", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("fd12::1", true),
+            ("127.0.0.1", false),
+        ] {
+            assert_eq!(c.is_trusted_proxy(ip(addr)), trusted, "{addr}");
+        }
+        assert_eq!(c.client_address_header, ClientAddressHeader::Forwarded);
+        let err = Config::load(
+            None,
+            env(&[("STAGELY_CLIENT_ADDRESS_HEADER", "x-real-ip")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("client_address_header"), "{err}");
+    }
+
+    #[test]
     fn unknown_env_variables_are_ignored() {
         let c = Config::load(
             None,
