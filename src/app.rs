@@ -40,6 +40,8 @@ pub enum StartError {
         "another Stagely process is serving from {0} (its lock file is held); stop it first or use another data_dir"
     )]
     Locked(String),
+    #[error("cannot start the password threads: {0}")]
+    Threads(std::io::Error),
     #[error("cannot open lock file {path}: {source}")]
     LockFile { path: String, source: std::io::Error },
 }
@@ -140,7 +142,7 @@ impl Opened {
             Duration::from_millis(config.deploys.log_flush_ms),
             shutdown.clone(),
         );
-        let auth = Arc::new(crate::users::AuthState::new(&config.auth));
+        let auth = Arc::new(crate::users::AuthState::new(&config.auth).map_err(StartError::Threads)?);
         let state = AppState {
             config: Arc::new(config),
             db,

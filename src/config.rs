@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::users::Role;
 
 mod types;
-pub use types::{HttpUrl, LogFormat, PublicUrl, SecretString};
+pub use types::{Cidr, ClientAddressHeader, HttpUrl, LogFormat, PublicUrl, SecretString};
 
 /// Where the appliance listens unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -46,8 +46,12 @@ pub struct Config {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
-    /// Peers whose `X-Request-Id` header is kept (a reverse proxy in front of the appliance).
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Reverse proxies in front of the appliance (CIDR blocks or plain addresses). Only from
+    /// these peers is the client address taken from `client_address_header` and `X-Request-Id`
+    /// kept; from anyone else both are ignored.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded`.
+    pub client_address_header: ClientAddressHeader,
     pub http: HttpConfig,
     pub agents: AgentsConfig,
     pub deploys: DeploysConfig,
@@ -116,12 +120,18 @@ pub struct DeploysConfig {
 pub struct AuthConfig {
     /// A web session ends this long after sign-in (sign-out and admin revocation end it sooner).
     pub session_hours: u64,
-    /// Failed sign-ins counted per client address and per account within this window.
+    /// Failed sign-ins counted per client address, and per account and address, within this
+    /// window (also the longest wait the per-account delay grows to).
     pub login_window_secs: u64,
-    /// Failed sign-ins allowed per client address within the window.
+    /// Failed sign-ins allowed per client address within the window; then that address waits.
     pub login_max_failures_per_ip: u32,
-    /// Failed sign-ins allowed per account within the window.
+    /// Failed sign-ins for one account from one address before each further attempt from that
+    /// address waits (5 s, doubling, up to the window). Never a lock of the account itself.
     pub login_max_failures_per_account: u32,
+    /// Passwords checked (argon2id, 19 MiB each) at once, on threads of their own.
+    pub password_hash_threads: u32,
+    /// Sign-ins that may wait for a password thread; beyond them the answer is 429 at once.
+    pub password_hash_queue: u32,
     /// How long an invitation link stays valid.
     pub invite_hours: u64,
 }
@@ -159,6 +169,8 @@ impl Default for AuthConfig {
             login_window_secs: 900,
             login_max_failures_per_ip: 50,
             login_max_failures_per_account: 10,
+            password_hash_threads: 2,
+            password_hash_queue: 16,
             invite_hours: 72,
         }
     }
@@ -199,7 +211,11 @@ impl Default for Config {
             agent_binaries_dir: PathBuf::new(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
-            trusted_proxies: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            trusted_proxies: [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+                .into_iter()
+                .map(Cidr::host)
+                .collect(),
+            client_address_header: ClientAddressHeader::XForwardedFor,
             http: HttpConfig::default(),
             agents: AgentsConfig::default(),
             deploys: DeploysConfig::default(),
@@ -359,6 +375,12 @@ impl Config {
         {
             return invalid("auth", "login limits and window must be at least 1");
         }
+        if self.auth.password_hash_threads == 0 || self.auth.password_hash_threads > 64 {
+            return invalid("auth.password_hash_threads", "must be between 1 and 64");
+        }
+        if self.auth.password_hash_queue > 10_000 {
+            return invalid("auth.password_hash_queue", "must be at most 10000");
+        }
         if self.auth.invite_hours == 0 {
             return invalid("auth.invite_hours", "must be at least 1");
         }
@@ -414,6 +436,11 @@ impl Config {
 
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("stagely.db")
+    }
+
+    /// True when `ip` is one of `trusted_proxies`.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
     }
 
     /// True when cookies must be `Secure`.
@@ -585,6 +612,40 @@ mod tests {
         std::fs::write(&file, "lissen = \"0.0.0.0:1\"\n").unwrap();
         let err = Config::load(Some(&file), vec![], &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("lissen"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_blocks_from_file_or_environment() {
+        let c = Config::load(None, vec![], &Overrides::default()).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c.is_trusted_proxy(ip("127.0.0.1")) && c.is_trusted_proxy(ip("::1")));
+        assert!(!c.is_trusted_proxy(ip("10.0.0.1")), "loopback only by default");
+        let c = Config::load(
+            None,
+            env(&[
+                ("STAGELY_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7,fd00::/8"),
+                ("STAGELY_CLIENT_ADDRESS_HEADER", "Forwarded"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        for (addr, trusted) in [
+            ("10.20.30.40", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("fd12::1", true),
+            ("127.0.0.1", false),
+        ] {
+            assert_eq!(c.is_trusted_proxy(ip(addr)), trusted, "{addr}");
+        }
+        assert_eq!(c.client_address_header, ClientAddressHeader::Forwarded);
+        let err = Config::load(
+            None,
+            env(&[("STAGELY_CLIENT_ADDRESS_HEADER", "x-real-ip")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("client_address_header"), "{err}");
     }
 
     #[test]

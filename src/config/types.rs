@@ -151,6 +151,76 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
+/// One entry of `trusted_proxies`: a CIDR block (`10.0.0.0/8`, `fd00::/8`) or a plain address
+/// (one host). Written back in CIDR form. Held as an [`ipnet::IpNet`] (already in the build
+/// through hyper-util, and well kept): its prefix arithmetic is what we would otherwise write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Cidr(ipnet::IpNet);
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(Cidr(ipnet::IpNet::from(ip)));
+        }
+        s.parse::<ipnet::IpNet>()
+            .map(|n| Cidr(n.trunc()))
+            .map_err(|_| format!("{s:?} is not an address or a CIDR block such as 10.0.0.0/8 or fd00::/8"))
+    }
+
+    /// One host.
+    pub fn host(ip: std::net::IpAddr) -> Cidr {
+        Cidr(ipnet::IpNet::from(ip))
+    }
+
+    /// True when `ip` is inside this block. An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, as
+    /// a dual-stack listener sees IPv4 peers) counts as its IPv4 address.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which header a trusted proxy names the client in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAddressHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (Caddy and nginx set this one).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl<'de> Deserialize<'de> for ClientAddressHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ClientAddressHeader::XForwardedFor),
+            "forwarded" => Ok(ClientAddressHeader::Forwarded),
+            _ => Err(serde::de::Error::custom(
+                "client_address_header: allowed values are \"x-forwarded-for\" and \"forwarded\"",
+            )),
+        }
+    }
+}
+
 /// A secret read from config: never printed by `Debug`, never serialized, wiped on drop.
 #[derive(Clone, Default, Deserialize, zeroize::ZeroizeOnDrop)]
 #[serde(transparent)]
@@ -184,6 +254,27 @@ impl Serialize for SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxies_are_cidr_blocks_or_plain_addresses() {
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = Cidr::parse(" 10.1.2.3/8 ").unwrap();
+        assert_eq!(net.to_string(), "10.0.0.0/8");
+        assert!(net.contains(ip("10.200.0.1")) && !net.contains(ip("11.0.0.1")));
+        assert!(
+            net.contains(ip("::ffff:10.0.0.9")),
+            "IPv4-mapped peers count as IPv4"
+        );
+        let one = Cidr::parse("192.0.2.7").unwrap();
+        assert_eq!(one.to_string(), "192.0.2.7/32");
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
+        assert_eq!(Cidr::parse("::1").unwrap().to_string(), "::1/128");
+        for bad in ["", "proxy.local", "10.0.0.0/33", "10.0.0.1/", "1.2.3"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn urls_are_parsed_once_and_held_without_a_trailing_slash() {

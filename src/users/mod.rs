@@ -23,7 +23,11 @@ pub struct User {
     pub username: String,
     pub display_name: String,
     pub role: Role,
+    /// Shown only once `github_id` is bound: GitHub sign-in matches the id.
     pub github_login: Option<String>,
+    /// GitHub's numeric user id: `None` for an account linked by login that has not signed in
+    /// with GitHub since (it binds at that sign-in).
+    pub github_id: Option<i64>,
     pub disabled: bool,
     pub created_at: String,
     pub has_password: bool,
@@ -39,6 +43,13 @@ pub enum UserError {
     UsernameTaken(String),
     #[error("the GitHub login {0:?} is already linked to another user")]
     GithubTaken(String),
+    /// A GitHub identity whose login is linked to an account bound to another GitHub id (the
+    /// login was renamed and registered again by someone else).
+    #[error(
+        "the GitHub login {login:?} belongs to another GitHub account than the one linked to the Stagely \
+         user; an admin must relink it"
+    )]
+    GithubIdMismatch { login: String },
     #[error("this would leave no enabled admin; make someone else admin first")]
     LastAdmin,
     #[error("this link is not valid: it was used already, has expired, or was never issued")]
@@ -48,6 +59,9 @@ pub enum UserError {
     SignInRefused,
     #[error("too many failed sign-in attempts; try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// Every password thread is busy and the queue is full (a flood of sign-ins).
+    #[error("too many sign-ins at once; try again in a moment")]
+    Busy,
     #[error("this account is disabled")]
     Disabled,
     #[error("a token cannot have a higher role than yours")]
@@ -178,10 +192,11 @@ impl Principal {
     }
 }
 
-/// In-memory state of sign-in: the rate limiter, GitHub logins in flight and the revocation
-/// channel that closes a person's open WebSockets.
+/// In-memory state of sign-in: the rate limiter, the password threads, GitHub logins in flight
+/// and the revocation channel that closes a person's open WebSockets.
 pub struct AuthState {
     pub limiter: limiter::LoginLimiter,
+    pub passwords: password::HashPool,
     pub github: pages::github::PendingLogins,
     /// The id of a user whose sign-out, disable, demotion or ended sessions must close their
     /// open WebSockets ([`AuthState::until_revoked`]).
@@ -189,16 +204,20 @@ pub struct AuthState {
 }
 
 impl AuthState {
-    pub fn new(config: &crate::config::AuthConfig) -> AuthState {
-        AuthState {
+    /// Fails only when the password threads cannot be started.
+    pub fn new(config: &crate::config::AuthConfig) -> std::io::Result<AuthState> {
+        let threads = usize::try_from(config.password_hash_threads).unwrap_or(1);
+        let queue = usize::try_from(config.password_hash_queue).unwrap_or(0);
+        Ok(AuthState {
             limiter: limiter::LoginLimiter::new(
                 config.login_window_secs,
                 config.login_max_failures_per_ip,
                 config.login_max_failures_per_account,
             ),
+            passwords: password::HashPool::new(threads, queue)?,
             github: pages::github::PendingLogins::default(),
             revocations: tokio::sync::broadcast::channel(256).0,
-        }
+        })
     }
 
     /// Close every open WebSocket of this user (the browser reconnects and is re-authorised).

@@ -18,9 +18,12 @@ use crate::names::{self, NameKind};
 
 // --- sign-in ------------------------------------------------------------------------------------
 
-/// Check a local sign-in: the rate limit first, then the same answer ([`UserError::SignInRefused`])
-/// for an unknown user, a wrong password and a disabled account. A refusal counts against the
-/// address and the account; a success clears the account's count.
+/// Check a local sign-in: the rate limit first (a slot is reserved before any hashing, so a
+/// burst evaluates at most what the limits allow), then the same answer
+/// ([`UserError::SignInRefused`]) for an unknown user, a wrong password and a disabled account.
+/// A refusal stays counted against the address and the (account, address) pair; a success
+/// gives the slot back. When every password thread is busy the answer is [`UserError::Busy`]
+/// at once, and the attempt costs nothing.
 pub async fn check_sign_in(
     state: &AppState,
     ip: &str,
@@ -29,39 +32,70 @@ pub async fn check_sign_in(
 ) -> Result<User, UserError> {
     let now = now_ms();
     let username = username.trim().to_owned();
-    if let Some(wait) = state.auth.limiter.blocked(ip, &username, now) {
-        return Err(UserError::RateLimited {
+    let reservation = state.auth.limiter.reserve(ip, &username, now).map_err(|wait| {
+        tracing::info!(%ip, "sign-in refused before checking: rate limited");
+        UserError::RateLimited {
             retry_after_secs: wait,
-        });
-    }
+        }
+    })?;
+    // A place on the password threads before the lookup: a flood beyond them costs neither a
+    // database read nor a hash.
+    let slot = match state.auth.passwords.admit() {
+        Ok(slot) => slot,
+        Err(_) => {
+            state.auth.limiter.cancel(reservation);
+            tracing::warn!(%ip, "sign-in refused: every password thread is busy");
+            return Err(UserError::Busy);
+        }
+    };
     let lookup = username.clone();
-    let found = state.db.read(move |c| store::by_username(c, &lookup)).await?;
+    let found = match state.db.read(move |c| store::by_username(c, &lookup)).await {
+        Ok(found) => found,
+        Err(e) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(e.into());
+        }
+    };
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), hash),
         None => (None, None),
     };
     // Verified even for an unknown user, so the answer takes as long either way.
-    let password_ok = password::verify(password_text, hash).await;
+    let password_ok = match state.auth.passwords.verify_in(slot, password_text, hash).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(match e {
+                password::PasswordError::Busy => {
+                    tracing::warn!(%ip, "sign-in refused: every password thread is busy");
+                    UserError::Busy
+                }
+                e => UserError::Internal(e.to_string()),
+            });
+        }
+    };
     match user {
         Some(u) if password_ok && !u.disabled => {
-            state.auth.limiter.record_success(&username);
+            state.auth.limiter.succeeded(reservation);
             Ok(u)
         }
         _ => {
-            state.auth.limiter.record_failure(ip, &username, now);
             tracing::info!(%ip, "failed sign-in");
             Err(UserError::SignInRefused)
         }
     }
 }
 
-/// Open a web session for a user who passed a sign-in check; answers the cookie value.
+/// Open a web session for a user who passed a sign-in check (from the client address `from`,
+/// recorded in the audit entry); answers the cookie value.
 pub async fn start_session(
     state: &AppState,
     user_id: i64,
     username: &str,
     action: &'static str,
+    from: &str,
 ) -> Result<String, UserError> {
+    let detail = format!("from {from}");
     let lifetime =
         i64::try_from(state.config.auth.session_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
     let actor = format!("user:{username}");
@@ -70,7 +104,7 @@ pub async fn start_session(
         .write(move |tx| {
             let now = now_ms();
             let created = store::create_session(tx, user_id, now, lifetime)?;
-            audit::record(tx, now, &actor, action, "user", Some(user_id), "")?;
+            audit::record(tx, now, &actor, action, "user", Some(user_id), &detail)?;
             Ok::<_, UserError>(created)
         })
         .await?;
@@ -122,9 +156,15 @@ pub async fn create_from_link(
             message: "the two passwords differ".into(),
         });
     }
-    let hash = password::hash(account.password)
+    let hash = state
+        .auth
+        .passwords
+        .hash(account.password)
         .await
-        .map_err(|e| UserError::Internal(e.to_string()))?;
+        .map_err(|e| match e {
+            password::PasswordError::Busy => UserError::Busy,
+            e => UserError::Internal(e.to_string()),
+        })?;
     let (name, token) = (username.clone(), token.to_owned());
     let id = state
         .db
@@ -146,6 +186,7 @@ pub async fn create_from_link(
                 display_name: "",
                 password_hash: Some(&hash),
                 github_login: None,
+                github_id: None,
                 role,
             };
             let id = store::insert(tx, &new, now)?;
@@ -189,41 +230,92 @@ pub fn live_link(
     })
 }
 
-/// A GitHub identity that passed the allow list: its user, created with `default_role` on a first
-/// sign-in. A disabled account is refused.
-pub async fn github_sign_in(state: &AppState, login: &str, default_role: Role) -> Result<User, UserError> {
-    let login = login.to_owned();
-    let user = state
+/// Who GitHub says signed in: the numeric id (stable) and the login (renamable).
+#[derive(Debug, Clone)]
+pub struct GithubIdentity {
+    pub id: i64,
+    pub login: String,
+}
+
+/// A GitHub identity that passed the allow list: its user, matched by the numeric GitHub id.
+///
+/// - An account bound to this id signs in; a renamed login only updates what is shown.
+/// - Else an account linked to this *login* without an id binds this id now, unless it is
+///   disabled. One bound to another id is refused ([`UserError::GithubIdMismatch`]) and the
+///   refusal audited: someone else registered the login after its owner renamed or freed it.
+/// - Else a first sign-in creates an account with `default_role`.
+///
+/// A disabled account is refused. `from` is the client address, for the audit entries.
+pub async fn github_sign_in(
+    state: &AppState,
+    identity: &GithubIdentity,
+    default_role: Role,
+    from: &str,
+) -> Result<User, UserError> {
+    let GithubIdentity { id: gid, login } = identity.clone();
+    let from = from.to_owned();
+    // The outer error rolls back; the inner one is a refusal whose audit entry must commit.
+    state
         .db
-        .write(move |tx| {
-            if let Some(user) = store::by_github_login(tx, &login)? {
-                return Ok(user);
-            }
+        .write(move |tx| -> Result<Result<User, UserError>, UserError> {
             let now = now_ms();
+            let actor = format!("github:{login}");
+            if let Some(user) = store::by_github_id(tx, gid)? {
+                if user.disabled {
+                    return Ok(Err(UserError::Disabled));
+                }
+                if user.github_login.as_deref() != Some(login.as_str()) {
+                    let old = user.github_login.clone().unwrap_or_default();
+                    if store::rename_github_login(tx, user.id, &login)? {
+                        let detail = format!("GitHub id {gid}: @{old} → @{login}");
+                        audit::record(tx, now, &actor, "user.github_rename", "user", Some(user.id), &detail)?;
+                    } else {
+                        tracing::warn!(user = %user.username, %login,
+                            "GitHub login renamed to one another account is linked to; the old one is still shown");
+                    }
+                }
+                return Ok(Ok(store::get(tx, user.id)?));
+            }
+            if let Some(user) = store::by_github_login(tx, &login)? {
+                if let Some(bound) = user.github_id {
+                    let detail = format!(
+                        "refused: GitHub id {gid} presented the login @{login}, which is linked to GitHub id \
+                         {bound} (from {from})"
+                    );
+                    audit::record(tx, now, &actor, "user.github_refused", "user", Some(user.id), &detail)?;
+                    tracing::warn!(%login, github_id = gid, bound_id = bound, %from,
+                        "GitHub sign-in refused: the login is linked to another GitHub id");
+                    return Ok(Err(UserError::GithubIdMismatch { login }));
+                }
+                if user.disabled {
+                    return Ok(Err(UserError::Disabled));
+                }
+                store::bind_github_id(tx, user.id, gid)?;
+                let detail = format!("GitHub id {gid} bound to @{login} (from {from})");
+                audit::record(tx, now, &actor, "user.github_bind", "user", Some(user.id), &detail)?;
+                return Ok(Ok(store::get(tx, user.id)?));
+            }
             let new = NewUser {
                 username: &login,
                 display_name: "",
                 password_hash: None,
                 github_login: Some(&login),
+                github_id: Some(gid),
                 role: default_role,
             };
             let id = store::insert(tx, &new, now)?;
             audit::record(
                 tx,
                 now,
-                &format!("github:{login}"),
+                &actor,
                 "user.create_github",
                 "user",
                 Some(id),
-                default_role.as_str(),
+                &format!("{} (GitHub id {gid})", default_role.as_str()),
             )?;
-            store::get(tx, id)
+            Ok(Ok(store::get(tx, id)?))
         })
-        .await?;
-    if user.disabled {
-        return Err(UserError::Disabled);
-    }
-    Ok(user)
+        .await?
 }
 
 /// On a start with no users, issue a fresh one-time setup link (older unused ones stop working)
@@ -435,7 +527,7 @@ pub async fn set_github_login(
             if login.is_empty() {
                 store::unlink_github(tx, id)?;
             } else {
-                store::link_github(tx, id, &login)?;
+                store::link_github(tx, id, &login, None)?;
             }
             let detail = format!(
                 "{} → {}",
@@ -456,14 +548,19 @@ pub async fn set_github_login(
         .await
 }
 
-/// A signed-in user links the GitHub identity they just proved to their own account.
-pub async fn link_own_github(state: &AppState, who: &Principal, login: &str) -> Result<(), UserError> {
+/// A signed-in user links the GitHub identity they just proved (login and numeric id) to their
+/// own account.
+pub async fn link_own_github(
+    state: &AppState,
+    who: &Principal,
+    identity: &GithubIdentity,
+) -> Result<(), UserError> {
     let user_id = who.user_id.ok_or(UserError::NotFound)?;
-    let (actor, login) = (who.actor.clone(), login.to_owned());
+    let (actor, GithubIdentity { id: gid, login }) = (who.actor.clone(), identity.clone());
     state
         .db
         .write(move |tx| {
-            store::link_github(tx, user_id, &login)?;
+            store::link_github(tx, user_id, &login, Some(gid))?;
             audit::record(
                 tx,
                 now_ms(),
@@ -471,7 +568,7 @@ pub async fn link_own_github(state: &AppState, who: &Principal, login: &str) -> 
                 "user.link_github",
                 "user",
                 Some(user_id),
-                &login,
+                &format!("{login} (GitHub id {gid})"),
             )?;
             Ok(())
         })
@@ -599,6 +696,7 @@ mod tests {
                 display_name: "",
                 password_hash: None,
                 github_login: None,
+                github_id: None,
                 role,
             };
             store::insert(tx, &new, 1)

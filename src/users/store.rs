@@ -11,8 +11,11 @@ use crate::crypto::{ct_eq, hash_token, random_token};
 use crate::db::stored::enum_at;
 use crate::db::{DbError, rfc3339};
 
-const USER_COLUMNS: &str =
-    "id, username, display_name, role, github_login, disabled, created_at, password_hash IS NOT NULL";
+const USER_COLUMNS: &str = "id, username, display_name, role, github_login, disabled, created_at, \
+     password_hash IS NOT NULL, github_id";
+
+/// How many columns [`USER_COLUMNS`] names: a query's own columns follow them.
+const USER_COLUMN_COUNT: usize = 9;
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     let id: i64 = r.get(0)?;
@@ -25,6 +28,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         disabled: r.get(5)?,
         created_at: rfc3339(r.get(6)?),
         has_password: r.get(7)?,
+        github_id: r.get(8)?,
     })
 }
 
@@ -52,7 +56,7 @@ pub fn by_username(c: &Connection, username: &str) -> Result<Option<(User, Optio
     Ok(c.query_row(
         &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?1 COLLATE NOCASE"),
         [username],
-        |r| Ok((user_from_row(r)?, r.get(8)?)),
+        |r| Ok((user_from_row(r)?, r.get(USER_COLUMN_COUNT)?)),
     )
     .optional()?)
 }
@@ -66,11 +70,22 @@ pub fn by_github_login(c: &Connection, login: &str) -> Result<Option<User>, DbEr
     .optional()?)
 }
 
+/// The user bound to this numeric GitHub id.
+pub fn by_github_id(c: &Connection, github_id: i64) -> Result<Option<User>, DbError> {
+    Ok(c.query_row(
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE github_id = ?1"),
+        [github_id],
+        user_from_row,
+    )
+    .optional()?)
+}
+
 pub struct NewUser<'a> {
     pub username: &'a str,
     pub display_name: &'a str,
     pub password_hash: Option<&'a str>,
     pub github_login: Option<&'a str>,
+    pub github_id: Option<i64>,
     pub role: Role,
 }
 
@@ -79,15 +94,16 @@ pub fn insert(tx: &Transaction<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, Us
         return Err(UserError::UsernameTaken(u.username.to_owned()));
     }
     tx.execute(
-        "INSERT INTO users (username, display_name, password_hash, github_login, role, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO users (username, display_name, password_hash, github_login, role, created_at, github_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             u.username,
             u.display_name,
             u.password_hash,
             u.github_login,
             u.role,
-            now
+            now,
+            u.github_id
         ],
     )
     .map_err(|e| {
@@ -127,22 +143,71 @@ pub fn set_disabled(tx: &Transaction<'_>, id: i64, disabled: bool) -> Result<(),
     }
 }
 
-/// Bind a GitHub login to a user (lowercased); refused when another user holds it.
-pub fn link_github(tx: &Transaction<'_>, id: i64, login: &str) -> Result<(), UserError> {
-    if let Some(other) = by_github_login(tx, login)?
+/// Link a GitHub login (lowercased) to a user, with the numeric id when it is known (the user
+/// proved the identity at GitHub). Refused when another user holds the login or the id. An
+/// admin's link (no id) to a *different* login drops the old id, so the new login binds its own
+/// at its next sign-in; re-saving the same login keeps it.
+pub fn link_github(
+    tx: &Transaction<'_>,
+    id: i64,
+    login: &str,
+    github_id: Option<i64>,
+) -> Result<(), UserError> {
+    let login = login.to_ascii_lowercase();
+    if let Some(other) = by_github_login(tx, &login)?
         && other.id != id
     {
-        return Err(UserError::GithubTaken(login.to_owned()));
+        return Err(UserError::GithubTaken(login));
     }
+    if let Some(gid) = github_id
+        && let Some(other) = by_github_id(tx, gid)?
+        && other.id != id
+    {
+        return Err(UserError::GithubTaken(login));
+    }
+    match github_id {
+        Some(gid) => tx.execute(
+            "UPDATE users SET github_login = ?2, github_id = ?3 WHERE id = ?1",
+            params![id, login, gid],
+        )?,
+        None => tx.execute(
+            "UPDATE users SET github_id = CASE WHEN github_login = ?2 THEN github_id END,
+                              github_login = ?2
+             WHERE id = ?1",
+            params![id, login],
+        )?,
+    };
+    Ok(())
+}
+
+/// Bind the numeric GitHub id to an account that had only a login.
+pub fn bind_github_id(tx: &Transaction<'_>, id: i64, github_id: i64) -> Result<(), DbError> {
     tx.execute(
-        "UPDATE users SET github_login = ?2 WHERE id = ?1",
-        params![id, login.to_ascii_lowercase()],
+        "UPDATE users SET github_id = ?2 WHERE id = ?1",
+        params![id, github_id],
     )?;
     Ok(())
 }
 
+/// The login shown for an account bound by id, after a rename at GitHub. Left as it was (answers
+/// false) when another account holds that login.
+pub fn rename_github_login(tx: &Transaction<'_>, id: i64, login: &str) -> Result<bool, DbError> {
+    let login = login.to_ascii_lowercase();
+    if by_github_login(tx, &login)?.is_some_and(|other| other.id != id) {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE users SET github_login = ?2 WHERE id = ?1",
+        params![id, login],
+    )?;
+    Ok(true)
+}
+
 pub fn unlink_github(tx: &Transaction<'_>, id: i64) -> Result<(), UserError> {
-    tx.execute("UPDATE users SET github_login = NULL WHERE id = ?1", [id])?;
+    tx.execute(
+        "UPDATE users SET github_login = NULL, github_id = NULL WHERE id = ?1",
+        [id],
+    )?;
     Ok(())
 }
 
@@ -191,9 +256,9 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
         .query_row(params![hash, now], |r| {
             Ok(SessionRow {
                 user: user_from_row(r)?,
-                id_hash: r.get(8)?,
-                csrf: r.get(9)?,
-                expires_at: r.get(10)?,
+                id_hash: r.get(USER_COLUMN_COUNT)?,
+                csrf: r.get(USER_COLUMN_COUNT + 1)?,
+                expires_at: r.get(USER_COLUMN_COUNT + 2)?,
             })
         })
         .optional()?;
@@ -457,4 +522,12 @@ pub fn revoke_token(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbE
         "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, now],
     )? == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_user_column_count_matches_the_list() {
+        assert_eq!(super::USER_COLUMNS.split(", ").count(), super::USER_COLUMN_COUNT);
+    }
 }

@@ -333,7 +333,13 @@ pub fn error_page(err: WebError) -> Response {
             }
         },
     );
-    (status, no_store(), body).into_response()
+    let mut response = (status, no_store(), body).into_response();
+    if let WebError::TooMany { retry_after_secs } = err {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    response
 }
 
 /// What the choke point answers a page request it refuses: the sign-in form (401) for someone

@@ -172,8 +172,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Client addresses (ConnectInfo) are needed for the per-address limits and trusted proxies;
     // serve::serve adds them, with the connection timeouts and the per-address cap.
+    // A trusted reverse proxy carries many clients on its connections: it is not capped.
     let limits = state.config.http.clone();
-    serve::serve(listener, router(state), &limits, shutdown).await
+    let config = state.config.clone();
+    let uncapped = move |ip| config.is_trusted_proxy(ip);
+    serve::serve(listener, router(state), &limits, uncapped, shutdown).await
 }
 
 /// Unknown paths: JSON under `/api/`, a styled page everywhere else.

@@ -25,6 +25,7 @@ mod packaging;
 mod prereq;
 mod privilege;
 mod request_context;
+mod sign_in_limits;
 mod web_access;
 mod web_browser;
 mod web_github;

@@ -20,6 +20,20 @@ struct Fake {
     /// Codes handed out: code → (login, PKCE challenge was sent).
     codes: Arc<Mutex<HashMap<String, (String, bool)>>>,
     secrets_seen: Arc<Mutex<Vec<String>>>,
+    /// GitHub's numeric id of each login (a rename keeps the id; a new owner of a freed login
+    /// gets a new one). Logins not listed get a fixed id derived from the login.
+    ids: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+impl Fake {
+    fn id_of(&self, login: &str) -> i64 {
+        self.ids.lock().unwrap().get(login).copied().unwrap_or_else(|| {
+            1_000
+                + login
+                    .bytes()
+                    .fold(0_i64, |h, b| (h * 31 + i64::from(b)) % 1_000_000)
+        })
+    }
 }
 
 async fn authorize(State(f): State<Fake>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -64,9 +78,11 @@ fn login_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn user(headers: HeaderMap) -> Response {
+async fn user(State(f): State<Fake>, headers: HeaderMap) -> Response {
     match login_of(&headers) {
-        Some(login) => axum::Json(json!({"login": login, "id": 1000, "name": login})).into_response(),
+        Some(login) => {
+            axum::Json(json!({"login": login, "id": f.id_of(&login), "name": login})).into_response()
+        }
         None => StatusCode::UNAUTHORIZED.into_response(),
     }
 }
@@ -81,7 +97,7 @@ async fn orgs(State(f): State<Fake>, headers: HeaderMap) -> Response {
         .cloned()
         .unwrap_or_default()
         .into_iter()
-        .map(|o| json!({"login": o}))
+        .map(|o| json!({"login": o, "id": 9_000 + o.len()}))
         .collect();
     axum::Json(list).into_response()
 }
@@ -133,16 +149,19 @@ async fn github_sign_in(
     c.request(reqwest::Method::GET, &callback, None, &[]).await
 }
 
+fn use_fake(c: &mut stagely::config::Config, gh: &str) {
+    c.github.client_id = "stagely-test-client".into();
+    c.github.client_secret = stagely::config::SecretString::new("gh-client-secret-xyz");
+    c.github.auth_url = stagely::config::HttpUrl::parse(&format!("{gh}/login/oauth/authorize")).unwrap();
+    c.github.token_url = stagely::config::HttpUrl::parse(&format!("{gh}/login/oauth/access_token")).unwrap();
+    c.github.api_url = stagely::config::HttpUrl::parse(&format!("{gh}/api/v3")).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_logins_and_org_members_get_in_and_others_are_refused() {
     let (gh, fake) = start_fake().await;
     let server = WebServer::start_with(|c| {
-        c.github.client_id = "stagely-test-client".into();
-        c.github.client_secret = stagely::config::SecretString::new("gh-client-secret-xyz");
-        c.github.auth_url = stagely::config::HttpUrl::parse(&format!("{gh}/login/oauth/authorize")).unwrap();
-        c.github.token_url =
-            stagely::config::HttpUrl::parse(&format!("{gh}/login/oauth/access_token")).unwrap();
-        c.github.api_url = stagely::config::HttpUrl::parse(&format!("{gh}/api/v3")).unwrap();
+        use_fake(c, &gh);
         c.github.allowed_logins = vec!["alice".into()];
         c.github.allowed_orgs = vec!["acme".into()];
     })
@@ -233,5 +252,126 @@ async fn allowed_logins_and_org_members_get_in_and_others_are_refused() {
         "{body:.400}"
     );
     assert_eq!(dev.get("/").await.0, 200);
+    server.stop().await;
+}
+
+/// Sign in at GitHub as `login` (with the fake's current id for it) from a fresh browser.
+async fn as_github(server: &WebServer, fake: &Fake, login: &str) -> (u16, String, WebClient) {
+    *fake.current.lock().unwrap() = login.into();
+    let mut c = WebClient::new(&server.url);
+    let (status, body, _) = github_sign_in(&mut c, "/auth/github", None).await;
+    (status, body, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_follow_the_numeric_github_id_not_the_login() {
+    let (gh, fake) = start_fake().await;
+    let server = WebServer::start_with(|c| {
+        use_fake(c, &gh);
+        // By login (alice, her new name, dave), by numeric id (4242), an organisation by id.
+        c.github.allowed_logins = vec![
+            "alice".into(),
+            "alice-renamed".into(),
+            "dave".into(),
+            "4242".into(),
+        ];
+        c.github.allowed_orgs = vec!["9004".into()];
+    })
+    .await;
+    let mut admin = server.admin("root").await;
+    fake.ids.lock().unwrap().insert("alice".into(), 501);
+
+    // Alice's first sign-in makes her account, bound to her id.
+    let (status, body, mut alice) = as_github(&server, &fake, "alice").await;
+    assert_eq!(status, 303, "{body:.300}");
+    let (_, page) = alice.get("/account").await;
+    assert!(
+        page.contains("@alice") && page.contains("(id 501)"),
+        "{page:.600}"
+    );
+
+    // She renames her GitHub account and, before she next signs in here, someone registers the
+    // freed login "alice" (a new id) and signs in, allowed by login: refused, and audited.
+    fake.ids.lock().unwrap().insert("alice".into(), 777);
+    let (status, body, mut impostor) = as_github(&server, &fake, "alice").await;
+    assert_eq!(status, 403, "{body:.300}");
+    assert!(body.contains("belongs to someone else now"), "{body:.600}");
+    assert_eq!(impostor.get("/").await.0, 401, "no session");
+    let (_, audit) = admin.get("/audit").await;
+    assert!(
+        audit.contains("user.github_refused") && audit.contains("GitHub id 777"),
+        "the refusal is audited: {audit:.2000}"
+    );
+
+    // Her renamed login, same id: the same Stagely account, the new login shown.
+    fake.ids.lock().unwrap().insert("alice-renamed".into(), 501);
+    let (status, _, mut renamed) = as_github(&server, &fake, "alice-renamed").await;
+    assert_eq!(status, 303);
+    let (_, page) = renamed.get("/account").await;
+    assert!(
+        page.contains("<strong>alice</strong>"),
+        "still the account named alice: {page:.800}"
+    );
+    assert!(page.contains("@alice-renamed"), "{page:.800}");
+    let (_, users) = admin.get("/users").await;
+    assert_eq!(
+        users.matches("GitHub id 501").count(),
+        1,
+        "one account for id 501"
+    );
+
+    // An account linked by login only (as before this version) binds the id at its next
+    // sign-in, but not while it is disabled.
+    let _dave = server.user(&mut admin, "dave", "member").await;
+    let (_, users) = admin.get("/users").await;
+    assert!(users.contains("/users/3/github"), "dave is user 3");
+    assert_eq!(
+        admin
+            .post_form("/users/3/github", &[("github_login", "dave")])
+            .await
+            .0,
+        303
+    );
+    assert_eq!(
+        admin
+            .post_form("/users/3/disable", &[("disabled", "true")])
+            .await
+            .0,
+        303
+    );
+    let (status, body, _) = as_github(&server, &fake, "dave").await;
+    assert_eq!(status, 403, "{body:.300}");
+    let (_, users) = admin.get("/users").await;
+    assert!(
+        users.contains("id bound at the next GitHub sign-in"),
+        "not bound while disabled"
+    );
+    assert_eq!(
+        admin
+            .post_form("/users/3/disable", &[("disabled", "false")])
+            .await
+            .0,
+        303
+    );
+    fake.ids.lock().unwrap().insert("dave".into(), 600);
+    let (status, _, mut dave_gh) = as_github(&server, &fake, "dave").await;
+    assert_eq!(status, 303);
+    let (_, page) = dave_gh.get("/account").await;
+    assert!(page.contains("(id 600)"), "bound: {page:.600}");
+    // From now on the login alone is not enough.
+    fake.ids.lock().unwrap().insert("dave".into(), 601);
+    let (status, body, _) = as_github(&server, &fake, "dave").await;
+    assert_eq!(status, 403, "{body:.300}");
+
+    // Allow-lists by numeric id: the user with id 4242 gets in whatever the login; a login
+    // spelled "4242" with another id does not (a numeric entry matches only the id).
+    fake.ids.lock().unwrap().insert("numbered".into(), 4242);
+    assert_eq!(as_github(&server, &fake, "numbered").await.0, 303);
+    fake.ids.lock().unwrap().insert("4242".into(), 12);
+    let (status, body, _) = as_github(&server, &fake, "4242").await;
+    assert_eq!(status, 403, "{body:.300}");
+    assert!(body.contains("not allowed to sign in"));
+    // An organisation listed by its numeric id (the fake's "Acme" has id 9004).
+    assert_eq!(as_github(&server, &fake, "carol").await.0, 303);
     server.stop().await;
 }

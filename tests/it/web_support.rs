@@ -17,6 +17,8 @@ pub struct WebServer {
     pub url: String,
     pub setup_link: Option<String>,
     pub dir: tempfile::TempDir,
+    /// The running appliance's state (for counters a test reads, such as passwords checked).
+    pub state: stagely::app::AppState,
     shutdown: tokio_util::sync::CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -40,11 +42,13 @@ impl WebServer {
         let app = App::start(config).unwrap();
         let setup_link = app.setup_link.clone();
         let shutdown = app.state.shutdown.clone();
+        let state = app.state.clone();
         let task = tokio::spawn(app.serve(listener));
         WebServer {
             url,
             setup_link,
             dir,
+            state,
             shutdown,
             task: Some(task),
         }

@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Run only these groups (comma-separated): appliance, agent, idle, dispatch, logs, slow,
-    /// storm, overhead, sqlite.
+    /// storm, overhead, sqlite, signin.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's own
@@ -86,6 +86,8 @@ pub struct Sizes {
     pub storm_limit_secs: u64,
     pub sqlite_agents: usize,
     pub sqlite_deploys: usize,
+    /// How long 200 clients flood `/login` in the signin group.
+    pub signin_secs: u64,
 }
 
 impl Sizes {
@@ -103,6 +105,7 @@ impl Sizes {
             storm_limit_secs: 30,
             sqlite_agents: 10,
             sqlite_deploys: 50,
+            signin_secs: 2,
         }
     }
 
@@ -120,6 +123,7 @@ impl Sizes {
             storm_limit_secs: 95,
             sqlite_agents: 200,
             sqlite_deploys: 5_000,
+            signin_secs: 15,
         }
     }
 
@@ -379,6 +383,8 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
             "overhead" => crate::overhead::run(b, res, run).await,
             "sqlite" => crate::deploys::sqlite(b, res).await,
             "abuse" => crate::abuse::run(b, res).await,
+
+            "signin" => crate::signin::run(b, res, run).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {

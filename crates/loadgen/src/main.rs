@@ -19,6 +19,7 @@ mod overhead;
 mod report;
 mod server;
 mod setup;
+mod signin;
 mod slow;
 mod swarm;
 

@@ -57,6 +57,7 @@ pub const GROUPS: &[&str] = &[
     "overhead",
     "sqlite",
     "abuse",
+    "signin",
 ];
 
 pub const CATALOGUE: &[Spec] = &[
@@ -274,6 +275,30 @@ pub const CATALOGUE: &[Spec] = &[
         "/healthz p99 (another address) with 1,000 half-open connections from one",
         "answered",
         "ms",
+        Goal::Info,
+    ),
+    spec(
+        "signin_peak_rss",
+        "signin",
+        "appliance peak RSS, 200 concurrent sign-ins (wrong passwords, each client its own address)",
+        "bounded (≤ 100 MB)",
+        "MB",
+        Goal::AtMost(100.0),
+    ),
+    spec(
+        "signin_rss_added",
+        "signin",
+        "RSS added by the sign-in flood (peak − before)",
+        "(context)",
+        "MB",
+        Goal::Info,
+    ),
+    spec(
+        "signin_busy_share",
+        "signin",
+        "share of flood sign-ins answered 429 at once (password threads busy)",
+        "(context)",
+        "%",
         Goal::Info,
     ),
 ];

@@ -4,12 +4,12 @@
 
 pub mod socket;
 
-use axum::Extension;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::Extension;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -21,6 +21,7 @@ use crate::app::AppState;
 use crate::crypto::hash_token;
 use crate::users::Principal;
 use crate::web::error::{Json, WebError};
+use crate::web::request::ClientAddr;
 use stagely_protocol as protocol;
 
 impl From<AgentError> for WebError {
@@ -124,11 +125,11 @@ pub async fn install_script(State(state): State<AppState>) -> Response {
 /// connection.
 pub async fn upgrade(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let agent = match admit(&state, peer.ip(), &headers).await {
+    let agent = match admit(&state, client.0, &headers).await {
         Ok(agent) => agent,
         Err(response) => return response,
     };

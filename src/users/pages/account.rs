@@ -45,7 +45,11 @@ pub async fn account_page(
         article {
             header { h3 { "GitHub" } }
             @if let Some(login) = &user.github_login {
-                p { "Linked to GitHub account " strong { "@" (login) } ". You can sign in with GitHub." }
+                p {
+                    "Linked to GitHub account " strong { "@" (login) }
+                    @if let Some(gid) = user.github_id { " (id " (gid) ")" }
+                    ". You can sign in with GitHub."
+                }
                 form method="post" action="/account/github/unlink" {
                     (csrf_field(&v.csrf))
                     button.secondary.outline.small type="submit" { "Unlink GitHub" }

@@ -1,9 +1,11 @@
 //! GitHub (or GitHub Enterprise) sign-in with the oauth2 crate: authorization code + PKCE.
 //!
-//! Only logins in `github.allowed_logins`, or members of `github.allowed_orgs`, get in; anyone
-//! else is refused with a page that says why, however valid their GitHub account. A first
-//! sign-in creates an account with `github.default_role`; a signed-in user can instead link their
-//! GitHub identity to their existing account (Account page).
+//! Only logins or numeric user ids in `github.allowed_logins`, or members of `github.allowed_orgs`
+//! (by organisation login or numeric id), get in; anyone else is refused with a page that says
+//! why, however valid their GitHub account. Accounts are matched by GitHub's numeric user id
+//! ([`ops::github_sign_in`]), never by the login alone. A first sign-in creates an account with
+//! `github.default_role`; a signed-in user can instead link their GitHub identity to their
+//! existing account (Account page).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,9 +26,11 @@ use serde::Deserialize;
 use super::{safe_next, start_session};
 use crate::app::AppState;
 use crate::db::now_ms;
+use crate::users::ops::GithubIdentity;
 use crate::users::{Principal, UserError, ops};
 use crate::web::error::WebError;
 use crate::web::layout::{self, PageError, bare_page, no_store};
+use crate::web::request::ClientAddr;
 use crate::web::session;
 
 const FLOW_COOKIE: &str = "stagely_oauth";
@@ -174,6 +178,7 @@ fn refused(title: &str, text: String) -> Response {
 /// `GET /auth/github/callback`: GitHub sends the browser back here with a code.
 pub async fn callback(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, PageError> {
@@ -203,8 +208,8 @@ pub async fn callback(
     };
     let identity = identify(&state, code, pending.verifier).await?;
     let mut response = match pending.link_user {
-        Some(user_id) => link(&state, &headers, user_id, &identity.login).await?,
-        None => sign_in(&state, &identity, &pending.next).await?,
+        Some(user_id) => link(&state, &headers, user_id, &identity.user).await?,
+        None => sign_in(&state, client, &identity, &pending.next).await?,
     };
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -214,18 +219,22 @@ pub async fn callback(
 }
 
 struct Identity {
-    login: String,
+    user: GithubIdentity,
+    /// Organisation logins (lowercased) and numeric ids (as text).
     orgs: Vec<String>,
 }
 
 #[derive(Deserialize)]
 struct GithubUser {
     login: String,
+    id: i64,
 }
 
 #[derive(Deserialize)]
 struct GithubOrg {
     login: String,
+    #[serde(default)]
+    id: Option<i64>,
 }
 
 /// Exchange the code for a token and ask the API who this is (and their organisations).
@@ -269,36 +278,86 @@ async fn identify(state: &AppState, code: String, verifier: PkceCodeVerifier) ->
             .json()
             .await
             .map_err(unavailable)?;
-        orgs.into_iter().map(|o| o.login.to_ascii_lowercase()).collect()
+        orgs.into_iter()
+            .flat_map(|o| {
+                let id = o.id.map(|id| id.to_string());
+                std::iter::once(o.login.to_ascii_lowercase()).chain(id)
+            })
+            .collect()
     };
     Ok(Identity {
-        login: user.login.to_ascii_lowercase(),
+        user: GithubIdentity {
+            id: user.id,
+            login: user.login.to_ascii_lowercase(),
+        },
         orgs,
     })
 }
 
-/// True when config lets this GitHub identity sign in.
+/// True when config lets this GitHub identity sign in. An all-digit entry of an allow list is a
+/// numeric id and matches only the id (a login of digits is listed by its id), so an entry by id
+/// survives a rename and cannot be taken over by whoever registers the login next.
 fn allowed(state: &AppState, id: &Identity) -> bool {
     let gh = &state.config.github;
-    gh.allowed_logins.contains(&id.login) || id.orgs.iter().any(|o| gh.allowed_orgs.contains(o))
+    let numeric = |e: &String| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit());
+    let user_id = id.user.id.to_string();
+    let by_user = gh.allowed_logins.iter().any(|e| {
+        if numeric(e) {
+            *e == user_id
+        } else {
+            *e == id.user.login
+        }
+    });
+    // Organisation ids only match numeric entries; logins only the others.
+    let by_org = id
+        .orgs
+        .iter()
+        .any(|o| gh.allowed_orgs.iter().any(|e| numeric(e) == numeric(o) && e == o));
+    by_user || by_org
 }
 
-async fn sign_in(state: &AppState, id: &Identity, next: &str) -> Result<Response, PageError> {
+async fn sign_in(
+    state: &AppState,
+    client: ClientAddr,
+    id: &Identity,
+    next: &str,
+) -> Result<Response, PageError> {
+    let login = &id.user.login;
     if !allowed(state, id) {
-        tracing::warn!(login = %id.login, "GitHub login not on the allow list: refused");
+        tracing::warn!(%login, github_id = id.user.id, "GitHub login not on the allow list: refused");
         return Ok(refused(
             "Not allowed to sign in",
             format!(
                 "The GitHub account @{} is not allowed to sign in to this Stagely. An admin can add the \
-                 login (github.allowed_logins) or one of its organisations (github.allowed_orgs).",
-                id.login
+                 login or its numeric id (github.allowed_logins) or one of its organisations \
+                 (github.allowed_orgs).",
+                login
             ),
         ));
     }
     // Typed at load: an unknown `github.default_role` stops the start.
     let default_role = state.config.github.default_role;
-    match ops::github_sign_in(state, &id.login, default_role).await {
-        Ok(user) => start_session(state, user.id, &user.username, "user.sign_in_github", next).await,
+    match ops::github_sign_in(state, &id.user, default_role, &client.to_string()).await {
+        Ok(user) => {
+            start_session(
+                state,
+                client,
+                user.id,
+                &user.username,
+                "user.sign_in_github",
+                next,
+            )
+            .await
+        }
+        Err(UserError::GithubIdMismatch { login }) => Ok(refused(
+            "This GitHub login belongs to someone else now",
+            format!(
+                "The Stagely account linked to @{login} was linked to a different GitHub account (GitHub \
+                 matches people by their numeric id, and this is not the same one: the login may have been \
+                 renamed and registered again). The attempt was recorded. If this is your account, ask an \
+                 admin to relink it."
+            ),
+        )),
         Err(UserError::Disabled) => Ok(refused(
             "Account disabled",
             "Your Stagely account is disabled. Ask an admin.".into(),
@@ -318,14 +377,14 @@ async fn link(
     state: &AppState,
     headers: &HeaderMap,
     user_id: i64,
-    login: &str,
+    identity: &GithubIdentity,
 ) -> Result<Response, PageError> {
     // Only the very session that started linking may finish it.
     let current = session::resolve(state, headers).await?;
     let Some((who, _)) = current.filter(|(p, _)| p.user_id == Some(user_id)) else {
         return Err(WebError::Unauthorized.into());
     };
-    let result = ops::link_own_github(state, &who, login).await;
+    let result = ops::link_own_github(state, &who, identity).await;
     match result {
         Ok(()) => Ok(layout::see_other("/account?done=github-linked")),
         Err(e @ UserError::GithubTaken(_)) => Ok(refused("Cannot link", e.to_string())),

@@ -8,12 +8,9 @@ pub mod account;
 pub mod github;
 pub mod people;
 
-use std::net::SocketAddr;
-
 use axum::Form;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -27,24 +24,8 @@ use crate::web::error::WebError;
 use crate::web::layout::{
     self, FormErrors, PageError, bare_page, field_error, form_banner, invalid, no_store,
 };
+use crate::web::request::ClientAddr;
 use crate::web::session::{self, Session};
-
-/// The client's address, for the per-address sign-in limit.
-pub struct ClientIp(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-                .unwrap_or_else(|| "unknown".into()),
-        ))
-    }
-}
 
 /// Only local paths: an attacker's link must not turn sign-in into an open redirect.
 pub fn safe_next(next: Option<&str>) -> String {
@@ -125,6 +106,7 @@ impl From<UserError> for WebError {
                 code: "name_taken",
                 message: e.to_string(),
             },
+            e @ UserError::GithubIdMismatch { .. } => WebError::ForbiddenBecause(e.to_string()),
             e @ UserError::LastAdmin => WebError::Conflict {
                 code: "last_admin",
                 message: e.to_string(),
@@ -135,6 +117,9 @@ impl From<UserError> for WebError {
             },
             UserError::SignInRefused | UserError::Disabled => WebError::Unauthorized,
             UserError::RateLimited { retry_after_secs } => WebError::TooMany { retry_after_secs },
+            UserError::Busy => WebError::TooMany {
+                retry_after_secs: BUSY_RETRY_SECS,
+            },
             UserError::RoleTooHigh => WebError::Forbidden,
             e @ UserError::TokenCannotMint => WebError::ForbiddenBecause(e.to_string()),
             UserError::Internal(e) => WebError::Internal(e),
@@ -156,23 +141,42 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
+/// What a client refused because every password thread is busy is told to wait.
+const BUSY_RETRY_SECS: u64 = 1;
+
+/// The sign-in form again with a 429 and `Retry-After`.
+fn too_many(state: &AppState, next: &str, username: &str, msg: &str, retry_after_secs: u64) -> Response {
+    let body = sign_in_form(state, next, Some(msg), username);
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, no_store(), body).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
 pub async fn login_submit(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    client: ClientAddr,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     let username = form.username.trim().to_owned();
     let next = safe_next(form.next.as_deref());
+    let ip = client.to_string();
     let checked = ops::check_sign_in(&state, &ip, &username, Zeroizing::new(form.password.clone())).await;
     let user = match checked {
         Ok(user) => user,
         Err(UserError::RateLimited { retry_after_secs }) => {
-            let msg = format!(
-                "Too many failed sign-in attempts. Try again in {} minute(s).",
-                retry_after_secs.div_ceil(60)
-            );
-            let body = sign_in_form(&state, &next, Some(&msg), &username);
-            return Ok((StatusCode::TOO_MANY_REQUESTS, no_store(), body).into_response());
+            let wait = if retry_after_secs < 60 {
+                format!("{retry_after_secs} second(s)")
+            } else {
+                format!("{} minute(s)", retry_after_secs.div_ceil(60))
+            };
+            let msg = format!("Too many failed sign-in attempts. Try again in {wait}.");
+            return Ok(too_many(&state, &next, &username, &msg, retry_after_secs));
+        }
+        Err(UserError::Busy) => {
+            let msg = "Too many sign-ins at once. Try again in a moment.";
+            return Ok(too_many(&state, &next, &username, msg, BUSY_RETRY_SECS));
         }
         Err(e @ UserError::SignInRefused) => {
             let body = sign_in_form(&state, &next, Some(&e.to_string()), &username);
@@ -180,18 +184,19 @@ pub async fn login_submit(
         }
         Err(e) => return Err(e.into()),
     };
-    start_session(&state, user.id, &user.username, "user.sign_in", &next).await
+    start_session(&state, client, user.id, &user.username, "user.sign_in", &next).await
 }
 
 /// Create a session for a user and answer with its cookie and a redirect to `next`.
 pub async fn start_session(
     state: &AppState,
+    client: ClientAddr,
     user_id: i64,
     username: &str,
     action: &'static str,
     next: &str,
 ) -> Result<Response, PageError> {
-    let cookie = ops::start_session(state, user_id, username, action).await?;
+    let cookie = ops::start_session(state, user_id, username, action, &client.to_string()).await?;
     let mut response = layout::see_other(&safe_next(Some(next)));
     response
         .headers_mut()
@@ -340,20 +345,23 @@ pub struct NewAccountForm {
 
 pub async fn setup_submit(
     State(state): State<AppState>,
+    client: ClientAddr,
     Form(form): Form<NewAccountForm>,
 ) -> Result<Response, PageError> {
-    create_from_link(&state, LinkKind::Setup, form).await
+    create_from_link(&state, client, LinkKind::Setup, form).await
 }
 
 pub async fn invite_submit(
     State(state): State<AppState>,
+    client: ClientAddr,
     Form(form): Form<NewAccountForm>,
 ) -> Result<Response, PageError> {
-    create_from_link(&state, LinkKind::Invite, form).await
+    create_from_link(&state, client, LinkKind::Invite, form).await
 }
 
 async fn create_from_link(
     state: &AppState,
+    client: ClientAddr,
     kind: LinkKind,
     form: NewAccountForm,
 ) -> Result<Response, PageError> {
@@ -373,7 +381,7 @@ async fn create_from_link(
         confirm: Zeroizing::new(form.confirm.clone()),
     };
     match ops::create_from_link(state, kind, &token, account).await {
-        Ok((id, username)) => start_session(state, id, &username, "user.sign_in", "/").await,
+        Ok((id, username)) => start_session(state, client, id, &username, "user.sign_in", "/").await,
         Err(UserError::LinkInvalid) => Ok(link_invalid_page(kind)),
         Err(e) => rerender(kind, &form.token, role, e, &form.username),
     }

@@ -87,6 +87,12 @@ fn users_body(
                                         placeholder="GitHub login" aria-label=(format!("GitHub login of {}", u.username));
                                     button.small.secondary.outline type="submit" { "Link" }
                                 }
+                                @if u.github_login.is_some() {
+                                    small.muted {
+                                        @if let Some(gid) = u.github_id { "GitHub id " (gid) }
+                                        @else { "id bound at the next GitHub sign-in" }
+                                    }
+                                }
                             }
                             td {
                                 form.row-actions method="post" action=(format!("/users/{}/role", u.id)) {
