@@ -7,8 +7,10 @@ use tokio::process::Command;
 
 use super::process;
 
-/// Longest compose error message carried in a FAIL (compose's own words, cut).
-const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest compose error message kept (compose's own words, cut). Generous on purpose: the
+/// message is masked and only then cut to the FAIL's limit (deploy.rs), so a secret across that
+/// cut is still recognised whole (docs/security.md).
+const MAX_MESSAGE_BYTES: usize = process::MAX_READ_LINE_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {

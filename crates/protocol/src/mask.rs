@@ -122,22 +122,23 @@ impl Masker {
         }
     }
 
-    /// Mask, then cut to at most `max` bytes with [`cut`]: in this order, so a secret that
-    /// straddles the cut is still recognised whole. `original_len` is the line's length before
-    /// any reading limit (the marker says it).
-    pub fn mask_and_cut(&self, line: &str, max: usize, original_len: usize) -> String {
+    /// Mask, then cut to at most `max` bytes: in this order, so a secret that straddles the cut
+    /// is still recognised whole. `whole_len` is the line's length before a reading limit
+    /// dropped its end (`line.len()` when nothing was dropped); a line missing its end is
+    /// marked as cut even when it fits.
+    pub fn mask_and_cut(&self, line: &str, max: usize, whole_len: usize) -> String {
         let masked = self.mask(line);
-        cut(&masked, max, original_len.max(masked.len()))
+        if masked.len() <= max && whole_len <= line.len() {
+            return masked;
+        }
+        cut(&masked, max, whole_len.max(line.len()))
     }
 }
 
-/// Cut `line` to at most `max` bytes (on a char boundary), the marker included, when it is
-/// longer; `original_len` is what the marker reports.
-pub fn cut(line: &str, max: usize, original_len: usize) -> String {
-    if line.len() <= max && original_len <= line.len() {
-        return line.to_owned();
-    }
-    let marker = format!("{CUT_MARKER}{original_len} bytes]");
+/// Cut `line` to at most `max` bytes (on a char boundary), the marker saying `[line cut:
+/// {whole_len} bytes]` included.
+pub fn cut(line: &str, max: usize, whole_len: usize) -> String {
+    let marker = format!("{CUT_MARKER}{whole_len} bytes]");
     let mut end = max.saturating_sub(marker.len()).min(line.len());
     while !line.is_char_boundary(end) {
         end -= 1;
@@ -357,6 +358,8 @@ mod tests {
         // A line already cut by a reading limit says so even when it fits.
         assert!(m.mask_and_cut("short", 100, 5000).ends_with("5000 bytes]"));
         assert!(cut(&"é".repeat(100), 50, 200).len() <= 50);
+        // The masked text may be shorter than the line: that is no cut.
+        assert_eq!(m.mask_and_cut(&format!("pw {CANARY}"), 100, 3 + CANARY.len()), "pw ***");
     }
 
     #[test]
