@@ -121,7 +121,10 @@ pub async fn logs(
         .await?;
     let mut headers = axum::http::HeaderMap::new();
     if let (true, Some(last)) = (full, lines.last()) {
-        let next = format!("</api/deployments/{id}/logs?after_seq={}&limit={limit}>; rel=\"next\"", last.seq);
+        let next = format!(
+            "</api/deployments/{id}/logs?after_seq={}&limit={limit}>; rel=\"next\"",
+            last.seq
+        );
         if let Ok(v) = axum::http::HeaderValue::from_str(&next) {
             headers.insert(axum::http::header::LINK, v);
         }

@@ -66,7 +66,9 @@ impl LogBudget {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Used> {
         // A panic while holding this lock leaves plain counters behind: still usable.
-        self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

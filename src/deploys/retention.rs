@@ -46,7 +46,8 @@ pub async fn run(state: AppState) {
 /// One pass as of `now` (ms): prune every log retention no longer keeps.
 pub async fn sweep(state: &AppState, now: i64) -> Result<Pruned, DbError> {
     let keep_last = state.config.deploys.log_keep_deployments;
-    let keep_ms = i64::try_from(state.config.deploys.log_keep_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+    let keep_ms =
+        i64::try_from(state.config.deploys.log_keep_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
     let older_than = now.saturating_sub(keep_ms);
     let mut total = Pruned::default();
     loop {

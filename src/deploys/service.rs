@@ -141,11 +141,16 @@ pub async fn on_log(
     let at = now_ms();
     let limits = &state.config.deploys;
     // Masked before it is cut, so a secret across the cut is still recognised whole.
-    let masked = active.masker.mask_and_cut(line, limits.log_max_line_bytes, line.len());
+    let masked = active
+        .masker
+        .mask_and_cut(line, limits.log_max_line_bytes, line.len());
     let (stream, line) = match active.log.admit(masked.len(), limits) {
         Admit::Keep => (stream.as_str(), masked),
         Admit::Truncate => {
-            tracing::warn!(deployment_id, "deployment log reached its cap: later lines are dropped");
+            tracing::warn!(
+                deployment_id,
+                "deployment log reached its cap: later lines are dropped"
+            );
             ("agent", truncated_note(limits))
         }
         Admit::Drop => return Ok(()),

@@ -22,8 +22,14 @@ fn main() {
         })
         .collect();
     for (name, values) in [
-        ("10 values of 32 B", typical.iter().map(String::as_str).collect::<Vec<_>>()),
-        ("10 values + one of 64 KiB", typical.iter().map(String::as_str).chain([big.as_str()]).collect()),
+        (
+            "10 values of 32 B",
+            typical.iter().map(String::as_str).collect::<Vec<_>>(),
+        ),
+        (
+            "10 values + one of 64 KiB",
+            typical.iter().map(String::as_str).chain([big.as_str()]).collect(),
+        ),
     ] {
         // The minimum of many runs: this machine is shared, and the minimum is what the code costs.
         let build = (0..200)
@@ -39,14 +45,19 @@ fn main() {
         let per_line = (0..5)
             .map(|_| {
                 let started = Instant::now();
-                bytes = lines.iter().map(|l| std::hint::black_box(masker.mask(l)).len()).sum();
+                bytes = lines
+                    .iter()
+                    .map(|l| std::hint::black_box(masker.mask(l)).len())
+                    .sum();
                 started.elapsed() / lines.len() as u32
             })
             .min()
             .unwrap_or_default();
         println!(
             "{name}: build {build:?}, mask {per_line:?}/line ({:.0} MB/s), {bytes} bytes out",
-            lines.iter().map(String::len).sum::<usize>() as f64 / (per_line.as_secs_f64() * lines.len() as f64) / 1e6
+            lines.iter().map(String::len).sum::<usize>() as f64
+                / (per_line.as_secs_f64() * lines.len() as f64)
+                / 1e6
         );
     }
 }

@@ -245,7 +245,11 @@ fn encode(bytes: &[u8], alphabet: &[u8; 64]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk.len();
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=n {
             out.push(char::from(alphabet[((v >> (18 - 6 * i)) & 63) as usize]));
@@ -305,7 +309,11 @@ mod tests {
         };
         for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
             let alone = engine.encode(CANARY);
-            assert_eq!(m.mask(&format!("token: {alone} end")), "token: *** end", "{alone}");
+            assert_eq!(
+                m.mask(&format!("token: {alone} end")),
+                "token: *** end",
+                "{alone}"
+            );
             for before in 0..6usize {
                 for after in 0..4usize {
                     let mut b = vec![b'x'; before];
@@ -332,7 +340,11 @@ mod tests {
             r#"canary-7f3a\/+9e?&\"\\ é-end"#,
             r#"canary-7f3a/+9e?&\"\\ \u00e9-end"#,
         ] {
-            assert_eq!(m.mask(&format!("GET /?p={encoded}&x=1")), "GET /?p=***&x=1", "{encoded}");
+            assert_eq!(
+                m.mask(&format!("GET /?p={encoded}&x=1")),
+                "GET /?p=***&x=1",
+                "{encoded}"
+            );
         }
         let multi = Masker::new(["line one\nline \"two\""]);
         assert_eq!(multi.mask(r#"{"v":"line one\nline \"two\""}"#), r#"{"v":"***"}"#);
@@ -353,13 +365,19 @@ mod tests {
         let out = m.mask_and_cut(&line, 100, line.len());
         assert!(out.len() <= 100, "{}", out.len());
         assert!(!out.contains("canary"), "{out}");
-        assert!(out.ends_with(&format!("{CUT_MARKER}{} bytes]", line.len())), "{out}");
+        assert!(
+            out.ends_with(&format!("{CUT_MARKER}{} bytes]", line.len())),
+            "{out}"
+        );
         assert_eq!(m.mask_and_cut("short", 100, 5), "short");
         // A line already cut by a reading limit says so even when it fits.
         assert!(m.mask_and_cut("short", 100, 5000).ends_with("5000 bytes]"));
         assert!(cut(&"é".repeat(100), 50, 200).len() <= 50);
         // The masked text may be shorter than the line: that is no cut.
-        assert_eq!(m.mask_and_cut(&format!("pw {CANARY}"), 100, 3 + CANARY.len()), "pw ***");
+        assert_eq!(
+            m.mask_and_cut(&format!("pw {CANARY}"), 100, 3 + CANARY.len()),
+            "pw ***"
+        );
     }
 
     #[test]
