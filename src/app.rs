@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::{hub::Hub, store as agent_store};
 use crate::config::Config;
 use crate::db::{Db, DbError, now_ms};
-use crate::deploys::{logs::LogWriter, reaper};
+use crate::deploys::{logs::LogWriter, reaper, retention};
 use crate::secrets::vault::{Vault, VaultError};
 
 /// Everything a request handler or background task may need. Cheap to clone.
@@ -157,6 +157,7 @@ impl Opened {
         let tasks = vec![
             log_task,
             tokio::spawn(reaper::run(state.clone(), sweep_every)),
+            tokio::spawn(retention::run(state.clone())),
             tokio::spawn(persist_heartbeats(state.clone())),
         ];
         Ok(App {

@@ -113,6 +113,18 @@ pub struct DeploysConfig {
     pub max_duration_secs: u64,
     /// How often buffered log lines are written to SQLite (one transaction per flush).
     pub log_flush_ms: u64,
+    /// Longest stored log line, its cut marker included; a longer one is masked, then cut.
+    pub log_max_line_bytes: usize,
+    /// Lines stored per deployment; past either cap one "log truncated" line, the rest dropped.
+    pub log_max_lines: u64,
+    /// Bytes of log stored per deployment (see `log_max_lines`).
+    pub log_max_bytes: u64,
+    /// Retention: the logs of each environment's last this many deployments are kept...
+    pub log_keep_deployments: u64,
+    /// ...and those of deployments younger than this many days; other logs are pruned.
+    pub log_keep_days: u64,
+    /// How often the pruner runs; 0 turns retention off (every log is kept).
+    pub log_prune_every_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +257,12 @@ impl Default for DeploysConfig {
             agent_lost_timeout_secs: 600,
             max_duration_secs: 3600,
             log_flush_ms: 100,
+            log_max_line_bytes: 16 * 1024,
+            log_max_lines: 100_000,
+            log_max_bytes: 64 * 1024 * 1024,
+            log_keep_deployments: 50,
+            log_keep_days: 30,
+            log_prune_every_secs: 3600,
         }
     }
 }
@@ -362,6 +380,18 @@ impl Config {
         }
         if self.deploys.log_flush_ms == 0 || self.deploys.log_flush_ms > 10_000 {
             return invalid("deploys.log_flush_ms", "must be between 1 and 10000");
+        }
+        if !(256..=1024 * 1024).contains(&self.deploys.log_max_line_bytes) {
+            return invalid("deploys.log_max_line_bytes", "must be between 256 and 1048576");
+        }
+        if self.deploys.log_max_lines == 0 {
+            return invalid("deploys.log_max_lines", "must be at least 1");
+        }
+        if self.deploys.log_max_bytes < self.deploys.log_max_line_bytes as u64 {
+            return invalid(
+                "deploys.log_max_bytes",
+                "must be at least deploys.log_max_line_bytes",
+            );
         }
         if self.deploys.agent_lost_timeout_secs == 0 || self.deploys.max_duration_secs == 0 {
             return invalid("deploys", "timeouts must be at least 1 second");

@@ -47,6 +47,8 @@ pub struct ActiveDeploy {
     pub agent_id: i64,
     pub masker: Masker,
     pub live: broadcast::Sender<LiveEvent>,
+    /// Lines and bytes of its log stored so far, against the per-deployment caps.
+    pub log: crate::deploys::limits::LogBudget,
 }
 
 /// Something changed that dashboards show.
@@ -209,6 +211,7 @@ impl Hub {
             agent_id,
             masker,
             live: broadcast::channel(LIVE_BUFFER).0,
+            log: Default::default(),
         });
         lock(&self.deploys).insert(deployment_id, active.clone());
         active

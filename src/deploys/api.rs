@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{DeployError, Deployment, LogLine, ops, store};
+use super::{DeployError, Deployment, ops, store};
 use crate::app::AppState;
 use crate::db::rfc3339;
 use crate::users::Principal;
@@ -92,22 +92,43 @@ pub async fn list(
 pub struct LogsQuery {
     /// Only lines with a larger sequence number (for paging and catching up).
     pub after: Option<i64>,
+    /// The same as `after` (the name the `next` cursor uses).
+    pub after_seq: Option<i64>,
     pub limit: Option<i64>,
 }
 
+/// Lines per logs page unless `limit` says otherwise, and the most it may ask for.
+pub const DEFAULT_LOG_PAGE: i64 = 1_000;
+pub const MAX_LOG_PAGE: i64 = 5_000;
+/// A page also ends once its lines hold this many bytes (at least one line is given).
+pub const MAX_LOG_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// One page of a deployment's log: a JSON array (as before paging), with the next page's URL in
+/// `Link: <…>; rel="next"` and its cursor in `Stagely-Next-After` while more may follow.
 pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     Query(q): Query<LogsQuery>,
-) -> Result<axum::Json<Vec<LogLine>>, WebError> {
-    let after = q.after.unwrap_or(-1);
-    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
-    let lines = state
+) -> Result<impl IntoResponse, WebError> {
+    let after = q.after_seq.or(q.after).unwrap_or(-1);
+    let limit = q.limit.unwrap_or(DEFAULT_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
+    let (lines, full) = state
         .db
         .read(move |c| {
             store::get(c, id)?;
-            Ok::<_, DeployError>(store::logs(c, id, after, limit)?)
+            Ok::<_, DeployError>(store::logs_page(c, id, after, limit, MAX_LOG_PAGE_BYTES)?)
         })
         .await?;
-    Ok(axum::Json(lines))
+    let mut headers = axum::http::HeaderMap::new();
+    if let (true, Some(last)) = (full, lines.last()) {
+        let next = format!(
+            "</api/deployments/{id}/logs?after_seq={}&limit={limit}>; rel=\"next\"",
+            last.seq
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&next) {
+            headers.insert(axum::http::header::LINK, v);
+        }
+        headers.insert("stagely-next-after", axum::http::HeaderValue::from(last.seq));
+    }
+    Ok((headers, axum::Json(lines)))
 }

@@ -7,10 +7,12 @@
 //! (with the live log socket, [`live`]) only translate HTTP.
 
 pub mod api;
+pub mod limits;
 pub mod logs;
 pub mod ops;
 pub mod pages;
 pub mod reaper;
+pub mod retention;
 pub mod service;
 pub mod store;
 
@@ -93,6 +95,8 @@ pub struct Deployment {
     pub triggered_by: String,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// When the retention pruner deleted this deployment's log lines (the row stays).
+    pub log_pruned_at: Option<String>,
     pub secrets: Vec<SecretVersion>,
 }
 

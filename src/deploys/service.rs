@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::limits::{Admit, truncated_note};
 use super::ops::end_by_server;
 use super::store::{self, Finish, PendingLine};
 use super::{DeployError, DeployStatus, LiveEvent, LogLine};
@@ -60,11 +61,12 @@ async fn context(
         Some((Some(a), _, status)) if a == agent.id && status.is_finished() => Ok(Reporting::Finished),
         Some((Some(a), environment_id, _)) if a == agent.id && environment_id == agent.environment_id => {
             match rebuild_masker(state, deployment_id).await {
-                Ok(masker) => Ok(Reporting::Live(state.hub.start_deploy(
-                    deployment_id,
-                    agent.id,
-                    masker,
-                ))),
+                Ok((masker, (lines, bytes))) => {
+                    let active = state.hub.start_deploy(deployment_id, agent.id, masker);
+                    // The caps count what an earlier process stored, too.
+                    active.log.resume(lines, bytes, &state.config.deploys);
+                    Ok(Reporting::Live(active))
+                }
                 Err(e) => {
                     // Not cached: the next report tries again, so a passing vault problem heals.
                     tracing::error!(deployment_id, error = %e, "cannot build the masker: the deployment's log is withheld");
@@ -79,8 +81,8 @@ async fn context(
 /// After a restart the values a deployment was sent are gone from memory; mask with the current
 /// values of its secrets (the agent masks with the exact ones before sending, too). Any secret
 /// that cannot be read or decrypted fails the whole masker: a partial one would let its value
-/// through.
-async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<Masker, DeployError> {
+/// through. Also answers how much of its log is stored already (lines, bytes).
+async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<(Masker, (u64, u64)), DeployError> {
     let vault = state.vault.clone();
     state
         .db
@@ -91,7 +93,8 @@ async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<Masker, 
                 .iter()
                 .map(|s| vault.decrypt(&s.ciphertext))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, DeployError>(Masker::new(values.iter().map(|v| v.as_str())))
+            let usage = store::log_usage(c, deployment_id)?;
+            Ok::<_, DeployError>((Masker::new(values.iter().map(|v| v.as_str())), usage))
         })
         .await
 }
@@ -136,18 +139,33 @@ pub async fn on_log(
         }
     };
     let at = now_ms();
-    let line = active.masker.mask(line);
+    let limits = &state.config.deploys;
+    // Masked before it is cut, so a secret across the cut is still recognised whole.
+    let masked = active
+        .masker
+        .mask_and_cut(line, limits.log_max_line_bytes, line.len());
+    let (stream, line) = match active.log.admit(masked.len(), limits) {
+        Admit::Keep => (stream.as_str(), masked),
+        Admit::Truncate => {
+            tracing::warn!(
+                deployment_id,
+                "deployment log reached its cap: later lines are dropped"
+            );
+            ("agent", truncated_note(limits))
+        }
+        Admit::Drop => return Ok(()),
+    };
     // No live viewer is not an error: the line is stored for those who come later.
     let _ = active.live.send(LiveEvent::Line(LogLine {
         seq,
-        stream: stream.as_str().into(),
+        stream: stream.into(),
         line: line.clone(),
         at: rfc3339(at),
     }));
     let pending = PendingLine {
         deployment_id,
         seq,
-        stream: stream.as_str(),
+        stream,
         line,
         at,
     };

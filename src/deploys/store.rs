@@ -45,7 +45,7 @@ pub fn insert(
 }
 
 const SELECT: &str = "SELECT d.id, d.project_id, p.name, d.environment_id, e.name, d.agent_id, d.status, d.git_ref,
-        d.commit_sha, d.error, d.services, d.triggered_by, d.created_at, d.finished_at
+        d.commit_sha, d.error, d.services, d.triggered_by, d.created_at, d.finished_at, d.log_pruned_at
      FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
@@ -76,6 +76,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
         triggered_by: r.get(11)?,
         created_at: rfc3339(r.get(12)?),
         finished_at: r.get::<_, Option<i64>>(13)?.map(rfc3339),
+        log_pruned_at: r.get::<_, Option<i64>>(14)?.map(rfc3339),
         secrets: Vec::new(),
     })
 }
@@ -122,18 +123,75 @@ pub fn latest_per_environment(c: &Connection) -> Result<Vec<Deployment>, DeployE
 
 /// Log lines in order, after `after_seq`, at most `limit`.
 pub fn logs(c: &Connection, deployment_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>, DbError> {
+    Ok(logs_page(c, deployment_id, after_seq, limit, usize::MAX)?.0)
+}
+
+/// Like [`logs`], but also stopping once the lines hold `max_bytes` (at least one line is
+/// given); true when more lines may follow (the page is full).
+pub fn logs_page(
+    c: &Connection,
+    deployment_id: i64,
+    after_seq: i64,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<(Vec<LogLine>, bool), DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT seq, stream, line, at FROM deployment_logs WHERE deployment_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![deployment_id, after_seq, limit], |r| {
-        Ok(LogLine {
+    let mut rows = stmt.query(params![deployment_id, after_seq, limit])?;
+    let mut lines = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(r) = rows.next()? {
+        let line: String = r.get(2)?;
+        if !lines.is_empty() && bytes + line.len() > max_bytes {
+            return Ok((lines, true));
+        }
+        bytes += line.len();
+        lines.push(LogLine {
             seq: r.get(0)?,
             stream: r.get(1)?,
-            line: r.get(2)?,
+            line,
             at: rfc3339(r.get(3)?),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        });
+    }
+    let full = i64::try_from(lines.len()).unwrap_or(i64::MAX) >= limit;
+    Ok((lines, full))
+}
+
+/// How much of a deployment's log is stored: `(lines, bytes)`.
+pub fn log_usage(c: &Connection, deployment_id: i64) -> Result<(u64, u64), DbError> {
+    Ok(c.query_row(
+        "SELECT COUNT(*), IFNULL(SUM(length(CAST(line AS BLOB))), 0) FROM deployment_logs WHERE deployment_id = ?1",
+        [deployment_id],
+        |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+    )?)
+}
+
+/// Finished deployments whose logs retention no longer keeps, oldest first, at most `limit`:
+/// in each environment, all but the newest `keep_last`, and of those only the ones created
+/// before `older_than` (ms).
+pub fn prunable(c: &Connection, keep_last: u64, older_than: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+    let keep_last = i64::try_from(keep_last).unwrap_or(i64::MAX);
+    let mut stmt = c.prepare_cached(
+        "SELECT d.id FROM deployments d
+         WHERE d.log_pruned_at IS NULL AND d.status IN ('success', 'failed') AND d.created_at < ?2
+           AND (?1 = 0 OR d.id < IFNULL((SELECT k.id FROM deployments k WHERE k.environment_id = d.environment_id
+                                         ORDER BY k.id DESC LIMIT 1 OFFSET ?1 - 1), d.id))
+         ORDER BY d.id LIMIT ?3",
+    )?;
+    Ok(stmt
+        .query_map(params![keep_last, older_than, limit], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Delete a deployment's log lines and mark it pruned; the number of lines deleted.
+pub fn prune_log(tx: &Transaction<'_>, deployment_id: i64, now: i64) -> Result<usize, DbError> {
+    let n = tx
+        .prepare_cached("DELETE FROM deployment_logs WHERE deployment_id = ?1")?
+        .execute([deployment_id])?;
+    tx.prepare_cached("UPDATE deployments SET log_pruned_at = ?2 WHERE id = ?1 AND log_pruned_at IS NULL")?
+        .execute(params![deployment_id, now])?;
+    Ok(n)
 }
 
 /// The highest stored seq of a deployment's log, if it has any line.

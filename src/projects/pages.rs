@@ -230,7 +230,10 @@ fn environment_card(
                         @for d in history {
                             tr {
                                 td { a href=(format!("/deployments/{}", d.id)) { "#" (d.id) } }
-                                td { (deploys::pages::status_badge(d.status)) }
+                                td {
+                                    (deploys::pages::status_badge(d.status))
+                                    @if d.log_pruned_at.is_some() { " " small.muted { "log pruned" } }
+                                }
                                 td { code { (d.git_ref) } }
                                 td { (d.triggered_by) }
                                 td { (ago(&d.created_at, now)) }

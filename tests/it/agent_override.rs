@@ -333,3 +333,70 @@ async fn render_override_cli_prints_the_override_or_refuses_with_a_reason() {
     assert!(!out.status.success() && out.stdout.is_empty());
     assert!(!String::from_utf8_lossy(&out.stderr).contains(canary));
 }
+
+/// The agent's own reading of `services` (which saves a compose start) never disagrees with
+/// compose: on files with YAML tags or a top-level merge key it must hand over to compose.
+#[tokio::test]
+async fn the_service_list_shortcut_agrees_with_compose_on_tags_and_merge_keys() {
+    if !require_compose() {
+        return;
+    }
+    let files: &[(&str, &[(&str, &str)])] = &[
+        (
+            "reset",
+            &[(
+                "compose.yml",
+                "services:\n  web: {image: stagely-test-busybox}\n  db: !reset null\n",
+            )],
+        ),
+        (
+            "reset-in-override",
+            &[(
+                "compose.yml",
+                "services:\n  web: !override {image: stagely-test-busybox}\n  db: !reset {}\n",
+            )],
+        ),
+        (
+            "merge-key-include",
+            &[
+                (
+                    "compose.yml",
+                    "x-inc: &inc\n  include: [inc/db.yml]\n<<: *inc\nservices:\n  web: {image: stagely-test-busybox}\n",
+                ),
+                ("inc/db.yml", INCLUDED),
+            ],
+        ),
+        (
+            "core-tag",
+            &[(
+                "compose.yml",
+                "services:\n  web: {image: !!str stagely-test-busybox}\n  db: {image: stagely-test-busybox}\n",
+            )],
+        ),
+        (
+            "plain",
+            &[(
+                "compose.yml",
+                "services:\n  web: {image: stagely-test-busybox, command: \"echo hi!\"}\n",
+            )],
+        ),
+    ];
+    let compose = Compose::new("docker compose").unwrap();
+    for (name, files) in files {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write_files(dir.path(), files);
+        let asked = compose.services(&main, true).await.unwrap();
+        let listed = compose.all_services(&main).await.unwrap();
+        assert_eq!(listed, asked, "{name}: the agent's list differs from compose's");
+        let read = stagely_agent::compose::services_in_file(&main);
+        if *name == "plain" {
+            assert_eq!(
+                read.as_ref(),
+                Some(&asked),
+                "{name}: a plain file is read directly"
+            );
+        } else {
+            assert_eq!(read, None, "{name}: a tag or merge key must be left to compose");
+        }
+    }
+}

@@ -481,3 +481,64 @@ services:
     );
     assert!(!stack.logs_contain(CANARY));
 }
+
+/// A failing service prints a secret encoded (base64 alone and inside a longer base64 text,
+/// base64url without padding, percent-encoded, JSON-escaped): no form of it is stored or shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_service_printing_a_secret_encoded_shows_no_form_of_it() {
+    if !prereq::docker() {
+        return;
+    }
+    let value = "enc/canary+7Hq9-Zx8";
+    let printing = r#"
+services:
+  leaky:
+    image: stagely-test-busybox:latest
+    command:
+      - sh
+      - -c
+      - |
+        printf '%s' "$$ENC" | base64
+        printf 'Basic %s\n' "$$(printf 'user:%s' "$$ENC" | base64)"
+        printf '%s' "$$ENC" | base64 | tr '+/' '-_' | tr -d '='
+        printf 'url=%s\n' "$$(printf '%s' "$$ENC" | sed 's,/,%2F,g; s,+,%2B,g')"
+        printf '{"v":"%s"}\n' "$$(printf '%s' "$$ENC" | sed 's,/,\\/,g')"
+        exit 3
+"#;
+    let stack = Stack::start("e2e-encoded", printing, "staging").await;
+    stack
+        .secret(json!({"key": "ENC", "value": value, "scope": "global"}))
+        .await;
+    let id = stack.deploy().await;
+    let d = stack.api.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    let (_, logs) = stack.api.get(&format!("/api/deployments/{id}/logs")).await;
+    let shown = format!("{d}\n{logs}");
+    use base64::Engine;
+    let engines = base64::engine::general_purpose::STANDARD;
+    let forms = [
+        value.to_owned(),
+        engines.encode(value),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
+        // The middle of `user:<value>`'s base64, which depends on the value alone.
+        engines.encode(format!("user:{value}"))[8..24].to_owned(),
+        "enc%2Fcanary%2B7Hq9-Zx8".to_owned(),
+        r"enc\/canary+7Hq9-Zx8".to_owned(),
+    ];
+    assert!(
+        shown.contains("***"),
+        "the service's lines are there, masked: {shown}"
+    );
+    let db = std::fs::read(stack.root.join("data/stagely.db")).unwrap();
+    let wal = std::fs::read(stack.root.join("data/stagely.db-wal")).unwrap_or_default();
+    for form in &forms {
+        assert!(!shown.contains(form.as_str()), "{form} shown: {shown}");
+        assert!(!stack.logs_contain(form), "{form} in a process log");
+        for bytes in [&db, &wal] {
+            assert!(
+                !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+                "{form} stored"
+            );
+        }
+    }
+}

@@ -19,6 +19,7 @@ mod deploy_flow;
 mod domain_rules;
 mod e2e_engine;
 mod lifecycle;
+mod log_limits;
 mod names;
 mod operations;
 mod packaging;

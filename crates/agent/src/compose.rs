@@ -8,8 +8,10 @@ use tokio::process::Command;
 
 use super::process;
 
-/// Longest compose error message carried in a FAIL (compose's own words, cut).
-const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest compose error message kept (compose's own words, cut). Generous on purpose: the
+/// message is masked and only then cut to the FAIL's limit (deploy.rs), so a secret across that
+/// cut is still recognised whole (docs/security.md).
+const MAX_MESSAGE_BYTES: usize = process::MAX_READ_LINE_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
@@ -272,9 +274,11 @@ impl Compose {
 const MAX_DIRECT_READ: u64 = 1024 * 1024;
 
 /// The keys of the file's `services` mapping, when they are exactly the services compose would
-/// list with every profile: one YAML document, no top-level `include:` (which adds services), a
-/// `services` mapping of plain string keys without a merge key (`<<`). Anything else, and any
-/// file that does not parse, gives `None`, so compose itself decides (and words the errors).
+/// list with every profile: one YAML document, no YAML tag anywhere (`!reset` and `!override`
+/// remove or replace services; even a core `!!str` is left to compose so its reading wins), no
+/// top-level merge key (`<<` can bring in an `include:`), no top-level `include:` (which adds
+/// services), a `services` mapping of plain string keys without a merge key. Anything else, and
+/// any file that does not parse, gives `None`, so compose itself decides (and words the errors).
 /// `extends`, anchors inside a service and profiles do not change which services exist. A file
 /// that parses here but that compose refuses still fails before anything starts: `up` checks
 /// the whole model first.
@@ -286,9 +290,15 @@ pub fn services_in_file(file: &Path) -> Option<Vec<String>> {
         return None;
     }
     let text = std::fs::read_to_string(file).ok()?;
+    if may_hold_a_tag(&text) {
+        return None;
+    }
     let doc: Value = serde_yaml_ng::from_str(&text).ok()?;
+    if has_tag(&doc) {
+        return None;
+    }
     let top = doc.as_mapping()?;
-    if top.contains_key("include") {
+    if top.contains_key("include") || top.contains_key("<<") {
         return None;
     }
     let mut names = Vec::new();
@@ -301,6 +311,31 @@ pub fn services_in_file(file: &Path) -> Option<Vec<String>> {
     names.sort();
     names.dedup();
     Some(names)
+}
+
+/// True when a `!` starts a token anywhere (a tag's only spelling), comments and quoted text
+/// included: a false alarm costs one compose start, a miss would disagree with compose.
+fn may_hold_a_tag(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'!'
+            && (i == 0
+                || matches!(
+                    bytes[i - 1],
+                    b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':' | b'-' | b'?'
+                ))
+    })
+}
+
+/// Any tagged node in the document (a second line of defence behind [`may_hold_a_tag`]).
+fn has_tag(value: &serde_yaml_ng::Value) -> bool {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::Tagged(_) => true,
+        Value::Sequence(items) => items.iter().any(has_tag),
+        Value::Mapping(map) => map.iter().any(|(k, v)| has_tag(k) || has_tag(v)),
+        _ => false,
+    }
 }
 
 /// `docker-compose` files in the directories the docker CLI searches for plugins, in its order.
@@ -432,6 +467,19 @@ mod tests {
             None
         );
         assert_eq!(read("services:\n"), None);
+        // Tags change what compose sees; a top-level merge key can bring in an include.
+        assert_eq!(read("services:\n  web: {image: i}\n  db: !reset null\n"), None);
+        assert_eq!(read("services:\n  web: !override {image: i}\n"), None);
+        assert_eq!(read("services:\n  !!str web: {image: i}\n"), None);
+        assert_eq!(
+            read("x: &x\n  include: [a.yml]\n<<: *x\nservices:\n  web: {image: i}\n"),
+            None
+        );
+        // A `!` inside a word is no tag.
+        assert_eq!(
+            read("services:\n  web: {image: i, command: \"echo hi!\"}\n"),
+            Some(vec!["web".to_owned()])
+        );
         assert_eq!(read("- a\n"), None);
         assert_eq!(services_in_file(&dir.path().join("missing.yml")), None);
     }

@@ -12,8 +12,14 @@ use super::{LogLine, LogSink};
 use stagely_protocol::LogStream;
 use stagely_protocol::mask::Masker;
 
-/// Longest line forwarded as one LOG frame; the rest is cut (frames are capped at 1 MiB).
+/// Longest line forwarded as one LOG frame, its cut marker included (frames are capped at 1 MiB).
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// How much of one line is held for masking before it is cut to [`MAX_LINE_BYTES`]; the rest of
+/// a longer line is read and dropped. A secret (at most 64 KiB; its longest encoded form, JSON
+/// `\uXXXX`, at most 6x that) that begins before the cut ends within this, so it is masked
+/// whole before the cut.
+pub const MAX_READ_LINE_BYTES: usize = 1024 * 1024;
 
 /// A command with the agent's hygiene applied.
 pub fn command(program: impl AsRef<OsStr>) -> Command {
@@ -60,7 +66,7 @@ pub async fn run_streamed(
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ReadLine>();
     let readers = async {
         tokio::join!(
             pump(stdout, LogStream::Stdout, tx.clone()),
@@ -70,7 +76,8 @@ pub async fn run_streamed(
     let mut tail = std::collections::VecDeque::with_capacity(keep_tail + 1);
     let forward = async {
         while let Some(line) = rx.recv().await {
-            let masked = masker.mask(&line.line);
+            // Masked before it is cut, so a secret across the cut is still recognised whole.
+            let masked = masker.mask_and_cut(&line.line, MAX_LINE_BYTES, line.len);
             if keep_tail > 0 {
                 if tail.len() == keep_tail {
                     tail.pop_front();
@@ -92,30 +99,68 @@ pub async fn run_streamed(
     })
 }
 
+/// One line as read: at most [`MAX_READ_LINE_BYTES`] of it, and its whole length.
+struct ReadLine {
+    stream: LogStream,
+    line: String,
+    len: usize,
+}
+
 async fn pump(
     reader: Option<impl AsRead>,
     stream: LogStream,
-    tx: tokio::sync::mpsc::UnboundedSender<LogLine>,
+    tx: tokio::sync::mpsc::UnboundedSender<ReadLine>,
 ) {
     let Some(reader) = reader else { return };
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        // Split on \n only; compose's progress output uses \r within a line, kept as is.
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    buf.pop();
-                }
-                let line = String::from_utf8_lossy(&buf);
-                // The receiver stops only when the command is over: a late line has no reader.
-                let _ = tx.send(LogLine {
-                    stream,
-                    line: truncate(&line, MAX_LINE_BYTES),
-                });
-            }
+        let Some(len) = read_line_capped(&mut reader, &mut buf, MAX_READ_LINE_BYTES).await else {
+            return;
+        };
+        let dropped = len > buf.len();
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        // The receiver stops only when the command is over: a late line has no reader.
+        let _ = tx.send(ReadLine {
+            stream,
+            // Its line ending included when part of it was dropped: close enough for the marker.
+            len: if dropped { len } else { buf.len() },
+            line,
+        });
+    }
+}
+
+/// Read up to and including the next `\n` (split on \n only; compose's progress output uses \r
+/// within a line, kept as is), keeping at most `max` bytes in `buf` and dropping the rest.
+/// Returns the line's whole length, `None` at the end of the stream (or on a read error).
+async fn read_line_capped(
+    reader: &mut (impl AsyncBufReadExt + Unpin),
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Option<usize> {
+    let mut len = 0usize;
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok(chunk) => chunk,
+            Err(_) => return (len > 0).then_some(len),
+        };
+        if chunk.is_empty() {
+            return (len > 0).then_some(len);
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = max.saturating_sub(buf.len()).min(take);
+        buf.extend_from_slice(&chunk[..room]);
+        len += take;
+        reader.consume(take);
+        if done {
+            return Some(len);
         }
     }
 }
@@ -195,6 +240,33 @@ mod tests {
         );
         assert!(lines.iter().all(|l| !l.line.contains("hunter2")));
         assert_eq!(out.tail.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_masked_before_they_are_cut_and_memory_stays_bounded() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let secret = "canary-across-the-cut-0123456789";
+        let masker = Masker::new([secret]);
+        // The secret begins just before the cut; a 3 MiB line follows (more than is ever held).
+        let script = format!(
+            "head -c {} /dev/zero | tr '\\0' a; printf '{secret}'; head -c 3145728 /dev/zero | tr '\\0' b; echo; echo next",
+            MAX_LINE_BYTES - 40
+        );
+        let mut cmd = command("sh");
+        cmd.args(["-c", &script]);
+        let out = run_streamed(cmd, &masker, &tx, 0).await.unwrap();
+        assert!(out.success());
+        drop(tx);
+        let mut lines = Vec::new();
+        while let Some(l) = rx.recv().await {
+            lines.push(l.line);
+        }
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].len() <= MAX_LINE_BYTES, "{}", lines[0].len());
+        assert!(!lines[0].contains("canary"), "a cut secret shows");
+        assert!(lines[0].contains(stagely_protocol::mask::CUT_MARKER));
+        assert!(lines[0].ends_with(" bytes]"));
+        assert_eq!(lines[1], "next");
     }
 
     #[test]

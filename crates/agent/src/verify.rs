@@ -181,7 +181,11 @@ impl Target<'_> {
         if !out.status.success() {
             return Err(VerifyError::Failed {
                 program,
-                message: process::truncate(String::from_utf8_lossy(&out.stderr).trim(), 2048),
+                // Cut generously: deploy.rs masks the message, then cuts it to the FAIL's limit.
+                message: process::truncate(
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    process::MAX_READ_LINE_BYTES,
+                ),
             });
         }
         let text = String::from_utf8_lossy(&out.stdout);
@@ -221,7 +225,8 @@ impl Target<'_> {
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
                 let lines: Vec<String> = text
                     .lines()
-                    .map(|l| masker.mask(&process::truncate(l, 2048)))
+                    // Masked before it is cut: a secret across the cut is recognised whole.
+                    .map(|l| masker.mask_and_cut(l, 2048, l.len()))
                     .collect();
                 let skip = lines.len().saturating_sub(LOG_TAIL_LINES);
                 lines.into_iter().skip(skip).collect()

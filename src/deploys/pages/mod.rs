@@ -180,6 +180,9 @@ pub async fn deployment_page(
         }
         (status_block(&d))
         h3 { "Log" }
+        @if let Some(at) = &d.log_pruned_at {
+            p.muted { "Log pruned " (ago(at, now_ms())) " by the retention policy (deploys.log_keep_deployments, deploys.log_keep_days)." }
+        }
         // Reading works without JavaScript; with it, the socket streams the rest in.
         @if live {
             div hx-ext="ws" ws-connect=(format!("/ws/deployments/{id}")) {
