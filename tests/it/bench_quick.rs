@@ -35,7 +35,6 @@ const METRICS: &[&str] = &[
     "flood_agents_online",
     "flood_dispatch_p99",
     "halfopen_healthz_p99",
-
     "signin_peak_rss",
     "signin_rss_added",
     "signin_busy_share",
