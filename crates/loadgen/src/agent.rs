@@ -91,8 +91,18 @@ pub async fn dial(addr: SocketAddr, token: &str) -> Result<Ws, DialError> {
 
 pub fn hello_frame(name: &str) -> String {
     json!({"type": "HELLO", "protocol": protocol::PROTOCOL_VERSION, "agent_version": "loadgen",
-        "hostname": name, "docker_version": "0", "compose_version": "0", "active_deployments": []})
+        "hostname": name, "docker_version": "0", "compose_version": "0", "active_deployments": [],
+        "recipient": recipient()})
     .to_string()
+}
+
+/// One age recipient for every simulated agent of this process (each agent pins it on its own;
+/// the load generator never opens the sealed secrets, so the identity is not kept on disk).
+fn recipient() -> &'static str {
+    static IDENTITY: std::sync::OnceLock<stagely_agent::identity::AgentIdentity> = std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(stagely_agent::identity::AgentIdentity::generate)
+        .recipient()
 }
 
 pub fn log_frame(deployment_id: i64, seq: u64, line: &str) -> String {

@@ -6,7 +6,8 @@ pub mod socket;
 
 use axum::Extension;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
+use std::net::{IpAddr, SocketAddr};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -30,6 +31,10 @@ impl From<AgentError> for WebError {
                 message: format!(
                     "this environment already has an agent named {name:?} (revoked agents keep their names)"
                 ),
+            },
+            e @ AgentError::NotPinned => WebError::Conflict {
+                code: "not_pinned",
+                message: e.to_string(),
             },
             AgentError::Db(e) => e.into(),
         }
@@ -71,6 +76,17 @@ pub async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, WebError> {
     ops::revoke_agent(&state, &who, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/agents/{id}/identity/reset`: forget the pinned recipient; the agent is
+/// disconnected and its next connection pins again.
+pub async fn reset_identity(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, WebError> {
+    ops::reset_identity(&state, &who, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -120,6 +136,7 @@ pub async fn install_script(State(state): State<AppState>) -> Response {
 /// connection.
 pub async fn upgrade(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -145,6 +162,7 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    let address = client_address(&state, peer.map(|Extension(c)| c.0), &headers);
     // Small buffers: an idle agent costs a few KB instead of ~130 KB (STACK-NOTES.md). The read
     // buffer is held for the connection's life: 512 bytes still take ~5 LOG frames per read
     // (BENCHMARKS.md: idle agents, log throughput).
@@ -157,9 +175,30 @@ pub async fn upgrade(
             // The connection gets its own task rather than living inside axum's upgrade future,
             // which keeps the upgrade's config and callback beside it for the connection's whole
             // life (~230 bytes per idle agent).
-            tokio::spawn(socket::run(state, agent, socket));
+            tokio::spawn(socket::run(state, agent, address, socket));
             std::future::ready(())
         })
+}
+
+/// Where an agent connects from, for the second-connection record: the peer's address, or the
+/// address a trusted proxy (`trusted_proxies`) says it forwarded for (the last `X-Forwarded-For`
+/// entry, which that proxy added), then "via" the proxy.
+fn client_address(state: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> String {
+    let Some(peer) = peer.map(|p| p.ip()) else {
+        return "unknown".into();
+    };
+    if !state.config.trusted_proxies.contains(&peer) {
+        return peer.to_string();
+    }
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+    match forwarded {
+        Some(ip) => format!("{ip} via {peer}"),
+        None => peer.to_string(),
+    }
 }
 
 /// The token from `Authorization: Bearer …`.
