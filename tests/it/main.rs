@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent_engine;
+mod agent_identity;
 mod agent_git;
 mod agent_override;
 mod agent_policy;
