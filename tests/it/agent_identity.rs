@@ -128,8 +128,9 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
     // The genuine agent is still the one connected, and still the one deploys go to.
     let a = agent_json(&api, agent_id).await;
     assert_eq!((a["online"].as_bool(), a["recipient"].as_str()), (Some(true), Some(pinned.as_str())));
+    // The agent shows the last refusal (the downgrade); the audit has both.
     let mismatch = a["identity_mismatch"]["detail"].as_str().unwrap();
-    assert!(mismatch.contains(stranger.recipient()) && mismatch.contains("elsewhere"), "{a}");
+    assert!(mismatch.contains("no recipient") && mismatch.contains("elsewhere"), "{a}");
     assert!(!mismatch.contains(&token), "never the token: {mismatch}");
     let (status, body) = api.post(&format!("/api/deploy/{pid}"), json!({})).await;
     assert_eq!(status, 202, "{body}");
@@ -141,6 +142,12 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
 
     let audit_now = audit(&server);
     assert_eq!(count(&audit_now, "agent.identity_mismatch"), 2, "{audit_now:?}");
+    assert!(
+        audit_now
+            .iter()
+            .any(|(a, d)| a == "agent.identity_mismatch" && d.contains(stranger.recipient()) && d.contains(&pinned)),
+        "{audit_now:?}"
+    );
     assert!(audit_now.iter().all(|(_, d)| !d.contains(&token)));
 
     // The agent's page shows the pin and the refusal.
@@ -148,7 +155,7 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
     let (status, page) = admin.get(&format!("/agents/{agent_id}")).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains(&pinned), "pinned recipient shown");
-    assert!(page.contains("identity-mismatch") && page.contains(stranger.recipient()));
+    assert!(page.contains("identity-mismatch") && page.contains("no recipient (an old agent)"));
     assert!(page.contains(&format!("/agents/{agent_id}/identity/reset")), "reset button");
 
     // A member may not reset it, by API or by the page's form.
