@@ -110,7 +110,15 @@ pub async fn reset_identity(state: &AppState, who: &Principal, id: i64) -> Resul
                 agent.name,
                 agent.recipient.as_deref().unwrap_or_default()
             );
-            audit::record(tx, now, &actor, "agent.identity_reset", "agent", Some(id), &detail)?;
+            audit::record(
+                tx,
+                now,
+                &actor,
+                "agent.identity_reset",
+                "agent",
+                Some(id),
+                &detail,
+            )?;
             Ok::<_, AgentError>(())
         })
         .await?;
@@ -145,7 +153,8 @@ pub async fn admit(
 ) -> Result<Admission, DbError> {
     let (id, actor) = (agent.id, format!("agent:{}", agent.name));
     let (hello, address) = (hello.clone(), address.to_owned());
-    let window_ms = i64::try_from(state.config.agents.offline_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let window_ms =
+        i64::try_from(state.config.agents.offline_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     state
         .db
         .write(move |tx| {
@@ -170,9 +179,10 @@ pub async fn admit(
                 }
                 PinCheck::Matches | PinCheck::NoneOffered => {}
             }
-            let (prev_address, prev_host, prev_seen) = store::last_connection(tx, id)?;
-            let prev_address = prev_address.unwrap_or_else(|| "an unknown address".into());
-            let prev_host = prev_host.unwrap_or_default();
+            let prev = store::last_connection(tx, id)?;
+            let prev_address = prev.address.unwrap_or_else(|| "an unknown address".into());
+            let prev_host = prev.hostname.unwrap_or_default();
+            let prev_seen = prev.seen;
             let elsewhere = prev_address != address || prev_host != *host;
             let recent = prev_seen.is_some_and(|seen| now - seen <= window_ms);
             let detail = if live {

@@ -161,8 +161,14 @@ pub fn mark_online(
 }
 
 /// Compare a HELLO's recipient with the pinned one, pinning it if none is.
-pub fn check_pin(tx: &Transaction<'_>, id: i64, offered: Option<&str>, now: i64) -> Result<PinCheck, DbError> {
-    let pinned: Option<String> = tx.query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))?;
+pub fn check_pin(
+    tx: &Transaction<'_>,
+    id: i64,
+    offered: Option<&str>,
+    now: i64,
+) -> Result<PinCheck, DbError> {
+    let pinned: Option<String> =
+        tx.query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))?;
     Ok(match (pinned, offered) {
         (None, None) => PinCheck::NoneOffered,
         (None, Some(offered)) => {
@@ -177,7 +183,12 @@ pub fn check_pin(tx: &Transaction<'_>, id: i64, offered: Option<&str>, now: i64)
     })
 }
 
-pub fn record_identity_mismatch(tx: &Transaction<'_>, id: i64, detail: &str, now: i64) -> Result<(), DbError> {
+pub fn record_identity_mismatch(
+    tx: &Transaction<'_>,
+    id: i64,
+    detail: &str,
+    now: i64,
+) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET identity_mismatch_at = ?2, identity_mismatch = ?3 WHERE id = ?1",
         params![id, now, detail],
@@ -185,7 +196,12 @@ pub fn record_identity_mismatch(tx: &Transaction<'_>, id: i64, detail: &str, now
     Ok(())
 }
 
-pub fn record_second_connection(tx: &Transaction<'_>, id: i64, detail: &str, now: i64) -> Result<(), DbError> {
+pub fn record_second_connection(
+    tx: &Transaction<'_>,
+    id: i64,
+    detail: &str,
+    now: i64,
+) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET second_connection_at = ?2, second_connection = ?3 WHERE id = ?1",
         params![id, now, detail],
@@ -210,25 +226,35 @@ pub fn reset_identity(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentE
 
 /// The recipient a DEPLOY to this agent is sealed to.
 pub fn recipient(c: &Connection, id: i64) -> Result<Option<String>, DbError> {
-    Ok(c
-        .query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))
-        .optional()?
-        .flatten())
+    Ok(
+        c.query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .flatten(),
+    )
 }
 
 /// Where and from which host the last accepted connection came, and when it was last seen.
-pub fn last_connection(
-    c: &Connection,
-    id: i64,
-) -> Result<(Option<String>, Option<String>, Option<i64>), DbError> {
-    Ok(c
-        .query_row(
-            "SELECT last_address, hostname, last_heartbeat FROM agents WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?
-        .unwrap_or((None, None, None)))
+#[derive(Debug, Default)]
+pub struct LastConnection {
+    pub address: Option<String>,
+    pub hostname: Option<String>,
+    pub seen: Option<i64>,
+}
+
+pub fn last_connection(c: &Connection, id: i64) -> Result<LastConnection, DbError> {
+    Ok(c.query_row(
+        "SELECT last_address, hostname, last_heartbeat FROM agents WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(LastConnection {
+                address: r.get(0)?,
+                hostname: r.get(1)?,
+                seen: r.get(2)?,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
 }
 
 pub fn mark_offline(tx: &Transaction<'_>, id: i64, last_seen: i64) -> Result<(), DbError> {

@@ -89,8 +89,18 @@ pub async fn trigger(
     let sealed_secrets = match tokio::task::spawn_blocking(move || seal(&recipient, &payload)).await {
         Ok(Some(sealed)) => sealed,
         _ => {
-            tracing::error!(deployment_id, agent_id, "cannot seal the secrets to the agent's identity");
-            end_by_server(state, deployment_id, env.id, "cannot seal the secrets to the agent's identity").await;
+            tracing::error!(
+                deployment_id,
+                agent_id,
+                "cannot seal the secrets to the agent's identity"
+            );
+            end_by_server(
+                state,
+                deployment_id,
+                env.id,
+                "cannot seal the secrets to the agent's identity",
+            )
+            .await;
             return Err(DeployError::Seal);
         }
     };

@@ -114,7 +114,9 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
     // Someone with the token but not the identity file: refused before it can replace anything.
     let stranger = AgentIdentity::generate();
     let mut thief = TestAgent::raw(&api.url, &token).await;
-    thief.hello(Some(vec![]), Some(stranger.recipient()), "elsewhere").await;
+    thief
+        .hello(Some(vec![]), Some(stranger.recipient()), "elsewhere")
+        .await;
     let err = thief.recv().await;
     assert_eq!(err["code"], "identity_mismatch", "{err}");
     assert!(err["message"].as_str().unwrap().contains("reset"), "{err}");
@@ -127,10 +129,16 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
 
     // The genuine agent is still the one connected, and still the one deploys go to.
     let a = agent_json(&api, agent_id).await;
-    assert_eq!((a["online"].as_bool(), a["recipient"].as_str()), (Some(true), Some(pinned.as_str())));
+    assert_eq!(
+        (a["online"].as_bool(), a["recipient"].as_str()),
+        (Some(true), Some(pinned.as_str()))
+    );
     // The agent shows the last refusal (the downgrade); the audit has both.
     let mismatch = a["identity_mismatch"]["detail"].as_str().unwrap();
-    assert!(mismatch.contains("no recipient") && mismatch.contains("elsewhere"), "{a}");
+    assert!(
+        mismatch.contains("no recipient") && mismatch.contains("elsewhere"),
+        "{a}"
+    );
     assert!(!mismatch.contains(&token), "never the token: {mismatch}");
     let (status, body) = api.post(&format!("/api/deploy/{pid}"), json!({})).await;
     assert_eq!(status, 202, "{body}");
@@ -143,9 +151,9 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
     let audit_now = audit(&server);
     assert_eq!(count(&audit_now, "agent.identity_mismatch"), 2, "{audit_now:?}");
     assert!(
-        audit_now
-            .iter()
-            .any(|(a, d)| a == "agent.identity_mismatch" && d.contains(stranger.recipient()) && d.contains(&pinned)),
+        audit_now.iter().any(|(a, d)| a == "agent.identity_mismatch"
+            && d.contains(stranger.recipient())
+            && d.contains(&pinned)),
         "{audit_now:?}"
     );
     assert!(audit_now.iter().all(|(_, d)| !d.contains(&token)));
@@ -156,7 +164,10 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
     assert_eq!(status, 200, "{page}");
     assert!(page.contains(&pinned), "pinned recipient shown");
     assert!(page.contains("identity-mismatch") && page.contains("no recipient (an old agent)"));
-    assert!(page.contains(&format!("/agents/{agent_id}/identity/reset")), "reset button");
+    assert!(
+        page.contains(&format!("/agents/{agent_id}/identity/reset")),
+        "reset button"
+    );
 
     // A member may not reset it, by API or by the page's form.
     let mut member = server.user(&mut admin, "maria", "member").await;
@@ -165,7 +176,9 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
         .post(&format!("/api/agents/{agent_id}/identity/reset"), json!({}))
         .await;
     assert_eq!(status, 403);
-    let (status, _) = member.post_form(&format!("/agents/{agent_id}/identity/reset"), &[]).await;
+    let (status, _) = member
+        .post_form(&format!("/agents/{agent_id}/identity/reset"), &[])
+        .await;
     assert_eq!(status, 403);
     let (status, page) = member.get(&format!("/agents/{agent_id}")).await;
     assert_eq!(status, 200);
@@ -180,18 +193,31 @@ async fn another_identity_is_refused_recorded_and_only_an_admin_resets_the_pin()
     assert_eq!(status, 204, "{body}");
     assert_eq!(genuine.closed_reason().await, CLOSE_IDENTITY_RESET);
     let a = agent_json(&api, agent_id).await;
-    assert!(a["recipient"].is_null() && a["identity_mismatch"].is_null(), "{a}");
+    assert!(
+        a["recipient"].is_null() && a["identity_mismatch"].is_null(),
+        "{a}"
+    );
     let (status, body) = api
         .post(&format!("/api/agents/{agent_id}/identity/reset"), json!({}))
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("not_pinned")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("not_pinned"))
+    );
 
     let mut reinstalled = TestAgent::raw(&api.url, &token).await;
-    reinstalled.hello(Some(vec![]), Some(stranger.recipient()), "reinstalled").await;
+    reinstalled
+        .hello(Some(vec![]), Some(stranger.recipient()), "reinstalled")
+        .await;
     api.wait_online(agent_id).await;
-    assert_eq!(agent_json(&api, agent_id).await["recipient"], stranger.recipient());
+    assert_eq!(
+        agent_json(&api, agent_id).await["recipient"],
+        stranger.recipient()
+    );
     // The page's form does the same, with the session's CSRF token.
-    let (status, _) = admin.post_form(&format!("/agents/{agent_id}/identity/reset"), &[]).await;
+    let (status, _) = admin
+        .post_form(&format!("/agents/{agent_id}/identity/reset"), &[])
+        .await;
     assert_eq!(status, 303);
     assert_eq!(reinstalled.closed_reason().await, CLOSE_IDENTITY_RESET);
 
@@ -253,12 +279,18 @@ async fn a_second_connection_with_the_same_token_is_recorded_and_shown() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(detail.contains("third-host") && detail.contains("after"), "{detail}");
+    assert!(
+        detail.contains("third-host") && detail.contains("after"),
+        "{detail}"
+    );
     assert_eq!(count(&audit(&server), "agent.second_connection"), 2);
 
     let mut admin = server.admin("root").await;
     let (_, page) = admin.get(&format!("/agents/{agent_id}")).await;
-    assert!(page.contains("second-connection") && page.contains("third-host"), "{page:.300}");
+    assert!(
+        page.contains("second-connection") && page.contains("third-host"),
+        "{page:.300}"
+    );
     drop(third);
     server.stop().await;
 }

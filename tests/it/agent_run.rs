@@ -181,7 +181,13 @@ fn listening_sockets(pid: u32) -> Vec<String> {
 }
 
 /// A DEPLOY with its secrets sealed to the recipient the agent's HELLO offered.
-fn deploy_msg(recipient: &str, id: i64, name: &str, compose: &Path, secrets: Vec<SecretEntry>) -> ServerMessage {
+fn deploy_msg(
+    recipient: &str,
+    id: i64,
+    name: &str,
+    compose: &Path,
+    secrets: Vec<SecretEntry>,
+) -> ServerMessage {
     let project = ProjectSpec {
         name: name.into(),
         environment: "staging".into(),
@@ -353,7 +359,10 @@ async fn a_killed_agent_leaves_no_override_and_reports_the_deploy_as_interrupted
     assert_eq!(active_deployments, Some(vec![7]));
     // The identity made at first start is kept, private, across restarts (and a crash).
     assert_eq!(again.as_deref(), Some(recipient.as_str()));
-    let identity = dir.path().join("work").join(stagely_agent::identity::IDENTITY_FILE);
+    let identity = dir
+        .path()
+        .join("work")
+        .join(stagely_agent::identity::IDENTITY_FILE);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&identity).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "{}", identity.display());
     match recv(&mut ws).await {
@@ -373,5 +382,8 @@ async fn a_killed_agent_leaves_no_override_and_reports_the_deploy_as_interrupted
     assert!(agent.wait().await.success());
     let log = agent.log();
     assert!(!log.contains(CANARY));
-    assert!(!log.contains("AGE-SECRET-KEY"), "the identity's secret half in the log");
+    assert!(
+        !log.contains("AGE-SECRET-KEY"),
+        "the identity's secret half in the log"
+    );
 }

@@ -142,7 +142,10 @@ impl Capture {
             let (opcode, short) = (rest[0] & 0x0f, usize::from(rest[1] & 0x7f));
             let (len, head) = match short {
                 126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
-                127 => (usize::try_from(u64::from_be_bytes(rest[2..10].try_into().unwrap())).unwrap(), 10),
+                127 => (
+                    usize::try_from(u64::from_be_bytes(rest[2..10].try_into().unwrap())).unwrap(),
+                    10,
+                ),
                 n => (n, 2),
             };
             if rest.len() < head + len {
@@ -240,7 +243,10 @@ impl Stack {
             .append(true)
             .open(self.root.join("agent.log"))
             .unwrap();
-        let server = self.proxy.as_ref().map_or(self.api.url.clone(), |p| p.url.clone());
+        let server = self
+            .proxy
+            .as_ref()
+            .map_or(self.api.url.clone(), |p| p.url.clone());
         let child = tokio::process::Command::new(crate::bins::agent())
             .args(["run", "--server", &server, "--token-file"])
             .arg(&token_file)

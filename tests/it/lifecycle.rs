@@ -32,7 +32,8 @@ async fn a_canary_secret_appears_nowhere_but_the_agent() {
     let id = body["deployment_id"].as_i64().unwrap();
     let deploy = agent.recv().await;
     assert_eq!(
-        agent.secrets(&deploy)[0]["value"], CANARY,
+        agent.secrets(&deploy)[0]["value"],
+        CANARY,
         "the agent, and only the agent, gets the value"
     );
     // A careless program echoes its environment; the agent forgot to mask (worst case).

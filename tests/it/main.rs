@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent_engine;
-mod agent_identity;
 mod agent_git;
+mod agent_identity;
 mod agent_override;
 mod agent_policy;
 mod agent_run;

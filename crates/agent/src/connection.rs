@@ -325,7 +325,10 @@ impl Agent {
                 deployment_id,
                 project,
                 sealed_secrets,
-            })) => self.on_deploy(deployment_id, project, &sealed_secrets, sink).await,
+            })) => {
+                self.on_deploy(deployment_id, project, &sealed_secrets, sink)
+                    .await
+            }
             Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
                 if let Err(e) = lock(&self.results).ack(deployment_id) {
                     tracing::error!(deployment_id, error = %e, "cannot record the ACK");

@@ -284,8 +284,13 @@ async fn hello_carries_the_recipient_and_a_deploy_sealed_to_another_key_fails_be
     assert_eq!(recipient.as_deref(), Some(identity().recipient()));
 
     let stranger = AgentIdentity::generate();
-    tx.send(Ok(deploy_frame_to(stranger.recipient(), 21, "/x/compose.yml", "canary-sealed-elsewhere")))
-        .unwrap();
+    tx.send(Ok(deploy_frame_to(
+        stranger.recipient(),
+        21,
+        "/x/compose.yml",
+        "canary-sealed-elsewhere",
+    )))
+    .unwrap();
     let AgentMessage::Status {
         deployment_id,
         status,
@@ -298,7 +303,10 @@ async fn hello_carries_the_recipient_and_a_deploy_sealed_to_another_key_fails_be
     let error = error.unwrap_or_default();
     assert_eq!((deployment_id, status), (21, DeployOutcome::Fail));
     assert!(error.contains("not sealed to this agent's identity"), "{error}");
-    assert!(!mark.exists(), "nothing may run for a DEPLOY whose secrets cannot be opened");
+    assert!(
+        !mark.exists(),
+        "nothing may run for a DEPLOY whose secrets cannot be opened"
+    );
     stop.cancel();
     session.await.unwrap();
 }

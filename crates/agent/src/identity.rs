@@ -172,13 +172,12 @@ impl AgentIdentity {
             return Err(OpenError::Encoding);
         }
         let ciphertext = STANDARD.decode(sealed).map_err(|_| OpenError::Encoding)?;
-        let plaintext = Zeroizing::new(
-            age::decrypt(&self.identity, &ciphertext).map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => OpenError::NotForThisAgent,
-                _ => OpenError::Invalid("not an age file for this agent".into()),
-            })?,
-        );
-        let payload = SealedSecrets::from_plaintext(&plaintext).map_err(|e| OpenError::Invalid(e.to_string()))?;
+        let plaintext = Zeroizing::new(age::decrypt(&self.identity, &ciphertext).map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => OpenError::NotForThisAgent,
+            _ => OpenError::Invalid("not an age file for this agent".into()),
+        })?);
+        let payload =
+            SealedSecrets::from_plaintext(&plaintext).map_err(|e| OpenError::Invalid(e.to_string()))?;
         if !payload.matches(deployment_id, project) {
             return Err(OpenError::Mismatch);
         }

@@ -7,10 +7,10 @@ pub mod socket;
 use axum::Extension;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Path, State};
-use std::net::{IpAddr, SocketAddr};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
 
 use super::download::{self, DownloadError};
 use super::ops::{self, CreatedAgent};

@@ -288,7 +288,10 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
             if let Some(r) = &recipient
                 && r.parse::<age::x25519::Recipient>().is_err()
             {
-                tracing::warn!(agent_id = agent.id, "agent's HELLO recipient is not an age X25519 recipient");
+                tracing::warn!(
+                    agent_id = agent.id,
+                    "agent's HELLO recipient is not an age X25519 recipient"
+                );
                 let message = "the HELLO recipient is not an age X25519 recipient (age1…)";
                 send_anyway(socket, error_frame("bad_message", message)).await;
                 send_anyway(socket, close(1002, "invalid HELLO recipient")).await;

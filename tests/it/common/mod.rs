@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use stagely::app::App;
-use stagely_agent::identity::AgentIdentity;
 use stagely::config::{Config, Overrides};
+use stagely_agent::identity::AgentIdentity;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -383,8 +383,12 @@ impl TestAgent {
     /// (`[{"key", "value", "scope", "service"}]`). Panics if they do not open.
     pub fn secrets(&self, deploy: &Value) -> Value {
         assert_eq!(deploy["type"], "DEPLOY", "{deploy}");
-        assert!(deploy.get("secrets").is_none(), "clear secrets in a DEPLOY: {deploy}");
-        let project: stagely_protocol::ProjectSpec = serde_json::from_value(deploy["project"].clone()).unwrap();
+        assert!(
+            deploy.get("secrets").is_none(),
+            "clear secrets in a DEPLOY: {deploy}"
+        );
+        let project: stagely_protocol::ProjectSpec =
+            serde_json::from_value(deploy["project"].clone()).unwrap();
         let entries = self
             .identity
             .open(
