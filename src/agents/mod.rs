@@ -21,6 +21,11 @@ use crate::db::DbError;
 /// Agent tokens carry their own prefix so an API token is never mistaken for one.
 pub const AGENT_TOKEN_PREFIX: &str = "stga";
 
+/// Close reason for a HELLO whose recipient is not the pinned one.
+pub const CLOSE_IDENTITY_MISMATCH: &str = "agent identity does not match the pinned one";
+/// Close reason after an admin reset the pin: reconnect, and the next HELLO pins again.
+pub const CLOSE_IDENTITY_RESET: &str = "agent identity pin reset: reconnect";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("agent not found")]
@@ -29,6 +34,8 @@ pub enum AgentError {
     EnvironmentNotFound,
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
+    #[error("this agent has no pinned identity to reset")]
+    NotPinned,
     /// The name is already used by an agent of this environment (revoked ones included).
     #[error("name: this environment already has an agent named {0:?} (revoked agents keep their names)")]
     NameTaken(String),
@@ -59,6 +66,25 @@ pub struct AgentInfo {
     pub compose_version: Option<String>,
     pub created_at: String,
     pub revoked: bool,
+    /// The pinned age recipient DEPLOY secrets are sealed to; `None` until the agent's first
+    /// connection that offers one (or after an admin reset it).
+    pub recipient: Option<String>,
+    pub recipient_pinned_at: Option<String>,
+    /// Where the last accepted connection came from.
+    pub address: Option<String>,
+    /// The last HELLO refused because it offered another identity than the pinned one.
+    pub identity_mismatch: Option<Sighting>,
+    /// The last time this agent's token connected while already connected (or from another
+    /// address or host right after a connection ended).
+    pub second_connection: Option<Sighting>,
+}
+
+/// Something seen once, the last time: when, and what (addresses, hosts, recipients; never a
+/// token).
+#[derive(Debug, Clone, Serialize)]
+pub struct Sighting {
+    pub at: String,
+    pub detail: String,
 }
 
 /// What the hub needs to know about an authenticated agent.
@@ -76,4 +102,19 @@ pub struct HelloInfo {
     pub hostname: String,
     pub docker_version: String,
     pub compose_version: String,
+    /// The age recipient the agent offered (`None`: an agent too old to have one).
+    pub recipient: Option<String>,
+}
+
+/// What the appliance makes of the recipient in a HELLO (see [`store::check_pin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinCheck {
+    /// First recipient seen for this agent: pinned now.
+    Pinned,
+    /// The pinned one.
+    Matches,
+    /// No recipient offered and none pinned: an old agent; it connects but is sent no DEPLOY.
+    NoneOffered,
+    /// Another recipient (or none) than the pinned one: refused.
+    Mismatch { pinned: String },
 }

@@ -9,7 +9,7 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::ops::{CreatedAgent, create_agent, list_agents, revoke_agent};
+use super::ops::{self, CreatedAgent, create_agent, list_agents, revoke_agent};
 use super::{AgentError, AgentInfo};
 use crate::app::AppState;
 use crate::db::now_ms;
@@ -74,7 +74,7 @@ fn body(
                     tbody {
                         @for a in agents {
                             tr {
-                                td { strong { (a.name) } br; small.muted { "#" (a.id) } }
+                                td { a href=(format!("/agents/{}", a.id)) { strong { (a.name) } } br; small.muted { "#" (a.id) } }
                                 td { a href=(format!("/projects/{}#env-{}", a.project_id, a.environment)) { (a.project) " / " (a.environment) } }
                                 td {
                                     @if a.revoked { (badge("revoked", "revoked")) }
@@ -231,4 +231,95 @@ pub async fn revoke(
 ) -> Result<Response, PageError> {
     revoke_agent(&state, &who, id).await?;
     Ok(layout::see_other("/agents?done=agent-revoked"))
+}
+
+/// One agent: its state, its pinned identity, and what was seen of its token elsewhere.
+fn agent_body(v: &Viewer, a: &AgentInfo, done: Option<&str>) -> Markup {
+    let now = now_ms();
+    html! {
+        (layout::notice(done))
+        div.page-head {
+            h1 { "Agent " (a.name) }
+            span.muted { a href=(format!("/projects/{}#env-{}", a.project_id, a.environment)) { (a.project) " / " (a.environment) } }
+        }
+        @if let Some(m) = &a.identity_mismatch {
+            article.notice.error id="identity-mismatch" role="alert" {
+                header { strong { "A connection offered another identity and was refused " } (ago(&m.at, now)) }
+                p { (m.detail) }
+                p.muted { "If this target was reinstalled (its work dir, and so its identity, is new), reset the pin below. \
+                    If not, someone else holds this agent's token: revoke the agent." }
+            }
+        }
+        @if let Some(s) = &a.second_connection {
+            article.notice id="second-connection" {
+                header { strong { "Last second connection with this token " } (ago(&s.at, now)) }
+                p { (s.detail) }
+                p.muted { "Expected after a network blip from the same place; from elsewhere, someone else may hold the token." }
+            }
+        }
+        figure {
+            table {
+                tbody {
+                    tr { th { "State" } td {
+                        @if a.revoked { (badge("revoked", "revoked")) }
+                        @else if a.online { (badge("online", "online")) }
+                        @else { (badge("offline", "offline")) }
+                    } }
+                    tr { th { "Last seen" } td { @if let Some(s) = &a.last_heartbeat { (ago(s, now)) } @else { span.muted { "never" } } } }
+                    tr { th { "Host" } td { (a.hostname.as_deref().unwrap_or("–")) } }
+                    tr { th { "Address" } td { (a.address.as_deref().unwrap_or("–")) } }
+                    tr { th { "Agent version" } td { (a.version.as_deref().unwrap_or("–")) } }
+                    tr { th { "Identity (age recipient)" } td id="agent-recipient" {
+                        @if let Some(r) = &a.recipient {
+                            code { (r) }
+                            @if let Some(at) = &a.recipient_pinned_at { br; small.muted { "pinned " (ago(at, now)) } }
+                        } @else if a.version.is_some() {
+                            span.muted { "none: this agent is too old to receive sealed secrets; upgrade it" }
+                        } @else {
+                            span.muted { "not pinned yet: pinned at the agent's next connection" }
+                        }
+                    } }
+                }
+            }
+        }
+        @if v.can(Role::Admin) && !a.revoked {
+            div.row-actions {
+                @if a.recipient.is_some() {
+                    form method="post" action=(format!("/agents/{}/identity/reset", a.id)) {
+                        (csrf_field(&v.csrf))
+                        button.small.secondary type="submit" { "Reset identity pin" }
+                    }
+                }
+                form method="post" action=(format!("/agents/{}/revoke", a.id)) {
+                    (csrf_field(&v.csrf))
+                    button.small.secondary.outline type="submit" { "Revoke" }
+                }
+            }
+        }
+    }
+}
+
+pub async fn agent_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
+    let agent = ops::get_agent(&state, id).await?;
+    let markup = page(
+        &v,
+        &format!("Agent {}", agent.name),
+        Nav::Agents,
+        agent_body(&v, &agent, q.done.as_deref()),
+    );
+    Ok((no_store(), markup).into_response())
+}
+
+pub async fn reset_identity(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    ops::reset_identity(&state, &who, id).await?;
+    Ok(layout::see_other(&format!("/agents/{id}?done=identity-reset")))
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{AGENT_TOKEN_PREFIX, AgentError, AgentIdentity, AgentInfo, HelloInfo};
+use super::{AGENT_TOKEN_PREFIX, AgentError, AgentIdentity, AgentInfo, HelloInfo, PinCheck, Sighting};
 use crate::crypto::{ct_eq, hash_token, random_token};
 use crate::db::{DbError, rfc3339};
 
@@ -65,7 +65,9 @@ pub fn live_token_hashes(c: &Connection) -> Result<Vec<Vec<u8>>, DbError> {
 }
 
 const INFO_SELECT: &str = "SELECT a.id, a.name, a.environment_id, e.name, p.id, p.name, a.online, a.last_heartbeat,
-        a.agent_version, a.hostname, a.docker_version, a.compose_version, a.created_at, a.revoked_at IS NOT NULL
+        a.agent_version, a.hostname, a.docker_version, a.compose_version, a.created_at, a.revoked_at IS NOT NULL,
+        a.recipient, a.recipient_pinned_at, a.last_address, a.identity_mismatch_at, a.identity_mismatch,
+        a.second_connection_at, a.second_connection
      FROM agents a JOIN environments e ON e.id = a.environment_id JOIN projects p ON p.id = e.project_id";
 
 fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
@@ -84,6 +86,18 @@ fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
         compose_version: r.get(11)?,
         created_at: rfc3339(r.get(12)?),
         revoked: r.get(13)?,
+        recipient: r.get(14)?,
+        recipient_pinned_at: r.get::<_, Option<i64>>(15)?.map(rfc3339),
+        address: r.get(16)?,
+        identity_mismatch: sighting(r.get(17)?, r.get(18)?),
+        second_connection: sighting(r.get(19)?, r.get(20)?),
+    })
+}
+
+fn sighting(at: Option<i64>, detail: Option<String>) -> Option<Sighting> {
+    Some(Sighting {
+        at: rfc3339(at?),
+        detail: detail.unwrap_or_default(),
     })
 }
 
@@ -138,13 +152,116 @@ pub fn revoke(tx: &Transaction<'_>, id: i64, now: i64) -> Result<AgentInfo, Agen
     Ok(before)
 }
 
-pub fn mark_online(tx: &Transaction<'_>, id: i64, hello: &HelloInfo, now: i64) -> Result<(), DbError> {
+pub fn mark_online(
+    tx: &Transaction<'_>,
+    id: i64,
+    hello: &HelloInfo,
+    address: &str,
+    now: i64,
+) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET online = 1, last_heartbeat = ?2, agent_version = ?3, hostname = ?4, docker_version = ?5,
-             compose_version = ?6 WHERE id = ?1",
-        params![id, now, hello.agent_version, hello.hostname, hello.docker_version, hello.compose_version],
+             compose_version = ?6, last_address = ?7 WHERE id = ?1",
+        params![id, now, hello.agent_version, hello.hostname, hello.docker_version, hello.compose_version, address],
     )?;
     Ok(())
+}
+
+/// Compare a HELLO's recipient with the pinned one, pinning it if none is.
+pub fn check_pin(
+    tx: &Transaction<'_>,
+    id: i64,
+    offered: Option<&str>,
+    now: i64,
+) -> Result<PinCheck, DbError> {
+    let pinned: Option<String> =
+        tx.query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))?;
+    Ok(match (pinned, offered) {
+        (None, None) => PinCheck::NoneOffered,
+        (None, Some(offered)) => {
+            tx.execute(
+                "UPDATE agents SET recipient = ?2, recipient_pinned_at = ?3 WHERE id = ?1",
+                params![id, offered, now],
+            )?;
+            PinCheck::Pinned
+        }
+        (Some(pinned), Some(offered)) if pinned == offered => PinCheck::Matches,
+        (Some(pinned), _) => PinCheck::Mismatch { pinned },
+    })
+}
+
+pub fn record_identity_mismatch(
+    tx: &Transaction<'_>,
+    id: i64,
+    detail: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE agents SET identity_mismatch_at = ?2, identity_mismatch = ?3 WHERE id = ?1",
+        params![id, now, detail],
+    )?;
+    Ok(())
+}
+
+pub fn record_second_connection(
+    tx: &Transaction<'_>,
+    id: i64,
+    detail: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE agents SET second_connection_at = ?2, second_connection = ?3 WHERE id = ?1",
+        params![id, now, detail],
+    )?;
+    Ok(())
+}
+
+/// Forget the pinned recipient (and the mismatch it caused): the next connection pins again.
+/// Returns the agent as it was.
+pub fn reset_identity(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentError> {
+    let before = get(tx, id)?;
+    if before.recipient.is_none() {
+        return Err(AgentError::NotPinned);
+    }
+    tx.execute(
+        "UPDATE agents SET recipient = NULL, recipient_pinned_at = NULL, identity_mismatch_at = NULL,
+             identity_mismatch = NULL WHERE id = ?1",
+        [id],
+    )?;
+    Ok(before)
+}
+
+/// The recipient a DEPLOY to this agent is sealed to.
+pub fn recipient(c: &Connection, id: i64) -> Result<Option<String>, DbError> {
+    Ok(
+        c.query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .flatten(),
+    )
+}
+
+/// Where and from which host the last accepted connection came, and when it was last seen.
+#[derive(Debug, Default)]
+pub struct LastConnection {
+    pub address: Option<String>,
+    pub hostname: Option<String>,
+    pub seen: Option<i64>,
+}
+
+pub fn last_connection(c: &Connection, id: i64) -> Result<LastConnection, DbError> {
+    Ok(c.query_row(
+        "SELECT last_address, hostname, last_heartbeat FROM agents WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(LastConnection {
+                address: r.get(0)?,
+                hostname: r.get(1)?,
+                seen: r.get(2)?,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
 }
 
 pub fn mark_offline(tx: &Transaction<'_>, id: i64, last_seen: i64) -> Result<(), DbError> {

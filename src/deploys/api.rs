@@ -27,6 +27,11 @@ impl From<DeployError> for WebError {
                 message: e.to_string(),
                 last_seen: last_seen_ms.map(rfc3339),
             },
+            e @ DeployError::AgentTooOld(_) => WebError::Conflict {
+                code: "agent_too_old",
+                message: e.to_string(),
+            },
+            e @ DeployError::Seal => WebError::Internal(e.to_string()),
             e @ DeployError::InProgress(_) => WebError::Conflict {
                 code: "deploy_in_progress",
                 message: e.to_string(),

@@ -134,6 +134,14 @@ pub enum DeployError {
         last_seen: String,
         last_seen_ms: Option<i64>,
     },
+    /// The environment's online agent offers no age recipient (it predates end-to-end secrets).
+    #[error(
+        "agent too old: no age recipient. The agent of environment {0:?} cannot receive sealed secrets; \
+         upgrade it (download it from this appliance)"
+    )]
+    AgentTooOld(String),
+    #[error("cannot seal the secrets to the agent's identity")]
+    Seal,
     #[error("a deploy of environment {0:?} is already in progress")]
     InProgress(String),
     #[error(transparent)]

@@ -17,7 +17,7 @@ use crate::secrets::vault::Vault;
 use crate::users::Principal;
 use crate::{audit, projects};
 use stagely_protocol::mask::Masker;
-use stagely_protocol::{self as protocol, ProjectSpec, SecretEntry, ServerMessage};
+use stagely_protocol::{self as protocol, ProjectSpec, SealedSecrets, SecretEntry, ServerMessage};
 
 /// Start a deploy of one environment of a project; returns the deployment id once the agent's
 /// connection holds the DEPLOY.
@@ -39,12 +39,22 @@ pub async fn trigger(
         project,
         env,
         agent_id,
+        recipient,
         sealed,
     } = target;
     let (db, vault, actor) = (state.db.clone(), state.vault.clone(), who.actor.clone());
     let (env_id, env_name) = (env.id, env.name.clone());
     let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
     let ref_for_record = git_ref.clone();
+    let spec = ProjectSpec {
+        name: project.name.clone(),
+        environment: env.name.clone(),
+        repo_url: project.repo_url.clone(),
+        git_ref,
+        compose_path: project.compose_path.clone(),
+        pull: project.pull,
+        compose_project: Some(env.compose_project.clone()),
+    };
     let (secrets, deployment_id) = tokio::task::spawn_blocking(move || {
         let secrets = decrypt_all(&vault, &sealed)?;
         let new = NewDeployment {
@@ -75,18 +85,35 @@ pub async fn trigger(
         .iter()
         .map(|s| (s.key.clone(), encoded_len(&s.value)))
         .collect();
+    // Sealed to the agent's pinned identity: the frame holds no value in clear, and the sealed
+    // payload names this deployment and project, so it is of no use in any other DEPLOY.
+    let payload = SealedSecrets {
+        deployment_id,
+        project: spec.clone(),
+        secrets,
+    };
+    let sealed_secrets = match tokio::task::spawn_blocking(move || seal(&recipient, &payload)).await {
+        Ok(Some(sealed)) => sealed,
+        _ => {
+            tracing::error!(
+                deployment_id,
+                agent_id,
+                "cannot seal the secrets to the agent's identity"
+            );
+            end_by_server(
+                state,
+                deployment_id,
+                env.id,
+                "cannot seal the secrets to the agent's identity",
+            )
+            .await;
+            return Err(DeployError::Seal);
+        }
+    };
     let frame = Zeroizing::new(protocol::encode(&ServerMessage::Deploy {
         deployment_id,
-        project: ProjectSpec {
-            name: project.name.clone(),
-            environment: env.name.clone(),
-            repo_url: project.repo_url.clone(),
-            git_ref,
-            compose_path: project.compose_path.clone(),
-            pull: project.pull,
-            compose_project: Some(env.compose_project.clone()),
-        },
-        secrets,
+        project: spec,
+        sealed_secrets,
     }));
     if let Some(message) = oversized(&frame, &secret_sizes) {
         // The agent would refuse the frame and the deploy end as `agent_lost` with no word of
@@ -175,6 +202,8 @@ struct Target {
     project: projects::Project,
     env: projects::Environment,
     agent_id: i64,
+    /// The agent's pinned age recipient, already parsed (it was checked at HELLO).
+    recipient: age::x25519::Recipient,
     sealed: Vec<SealedSecret>,
 }
 
@@ -197,11 +226,16 @@ fn find_target(
     let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
         return Err(offline_error(c, &env.name, &agent_ids)?);
     };
+    // An agent too old to offer a recipient is sent no DEPLOY: its secrets would travel in clear.
+    let recipient = agent_store::recipient(c, agent_id)?
+        .and_then(|r| r.parse::<age::x25519::Recipient>().ok())
+        .ok_or_else(|| DeployError::AgentTooOld(env.name.clone()))?;
     let sealed = secret_store::for_environment(c, project.id, env.id)?;
     Ok(Target {
         project,
         env,
         agent_id,
+        recipient,
         sealed,
     })
 }
@@ -283,6 +317,13 @@ fn decrypt_all(vault: &Vault, sealed: &[SealedSecret]) -> Result<Vec<SecretEntry
             })
         })
         .collect()
+}
+
+/// A DEPLOY's `sealed_secrets`: base64 of one binary age file to `recipient`.
+fn seal(recipient: &age::x25519::Recipient, payload: &SealedSecrets) -> Option<String> {
+    use base64::Engine as _;
+    let ciphertext = age::encrypt(recipient, &payload.to_plaintext()).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(ciphertext))
 }
 
 /// Fail a deployment on the server's own authority (`agent_lost`, `timeout`, `agent_offline`).

@@ -245,6 +245,9 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("secret-updated") => "Secret value replaced.",
         Some("secret-deleted") => "Secret deleted.",
         Some("agent-revoked") => "Agent revoked; its connection was closed.",
+        Some("identity-reset") => {
+            "Identity pin reset; the agent was disconnected and its next connection pins the identity it offers."
+        }
         Some("user-updated") => "User updated.",
         Some("sessions-ended") => "Sessions ended.",
         Some("token-revoked") => "Token revoked.",

@@ -86,6 +86,12 @@ pub fn routes() -> Routes {
         )
         .add(M::GET, "/api/agents", VIEWER, agents::api::list)
         .add(M::DELETE, "/api/agents/{id}", ADMIN, agents::api::delete)
+        .add(
+            M::POST,
+            "/api/agents/{id}/identity/reset",
+            ADMIN,
+            agents::api::reset_identity,
+        )
         .add(M::POST, "/api/deploy/{project_id}", MEMBER, deploys::api::deploy)
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
         .add(M::GET, "/api/deployments/{id}", VIEWER, deploys::api::get)
@@ -138,7 +144,14 @@ pub fn routes() -> Routes {
         )
         .add(M::GET, "/agents", VIEWER, agents::pages::agents_page)
         .add(M::POST, "/agents", ADMIN, agents::pages::create)
+        .add(M::GET, "/agents/{id}", VIEWER, agents::pages::agent_page)
         .add(M::POST, "/agents/{id}/revoke", ADMIN, agents::pages::revoke)
+        .add(
+            M::POST,
+            "/agents/{id}/identity/reset",
+            ADMIN,
+            agents::pages::reset_identity,
+        )
         .add(M::GET, "/users", ADMIN, people::users_page)
         .add(M::POST, "/users/invite", ADMIN, people::invite)
         .add(M::POST, "/users/{id}/role", ADMIN, people::change_role)

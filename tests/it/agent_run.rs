@@ -14,8 +14,8 @@ use futures_util::{SinkExt, StreamExt};
 use stagely_agent::compose::project_name;
 use stagely_agent::override_file::OVERRIDE_FILE_NAME;
 use stagely_protocol::{
-    self as protocol, AgentMessage, DeployOutcome, Incoming, ProjectSpec, PullPolicy, SecretEntry,
-    ServerMessage,
+    self as protocol, AgentMessage, DeployOutcome, Incoming, ProjectSpec, PullPolicy, SealedSecrets,
+    SecretEntry, ServerMessage,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -180,19 +180,32 @@ fn listening_sockets(pid: u32) -> Vec<String> {
     found
 }
 
-fn deploy_msg(id: i64, name: &str, compose: &Path, secrets: Vec<SecretEntry>) -> ServerMessage {
+/// A DEPLOY with its secrets sealed to the recipient the agent's HELLO offered.
+fn deploy_msg(
+    recipient: &str,
+    id: i64,
+    name: &str,
+    compose: &Path,
+    secrets: Vec<SecretEntry>,
+) -> ServerMessage {
+    let project = ProjectSpec {
+        name: name.into(),
+        environment: "staging".into(),
+        repo_url: None,
+        git_ref: "main".into(),
+        compose_path: compose.to_string_lossy().into_owned(),
+        pull: PullPolicy::Never,
+        compose_project: None,
+    };
+    let payload = SealedSecrets {
+        deployment_id: id,
+        project: project.clone(),
+        secrets,
+    };
     ServerMessage::Deploy {
         deployment_id: id,
-        project: ProjectSpec {
-            name: name.into(),
-            environment: "staging".into(),
-            repo_url: None,
-            git_ref: "main".into(),
-            compose_path: compose.to_string_lossy().into_owned(),
-            pull: PullPolicy::Never,
-            compose_project: None,
-        },
-        secrets,
+        project,
+        sealed_secrets: stagely_agent::identity::seal(recipient, &payload).unwrap(),
     }
 }
 
@@ -222,10 +235,11 @@ async fn agent_process_deploys_reconnects_listens_nowhere_and_stops_on_sigterm()
         docker_version,
         compose_version,
         active_deployments: Some(active),
+        recipient: Some(recipient),
         ..
     } = recv(&mut ws).await
     else {
-        panic!("HELLO first")
+        panic!("HELLO first (with the agent's age recipient)")
     };
     assert!(!hostname.is_empty() && !docker_version.is_empty() && !compose_version.is_empty());
     assert!(active.is_empty());
@@ -237,7 +251,7 @@ async fn agent_process_deploys_reconnects_listens_nowhere_and_stops_on_sigterm()
 
     send(
         &mut ws,
-        &deploy_msg(1, &name, &compose, vec![global("CANARY", CANARY)]),
+        &deploy_msg(&recipient, 1, &name, &compose, vec![global("CANARY", CANARY)]),
     )
     .await;
     let mut lines = Vec::new();
@@ -301,10 +315,16 @@ async fn a_killed_agent_leaves_no_override_and_reports_the_deploy_as_interrupted
     let addr = listener.local_addr().unwrap();
     let mut agent = start_agent(addr, dir.path());
     let (mut ws, _, _) = accept(&listener).await;
-    assert!(matches!(recv(&mut ws).await, AgentMessage::Hello { .. }));
+    let AgentMessage::Hello {
+        recipient: Some(recipient),
+        ..
+    } = recv(&mut ws).await
+    else {
+        panic!("HELLO first (with the agent's age recipient)")
+    };
     send(
         &mut ws,
-        &deploy_msg(7, &name, &compose, vec![global("CANARY", CANARY)]),
+        &deploy_msg(&recipient, 7, &name, &compose, vec![global("CANARY", CANARY)]),
     )
     .await;
 
@@ -330,12 +350,22 @@ async fn a_killed_agent_leaves_no_override_and_reports_the_deploy_as_interrupted
         "leftover override not deleted"
     );
     let AgentMessage::Hello {
-        active_deployments, ..
+        active_deployments,
+        recipient: again,
+        ..
     } = recv(&mut ws).await
     else {
         panic!("HELLO first")
     };
     assert_eq!(active_deployments, Some(vec![7]));
+    // The identity made at first start is kept, private, across restarts (and a crash).
+    assert_eq!(again.as_deref(), Some(recipient.as_str()));
+    let identity = dir
+        .path()
+        .join("work")
+        .join(stagely_agent::identity::IDENTITY_FILE);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&identity).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", identity.display());
     match recv(&mut ws).await {
         AgentMessage::Status {
             deployment_id: 7,
@@ -351,5 +381,10 @@ async fn a_killed_agent_leaves_no_override_and_reports_the_deploy_as_interrupted
     }
     agent.signal("-TERM", false);
     assert!(agent.wait().await.success());
-    assert!(!agent.log().contains(CANARY));
+    let log = agent.log();
+    assert!(!log.contains(CANARY));
+    assert!(
+        !log.contains("AGE-SECRET-KEY"),
+        "the identity's secret half in the log"
+    );
 }

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use crate::common::{TestAgent, TestServer};
 
-fn secret_keys(deploy: &Value) -> Vec<(String, String, String, String)> {
-    let mut v: Vec<_> = deploy["secrets"]
+fn secret_keys(secrets: &Value) -> Vec<(String, String, String, String)> {
+    let mut v: Vec<_> = secrets
         .as_array()
         .unwrap()
         .iter()
@@ -63,7 +63,7 @@ async fn happy_path_delivers_the_right_secrets_and_stores_logs_in_order() {
     assert_eq!(deploy["project"]["compose_path"], "/srv/shop/compose.yaml");
     assert_eq!(deploy["project"]["pull"], "always");
     assert_eq!(
-        secret_keys(&deploy),
+        secret_keys(&agent.secrets(&deploy)),
         vec![
             q("API_KEY", "web-key", "service", "web"),
             q("DB_HOST", "staging-db", "global", ""),
@@ -257,9 +257,7 @@ async fn malformed_and_oversized_frames_do_not_hurt_other_agents() {
 
     // A HELLO of a future protocol is told to upgrade.
     let (_, z_token) = api.agent(envs[0], "future").await;
-    let mut future = TestAgent {
-        ws: TestAgent::dial(&api.url, &z_token).await.unwrap(),
-    };
+    let mut future = TestAgent::raw(&api.url, &z_token).await;
     future
         .send(json!({"type": "HELLO", "protocol": 99, "agent_version": "9", "hostname": "h"}))
         .await;

@@ -72,11 +72,106 @@ struct Stack {
     api: Api,
     project: String,
     runtime: PathBuf,
+    /// When set, the agent dials the appliance through this frame-capturing proxy.
+    proxy: Option<Capture>,
+}
+
+/// A TCP proxy on loopback between the agent and the appliance that keeps every byte the
+/// appliance sends (server-to-client WebSocket frames are not masked: a clear value would be
+/// there as is), as a TLS-terminating proxy or a frame log on the path would.
+struct Capture {
+    url: String,
+    from_server: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Capture {
+    async fn start(upstream: &str) -> Capture {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let from_server = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = from_server.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                });
+            }
+        });
+        Capture { url, from_server }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.from_server.lock().unwrap().clone()
+    }
+
+    /// The text frames of the capture, after the HTTP upgrade response (unmasked frames of a
+    /// server; every connection's bytes in order, each starting with its own response).
+    fn text_frames(&self) -> Vec<String> {
+        let bytes = self.bytes();
+        let mut frames = Vec::new();
+        let mut rest: &[u8] = &bytes;
+        while !rest.is_empty() {
+            if rest.starts_with(b"HTTP/1.1") {
+                let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                rest = &rest[end..];
+                continue;
+            }
+            let (opcode, short) = (rest[0] & 0x0f, usize::from(rest[1] & 0x7f));
+            let (len, head) = match short {
+                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                127 => (
+                    usize::try_from(u64::from_be_bytes(rest[2..10].try_into().unwrap())).unwrap(),
+                    10,
+                ),
+                n => (n, 2),
+            };
+            if rest.len() < head + len {
+                break;
+            }
+            if opcode == 1 {
+                frames.push(String::from_utf8_lossy(&rest[head..head + len]).into_owned());
+            }
+            rest = &rest[head + len..];
+        }
+        frames
+    }
 }
 
 impl Stack {
     /// Server + project (from `compose`) + environment `env` + a running real agent.
     async fn start(name: &str, compose: &str, env: &str) -> Stack {
+        Self::start_inner(name, compose, env, false).await
+    }
+
+    /// As [`Stack::start`], the agent dialing through a [`Capture`].
+    async fn start_captured(name: &str, compose: &str, env: &str) -> Stack {
+        Self::start_inner(name, compose, env, true).await
+    }
+
+    async fn start_inner(name: &str, compose: &str, env: &str, captured: bool) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let data = root.join("data");
@@ -104,6 +199,10 @@ impl Stack {
         )
         .await;
         let runtime = PathBuf::from("/dev/shm").join(format!("stagely-test-{}-{name}", std::process::id()));
+        let proxy = match captured {
+            true => Some(Capture::start(&api.url).await),
+            false => None,
+        };
         let mut stack = Stack {
             _dir: dir,
             root,
@@ -112,6 +211,7 @@ impl Stack {
             api,
             project,
             runtime,
+            proxy,
         };
         stack.start_agent().await;
         stack
@@ -143,8 +243,12 @@ impl Stack {
             .append(true)
             .open(self.root.join("agent.log"))
             .unwrap();
+        let server = self
+            .proxy
+            .as_ref()
+            .map_or(self.api.url.clone(), |p| p.url.clone());
         let child = tokio::process::Command::new(crate::bins::agent())
-            .args(["run", "--server", &self.api.url, "--token-file"])
+            .args(["run", "--server", &server, "--token-file"])
             .arg(&token_file)
             .arg("--work-dir")
             .arg(self.root.join("work"))
@@ -541,4 +645,55 @@ services:
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_capture_between_agent_and_appliance_holds_no_secret_in_clear() {
+    if !prereq::docker() {
+        return;
+    }
+    let stack = Stack::start_captured("e2e-sealed", TWO_SERVICES, "staging").await;
+    stack
+        .secret(json!({"key": "CANARY", "value": CANARY, "scope": "global"}))
+        .await;
+    stack
+        .secret(json!({"key": "MULTILINE", "value": "sealed\nacross lines", "scope": "service", "service": "web"}))
+        .await;
+    let id = stack.deploy().await;
+    let d = stack.api.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(d["status"], "success", "{d}");
+
+    // The real agent opened them: the container has the exact values.
+    let web = stack.container_env("web");
+    assert_eq!(web["CANARY"], CANARY);
+    assert_eq!(web["MULTILINE"], "sealed\nacross lines");
+
+    // Everything the appliance sent through the proxy: the DEPLOY is there, its values are not.
+    let capture = stack.proxy.as_ref().unwrap();
+    let bytes = capture.bytes();
+    assert!(
+        !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+        "the canary crossed the wire in clear"
+    );
+    let deploys: Vec<Value> = capture
+        .text_frames()
+        .iter()
+        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+        .filter(|f| f["type"] == "DEPLOY")
+        .collect();
+    assert_eq!(deploys.len(), 1, "the DEPLOY went through the proxy");
+    let deploy = &deploys[0];
+    assert_eq!(deploy["deployment_id"], id);
+    assert!(deploy.get("secrets").is_none(), "{deploy}");
+    let sealed = deploy["sealed_secrets"].as_str().unwrap();
+    // A replay of the captured frame is worth nothing to whoever holds it: only the agent's
+    // identity (in its work dir) opens it, and only for this deployment.
+    let project: stagely_protocol::ProjectSpec = serde_json::from_value(deploy["project"].clone()).unwrap();
+    let other = stagely_agent::identity::AgentIdentity::generate();
+    assert!(other.open(sealed, id, &project).is_err());
+    let mine = stagely_agent::identity::AgentIdentity::load_or_create(&stack.root.join("work")).unwrap();
+    assert!(mine.open(sealed, id + 1, &project).is_err());
+    let opened = mine.open(sealed, id, &project).unwrap();
+    assert!(opened.iter().any(|s| s.key == "CANARY" && s.value == CANARY));
+    assert!(!stack.logs_contain(CANARY));
 }

@@ -32,7 +32,8 @@ async fn a_canary_secret_appears_nowhere_but_the_agent() {
     let id = body["deployment_id"].as_i64().unwrap();
     let deploy = agent.recv().await;
     assert_eq!(
-        deploy["secrets"][0]["value"], CANARY,
+        agent.secrets(&deploy)[0]["value"],
+        CANARY,
         "the agent, and only the agent, gets the value"
     );
     // A careless program echoes its environment; the agent forgot to mask (worst case).
@@ -226,7 +227,8 @@ async fn shutdown_closes_agents_with_a_reason_and_rotation_keeps_secrets() {
     api.wait_online(agent_id).await;
     let (status, _) = api.post(&format!("/api/deploy/{pid}"), json!({})).await;
     assert_eq!(status, 202);
-    assert_eq!(agent.recv().await["secrets"][0]["value"], "before-rotation");
+    let deploy = agent.recv().await;
+    assert_eq!(agent.secrets(&deploy)[0]["value"], "before-rotation");
 
     // A wrong key file stops the start with a clear message.
     server.terminate().await;

@@ -6,6 +6,7 @@
 mod abuse;
 mod agent_engine;
 mod agent_git;
+mod agent_identity;
 mod agent_override;
 mod agent_policy;
 mod agent_run;

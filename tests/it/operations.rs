@@ -95,7 +95,8 @@ async fn a_backup_taken_while_serving_restores_and_deploys_the_same_secrets() {
     assert_eq!(status, 202, "{body}");
     let deploy = agent.recv().await;
     assert_eq!(
-        deploy["secrets"][0]["value"], VALUE,
+        agent.secrets(&deploy)[0]["value"],
+        VALUE,
         "the secret arrives intact after restore"
     );
     server.terminate().await;

@@ -6,11 +6,16 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// Crates that belong to the appliance only: storage, HTTP server, passwords, the vault, pages,
-/// GitHub sign-in. None of them may reach the agent binary.
+/// Crates that belong to the appliance only: storage, HTTP server, passwords, pages, GitHub
+/// sign-in. None of them may reach the agent binary.
 const SERVER_ONLY: &[&str] = &[
-    "rusqlite", "refinery", "axum", "argon2", "age", "maud", "oauth2", "reqwest", "stagely",
+    "rusqlite", "refinery", "axum", "argon2", "maud", "oauth2", "reqwest", "stagely",
 ];
+
+/// `age` was server-only (the vault) until DEPLOY secrets were sealed end to end: the agent now
+/// holds an age identity and opens them (issue 11, the wire). The protocol crate stays free of
+/// it: the wire types carry the ciphertext as text and know no key.
+const PROTOCOL_ALSO_WITHOUT: &[&str] = &["age"];
 
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -74,13 +79,23 @@ fn the_agent_depends_on_no_server_crate() {
             deps.contains("tokio") || package == "stagely-protocol",
             "{package}: {deps:?}"
         );
+        let extra = if package == "stagely-protocol" {
+            PROTOCOL_ALSO_WITHOUT
+        } else {
+            &[]
+        };
         let found: Vec<&str> = SERVER_ONLY
             .iter()
+            .chain(extra)
             .copied()
             .filter(|c| deps.contains(*c))
             .collect();
         assert!(found.is_empty(), "{package} depends on server crates {found:?}");
     }
+    assert!(
+        closure(&meta, "stagely-agent").contains("age"),
+        "the agent opens sealed DEPLOY secrets with age"
+    );
     let appliance = closure(&meta, "stagely");
     for c in ["rusqlite", "axum", "age", "stagely-protocol"] {
         assert!(

@@ -18,10 +18,11 @@ use super::compose::{self, Compose};
 use super::config::Settings;
 use super::deploy::Deployer;
 use super::ephemeral::RuntimeDir;
+use super::identity::{AgentIdentity, IdentityError};
 use super::results::{DeployResult, Results};
 use super::transport::{self, WsIn, WsOut};
 use stagely_protocol::{
-    self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, SecretEntry, ServerMessage,
+    self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, ServerMessage,
 };
 
 /// First retry ceiling; doubled each failed attempt up to [`BACKOFF_CAP`].
@@ -48,6 +49,8 @@ pub enum ConnectionError {
     Compose(#[from] super::compose::ComposeError),
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// Exponential backoff with full jitter: the n-th delay is uniform in `[0, min(cap, base·2ⁿ)]`,
@@ -134,6 +137,7 @@ pub struct Agent {
     results: Arc<Mutex<Results>>,
     current: Option<Running>,
     host: HostInfo,
+    identity: Arc<AgentIdentity>,
 }
 
 fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
@@ -142,12 +146,13 @@ fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
 }
 
 impl Agent {
-    pub fn new(deployer: Deployer, results: Results, host: HostInfo) -> Self {
+    pub fn new(deployer: Deployer, results: Results, host: HostInfo, identity: Arc<AgentIdentity>) -> Self {
         Self {
             deployer: Arc::new(deployer),
             results: Arc::new(Mutex::new(results)),
             current: None,
             host,
+            identity,
         }
     }
 
@@ -211,6 +216,7 @@ impl Agent {
             docker_version: self.host.docker_version.clone(),
             compose_version: self.host.compose_version.clone(),
             active_deployments: Some(self.active_deployments()),
+            recipient: Some(self.identity.recipient().to_owned()),
         };
         if let Err(e) = send(&mut sink, &hello).await {
             return SessionEnd::Disconnected(e);
@@ -318,8 +324,11 @@ impl Agent {
             Ok(Incoming::Known(ServerMessage::Deploy {
                 deployment_id,
                 project,
-                secrets,
-            })) => self.on_deploy(deployment_id, project, secrets, sink).await,
+                sealed_secrets,
+            })) => {
+                self.on_deploy(deployment_id, project, &sealed_secrets, sink)
+                    .await
+            }
             Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
                 if let Err(e) = lock(&self.results).ack(deployment_id) {
                     tracing::error!(deployment_id, error = %e, "cannot record the ACK");
@@ -352,7 +361,7 @@ impl Agent {
         &mut self,
         deployment_id: i64,
         project: ProjectSpec,
-        secrets: Vec<SecretEntry>,
+        sealed_secrets: &str,
         sink: &mut S,
     ) -> Result<(), String>
     where
@@ -396,6 +405,17 @@ impl Agent {
             }
             return send(sink, &result.to_status(deployment_id)).await;
         }
+        let secrets = match self.identity.open(sealed_secrets, deployment_id, &project) {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                tracing::warn!(deployment_id, error = %e, "DEPLOY refused: its secrets cannot be opened");
+                let result = DeployResult::fail(e.to_string());
+                if let Err(e) = lock(&self.results).finish(deployment_id, result.clone()) {
+                    tracing::error!(deployment_id, error = %e, "cannot record the result");
+                }
+                return send(sink, &result.to_status(deployment_id)).await;
+            }
+        };
         if let Err(e) = lock(&self.results).mark_running(deployment_id) {
             // Without the record a restart would forget this deployment; still run it.
             tracing::error!(deployment_id, error = %e, "cannot record the deployment start");
@@ -480,7 +500,9 @@ pub async fn run_agent(
         deploy_timeout: settings.deploy_timeout,
         policy: settings.policy.clone(),
     };
-    let mut agent = Agent::new(deployer, results, HostInfo::default());
+    let identity = AgentIdentity::load_or_create(&settings.work_dir)?;
+    tracing::info!(recipient = %identity.recipient(), "agent identity (the appliance pins it at the first connection)");
+    let mut agent = Agent::new(deployer, results, HostInfo::default(), Arc::new(identity));
 
     let stop = CancellationToken::new();
     let trigger = stop.clone();

@@ -1,7 +1,7 @@
 //! The connection protocol over channels: no server, no network, no Docker.
 
 use super::*;
-use stagely_protocol::{DeployOutcome, LogStream, PullPolicy, Scope};
+use stagely_protocol::{DeployOutcome, LogStream, PullPolicy, Scope, SealedSecrets, SecretEntry};
 
 type ServerTx = mpsc::UnboundedSender<Result<WsIn, String>>;
 type ServerRx = mpsc::UnboundedReceiver<WsOut>;
@@ -54,6 +54,7 @@ fn fixture(compose_command: &str) -> Fixture {
             hostname: "test-host".into(),
             ..Default::default()
         },
+        identity(),
     );
     Fixture {
         _work: work,
@@ -62,24 +63,40 @@ fn fixture(compose_command: &str) -> Fixture {
     }
 }
 
+/// One identity for every agent of these tests, so a frame function can seal to it.
+fn identity() -> Arc<AgentIdentity> {
+    static ID: std::sync::OnceLock<Arc<AgentIdentity>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| Arc::new(AgentIdentity::generate())).clone()
+}
+
 fn deploy_frame(id: i64, compose_path: &str, secret_value: &str) -> WsIn {
-    WsIn::Text(protocol::encode(&ServerMessage::Deploy {
+    deploy_frame_to(identity().recipient(), id, compose_path, secret_value)
+}
+
+fn deploy_frame_to(recipient: &str, id: i64, compose_path: &str, secret_value: &str) -> WsIn {
+    let project = ProjectSpec {
+        name: "shop".into(),
+        environment: "staging".into(),
+        repo_url: None,
+        git_ref: "main".into(),
+        compose_path: compose_path.into(),
+        pull: PullPolicy::Never,
+        compose_project: None,
+    };
+    let sealed = SealedSecrets {
         deployment_id: id,
-        project: ProjectSpec {
-            name: "shop".into(),
-            environment: "staging".into(),
-            repo_url: None,
-            git_ref: "main".into(),
-            compose_path: compose_path.into(),
-            pull: PullPolicy::Never,
-            compose_project: None,
-        },
+        project: project.clone(),
         secrets: vec![SecretEntry {
             key: "CANARY".into(),
             value: secret_value.into(),
             scope: Scope::Global,
             service: None,
         }],
+    };
+    WsIn::Text(protocol::encode(&ServerMessage::Deploy {
+        deployment_id: id,
+        project,
+        sealed_secrets: crate::identity::seal(recipient, &sealed).unwrap(),
     }))
 }
 
@@ -247,6 +264,50 @@ async fn one_deployment_at_a_time() {
     );
     assert_eq!(finished[1].0, 10);
     assert!(finished[1].1.contains("no compose here"), "{}", finished[1].1);
+    stop.cancel();
+    session.await.unwrap();
+}
+
+#[tokio::test]
+async fn hello_carries_the_recipient_and_a_deploy_sealed_to_another_key_fails_before_anything_runs() {
+    // A compose command that would leave a mark if it ran at all.
+    let work = tempfile::tempdir().unwrap();
+    let mark = work.path().join("ran");
+    let script = work.path().join("compose.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", mark.display())).unwrap();
+    let f = fixture(&format!("sh {}", script.display()));
+    let stop = CancellationToken::new();
+    let (tx, mut rx, sink, stream) = pipe();
+    let session = run_session(f.agent, sink, stream, stop.clone());
+    let AgentMessage::Hello { recipient, .. } = next_msg(&mut rx).await else {
+        panic!("first frame must be HELLO")
+    };
+    assert_eq!(recipient.as_deref(), Some(identity().recipient()));
+
+    let stranger = AgentIdentity::generate();
+    tx.send(Ok(deploy_frame_to(
+        stranger.recipient(),
+        21,
+        "/x/compose.yml",
+        "canary-sealed-elsewhere",
+    )))
+    .unwrap();
+    let AgentMessage::Status {
+        deployment_id,
+        status,
+        error,
+        ..
+    } = next_msg(&mut rx).await
+    else {
+        panic!("expected a STATUS")
+    };
+    let error = error.unwrap_or_default();
+    assert_eq!((deployment_id, status), (21, DeployOutcome::Fail));
+    assert!(error.contains("not sealed to this agent's identity"), "{error}");
+    assert!(
+        !mark.exists(),
+        "nothing may run for a DEPLOY whose secrets cannot be opened"
+    );
     stop.cancel();
     session.await.unwrap();
 }

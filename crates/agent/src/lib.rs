@@ -8,6 +8,7 @@
 //! - [`ephemeral`]: the private tmpfs directory the override lives in, and its drop guard.
 //! - [`policy`], [`sources`]: the compose policy (what a compose model may ask of the host) and
 //!   the confinement of every file compose reads to the checkout.
+//! - [`identity`]: the age identity DEPLOY secrets are sealed to (end to end).
 //! - [`results`]: the small on-disk record of finished deployments (no secrets).
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod deploy;
 pub mod ephemeral;
+pub mod identity;
 pub mod override_file;
 pub mod policy;
 pub mod process;

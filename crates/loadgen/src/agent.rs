@@ -91,8 +91,19 @@ pub async fn dial(addr: SocketAddr, token: &str) -> Result<Ws, DialError> {
 
 pub fn hello_frame(name: &str) -> String {
     json!({"type": "HELLO", "protocol": protocol::PROTOCOL_VERSION, "agent_version": "loadgen",
-        "hostname": name, "docker_version": "0", "compose_version": "0", "active_deployments": []})
+        "hostname": name, "docker_version": "0", "compose_version": "0", "active_deployments": [],
+        "recipient": recipient()})
     .to_string()
+}
+
+/// The age recipient every simulated agent offers. A constant, not a fresh identity: the bench
+/// runs its phases in several processes against one appliance, which pins the first recipient an
+/// agent offers and refuses any other. The load generator never opens the sealed secrets, so no
+/// identity is kept (the appliance still seals every DEPLOY to this, as it would to a real agent).
+const RECIPIENT: &str = "age19qp3pdun8mfgp75nz3dz86hrrw8frnztxffu3ulev6t778jjna9s6pfag0";
+
+fn recipient() -> &'static str {
+    RECIPIENT
 }
 
 pub fn log_frame(deployment_id: i64, seq: u64, line: &str) -> String {
@@ -259,5 +270,28 @@ async fn session(spec: &AgentSpec, mut ws: Ws, stop: &CancellationToken, deadlin
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_recipient_is_one_the_appliance_can_seal_to() {
+        let payload = stagely_protocol::SealedSecrets {
+            deployment_id: 1,
+            project: stagely_protocol::ProjectSpec {
+                name: "p".into(),
+                environment: "e".into(),
+                repo_url: None,
+                git_ref: "main".into(),
+                compose_path: "/c.yml".into(),
+                pull: Default::default(),
+                compose_project: None,
+            },
+            secrets: Vec::new(),
+        };
+        assert!(stagely_agent::identity::seal(super::RECIPIENT, &payload).is_some());
+        let hello: serde_json::Value = serde_json::from_str(&super::hello_frame("x")).unwrap();
+        assert_eq!(hello["recipient"], super::RECIPIENT);
     }
 }

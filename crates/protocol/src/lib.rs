@@ -110,6 +110,37 @@ impl std::fmt::Debug for SecretEntry {
     }
 }
 
+/// The plaintext inside a DEPLOY's `sealed_secrets`. It repeats the deployment id and project,
+/// and the agent refuses a DEPLOY whose outer fields differ: a ciphertext lifted from one DEPLOY
+/// cannot be pasted into another (say, one pointing at another repository) to have its values
+/// deployed there. Sealing gives secrecy only; who may send a DEPLOY is the signature's business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecrets {
+    pub deployment_id: i64,
+    pub project: ProjectSpec,
+    pub secrets: Vec<SecretEntry>,
+}
+
+impl SealedSecrets {
+    /// The JSON to encrypt; wiped when dropped.
+    pub fn to_plaintext(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Parse decrypted JSON. The error never quotes the input.
+    pub fn from_plaintext(plaintext: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(plaintext).map_err(|e| DecodeError::Invalid {
+            kind: "sealed secrets".into(),
+            reason: crate::redact::serde_message(&e.to_string()),
+        })
+    }
+
+    /// Whether this plaintext belongs to the DEPLOY it arrived in.
+    pub fn matches(&self, deployment_id: i64, project: &ProjectSpec) -> bool {
+        self.deployment_id == deployment_id && &self.project == project
+    }
+}
+
 /// What the agent needs to know about the project it deploys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectSpec {
@@ -195,6 +226,12 @@ pub enum AgentMessage {
         /// restarted and lost it). Absent means "unknown": the server then waits for the timeout.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         active_deployments: Option<Vec<i64>>,
+        /// The agent's age X25519 recipient (`age1…`), the public half of the identity in its
+        /// work dir. The appliance pins it at the first connection and seals every DEPLOY's
+        /// secrets to it. Absent from agents older than 0.1 with end-to-end secrets: they are
+        /// sent no DEPLOY.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recipient: Option<String>,
     },
     Log {
         deployment_id: i64,
@@ -226,7 +263,10 @@ pub enum ServerMessage {
     Deploy {
         deployment_id: i64,
         project: ProjectSpec,
-        secrets: Vec<SecretEntry>,
+        /// The secrets, end to end: standard base64 of one binary age file encrypted to the
+        /// agent's pinned recipient, whose plaintext is a [`SealedSecrets`] in JSON. Nothing on
+        /// the path (a TLS-terminating proxy, a frame log) can read a value.
+        sealed_secrets: String,
     },
     Ack {
         deployment_id: i64,
@@ -341,31 +381,30 @@ mod tests {
         ));
     }
 
+    fn spec() -> ProjectSpec {
+        ProjectSpec {
+            name: "shop".into(),
+            environment: "staging".into(),
+            repo_url: None,
+            git_ref: "main".into(),
+            compose_path: "/srv/shop/compose.yaml".into(),
+            pull: PullPolicy::Missing,
+            compose_project: None,
+        }
+    }
+
     #[test]
     fn deploy_matches_the_documented_shape() {
         let msg = ServerMessage::Deploy {
             deployment_id: 7,
-            project: ProjectSpec {
-                name: "shop".into(),
-                environment: "staging".into(),
-                repo_url: None,
-                git_ref: "main".into(),
-                compose_path: "/srv/shop/compose.yaml".into(),
-                pull: PullPolicy::Missing,
-                compose_project: None,
-            },
-            secrets: vec![SecretEntry {
-                key: "DB_URL".into(),
-                value: "postgres://x".into(),
-                scope: Scope::Service,
-                service: Some("web".into()),
-            }],
+            project: spec(),
+            sealed_secrets: "YWdlLWVuY3J5cHRpb24ub3Jn".into(),
         };
         let json: serde_json::Value = serde_json::from_str(&encode(&msg)).unwrap();
         assert_eq!(json["type"], "DEPLOY");
         assert_eq!(json["project"]["pull"], "missing");
-        assert_eq!(json["secrets"][0]["scope"], "service");
-        assert_eq!(json["secrets"][0]["service"], "web");
+        assert_eq!(json["sealed_secrets"], "YWdlLWVuY3J5cHRpb24ub3Jn");
+        assert!(json.get("secrets").is_none(), "no clear secrets field: {json}");
         let status = AgentMessage::Status {
             deployment_id: 7,
             status: DeployOutcome::Fail,
@@ -377,6 +416,62 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&encode(&status)).unwrap()["status"],
             "FAIL"
         );
+    }
+
+    #[test]
+    fn a_deploy_with_clear_secrets_is_invalid() {
+        // What an appliance from before end-to-end secrets would send: refused, not half-read.
+        let frame = r#"{"type":"DEPLOY","deployment_id":1,"project":{"name":"a","environment":"b",
+            "git_ref":"main","compose_path":"/c.yml"},"secrets":[{"key":"K","value":"canary-v","scope":"global"}]}"#;
+        let err = decode_server_message(frame).unwrap_err();
+        assert!(matches!(err, DecodeError::Invalid { .. }), "{err:?}");
+        assert!(!err.to_string().contains("canary-v"));
+    }
+
+    #[test]
+    fn hello_carries_the_recipient_and_an_old_hello_has_none() {
+        let hello = AgentMessage::Hello {
+            protocol: 1,
+            agent_version: "0.1.0".into(),
+            hostname: "h".into(),
+            docker_version: String::new(),
+            compose_version: String::new(),
+            active_deployments: None,
+            recipient: Some("age1example".into()),
+        };
+        let json: serde_json::Value = serde_json::from_str(&encode(&hello)).unwrap();
+        assert_eq!(json["recipient"], "age1example");
+        let old = r#"{"type":"HELLO","protocol":1,"agent_version":"0.0.9","hostname":"h"}"#;
+        let Ok(Incoming::Known(AgentMessage::Hello { recipient, .. })) = decode_agent_message(old) else {
+            panic!("old HELLO did not decode")
+        };
+        assert_eq!(recipient, None);
+    }
+
+    #[test]
+    fn sealed_secrets_round_trip_and_are_bound_to_their_deploy() {
+        let sealed = SealedSecrets {
+            deployment_id: 7,
+            project: spec(),
+            secrets: vec![SecretEntry {
+                key: "DB_URL".into(),
+                value: "postgres://canary".into(),
+                scope: Scope::Service,
+                service: Some("web".into()),
+            }],
+        };
+        let back = SealedSecrets::from_plaintext(&sealed.to_plaintext()).unwrap();
+        assert_eq!(back, sealed);
+        assert!(back.matches(7, &spec()));
+        assert!(!back.matches(8, &spec()));
+        let elsewhere = ProjectSpec {
+            repo_url: Some("https://evil.example/x.git".into()),
+            ..spec()
+        };
+        assert!(!back.matches(7, &elsewhere));
+        assert!(!format!("{back:?}").contains("canary"));
+        let err = SealedSecrets::from_plaintext(br#"{"deployment_id":"canary-x"}"#).unwrap_err();
+        assert!(!err.to_string().contains("canary-x"), "{err}");
     }
 
     #[test]

@@ -36,6 +36,10 @@ impl From<AgentError> for WebError {
                     "this environment already has an agent named {name:?} (revoked agents keep their names)"
                 ),
             },
+            e @ AgentError::NotPinned => WebError::Conflict {
+                code: "not_pinned",
+                message: e.to_string(),
+            },
             AgentError::Db(e) => e.into(),
         }
     }
@@ -76,6 +80,17 @@ pub async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, WebError> {
     ops::revoke_agent(&state, &who, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/agents/{id}/identity/reset`: forget the pinned recipient; the agent is
+/// disconnected and its next connection pins again.
+pub async fn reset_identity(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, WebError> {
+    ops::reset_identity(&state, &who, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -137,6 +152,7 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    let address = client.to_string();
     // Small buffers: an idle agent costs a few KB instead of ~130 KB (STACK-NOTES.md). The read
     // buffer is held for the connection's life: 512 bytes still take ~5 LOG frames per read
     // (BENCHMARKS.md: idle agents, log throughput).
@@ -149,7 +165,7 @@ pub async fn upgrade(
             // The connection gets its own task rather than living inside axum's upgrade future,
             // which keeps the upgrade's config and callback beside it for the connection's whole
             // life (~230 bytes per idle agent).
-            tokio::spawn(socket::run(state, agent, socket));
+            tokio::spawn(socket::run(state, agent, address, socket));
             std::future::ready(())
         })
 }

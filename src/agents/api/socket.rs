@@ -15,7 +15,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 
 use crate::agents::hub::{Outbound, Registration};
-use crate::agents::{AgentIdentity, HelloInfo, store};
+use crate::agents::ops::{self, Admission};
+use crate::agents::{AgentIdentity, CLOSE_IDENTITY_MISMATCH, HelloInfo, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::service;
@@ -57,31 +58,49 @@ fn error_frame(code: &str, message: impl Into<String>) -> Message {
 /// - it is an `async move` block, not an `async fn`: an async fn keeps its arguments' slots
 ///   beside the locals it moves them into (~480 bytes here).
 #[allow(clippy::manual_async_fn)] // see above: the async fn form costs ~480 bytes per agent
-pub fn run(state: AppState, agent: AgentIdentity, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
+pub fn run(
+    state: AppState,
+    agent: AgentIdentity,
+    address: String,
+    mut socket: WebSocket,
+) -> impl Future<Output = ()> + Send {
     async move {
-        let Some(reg) = Box::pin(connect(&state, &agent, &mut socket)).await else {
+        let Some(reg) = Box::pin(connect(&state, &agent, address, &mut socket)).await else {
             return;
         };
         serve(&state, &agent, &mut socket, reg).await;
     }
 }
 
-/// HELLO, then the connection is recorded and registered with the hub.
-async fn connect(state: &AppState, agent: &AgentIdentity, socket: &mut WebSocket) -> Option<Registration> {
+/// HELLO, then the identity and second-connection rules ([`ops::admit`]), then the connection
+/// is registered with the hub.
+async fn connect(
+    state: &AppState,
+    agent: &AgentIdentity,
+    address: String,
+    socket: &mut WebSocket,
+) -> Option<Registration> {
     let (hello, active) = await_hello(agent, socket).await?;
-    let now = now_ms();
-    let (id, info) = (agent.id, hello.clone());
-    if let Err(e) = state
-        .db
-        .write(move |tx| store::mark_online(tx, id, &info, now))
-        .await
-    {
-        tracing::error!(agent_id = agent.id, error = %e, "cannot record agent connection");
-        send_anyway(socket, close(1011, "server error")).await;
-        return None;
+    let live = state.hub.is_online(agent.id);
+    match ops::admit(state, agent, &hello, &address, live).await {
+        Ok(Admission::Accepted) => {}
+        Ok(Admission::IdentityMismatch(message)) => {
+            tracing::warn!(agent_id = agent.id, agent = %agent.name, %address, hostname = %hello.hostname, "agent identity mismatch: connection refused");
+            send_anyway(socket, error_frame("identity_mismatch", message)).await;
+            send_anyway(socket, close(1008, CLOSE_IDENTITY_MISMATCH)).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(agent_id = agent.id, error = %e, "cannot record agent connection");
+            send_anyway(socket, close(1011, "server error")).await;
+            return None;
+        }
     }
-    let reg = state.hub.register(agent.id, agent.environment_id, now);
-    tracing::info!(agent_id = agent.id, agent = %agent.name, hostname = %hello.hostname, version = %hello.agent_version, "agent connected");
+    if live {
+        tracing::warn!(agent_id = agent.id, agent = %agent.name, %address, "a second connection with this agent's token replaces the first (recorded)");
+    }
+    let reg = state.hub.register(agent.id, agent.environment_id, now_ms());
+    tracing::info!(agent_id = agent.id, agent = %agent.name, hostname = %hello.hostname, version = %hello.agent_version, pinned = hello.recipient.is_some(), "agent connected");
     drop(hello);
     service::on_hello(state, agent, active).await;
     Some(reg)
@@ -250,6 +269,7 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
             docker_version,
             compose_version,
             active_deployments,
+            recipient,
         })) => {
             if protocol != PROTOCOL_VERSION {
                 tracing::warn!(
@@ -270,11 +290,24 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
                 return None;
             }
             let clip = |s: String| s.chars().take(200).collect::<String>();
+            if let Some(r) = &recipient
+                && r.parse::<age::x25519::Recipient>().is_err()
+            {
+                tracing::warn!(
+                    agent_id = agent.id,
+                    "agent's HELLO recipient is not an age X25519 recipient"
+                );
+                let message = "the HELLO recipient is not an age X25519 recipient (age1…)";
+                send_anyway(socket, error_frame("bad_message", message)).await;
+                send_anyway(socket, close(1002, "invalid HELLO recipient")).await;
+                return None;
+            }
             let hello = HelloInfo {
                 agent_version: clip(agent_version),
                 hostname: clip(hostname),
                 docker_version: clip(docker_version),
                 compose_version: clip(compose_version),
+                recipient,
             };
             Some((hello, active_deployments))
         }

@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use stagely::app::App;
 use stagely::config::{Config, Overrides};
+use stagely_agent::identity::AgentIdentity;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -319,12 +322,33 @@ impl ServerProcess {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A protocol-level agent on a real WebSocket.
+/// A protocol-level agent on a real WebSocket, with an age identity: the same one for every
+/// connection with the same token in this test process (as one machine keeps its identity file),
+/// so an appliance restarted under a test still finds the pinned recipient.
 pub struct TestAgent {
     pub ws: Ws,
+    pub identity: Arc<AgentIdentity>,
+}
+
+/// The identity "the machine" holding `token` has.
+pub fn identity_for(token: &str) -> Arc<AgentIdentity> {
+    static IDS: OnceLock<Mutex<HashMap<String, Arc<AgentIdentity>>>> = OnceLock::new();
+    let mut ids = IDS.get_or_init(Default::default).lock().unwrap();
+    ids.entry(token.to_owned())
+        .or_insert_with(|| Arc::new(AgentIdentity::generate()))
+        .clone()
 }
 
 impl TestAgent {
+    /// A raw connection (no HELLO yet) with the token's identity.
+    pub async fn raw(url: &str, token: &str) -> TestAgent {
+        let ws = Self::dial(url, token).await.expect("agent could not connect");
+        TestAgent {
+            ws,
+            identity: identity_for(token),
+        }
+    }
+
     pub async fn dial(url: &str, token: &str) -> Result<Ws, tungstenite::Error> {
         let ws_url = format!("{}/ws/agent", url.replacen("http", "ws", 1));
         let mut req = ws_url.into_client_request()?;
@@ -333,17 +357,47 @@ impl TestAgent {
         Ok(tokio_tungstenite::connect_async(req).await?.0)
     }
 
-    /// Connect and say HELLO (optionally listing the deployments it still holds).
+    /// Connect and say HELLO (optionally listing the deployments it still holds), offering the
+    /// token's identity.
     pub async fn connect(url: &str, token: &str, active: Option<Vec<i64>>) -> TestAgent {
-        let ws = Self::dial(url, token).await.expect("agent could not connect");
-        let mut agent = TestAgent { ws };
-        let mut hello = json!({"type": "HELLO", "protocol": 1, "agent_version": "test", "hostname": "test-host",
+        let mut agent = Self::raw(url, token).await;
+        let recipient = agent.identity.recipient().to_owned();
+        agent.hello(active, Some(&recipient), "test-host").await;
+        agent
+    }
+
+    /// Say HELLO with this recipient (`None`: an agent from before end-to-end secrets).
+    pub async fn hello(&mut self, active: Option<Vec<i64>>, recipient: Option<&str>, hostname: &str) {
+        let mut hello = json!({"type": "HELLO", "protocol": 1, "agent_version": "test", "hostname": hostname,
             "docker_version": "0", "compose_version": "0"});
         if let Some(active) = active {
             hello["active_deployments"] = json!(active);
         }
-        agent.send(hello).await;
-        agent
+        if let Some(r) = recipient {
+            hello["recipient"] = json!(r);
+        }
+        self.send(hello).await;
+    }
+
+    /// Open a DEPLOY frame's sealed secrets with this agent's identity: the entries as JSON
+    /// (`[{"key", "value", "scope", "service"}]`). Panics if they do not open.
+    pub fn secrets(&self, deploy: &Value) -> Value {
+        assert_eq!(deploy["type"], "DEPLOY", "{deploy}");
+        assert!(
+            deploy.get("secrets").is_none(),
+            "clear secrets in a DEPLOY: {deploy}"
+        );
+        let project: stagely_protocol::ProjectSpec =
+            serde_json::from_value(deploy["project"].clone()).unwrap();
+        let entries = self
+            .identity
+            .open(
+                deploy["sealed_secrets"].as_str().expect("sealed_secrets"),
+                deploy["deployment_id"].as_i64().unwrap(),
+                &project,
+            )
+            .expect("the DEPLOY's secrets open with the agent's identity");
+        serde_json::to_value(&entries).unwrap()
     }
 
     pub async fn send(&mut self, v: Value) {
