@@ -1,7 +1,8 @@
 //! JSON API for projects and environments: handlers translate HTTP to [`super::ops`] and back.
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
 use axum::http::StatusCode;
 
 use super::{Environment, EnvironmentInput, Project, ProjectError, ProjectInput, ProjectPatch, ops, store};
@@ -17,6 +18,10 @@ impl From<ProjectError> for WebError {
             ProjectError::Invalid { field, message } => WebError::invalid(field, message),
             e @ (ProjectError::NameTaken(_) | ProjectError::EnvironmentTaken(_)) => WebError::NameTaken {
                 field: "name".into(),
+                message: e.to_string(),
+            },
+            e @ ProjectError::StackRunning { .. } => WebError::Conflict {
+                code: "stack_running",
                 message: e.to_string(),
             },
             ProjectError::Db(e) => e.into(),
@@ -53,12 +58,20 @@ pub async fn patch(
     Ok(axum::Json(ops::update_project(&state, &who, id, patch).await?))
 }
 
+/// `?stack_removed=true` on a delete: the person took the stack down on the target themselves.
+#[derive(Debug, Default, Deserialize)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    stack_removed: bool,
+}
+
 pub async fn delete(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, WebError> {
-    ops::delete_project(&state, &who, id).await?;
+    ops::delete_project(&state, &who, id, q.stack_removed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -76,7 +89,8 @@ pub async fn delete_environment(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, WebError> {
-    ops::delete_environment(&state, &who, id).await?;
+    ops::delete_environment(&state, &who, id, q.stack_removed).await?;
     Ok(StatusCode::NO_CONTENT)
 }

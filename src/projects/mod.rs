@@ -26,6 +26,18 @@ pub enum ProjectError {
     NameTaken(String),
     #[error("this project already has an environment named {0:?}")]
     EnvironmentTaken(String),
+    /// Deleting would orphan a stack that may be running on a target (issue 12).
+    #[error(
+        "environment {environment:?} has a stack on its target (compose project {compose_project:?}, \
+         deployment #{deployment_id} succeeded): deleting it here would leave that stack running \
+         with no one tracking it. Take it down on the target first \
+         (`docker compose -p {compose_project} down`), then delete again with `?stack_removed=true`"
+    )]
+    StackRunning {
+        environment: String,
+        compose_project: String,
+        deployment_id: i64,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
 }

@@ -64,14 +64,40 @@ pub async fn update_project(
         .await
 }
 
+/// Refuse to forget an environment whose stack may still run on its target, unless the person
+/// says they took it down (`stack_removed`): deleting it here would leave it running untracked,
+/// its containers holding the secrets' values, with nothing to update or remove it.
+fn guard_stack(
+    c: &rusqlite::Connection,
+    project_id: Option<i64>,
+    environment_id: Option<i64>,
+    stack_removed: bool,
+) -> Result<&'static str, ProjectError> {
+    match store::stack_in_use(c, project_id, environment_id)? {
+        None => Ok(""),
+        Some(_) if stack_removed => Ok(" (its stack taken down on the target, as confirmed)"),
+        Some((environment, compose_project, deployment_id)) => Err(ProjectError::StackRunning {
+            environment,
+            compose_project,
+            deployment_id,
+        }),
+    }
+}
+
 /// Delete a project with its environments, secrets and agents; the agents' live connections
-/// are closed.
-pub async fn delete_project(state: &AppState, who: &Principal, id: i64) -> Result<(), ProjectError> {
+/// are closed. Refused while one of its stacks may be running (see [`guard_stack`]).
+pub async fn delete_project(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    stack_removed: bool,
+) -> Result<(), ProjectError> {
     let actor = who.actor.clone();
     let agents = state
         .db
         .write(move |tx| {
             let project = store::get(tx, id)?;
+            let note = guard_stack(tx, Some(id), None, stack_removed)?;
             let agents = agent_store::ids_for_project(tx, id)?;
             store::delete(tx, id)?;
             audit::record(
@@ -81,7 +107,7 @@ pub async fn delete_project(state: &AppState, who: &Principal, id: i64) -> Resul
                 "project.delete",
                 "project",
                 Some(id),
-                &project.name,
+                &format!("{}{note}", project.name),
             )?;
             Ok::<_, ProjectError>(agents)
         })
@@ -119,12 +145,19 @@ pub async fn create_environment(
 }
 
 /// Delete an environment with its secrets and agents; the agents' live connections are closed.
-pub async fn delete_environment(state: &AppState, who: &Principal, id: i64) -> Result<(), ProjectError> {
+/// Refused while its stack may be running (see [`guard_stack`]).
+pub async fn delete_environment(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    stack_removed: bool,
+) -> Result<(), ProjectError> {
     let actor = who.actor.clone();
     let agents = state
         .db
         .write(move |tx| {
             let env = store::get_environment(tx, id)?;
+            let note = guard_stack(tx, None, Some(id), stack_removed)?;
             let agents = agent_store::ids_for_environment(tx, id)?;
             store::delete_environment(tx, id)?;
             audit::record(
@@ -134,7 +167,7 @@ pub async fn delete_environment(state: &AppState, who: &Principal, id: i64) -> R
                 "environment.delete",
                 "environment",
                 Some(id),
-                &env.name,
+                &format!("{}{note}", env.name),
             )?;
             Ok::<_, ProjectError>(agents)
         })

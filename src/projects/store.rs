@@ -180,6 +180,24 @@ pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectEr
     .ok_or(ProjectError::EnvironmentNotFound)
 }
 
+/// The environments of `project_id` (or only `environment_id`) whose stack may be running on a
+/// target: a deployment of theirs succeeded. Answers the first such with its latest success.
+pub fn stack_in_use(
+    c: &Connection,
+    project_id: Option<i64>,
+    environment_id: Option<i64>,
+) -> Result<Option<(String, String, i64)>, DbError> {
+    Ok(c.query_row(
+        "SELECT e.name, e.compose_project, max(d.id) FROM environments e
+         JOIN deployments d ON d.environment_id = e.id AND d.status = 'success'
+         WHERE (?1 IS NULL OR e.project_id = ?1) AND (?2 IS NULL OR e.id = ?2)
+         GROUP BY e.id ORDER BY e.id LIMIT 1",
+        params![project_id, environment_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()?)
+}
+
 pub fn delete_environment(tx: &Transaction<'_>, id: i64) -> Result<(), ProjectError> {
     match tx.execute("DELETE FROM environments WHERE id = ?1", [id])? {
         0 => Err(ProjectError::EnvironmentNotFound),

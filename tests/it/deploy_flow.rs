@@ -290,3 +290,56 @@ async fn deleting_a_project_closes_its_agents() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_environment_whose_stack_runs_is_refused_until_it_is_taken_down() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let (pid, envs) = api.project("kept", &["prod", "spare"]).await;
+    let (agent_id, token) = api.agent(envs[0], "a").await;
+    let mut agent = TestAgent::connect(&api.url, &token, None).await;
+    api.wait_online(agent_id).await;
+    let (status, body) = api
+        .post(&format!("/api/deploy/{pid}"), json!({"environment": "prod"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["deployment_id"].as_i64().unwrap();
+    assert_eq!(agent.recv().await["type"], "DEPLOY");
+    agent.status(id, "SUCCESS").await;
+    assert_eq!(agent.recv().await["type"], "ACK");
+
+    // An environment that never ran a stack goes at once.
+    assert_eq!(api.delete(&format!("/api/environments/{}", envs[1])).await.0, 204);
+    // One whose stack may be running is refused, saying what runs and how to proceed.
+    for path in [format!("/api/environments/{}", envs[0]), format!("/api/projects/{pid}")] {
+        let (status, body) = api.delete(&path).await;
+        assert_eq!(status, 409, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "stack_running", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("kept-prod") && message.contains(&format!("#{id}")) && message.contains("stack_removed=true"),
+            "{message}"
+        );
+    }
+    let (_, p) = api.get(&format!("/api/projects/{pid}")).await;
+    assert_eq!(p["environments"].as_array().unwrap().len(), 1, "nothing deleted: {p}");
+    // Confirmed taken down by hand: deleted, and the audit log says so.
+    assert_eq!(
+        api.delete(&format!("/api/environments/{}?stack_removed=true", envs[0]))
+            .await
+            .0,
+        204
+    );
+    let db = stagely::db::Db::open(&server.data_dir().join("stagely.db")).unwrap();
+    let detail: String = db
+        .read_blocking(|c| {
+            Ok::<_, stagely::db::DbError>(c.query_row(
+                "SELECT detail FROM audit_log WHERE action = 'environment.delete' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(detail, "prod (its stack taken down on the target, as confirmed)");
+    assert_eq!(api.delete(&format!("/api/projects/{pid}")).await.0, 204);
+}
