@@ -2,8 +2,8 @@
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
 use axum::http::StatusCode;
+use serde::Deserialize;
 
 use super::{Environment, EnvironmentInput, Project, ProjectError, ProjectInput, ProjectPatch, ops, store};
 use crate::app::AppState;

@@ -185,11 +185,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Client addresses (ConnectInfo) are needed for the per-address limits and trusted proxies;
     // serve::serve adds them, with the connection timeouts and the per-address cap.
-    // A trusted reverse proxy carries many clients on its connections: it is not capped.
+    // A reverse proxy is capped like anyone (loopback is trusted by default, and an uncapped
+    // local client could exhaust the descriptors): docs/operations.md says to keep the cap above
+    // the proxy's connection pool.
     let limits = state.config.http.clone();
-    let config = state.config.clone();
-    let uncapped = move |ip| config.is_trusted_proxy(ip);
-    serve::serve(listener, router(state), &limits, uncapped, shutdown).await
+    serve::serve(listener, router(state), &limits, shutdown).await
 }
 
 /// Unknown paths: JSON under `/api/`, a styled page everywhere else.

@@ -47,7 +47,6 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &HttpConfig,
-    uncapped: impl Fn(std::net::IpAddr) -> bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let counts = Arc::new(PerAddress::new(limits.max_connections_per_ip));
@@ -72,11 +71,7 @@ pub async fn serve(
             },
             () = signal_tx.closed() => break,
         };
-        let slot = if uncapped(peer.ip()) {
-            None
-        } else if let Some(slot) = counts.acquire(peer.ip()) {
-            Some(slot)
-        } else {
+        let Some(slot) = counts.acquire(peer.ip()) else {
             // Closed at once: the cheapest answer, and it frees the descriptor.
             tracing::debug!(peer = %peer.ip(), "too many connections from this address: closed");
             continue;

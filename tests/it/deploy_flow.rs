@@ -311,18 +311,27 @@ async fn deleting_an_environment_whose_stack_runs_is_refused_until_it_is_taken_d
     // An environment that never ran a stack goes at once.
     assert_eq!(api.delete(&format!("/api/environments/{}", envs[1])).await.0, 204);
     // One whose stack may be running is refused, saying what runs and how to proceed.
-    for path in [format!("/api/environments/{}", envs[0]), format!("/api/projects/{pid}")] {
+    for path in [
+        format!("/api/environments/{}", envs[0]),
+        format!("/api/projects/{pid}"),
+    ] {
         let (status, body) = api.delete(&path).await;
         assert_eq!(status, 409, "{path}: {body}");
         assert_eq!(body["error"]["code"], "stack_running", "{body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(
-            message.contains("kept-prod") && message.contains(&format!("#{id}")) && message.contains("stack_removed=true"),
+            message.contains("kept-prod")
+                && message.contains(&format!("#{id}"))
+                && message.contains("stack_removed=true"),
             "{message}"
         );
     }
     let (_, p) = api.get(&format!("/api/projects/{pid}")).await;
-    assert_eq!(p["environments"].as_array().unwrap().len(), 1, "nothing deleted: {p}");
+    assert_eq!(
+        p["environments"].as_array().unwrap().len(),
+        1,
+        "nothing deleted: {p}"
+    );
     // Confirmed taken down by hand: deleted, and the audit log says so.
     assert_eq!(
         api.delete(&format!("/api/environments/{}?stack_removed=true", envs[0]))
