@@ -325,9 +325,22 @@ mod tests {
                 .env("STAGELY_ASKPASS_PASSWORD", "p 'a\" ss");
             cmd
         };
-        let out = ask("Username for 'https://h': ").output().await.unwrap();
+        // Another test's fork may still hold the freshly written file open for a moment
+        // (ETXTBSY until that child execs): retry, as a loaded test runner needs.
+        let run = |prompt: &'static str| async move {
+            for _ in 0..50 {
+                match ask(prompt).output().await {
+                    Err(e) if e.raw_os_error() == Some(26) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    other => return other.unwrap(),
+                }
+            }
+            panic!("the helper stayed busy");
+        };
+        let out = run("Username for 'https://h': ").await;
         assert_eq!(out.stdout, b"u$er\n");
-        let out = ask("Password for 'https://u@h': ").output().await.unwrap();
+        let out = run("Password for 'https://u@h': ").await;
         assert_eq!(out.stdout, b"p 'a\" ss\n");
         assert!(!std::fs::read_to_string(&helper).unwrap().contains("a\" ss"));
     }
