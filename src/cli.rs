@@ -43,12 +43,13 @@ pub enum Command {
     /// Administration on the data directory itself.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Write a consistent backup (database snapshot + master key) while the server runs.
+    /// Write a consistent backup (database snapshot + master key + signing key) while the server runs.
     Backup {
         /// Archive to write (mode 0600).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Leave the master key out (keep it apart; restore then needs the key file in place).
+        /// Leave the master key and the signing key out (keep them apart; restore then needs the
+        /// key files in place).
         #[arg(long)]
         no_key: bool,
     },
@@ -77,6 +78,11 @@ pub enum AdminCommand {
     },
     /// Re-encrypt every secret under a new master key. Stop the server first.
     RotateKey,
+    /// Print the fingerprint of the key that signs every frame sent to agents (and earlier ones).
+    SigningKey,
+    /// Make a new signing key; the old one signs the hand-over, which agents follow. Stop the
+    /// server first.
+    RotateSigningKey,
 }
 
 pub fn main() -> ExitCode {
@@ -146,6 +152,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { out, no_key } => backup(&cli, out, *no_key),
         Command::Restore { file, force } => restore(&cli, file, *force),
         Command::Healthcheck => healthcheck(&cli),
+        Command::Admin(AdminCommand::SigningKey) => {
+            let config = load_config(&cli, None, None)?;
+            let signer = crate::signing::Signer::load(&config.signing_key_path())?;
+            println!("{}", signer.fingerprint());
+            for old in signer.previous().iter().rev() {
+                println!("replaced: {old}");
+            }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::RotateSigningKey) => {
+            let config = load_config(&cli, None, None)?;
+            let _lock = DataDirLock::acquire(&config)?;
+            let db = Db::open(&config.db_path())?;
+            let report = crate::signing::rotate(&config.signing_key_path())?;
+            db.write_blocking(|tx| {
+                let detail = format!("{} replaced by {}", report.old_fingerprint, report.new_fingerprint);
+                crate::audit::record(tx, now_ms(), "cli", "signing.rotate", "signing_key", None, &detail)
+            })?;
+            println!(
+                "rotated the signing key\nold fingerprint: {}\nnew fingerprint: {}\nagents that pinned the old key follow the signed hand-over at their next connection; new agent tokens carry the new fingerprint",
+                report.old_fingerprint, report.new_fingerprint
+            );
+            Ok(())
+        }
         Command::Admin(AdminCommand::RotateKey) => {
             let config = load_config(&cli, None, None)?;
             let _lock = DataDirLock::acquire(&config)?;
@@ -178,7 +208,7 @@ fn backup(cli: &Cli, out: &Path, no_key: bool) -> anyhow::Result<()> {
         out.display(),
         manifest.schema_version,
         if manifest.includes_key {
-            "included: keep this file as safe as the key"
+            "included (the master key and the signing key): keep this file as safe as the keys"
         } else {
             "NOT included"
         },

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
+use crate::config::Config;
+use crate::signing::Signer;
 
 /// The install script; `@PUBLIC_URL@` and `@AGENT_UNIT@` are filled in when served.
 const INSTALL_SH: &str = include_str!("../../packaging/agent/install.sh");
@@ -34,11 +36,11 @@ pub struct AgentBinary {
 
 /// Where agent binaries are looked for: the configured folder, else the packaged location,
 /// else next to the running `stagely` binary (a cargo build puts `stagely-agent` there).
-fn candidates(state: &AppState, target: &str) -> Vec<PathBuf> {
+fn candidates(config: &Config, target: &str) -> Vec<PathBuf> {
     let name = format!("stagely-agent-{target}");
     let mut paths = Vec::new();
-    if !state.config.agent_binaries_dir.as_os_str().is_empty() {
-        paths.push(state.config.agent_binaries_dir.join(&name));
+    if !config.agent_binaries_dir.as_os_str().is_empty() {
+        paths.push(config.agent_binaries_dir.join(&name));
     }
     paths.push(Path::new("/usr/lib/stagely/agents").join(&name));
     // Without a known executable path this last fallback is skipped; the locations above
@@ -64,7 +66,7 @@ pub async fn load(state: &AppState, target: &str) -> Result<AgentBinary, Downloa
     if !TARGETS.contains(&target) {
         return Err(DownloadError::NotFound);
     }
-    let paths = candidates(state, target);
+    let paths = candidates(&state.config, target);
     tokio::task::spawn_blocking(move || {
         let path = paths
             .into_iter()
@@ -76,6 +78,54 @@ pub async fn load(state: &AppState, target: &str) -> Result<AgentBinary, Downloa
     })
     .await
     .map_err(|e| DownloadError::Task(e.to_string()))?
+}
+
+/// One served binary as it was at start: its sha256 and the signing key's signature over
+/// [`stagely_protocol::signing::download_statement`] of it.
+#[derive(Debug, Clone)]
+pub struct SignedBinary {
+    pub sha256: String,
+    /// base64, for `openssl pkeyutl -verify -rawin` (install.sh).
+    pub signature: String,
+}
+
+/// The signatures of every agent binary present at start, made once (not per request). A binary
+/// replaced while the appliance runs no longer matches its signature: install.sh then refuses it
+/// until the appliance is restarted.
+#[derive(Debug, Default)]
+pub struct Signatures {
+    by_target: Vec<(&'static str, SignedBinary)>,
+}
+
+impl Signatures {
+    pub fn compute(config: &Config, signer: &Signer) -> Signatures {
+        let mut by_target = Vec::new();
+        for target in TARGETS {
+            let Some(path) = candidates(config, target).into_iter().find(|p| p.is_file()) else {
+                continue;
+            };
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let sha256 = hex::encode(Sha256::digest(&bytes));
+                    let signature = signer.sign_download(target, &sha256);
+                    by_target.push((*target, SignedBinary { sha256, signature }));
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read an agent binary to sign it")
+                }
+            }
+        }
+        Signatures { by_target }
+    }
+
+    pub fn get(&self, target: &str) -> Option<&SignedBinary> {
+        self.by_target.iter().find(|(t, _)| *t == target).map(|(_, s)| s)
+    }
+
+    /// `(target, signed binary)` for every binary present at start.
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &SignedBinary)> {
+        self.by_target.iter().map(|(t, s)| (*t, s))
+    }
 }
 
 /// The POSIX installer bound to this appliance's public URL.

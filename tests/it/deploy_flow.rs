@@ -257,9 +257,7 @@ async fn malformed_and_oversized_frames_do_not_hurt_other_agents() {
 
     // A HELLO of a future protocol is told to upgrade.
     let (_, z_token) = api.agent(envs[0], "future").await;
-    let mut future = TestAgent {
-        ws: TestAgent::dial(&api.url, &z_token).await.unwrap(),
-    };
+    let mut future = TestAgent::dial_only(&api.url, &z_token).await;
     future
         .send(json!({"type": "HELLO", "protocol": 99, "agent_version": "9", "hostname": "h"}))
         .await;

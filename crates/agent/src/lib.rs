@@ -9,6 +9,7 @@
 //! - [`policy`], [`sources`]: the compose policy (what a compose model may ask of the host) and
 //!   the confinement of every file compose reads to the checkout.
 //! - [`results`]: the small on-disk record of finished deployments (no secrets).
+//! - [`trust`]: the pinned appliance key; every server frame must be signed by it (issue 11).
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
 
@@ -24,6 +25,7 @@ pub mod process;
 pub mod results;
 pub mod sources;
 pub mod transport;
+pub mod trust;
 pub mod verify;
 
 use stagely_protocol::LogStream;

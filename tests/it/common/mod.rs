@@ -322,6 +322,10 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A protocol-level agent on a real WebSocket.
 pub struct TestAgent {
     pub ws: Ws,
+    /// What the appliance must address this agent's frames to, and the key it must sign them
+    /// with (the fingerprint in the token, when it has one): checked on every frame received.
+    tag: String,
+    fingerprint: Option<String>,
 }
 
 impl TestAgent {
@@ -333,10 +337,17 @@ impl TestAgent {
         Ok(tokio_tungstenite::connect_async(req).await?.0)
     }
 
+    /// Connect without saying anything yet.
+    pub async fn dial_only(url: &str, token: &str) -> TestAgent {
+        let ws = Self::dial(url, token).await.expect("agent could not connect");
+        let (_, fingerprint) = stagely_protocol::signing::split_token(token);
+        let tag = stagely_protocol::signing::recipient_tag(token);
+        TestAgent { ws, tag, fingerprint }
+    }
+
     /// Connect and say HELLO (optionally listing the deployments it still holds).
     pub async fn connect(url: &str, token: &str, active: Option<Vec<i64>>) -> TestAgent {
-        let ws = Self::dial(url, token).await.expect("agent could not connect");
-        let mut agent = TestAgent { ws };
+        let mut agent = Self::dial_only(url, token).await;
         let mut hello = json!({"type": "HELLO", "protocol": 1, "agent_version": "test", "hostname": "test-host",
             "docker_version": "0", "compose_version": "0"});
         if let Some(active) = active {
@@ -359,7 +370,7 @@ impl TestAgent {
         tokio::time::timeout(timeout, async {
             loop {
                 match self.ws.next().await {
-                    Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                    Some(Ok(Message::Text(t))) => return Some(self.open(t.as_str())),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     _ => return None,
                 }
@@ -368,6 +379,16 @@ impl TestAgent {
         .await
         .ok()
         .flatten()
+    }
+
+    /// A signed frame's message, after checking it is signed (by the token's key), for us.
+    fn open(&self, frame: &str) -> Value {
+        let opened = stagely_protocol::signing::open(frame).expect("the server sent an unsigned or forged frame");
+        assert_eq!(opened.to, self.tag, "a frame addressed to another agent");
+        if let Some(fp) = &self.fingerprint {
+            assert_eq!(&opened.fingerprint, fp, "signed by another key than the token's");
+        }
+        serde_json::from_str(opened.message()).unwrap()
     }
 
     pub async fn recv(&mut self) -> Value {
