@@ -144,12 +144,20 @@ impl Opened {
         );
         let auth = Arc::new(crate::users::AuthState::new(&config.auth));
         tracing::info!(fingerprint = %signer.fingerprint(), "signing agent frames with this key");
-        let agent_downloads = Arc::new(crate::agents::download::Signatures::compute(&config, &signer));
+        let signer = Arc::new(signer);
+        let agent_downloads = Arc::new(crate::agents::download::Signatures::new(&config, signer.clone()));
+        // Hash and sign the agent binaries now, off the start path (one-shot, not per request).
+        tokio::spawn({
+            let downloads = agent_downloads.clone();
+            async move {
+                downloads.all().await;
+            }
+        });
         let state = AppState {
             config: Arc::new(config),
             db,
             vault: Arc::new(vault),
-            signer: Arc::new(signer),
+            signer,
             agent_downloads,
             hub,
             logs,

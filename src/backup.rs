@@ -300,7 +300,11 @@ mod tests {
             .unwrap();
         assert_eq!(vault.decrypt(&ct).unwrap().as_str(), "survives");
         let restored = crate::signing::Signer::load(&b.signing_key_path()).unwrap();
-        assert_eq!(restored.fingerprint(), signer.fingerprint(), "the signing key came back");
+        assert_eq!(
+            restored.fingerprint(),
+            signer.fingerprint(),
+            "the signing key came back"
+        );
         assert!(matches!(
             restore(&b, &archive, false),
             Err(BackupError::NotEmpty(_))

@@ -167,8 +167,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let db = Db::open(&config.db_path())?;
             let report = crate::signing::rotate(&config.signing_key_path())?;
             db.write_blocking(|tx| {
-                let detail = format!("{} replaced by {}", report.old_fingerprint, report.new_fingerprint);
-                crate::audit::record(tx, now_ms(), "cli", "signing.rotate", "signing_key", None, &detail)
+                let detail = format!(
+                    "{} replaced by {}",
+                    report.old_fingerprint, report.new_fingerprint
+                );
+                crate::audit::record(
+                    tx,
+                    now_ms(),
+                    "cli",
+                    "signing.rotate",
+                    "signing_key",
+                    None,
+                    &detail,
+                )
             })?;
             println!(
                 "rotated the signing key\nold fingerprint: {}\nnew fingerprint: {}\nagents that pinned the old key follow the signed hand-over at their next connection; new agent tokens carry the new fingerprint",

@@ -84,7 +84,8 @@ impl Signer {
                     return Ok(signer);
                 }
                 // Made by another process in between: load that one.
-                Err(SigningError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(SigningError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
         }
@@ -112,12 +113,15 @@ impl Signer {
             reason,
         };
         let file: KeyFile = serde_json::from_str(&text).map_err(|_| bad("not a Stagely signing key file"))?;
-        let seed: Zeroizing<Vec<u8>> =
-            Zeroizing::new(B64.decode(file.secret.as_bytes()).map_err(|_| bad("the secret is not base64url"))?);
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("the secret is not 32 bytes"))?;
+        let seed: Zeroizing<Vec<u8>> = Zeroizing::new(
+            B64.decode(file.secret.as_bytes())
+                .map_err(|_| bad("the secret is not base64url"))?,
+        );
+        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
+            seed.as_slice()
+                .try_into()
+                .map_err(|_| bad("the secret is not 32 bytes"))?,
+        );
         let signer = Signer::new(SigningKey::from_bytes(&seed), file.chain.clone());
         if file.fingerprint != signer.fingerprint {
             return Err(bad("the fingerprint written in it is not the key's"));
@@ -194,7 +198,11 @@ fn write_file(path: &Path, signer: &Signer, replace: Replace) -> Result<(), Sign
     };
     let body = Zeroizing::new(serde_json::to_string_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?);
     let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    aside.push(format!(
+        ".tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let aside = PathBuf::from(aside);
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -253,7 +261,11 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(Signer::open(&path).unwrap().fingerprint(), first.fingerprint());
         assert!(first.rekey_message().is_none());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no file left aside");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no file left aside"
+        );
 
         let report = rotate(&path).unwrap();
         assert_eq!(report.old_fingerprint, first.fingerprint());

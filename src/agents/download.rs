@@ -89,43 +89,68 @@ pub struct SignedBinary {
     pub signature: String,
 }
 
-/// The signatures of every agent binary present at start, made once (not per request). A binary
-/// replaced while the appliance runs no longer matches its signature: install.sh then refuses it
-/// until the appliance is restarted.
-#[derive(Debug, Default)]
+/// The signatures of every agent binary present at start, made once: the work starts with the
+/// appliance (in the background, so a 100 MB debug build does not delay the listener) and a
+/// request that comes first waits for that one computation, never its own. A binary replaced
+/// while the appliance runs no longer matches its signature: install.sh then refuses it until
+/// the appliance is restarted.
 pub struct Signatures {
-    by_target: Vec<(&'static str, SignedBinary)>,
+    paths: Vec<(&'static str, Vec<PathBuf>)>,
+    signer: std::sync::Arc<Signer>,
+    signed: tokio::sync::OnceCell<Vec<(&'static str, SignedBinary)>>,
 }
 
 impl Signatures {
-    pub fn compute(config: &Config, signer: &Signer) -> Signatures {
-        let mut by_target = Vec::new();
-        for target in TARGETS {
-            let Some(path) = candidates(config, target).into_iter().find(|p| p.is_file()) else {
-                continue;
-            };
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let sha256 = hex::encode(Sha256::digest(&bytes));
-                    let signature = signer.sign_download(target, &sha256);
-                    by_target.push((*target, SignedBinary { sha256, signature }));
-                }
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot read an agent binary to sign it")
-                }
+    pub fn new(config: &Config, signer: std::sync::Arc<Signer>) -> Signatures {
+        Signatures {
+            paths: TARGETS.iter().map(|t| (*t, candidates(config, t))).collect(),
+            signer,
+            signed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Every binary present at start with its hash and signature (computed on first use).
+    pub async fn all(&self) -> &[(&'static str, SignedBinary)] {
+        self.signed
+            .get_or_init(|| async {
+                let (paths, signer) = (self.paths.clone(), self.signer.clone());
+                tokio::task::spawn_blocking(move || compute(&paths, &signer))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "signing the agent binaries failed");
+                        Vec::new()
+                    })
+            })
+            .await
+    }
+
+    pub async fn get(&self, target: &str) -> Option<&SignedBinary> {
+        self.all()
+            .await
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map(|(_, s)| s)
+    }
+}
+
+fn compute(paths: &[(&'static str, Vec<PathBuf>)], signer: &Signer) -> Vec<(&'static str, SignedBinary)> {
+    let mut signed = Vec::new();
+    for (target, candidates) in paths {
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            continue;
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                let signature = signer.sign_download(target, &sha256);
+                signed.push((*target, SignedBinary { sha256, signature }));
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read an agent binary to sign it")
             }
         }
-        Signatures { by_target }
     }
-
-    pub fn get(&self, target: &str) -> Option<&SignedBinary> {
-        self.by_target.iter().find(|(t, _)| *t == target).map(|(_, s)| s)
-    }
-
-    /// `(target, signed binary)` for every binary present at start.
-    pub fn all(&self) -> impl Iterator<Item = (&'static str, &SignedBinary)> {
-        self.by_target.iter().map(|(t, s)| (*t, s))
-    }
+    signed
 }
 
 /// The POSIX installer bound to this appliance's public URL.

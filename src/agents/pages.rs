@@ -9,9 +9,9 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::download::install_command;
 use super::ops::{CreatedAgent, create_agent, list_agents, revoke_agent};
 use super::{AgentError, AgentInfo};
-use super::download::install_command;
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::Project;
@@ -143,7 +143,8 @@ fn body(
 
 /// What an agent (and install.sh) checks: the signing key's fingerprint, carried in every new
 /// token, and the sha256 of each agent binary served, to compare with what install.sh prints.
-fn trust_section(state: &AppState) -> Markup {
+async fn trust_section(state: &AppState) -> Markup {
+    let downloads = state.agent_downloads.all().await;
     let previous = state.signer.previous();
     let public_url = state.config.public_url.as_str();
     html! {
@@ -164,7 +165,6 @@ fn trust_section(state: &AppState) -> Markup {
                 }
             }
             p { "Install an agent: " code { (install_command(public_url)) } }
-            @let downloads: Vec<_> = state.agent_downloads.all().collect();
             @if downloads.is_empty() {
                 p.muted { "No agent binary is present on this appliance." }
             } @else {
@@ -199,7 +199,8 @@ async fn render(
         form,
         done,
     );
-    let markup = html! { (markup) (trust_section(state)) };
+    let trust = trust_section(state).await;
+    let markup = html! { (markup) (trust) };
     Ok(page(v, "Agents", Nav::Agents, markup))
 }
 

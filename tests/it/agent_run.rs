@@ -110,7 +110,12 @@ fn start_agent(addr: std::net::SocketAddr, dir: &Path) -> AgentProc {
 }
 
 /// `stagely-agent run` against `addr` with this token, its work dir under `dir`.
-pub(crate) fn start_agent_with(addr: std::net::SocketAddr, dir: &Path, token: &str, compose: &str) -> AgentProc {
+pub(crate) fn start_agent_with(
+    addr: std::net::SocketAddr,
+    dir: &Path,
+    token: &str,
+    compose: &str,
+) -> AgentProc {
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut child = tokio::process::Command::new(crate::bins::agent())

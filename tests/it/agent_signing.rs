@@ -115,7 +115,9 @@ async fn a_real_agent_runs_only_what_the_pinned_key_signed_for_it() {
     send_raw(&mut ws, seal_with(&stranger, &deploy(2))).await;
     let error = failed(&mut ws, 2).await;
     assert!(
-        error.contains("another key") && error.contains(&fp(&stranger)) && error.contains(&fp(&appliance_key())),
+        error.contains("another key")
+            && error.contains(&fp(&stranger))
+            && error.contains(&fp(&appliance_key())),
         "{error}"
     );
     // Signed by the right key, for another agent.
@@ -142,7 +144,11 @@ async fn a_real_agent_runs_only_what_the_pinned_key_signed_for_it() {
     let (code, message) = refused(&mut ws).await;
     assert_eq!(code, "deploy_refused");
     assert!(message.contains("replay"), "{message}");
-    assert_eq!(std::fs::read_to_string(&calls).unwrap(), ran, "the replay ran compose");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        ran,
+        "the replay ran compose"
+    );
 
     agent.signal("-TERM", false);
     assert!(agent.wait().await.success());
@@ -150,7 +156,10 @@ async fn a_real_agent_runs_only_what_the_pinned_key_signed_for_it() {
     for said in ["not signed", "another key", "another agent", "replay"] {
         assert!(log.contains(said), "the agent log does not say {said:?}:\n{log}");
     }
-    assert!(!log.contains(CANARY) && !log.contains(TOKEN), "secret in the log:\n{log}");
+    assert!(
+        !log.contains(CANARY) && !log.contains(TOKEN),
+        "secret in the log:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +205,11 @@ async fn an_agent_follows_a_signed_rotation_chain_and_no_other_key() {
 
     agent.signal("-TERM", false);
     assert!(agent.wait().await.success());
-    assert!(agent.log().contains("followed the signed hand-over"), "{}", agent.log());
+    assert!(
+        agent.log().contains("followed the signed hand-over"),
+        "{}",
+        agent.log()
+    );
 }
 
 #[tokio::test]
@@ -208,7 +221,11 @@ async fn an_old_token_pins_the_first_key_and_says_so() {
     let mut agent = start_agent_with(listener.local_addr().unwrap(), dir.path(), TOKEN, &compose);
     let (mut ws, _, _) = accept(&listener).await;
     assert!(matches!(recv(&mut ws).await, AgentMessage::Hello { .. }));
-    assert_eq!(pin(dir.path()), "", "nothing pinned before the first signed frame");
+    assert_eq!(
+        pin(dir.path()),
+        "",
+        "nothing pinned before the first signed frame"
+    );
 
     let first = SigningKey::from_bytes(&[50; 32]);
     let ack = protocol::encode(&ServerMessage::Ack { deployment_id: 1 });
@@ -252,10 +269,20 @@ async fn rotating_the_appliance_key_moves_a_connected_agents_pin() {
     // The token carries the fingerprint `stagely admin signing-key` prints.
     let out = stagely(&["admin", "signing-key"], &data);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let old_fp = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_owned();
-    assert_eq!(signing::split_token(&agent_token).1.as_deref(), Some(old_fp.as_str()));
+    let old_fp = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        signing::split_token(&agent_token).1.as_deref(),
+        Some(old_fp.as_str())
+    );
     let (_, page) = api.get("/agent/signing-key").await;
-    assert!(page.as_str().unwrap_or_default().contains("BEGIN PUBLIC KEY"), "{page}");
+    assert!(
+        page.as_str().unwrap_or_default().contains("BEGIN PUBLIC KEY"),
+        "{page}"
+    );
 
     let work = dir.path().join("work");
     let token_file = dir.path().join("token");
@@ -294,7 +321,10 @@ async fn rotating_the_appliance_key_moves_a_connected_agents_pin() {
         .await;
     // It ran on the agent (and failed there: the compose file is not on this machine).
     let error = d["error"].as_str().unwrap_or_default();
-    assert!(error.contains("does not exist") && !error.contains("refused"), "{d}");
+    assert!(
+        error.contains("does not exist") && !error.contains("refused"),
+        "{d}"
+    );
     assert!(pinned().contains(&new_fp), "{}", pinned());
     let agent_log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert!(agent_log.contains("followed the signed hand-over"), "{agent_log}");

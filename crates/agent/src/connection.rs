@@ -324,7 +324,10 @@ impl Agent {
         // appliance key and to be addressed to this agent (issue 11).
         let opened = match self.trust.check(text) {
             Verdict::Accept(opened) => opened,
-            Verdict::Refuse { reason, deployment_id } => {
+            Verdict::Refuse {
+                reason,
+                deployment_id,
+            } => {
                 tracing::warn!(deployment_id, "{reason}");
                 return match deployment_id {
                     // The deployment fails with the reason (not recorded: a forged frame must not

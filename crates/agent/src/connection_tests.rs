@@ -22,10 +22,7 @@ fn token() -> super::super::config::Token {
 /// millisecond later than the last, as a real resend would be).
 fn signed_by(key: &SigningKey, message_json: &str) -> WsIn {
     static AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-    let at = AT
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .max(0)
-        + trust::now_ms();
+    let at = AT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).max(0) + trust::now_ms();
     WsIn::Text(sig::seal(key, &sig::recipient_tag(TOKEN_SECRET), at, message_json).to_string())
 }
 

@@ -43,7 +43,7 @@ pub enum TrustError {
 #[derive(Debug)]
 pub enum Verdict {
     /// Signed by the trusted key, for this agent: decode [`Opened::message`].
-    Accept(Opened),
+    Accept(Box<Opened>),
     /// Not to be obeyed. `deployment_id` is set when the frame was (or claimed to be) a DEPLOY,
     /// so the refusal can fail that deployment with the reason.
     Refuse {
@@ -245,7 +245,7 @@ impl Trust {
                 }
             }
         }
-        Verdict::Accept(opened)
+        Verdict::Accept(Box::new(opened))
     }
 
     /// Why a DEPLOY signed at `signed_at` must not run, checked before anything else about it:
@@ -336,14 +336,27 @@ mod tests {
         let pin = fs::read_to_string(dir.path().join(PIN_FILE)).unwrap();
         assert!(pin.contains(&fp(&key(1))));
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join(PIN_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(PIN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
-        assert!(matches!(trust.check(&seal(&key(1), &tag, 0, ACK)), Verdict::Accept(_)));
-        let Verdict::Refuse { reason, deployment_id } = trust.check(&seal(&key(2), &tag, 0, DEPLOY)) else {
+        assert!(matches!(
+            trust.check(&seal(&key(1), &tag, 0, ACK)),
+            Verdict::Accept(_)
+        ));
+        let Verdict::Refuse {
+            reason,
+            deployment_id,
+        } = trust.check(&seal(&key(2), &tag, 0, DEPLOY))
+        else {
             panic!("another key accepted")
         };
-        assert!(reason.contains("another key") && reason.contains(&fp(&key(2))), "{reason}");
+        assert!(
+            reason.contains("another key") && reason.contains(&fp(&key(2))),
+            "{reason}"
+        );
         assert_eq!(deployment_id, Some(5));
         let Verdict::Refuse { deployment_id, .. } = trust.check(DEPLOY) else {
             panic!("an unsigned frame accepted")
@@ -362,18 +375,27 @@ mod tests {
         let tag = sig::recipient_tag(token.expose());
         let mut trust = Trust::open(dir.path(), &token).unwrap();
         assert_eq!(trust.pinned(), None);
-        assert!(matches!(trust.check(&seal(&key(1), &tag, 0, ACK)), Verdict::Accept(_)));
+        assert!(matches!(
+            trust.check(&seal(&key(1), &tag, 0, ACK)),
+            Verdict::Accept(_)
+        ));
         assert_eq!(trust.pinned(), Some(fp(&key(1)).as_str()));
 
         // A REKEY from key 2 without a valid chain is refused; with one, the pin moves.
         let bad = stagely_protocol::encode(&ServerMessage::Rekey {
             chain: vec![sign_rotation(&key(3), &key(2).verifying_key())],
         });
-        assert!(matches!(trust.check(&seal(&key(2), &tag, 0, &bad)), Verdict::Refuse { .. }));
+        assert!(matches!(
+            trust.check(&seal(&key(2), &tag, 0, &bad)),
+            Verdict::Refuse { .. }
+        ));
         let good = stagely_protocol::encode(&ServerMessage::Rekey {
             chain: vec![sign_rotation(&key(1), &key(2).verifying_key())],
         });
-        assert!(matches!(trust.check(&seal(&key(2), &tag, 0, &good)), Verdict::Accept(_)));
+        assert!(matches!(
+            trust.check(&seal(&key(2), &tag, 0, &good)),
+            Verdict::Accept(_)
+        ));
         assert_eq!(trust.pinned(), Some(fp(&key(2)).as_str()));
         // The pin survives a restart.
         let again = Trust::open(dir.path(), &token).unwrap();
@@ -389,7 +411,11 @@ mod tests {
         assert_eq!(trust.refuse_deploy(5, now - 10, now), None);
         trust.remember(5, now - 10, now).unwrap();
         assert!(trust.refuse_deploy(5, now - 10, now).unwrap().contains("replay"));
-        assert_eq!(trust.refuse_deploy(5, now, now), None, "a fresh resend is not a replay");
+        assert_eq!(
+            trust.refuse_deploy(5, now, now),
+            None,
+            "a fresh resend is not a replay"
+        );
         let stale = now - REPLAY_WINDOW.as_millis() as i64 - 1;
         assert!(trust.refuse_deploy(6, stale, now).unwrap().contains("hours ago"));
         let trust = Trust::open(dir.path(), &token).unwrap();

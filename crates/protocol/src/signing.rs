@@ -155,7 +155,11 @@ pub fn seal(key: &SigningKey, to: &str, at_ms: i64, message_json: &str) -> Zeroi
     let sig = key.sign(&signed);
     let public = key.verifying_key();
     let signed_b64 = Zeroizing::new(B64.encode(payload.as_bytes()));
-    let (sig, fp, public) = (B64.encode(sig.to_bytes()), fingerprint(&public), encode_public(&public));
+    let (sig, fp, public) = (
+        B64.encode(sig.to_bytes()),
+        fingerprint(&public),
+        encode_public(&public),
+    );
     let wire = Wire {
         kind: SIGNED_TYPE,
         signed: &signed_b64,
@@ -231,8 +235,8 @@ pub fn open(frame: &str) -> Result<Opened, EnvelopeError> {
         #[serde(borrow)]
         msg: &'a serde_json::value::RawValue,
     }
-    let parsed: Payload =
-        serde_json::from_str(&payload).map_err(|_| EnvelopeError::Malformed("payload is not a signed message"))?;
+    let parsed: Payload = serde_json::from_str(&payload)
+        .map_err(|_| EnvelopeError::Malformed("payload is not a signed message"))?;
     let start = (parsed.msg.get().as_ptr() as usize).saturating_sub(payload.as_ptr() as usize);
     let message = start..start + parsed.msg.get().len();
     let (to, at_ms) = (parsed.to, parsed.at);
@@ -434,6 +438,9 @@ mod tests {
     #[test]
     fn the_pem_is_the_standard_ed25519_spki() {
         let pem = public_key_pem(&key(1).verifying_key());
-        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"), "{pem}");
+        assert!(
+            pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"),
+            "{pem}"
+        );
     }
 }

@@ -106,10 +106,14 @@ pub async fn checksum(State(state): State<AppState>, Path(target): Path<String>)
 
 /// `GET /agent/download/{target}/sig`: the signing key's signature (base64) over the download
 /// statement of the binary served (`stagely agent download v1`, the target, its sha256).
-pub async fn signature(State(state): State<AppState>, Path(target): Path<String>) -> Result<String, WebError> {
+pub async fn signature(
+    State(state): State<AppState>,
+    Path(target): Path<String>,
+) -> Result<String, WebError> {
     let signed = state
         .agent_downloads
         .get(&target)
+        .await
         .ok_or(WebError::NotFound("agent build for this platform"))?;
     Ok(format!("{}\n", signed.signature))
 }

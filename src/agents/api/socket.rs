@@ -43,9 +43,7 @@ fn close(code: u16, reason: &str) -> Message {
 /// A server message as the agent gets it: sealed in a signed envelope addressed to this agent
 /// and dated now (issue 11, `crate::signing`). Every text frame to an agent goes through here.
 fn signed(state: &AppState, agent: &AgentIdentity, message_json: &str) -> Message {
-    let frame = state
-        .signer
-        .seal(&agent.recipient_tag(), message_json, now_ms());
+    let frame = state.signer.seal(&agent.recipient_tag(), message_json, now_ms());
     Message::Text(frame.as_str().into())
 }
 
@@ -204,7 +202,12 @@ impl Connected<'_> {
                 tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
                 send_anyway(
                     self.socket,
-                    error_frame(state, agent, "bad_message", "binary frames are not part of the protocol"),
+                    error_frame(
+                        state,
+                        agent,
+                        "bad_message",
+                        "binary frames are not part of the protocol",
+                    ),
                 )
                 .await;
                 None

@@ -383,7 +383,8 @@ impl TestAgent {
 
     /// A signed frame's message, after checking it is signed (by the token's key), for us.
     fn open(&self, frame: &str) -> Value {
-        let opened = stagely_protocol::signing::open(frame).expect("the server sent an unsigned or forged frame");
+        let opened =
+            stagely_protocol::signing::open(frame).expect("the server sent an unsigned or forged frame");
         assert_eq!(opened.to, self.tag, "a frame addressed to another agent");
         if let Some(fp) = &self.fingerprint {
             assert_eq!(&opened.fingerprint, fp, "signed by another key than the token's");
