@@ -89,5 +89,8 @@ fi
 
 # --- git (the agent checks out file:// repos in tests), qemu (runs the aarch64 agent build) --
 command -v git >/dev/null 2>&1 || apt_install git
+# install.sh verifies the signed agent download with openssl 3 (tests/it/packaging.rs).
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+command -v curl >/dev/null 2>&1 || apt_install curl
 command -v qemu-aarch64-static >/dev/null 2>&1 || apt_install qemu-user-static || log "no qemu-user-static: the aarch64 agent is not run"
 log "ready"

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::db::{Db, DbError, now_ms};
 use crate::deploys::{logs::LogWriter, reaper, retention};
 use crate::secrets::vault::{Vault, VaultError};
+use crate::signing::{Signer, SigningError};
 
 /// Everything a request handler or background task may need. Cheap to clone.
 #[derive(Clone)]
@@ -21,6 +22,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub vault: Arc<Vault>,
+    /// Signs every frame sent to agents, and the agent downloads (issue 11).
+    pub signer: Arc<Signer>,
+    /// The served agent binaries' sha256 and signatures, computed once at start.
+    pub agent_downloads: Arc<crate::agents::download::Signatures>,
     pub hub: Arc<Hub>,
     pub logs: LogWriter,
     pub shutdown: CancellationToken,
@@ -36,6 +41,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
     #[error(
         "another Stagely process is serving from {0} (its lock file is held); stop it first or use another data_dir"
     )]
@@ -94,11 +101,13 @@ impl App {
         let lock = DataDirLock::acquire(&config)?;
         let db = Db::open(&config.db_path())?;
         let vault = Vault::open(&config.key_file, &db)?;
+        let signer = Signer::open(&config.signing_key_path())?;
         db.write_blocking(agent_store::mark_all_offline)?;
         Ok(Opened {
             config,
             db,
             vault,
+            signer,
             lock,
         })
     }
@@ -109,6 +118,7 @@ pub struct Opened {
     pub config: Config,
     db: Db,
     vault: Vault,
+    signer: Signer,
     lock: DataDirLock,
 }
 
@@ -119,6 +129,7 @@ impl Opened {
             config,
             db,
             vault,
+            signer,
             lock,
         } = self;
         let setup_link = crate::users::ensure_setup_link(&db, config.public_url.as_str(), now_ms())?;
@@ -143,10 +154,22 @@ impl Opened {
             shutdown.clone(),
         );
         let auth = Arc::new(crate::users::AuthState::new(&config.auth).map_err(StartError::Threads)?);
+        tracing::info!(fingerprint = %signer.fingerprint(), "signing agent frames with this key");
+        let signer = Arc::new(signer);
+        let agent_downloads = Arc::new(crate::agents::download::Signatures::new(&config, signer.clone()));
+        // Hash and sign the agent binaries now, off the start path (one-shot, not per request).
+        tokio::spawn({
+            let downloads = agent_downloads.clone();
+            async move {
+                downloads.all().await;
+            }
+        });
         let state = AppState {
             config: Arc::new(config),
             db,
             vault: Arc::new(vault),
+            signer,
+            agent_downloads,
             hub,
             logs,
             shutdown,

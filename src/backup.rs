@@ -1,9 +1,10 @@
 //! Online backup and restore of the data directory.
 //!
 //! A backup is a tar archive (mode 0600) holding a consistent snapshot of the database
-//! (`VACUUM INTO`, safe while the server writes), a manifest, and the master key only when
-//! `--include-key` is given (issue 12: by default a backup holds ciphertext only, and the
-//! manifest names the key's public half so the right key file can be found at restore). The snapshot is checked against the key before the archive is written, so a backup
+//! (`VACUUM INTO`, safe while the server writes), a manifest, and the master key and the signing
+//! key (they always travel together) only when `--include-key` is given (issue 12: by default a
+//! backup holds ciphertext only, and the manifest names the key's public half so the right key
+//! file can be found at restore). The snapshot is checked against the key before the archive is written, so a backup
 //! that could not be decrypted is never produced silently. Restore refuses to run under a live
 //! server and checks the key against the restored database before it finishes.
 
@@ -23,6 +24,8 @@ use crate::secrets::vault::{Vault, VaultError};
 const MANIFEST: &str = "stagely-backup.json";
 const DB_ENTRY: &str = "stagely.db";
 const KEY_ENTRY: &str = "master.key";
+/// The signing key (issue 11) travels exactly when the master key does.
+const SIGNING_ENTRY: &str = "signing.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -32,6 +35,8 @@ pub enum BackupError {
     Db(#[from] DbError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
     #[error("{0} is not a Stagely backup (no {MANIFEST} inside)")]
     NotABackup(PathBuf),
     #[error("{path}: its {MANIFEST} does not parse: {source}")]
@@ -69,6 +74,10 @@ pub struct Manifest {
     /// Public half of the key the secrets are encrypted to (`age1…`), to match a key kept apart.
     pub recipient: String,
     pub stagely_version: String,
+    /// Fingerprint of the signing key agents pin (`ed25519:…`); the key itself is in the
+    /// archive exactly when `includes_key` is. Absent in backups made before issue 11.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_fingerprint: Option<String>,
 }
 
 /// Write a backup of the running (or stopped) appliance's data to `out`.
@@ -90,6 +99,14 @@ pub fn backup(config: &Config, out: &Path, include_key: bool) -> Result<Manifest
     let check = Db::open(&snapshot)?;
     let vault = Vault::open(&config.key_file, &check)?;
     drop(check);
+    // A data dir from before issue 11 has no signing key until its next start: back up what is
+    // there (restore then makes one at the first start, and agents pin it on first use).
+    let signing_path = config.signing_key_path();
+    let signing = match crate::signing::Signer::load(&signing_path) {
+        Ok(signer) => Some(signer.fingerprint().to_owned()),
+        Err(crate::signing::SigningError::Missing(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let manifest = Manifest {
         format: 1,
         created_at: rfc3339(now_ms()),
@@ -97,6 +114,7 @@ pub fn backup(config: &Config, out: &Path, include_key: bool) -> Result<Manifest
         includes_key: include_key,
         recipient: vault.recipient(),
         stagely_version: env!("CARGO_PKG_VERSION").to_owned(),
+        signing_fingerprint: signing,
     };
 
     let partial = work.path().join("archive.tar");
@@ -117,6 +135,10 @@ pub fn backup(config: &Config, out: &Path, include_key: bool) -> Result<Manifest
     if include_key {
         tar.append_path_with_name(&config.key_file, KEY_ENTRY)
             .map_err(io(&config.key_file))?;
+        if manifest.signing_fingerprint.is_some() {
+            tar.append_path_with_name(&signing_path, SIGNING_ENTRY)
+                .map_err(io(&signing_path))?;
+        }
     }
     let file = tar.into_inner().map_err(io(&partial))?;
     file.sync_all().map_err(io(&partial))?;
@@ -166,7 +188,7 @@ pub fn restore(config: &Config, archive: &Path, force: bool) -> Result<Manifest,
                     })?,
                 );
             }
-            DB_ENTRY | KEY_ENTRY => {
+            DB_ENTRY | KEY_ENTRY | SIGNING_ENTRY => {
                 let dest = work.path().join(&name);
                 let mut out = OpenOptions::new()
                     .write(true)
@@ -214,6 +236,10 @@ pub fn restore(config: &Config, archive: &Path, force: bool) -> Result<Manifest,
         }
         Err(e) => return Err(e.into()),
     }
+    let staged_signing = work.path().join(SIGNING_ENTRY);
+    if staged_signing.exists() {
+        crate::signing::Signer::load(&staged_signing)?;
+    }
 
     let stamp = now_ms();
     let keep_aside = |path: &Path| -> Result<(), BackupError> {
@@ -237,6 +263,11 @@ pub fn restore(config: &Config, archive: &Path, force: bool) -> Result<Manifest,
             crate::db::create_private_dir(dir)?;
         }
         fs::rename(&staged_key, &config.key_file).map_err(io(&config.key_file))?;
+    }
+    if staged_signing.exists() {
+        let signing_path = config.signing_key_path();
+        keep_aside(&signing_path)?;
+        fs::rename(&staged_signing, &signing_path).map_err(io(&signing_path))?;
     }
     Ok(manifest)
 }
@@ -266,9 +297,11 @@ mod tests {
             Ok::<_, DbError>(())
         })
         .unwrap();
+        let signer = crate::signing::Signer::open(&a.signing_key_path()).unwrap();
         let archive = tmp.path().join("b.tar");
         let m = backup(&a, &archive, true).unwrap();
         assert!(m.includes_key);
+        assert_eq!(m.signing_fingerprint.as_deref(), Some(signer.fingerprint()));
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&archive).unwrap().permissions()) & 0o777;
         assert_eq!(mode, 0o600);
@@ -283,6 +316,12 @@ mod tests {
             })
             .unwrap();
         assert_eq!(vault.decrypt(&ct).unwrap().as_str(), "survives");
+        let restored = crate::signing::Signer::load(&b.signing_key_path()).unwrap();
+        assert_eq!(
+            restored.fingerprint(),
+            signer.fingerprint(),
+            "the signing key came back"
+        );
         assert!(matches!(
             restore(&b, &archive, false),
             Err(BackupError::NotEmpty(_))
@@ -295,8 +334,18 @@ mod tests {
         let a = config(&tmp.path().join("a"));
         let db = Db::open(&a.db_path()).unwrap();
         Vault::open(&a.key_file, &db).unwrap();
+        crate::signing::Signer::open(&a.signing_key_path()).unwrap();
         let archive = tmp.path().join("nokey.tar");
         assert!(!backup(&a, &archive, false).unwrap().includes_key);
+        let names: Vec<String> = tar::Archive::new(File::open(&archive).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == SIGNING_ENTRY || n == KEY_ENTRY),
+            "--no-key leaves both keys out: {names:?}"
+        );
         let b = config(&tmp.path().join("b"));
         let needed = restore(&b, &archive, false).unwrap_err();
         let recipient = Vault::open(&a.key_file, &db).unwrap().recipient();

@@ -43,14 +43,15 @@ pub enum Command {
     /// Administration on the data directory itself.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Write a consistent backup (database snapshot; the master key only with --include-key)
-    /// while the server runs.
+    /// Write a consistent backup (database snapshot; the master key and the signing key only with
+    /// --include-key) while the server runs.
     Backup {
         /// Archive to write (mode 0600).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Put the master key in the archive too (then the archive alone decrypts every secret:
-        /// keep it as safe as the key). Default: left out; keep the key file apart.
+        /// Put the master key and the signing key in the archive too (then the archive alone
+        /// decrypts every secret and can command every agent: keep it as safe as the keys).
+        /// Default: left out; keep the key files apart.
         #[arg(long)]
         include_key: bool,
         /// The old opt-out, now the default: accepted and ignored.
@@ -82,6 +83,11 @@ pub enum AdminCommand {
     },
     /// Re-encrypt every secret under a new master key. Stop the server first.
     RotateKey,
+    /// Print the fingerprint of the key that signs every frame sent to agents (and earlier ones).
+    SigningKey,
+    /// Make a new signing key; the old one signs the hand-over, which agents follow. Stop the
+    /// server first.
+    RotateSigningKey,
 }
 
 pub fn main() -> ExitCode {
@@ -152,6 +158,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { out, include_key, .. } => backup(&cli, out, *include_key),
         Command::Restore { file, force } => restore(&cli, file, *force),
         Command::Healthcheck => healthcheck(&cli),
+        Command::Admin(AdminCommand::SigningKey) => {
+            let config = load_config(&cli, None, None)?;
+            let signer = crate::signing::Signer::load(&config.signing_key_path())?;
+            println!("{}", signer.fingerprint());
+            for old in signer.previous().iter().rev() {
+                println!("replaced: {old}");
+            }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::RotateSigningKey) => {
+            let config = load_config(&cli, None, None)?;
+            let _lock = DataDirLock::acquire(&config)?;
+            let db = Db::open(&config.db_path())?;
+            let report = crate::signing::rotate(&config.signing_key_path())?;
+            db.write_blocking(|tx| {
+                let detail = format!(
+                    "{} replaced by {}",
+                    report.old_fingerprint, report.new_fingerprint
+                );
+                crate::audit::record(
+                    tx,
+                    now_ms(),
+                    "cli",
+                    "signing.rotate",
+                    "signing_key",
+                    None,
+                    &detail,
+                )
+            })?;
+            println!(
+                "rotated the signing key\nold fingerprint: {}\nnew fingerprint: {}\nagents that pinned the old key follow the signed hand-over at their next connection; new agent tokens carry the new fingerprint",
+                report.old_fingerprint, report.new_fingerprint
+            );
+            Ok(())
+        }
         Command::Admin(AdminCommand::RotateKey) => {
             let config = load_config(&cli, None, None)?;
             let _lock = DataDirLock::acquire(&config)?;
@@ -186,12 +227,14 @@ fn backup(cli: &Cli, out: &Path, include_key: bool) -> anyhow::Result<()> {
     );
     if manifest.includes_key {
         println!(
-            "the master key is included: this file alone decrypts every secret, keep it as safe as the key"
+            "the master key and the signing key are included: this file alone decrypts every secret \
+             and can command every agent, keep it as safe as the keys"
         );
     } else {
         println!(
-            "the master key is NOT included (only ciphertext): restoring needs the key file {} \
-             (public key {}); keep a copy of it apart, or pass --include-key",
+            "the master key and the signing key are NOT included (only ciphertext): restoring needs \
+             the key file {} (public key {}); keep a copy of it and of the signing key apart, or \
+             pass --include-key",
             config.key_file.display(),
             manifest.recipient
         );

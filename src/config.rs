@@ -473,6 +473,11 @@ impl Config {
         self.trusted_proxies.iter().any(|net| net.contains(ip))
     }
 
+    /// The Ed25519 key that signs every frame sent to agents (`crate::signing`).
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.data_dir.join(crate::signing::FILE_NAME)
+    }
+
     /// True when cookies must be `Secure`.
     pub fn is_https(&self) -> bool {
         self.public_url.url().is_https()

@@ -18,5 +18,6 @@ pub mod deploys;
 pub mod names;
 pub mod projects;
 pub mod secrets;
+pub mod signing;
 pub mod users;
 pub mod web;

@@ -3,9 +3,12 @@
 #
 #   curl -fsSL @PUBLIC_URL@/agent/install.sh | sudo sh
 #
-# It downloads the agent from this same appliance, checks its sha256, asks for the agent token
-# (typed at the terminal, so it never appears in a command line or shell history), writes it to a
-# 0600 file, installs a systemd unit and starts it. Options:
+# It asks for the agent token (typed at the terminal, so it never appears in a command line or
+# shell history), downloads the agent from this same appliance, checks its sha256 and prints it
+# (compare it with the one on the appliance's Agents page), verifies the appliance's signature
+# over it against the key fingerprint the token carries (with openssl 3; a mismatch aborts),
+# writes the token to a 0600 file, pins the key for the agent, installs a systemd unit and
+# starts it. Options:
 #   --token-file FILE   read the token from FILE instead of asking (automation)
 #   --server URL        appliance URL (default: @PUBLIC_URL@)
 #   --root DIR          install under DIR instead of / (no service is started)
@@ -92,6 +95,11 @@ else
   printf '\n' >/dev/tty
 fi
 case "$TOKEN" in stga_*) ;; *) die "that is not an agent token (they start with stga_)" ;; esac
+# Tokens made since signed commands end with ".<fingerprint of the appliance's signing key>".
+case "$TOKEN" in
+  *.*) FINGERPRINT=${TOKEN#*.}; FINGERPRINT=${FINGERPRINT#ed25519:} ;;
+  *) FINGERPRINT="" ;;
+esac
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM
@@ -103,6 +111,31 @@ WANT=$(cut -d ' ' -f 1 "$TMP/sha256")
 if command -v sha256sum >/dev/null 2>&1; then GOT=$(sha256sum "$TMP/stagely-agent" | cut -d ' ' -f 1)
 else GOT=$(openssl dgst -sha256 -r "$TMP/stagely-agent" | cut -d ' ' -f 1); fi
 [ -n "$WANT" ] && [ "$WANT" = "$GOT" ] || die "checksum mismatch (expected $WANT, got $GOT): not installing"
+say "sha256 of the downloaded agent: $GOT"
+say "  (the appliance's Agents page shows the same; compare them out of band if in doubt)"
+
+# --- the signature: the checksum above came over the same channel as the binary; the signature
+# is checked against the key the token names, which no one on the path can change ---
+has_openssl3() {
+  command -v openssl >/dev/null 2>&1 || return 1
+  case "$(openssl version 2>/dev/null)" in OpenSSL\ [3-9]*) return 0 ;; *) return 1 ;; esac
+}
+if [ -z "$FINGERPRINT" ]; then
+  printf 'stagely-agent install: WARNING: the token names no appliance key (it was made before signed downloads), so the download could not be verified; compare the sha256 above with the Agents page. The agent will trust the first key it sees.\n' >&2
+elif ! has_openssl3; then
+  printf 'stagely-agent install: WARNING: openssl 3 is not installed, so the signature could not be verified; compare the sha256 above with the Agents page. The agent itself still refuses any command not signed by ed25519:%s.\n' "$FINGERPRINT" >&2
+else
+  fetch "$SERVER/agent/signing-key" "$TMP/signing-key.pem"
+  fetch "$SERVER/agent/download/$TARGET/sig" "$TMP/sig.b64"
+  KEY_FP=$(openssl pkey -pubin -in "$TMP/signing-key.pem" -outform DER 2>/dev/null | tail -c 32 \
+    | openssl dgst -sha256 -binary | openssl base64 -A | tr '+/' '-_' | tr -d '=')
+  [ "$KEY_FP" = "$FINGERPRINT" ] || die "the appliance's signing key (ed25519:$KEY_FP) is not the one the token names (ed25519:$FINGERPRINT): someone may be in the path, or the token belongs to another appliance. Not installing."
+  openssl base64 -d -A -in "$TMP/sig.b64" -out "$TMP/sig.bin" 2>/dev/null || die "the signature served is not base64: not installing"
+  printf 'stagely agent download v1\n%s\n%s\n' "$TARGET" "$GOT" >"$TMP/statement"
+  openssl pkeyutl -verify -pubin -inkey "$TMP/signing-key.pem" -rawin -in "$TMP/statement" -sigfile "$TMP/sig.bin" >/dev/null 2>&1 \
+    || die "signature check failed: this binary (sha256 $GOT) is not the one the appliance signed with ed25519:$FINGERPRINT. Not installing."
+  say "Signature verified: signed by ed25519:$FINGERPRINT, the appliance key the token names"
+fi
 
 BIN_DIR="$ROOT/usr/local/bin"
 CONF_DIR="$ROOT/etc/stagely-agent"
@@ -115,6 +148,11 @@ install -m 0755 "$TMP/stagely-agent" "$BIN_DIR/stagely-agent"
 umask 077
 printf '%s\n' "$TOKEN" >"$CONF_DIR/token"
 chmod 0600 "$CONF_DIR/token"
+if [ -n "$FINGERPRINT" ]; then
+  # The key this agent obeys: the token's (replacing a pin left by an earlier install).
+  printf '# The Stagely appliance signing key this agent obeys (written by install.sh).\ned25519:%s\n' "$FINGERPRINT" >"$WORK_DIR/appliance-key.pin"
+  chmod 0600 "$WORK_DIR/appliance-key.pin"
+fi
 umask 022
 cat >"$CONF_DIR/agent.toml" <<CONF
 # Stagely agent configuration (written by install.sh). The token lives in token_file only.

@@ -9,6 +9,8 @@ use axum::body::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
+use crate::config::Config;
+use crate::signing::Signer;
 
 /// The install script; `@PUBLIC_URL@` and `@AGENT_UNIT@` are filled in when served.
 const INSTALL_SH: &str = include_str!("../../packaging/agent/install.sh");
@@ -104,11 +106,11 @@ fn read_binary(path: PathBuf) -> Result<AgentBinary, DownloadError> {
 
 /// Where agent binaries are looked for: the configured folder, else the packaged location,
 /// else next to the running `stagely` binary (a cargo build puts `stagely-agent` there).
-fn candidates(state: &AppState, target: &str) -> Vec<PathBuf> {
+fn candidates(config: &Config, target: &str) -> Vec<PathBuf> {
     let name = format!("stagely-agent-{target}");
     let mut paths = Vec::new();
-    if !state.config.agent_binaries_dir.as_os_str().is_empty() {
-        paths.push(state.config.agent_binaries_dir.join(&name));
+    if !config.agent_binaries_dir.as_os_str().is_empty() {
+        paths.push(config.agent_binaries_dir.join(&name));
     }
     paths.push(Path::new("/usr/lib/stagely/agents").join(&name));
     // Without a known executable path this last fallback is skipped; the locations above
@@ -134,7 +136,83 @@ pub async fn load(state: &AppState, target: &str) -> Result<AgentBinary, Downloa
     if !TARGETS.contains(&target) {
         return Err(DownloadError::NotFound);
     }
-    state.binaries.get(candidates(state, target), target).await
+    state
+        .binaries
+        .get(candidates(&state.config, target), target)
+        .await
+}
+
+/// One served binary as it was at start: its sha256 and the signing key's signature over
+/// [`stagely_protocol::signing::download_statement`] of it.
+#[derive(Debug, Clone)]
+pub struct SignedBinary {
+    pub sha256: String,
+    /// base64, for `openssl pkeyutl -verify -rawin` (install.sh).
+    pub signature: String,
+}
+
+/// The signatures of every agent binary present at start, made once: the work starts with the
+/// appliance (in the background, so a 100 MB debug build does not delay the listener) and a
+/// request that comes first waits for that one computation, never its own. A binary replaced
+/// while the appliance runs no longer matches its signature: install.sh then refuses it until
+/// the appliance is restarted.
+pub struct Signatures {
+    paths: Vec<(&'static str, Vec<PathBuf>)>,
+    signer: std::sync::Arc<Signer>,
+    signed: tokio::sync::OnceCell<Vec<(&'static str, SignedBinary)>>,
+}
+
+impl Signatures {
+    pub fn new(config: &Config, signer: std::sync::Arc<Signer>) -> Signatures {
+        Signatures {
+            paths: TARGETS.iter().map(|t| (*t, candidates(config, t))).collect(),
+            signer,
+            signed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Every binary present at start with its hash and signature (computed on first use).
+    pub async fn all(&self) -> &[(&'static str, SignedBinary)] {
+        self.signed
+            .get_or_init(|| async {
+                let (paths, signer) = (self.paths.clone(), self.signer.clone());
+                tokio::task::spawn_blocking(move || compute(&paths, &signer))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "signing the agent binaries failed");
+                        Vec::new()
+                    })
+            })
+            .await
+    }
+
+    pub async fn get(&self, target: &str) -> Option<&SignedBinary> {
+        self.all()
+            .await
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map(|(_, s)| s)
+    }
+}
+
+fn compute(paths: &[(&'static str, Vec<PathBuf>)], signer: &Signer) -> Vec<(&'static str, SignedBinary)> {
+    let mut signed = Vec::new();
+    for (target, candidates) in paths {
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            continue;
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                let signature = signer.sign_download(target, &sha256);
+                signed.push((*target, SignedBinary { sha256, signature }));
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read an agent binary to sign it")
+            }
+        }
+    }
+    signed
 }
 
 /// The POSIX installer bound to this appliance's public URL.

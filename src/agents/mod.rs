@@ -93,6 +93,16 @@ pub struct AgentIdentity {
     pub id: i64,
     pub name: String,
     pub environment_id: i64,
+    /// The first 8 bytes of the token's hash: every frame sent to this agent is signed for it
+    /// (`stagely_protocol::signing::recipient_tag`), so it cannot be replayed to another agent.
+    pub tag: [u8; 8],
+}
+
+impl AgentIdentity {
+    /// The recipient tag signed into this agent's frames (16 hex characters).
+    pub fn recipient_tag(&self) -> String {
+        hex::encode(self.tag)
+    }
 }
 
 /// Versions and host the agent reported in its HELLO.

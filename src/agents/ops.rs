@@ -16,8 +16,11 @@ pub struct CreatedAgent {
     pub id: i64,
     pub name: String,
     pub environment_id: i64,
-    /// Shown only in this response; only its hash is stored.
+    /// Shown only in this response; only its hash is stored. It ends with `.` and the
+    /// appliance signing key's fingerprint, which the agent pins at its first connection.
     pub token: String,
+    /// The signing key's fingerprint, as carried in the token.
+    pub fingerprint: String,
 }
 
 /// The agent name rule ([`NameKind::Agent`]), with the field named.
@@ -52,11 +55,13 @@ pub async fn create_agent(
         .await?;
     // Its first handshake passes the per-address failure limit even from a busy address.
     state.hub.admission.remember(crate::crypto::hash_token(&token));
+    let fingerprint = state.signer.fingerprint().to_owned();
     Ok(CreatedAgent {
         id,
         name,
         environment_id,
-        token,
+        token: stagely_protocol::signing::token_with_fingerprint(&token, &fingerprint),
+        fingerprint,
     })
 }
 

@@ -9,6 +9,7 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::download::install_command;
 use super::ops::{self, CreatedAgent, create_agent, list_agents, revoke_agent};
 use super::{AgentError, AgentInfo};
 use crate::app::AppState;
@@ -140,6 +141,46 @@ fn body(
     }
 }
 
+/// What an agent (and install.sh) checks: the signing key's fingerprint, carried in every new
+/// token, and the sha256 of each agent binary served, to compare with what install.sh prints.
+async fn trust_section(state: &AppState) -> Markup {
+    let downloads = state.agent_downloads.all().await;
+    let previous = state.signer.previous();
+    let public_url = state.config.public_url.as_str();
+    html! {
+        article id="agent-trust" {
+            header { h3 { "Signed commands and downloads" } }
+            p {
+                "Every command sent to an agent, and every agent download, is signed with this appliance's key. "
+                "New agent tokens carry its fingerprint; the agent pins it and refuses anything else."
+            }
+            p { "Signing key: " code id="signing-fingerprint" { (state.signer.fingerprint()) } }
+            @if !previous.is_empty() {
+                p.muted {
+                    "Replaced keys (agents pinned to them follow the signed hand-over): "
+                    @for (i, fp) in previous.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        code { (fp) }
+                    }
+                }
+            }
+            p { "Install an agent: " code { (install_command(public_url)) } }
+            @if downloads.is_empty() {
+                p.muted { "No agent binary is present on this appliance." }
+            } @else {
+                table {
+                    thead { tr { th { "Agent build" } th { "sha256 (install.sh prints the same)" } } }
+                    tbody {
+                        @for (target, signed) in downloads {
+                            tr { td { (target) } td { code.sha256 { (signed.sha256) } } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn render(
     state: &AppState,
     v: &Viewer,
@@ -158,6 +199,8 @@ async fn render(
         form,
         done,
     );
+    let trust = trust_section(state).await;
+    let markup = html! { (markup) (trust) };
     Ok(page(v, "Agents", Nav::Agents, markup))
 }
 

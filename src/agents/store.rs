@@ -44,17 +44,28 @@ pub fn authenticate(c: &Connection, token: &str) -> Result<Option<AgentIdentity>
     if !token.starts_with(AGENT_TOKEN_PREFIX) {
         return Ok(None);
     }
-    let hash = hash_token(token);
+    // A token made since issue 11 carries the signing key's fingerprint after a `.`: only the
+    // part before it is the secret (and what was hashed at creation).
+    let (secret, _fingerprint) = stagely_protocol::signing::split_token(token);
+    let hash = hash_token(secret);
     let row = c
         .query_row(
             "SELECT id, name, environment_id, token_hash FROM agents WHERE token_hash = ?1 AND revoked_at IS NULL",
             [&hash],
-            |r| Ok((AgentIdentity { id: r.get(0)?, name: r.get(1)?, environment_id: r.get(2)? }, r.get::<_, Vec<u8>>(3)?)),
+            |r| {
+                let agent = AgentIdentity { id: r.get(0)?, name: r.get(1)?, environment_id: r.get(2)?, tag: [0; 8] };
+                Ok((agent, r.get::<_, Vec<u8>>(3)?))
+            },
         )
         .optional()?;
     Ok(row
         .filter(|(_, stored)| ct_eq(stored, &hash))
-        .map(|(agent, _)| agent))
+        .map(|(mut agent, _)| {
+            for (t, h) in agent.tag.iter_mut().zip(&hash) {
+                *t = *h;
+            }
+            agent
+        }))
 }
 
 /// The token hashes of every live agent (the handshake admission's "known" set at start).

@@ -52,6 +52,18 @@ pub fn routes() -> Routes {
             Access::Public,
             agents::api::checksum,
         )
+        .add(
+            M::GET,
+            "/agent/download/{target}/sig",
+            Access::Public,
+            agents::api::signature,
+        )
+        .add(
+            M::GET,
+            "/agent/signing-key",
+            Access::Public,
+            agents::api::signing_key,
+        )
         .add(M::GET, "/api/projects", VIEWER, projects::api::list)
         .add(M::POST, "/api/projects", MEMBER, projects::api::create)
         .add(M::GET, "/api/projects/{id}", VIEWER, projects::api::get)

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use stagely_agent::compose::project_name;
 use stagely_agent::override_file::OVERRIDE_FILE_NAME;
+use stagely_protocol::signing::{self, SigningKey};
 use stagely_protocol::{
     self as protocol, AgentMessage, DeployOutcome, Incoming, ProjectSpec, PullPolicy, SealedSecrets,
     SecretEntry, ServerMessage,
@@ -26,13 +27,34 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use crate::agent_override::global;
 use crate::agent_support::{ProjectDown, find_named, require_engine, unique};
 
-const TOKEN: &str = "agt_test_token_canary";
+/// The token's secret part; the token the agent gets also names [`appliance_key`]'s fingerprint.
+pub(crate) const TOKEN: &str = "agt_test_token_canary";
 const CANARY: &str = "canary-run-secret-xyz";
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// The key this test's appliance signs with (issue 11).
+pub(crate) fn appliance_key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+/// The agent token: [`TOKEN`] carrying [`appliance_key`]'s fingerprint, as the appliance makes them.
+pub(crate) fn token() -> String {
+    signing::token_with_fingerprint(TOKEN, &signing::fingerprint(&appliance_key().verifying_key()))
+}
+
+/// A server message sealed as the appliance seals it: signed by `key`, for the agent of [`TOKEN`],
+/// dated now.
+pub(crate) fn seal_with(key: &SigningKey, message_json: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    signing::seal(key, &signing::recipient_tag(TOKEN), now, message_json).to_string()
+}
 
 /// Accept the next agent connection, returning the request path and Authorization header.
-async fn accept(listener: &TcpListener) -> (Ws, String, String) {
+pub(crate) async fn accept(listener: &TcpListener) -> (Ws, String, String) {
     let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
         .await
         .expect("the agent did not (re)connect within 20 s")
@@ -54,7 +76,7 @@ async fn accept(listener: &TcpListener) -> (Ws, String, String) {
     (ws, path, auth)
 }
 
-async fn recv(ws: &mut Ws) -> AgentMessage {
+pub(crate) async fn recv(ws: &mut Ws) -> AgentMessage {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
             .await
@@ -70,20 +92,32 @@ async fn recv(ws: &mut Ws) -> AgentMessage {
     }
 }
 
-async fn send(ws: &mut Ws, msg: &ServerMessage) {
-    ws.send(Message::Text(protocol::encode(msg).into()))
-        .await
-        .unwrap();
+pub(crate) async fn send(ws: &mut Ws, msg: &ServerMessage) {
+    send_raw(ws, seal_with(&appliance_key(), &protocol::encode(msg))).await;
 }
 
-struct AgentProc {
+pub(crate) async fn send_raw(ws: &mut Ws, frame: String) {
+    ws.send(Message::Text(frame.into())).await.unwrap();
+}
+
+pub(crate) struct AgentProc {
     child: tokio::process::Child,
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 fn start_agent(addr: std::net::SocketAddr, dir: &Path) -> AgentProc {
+    start_agent_with(addr, dir, &token(), "docker compose")
+}
+
+/// `stagely-agent run` against `addr` with this token, its work dir under `dir`.
+pub(crate) fn start_agent_with(
+    addr: std::net::SocketAddr,
+    dir: &Path,
+    token: &str,
+    compose: &str,
+) -> AgentProc {
     let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut child = tokio::process::Command::new(crate::bins::agent())
         .arg("run")
         .arg("--server")
@@ -94,7 +128,7 @@ fn start_agent(addr: std::net::SocketAddr, dir: &Path) -> AgentProc {
         .arg(dir.join("work"))
         .arg("--runtime-dir")
         .arg(dir.join("run"))
-        .args(["--verify-wait-secs", "1", "--compose-command", "docker compose"])
+        .args(["--verify-wait-secs", "1", "--compose-command", compose])
         .env("STAGELY_AGENT_LOG", "debug")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -124,7 +158,7 @@ impl AgentProc {
         self.child.id().unwrap()
     }
 
-    fn signal(&self, sig: &str, group: bool) {
+    pub(crate) fn signal(&self, sig: &str, group: bool) {
         let target = if group {
             format!("-{}", self.pid())
         } else {
@@ -138,14 +172,14 @@ impl AgentProc {
         assert!(ok, "kill {sig} {target}");
     }
 
-    async fn wait(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait(&mut self) -> std::process::ExitStatus {
         tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .expect("the agent did not exit within 20 s")
             .unwrap()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 }
@@ -181,7 +215,7 @@ fn listening_sockets(pid: u32) -> Vec<String> {
 }
 
 /// A DEPLOY with its secrets sealed to the recipient the agent's HELLO offered.
-fn deploy_msg(
+pub(crate) fn deploy_msg(
     recipient: &str,
     id: i64,
     name: &str,
@@ -228,7 +262,7 @@ async fn agent_process_deploys_reconnects_listens_nowhere_and_stops_on_sigterm()
 
     let (mut ws, path, auth) = accept(&listener).await;
     assert_eq!(path, "/ws/agent");
-    assert_eq!(auth, format!("Bearer {TOKEN}"));
+    assert_eq!(auth, format!("Bearer {}", token()));
     let AgentMessage::Hello {
         protocol: 1,
         hostname,

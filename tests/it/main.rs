@@ -10,6 +10,7 @@ mod agent_identity;
 mod agent_override;
 mod agent_policy;
 mod agent_run;
+mod agent_signing;
 mod agent_support;
 mod api;
 mod bench_quick;

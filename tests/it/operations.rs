@@ -87,6 +87,18 @@ async fn a_backup_taken_while_serving_restores_and_deploys_the_same_secrets() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
 
+    // The signing key came back with the master key: the agent's pinned fingerprint (in its
+    // token) is still the appliance's, and TestAgent checks every frame is signed by it.
+    let out = stagely(&["admin", "signing-key"], &restored);
+    let restored_fp = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        stagely_protocol::signing::split_token(&token).1.as_deref(),
+        Some(restored_fp.as_str())
+    );
     let server = ServerProcess::spawn(&restored, "127.0.0.1:0", &[], &log).await;
     let api = Api::new(&server.url, &api.token);
     let mut agent = TestAgent::connect(&api.url, &token, None).await;

@@ -185,6 +185,109 @@ async fn the_served_installer_checks_the_binary_and_keeps_the_token_out_of_argv(
     server.terminate().await;
 }
 
+fn openssl3() -> bool {
+    let ok = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("OpenSSL 3"));
+    ok || prereq::missing("openssl 3")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installer_verifies_the_signed_download_and_refuses_a_tampered_binary() {
+    if !prereq::tool("curl") || !openssl3() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The appliance serves (and signs, at start) a copy of the agent we can then tamper with.
+    let bins = dir.path().join("agents");
+    std::fs::create_dir_all(&bins).unwrap();
+    let target = format!("linux-{}", std::env::consts::ARCH);
+    let served = bins.join(format!("stagely-agent-{target}"));
+    std::fs::copy(crate::bins::agent(), &served).unwrap();
+    let data = dir.path().join("data");
+    let env = [("STAGELY_AGENT_BINARIES_DIR", bins.to_str().unwrap())];
+    let server = ServerProcess::spawn(&data, "127.0.0.1:0", &env, &dir.path().join("server.log")).await;
+    let api = Api::new(&server.url, &admin_token(&data));
+    let (_, envs) = api.project("signed-install", &["prod"]).await;
+    let (_, token) = api.agent(envs[0], "signed").await;
+    let (_, fingerprint) = stagely_protocol::signing::split_token(&token);
+    let fingerprint = fingerprint.expect("new tokens carry the signing key's fingerprint");
+    let install = |root: &Path, token: &str| {
+        let token_file = root.with_extension("token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let script = format!(
+            "curl -fsSL {}/agent/install.sh | sh -s -- --root {} --token-file {}",
+            server.url,
+            root.display(),
+            token_file.display()
+        );
+        Command::new("sh").args(["-c", &script]).output().unwrap()
+    };
+
+    let root = dir.path().join("root");
+    let out = install(&root, &token);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum = run(Command::new("sha256sum").arg(&served));
+    let sum = sum.split_whitespace().next().unwrap();
+    assert!(
+        stdout.contains(&format!("sha256 of the downloaded agent: {sum}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("Signature verified: signed by {fingerprint}")),
+        "{stdout}"
+    );
+    let pin = std::fs::read_to_string(root.join("var/lib/stagely-agent/appliance-key.pin")).unwrap();
+    assert!(
+        pin.contains(&fingerprint),
+        "install.sh pins the token's key: {pin}"
+    );
+    // The agents page shows the same hash and the fingerprint.
+    let (status, page) = api.get("/agents").await;
+    assert_eq!(status, 200);
+    let page = page.as_str().unwrap_or_default().to_owned();
+    assert!(
+        page.contains(sum) && page.contains(&fingerprint),
+        "agents page lacks the hash or key"
+    );
+
+    // Someone swaps the binary (and so the checksum served beside it): the signature made at
+    // start no longer matches, and nothing is installed.
+    let mut bytes = std::fs::read(&served).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    std::fs::write(&served, bytes).unwrap();
+    let root = dir.path().join("tampered");
+    let out = install(&root, &token);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a tampered binary was installed");
+    assert!(stderr.contains("signature check failed"), "{stderr}");
+    assert!(!root.join("usr/local/bin/stagely-agent").exists());
+
+    // A token naming another key than the appliance's: refused before anything is installed.
+    let other = stagely_protocol::signing::SigningKey::from_bytes(&[5; 32]);
+    let (secret, _) = stagely_protocol::signing::split_token(&token);
+    let foreign = stagely_protocol::signing::token_with_fingerprint(
+        secret,
+        &stagely_protocol::signing::fingerprint(&other.verifying_key()),
+    );
+    let root = dir.path().join("foreign");
+    let out = install(&root, &foreign);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not the one the token names"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!root.join("usr/local/bin/stagely-agent").exists());
+    server.terminate().await;
+}
+
 #[test]
 fn the_agent_binary_carries_no_server_code() {
     if !prereq::dist_built() {

@@ -16,6 +16,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/agent/install.sh", "public"),
     ("GET", "/agent/download/{target}", "public"),
     ("GET", "/agent/download/{target}/sha256", "public"),
+    ("GET", "/agent/download/{target}/sig", "public"),
+    ("GET", "/agent/signing-key", "public"),
     ("GET", "/api/projects", "viewer"),
     ("POST", "/api/projects", "member"),
     ("GET", "/api/projects/{id}", "viewer"),

@@ -21,6 +21,7 @@ use super::ephemeral::RuntimeDir;
 use super::identity::{AgentIdentity, IdentityError};
 use super::results::{DeployResult, Results};
 use super::transport::{self, WsIn, WsOut};
+use super::trust::{self, Trust, Verdict};
 use stagely_protocol::{
     self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, ServerMessage,
 };
@@ -51,6 +52,8 @@ pub enum ConnectionError {
     Transport(#[from] transport::TransportError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
 }
 
 /// Exponential backoff with full jitter: the n-th delay is uniform in `[0, min(cap, base·2ⁿ)]`,
@@ -131,13 +134,15 @@ enum Event {
     Done,
 }
 
-/// The agent's state across connections: the running deployment and the results record.
+/// The agent's state across connections: the running deployment, the results record, and
+/// which appliance key it obeys.
 pub struct Agent {
     deployer: Arc<Deployer>,
     results: Arc<Mutex<Results>>,
     current: Option<Running>,
     host: HostInfo,
     identity: Arc<AgentIdentity>,
+    trust: Trust,
 }
 
 fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
@@ -146,13 +151,20 @@ fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
 }
 
 impl Agent {
-    pub fn new(deployer: Deployer, results: Results, host: HostInfo, identity: Arc<AgentIdentity>) -> Self {
+    pub fn new(
+        deployer: Deployer,
+        results: Results,
+        trust: Trust,
+        host: HostInfo,
+        identity: Arc<AgentIdentity>,
+    ) -> Self {
         Self {
             deployer: Arc::new(deployer),
             results: Arc::new(Mutex::new(results)),
             current: None,
             host,
             identity,
+            trust,
         }
     }
 
@@ -320,13 +332,30 @@ impl Agent {
         S: Sink<WsOut, Error = SE> + Unpin,
         SE: std::fmt::Display,
     {
-        match protocol::decode_server_message(text) {
+        // Nothing is decoded, let alone run, before the frame is proven to come from the pinned
+        // appliance key and to be addressed to this agent (issue 11).
+        let opened = match self.trust.check(text) {
+            Verdict::Accept(opened) => opened,
+            Verdict::Refuse {
+                reason,
+                deployment_id,
+            } => {
+                tracing::warn!(deployment_id, "{reason}");
+                return match deployment_id {
+                    // The deployment fails with the reason (not recorded: a forged frame must not
+                    // decide what a real DEPLOY of that id gets later).
+                    Some(id) => send(sink, &DeployResult::fail(reason).to_status(id)).await,
+                    None => send(sink, &refusal("frame_refused", reason)).await,
+                };
+            }
+        };
+        match protocol::decode_server_message(opened.message()) {
             Ok(Incoming::Known(ServerMessage::Deploy {
                 deployment_id,
                 project,
                 sealed_secrets,
             })) => {
-                self.on_deploy(deployment_id, project, &sealed_secrets, sink)
+                self.on_deploy(deployment_id, opened.at_ms, project, &sealed_secrets, sink)
                     .await
             }
             Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
@@ -339,6 +368,8 @@ impl Agent {
                 tracing::warn!(%code, %message, "the server reported an error");
                 Ok(())
             }
+            // Its chain was followed (or not needed) by the trust check.
+            Ok(Incoming::Known(ServerMessage::Rekey { .. })) => Ok(()),
             Ok(Incoming::Unknown(kind)) => {
                 tracing::debug!(%kind, "ignoring a message type this agent does not know");
                 Ok(())
@@ -360,6 +391,7 @@ impl Agent {
     async fn on_deploy<S, SE>(
         &mut self,
         deployment_id: i64,
+        signed_at: i64,
         project: ProjectSpec,
         sealed_secrets: &str,
         sink: &mut S,
@@ -368,6 +400,20 @@ impl Agent {
         S: Sink<WsOut, Error = SE> + Unpin,
         SE: std::fmt::Display,
     {
+        let now = trust::now_ms();
+        // A copy of a frame already received, or one too old: never run. Not a STATUS, since the
+        // deployment it copies may be running or done; the appliance is told with an ERROR.
+        if let Some(reason) = self.trust.refuse_deploy(deployment_id, signed_at, now) {
+            tracing::warn!(deployment_id, "{reason}");
+            return send(sink, &refusal("deploy_refused", reason)).await;
+        }
+        let seen_before = self.trust.has_seen(deployment_id);
+        if let Err(e) = self.trust.remember(deployment_id, signed_at, now) {
+            // Without the list a replay later in the window could run: refuse rather than risk it.
+            tracing::error!(deployment_id, error = %e, "cannot record the DEPLOY; refusing it");
+            let result = DeployResult::fail(format!("the agent cannot record the deployment: {e}"));
+            return send(sink, &result.to_status(deployment_id)).await;
+        }
         let stored = lock(&self.results).get(deployment_id).cloned();
         if let Some(record) = stored {
             match record.result {
@@ -389,6 +435,12 @@ impl Agent {
                     return Ok(());
                 }
             }
+        }
+        if seen_before {
+            // Run before and its result long acknowledged (and pruned from the record).
+            let reason = format!("refused DEPLOY {deployment_id}: this agent already ran it");
+            tracing::warn!(deployment_id, "{reason}");
+            return send(sink, &refusal("deploy_refused", reason)).await;
         }
         if let Some(r) = &self.current {
             tracing::warn!(
@@ -460,6 +512,14 @@ async fn next_event(current: &mut Option<Running>) -> Event {
     }
 }
 
+/// An ERROR frame telling the appliance what the agent refused and why.
+fn refusal(code: &str, message: String) -> AgentMessage {
+    AgentMessage::Error {
+        code: code.into(),
+        message,
+    }
+}
+
 async fn send<S, SE>(sink: &mut S, msg: &AgentMessage) -> Result<(), String>
 where
     S: Sink<WsOut, Error = SE> + Unpin,
@@ -478,6 +538,7 @@ pub async fn run_agent(
     create_private_dir(&settings.work_dir)?;
     let runtime = RuntimeDir::prepare(&settings.work_dir, settings.runtime_dir.as_deref())?;
     let results = Results::open(&settings.work_dir)?;
+    let trust = Trust::open(&settings.work_dir, &settings.token)?;
     let compose = match &settings.compose_command {
         Some(c) => Compose::configured(c).await?,
         None => Compose::detect().await,
@@ -502,7 +563,7 @@ pub async fn run_agent(
     };
     let identity = AgentIdentity::load_or_create(&settings.work_dir)?;
     tracing::info!(recipient = %identity.recipient(), "agent identity (the appliance pins it at the first connection)");
-    let mut agent = Agent::new(deployer, results, HostInfo::default(), Arc::new(identity));
+    let mut agent = Agent::new(deployer, results, trust, HostInfo::default(), Arc::new(identity));
 
     let stop = CancellationToken::new();
     let trigger = stop.clone();

@@ -1,7 +1,34 @@
 //! The connection protocol over channels: no server, no network, no Docker.
 
 use super::*;
+use stagely_protocol::signing::{self as sig, SigningKey};
 use stagely_protocol::{DeployOutcome, LogStream, PullPolicy, Scope, SealedSecrets, SecretEntry};
+
+/// The fake appliance's signing key, named in the fixture's token (so the agent pins it).
+fn appliance_key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+const TOKEN_SECRET: &str = "stga_connection_tests";
+
+fn token() -> super::super::config::Token {
+    super::super::config::Token::new(sig::token_with_fingerprint(
+        TOKEN_SECRET,
+        &sig::fingerprint(&appliance_key().verifying_key()),
+    ))
+}
+
+/// A server message as the appliance sends it: signed for this agent, dated now (each frame a
+/// millisecond later than the last, as a real resend would be).
+fn signed_by(key: &SigningKey, message_json: &str) -> WsIn {
+    static AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let at = AT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).max(0) + trust::now_ms();
+    WsIn::Text(sig::seal(key, &sig::recipient_tag(TOKEN_SECRET), at, message_json).to_string())
+}
+
+fn signed(msg: &ServerMessage) -> WsIn {
+    signed_by(&appliance_key(), &protocol::encode(msg))
+}
 
 type ServerTx = mpsc::UnboundedSender<Result<WsIn, String>>;
 type ServerRx = mpsc::UnboundedReceiver<WsOut>;
@@ -47,9 +74,11 @@ fn fixture(compose_command: &str) -> Fixture {
         policy: Default::default(),
     };
     let results = Results::open(work.path()).unwrap();
+    let trust = Trust::open(work.path(), &token()).unwrap();
     let agent = Agent::new(
         deployer,
         results,
+        trust,
         HostInfo {
             hostname: "test-host".into(),
             ..Default::default()
@@ -69,11 +98,20 @@ fn identity() -> Arc<AgentIdentity> {
     ID.get_or_init(|| Arc::new(AgentIdentity::generate())).clone()
 }
 
+fn deploy_msg(id: i64, compose_path: &str, secret_value: &str) -> ServerMessage {
+    deploy_msg_to(identity().recipient(), id, compose_path, secret_value)
+}
+
 fn deploy_frame(id: i64, compose_path: &str, secret_value: &str) -> WsIn {
-    deploy_frame_to(identity().recipient(), id, compose_path, secret_value)
+    signed(&deploy_msg(id, compose_path, secret_value))
 }
 
 fn deploy_frame_to(recipient: &str, id: i64, compose_path: &str, secret_value: &str) -> WsIn {
+    signed(&deploy_msg_to(recipient, id, compose_path, secret_value))
+}
+
+/// A DEPLOY whose secrets are sealed to `recipient`.
+fn deploy_msg_to(recipient: &str, id: i64, compose_path: &str, secret_value: &str) -> ServerMessage {
     let project = ProjectSpec {
         name: "shop".into(),
         environment: "staging".into(),
@@ -93,11 +131,11 @@ fn deploy_frame_to(recipient: &str, id: i64, compose_path: &str, secret_value: &
             service: None,
         }],
     };
-    WsIn::Text(protocol::encode(&ServerMessage::Deploy {
+    ServerMessage::Deploy {
         deployment_id: id,
         project,
         sealed_secrets: crate::identity::seal(recipient, &sealed).unwrap(),
-    }))
+    }
 }
 
 async fn next_msg(rx: &mut ServerRx) -> AgentMessage {
@@ -207,10 +245,8 @@ async fn status_is_kept_until_ack_and_a_repeated_deploy_is_not_run_again() {
         next_msg(&mut rx).await,
         AgentMessage::Status { deployment_id: 1, .. }
     ));
-    tx.send(Ok(WsIn::Text(protocol::encode(&ServerMessage::Ack {
-        deployment_id: 1,
-    }))))
-    .unwrap();
+    tx.send(Ok(signed(&ServerMessage::Ack { deployment_id: 1 })))
+        .unwrap();
 
     // The same DEPLOY again: answered with the stored result, no new LOG lines.
     tx.send(Ok(deploy_frame(1, "/nonexistent/compose.yml", "x")))
@@ -334,6 +370,52 @@ async fn garbage_and_unknown_frames_do_not_end_the_session() {
         end,
         SessionEnd::Disconnected("server closed the connection: server shutting down".into())
     );
+}
+
+#[tokio::test]
+async fn unsigned_foreign_and_replayed_deploys_are_refused_and_never_run() {
+    let f = fixture("docker compose");
+    let stop = CancellationToken::new();
+    let (tx, mut rx, sink, stream) = pipe();
+    let session = run_session(f.agent, sink, stream, stop.clone());
+    assert!(matches!(next_msg(&mut rx).await, AgentMessage::Hello { .. }));
+
+    let deploy = protocol::encode(&deploy_msg(20, "/nonexistent/compose.yml", "canary-refused"));
+    // Unsigned, then signed by another key: each fails its deployment with the cause, no LOG.
+    tx.send(Ok(WsIn::Text(deploy.clone()))).unwrap();
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    tx.send(Ok(signed_by(&stranger, &deploy))).unwrap();
+    for cause in ["not signed", "another key"] {
+        match next_msg(&mut rx).await {
+            AgentMessage::Status {
+                deployment_id: 20,
+                status: DeployOutcome::Fail,
+                error: Some(error),
+                ..
+            } => assert!(error.contains(cause), "{error}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // Signed right: it runs (and fails on the missing file). The same frame again is a replay.
+    let good = signed_by(&appliance_key(), &deploy);
+    tx.send(Ok(good.clone())).unwrap();
+    loop {
+        if let AgentMessage::Status { deployment_id, .. } = next_msg(&mut rx).await {
+            assert_eq!(deployment_id, 20);
+            break;
+        }
+    }
+    tx.send(Ok(good)).unwrap();
+    match next_msg(&mut rx).await {
+        AgentMessage::Error { code, message } => {
+            assert_eq!(code, "deploy_refused");
+            assert!(message.contains("replay"), "{message}");
+        }
+        other => panic!("expected the replay refused, got {other:?}"),
+    }
+    stop.cancel();
+    let (agent, _) = session.await.unwrap();
+    assert!(!agent.is_busy());
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //!   the confinement of every file compose reads to the checkout.
 //! - [`identity`]: the age identity DEPLOY secrets are sealed to (end to end).
 //! - [`results`]: the small on-disk record of finished deployments (no secrets).
+//! - [`trust`]: the pinned appliance key; every server frame must be signed by it (issue 11).
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
 
@@ -26,6 +27,7 @@ pub mod process;
 pub mod results;
 pub mod sources;
 pub mod transport;
+pub mod trust;
 pub mod verify;
 
 use stagely_protocol::LogStream;

@@ -7,6 +7,7 @@
 
 pub mod mask;
 pub mod redact;
+pub mod signing;
 
 use serde::{Deserialize, Serialize};
 
@@ -275,6 +276,11 @@ pub enum ServerMessage {
         code: String,
         message: String,
     },
+    /// The appliance's signing key was rotated: the statements (oldest first) by which an agent
+    /// that pinned an older key moves its pin to the key signing this frame ([`signing`]).
+    Rekey {
+        chain: Vec<signing::RotationLink>,
+    },
 }
 
 /// A decoded frame: a known message, or a well-formed frame of a type this build does not know.
@@ -324,7 +330,7 @@ pub fn decode<M: serde::de::DeserializeOwned>(
 /// Message types an agent may send.
 pub const AGENT_MESSAGE_TYPES: &[&str] = &["HELLO", "LOG", "STATUS", "ERROR"];
 /// Message types a server may send.
-pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "ERROR"];
+pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "ERROR", "REKEY"];
 
 pub fn decode_agent_message(frame: &str) -> Result<Incoming<AgentMessage>, DecodeError> {
     decode(frame, AGENT_MESSAGE_TYPES)

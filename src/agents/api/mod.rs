@@ -124,6 +124,26 @@ pub async fn checksum(State(state): State<AppState>, Path(target): Path<String>)
     Ok(format!("{}  stagely-agent\n", bin.sha256))
 }
 
+/// `GET /agent/download/{target}/sig`: the signing key's signature (base64) over the download
+/// statement of the binary served (`stagely agent download v1`, the target, its sha256).
+pub async fn signature(
+    State(state): State<AppState>,
+    Path(target): Path<String>,
+) -> Result<String, WebError> {
+    let signed = state
+        .agent_downloads
+        .get(&target)
+        .await
+        .ok_or(WebError::NotFound("agent build for this platform"))?;
+    Ok(format!("{}\n", signed.signature))
+}
+
+/// `GET /agent/signing-key`: the public signing key (PEM) agents and install.sh check against
+/// the fingerprint carried in the agent token.
+pub async fn signing_key(State(state): State<AppState>) -> String {
+    state.signer.public_pem()
+}
+
 /// `GET /agent/install.sh`: the POSIX installer bound to this appliance's public URL.
 pub async fn install_script(State(state): State<AppState>) -> Response {
     let mut response = download::install_script(state.config.public_url.as_str()).into_response();

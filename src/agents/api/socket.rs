@@ -41,14 +41,19 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-fn error_frame(code: &str, message: impl Into<String>) -> Message {
-    Message::Text(
-        protocol::encode(&ServerMessage::Error {
-            code: code.into(),
-            message: message.into(),
-        })
-        .into(),
-    )
+/// A server message as the agent gets it: sealed in a signed envelope addressed to this agent
+/// and dated now (issue 11, `crate::signing`). Every text frame to an agent goes through here.
+fn signed(state: &AppState, agent: &AgentIdentity, message_json: &str) -> Message {
+    let frame = state.signer.seal(&agent.recipient_tag(), message_json, now_ms());
+    Message::Text(frame.as_str().into())
+}
+
+fn error_frame(state: &AppState, agent: &AgentIdentity, code: &str, message: impl Into<String>) -> Message {
+    let msg = protocol::encode(&ServerMessage::Error {
+        code: code.into(),
+        message: message.into(),
+    });
+    signed(state, agent, &msg)
 }
 
 /// One connection's task. It lives as long as the agent is connected, so its resting size is the
@@ -80,13 +85,13 @@ async fn connect(
     address: String,
     socket: &mut WebSocket,
 ) -> Option<Registration> {
-    let (hello, active) = await_hello(agent, socket).await?;
+    let (hello, active) = await_hello(state, agent, socket).await?;
     let live = state.hub.is_online(agent.id);
     match ops::admit(state, agent, &hello, &address, live).await {
         Ok(Admission::Accepted) => {}
         Ok(Admission::IdentityMismatch(message)) => {
             tracing::warn!(agent_id = agent.id, agent = %agent.name, %address, hostname = %hello.hostname, "agent identity mismatch: connection refused");
-            send_anyway(socket, error_frame("identity_mismatch", message)).await;
+            send_anyway(socket, error_frame(state, agent, "identity_mismatch", message)).await;
             send_anyway(socket, close(1008, CLOSE_IDENTITY_MISMATCH)).await;
             return None;
         }
@@ -95,6 +100,13 @@ async fn connect(
             send_anyway(socket, close(1011, "server error")).await;
             return None;
         }
+    }
+    // After a rotation, the chain from older keys comes first, so an agent pinned to one of
+    // them accepts the frames that follow (signed by today's key).
+    if let Some(rekey) = state.signer.rekey_message()
+        && socket.send(signed(state, agent, &rekey)).await.is_err()
+    {
+        return None;
     }
     if live {
         tracing::warn!(agent_id = agent.id, agent = %agent.name, %address, "a second connection with this agent's token replaces the first (recorded)");
@@ -168,7 +180,7 @@ impl Connected<'_> {
                 self.incoming(msg).await
             }
             Event::Outbound(Some(Outbound::Text(frame))) => {
-                let sent = self.socket.send(Message::Text(frame.as_str().into())).await;
+                let sent = self.socket.send(signed(self.state, agent, &frame)).await;
                 sent.is_err().then_some("send failed")
             }
             Event::Outbound(Some(Outbound::Close(code, why))) => {
@@ -203,6 +215,8 @@ impl Connected<'_> {
             Message::Binary(_) => {
                 tracing::warn!(agent_id = agent.id, "binary frame from agent refused");
                 self.bad_frame(error_frame(
+                    state,
+                    agent,
                     "bad_message",
                     "binary frames are not part of the protocol",
                 ))
@@ -242,7 +256,11 @@ impl Connected<'_> {
 }
 
 /// Wait for the first frame, which must be a HELLO in this protocol version.
-async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(HelloInfo, Option<Vec<i64>>)> {
+async fn await_hello(
+    state: &AppState,
+    agent: &AgentIdentity,
+    socket: &mut WebSocket,
+) -> Option<(HelloInfo, Option<Vec<i64>>)> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, async {
         loop {
             match socket.recv().await {
@@ -281,7 +299,7 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
                     "this appliance speaks protocol {PROTOCOL_VERSION}, the agent speaks {protocol}: upgrade the agent \
                      (download it from this appliance)"
                 );
-                send_anyway(socket, error_frame("protocol_unsupported", message)).await;
+                send_anyway(socket, error_frame(state, agent, "protocol_unsupported", message)).await;
                 send_anyway(
                     socket,
                     close(1002, "unsupported protocol version: upgrade the agent"),
@@ -298,7 +316,7 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
                     "agent's HELLO recipient is not an age X25519 recipient"
                 );
                 let message = "the HELLO recipient is not an age X25519 recipient (age1…)";
-                send_anyway(socket, error_frame("bad_message", message)).await;
+                send_anyway(socket, error_frame(state, agent, "bad_message", message)).await;
                 send_anyway(socket, close(1002, "invalid HELLO recipient")).await;
                 return None;
             }
@@ -315,7 +333,7 @@ async fn await_hello(agent: &AgentIdentity, socket: &mut WebSocket) -> Option<(H
             tracing::warn!(agent_id = agent.id, "agent's first frame was not a HELLO");
             send_anyway(
                 socket,
-                error_frame("hello_required", "the first frame must be a HELLO"),
+                error_frame(state, agent, "hello_required", "the first frame must be a HELLO"),
             )
             .await;
             send_anyway(socket, close(1002, "HELLO required")).await;
@@ -335,11 +353,11 @@ async fn handle_text(
         Ok(Incoming::Known(msg)) => msg,
         Ok(Incoming::Unknown(kind)) => {
             tracing::warn!(agent_id = agent.id, kind = %kind.chars().take(40).collect::<String>(), "unknown message type from agent");
-            return Err(error_frame("unknown_type", "unknown message type"));
+            return Err(error_frame(state, agent, "unknown_type", "unknown message type"));
         }
         Err(e) => {
             tracing::warn!(agent_id = agent.id, error = %e, "invalid frame from agent");
-            return Err(error_frame("bad_message", e.to_string()));
+            return Err(error_frame(state, agent, "bad_message", e.to_string()));
         }
     };
     match msg {
@@ -351,7 +369,7 @@ async fn handle_text(
             line,
         } => service::on_log(state, agent, deployment_id, seq, stream, &line)
             .await
-            .map_err(|e| refused(agent, &e)),
+            .map_err(|e| refused(state, agent, &e)),
         AgentMessage::Status {
             deployment_id,
             status,
@@ -361,10 +379,10 @@ async fn handle_text(
         } => {
             let ack = service::on_status(state, agent, deployment_id, status, services, error, commit)
                 .await
-                .map_err(|e| refused(agent, &e))?;
+                .map_err(|e| refused(state, agent, &e))?;
             if ack {
                 let frame = protocol::encode(&ServerMessage::Ack { deployment_id });
-                send_anyway(socket, Message::Text(frame.into())).await;
+                send_anyway(socket, signed(state, agent, &frame)).await;
             }
             Ok(())
         }
@@ -376,11 +394,11 @@ async fn handle_text(
     }
 }
 
-fn refused(agent: &AgentIdentity, e: &service::NotAssigned) -> Message {
+fn refused(state: &AppState, agent: &AgentIdentity, e: &service::NotAssigned) -> Message {
     tracing::warn!(
         agent_id = agent.id,
         deployment_id = e.0,
         "agent reported for a deployment that is not its own: refused"
     );
-    error_frame("not_assigned", e.to_string())
+    error_frame(state, agent, "not_assigned", e.to_string())
 }

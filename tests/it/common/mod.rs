@@ -328,6 +328,10 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct TestAgent {
     pub ws: Ws,
     pub identity: Arc<AgentIdentity>,
+    /// What the appliance must address this agent's frames to, and the key it must sign them
+    /// with (the fingerprint in the token, when it has one): checked on every frame received.
+    tag: String,
+    fingerprint: Option<String>,
 }
 
 /// The identity "the machine" holding `token` has.
@@ -343,9 +347,13 @@ impl TestAgent {
     /// A raw connection (no HELLO yet) with the token's identity.
     pub async fn raw(url: &str, token: &str) -> TestAgent {
         let ws = Self::dial(url, token).await.expect("agent could not connect");
+        let (_, fingerprint) = stagely_protocol::signing::split_token(token);
+        let tag = stagely_protocol::signing::recipient_tag(token);
         TestAgent {
             ws,
             identity: identity_for(token),
+            tag,
+            fingerprint,
         }
     }
 
@@ -355,6 +363,11 @@ impl TestAgent {
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         Ok(tokio_tungstenite::connect_async(req).await?.0)
+    }
+
+    /// Connect without saying anything yet (the same as [`TestAgent::raw`]).
+    pub async fn dial_only(url: &str, token: &str) -> TestAgent {
+        Self::raw(url, token).await
     }
 
     /// Connect and say HELLO (optionally listing the deployments it still holds), offering the
@@ -413,7 +426,7 @@ impl TestAgent {
         tokio::time::timeout(timeout, async {
             loop {
                 match self.ws.next().await {
-                    Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                    Some(Ok(Message::Text(t))) => return Some(self.open(t.as_str())),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     _ => return None,
                 }
@@ -422,6 +435,17 @@ impl TestAgent {
         .await
         .ok()
         .flatten()
+    }
+
+    /// A signed frame's message, after checking it is signed (by the token's key), for us.
+    fn open(&self, frame: &str) -> Value {
+        let opened =
+            stagely_protocol::signing::open(frame).expect("the server sent an unsigned or forged frame");
+        assert_eq!(opened.to, self.tag, "a frame addressed to another agent");
+        if let Some(fp) = &self.fingerprint {
+            assert_eq!(&opened.fingerprint, fp, "signed by another key than the token's");
+        }
+        serde_json::from_str(opened.message()).unwrap()
     }
 
     pub async fn recv(&mut self) -> Value {
