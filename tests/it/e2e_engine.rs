@@ -641,7 +641,8 @@ services:
     assert!(
         records()
             .iter()
-            .any(|r| r.contains(&format!("\"pgid\":{pgid},")) && r.contains(&format!("\"deployment_id\":{id},"))),
+            .any(|r| r.contains(&format!("\"pgid\":{pgid},"))
+                && r.contains(&format!("\"deployment_id\":{id},"))),
         "no record of group {pgid}: {:?}",
         records()
     );
@@ -669,7 +670,11 @@ services:
     // `slow` turns healthy about 20 s after it started; an orphan would then start `after`.
     let settle = Duration::from_secs(32).saturating_sub(slow_created.elapsed());
     tokio::time::sleep(settle).await;
-    assert_eq!(service_containers("after"), 0, "a container was started after the agent restarted");
+    assert_eq!(
+        service_containers("after"),
+        0,
+        "a container was started after the agent restarted"
+    );
     assert!(
         file_contains(&stack.root.join("agent.log"), "an earlier agent left running"),
         "the restarted agent says what it ended"

@@ -106,7 +106,9 @@ pub fn signal_group(pgid: i32, signal: Signal) -> std::io::Result<()> {
     let ours = rustix::process::getpgrp().as_raw_nonzero().get();
     match Pid::from_raw(pgid) {
         Some(pid) if pgid > 1 && pgid != ours => Ok(kill_process_group(pid, signal)?),
-        _ => Err(std::io::Error::other(format!("refusing to signal process group {pgid}"))),
+        _ => Err(std::io::Error::other(format!(
+            "refusing to signal process group {pgid}"
+        ))),
     }
 }
 
@@ -207,7 +209,10 @@ fn record_files(private_dir: &Path) -> Vec<(PathBuf, Option<GroupRecord>)> {
 
 /// Every readable record in `private_dir`.
 pub fn read_records(private_dir: &Path) -> Vec<GroupRecord> {
-    record_files(private_dir).into_iter().filter_map(|(_, r)| r).collect()
+    record_files(private_dir)
+        .into_iter()
+        .filter_map(|(_, r)| r)
+        .collect()
 }
 
 /// What [`end_leftovers`] did to one recorded group.
@@ -311,7 +316,14 @@ mod tests {
     #[test]
     fn stat_fields_are_counted_after_the_last_parenthesis() {
         let s = parse_stat(STAT).unwrap();
-        assert_eq!(s, Stat { state: 'S', pgrp: 4242, start_time: 987654 });
+        assert_eq!(
+            s,
+            Stat {
+                state: 'S',
+                pgrp: 4242,
+                start_time: 987654
+            }
+        );
         let tricky = STAT.replace("(docker compose)", "(a) b (c) )");
         assert_eq!(parse_stat(&tricky), Some(s));
         assert_eq!(parse_stat("1 (x) S 1"), None);
@@ -345,8 +357,16 @@ mod tests {
         let moved = now.map(|s| Stat { pgrp: 1, ..s });
         assert!(!leader_matches(&record(987654), moved, Some("boot-a")));
         // Never group 1 (kill(-1) is everyone).
-        let init = GroupRecord { pgid: 1, pid: 1, ..record(987654) };
-        assert!(!leader_matches(&init, now.map(|s| Stat { pgrp: 1, ..s }), Some("boot-a")));
+        let init = GroupRecord {
+            pgid: 1,
+            pid: 1,
+            ..record(987654)
+        };
+        assert!(!leader_matches(
+            &init,
+            now.map(|s| Stat { pgrp: 1, ..s }),
+            Some("boot-a")
+        ));
         assert!(signal_group(1, Signal::TERM).is_err());
         assert!(signal_group(0, Signal::TERM).is_err());
     }
@@ -356,8 +376,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_record(dir.path(), &record(5)).unwrap();
         assert_eq!(path, dir.path().join("pgroup-4242.json"));
-        let names = || -> Vec<_> { std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect() };
-        assert_eq!(names(), vec![std::ffi::OsString::from("pgroup-4242.json")], "no temporary file left");
+        let names = || -> Vec<_> {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect()
+        };
+        assert_eq!(
+            names(),
+            vec![std::ffi::OsString::from("pgroup-4242.json")],
+            "no temporary file left"
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
@@ -384,7 +414,10 @@ mod tests {
         let pgid = running.pgid().unwrap();
         let recs = read_records(runtime.path());
         assert_eq!(recs.len(), 1);
-        assert_eq!((recs[0].pgid, recs[0].deployment_id, recs[0].program.as_str()), (pgid, 9, "sh"));
+        assert_eq!(
+            (recs[0].pgid, recs[0].deployment_id, recs[0].program.as_str()),
+            (pgid, 9, "sh")
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(live_members(pgid).len() >= 2, "{:?}", live_members(pgid));
         // As if the agent had died: the handle is forgotten, its record stays.

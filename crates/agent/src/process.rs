@@ -253,7 +253,9 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 /// Run a short command to completion, capturing its output (not streamed).
 pub async fn output(cmd: Command) -> std::io::Result<std::process::Output> {
-    output_within(cmd, u64::MAX).await?.ok_or_else(|| std::io::Error::other("output cap reached"))
+    output_within(cmd, u64::MAX)
+        .await?
+        .ok_or_else(|| std::io::Error::other("output cap reached"))
 }
 
 /// Like [`output`], but reading at most `max` bytes of each stream: a command printing more is
@@ -273,8 +275,16 @@ async fn output_within(mut cmd: Command, max: u64) -> std::io::Result<Option<std
         }
         Ok::<_, std::io::Error>(buf)
     };
-    let stdout = running.child.stdout.take().map(|p| Box::new(p) as Box<dyn AsRead + Send>);
-    let stderr = running.child.stderr.take().map(|p| Box::new(p) as Box<dyn AsRead + Send>);
+    let stdout = running
+        .child
+        .stdout
+        .take()
+        .map(|p| Box::new(p) as Box<dyn AsRead + Send>);
+    let stderr = running
+        .child
+        .stderr
+        .take()
+        .map(|p| Box::new(p) as Box<dyn AsRead + Send>);
     let (stdout, stderr) = tokio::try_join!(read(stdout), read(stderr))?;
     if stdout.len() as u64 > max || stderr.len() as u64 > max {
         running.kill().await?;
