@@ -697,3 +697,142 @@ async fn a_frame_capture_between_agent_and_appliance_holds_no_secret_in_clear() 
     assert!(opened.iter().any(|s| s.key == "CANARY" && s.value == CANARY));
     assert!(!stack.logs_contain(CANARY));
 }
+
+/// The non-zombie processes whose argv runs `up` for compose project `project` (`-p project`).
+fn compose_up_processes(project: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        let names_project = argv
+            .windows(2)
+            .any(|w| w[0] == b"-p" && w[1] == project.as_bytes());
+        let is_zombie = stagely_agent::groups::read_stat(pid).is_none_or(|s| s.state == 'Z');
+        if names_project && argv.contains(&&b"up"[..]) && !is_zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Issue 12: a `docker compose up` whose agent was SIGKILLed goes on (it would create the next
+/// container with the old values); the restarted agent ends it before it reports, and nothing
+/// of that deployment is started afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_left_running_by_a_killed_agent_is_ended_before_the_new_agent_reports() {
+    if !prereq::docker() {
+        return;
+    }
+    // `up -d` waits for `slow` to be healthy (about 20 s) before it starts `after`.
+    let compose = r#"
+services:
+  slow:
+    image: stagely-test-busybox:latest
+    command: ["sh", "-c", "sleep 20; touch /tmp/ready; exec sleep 3600"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 1s
+      retries: 120
+  after:
+    image: stagely-test-busybox:latest
+    command: ["sleep", "3600"]
+    depends_on:
+      slow:
+        condition: service_healthy
+"#;
+    let mut stack = Stack::start("e2e-orphan", compose, "staging").await;
+    stack
+        .secret(json!({"key": "CANARY", "value": CANARY, "scope": "global"}))
+        .await;
+    let project = stack.compose_project();
+    // Running containers: compose creates every container first and starts `after` only once
+    // `slow` is healthy.
+    let service_containers = |service: &str| {
+        sh(Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]))
+        .lines()
+        .count()
+    };
+    let id = stack.deploy().await;
+    // Compose prints nothing while it waits for `slow` to turn healthy: killed then, the agent
+    // leaves a compose that lives on until its next write (`slow` healthy) hits the closed pipe.
+    let api = stack.api.clone();
+    wait_for("compose up waiting for `slow`", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let (_, logs) = api.get(&format!("/api/deployments/{id}/logs")).await;
+            logs.to_string().contains("Waiting").then_some(())
+        }
+    })
+    .await;
+    let slow_created = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let up = compose_up_processes(&project);
+    let pgid = stagely_agent::groups::read_stat(up[0]).unwrap().pgrp;
+    // The agent recorded the group in its runtime dir.
+    let runtime = stack.runtime.clone();
+    let records = || {
+        let out = Command::new("find")
+            .arg(&runtime)
+            .args(["-name", "pgroup-*.json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        records()
+            .iter()
+            .any(|r| r.contains(&format!("\"pgid\":{pgid},"))
+                && r.contains(&format!("\"deployment_id\":{id},"))),
+        "no record of group {pgid}: {:?}",
+        records()
+    );
+
+    let mut agent = stack.agent.take().unwrap();
+    agent.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !stagely_agent::groups::live_members(pgid).is_empty(),
+        "the killed agent's compose goes on by itself (the orphan this test is about)"
+    );
+
+    // `start_agent` returns once the new agent is online: by then the orphan must be gone.
+    stack.start_agent().await;
+    assert_eq!(
+        stagely_agent::groups::live_members(pgid),
+        Vec::<i32>::new(),
+        "the restarted agent ended its predecessor's compose before it reported"
+    );
+    assert_eq!(compose_up_processes(&project), Vec::<i32>::new());
+    assert_eq!(records(), Vec::<String>::new(), "the records are removed");
+    let d = stack.api.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(d["status"], "failed", "{d}");
+
+    // `slow` turns healthy about 20 s after it started; an orphan would then start `after`.
+    let settle = Duration::from_secs(32).saturating_sub(slow_created.elapsed());
+    tokio::time::sleep(settle).await;
+    assert_eq!(
+        service_containers("after"),
+        0,
+        "a container was started after the agent restarted"
+    );
+    assert!(
+        file_contains(&stack.root.join("agent.log"), "an earlier agent left running"),
+        "the restarted agent says what it ended"
+    );
+    assert!(!stack.logs_contain(CANARY));
+}

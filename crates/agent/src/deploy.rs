@@ -90,9 +90,15 @@ impl Deployer {
     ) -> DeployResult {
         let masker = Masker::new(secrets.iter().map(|s| s.value.as_str()));
         let mut commit = None;
+        // Every command of this deployment is recorded (its process group) in the runtime dir
+        // while it runs, so an agent restarted after a crash can end it (crate::groups).
         let outcome = tokio::time::timeout(
             self.deploy_timeout,
-            self.run_inner(deployment_id, project, secrets, &masker, log, &mut commit),
+            super::groups::scope(
+                self.runtime.path(),
+                deployment_id,
+                self.run_inner(deployment_id, project, secrets, &masker, log, &mut commit),
+            ),
         )
         .await
         .unwrap_or(Err(DeployError::Timeout(self.deploy_timeout)));

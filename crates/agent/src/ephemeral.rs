@@ -2,7 +2,8 @@
 //! 0700 directory on tmpfs (`$XDG_RUNTIME_DIR`, else `/dev/shm`), never persistent disk when the
 //! machine has a tmpfs. Each deployment gets its own subdirectory, removed by a drop guard on
 //! every path (success, failure, error, cancellation, panic); leftovers of a crash are removed
-//! when the agent starts.
+//! when the agent starts, after the process groups a killed agent left running are ended
+//! ([`crate::groups`]).
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write as _;
@@ -163,6 +164,9 @@ fn owned_by_us(path: &Path) -> bool {
 }
 
 fn clear_dir(path: &Path) {
+    // First the commands an earlier agent left running (their records live here too): ended
+    // before anything else is removed and before this agent connects and reports.
+    super::groups::end_leftovers(path);
     let Ok(entries) = fs::read_dir(path) else { return };
     for entry in entries.flatten() {
         let p = entry.path();

@@ -6,6 +6,8 @@
 //! - [`override_file`]: the Config Merger that turns secrets into `docker-compose.stagely.yml`.
 //! - [`compose`], [`checkout`], [`verify`]: the only external commands the agent runs.
 //! - [`ephemeral`]: the private tmpfs directory the override lives in, and its drop guard.
+//! - [`groups`]: every command in a process group of its own, recorded while it runs, so no
+//!   command outlives its agent (a restarted agent ends what a killed one left running).
 //! - [`policy`], [`sources`]: the compose policy (what a compose model may ask of the host) and
 //!   the confinement of every file compose reads to the checkout.
 //! - [`identity`]: the age identity DEPLOY secrets are sealed to (end to end).
@@ -20,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod deploy;
 pub mod ephemeral;
+pub mod groups;
 pub mod identity;
 pub mod override_file;
 pub mod policy;

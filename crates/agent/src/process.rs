@@ -1,14 +1,17 @@
 //! How the agent starts the few commands it runs (git, compose, docker): always an argument
-//! list, never a shell string; stdin closed; killed if the deployment is dropped; and without the
-//! agent's own `STAGELY_AGENT_*` variables, so a compose file's `${…}` cannot read the agent token.
+//! list, never a shell string; stdin closed; in a process group of its own, recorded while a
+//! deployment's command runs and killed whole if the deployment is dropped ([`crate::groups`]);
+//! and without the agent's own `STAGELY_AGENT_*` variables, so a compose file's `${…}` cannot
+//! read the agent token.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
-use super::{LogLine, LogSink};
+use super::{LogLine, LogSink, groups};
 use stagely_protocol::LogStream;
 use stagely_protocol::mask::Masker;
 
@@ -21,16 +24,83 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// whole before the cut.
 pub const MAX_READ_LINE_BYTES: usize = 1024 * 1024;
 
-/// A command with the agent's hygiene applied.
+/// A command with the agent's hygiene applied. Start it with [`spawn`] (or the helpers below),
+/// which records its group and kills the whole group if it is dropped while running.
 pub fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
-    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    // Its own process group (pgid = its pid), so everything it starts can be ended together,
+    // by this agent or, after a crash, by the next one.
+    cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("STAGELY_AGENT_") {
             cmd.env_remove(name);
         }
     }
     cmd
+}
+
+/// A started command: its child, its process group, and (inside a deployment) the group's
+/// record. Dropped before the command was waited for, it kills the whole group.
+#[derive(Debug)]
+pub struct Running {
+    pub child: Child,
+    pgid: Option<i32>,
+    reaped: bool,
+    _record: Option<groups::Recorded>,
+}
+
+/// Spawn `cmd` (made by [`command`]) and record its group.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<Running> {
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    let program = Path::new(cmd.as_std().get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let record = pid.and_then(|pid| groups::record(pid, &program));
+    Ok(Running {
+        child,
+        pgid: pid.and_then(|p| i32::try_from(p).ok()),
+        reaped: false,
+        _record: record,
+    })
+}
+
+impl Running {
+    pub fn pgid(&self) -> Option<i32> {
+        self.pgid
+    }
+
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child.wait().await?;
+        self.reaped = true;
+        Ok(status)
+    }
+
+    /// Kill the whole group now and reap the leader.
+    pub async fn kill(&mut self) -> std::io::Result<()> {
+        self.kill_group();
+        self.child.kill().await?;
+        self.reaped = true;
+        Ok(())
+    }
+
+    fn kill_group(&self) {
+        // While the leader is not reaped its pid (the pgid) cannot be reused: this signals only
+        // our own group.
+        if let Some(pgid) = self.pgid.filter(|_| !self.reaped)
+            && let Err(e) = groups::signal_group(pgid, rustix::process::Signal::KILL)
+            && e.raw_os_error() != Some(3)
+        {
+            tracing::warn!(pgid, error = %e, "cannot kill a command's process group");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
 }
 
 /// What a streamed command left behind.
@@ -63,9 +133,9 @@ pub async fn run_streamed(
     keep_tail: usize,
 ) -> std::io::Result<Streamed> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let mut running = spawn(&mut cmd)?;
+    let stdout = running.child.stdout.take();
+    let stderr = running.child.stderr.take();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ReadLine>();
     let readers = async {
         tokio::join!(
@@ -92,7 +162,7 @@ pub async fn run_streamed(
         }
     };
     tokio::join!(readers, forward);
-    let status = child.wait().await?;
+    let status = running.wait().await?;
     Ok(Streamed {
         status,
         tail: tail.into_iter().collect(),
@@ -182,32 +252,45 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Run a short command to completion, capturing its output (not streamed).
-pub async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.output().await
+pub async fn output(cmd: Command) -> std::io::Result<std::process::Output> {
+    output_within(cmd, u64::MAX)
+        .await?
+        .ok_or_else(|| std::io::Error::other("output cap reached"))
 }
 
 /// Like [`output`], but reading at most `max` bytes of each stream: a command printing more is
 /// killed and reported as `Ok(None)`, so its output cannot fill the agent's memory.
-pub async fn output_capped(mut cmd: Command, max: usize) -> std::io::Result<Option<std::process::Output>> {
+pub async fn output_capped(cmd: Command, max: usize) -> std::io::Result<Option<std::process::Output>> {
+    output_within(cmd, max as u64).await
+}
+
+async fn output_within(mut cmd: Command, max: u64) -> std::io::Result<Option<std::process::Output>> {
     use tokio::io::AsyncReadExt;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
+    let mut running = spawn(&mut cmd)?;
     let read = |pipe: Option<Box<dyn AsRead + Send>>| async move {
         let mut buf = Vec::new();
         if let Some(pipe) = pipe {
-            pipe.take(max as u64 + 1).read_to_end(&mut buf).await?;
+            pipe.take(max.saturating_add(1)).read_to_end(&mut buf).await?;
         }
         Ok::<_, std::io::Error>(buf)
     };
-    let stdout = child.stdout.take().map(|p| Box::new(p) as Box<dyn AsRead + Send>);
-    let stderr = child.stderr.take().map(|p| Box::new(p) as Box<dyn AsRead + Send>);
+    let stdout = running
+        .child
+        .stdout
+        .take()
+        .map(|p| Box::new(p) as Box<dyn AsRead + Send>);
+    let stderr = running
+        .child
+        .stderr
+        .take()
+        .map(|p| Box::new(p) as Box<dyn AsRead + Send>);
     let (stdout, stderr) = tokio::try_join!(read(stdout), read(stderr))?;
-    if stdout.len() > max || stderr.len() > max {
-        child.kill().await?;
+    if stdout.len() as u64 > max || stderr.len() as u64 > max {
+        running.kill().await?;
         return Ok(None);
     }
-    let status = child.wait().await?;
+    let status = running.wait().await?;
     Ok(Some(std::process::Output {
         status,
         stdout,
