@@ -197,7 +197,9 @@ pub async fn upgrade(
 async fn admit(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<AgentIdentity, Response> {
     let admission = &state.hub.admission;
     let token = bearer(headers).filter(|t| t.starts_with(AGENT_TOKEN_PREFIX));
-    let hash = token.map(hash_token);
+    // Keyed like the store: by the token's secret part (the fingerprint after the `.` is not
+    // part of what authenticates), so the hashes loaded at start and made at creation match.
+    let hash = token.map(|t| hash_token(protocol::signing::split_token(t).0));
     let known = hash.as_deref().is_some_and(|h| admission.is_known(h));
     if !known && let Err(retry) = admission.try_attempt(ip, Instant::now()) {
         return Err(WebError::TooMany {
