@@ -678,7 +678,9 @@ async fn a_frame_capture_between_agent_and_appliance_holds_no_secret_in_clear() 
     let deploys: Vec<Value> = capture
         .text_frames()
         .iter()
-        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+        // Every frame is a signed envelope: open it (the signature is checked) to see the message.
+        .filter_map(|f| stagely_protocol::signing::open(f).ok())
+        .filter_map(|o| serde_json::from_str::<Value>(o.message()).ok())
         .filter(|f| f["type"] == "DEPLOY")
         .collect();
     assert_eq!(deploys.len(), 1, "the DEPLOY went through the proxy");

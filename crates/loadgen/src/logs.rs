@@ -212,7 +212,11 @@ pub async fn wait_frame(ws: &mut agent::Ws, kind: &str, id: i64) -> Result<()> {
     tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(frame) = ws.next().await {
             if let Message::Text(t) = frame? {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                // Every server frame is a signed envelope (issue 11): open it, then read it.
+                let Ok(opened) = stagely_protocol::signing::open(t.as_str()) else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(opened.message()).unwrap_or_default();
                 if v["type"] == kind && v["deployment_id"] == id {
                     return Ok(());
                 }
