@@ -175,6 +175,12 @@ struct Tally {
     incomplete_logs: BTreeMap<Fault, u64>,
 }
 
+/// Seconds since the suite started, for progress lines.
+fn t() -> String {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    format!("[{:6.1}s]", START.get_or_init(Instant::now).elapsed().as_secs_f64())
+}
+
 /// One run's context, for messages.
 struct Run<'a> {
     n: usize,
@@ -222,6 +228,7 @@ async fn under_kills_blackholes_and_cuts_every_deployment_ends_true_and_nothing_
         knobs.kinds.iter().map(|k| k.name()).collect::<Vec<_>>()
     );
     let started = Instant::now();
+    eprintln!("{} starting the stack", t());
     let lost = AGENT_LOST_SECS.to_string();
     let options = StackOptions {
         server_env: vec![
@@ -253,6 +260,7 @@ async fn under_kills_blackholes_and_cuts_every_deployment_ends_true_and_nothing_
         .unwrap();
 
     // A deploy without faults first: the ground the runs stand on.
+    eprintln!("{} stack up; the fault-free deploy", t());
     let first = stack.deploy().await;
     let d = stack.api.wait_finished(first, Duration::from_secs(120)).await;
     assert_eq!(d["status"], "success", "the fault-free deploy: {d}");
@@ -299,6 +307,7 @@ async fn under_kills_blackholes_and_cuts_every_deployment_ends_true_and_nothing_
         tally.violations.len()
     ));
     eprintln!("{summary}");
+    keep_logs(&stack, &summary, &tally.violations);
     assert!(
         tally.violations.is_empty(),
         "{} invariant violation(s):\n{}\n{summary}",
@@ -352,7 +361,7 @@ async fn one_run(stack: &mut Stack, rng: &mut Rng, knobs: &Knobs, run_token: i64
             stack.faults.as_ref().unwrap().cut();
         }
     }
-    eprintln!("run {} ({}): {}", run.n, run.fault.name(), run.what);
+    eprintln!("{} run {} ({}): {}", t(), run.n, run.fault.name(), run.what);
     let count = run.tally.kinds.entry(run.fault).or_default();
     count.runs += 1;
     run.check(outlived.is_empty(), || {
@@ -369,6 +378,7 @@ async fn one_run(stack: &mut Stack, rng: &mut Rng, knobs: &Knobs, run_token: i64
         ));
         return;
     };
+    eprintln!("{} run {}: deployment {id} {} {}", t(), run.n, d["status"], d["error"]);
     check_outcome(stack, run, &d, value, "the faulted deployment");
 
     // The next deploy, without a fault, succeeds.
@@ -381,6 +391,7 @@ async fn one_run(stack: &mut Stack, rng: &mut Rng, knobs: &Knobs, run_token: i64
             return;
         }
     };
+    eprintln!("{} run {}: next deploy {next}", t(), run.n);
     match wait_terminal(stack, next, Duration::from_secs(90)).await {
         None => run.violation(format!("the next deployment {next} did not finish in 90 s")),
         Some(n) => {
@@ -396,6 +407,7 @@ async fn one_run(stack: &mut Stack, rng: &mut Rng, knobs: &Knobs, run_token: i64
         check_log(stack, run, deployment).await;
     }
     check_traces(stack, run, value, &[id, next]).await;
+    eprintln!("{} run {}: checked", t(), run.n);
 }
 
 /// Success: the containers hold exactly this run's values. Failure: it says why.
@@ -544,6 +556,24 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+/// The process logs and the summary into `$STAGELY_TEST_ARTIFACTS/faults/` (default
+/// `artifacts/`), for a failing run to be read after the temp dir is gone.
+fn keep_logs(stack: &Stack, summary: &str, violations: &[String]) {
+    let base = std::env::var("STAGELY_TEST_ARTIFACTS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts").to_owned());
+    let dir = Path::new(&base).join("faults");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for log in ["server.log", "agent.log"] {
+        let _ = std::fs::copy(stack.root.join(log), dir.join(log));
+    }
+    let _ = std::fs::write(
+        dir.join("summary.txt"),
+        format!("{summary}\n{}\n", violations.join("\n")),
+    );
 }
 
 async fn request_deploy(stack: &Stack) -> Result<i64, String> {
