@@ -196,10 +196,9 @@ impl Stack {
             .iter()
             .any(|(k, _)| k == "STAGELY_DEPLOYS__AGENT_LOST_TIMEOUT_SECS")
         {
-            options.server_env.push((
-                "STAGELY_DEPLOYS__AGENT_LOST_TIMEOUT_SECS".into(),
-                "20".into(),
-            ));
+            options
+                .server_env
+                .push(("STAGELY_DEPLOYS__AGENT_LOST_TIMEOUT_SECS".into(), "20".into()));
         }
         let server = Self::spawn_server(&root, "127.0.0.1:0", &options).await;
         let api = Api::new(&server.url, &admin_token(&data));

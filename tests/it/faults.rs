@@ -178,7 +178,10 @@ struct Tally {
 /// Seconds since the suite started, for progress lines.
 fn t() -> String {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    format!("[{:6.1}s]", START.get_or_init(Instant::now).elapsed().as_secs_f64())
+    format!(
+        "[{:6.1}s]",
+        START.get_or_init(Instant::now).elapsed().as_secs_f64()
+    )
 }
 
 /// One run's context, for messages.
@@ -316,7 +319,14 @@ async fn under_kills_blackholes_and_cuts_every_deployment_ends_true_and_nothing_
     );
 }
 
-async fn one_run(stack: &mut Stack, rng: &mut Rng, knobs: &Knobs, run_token: i64, value: &str, run: &mut Run<'_>) {
+async fn one_run(
+    stack: &mut Stack,
+    rng: &mut Rng,
+    knobs: &Knobs,
+    run_token: i64,
+    value: &str,
+    run: &mut Run<'_>,
+) {
     let (status, body) = stack
         .api
         .put(&format!("/api/secrets/{run_token}"), json!({"value": value}))
@@ -340,8 +350,11 @@ async fn one_run(stack: &mut Stack, rng: &mut Rng, knobs: &Knobs, run_token: i64
             stack.restart_server(Duration::from_millis(down)).await;
         }
         Fault::AgentKill => {
-            run.what = format!("deployment {id}, {delay} ms in ({status_then})");
             let before = compose_processes(&stack.compose_project(), None);
+            run.what = format!(
+                "deployment {id}, {delay} ms in ({status_then}), {} compose processes running",
+                before.len()
+            );
             stack.kill_agent().await;
             stack.start_agent().await;
             // `start_agent` returns once the new agent is online: its predecessor's compose
@@ -378,12 +391,20 @@ async fn one_run(stack: &mut Stack, rng: &mut Rng, knobs: &Knobs, run_token: i64
         ));
         return;
     };
-    eprintln!("{} run {}: deployment {id} {} {}", t(), run.n, d["status"], d["error"]);
+    eprintln!(
+        "{} run {}: deployment {id} {} {}",
+        t(),
+        run.n,
+        d["status"],
+        d["error"]
+    );
     check_outcome(stack, run, &d, value, "the faulted deployment");
 
     // The next deploy, without a fault, succeeds.
     let online = wait_online(stack, Duration::from_secs(60)).await;
-    run.check(online, || "the agent is not back online 60 s after the fault".into());
+    run.check(online, || {
+        "the agent is not back online 60 s after the fault".into()
+    });
     let next = match request_deploy(stack).await {
         Ok(next) => next,
         Err(e) => {
@@ -458,7 +479,9 @@ async fn stored_log(stack: &Stack, id: i64) -> Vec<Value> {
     loop {
         let (status, page) = stack
             .api
-            .get(&format!("/api/deployments/{id}/logs?after_seq={after}&limit=5000"))
+            .get(&format!(
+                "/api/deployments/{id}/logs?after_seq={after}&limit=5000"
+            ))
             .await;
         assert_eq!(status, 200, "logs of {id}: {page}");
         let page = page.as_array().cloned().unwrap_or_default();
@@ -469,14 +492,16 @@ async fn stored_log(stack: &Stack, id: i64) -> Vec<Value> {
     lines
 }
 
-/// The stored log is complete (seq 0, 1, … up to its last line, none twice) and masked.
-async fn check_log(stack: &Stack, run: &mut Run<'_>, id: i64) {
-    let lines = stored_log(stack, id).await;
-    let seqs: Vec<i64> = lines.iter().filter_map(|l| l["seq"].as_i64()).collect();
+/// The line the agent ends every successful deployment's log with (crates/agent/src/deploy.rs):
+/// a success whose log does not end with it lost its last lines.
+const LAST_LINE_OF_A_SUCCESS: &str = "all services are up";
+
+/// The seqs missing from `0..=last` and those seen twice (or out of order), in stored order.
+fn log_gaps(seqs: &[i64]) -> (Vec<i64>, Vec<i64>) {
     let mut missing = Vec::new();
     let mut duplicates = Vec::new();
     let mut expect = 0i64;
-    for &s in &seqs {
+    for &s in seqs {
         if s < expect {
             duplicates.push(s);
             continue;
@@ -484,15 +509,35 @@ async fn check_log(stack: &Stack, run: &mut Run<'_>, id: i64) {
         missing.extend(expect..s);
         expect = s + 1;
     }
-    if !missing.is_empty() || !duplicates.is_empty() {
+    (missing, duplicates)
+}
+
+#[test]
+fn the_log_check_sees_gaps_duplicates_and_a_missing_start() {
+    assert_eq!(log_gaps(&[]), (vec![], vec![]));
+    assert_eq!(log_gaps(&[0, 1, 2]), (vec![], vec![]));
+    assert_eq!(log_gaps(&[0, 2, 5]), (vec![1, 3, 4], vec![]));
+    assert_eq!(log_gaps(&[1, 2]), (vec![0], vec![]), "a log starts at seq 0");
+    assert_eq!(log_gaps(&[0, 1, 1, 2, 0]), (vec![], vec![1, 0]));
+}
+
+/// The stored log is complete (seq 0, 1, … up to its last line, none twice; a success's ends
+/// with the agent's closing line) and masked.
+async fn check_log(stack: &Stack, run: &mut Run<'_>, id: i64) {
+    let lines = stored_log(stack, id).await;
+    let seqs: Vec<i64> = lines.iter().filter_map(|l| l["seq"].as_i64()).collect();
+    let (missing, duplicates) = log_gaps(&seqs);
+    let (_, d) = stack.api.get(&format!("/api/deployments/{id}")).await;
+    let last = lines.last().and_then(|l| l["line"].as_str()).unwrap_or("");
+    let cut_short = d["status"] == "success" && last != LAST_LINE_OF_A_SUCCESS;
+    if !missing.is_empty() || !duplicates.is_empty() || cut_short {
         *run.tally.incomplete_logs.entry(run.fault).or_default() += 1;
         run.violation(format!(
-            "the stored log of deployment {id} is not complete: {} lines up to seq {}, missing {:?}, \
-             duplicated {:?}",
+            "the stored log of deployment {id} ({}) is not complete: {} lines up to seq {}, \
+             missing {missing:?}, duplicated {duplicates:?}, last line {last:?}",
+            d["status"],
             seqs.len(),
-            expect - 1,
-            missing,
-            duplicates
+            seqs.last().copied().unwrap_or(-1),
         ));
     }
     let text = Value::Array(lines).to_string();
@@ -518,9 +563,10 @@ async fn check_traces(stack: &Stack, run: &mut Run<'_>, value: &str, deployments
             format!("{needle:?} is left in the runtime dir after the deploy: {shm:?}")
         });
         for log in ["server.log", "agent.log"] {
-            run.check(!crate::common::file_contains(&stack.root.join(log), needle), || {
-                format!("{needle:?} is in {log}")
-            });
+            run.check(
+                !crate::common::file_contains(&stack.root.join(log), needle),
+                || format!("{needle:?} is in {log}"),
+            );
         }
         for db in ["stagely.db", "stagely.db-wal"] {
             let path = stack.root.join("data").join(db);
@@ -549,8 +595,7 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
         let Ok(t) = e.file_type() else { continue };
         if t.is_dir() {
             found.extend(files_holding(&p, needle));
-        } else if t.is_file()
-            && (e.file_name() == OVERRIDE_NAME || crate::common::file_contains(&p, needle))
+        } else if t.is_file() && (e.file_name() == OVERRIDE_NAME || crate::common::file_contains(&p, needle))
         {
             found.push(p);
         }
