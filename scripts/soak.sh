@@ -46,7 +46,8 @@ echo
 echo "=== soak: $runs runs, blackholes ${STAGELY_FAULT_BLACKHOLE_MIN}-${STAGELY_FAULT_BLACKHOLE_MAX} s ==="
 grep -E '^fault suite: ' "$log" | head -1 || true
 # The summary the test prints: per kind, totals, violations.
-sed -n '/^fault suite summary/,/invariant violations:/p' "$log"
+# (printed once; a failing test repeats it in its panic message)
+awk '/^fault suite summary/ { p = 1 } p { print } p && /invariant violations:/ { exit }' "$log"
 echo "total time: $((end - start)) s (log: $log; process logs: $STAGELY_TEST_ARTIFACTS/faults/)"
 if [ "$status" != 0 ]; then
   echo "soak FAILED (exit $status): see the VIOLATION lines above" >&2
