@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::{Api, ServerProcess, admin_token, wait_for};
-use crate::e2e_engine::git_repo;
+use crate::engine_support::git_repo;
 use crate::prereq;
 
 fn compose(service: &str) -> String {

@@ -1,14 +1,14 @@
 //! End to end on a real engine: `stagely serve` and `stagely-agent run` as real processes, a
 //! compose project in a local git repository, real containers whose environment is read back.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Api, ServerProcess, admin_token, file_contains, wait_for};
+use crate::common::{file_contains, wait_for};
+use crate::engine_support::{Stack, compose_up_processes, sh};
 use crate::prereq;
 
 const CANARY: &str = "e2e-canary-5d1b7c0a";
@@ -29,348 +29,6 @@ fn hard_values() -> Vec<(&'static str, String)> {
         ("BIG", "0123456789abcdef".repeat(4096)),
         ("CANARY", CANARY.into()),
     ]
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A git repository holding `compose.yaml` (and whatever else), committed.
-pub(crate) fn git_repo(dir: &Path, compose: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("compose.yaml"), compose).unwrap();
-    let git = |args: &[&str]| {
-        sh(Command::new("git")
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(dir))
-    };
-    git(&["init", "-q"]);
-    git(&["add", "."]);
-    git(&["commit", "-q", "-m", "compose project"]);
-    format!("file://{}", dir.display())
-}
-
-struct Stack {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    server: Option<ServerProcess>,
-    agent: Option<tokio::process::Child>,
-    api: Api,
-    project: String,
-    runtime: PathBuf,
-    /// When set, the agent dials the appliance through this frame-capturing proxy.
-    proxy: Option<Capture>,
-}
-
-/// A TCP proxy on loopback between the agent and the appliance that keeps every byte the
-/// appliance sends (server-to-client WebSocket frames are not masked: a clear value would be
-/// there as is), as a TLS-terminating proxy or a frame log on the path would.
-struct Capture {
-    url: String,
-    from_server: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl Capture {
-    async fn start(upstream: &str) -> Capture {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let from_server = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = from_server.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                    let _ = sw.shutdown().await;
-                });
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = cw.shutdown().await;
-                });
-            }
-        });
-        Capture { url, from_server }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.from_server.lock().unwrap().clone()
-    }
-
-    /// The text frames of the capture, after the HTTP upgrade response (unmasked frames of a
-    /// server; every connection's bytes in order, each starting with its own response).
-    fn text_frames(&self) -> Vec<String> {
-        let bytes = self.bytes();
-        let mut frames = Vec::new();
-        let mut rest: &[u8] = &bytes;
-        while !rest.is_empty() {
-            if rest.starts_with(b"HTTP/1.1") {
-                let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                rest = &rest[end..];
-                continue;
-            }
-            let (opcode, short) = (rest[0] & 0x0f, usize::from(rest[1] & 0x7f));
-            let (len, head) = match short {
-                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
-                127 => (
-                    usize::try_from(u64::from_be_bytes(rest[2..10].try_into().unwrap())).unwrap(),
-                    10,
-                ),
-                n => (n, 2),
-            };
-            if rest.len() < head + len {
-                break;
-            }
-            if opcode == 1 {
-                frames.push(String::from_utf8_lossy(&rest[head..head + len]).into_owned());
-            }
-            rest = &rest[head + len..];
-        }
-        frames
-    }
-}
-
-impl Stack {
-    /// Server + project (from `compose`) + environment `env` + a running real agent.
-    async fn start(name: &str, compose: &str, env: &str) -> Stack {
-        Self::start_inner(name, compose, env, false).await
-    }
-
-    /// As [`Stack::start`], the agent dialing through a [`Capture`].
-    async fn start_captured(name: &str, compose: &str, env: &str) -> Stack {
-        Self::start_inner(name, compose, env, true).await
-    }
-
-    async fn start_inner(name: &str, compose: &str, env: &str, captured: bool) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        let data = root.join("data");
-        let server = ServerProcess::spawn(
-            &data,
-            "127.0.0.1:0",
-            &[("STAGELY_DEPLOYS__AGENT_LOST_TIMEOUT_SECS", "20")],
-            &root.join("server.log"),
-        )
-        .await;
-        let api = Api::new(&server.url, &admin_token(&data));
-        let project = format!("{name}-{}", std::process::id());
-        let repo = git_repo(&root.join("repo"), compose);
-        let (status, p) = api
-            .post(
-                "/api/projects",
-                json!({"name": project, "repo_url": repo, "compose_path": "compose.yaml", "pull": "never"}),
-            )
-            .await;
-        assert_eq!(status, 201, "{p}");
-        api.ok(
-            &format!("/api/projects/{}/environments", p["id"]),
-            json!({"name": env}),
-            201,
-        )
-        .await;
-        let runtime = PathBuf::from("/dev/shm").join(format!("stagely-test-{}-{name}", std::process::id()));
-        let proxy = match captured {
-            true => Some(Capture::start(&api.url).await),
-            false => None,
-        };
-        let mut stack = Stack {
-            _dir: dir,
-            root,
-            server: Some(server),
-            agent: None,
-            api,
-            project,
-            runtime,
-            proxy,
-        };
-        stack.start_agent().await;
-        stack
-    }
-
-    async fn project_id(&self) -> i64 {
-        let (_, ps) = self.api.get("/api/projects").await;
-        ps.as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == self.project.as_str())
-            .unwrap()["id"]
-            .as_i64()
-            .unwrap()
-    }
-
-    async fn start_agent(&mut self) {
-        let token_file = self.root.join("agent.token");
-        if !token_file.exists() {
-            let pid = self.project_id().await;
-            let (_, p) = self.api.get(&format!("/api/projects/{pid}")).await;
-            let env_id = p["environments"][0]["id"].as_i64().unwrap();
-            let (_, token) = self.api.agent(env_id, "e2e").await;
-            std::fs::write(&token_file, token).unwrap();
-        }
-        std::fs::create_dir_all(&self.runtime).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("agent.log"))
-            .unwrap();
-        let server = self
-            .proxy
-            .as_ref()
-            .map_or(self.api.url.clone(), |p| p.url.clone());
-        let child = tokio::process::Command::new(crate::bins::agent())
-            .args(["run", "--server", &server, "--token-file"])
-            .arg(&token_file)
-            .arg("--work-dir")
-            .arg(self.root.join("work"))
-            .arg("--runtime-dir")
-            .arg(&self.runtime)
-            .args(["--verify-wait-secs", "1"])
-            .env("STAGELY_AGENT_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-        let api = self.api.clone();
-        wait_for("agent online", Duration::from_secs(30), || {
-            let api = api.clone();
-            async move {
-                api.get("/api/agents")
-                    .await
-                    .1
-                    .as_array()?
-                    .iter()
-                    .any(|a| a["online"] == true)
-                    .then_some(())
-            }
-        })
-        .await;
-    }
-
-    async fn secret(&self, body: Value) {
-        let pid = self.project_id().await;
-        self.api
-            .ok(&format!("/api/projects/{pid}/secrets"), body, 201)
-            .await;
-    }
-
-    async fn deploy(&self) -> i64 {
-        let pid = self.project_id().await;
-        let (status, body) = self.api.post(&format!("/api/deploy/{pid}"), json!({})).await;
-        assert_eq!(status, 202, "{body}");
-        body["deployment_id"].as_i64().unwrap()
-    }
-
-    fn compose_project(&self) -> String {
-        let env = "staging";
-        format!("{}-{env}", self.project)
-    }
-
-    /// The environment of a service's running container, as the container sees it.
-    fn container_env(&self, service: &str) -> HashMap<String, String> {
-        let id = sh(Command::new("docker").args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.compose_project()),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]));
-        let id = id.trim();
-        assert!(!id.is_empty(), "no running container for {service}");
-        let raw = Command::new("docker")
-            .args(["exec", id, "cat", "/proc/1/environ"])
-            .output()
-            .unwrap()
-            .stdout;
-        raw.split(|b| *b == 0)
-            .filter(|kv| !kv.is_empty())
-            .filter_map(|kv| {
-                let kv = String::from_utf8(kv.to_vec()).unwrap();
-                kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
-            })
-            .collect()
-    }
-
-    fn containers(&self) -> usize {
-        let out = sh(Command::new("docker").args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.compose_project()),
-        ]));
-        out.lines().count()
-    }
-
-    /// Every override file left anywhere this stack's agent could have written one: its
-    /// `--runtime-dir` and its work dir. (Other tests' agents may hold their own override in
-    /// /dev/shm at this very moment, so /dev/shm as a whole is not this test's to judge.)
-    fn leftover_overrides(&self) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        for base in [self.runtime.clone(), self.root.join("work")] {
-            let out = Command::new("find")
-                .arg(&base)
-                .args(["-name", "docker-compose.stagely.yml"])
-                .output()
-                .unwrap();
-            found.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
-        }
-        found
-    }
-
-    fn logs_contain(&self, needle: &str) -> bool {
-        file_contains(&self.root.join("server.log"), needle)
-            || file_contains(&self.root.join("agent.log"), needle)
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args([
-                "compose",
-                "-p",
-                &self.compose_project(),
-                "down",
-                "-v",
-                "--remove-orphans",
-                "-t",
-                "0",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.runtime);
-    }
 }
 
 const TWO_SERVICES: &str = r#"
@@ -545,19 +203,7 @@ services:
         async move { (api.get(&format!("/api/deployments/{id}")).await.1["status"] == "running").then_some(()) }
     })
     .await;
-    let server = stack.server.take().unwrap();
-    let port = server.port();
-    let data = stack.root.join("data");
-    server.kill().await;
-    stack.server = Some(
-        ServerProcess::spawn(
-            &data,
-            &format!("127.0.0.1:{port}"),
-            &[],
-            &stack.root.join("server.log"),
-        )
-        .await,
-    );
+    stack.restart_server(Duration::ZERO).await;
     let d = stack.api.wait_finished(id, Duration::from_secs(120)).await;
     assert_eq!(d["status"], "success", "reported after reconnecting: {d}");
 
@@ -569,8 +215,7 @@ services:
         async move { (api.get(&format!("/api/deployments/{id}")).await.1["status"] == "running").then_some(()) }
     })
     .await;
-    let mut agent = stack.agent.take().unwrap();
-    agent.kill().await.unwrap();
+    stack.kill_agent().await;
     stack.start_agent().await;
     let d = stack.api.wait_finished(id, Duration::from_secs(60)).await;
     // The restarted agent remembers it was mid-deploy and says so itself (the server would
@@ -700,28 +345,6 @@ async fn a_frame_capture_between_agent_and_appliance_holds_no_secret_in_clear() 
     assert!(!stack.logs_contain(CANARY));
 }
 
-/// The non-zombie processes whose argv runs `up` for compose project `project` (`-p project`).
-fn compose_up_processes(project: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let argv: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-        let names_project = argv
-            .windows(2)
-            .any(|w| w[0] == b"-p" && w[1] == project.as_bytes());
-        let is_zombie = stagely_agent::groups::read_stat(pid).is_none_or(|s| s.state == 'Z');
-        if names_project && argv.contains(&&b"up"[..]) && !is_zombie {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// Issue 12: a `docker compose up` whose agent was SIGKILLed goes on (it would create the next
 /// container with the old values); the restarted agent ends it before it reports, and nothing
 /// of that deployment is started afterwards.
@@ -804,8 +427,7 @@ services:
         records()
     );
 
-    let mut agent = stack.agent.take().unwrap();
-    agent.kill().await.unwrap();
+    stack.kill_agent().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !stagely_agent::groups::live_members(pgid).is_empty(),

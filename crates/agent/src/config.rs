@@ -18,6 +18,8 @@ pub const DEFAULT_WORK_DIR: &str = "/var/lib/stagely-agent";
 pub const DEFAULT_VERIFY_WAIT_SECS: f64 = 5.0;
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_DEPLOY_TIMEOUT_SECS: u64 = 30 * 60;
+/// The longest wait between two reconnect attempts (the backoff's cap).
+pub const DEFAULT_RECONNECT_MAX_SECS: u64 = 60;
 
 /// Every `STAGELY_AGENT_*` variable the agent reads; others get a warning (likely a typo).
 const KNOWN_ENV: &[&str] = &[
@@ -32,6 +34,7 @@ const KNOWN_ENV: &[&str] = &[
     "STAGELY_AGENT_HEALTH_TIMEOUT_SECS",
     "STAGELY_AGENT_RUNTIME_DIR",
     "STAGELY_AGENT_DEPLOY_TIMEOUT_SECS",
+    "STAGELY_AGENT_RECONNECT_MAX_SECS",
     "STAGELY_AGENT_LOG",
     "STAGELY_AGENT_INSECURE_TRANSPORT",
 ];
@@ -98,6 +101,9 @@ pub struct RunArgs {
     /// A deployment still running after this many seconds is stopped and failed [default: 1800].
     #[arg(long, env = "STAGELY_AGENT_DEPLOY_TIMEOUT_SECS")]
     pub deploy_timeout_secs: Option<u64>,
+    /// The longest wait between reconnect attempts, in seconds (1–3600) [default: 60].
+    #[arg(long, env = "STAGELY_AGENT_RECONNECT_MAX_SECS")]
+    pub reconnect_max_secs: Option<u64>,
     /// Allow an unencrypted ws:// (http://) server that is not on loopback; warned at every connect.
     #[arg(long, env = "STAGELY_AGENT_INSECURE_TRANSPORT")]
     pub insecure_transport: bool,
@@ -116,6 +122,7 @@ pub struct FileConfig {
     pub health_timeout_secs: Option<u64>,
     pub runtime_dir: Option<PathBuf>,
     pub deploy_timeout_secs: Option<u64>,
+    pub reconnect_max_secs: Option<u64>,
     /// The file's form of `--insecure-transport` (install.sh writes it when told to).
     pub insecure_transport: Option<bool>,
     /// The compose policy's allowances (docs/agent.md). Only this file sets them: no flag, no
@@ -157,6 +164,8 @@ pub struct Settings {
     pub health_timeout: Duration,
     pub runtime_dir: Option<PathBuf>,
     pub deploy_timeout: Duration,
+    /// The reconnect backoff's cap.
+    pub reconnect_max: Duration,
     /// `ws://` to a host that is not loopback was allowed with `--insecure-transport`.
     pub insecure_transport: bool,
     pub policy: PolicyConfig,
@@ -220,6 +229,13 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
     if !(1..=86_400).contains(&deploy_timeout) {
         return Err(ConfigError::BadDuration("deploy_timeout_secs", 86_400));
     }
+    let reconnect_max = args
+        .reconnect_max_secs
+        .or(file.reconnect_max_secs)
+        .unwrap_or(DEFAULT_RECONNECT_MAX_SECS);
+    if !(1..=3600).contains(&reconnect_max) {
+        return Err(ConfigError::BadDuration("reconnect_max_secs", 3600));
+    }
     Ok(Settings {
         url,
         token,
@@ -233,6 +249,7 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
         health_timeout: Duration::from_secs(health),
         runtime_dir: args.runtime_dir.or(file.runtime_dir),
         deploy_timeout: Duration::from_secs(deploy_timeout),
+        reconnect_max: Duration::from_secs(reconnect_max),
         insecure_transport,
         policy: file.policy,
     })
@@ -401,6 +418,23 @@ mod tests {
         };
         let s = merge(args, FileConfig::default(), Some("from-env".into())).unwrap();
         assert_eq!(s.token.expose(), "from-env");
+        assert_eq!(s.reconnect_max, Duration::from_secs(DEFAULT_RECONNECT_MAX_SECS));
+        let file: FileConfig = toml::from_str("reconnect_max_secs = 3").unwrap();
+        let args = RunArgs {
+            server: Some("http://localhost".into()),
+            ..Default::default()
+        };
+        let s = merge(args, file, Some("t".into())).unwrap();
+        assert_eq!(s.reconnect_max, Duration::from_secs(3), "the file sets the cap");
+        let args = RunArgs {
+            server: Some("http://localhost".into()),
+            reconnect_max_secs: Some(0),
+            ..Default::default()
+        };
+        assert!(matches!(
+            merge(args, FileConfig::default(), Some("t".into())),
+            Err(ConfigError::BadDuration("reconnect_max_secs", 3600))
+        ));
         assert!(
             toml::from_str::<FileConfig>("tokn_file = \"x\"").is_err(),
             "unknown fields refused"

@@ -28,7 +28,7 @@ use stagely_protocol::{
 
 /// First retry ceiling; doubled each failed attempt up to [`BACKOFF_CAP`].
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(super::config::DEFAULT_RECONNECT_MAX_SECS);
 /// A connection that lasted this long resets the backoff.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// The agent pings this often, and gives the connection up after [`IDLE_TIMEOUT`] of silence.
@@ -572,7 +572,9 @@ pub async fn run_agent(
         trigger.cancel();
     });
 
-    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+    // The cap is a setting (default [`BACKOFF_CAP`]): the fault suite keeps it short.
+    let cap = settings.reconnect_max;
+    let mut backoff = Backoff::new(BACKOFF_BASE.min(cap), cap);
     while !stop.is_cancelled() {
         agent.set_host(HostInfo::gather(&compose).await);
         let started = Instant::now();
@@ -598,7 +600,7 @@ pub async fn run_agent(
                     }
                 }
                 Err(e) => {
-                    floor = e.retry_after().unwrap_or_default().min(BACKOFF_CAP);
+                    floor = e.retry_after().unwrap_or_default().min(cap);
                     tracing::warn!(error = %e, "cannot connect to the server");
                 }
             }
