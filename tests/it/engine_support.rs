@@ -298,6 +298,9 @@ impl Stack {
             let env_id = p["environments"][0]["id"].as_i64().unwrap();
             let (_, token) = self.api.agent(env_id, "e2e").await;
             std::fs::write(&token_file, token).unwrap();
+            // As an operator would keep it: the agent warns about a token others can read.
+            std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
         }
         std::fs::create_dir_all(&self.runtime).unwrap();
         let log = std::fs::OpenOptions::new()
