@@ -22,6 +22,7 @@ mod domain_rules;
 mod e2e_engine;
 mod lifecycle;
 mod log_limits;
+mod log_resend;
 mod names;
 mod operations;
 mod packaging;
