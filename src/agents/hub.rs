@@ -174,7 +174,12 @@ impl Hub {
     /// Queue a frame the agent can do without (a cumulative LOG_ACK: the next one covers it),
     /// like [`Hub::send_to`] but only while half the connection's mailbox stays free, so such
     /// frames never crowd out a DEPLOY.
-    pub fn send_droppable(&self, agent_id: i64, environment_id: i64, frame: Outbound) -> Result<(), SendError> {
+    pub fn send_droppable(
+        &self,
+        agent_id: i64,
+        environment_id: i64,
+        frame: Outbound,
+    ) -> Result<(), SendError> {
         let conns = lock(&self.conns);
         let conn = conns.get(&agent_id).ok_or(SendError::Offline)?;
         if conn.environment_id != environment_id {

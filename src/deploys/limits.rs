@@ -135,7 +135,11 @@ mod tests {
         assert!(b.is_duplicate(0));
         assert_eq!(b.admit(0, 10, &limits), Admit::Duplicate);
         assert_eq!(b.admit(1, 10, &limits), Admit::Duplicate);
-        assert_eq!(b.admit(2, 10, &limits), Admit::Truncate, "the cap counts each line once");
+        assert_eq!(
+            b.admit(2, 10, &limits),
+            Admit::Truncate,
+            "the cap counts each line once"
+        );
         assert_eq!(b.admit(2, 10, &limits), Admit::Duplicate);
         assert_eq!(b.next_seq(), 3);
         // After a restart: what is stored is known.

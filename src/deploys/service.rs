@@ -66,9 +66,7 @@ async fn context(
                     let active = state.hub.start_deploy(deployment_id, agent.id, masker);
                     // The caps count what an earlier process stored, too, and the lines it
                     // stored are the duplicates of what the agent resends.
-                    active
-                        .log
-                        .resume(lines, bytes, next_seq, &state.config.deploys);
+                    active.log.resume(lines, bytes, next_seq, &state.config.deploys);
                     Ok(Reporting::Live(active))
                 }
                 Err(e) => {
@@ -87,7 +85,10 @@ async fn context(
 /// that cannot be read or decrypted fails the whole masker: a partial one would let its value
 /// through. Also answers how much of its log is stored already (lines, bytes) and the seq after
 /// the highest stored one.
-async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<(Masker, (u64, u64), u64), DeployError> {
+async fn rebuild_masker(
+    state: &AppState,
+    deployment_id: i64,
+) -> Result<(Masker, (u64, u64), u64), DeployError> {
     let vault = state.vault.clone();
     state
         .db
@@ -145,7 +146,10 @@ pub async fn on_log(
     // the agent stops holding them.
     let seen = || async move {
         if state.logs.seen(deployment_id, seq, to).await.is_err() {
-            tracing::warn!(deployment_id, "log line not acknowledged: the log writer has stopped");
+            tracing::warn!(
+                deployment_id,
+                "log line not acknowledged: the log writer has stopped"
+            );
         }
     };
     let active = match context(state, agent, deployment_id).await? {

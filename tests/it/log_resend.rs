@@ -43,7 +43,9 @@ async fn stored_log(api: &Api, id: i64) -> BTreeMap<i64, String> {
     let mut after = -1;
     loop {
         let (status, page) = api
-            .get(&format!("/api/deployments/{id}/logs?after_seq={after}&limit=1000"))
+            .get(&format!(
+                "/api/deployments/{id}/logs?after_seq={after}&limit=1000"
+            ))
             .await;
         assert_eq!(status, 200, "{page}");
         let page = page.as_array().unwrap().clone();
@@ -65,7 +67,12 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=stagely.test={}", self.label)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=stagely.test={}", self.label),
+            ])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
@@ -156,9 +163,7 @@ async fn a_server_killed_while_lines_stream_loses_none_and_stores_none_twice() {
     wait_for("ticks stored", Duration::from_secs(60), || {
         let api = api.clone();
         async move {
-            let (_, page) = api
-                .get(&format!("/api/deployments/{id}/logs?limit=1000"))
-                .await;
+            let (_, page) = api.get(&format!("/api/deployments/{id}/logs?limit=1000")).await;
             page.as_array()?
                 .iter()
                 .any(|l| l["line"].as_str().is_some_and(|s| s.starts_with("tick ")))
@@ -199,7 +204,10 @@ async fn a_server_killed_while_lines_stream_loses_none_and_stores_none_twice() {
         "the log runs to the deployment's end: {:?}",
         log.values().last()
     );
-    assert!(!before_restart, "nothing was resent before the appliance went away");
+    assert!(
+        !before_restart,
+        "nothing was resent before the appliance went away"
+    );
     assert!(
         file_contains(&agent_log, "resent the log lines"),
         "the agent resent what the killed appliance had not committed: {}",

@@ -170,7 +170,10 @@ impl Agent {
         let mut logs = HashMap::new();
         for (id, _) in results.unacked() {
             if let Some(buffer) = LogBuffer::recover(id, &spill_dir) {
-                tracing::info!(deployment_id = id, "log lines spilled by an earlier run will be resent");
+                tracing::info!(
+                    deployment_id = id,
+                    "log lines spilled by an earlier run will be resent"
+                );
                 logs.insert(id, buffer);
             }
         }
@@ -546,10 +549,7 @@ impl Agent {
     fn status_of(&self, deployment_id: i64, result: &DeployResult) -> AgentMessage {
         let mut msg = result.to_status(deployment_id);
         if let AgentMessage::Status { lines, .. } = &mut msg {
-            *lines = self
-                .logs
-                .get(&deployment_id)
-                .and_then(LogBuffer::lines_sent);
+            *lines = self.logs.get(&deployment_id).and_then(LogBuffer::lines_sent);
         }
         msg
     }
@@ -571,7 +571,11 @@ impl Agent {
             }
         }
         if resent > 0 {
-            tracing::info!(deployment_id, lines = resent, "resent the log lines the server had not acknowledged");
+            tracing::info!(
+                deployment_id,
+                lines = resent,
+                "resent the log lines the server had not acknowledged"
+            );
         }
         Ok(())
     }

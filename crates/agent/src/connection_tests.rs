@@ -261,8 +261,15 @@ async fn status_is_kept_until_ack_and_a_repeated_deploy_is_not_run_again() {
                 other => panic!("unexpected {other:?}"),
             }
         };
-        assert_eq!(resent, expect, "round {round}: the unacknowledged lines, once, in order");
-        assert_eq!(lines, Some(seqs.len() as u64), "STATUS says how many lines were sent");
+        assert_eq!(
+            resent, expect,
+            "round {round}: the unacknowledged lines, once, in order"
+        );
+        assert_eq!(
+            lines,
+            Some(seqs.len() as u64),
+            "STATUS says how many lines were sent"
+        );
         tx2.send(Ok(signed(&ServerMessage::LogAck {
             deployment_id: 1,
             seq: *seqs.last().unwrap(),

@@ -151,7 +151,9 @@ impl LogBuffer {
 
     /// Remove every spill file but those of `keep` (at start: what no record still needs).
     pub fn remove_others(spill_dir: &Path, keep: &[i64]) {
-        let Ok(entries) = fs::read_dir(spill_dir) else { return };
+        let Ok(entries) = fs::read_dir(spill_dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let needed = parse_name(&name).is_some_and(|(id, _)| keep.contains(&id));
@@ -242,7 +244,9 @@ impl LogBuffer {
 
     /// Move the lines held in memory to a new spill file (or, past the bound, let them go).
     fn spill(&mut self) {
-        let Some(first) = self.memory.front().map(|k| k.seq) else { return };
+        let Some(first) = self.memory.front().map(|k| k.seq) else {
+            return;
+        };
         let last = self.next_seq - 1;
         let mut text = String::with_capacity(self.memory_bytes);
         for k in &self.memory {
@@ -257,7 +261,9 @@ impl LogBuffer {
             self.lose(lines, "the spill bound is reached");
             return;
         }
-        let path = self.dir.join(format!("d{}-{first:020}.jsonl", self.deployment_id));
+        let path = self
+            .dir
+            .join(format!("d{}-{first:020}.jsonl", self.deployment_id));
         match write_private(&self.dir, &path, &text) {
             Ok(()) => {
                 self.disk_bytes += text.len() as u64;
@@ -416,7 +422,11 @@ mod tests {
         LogBuffer::remove_others(&spill, &[4]);
         assert_eq!(spill_files(&spill).len(), 1, "only deployment 4's spill is kept");
         let back = LogBuffer::recover(4, &spill).expect("the spill is recovered");
-        assert_eq!(back.lines_sent(), None, "a restarted agent cannot know every line");
+        assert_eq!(
+            back.lines_sent(),
+            None,
+            "a restarted agent cannot know every line"
+        );
         assert_eq!(seqs(&back), (0..=MEMORY_LINES as u64).collect::<Vec<_>>());
         back.discard();
         assert!(spill_files(&spill).is_empty());

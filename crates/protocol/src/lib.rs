@@ -503,7 +503,10 @@ mod tests {
         });
         let json: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(json["type"], "LOG_ACK");
-        assert_eq!((json["deployment_id"].as_i64(), json["seq"].as_u64()), (Some(7), Some(41)));
+        assert_eq!(
+            (json["deployment_id"].as_i64(), json["seq"].as_u64()),
+            (Some(7), Some(41))
+        );
         assert_eq!(
             decode_server_message(&frame),
             Ok(Incoming::Known(ServerMessage::LogAck {

@@ -436,7 +436,9 @@ impl TestAgent {
                         let msg = self.open(t.as_str());
                         if msg["type"] == "LOG_ACK" {
                             let (id, seq) = (msg["deployment_id"].as_i64(), msg["seq"].as_u64());
-                            let (Some(id), Some(seq)) = (id, seq) else { panic!("bad LOG_ACK {msg}") };
+                            let (Some(id), Some(seq)) = (id, seq) else {
+                                panic!("bad LOG_ACK {msg}")
+                            };
                             let best = self.log_acks.entry(id).or_insert(seq);
                             *best = (*best).max(seq);
                             continue;
