@@ -151,6 +151,7 @@ impl Opened {
         let (logs, log_task) = LogWriter::start(
             db.clone(),
             Duration::from_millis(config.deploys.log_flush_ms),
+            hub.clone(),
             shutdown.clone(),
         );
         let auth = Arc::new(crate::users::AuthState::new(&config.auth).map_err(StartError::Threads)?);

@@ -171,6 +171,28 @@ impl Hub {
         })
     }
 
+    /// Queue a frame the agent can do without (a cumulative LOG_ACK: the next one covers it),
+    /// like [`Hub::send_to`] but only while half the connection's mailbox stays free, so such
+    /// frames never crowd out a DEPLOY.
+    pub fn send_droppable(
+        &self,
+        agent_id: i64,
+        environment_id: i64,
+        frame: Outbound,
+    ) -> Result<(), SendError> {
+        let conns = lock(&self.conns);
+        let conn = conns.get(&agent_id).ok_or(SendError::Offline)?;
+        if conn.environment_id != environment_id {
+            return Err(SendError::WrongEnvironment);
+        }
+        conn.tx
+            .try_send_leaving(frame, mailbox::CAPACITY / 2)
+            .map_err(|e| match e {
+                TrySendError::Full => SendError::Busy,
+                TrySendError::Closed => SendError::Offline,
+            })
+    }
+
     /// Ask a connection to close (revoked agent, deleted environment).
     pub fn disconnect(&self, agent_id: i64, code: u16, reason: &'static str) {
         let mut conns = lock(&self.conns);

@@ -66,12 +66,18 @@ pub fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
 
 impl<T> Sender<T> {
     pub fn try_send(&self, frame: T) -> Result<(), TrySendError> {
+        self.try_send_leaving(frame, 0)
+    }
+
+    /// Queue a frame only if `keep_free` slots stay free after it: for frames that may be
+    /// dropped (a cumulative LOG_ACK), so they never take the room a DEPLOY needs.
+    pub fn try_send_leaving(&self, frame: T, keep_free: usize) -> Result<(), TrySendError> {
         {
             let mut state = self.shared.lock();
             if state.receiver_gone {
                 return Err(TrySendError::Closed);
             }
-            if state.frames.len() >= CAPACITY {
+            if state.frames.len() + keep_free >= CAPACITY {
                 return Err(TrySendError::Full);
             }
             state.frames.push_back(frame);
@@ -140,6 +146,15 @@ mod tests {
         assert_eq!(tx.try_send(99), Err(TrySendError::Full));
         for i in 0..CAPACITY {
             assert_eq!(rx.recv().await, Some(i));
+        }
+        // A droppable frame leaves room for the ones that matter.
+        for i in 0..CAPACITY / 2 {
+            tx.try_send_leaving(i, CAPACITY / 2).unwrap();
+        }
+        assert_eq!(tx.try_send_leaving(99, CAPACITY / 2), Err(TrySendError::Full));
+        tx.try_send(100).unwrap();
+        for _ in 0..=CAPACITY / 2 {
+            rx.recv().await.unwrap();
         }
         assert_eq!(rx.try_recv(), None, "empty, still open");
         drop(tx);

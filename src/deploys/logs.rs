@@ -4,22 +4,47 @@
 //! period (default 100 ms), so a chatty deploy costs ten transactions a second, not one per
 //! line. A deployment's end goes through the same queue, so it is written after every line that
 //! came before it, and the agent's ACK is sent only once both are committed.
+//!
+//! After each committed batch the writer tells every agent whose lines were in it how far its
+//! deployment's log is committed (`LOG_ACK`, through the hub to the agent's connection): the
+//! agent keeps each line until then and resends the rest after a reconnect, so a kill -9 of the
+//! appliance loses no line. Lines the caps drop and resent duplicates go through the queue as
+//! [`LogWriter::seen`] markers, so the ACK that covers them still waits for every line before.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self, Finish, PendingLine};
+use crate::agents::hub::{Hub, Outbound};
 use crate::db::{Db, DbError};
+use stagely_protocol::{self as protocol, ServerMessage};
 
 /// Lines buffered before a flush is forced regardless of the timer (bounds memory).
 const MAX_BUFFERED_LINES: usize = 50_000;
 /// Depth of the queue from connections to the writer; a full queue slows the sending agents.
 const QUEUE_DEPTH: usize = 16_384;
 
+/// The agent a line came from, to be told once it is committed (on whichever connection it has
+/// by then: the hub routes by agent and environment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckTo {
+    pub agent_id: i64,
+    pub environment_id: i64,
+}
+
 enum Command {
-    Line(PendingLine),
+    Line(PendingLine, AckTo),
+    /// A line not to store (dropped by the caps, withheld, or a resent duplicate), only to
+    /// acknowledge after everything queued before it.
+    Seen {
+        deployment_id: i64,
+        seq: i64,
+        to: AckTo,
+    },
     Finish(Finish, oneshot::Sender<Result<bool, DbError>>),
     Flush(oneshot::Sender<()>),
 }
@@ -41,16 +66,33 @@ impl LogWriter {
     pub fn start(
         db: Db,
         flush_every: Duration,
+        hub: Arc<Hub>,
         shutdown: CancellationToken,
     ) -> (LogWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (committed, commits) = watch::channel(0);
-        let task = tokio::spawn(run(db, rx, flush_every, shutdown, committed));
+        let task = tokio::spawn(run(db, rx, flush_every, hub, shutdown, committed));
         (LogWriter { tx, commits }, task)
     }
 
-    pub async fn line(&self, line: PendingLine) -> Result<(), WriterStopped> {
-        self.tx.send(Command::Line(line)).await.map_err(|_| WriterStopped)
+    /// Store a line; its agent is told once it is committed.
+    pub async fn line(&self, line: PendingLine, to: AckTo) -> Result<(), WriterStopped> {
+        self.tx
+            .send(Command::Line(line, to))
+            .await
+            .map_err(|_| WriterStopped)
+    }
+
+    /// Acknowledge a line that is not stored, after every line queued before it is committed.
+    pub async fn seen(&self, deployment_id: i64, seq: i64, to: AckTo) -> Result<(), WriterStopped> {
+        self.tx
+            .send(Command::Seen {
+                deployment_id,
+                seq,
+                to,
+            })
+            .await
+            .map_err(|_| WriterStopped)
     }
 
     /// Write the end of a deployment after its lines; true when this call finished it.
@@ -84,19 +126,37 @@ struct Batch {
     lines: Vec<PendingLine>,
     finishes: Vec<(Finish, oneshot::Sender<Result<bool, DbError>>)>,
     flushed: Vec<oneshot::Sender<()>>,
+    /// Per deployment, the highest seq in this batch and whom to tell once it is committed.
+    acks: HashMap<i64, (AckTo, i64)>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.lines.is_empty() && self.finishes.is_empty() && self.flushed.is_empty()
+        self.lines.is_empty() && self.finishes.is_empty() && self.flushed.is_empty() && self.acks.is_empty()
+    }
+
+    fn ack_later(&mut self, deployment_id: i64, seq: i64, to: AckTo) {
+        let entry = self.acks.entry(deployment_id).or_insert((to, seq));
+        if seq >= entry.1 {
+            *entry = (to, seq);
+        }
     }
 
     /// Add a command; true when the batch should be written now rather than at the deadline.
     fn push(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Line(l) => {
+            Command::Line(l, to) => {
+                self.ack_later(l.deployment_id, l.seq, to);
                 self.lines.push(l);
                 self.lines.len() >= MAX_BUFFERED_LINES
+            }
+            Command::Seen {
+                deployment_id,
+                seq,
+                to,
+            } => {
+                self.ack_later(deployment_id, seq, to);
+                false
             }
             Command::Finish(f, done) => {
                 self.finishes.push((f, done));
@@ -114,6 +174,7 @@ async fn run(
     db: Db,
     mut rx: mpsc::Receiver<Command>,
     flush_every: Duration,
+    hub: Arc<Hub>,
     shutdown: CancellationToken,
     committed: watch::Sender<u64>,
 ) {
@@ -144,7 +205,7 @@ async fn run(
             }
             batch.push(cmd);
         }
-        write(&db, batch).await;
+        write(&db, &hub, batch).await;
         committed.send_modify(|n| *n += 1);
     }
     // Shutting down: drain what is queued so no line that reached us is lost.
@@ -154,18 +215,29 @@ async fn run(
         batch.push(cmd);
     }
     if !batch.is_empty() {
-        write(&db, batch).await;
+        write(&db, &hub, batch).await;
     }
 }
 
-async fn write(db: &Db, batch: Batch) {
+async fn write(db: &Db, hub: &Hub, batch: Batch) {
     let Batch {
         lines,
         finishes,
         flushed,
+        acks,
     } = batch;
     let ends: Vec<Finish> = finishes.iter().map(|(f, _)| f.clone()).collect();
     let count = lines.len();
+    if lines.is_empty() && ends.is_empty() {
+        // Only markers (and flushes): what they acknowledge was committed by earlier batches.
+        for (deployment_id, (to, seq)) in acks {
+            send_log_ack(hub, to, deployment_id, seq);
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+        return;
+    }
     let result = db
         .write(move |tx| {
             store::write_lines(tx, &lines)?;
@@ -180,6 +252,11 @@ async fn write(db: &Db, batch: Batch) {
             for ((_, done), changed) in finishes.into_iter().zip(changed) {
                 let _ = done.send(Ok(changed));
             }
+            // Lines are queued in the order each agent sent them and batches commit in queue
+            // order: the highest seq of a deployment here covers every line before it.
+            for (deployment_id, (to, seq)) in acks {
+                send_log_ack(hub, to, deployment_id, seq);
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, lines = count, "cannot store deployment log lines");
@@ -192,5 +269,15 @@ async fn write(db: &Db, batch: Batch) {
     // As above: a flusher that went away needs no answer.
     for done in flushed {
         let _ = done.send(());
+    }
+}
+
+fn send_log_ack(hub: &Hub, to: AckTo, deployment_id: i64, seq: i64) {
+    let Ok(seq) = u64::try_from(seq) else { return };
+    let frame = protocol::encode(&ServerMessage::LogAck { deployment_id, seq });
+    if let Err(e) = hub.send_droppable(to.agent_id, to.environment_id, Outbound::Text(frame.into())) {
+        // Offline or backed up: the agent resends what it holds after reconnecting, and the next
+        // LOG_ACK (or the STATUS ACK) covers these lines too.
+        tracing::debug!(deployment_id, seq, reason = ?e, "LOG_ACK not queued");
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::limits::{Admit, truncated_note};
+use super::logs::AckTo;
 use super::ops::end_by_server;
 use super::store::{self, Finish, PendingLine};
 use super::{DeployError, DeployStatus, LiveEvent, LogLine};
@@ -61,10 +62,11 @@ async fn context(
         Some((Some(a), _, status)) if a == agent.id && status.is_finished() => Ok(Reporting::Finished),
         Some((Some(a), environment_id, _)) if a == agent.id && environment_id == agent.environment_id => {
             match rebuild_masker(state, deployment_id).await {
-                Ok((masker, (lines, bytes))) => {
+                Ok((masker, (lines, bytes), next_seq)) => {
                     let active = state.hub.start_deploy(deployment_id, agent.id, masker);
-                    // The caps count what an earlier process stored, too.
-                    active.log.resume(lines, bytes, &state.config.deploys);
+                    // The caps count what an earlier process stored, too, and the lines it
+                    // stored are the duplicates of what the agent resends.
+                    active.log.resume(lines, bytes, next_seq, &state.config.deploys);
                     Ok(Reporting::Live(active))
                 }
                 Err(e) => {
@@ -81,8 +83,12 @@ async fn context(
 /// After a restart the values a deployment was sent are gone from memory; mask with the current
 /// values of its secrets (the agent masks with the exact ones before sending, too). Any secret
 /// that cannot be read or decrypted fails the whole masker: a partial one would let its value
-/// through. Also answers how much of its log is stored already (lines, bytes).
-async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<(Masker, (u64, u64)), DeployError> {
+/// through. Also answers how much of its log is stored already (lines, bytes) and the seq after
+/// the highest stored one.
+async fn rebuild_masker(
+    state: &AppState,
+    deployment_id: i64,
+) -> Result<(Masker, (u64, u64), u64), DeployError> {
     let vault = state.vault.clone();
     state
         .db
@@ -94,7 +100,8 @@ async fn rebuild_masker(state: &AppState, deployment_id: i64) -> Result<(Masker,
                 .map(|s| vault.decrypt(&s.ciphertext))
                 .collect::<Result<Vec<_>, _>>()?;
             let usage = store::log_usage(c, deployment_id)?;
-            Ok::<_, DeployError>((Masker::new(values.iter().map(|v| v.as_str())), usage))
+            let next_seq = store::max_seq(c, deployment_id)?.map_or(0, |s| u64::try_from(s).unwrap_or(0) + 1);
+            Ok::<_, DeployError>((Masker::new(values.iter().map(|v| v.as_str())), usage, next_seq))
         })
         .await
 }
@@ -129,22 +136,46 @@ pub async fn on_log(
     stream: LogStream,
     line: &str,
 ) -> Result<(), NotAssigned> {
+    let wire_seq = seq;
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let to = AckTo {
+        agent_id: agent.id,
+        environment_id: agent.environment_id,
+    };
+    // Lines not stored are still acknowledged, after everything before them is committed, so
+    // the agent stops holding them.
+    let seen = || async move {
+        if state.logs.seen(deployment_id, seq, to).await.is_err() {
+            tracing::warn!(
+                deployment_id,
+                "log line not acknowledged: the log writer has stopped"
+            );
+        }
+    };
     let active = match context(state, agent, deployment_id).await? {
         Reporting::Live(active) => active,
-        Reporting::Finished => return Ok(()),
+        Reporting::Finished => {
+            seen().await;
+            return Ok(());
+        }
         Reporting::Withheld => {
             note_withheld(state, agent, deployment_id, seq).await;
+            seen().await;
             return Ok(());
         }
     };
+    // A line resent after a reconnect: neither counted, shown nor stored twice.
+    if active.log.is_duplicate(wire_seq) {
+        seen().await;
+        return Ok(());
+    }
     let at = now_ms();
     let limits = &state.config.deploys;
     // Masked before it is cut, so a secret across the cut is still recognised whole.
     let masked = active
         .masker
         .mask_and_cut(line, limits.log_max_line_bytes, line.len());
-    let (stream, line) = match active.log.admit(masked.len(), limits) {
+    let (stream, line) = match active.log.admit(wire_seq, masked.len(), limits) {
         Admit::Keep => (stream.as_str(), masked),
         Admit::Truncate => {
             tracing::warn!(
@@ -153,7 +184,10 @@ pub async fn on_log(
             );
             ("agent", truncated_note(limits))
         }
-        Admit::Drop => return Ok(()),
+        Admit::Drop | Admit::Duplicate => {
+            seen().await;
+            return Ok(());
+        }
     };
     // No live viewer is not an error: the line is stored for those who come later.
     let _ = active.live.send(LiveEvent::Line(LogLine {
@@ -169,10 +203,28 @@ pub async fn on_log(
         line,
         at,
     };
-    if state.logs.line(pending).await.is_err() {
+    if state.logs.line(pending, to).await.is_err() {
         tracing::warn!(deployment_id, "log line dropped: the log writer has stopped");
     }
     Ok(())
+}
+
+/// A STATUS says how many lines the agent sent (`lines`, newer agents): say so when some never
+/// arrived. An agent resends unacknowledged lines before its STATUS, so this means lines it
+/// could not keep (its spill bound) or an agent from before LOG_ACK across an appliance restart.
+pub fn check_line_count(state: &AppState, deployment_id: i64, lines: Option<u64>) {
+    let (Some(sent), Some(active)) = (lines, state.hub.active_deploy(deployment_id)) else {
+        return;
+    };
+    let arrived = active.log.next_seq();
+    if arrived < sent {
+        tracing::warn!(
+            deployment_id,
+            sent,
+            arrived,
+            "the agent sent log lines this appliance never received: the stored log ends early"
+        );
+    }
 }
 
 /// A STATUS from the agent; `Ok(true)` when it should be acknowledged.

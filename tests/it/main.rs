@@ -25,6 +25,7 @@ mod fault_proxy;
 mod faults;
 mod lifecycle;
 mod log_limits;
+mod log_resend;
 mod names;
 mod operations;
 mod packaging;

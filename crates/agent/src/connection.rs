@@ -2,8 +2,11 @@
 //! again forever with exponential backoff and full jitter when the connection drops.
 //!
 //! [`Agent::session`] is generic over `Sink`/`Stream`, so the protocol (HELLO, LOG ordering,
-//! STATUS kept until ACK, repeated DEPLOY, one deploy at a time) is tested over channels.
+//! LOG lines kept until LOG_ACK and resent, STATUS kept until ACK, repeated DEPLOY, one deploy
+//! at a time) is tested over channels.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ use super::config::Settings;
 use super::deploy::Deployer;
 use super::ephemeral::RuntimeDir;
 use super::identity::{AgentIdentity, IdentityError};
+use super::log_buffer::{self, LogBuffer};
 use super::results::{DeployResult, Results};
 use super::transport::{self, WsIn, WsOut};
 use super::trust::{self, Trust, Verdict};
@@ -126,7 +130,6 @@ struct Running {
     id: i64,
     log_rx: mpsc::UnboundedReceiver<LogLine>,
     handle: JoinHandle<DeployResult>,
-    seq: u64,
 }
 
 enum Event {
@@ -134,12 +137,15 @@ enum Event {
     Done,
 }
 
-/// The agent's state across connections: the running deployment, the results record, and
-/// which appliance key it obeys.
+/// The agent's state across connections: the running deployment, the results record, the log
+/// lines not yet acknowledged, and which appliance key it obeys.
 pub struct Agent {
     deployer: Arc<Deployer>,
     results: Arc<Mutex<Results>>,
     current: Option<Running>,
+    /// Sent-but-unacknowledged LOG lines of every deployment whose STATUS is not acknowledged.
+    logs: HashMap<i64, LogBuffer>,
+    spill_dir: PathBuf,
     host: HostInfo,
     identity: Arc<AgentIdentity>,
     trust: Trust,
@@ -158,10 +164,26 @@ impl Agent {
         host: HostInfo,
         identity: Arc<AgentIdentity>,
     ) -> Self {
+        // What an earlier run of this agent spilled for a deployment it still has to report is
+        // resent before that STATUS; any other spill is of no use to anybody.
+        let spill_dir = deployer.runtime.path().join(log_buffer::SPILL_DIR);
+        let mut logs = HashMap::new();
+        for (id, _) in results.unacked() {
+            if let Some(buffer) = LogBuffer::recover(id, &spill_dir) {
+                tracing::info!(
+                    deployment_id = id,
+                    "log lines spilled by an earlier run will be resent"
+                );
+                logs.insert(id, buffer);
+            }
+        }
+        LogBuffer::remove_others(&spill_dir, &logs.keys().copied().collect::<Vec<_>>());
         Self {
             deployer: Arc::new(deployer),
             results: Arc::new(Mutex::new(results)),
             current: None,
+            logs,
+            spill_dir,
             host,
             identity,
             trust,
@@ -233,14 +255,23 @@ impl Agent {
         if let Err(e) = send(&mut sink, &hello).await {
             return SessionEnd::Disconnected(e);
         }
-        // Results that finished while disconnected (or before a restart). The running
-        // deployment's STATUS goes after its remaining log lines, from the loop below.
+        // Results that finished while disconnected (or before a restart), each after the log
+        // lines the appliance has not acknowledged. The running deployment's unacknowledged
+        // lines go next; its STATUS after its remaining lines, from the loop below.
         let running = self.current.as_ref().map(|r| r.id);
         let pending = lock(&self.results).unacked();
         for (id, result) in pending.into_iter().filter(|(id, _)| Some(*id) != running) {
-            if let Err(e) = send(&mut sink, &result.to_status(id)).await {
+            if let Err(e) = self.resend_lines(id, &mut sink).await {
                 return SessionEnd::Disconnected(e);
             }
+            if let Err(e) = send(&mut sink, &self.status_of(id, &result)).await {
+                return SessionEnd::Disconnected(e);
+            }
+        }
+        if let Some(id) = running
+            && let Err(e) = self.resend_lines(id, &mut sink).await
+        {
+            return SessionEnd::Disconnected(e);
         }
 
         let mut last_heard = Instant::now();
@@ -292,16 +323,17 @@ impl Agent {
     {
         match event {
             Event::Log(line) => {
-                let Some(r) = self.current.as_mut() else {
+                let Some(r) = self.current.as_ref() else {
                     return Ok(());
                 };
-                let msg = AgentMessage::Log {
-                    deployment_id: r.id,
-                    seq: r.seq,
-                    stream: line.stream,
-                    line: line.line,
-                };
-                r.seq += 1;
+                // Kept (masked, as sent) until the appliance acknowledges it.
+                let id = r.id;
+                let spill_dir = &self.spill_dir;
+                let msg = self
+                    .logs
+                    .entry(id)
+                    .or_insert_with(|| LogBuffer::new(id, spill_dir))
+                    .push(line.stream, line.line);
                 send(sink, &msg).await
             }
             Event::Done => {
@@ -322,7 +354,7 @@ impl Agent {
                     }
                 };
                 tracing::info!(deployment_id = r.id, status = ?result.status, "deployment finished");
-                send(sink, &result.to_status(r.id)).await
+                send(sink, &self.status_of(r.id, &result)).await
             }
         }
     }
@@ -361,6 +393,16 @@ impl Agent {
             Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
                 if let Err(e) = lock(&self.results).ack(deployment_id) {
                     tracing::error!(deployment_id, error = %e, "cannot record the ACK");
+                }
+                // The STATUS is stored after every line before it: none is needed any more.
+                if let Some(buffer) = self.logs.remove(&deployment_id) {
+                    buffer.discard();
+                }
+                Ok(())
+            }
+            Ok(Incoming::Known(ServerMessage::LogAck { deployment_id, seq })) => {
+                if let Some(buffer) = self.logs.get_mut(&deployment_id) {
+                    buffer.ack(seq);
                 }
                 Ok(())
             }
@@ -425,7 +467,8 @@ impl Agent {
                     if let Err(e) = lock(&self.results).reopen(deployment_id) {
                         tracing::error!(deployment_id, error = %e, "cannot update the record");
                     }
-                    return send(sink, &result.to_status(deployment_id)).await;
+                    self.resend_lines(deployment_id, sink).await?;
+                    return send(sink, &self.status_of(deployment_id, &result)).await;
                 }
                 None => {
                     tracing::info!(
@@ -492,12 +535,48 @@ impl Agent {
             drop(tx);
             result
         });
+        self.logs
+            .insert(deployment_id, LogBuffer::new(deployment_id, &self.spill_dir));
         self.current = Some(Running {
             id: deployment_id,
             log_rx,
             handle,
-            seq: 0,
         });
+        Ok(())
+    }
+
+    /// A deployment's STATUS, with how many lines it sent when the agent knows.
+    fn status_of(&self, deployment_id: i64, result: &DeployResult) -> AgentMessage {
+        let mut msg = result.to_status(deployment_id);
+        if let AgentMessage::Status { lines, .. } = &mut msg {
+            *lines = self.logs.get(&deployment_id).and_then(LogBuffer::lines_sent);
+        }
+        msg
+    }
+
+    /// Resend, in seq order, every line of a deployment the appliance has not acknowledged.
+    async fn resend_lines<S, SE>(&self, deployment_id: i64, sink: &mut S) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        let Some(buffer) = self.logs.get(&deployment_id) else {
+            return Ok(());
+        };
+        let mut resent = 0u64;
+        for chunk in buffer.unacked() {
+            for kept in chunk {
+                send(sink, &kept.to_message(deployment_id)).await?;
+                resent += 1;
+            }
+        }
+        if resent > 0 {
+            tracing::info!(
+                deployment_id,
+                lines = resent,
+                "resent the log lines the server had not acknowledged"
+            );
+        }
         Ok(())
     }
 }

@@ -173,8 +173,8 @@ fn run_session(
 async fn status_is_kept_until_ack_and_a_repeated_deploy_is_not_run_again() {
     let f = fixture("docker compose");
     let stop = CancellationToken::new();
-    let (tx, mut rx, sink, stream) = pipe();
-    let session = run_session(f.agent, sink, stream, stop.clone());
+    let (mut tx, mut rx, sink, stream) = pipe();
+    let mut session = run_session(f.agent, sink, stream, stop.clone());
 
     let AgentMessage::Hello {
         protocol,
@@ -228,23 +228,57 @@ async fn status_is_kept_until_ack_and_a_repeated_deploy_is_not_run_again() {
         "LOG before STATUS, in order"
     );
 
-    // Connection drops before the ACK: the next session announces and resends the STATUS.
-    drop(tx);
-    let (agent, end) = session.await.unwrap();
-    assert!(matches!(end, SessionEnd::Disconnected(_)));
-    let (tx, mut rx, sink, stream) = pipe();
-    let session = run_session(agent, sink, stream, stop.clone());
-    let AgentMessage::Hello {
-        active_deployments, ..
-    } = next_msg(&mut rx).await
-    else {
-        panic!("HELLO first")
-    };
-    assert_eq!(active_deployments, Some(vec![1]));
-    assert!(matches!(
-        next_msg(&mut rx).await,
-        AgentMessage::Status { deployment_id: 1, .. }
-    ));
+    // The connection drops before any ACK: the next session announces the deployment, resends
+    // every line (in order), then the STATUS. Then the appliance commits the lines, and the
+    // connection drops again before the STATUS ACK: only the STATUS is resent.
+    let mut expect = seqs.clone();
+    for round in 0..2 {
+        drop(tx);
+        let (agent, end) = session.await.unwrap();
+        assert!(matches!(end, SessionEnd::Disconnected(_)));
+        let (tx2, mut rx2, sink, stream) = pipe();
+        session = run_session(agent, sink, stream, stop.clone());
+        let AgentMessage::Hello {
+            active_deployments, ..
+        } = next_msg(&mut rx2).await
+        else {
+            panic!("HELLO first")
+        };
+        assert_eq!(active_deployments, Some(vec![1]));
+        let mut resent = Vec::new();
+        let lines = loop {
+            match next_msg(&mut rx2).await {
+                AgentMessage::Log {
+                    deployment_id: 1,
+                    seq,
+                    ..
+                } => resent.push(seq),
+                AgentMessage::Status {
+                    deployment_id: 1,
+                    lines,
+                    ..
+                } => break lines,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(
+            resent, expect,
+            "round {round}: the unacknowledged lines, once, in order"
+        );
+        assert_eq!(
+            lines,
+            Some(seqs.len() as u64),
+            "STATUS says how many lines were sent"
+        );
+        tx2.send(Ok(signed(&ServerMessage::LogAck {
+            deployment_id: 1,
+            seq: *seqs.last().unwrap(),
+        })))
+        .unwrap();
+        expect.clear();
+        tx = tx2;
+        rx = rx2;
+    }
     tx.send(Ok(signed(&ServerMessage::Ack { deployment_id: 1 })))
         .unwrap();
 

@@ -3,7 +3,8 @@
 //! machine has a tmpfs. Each deployment gets its own subdirectory, removed by a drop guard on
 //! every path (success, failure, error, cancellation, panic); leftovers of a crash are removed
 //! when the agent starts, after the process groups a killed agent left running are ended
-//! ([`crate::groups`]).
+//! ([`crate::groups`]). The log spill directory ([`crate::log_buffer::SPILL_DIR`]) is left for
+//! the agent to sort out: it holds only masked lines an earlier run may still have to resend.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write as _;
@@ -170,6 +171,11 @@ fn clear_dir(path: &Path) {
     let Ok(entries) = fs::read_dir(path) else { return };
     for entry in entries.flatten() {
         let p = entry.path();
+        // Masked log lines kept for resending: the agent sorts out which it still needs
+        // (crate::log_buffer), after it has read its deployments record.
+        if entry.file_name() == super::log_buffer::SPILL_DIR {
+            continue;
+        }
         let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
             fs::remove_dir_all(&p)
         } else {

@@ -12,6 +12,8 @@
 //!   the confinement of every file compose reads to the checkout.
 //! - [`identity`]: the age identity DEPLOY secrets are sealed to (end to end).
 //! - [`results`]: the small on-disk record of finished deployments (no secrets).
+//! - [`log_buffer`]: the LOG lines sent but not yet acknowledged, kept (spilled to the private
+//!   runtime dir past a bound) and resent after a reconnect.
 //! - [`trust`]: the pinned appliance key; every server frame must be signed by it (issue 11).
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
@@ -24,6 +26,7 @@ pub mod deploy;
 pub mod ephemeral;
 pub mod groups;
 pub mod identity;
+pub mod log_buffer;
 pub mod override_file;
 pub mod policy;
 pub mod process;

@@ -56,6 +56,7 @@ impl DeployResult {
             services: self.services.clone(),
             error: self.error.clone(),
             commit: self.commit.clone(),
+            lines: None,
         }
     }
 }

@@ -127,6 +127,7 @@ pub fn status_frame(deployment_id: i64) -> String {
         }],
         error: None,
         commit: None,
+        lines: None,
     })
 }
 

@@ -250,6 +250,11 @@ pub enum AgentMessage {
         /// The commit that was deployed, when the project has a repository.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         commit: Option<String>,
+        /// How many LOG lines the agent sent for this deployment (seq `0..lines`), so the
+        /// appliance can tell a complete log from one with lines missing. Absent from older
+        /// agents, and from an agent that restarted during the deployment (it cannot know).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines: Option<u64>,
     },
     Error {
         code: String,
@@ -271,6 +276,15 @@ pub enum ServerMessage {
     },
     Ack {
         deployment_id: i64,
+    },
+    /// Every LOG line of this deployment with a seq up to and including `seq` is committed (or
+    /// deliberately dropped by the log caps): the agent may forget them. Cumulative, so a lost
+    /// or skipped one is covered by the next. An agent keeps every line it sent until then, and
+    /// resends the rest after a reconnect, before the deployment's STATUS (docs/protocol.md).
+    #[serde(rename = "LOG_ACK")]
+    LogAck {
+        deployment_id: i64,
+        seq: u64,
     },
     Error {
         code: String,
@@ -330,7 +344,7 @@ pub fn decode<M: serde::de::DeserializeOwned>(
 /// Message types an agent may send.
 pub const AGENT_MESSAGE_TYPES: &[&str] = &["HELLO", "LOG", "STATUS", "ERROR"];
 /// Message types a server may send.
-pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "ERROR", "REKEY"];
+pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "LOG_ACK", "ERROR", "REKEY"];
 
 pub fn decode_agent_message(frame: &str) -> Result<Incoming<AgentMessage>, DecodeError> {
     decode(frame, AGENT_MESSAGE_TYPES)
@@ -417,6 +431,7 @@ mod tests {
             services: vec![],
             error: Some("boom".into()),
             commit: None,
+            lines: None,
         };
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&encode(&status)).unwrap()["status"],
@@ -478,6 +493,38 @@ mod tests {
         assert!(!format!("{back:?}").contains("canary"));
         let err = SealedSecrets::from_plaintext(br#"{"deployment_id":"canary-x"}"#).unwrap_err();
         assert!(!err.to_string().contains("canary-x"), "{err}");
+    }
+
+    #[test]
+    fn log_ack_has_its_documented_shape_and_an_older_peer_ignores_it() {
+        let frame = encode(&ServerMessage::LogAck {
+            deployment_id: 7,
+            seq: 41,
+        });
+        let json: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(json["type"], "LOG_ACK");
+        assert_eq!(
+            (json["deployment_id"].as_i64(), json["seq"].as_u64()),
+            (Some(7), Some(41))
+        );
+        assert_eq!(
+            decode_server_message(&frame),
+            Ok(Incoming::Known(ServerMessage::LogAck {
+                deployment_id: 7,
+                seq: 41
+            }))
+        );
+        // What an agent from before LOG_ACK makes of it: an unknown type, not an error.
+        assert_eq!(
+            decode::<ServerMessage>(&frame, &["DEPLOY", "ACK", "ERROR", "REKEY"]),
+            Ok(Incoming::Unknown("LOG_ACK".into()))
+        );
+        // STATUS's line count is optional both ways.
+        let old = r#"{"type":"STATUS","deployment_id":7,"status":"SUCCESS"}"#;
+        let Ok(Incoming::Known(AgentMessage::Status { lines, .. })) = decode_agent_message(old) else {
+            panic!("old STATUS did not decode")
+        };
+        assert_eq!(lines, None);
     }
 
     #[test]

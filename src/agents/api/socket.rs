@@ -376,7 +376,9 @@ async fn handle_text(
             services,
             error,
             commit,
+            lines,
         } => {
+            service::check_line_count(state, deployment_id, lines);
             let ack = service::on_status(state, agent, deployment_id, status, services, error, commit)
                 .await
                 .map_err(|e| refused(state, agent, &e))?;

@@ -332,6 +332,10 @@ pub struct TestAgent {
     /// with (the fingerprint in the token, when it has one): checked on every frame received.
     tag: String,
     fingerprint: Option<String>,
+    /// The highest LOG_ACK seq received per deployment. [`TestAgent::recv_within`] takes
+    /// LOG_ACK frames aside into this map (they come after every committed batch), so tests
+    /// read the frames they are about in order.
+    pub log_acks: HashMap<i64, u64>,
 }
 
 /// The identity "the machine" holding `token` has.
@@ -354,6 +358,7 @@ impl TestAgent {
             identity: identity_for(token),
             tag,
             fingerprint,
+            log_acks: HashMap::new(),
         }
     }
 
@@ -421,12 +426,25 @@ impl TestAgent {
         self.ws.send(Message::Text(text.into())).await
     }
 
-    /// The next JSON frame within `timeout` (pings skipped); `None` on timeout or close.
+    /// The next JSON frame within `timeout` (pings skipped, LOG_ACKs taken aside into
+    /// [`TestAgent::log_acks`]); `None` on timeout or close.
     pub async fn recv_within(&mut self, timeout: Duration) -> Option<Value> {
         tokio::time::timeout(timeout, async {
             loop {
                 match self.ws.next().await {
-                    Some(Ok(Message::Text(t))) => return Some(self.open(t.as_str())),
+                    Some(Ok(Message::Text(t))) => {
+                        let msg = self.open(t.as_str());
+                        if msg["type"] == "LOG_ACK" {
+                            let (id, seq) = (msg["deployment_id"].as_i64(), msg["seq"].as_u64());
+                            let (Some(id), Some(seq)) = (id, seq) else {
+                                panic!("bad LOG_ACK {msg}")
+                            };
+                            let best = self.log_acks.entry(id).or_insert(seq);
+                            *best = (*best).max(seq);
+                            continue;
+                        }
+                        return Some(msg);
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     _ => return None,
                 }
