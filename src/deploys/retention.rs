@@ -1,5 +1,6 @@
 //! Log retention: per environment, the logs of the last `deploys.log_keep_deployments`
-//! deployments and of every deployment younger than `deploys.log_keep_days` are kept; the
+//! deployments and of every deployment younger than `deploys.log_keep_days` are kept (an
+//! environment's own `log_keep_deployments` / `log_keep_days`, when set, replace those two); the
 //! others' log lines are deleted in the background. Deployment rows stay, marked `log_pruned_at`.
 //! Unfinished deployments are never touched.
 
@@ -45,33 +46,39 @@ pub async fn run(state: AppState) {
 
 /// One pass as of `now` (ms): prune every log retention no longer keeps.
 pub async fn sweep(state: &AppState, now: i64) -> Result<Pruned, DbError> {
-    let keep_last = state.config.deploys.log_keep_deployments;
     let keep_ms =
         i64::try_from(state.config.deploys.log_keep_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
-    let older_than = now.saturating_sub(keep_ms);
+    let keep = store::KeepDefaults {
+        deployments: i64::try_from(state.config.deploys.log_keep_deployments).unwrap_or(i64::MAX),
+        older_than: now.saturating_sub(keep_ms),
+        now,
+    };
     let mut total = Pruned::default();
-    loop {
-        if state.shutdown.is_cancelled() {
-            break;
+    let rules = state.db.read(move |c| store::prune_rules(c, &keep)).await?;
+    for rule in rules {
+        let mut after_id = 0;
+        loop {
+            if state.shutdown.is_cancelled() {
+                return Ok(total);
+            }
+            let ids = state
+                .db
+                .read(move |c| store::prunable(c, &rule, after_id, PER_TRANSACTION))
+                .await?;
+            let Some(&last) = ids.last() else { break };
+            after_id = last;
+            let count = ids.len();
+            let lines = state
+                .db
+                .write(move |tx| {
+                    ids.iter()
+                        .map(|id| store::prune_log(tx, *id, now))
+                        .sum::<Result<usize, DbError>>()
+                })
+                .await?;
+            total.deployments += count;
+            total.lines += lines;
         }
-        let ids = state
-            .db
-            .read(move |c| store::prunable(c, keep_last, older_than, PER_TRANSACTION))
-            .await?;
-        if ids.is_empty() {
-            break;
-        }
-        let count = ids.len();
-        let lines = state
-            .db
-            .write(move |tx| {
-                ids.iter()
-                    .map(|id| store::prune_log(tx, *id, now))
-                    .sum::<Result<usize, DbError>>()
-            })
-            .await?;
-        total.deployments += count;
-        total.lines += lines;
     }
     Ok(total)
 }

@@ -167,21 +167,84 @@ pub fn log_usage(c: &Connection, deployment_id: i64) -> Result<(u64, u64), DbErr
     )?)
 }
 
-/// Finished deployments whose logs retention no longer keeps, oldest first, at most `limit`:
-/// in each environment, all but the newest `keep_last`, and of those only the ones created
-/// before `older_than` (ms).
-pub fn prunable(c: &Connection, keep_last: u64, older_than: i64, limit: i64) -> Result<Vec<i64>, DbError> {
-    let keep_last = i64::try_from(keep_last).unwrap_or(i64::MAX);
+/// Finished deployments of one environment whose logs its retention no longer keeps (see
+/// [`prune_rules`]), oldest first, after `after_id` (a cursor: a pass reads each row once), at
+/// most `limit`.
+pub fn prunable(c: &Connection, rule: &PruneRule, after_id: i64, limit: i64) -> Result<Vec<i64>, DbError> {
     let mut stmt = c.prepare_cached(
-        "SELECT d.id FROM deployments d
-         WHERE d.log_pruned_at IS NULL AND d.status IN ('success', 'failed') AND d.created_at < ?2
-           AND (?1 = 0 OR d.id < IFNULL((SELECT k.id FROM deployments k WHERE k.environment_id = d.environment_id
-                                         ORDER BY k.id DESC LIMIT 1 OFFSET ?1 - 1), d.id))
-         ORDER BY d.id LIMIT ?3",
+        "SELECT id FROM deployments
+         WHERE environment_id = ?1 AND id > ?2 AND id < ?3 AND created_at < ?4
+           AND log_pruned_at IS NULL AND status IN ('success', 'failed')
+         ORDER BY id LIMIT ?5",
     )?;
     Ok(stmt
-        .query_map(params![keep_last, older_than, limit], |r| r.get(0))?
+        .query_map(
+            params![
+                rule.environment_id,
+                after_id,
+                rule.below_id,
+                rule.older_than,
+                limit
+            ],
+            |r| r.get(0),
+        )?
         .collect::<Result<_, _>>()?)
+}
+
+/// Retention as configured, for environments without overrides, as of `now` (ms).
+#[derive(Debug, Clone, Copy)]
+pub struct KeepDefaults {
+    /// `deploys.log_keep_deployments` (0: the count keeps nothing).
+    pub deployments: i64,
+    /// `now` less `deploys.log_keep_days`: deployments created before it are old.
+    pub older_than: i64,
+    pub now: i64,
+}
+
+/// What one environment's retention allows to prune: finished deployments with an id below
+/// `below_id` (older than its last N) created before `older_than`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneRule {
+    pub environment_id: i64,
+    pub below_id: i64,
+    pub older_than: i64,
+}
+
+/// Each environment's rule: its own `log_keep_deployments` / `log_keep_days` where set, else the
+/// defaults. Environments whose last N are all they have are left out (nothing to prune).
+pub fn prune_rules(c: &Connection, keep: &KeepDefaults) -> Result<Vec<PruneRule>, DbError> {
+    let mut envs =
+        c.prepare_cached("SELECT id, log_keep_deployments, log_keep_days FROM environments ORDER BY id")?;
+    let envs: Vec<(i64, Option<i64>, Option<i64>)> = envs
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut nth_newest = c.prepare_cached(
+        "SELECT id FROM deployments WHERE environment_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+    )?;
+    let mut rules = Vec::new();
+    for (environment_id, keep_deployments, keep_days) in envs {
+        let n = keep_deployments.unwrap_or(keep.deployments);
+        let below_id = if n <= 0 {
+            i64::MAX
+        } else {
+            match nth_newest
+                .query_row(params![environment_id, n - 1], |r| r.get(0))
+                .optional()?
+            {
+                Some(id) => id,
+                None => continue,
+            }
+        };
+        let older_than = keep_days.map_or(keep.older_than, |d| {
+            keep.now.saturating_sub(d.saturating_mul(86_400_000))
+        });
+        rules.push(PruneRule {
+            environment_id,
+            below_id,
+            older_than,
+        });
+    }
+    Ok(rules)
 }
 
 /// Delete a deployment's log lines and mark it pruned; the number of lines deleted.

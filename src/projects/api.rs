@@ -5,7 +5,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::{Environment, EnvironmentInput, Project, ProjectError, ProjectInput, ProjectPatch, ops, store};
+use super::{
+    Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectError, ProjectInput, ProjectPatch, ops,
+    store,
+};
 use crate::app::AppState;
 use crate::users::Principal;
 use crate::web::error::{Json, WebError};
@@ -83,6 +86,26 @@ pub async fn add_environment(
 ) -> Result<(StatusCode, axum::Json<Environment>), WebError> {
     let env = ops::create_environment(&state, &who, project_id, input).await?;
     Ok((StatusCode::CREATED, axum::Json(env)))
+}
+
+pub async fn patch_environment(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+    Json(patch): Json<EnvironmentPatch>,
+) -> Result<axum::Json<Environment>, WebError> {
+    Ok(axum::Json(
+        ops::update_environment(&state, &who, id, patch).await?,
+    ))
+}
+
+pub async fn get_environment(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Environment>, WebError> {
+    Ok(axum::Json(
+        state.db.read(move |c| store::get_environment(c, id)).await?,
+    ))
 }
 
 pub async fn delete_environment(

@@ -71,6 +71,97 @@ pub struct Environment {
     /// The compose project name its stack runs under on the target: chosen when the environment
     /// is made, unique across the appliance, kept across renames (see `store::insert_environment`).
     pub compose_project: String,
+    /// Log retention of this environment; `null` = the appliance's default
+    /// (`deploys.log_keep_deployments`).
+    pub log_keep_deployments: Option<u32>,
+    /// `null` = `deploys.log_keep_days`.
+    pub log_keep_days: Option<u32>,
+}
+
+/// Per-environment log retention overrides (`None` = the configured default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_deployments: Option<u32>,
+    pub keep_days: Option<u32>,
+}
+
+/// The most deployments' logs an environment may keep by count, and the longest it may keep them.
+pub const MAX_KEEP_DEPLOYMENTS: u32 = 1_000_000;
+pub const MAX_KEEP_DAYS: u32 = 36_500;
+
+/// A retention field as given in JSON: `null` (or absent) = the default, else a whole number in
+/// `0..=max`. Taken as a raw value so a wrong type is a 422 naming the field, not a body error.
+pub fn validate_keep(
+    field: &'static str,
+    value: &serde_json::Value,
+    max: u32,
+) -> Result<Option<u32>, ProjectError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    match value.as_u64() {
+        Some(n) if n <= u64::from(max) => Ok(Some(u32::try_from(n).unwrap_or(max))),
+        _ => invalid(
+            field,
+            format!("must be a whole number from 0 to {max}, or null for the appliance's default"),
+        ),
+    }
+}
+
+/// A retention field from a form: empty = the default.
+pub fn parse_keep_form(field: &'static str, value: &str, max: u32) -> Result<Option<u32>, ProjectError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    match v.parse::<u64>() {
+        Ok(n) => validate_keep(field, &serde_json::Value::from(n), max),
+        Err(_) => invalid(
+            field,
+            format!("must be a whole number from 0 to {max}, or empty for the appliance's default"),
+        ),
+    }
+}
+
+/// A partial update of an environment's settings: absent fields stay, `null` returns a
+/// retention field to the appliance's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentPatch {
+    #[serde(default, deserialize_with = "double_value")]
+    pub log_keep_deployments: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "double_value")]
+    pub log_keep_days: Option<serde_json::Value>,
+}
+
+/// Present (even as `null`) → `Some(value)`; absent → `None` (via `default`).
+fn double_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+impl EnvironmentPatch {
+    /// The retention this patch leaves when applied to `current`, validated.
+    pub fn apply(&self, current: Retention) -> Result<Retention, ProjectError> {
+        Ok(Retention {
+            keep_deployments: match &self.log_keep_deployments {
+                None => current.keep_deployments,
+                Some(v) => validate_keep("log_keep_deployments", v, MAX_KEEP_DEPLOYMENTS)?,
+            },
+            keep_days: match &self.log_keep_days {
+                None => current.keep_days,
+                Some(v) => validate_keep("log_keep_days", v, MAX_KEEP_DAYS)?,
+            },
+        })
+    }
+}
+
+impl Environment {
+    pub fn retention(&self) -> Retention {
+        Retention {
+            keep_deployments: self.log_keep_deployments,
+            keep_days: self.log_keep_days,
+        }
+    }
 }
 
 /// Fields of a project, as given by a create request or after applying a patch.
@@ -111,6 +202,11 @@ pub struct EnvironmentInput {
     pub name: String,
     #[serde(default)]
     pub git_ref: Option<String>,
+    /// Log retention overrides (`null` or absent = the appliance's default).
+    #[serde(default)]
+    pub log_keep_deployments: serde_json::Value,
+    #[serde(default)]
+    pub log_keep_days: serde_json::Value,
 }
 
 /// A validated environment, ready to store.
@@ -118,6 +214,7 @@ pub struct EnvironmentInput {
 pub struct ValidEnvironment {
     pub name: String,
     pub git_ref: Option<String>,
+    pub retention: Retention,
 }
 
 impl EnvironmentInput {
@@ -127,7 +224,19 @@ impl EnvironmentInput {
             None | Some("") => None,
             Some(r) => Some(validate_git_ref("git_ref", r)?),
         };
-        Ok(ValidEnvironment { name, git_ref })
+        let retention = Retention {
+            keep_deployments: validate_keep(
+                "log_keep_deployments",
+                &self.log_keep_deployments,
+                MAX_KEEP_DEPLOYMENTS,
+            )?,
+            keep_days: validate_keep("log_keep_days", &self.log_keep_days, MAX_KEEP_DAYS)?,
+        };
+        Ok(ValidEnvironment {
+            name,
+            git_ref,
+            retention,
+        })
     }
 }
 
@@ -339,6 +448,8 @@ mod tests {
             let env = EnvironmentInput {
                 name: name.into(),
                 git_ref: None,
+                log_keep_deployments: serde_json::Value::Null,
+                log_keep_days: serde_json::Value::Null,
             };
             match env.validate() {
                 Ok(_) => assert!(ok, "{name}"),
@@ -346,6 +457,32 @@ mod tests {
                 Err(e) => panic!("{name}: {e}"),
             }
         }
+        for (v, ok) in [
+            (serde_json::json!(null), Some(None)),
+            (serde_json::json!(0), Some(Some(0))),
+            (serde_json::json!(36_500), Some(Some(36_500))),
+            (serde_json::json!(36_501), None),
+            (serde_json::json!(-1), None),
+            (serde_json::json!(1.5), None),
+            (serde_json::json!("7"), None),
+        ] {
+            match validate_keep("log_keep_days", &v, MAX_KEEP_DAYS) {
+                Ok(got) => assert_eq!(Some(got), ok, "{v}"),
+                Err(ProjectError::Invalid { field, .. }) => {
+                    assert!(ok.is_none() && field == "log_keep_days", "{v}")
+                }
+                Err(e) => panic!("{v}: {e}"),
+            }
+        }
+        assert!(matches!(
+            parse_keep_form("log_keep_days", " ", MAX_KEEP_DAYS),
+            Ok(None)
+        ));
+        assert!(matches!(
+            parse_keep_form("log_keep_days", "7", MAX_KEEP_DAYS),
+            Ok(Some(7))
+        ));
+        assert!(parse_keep_form("log_keep_days", "-7", MAX_KEEP_DAYS).is_err());
         p.pull = Some("sometimes".into());
         assert!(matches!(
             p.validate(),

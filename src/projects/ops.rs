@@ -1,7 +1,10 @@
 //! Project and environment operations, shared by the JSON API and the pages: each validates its
 //! input, writes through [`store`], and records its audit entry in the same transaction.
 
-use super::{Environment, EnvironmentInput, Project, ProjectError, ProjectInput, ProjectPatch, store};
+use super::{
+    Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectError, ProjectInput, ProjectPatch,
+    Retention, store,
+};
 use crate::agents::{ops as agent_ops, store as agent_store};
 use crate::app::AppState;
 use crate::audit;
@@ -130,6 +133,9 @@ pub async fn create_environment(
         .write(move |tx| {
             let now = now_ms();
             let id = store::insert_environment(tx, project_id, &valid.name, valid.git_ref.as_deref(), now)?;
+            if valid.retention != Retention::default() {
+                store::set_retention(tx, id, valid.retention)?;
+            }
             audit::record(
                 tx,
                 now,
@@ -139,6 +145,50 @@ pub async fn create_environment(
                 Some(id),
                 &valid.name,
             )?;
+            store::get_environment(tx, id)
+        })
+        .await
+}
+
+/// How an audit entry describes an environment's retention: its two values, `default` for none.
+fn describe_retention(r: Retention) -> (String, String) {
+    let shown = |v: Option<u32>| v.map_or_else(|| "default".to_owned(), |n| n.to_string());
+    (shown(r.keep_deployments), shown(r.keep_days))
+}
+
+/// Change an environment's settings (today its log retention overrides); validated as a whole,
+/// audited `environment.update` with the old and new values.
+pub async fn update_environment(
+    state: &AppState,
+    who: &Principal,
+    id: i64,
+    patch: EnvironmentPatch,
+) -> Result<Environment, ProjectError> {
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let current = store::get_environment(tx, id)?;
+            let before = current.retention();
+            let after = patch.apply(before)?;
+            if after != before {
+                store::set_retention(tx, id, after)?;
+                audit::record(
+                    tx,
+                    now_ms(),
+                    &actor,
+                    "environment.update",
+                    "environment",
+                    Some(id),
+                    &{
+                        let ((n, d), (n0, d0)) = (describe_retention(after), describe_retention(before));
+                        format!(
+                            "{}: log_keep_deployments {n}, log_keep_days {d} (was {n0}, {d0})",
+                            current.name
+                        )
+                    },
+                )?;
+            }
             store::get_environment(tx, id)
         })
         .await

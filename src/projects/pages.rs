@@ -11,8 +11,11 @@ use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::ops::{create_environment, create_project, update_project};
-use super::{EnvironmentInput, Project, ProjectInput, ProjectPatch, store};
+use super::ops::{create_environment, create_project, update_environment, update_project};
+use super::{
+    EnvironmentInput, EnvironmentPatch, MAX_KEEP_DAYS, MAX_KEEP_DEPLOYMENTS, Project, ProjectInput,
+    ProjectPatch, parse_keep_form, store,
+};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::{self, Deployment};
@@ -192,6 +195,77 @@ pub struct Forms {
     pub environment: Option<(String, FormErrors)>,
     pub secret: Option<(SecretForm, FormErrors)>,
     pub deploy: Option<FormErrors>,
+    /// The retention form of one environment (its id).
+    pub retention: Option<(i64, RetentionForm, FormErrors)>,
+}
+
+/// An environment's log retention form: empty fields mean the appliance's default.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct RetentionForm {
+    #[serde(default)]
+    pub log_keep_deployments: String,
+    #[serde(default)]
+    pub log_keep_days: String,
+}
+
+const RETENTION_FIELDS: &[&str] = &["log_keep_deployments", "log_keep_days"];
+
+/// The configured defaults an environment without overrides uses: (deployments, days).
+type RetentionDefaults = (u64, u64);
+
+fn retention_line(env: &super::Environment, defaults: RetentionDefaults) -> Markup {
+    let shown = |v: Option<u32>, default: u64| match v {
+        Some(n) => html! { strong { (n) } },
+        None => html! { (default) " " span.muted { "(default)" } },
+    };
+    html! {
+        "Logs kept: the last " (shown(env.log_keep_deployments, defaults.0))
+        " deployments and those of the last " (shown(env.log_keep_days, defaults.1)) " days."
+    }
+}
+
+fn retention_form(
+    v: &Viewer,
+    env: &super::Environment,
+    defaults: RetentionDefaults,
+    form: Option<&(RetentionForm, FormErrors)>,
+) -> Markup {
+    let (values, errors) = match form {
+        Some((f, e)) => (f.clone(), e.clone()),
+        None => (
+            RetentionForm {
+                log_keep_deployments: env
+                    .log_keep_deployments
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+                log_keep_days: env.log_keep_days.map(|n| n.to_string()).unwrap_or_default(),
+            },
+            FormErrors::default(),
+        ),
+    };
+    html! {
+        details open[!errors.is_empty()] {
+            summary { "Log retention" }
+            (form_banner(&errors))
+            form.grid-form method="post" action=(format!("/environments/{}/retention", env.id)) {
+                (csrf_field(&v.csrf))
+                label { "Keep the logs of the last N deployments"
+                    input name="log_keep_deployments" type="number" min="0" max=(MAX_KEEP_DEPLOYMENTS)
+                        value=(values.log_keep_deployments) placeholder=(format!("{} (default)", defaults.0))
+                        aria-invalid=[invalid(&errors, "log_keep_deployments")];
+                    (field_error(&errors, "log_keep_deployments"))
+                }
+                label { "…and of the last D days"
+                    input name="log_keep_days" type="number" min="0" max=(MAX_KEEP_DAYS)
+                        value=(values.log_keep_days) placeholder=(format!("{} (default)", defaults.1))
+                        aria-invalid=[invalid(&errors, "log_keep_days")];
+                    (field_error(&errors, "log_keep_days"))
+                }
+                button type="submit" { "Save retention" }
+            }
+            small.muted { "Empty uses the appliance's default. Older logs are deleted in the background; the deployments stay." }
+        }
+    }
 }
 
 /// Production-like environments ask for a confirmation before a deploy.
@@ -205,6 +279,8 @@ fn environment_card(
     project: &Project,
     env: &super::Environment,
     history: &[Deployment],
+    defaults: RetentionDefaults,
+    retention: Option<&(RetentionForm, FormErrors)>,
 ) -> Markup {
     let now = now_ms();
     html! {
@@ -242,6 +318,8 @@ fn environment_card(
                     }
                 }
             }
+            p.retention { small { (retention_line(env, defaults)) } }
+            @if v.can(Role::Member) { (retention_form(v, env, defaults, retention)) }
         }
     }
 }
@@ -270,6 +348,17 @@ pub async fn render_project(
         .settings
         .unwrap_or_else(|| (ProjectForm::from_project(&project), FormErrors::default()));
     let (env_name, env_errors) = forms.environment.unwrap_or_default();
+    let defaults = (
+        state.config.deploys.log_keep_deployments,
+        state.config.deploys.log_keep_days,
+    );
+    let retention_form = forms.retention.map(|(id, f, e)| (id, (f, e)));
+    let retention_of = |id: i64| {
+        retention_form
+            .as_ref()
+            .filter(|(form_id, _)| *form_id == id)
+            .map(|(_, f)| f)
+    };
     let body = html! {
         (layout::notice(done))
         div.page-head {
@@ -283,7 +372,7 @@ pub async fn render_project(
                 p.empty { "No environment yet. Add one (e.g. staging) to deploy." }
             }
             @for (env, hist) in project.environments.iter().zip(&history) {
-                (environment_card(v, &project, env, hist))
+                (environment_card(v, &project, env, hist, defaults, retention_of(env.id)))
             }
             @if editable {
                 details open[!env_errors.is_empty()] {
@@ -382,6 +471,8 @@ pub async fn add_environment(
     let input = EnvironmentInput {
         name: form.name.clone(),
         git_ref: opt(&form.git_ref),
+        log_keep_deployments: serde_json::Value::Null,
+        log_keep_days: serde_json::Value::Null,
     };
     match create_environment(&state, &who, id, input).await {
         Ok(_) => Ok(layout::see_other(&format!(
@@ -394,6 +485,56 @@ pub async fn add_environment(
                 ..Forms::default()
             };
             with_errors(&state, &v, id, forms).await
+        }
+    }
+}
+
+/// The retention form of an environment's card: empty fields return to the default.
+pub async fn set_retention(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Path(env_id): Path<i64>,
+    Form(form): Form<RetentionForm>,
+) -> Result<Response, PageError> {
+    let env = state
+        .db
+        .read(move |c| store::get_environment(c, env_id))
+        .await
+        .map_err(WebError::from)?;
+    let parsed = parse_keep_form(
+        "log_keep_deployments",
+        &form.log_keep_deployments,
+        MAX_KEEP_DEPLOYMENTS,
+    )
+    .and_then(|n| {
+        Ok((
+            n,
+            parse_keep_form("log_keep_days", &form.log_keep_days, MAX_KEEP_DAYS)?,
+        ))
+    });
+    let result = match parsed {
+        Ok((n, d)) => {
+            let patch = EnvironmentPatch {
+                log_keep_deployments: Some(n.map_or(serde_json::Value::Null, serde_json::Value::from)),
+                log_keep_days: Some(d.map_or(serde_json::Value::Null, serde_json::Value::from)),
+            };
+            update_environment(&state, &who, env_id, patch).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => Ok(layout::see_other(&format!(
+            "/projects/{}?done=retention-saved#env-{}",
+            env.project_id, env.name
+        ))),
+        Err(e) => {
+            let errors = FormErrors::from_web(e.into(), RETENTION_FIELDS)?;
+            let forms = Forms {
+                retention: Some((env_id, form, errors)),
+                ..Forms::default()
+            };
+            with_errors(&state, &v, env.project_id, forms).await
         }
     }
 }

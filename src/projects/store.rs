@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{Environment, Project, ProjectError, ValidProject};
+use super::{Environment, Project, ProjectError, Retention, ValidProject};
 use crate::db::{DbError, Stored, StoredEnum, enum_at, rfc3339};
 use stagely_protocol::PullPolicy;
 
@@ -35,19 +35,26 @@ fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
 }
 
 fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, DbError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT id, project_id, name, git_ref, compose_project FROM environments WHERE project_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([project_id], |r| {
-        Ok(Environment {
-            id: r.get(0)?,
-            project_id: r.get(1)?,
-            name: r.get(2)?,
-            git_ref: r.get(3)?,
-            compose_project: r.get(4)?,
-        })
-    })?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {ENVIRONMENT_COLUMNS} FROM environments WHERE project_id = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([project_id], environment_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+const ENVIRONMENT_COLUMNS: &str =
+    "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days";
+
+fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
+    Ok(Environment {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        name: r.get(2)?,
+        git_ref: r.get(3)?,
+        compose_project: r.get(4)?,
+        log_keep_deployments: r.get(5)?,
+        log_keep_days: r.get(6)?,
+    })
 }
 
 pub fn get(c: &Connection, id: i64) -> Result<Project, ProjectError> {
@@ -163,21 +170,23 @@ fn free_compose_project(tx: &Transaction<'_>, base: &str, id: i64) -> Result<Str
 }
 
 pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectError> {
-    c.query_row(
-        "SELECT id, project_id, name, git_ref, compose_project FROM environments WHERE id = ?1",
-        [id],
-        |r| {
-            Ok(Environment {
-                id: r.get(0)?,
-                project_id: r.get(1)?,
-                name: r.get(2)?,
-                git_ref: r.get(3)?,
-                compose_project: r.get(4)?,
-            })
-        },
-    )
+    c.prepare_cached(&format!(
+        "SELECT {ENVIRONMENT_COLUMNS} FROM environments WHERE id = ?1"
+    ))?
+    .query_row([id], environment_from_row)
     .optional()?
     .ok_or(ProjectError::EnvironmentNotFound)
+}
+
+/// Set an environment's log retention overrides (`None` = the configured default).
+pub fn set_retention(tx: &Transaction<'_>, id: i64, r: Retention) -> Result<(), ProjectError> {
+    match tx.execute(
+        "UPDATE environments SET log_keep_deployments = ?2, log_keep_days = ?3 WHERE id = ?1",
+        params![id, r.keep_deployments, r.keep_days],
+    )? {
+        0 => Err(ProjectError::EnvironmentNotFound),
+        _ => Ok(()),
+    }
 }
 
 /// The environments of `project_id` (or only `environment_id`) whose stack may be running on a

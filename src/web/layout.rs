@@ -241,6 +241,7 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("project-created") => "Project created.",
         Some("project-saved") => "Settings saved.",
         Some("environment-added") => "Environment added.",
+        Some("retention-saved") => "Log retention saved.",
         Some("secret-added") => "Secret added. Its value is stored encrypted and will not be shown again.",
         Some("secret-updated") => "Secret value replaced.",
         Some("secret-deleted") => "Secret deleted.",

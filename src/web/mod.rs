@@ -76,6 +76,18 @@ pub fn routes() -> Routes {
             projects::api::add_environment,
         )
         .add(
+            M::GET,
+            "/api/environments/{id}",
+            VIEWER,
+            projects::api::get_environment,
+        )
+        .add(
+            M::PATCH,
+            "/api/environments/{id}",
+            MEMBER,
+            projects::api::patch_environment,
+        )
+        .add(
             M::DELETE,
             "/api/environments/{id}",
             ADMIN,
@@ -137,6 +149,12 @@ pub fn routes() -> Routes {
             "/projects/{id}/environments",
             MEMBER,
             projects::pages::add_environment,
+        )
+        .add(
+            M::POST,
+            "/environments/{id}/retention",
+            MEMBER,
+            projects::pages::set_retention,
         )
         .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
         .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)

@@ -38,6 +38,22 @@ const METRICS: &[&str] = &[
     "signin_peak_rss",
     "signin_rss_added",
     "signin_busy_share",
+    "history_db_mb_off",
+    "history_dashboard_p99_off",
+    "history_deployments_html_p99_off",
+    "history_deployments_api_p99_off",
+    "history_logs_html_p99_off",
+    "history_logs_api_first_p99_off",
+    "history_logs_api_deep_p99_off",
+    "history_prune_secs",
+    "history_dashboard_p99_on",
+    "history_deployments_html_p99_on",
+    "history_deployments_api_p99_on",
+    "history_logs_html_p99_on",
+    "history_logs_api_first_p99_on",
+    "history_logs_api_deep_p99_on",
+    "history_db_mb_pruned",
+    "history_db_mb_vacuum",
 ];
 
 #[test]
@@ -103,6 +119,11 @@ fn quick_bench_reports_every_metric() {
         "storm_90s",
         "storm_healthz_p99",
         "sqlite_deploys_per_sec",
+        "history_db_mb_off",
+        "history_logs_api_deep_p99_off",
+        "history_prune_secs",
+        "history_deployments_html_p99_on",
+        "history_db_mb_vacuum",
     ] {
         let row = rows.iter().find(|r| r["key"] == key).unwrap();
         assert!(

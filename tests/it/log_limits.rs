@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::common::{Api, TestAgent, TestServer, wait_for};
+use crate::common::{Api, TestAgent, TestServer, cli_token, wait_for};
 
 const CANARY: &str = "canary-h9-Zq8/+Wn3-longer-than-a-line-cut";
 
@@ -236,5 +236,263 @@ async fn retention_prunes_old_logs_and_keeps_the_deployments() {
         .await
         .unwrap();
     assert!(page.contains("Log pruned"), "{page:.2000}");
+    server.stop().await;
+}
+
+/// Age deployments by `days` in the real database file (the pruner judges by `created_at`).
+fn age(server: &TestServer, ids: &[i64], days: i64) {
+    let db = stagely::db::Db::open(&server.data_dir().join("stagely.db")).unwrap();
+    let old = stagely::db::now_ms() - days * 86_400_000;
+    let ids = ids.to_vec();
+    db.write_blocking(move |tx| {
+        for id in ids {
+            tx.execute(
+                "UPDATE deployments SET created_at = ?1 WHERE id = ?2",
+                rusqlite::params![old, id],
+            )?;
+        }
+        Ok::<_, stagely::db::DbError>(())
+    })
+    .unwrap();
+}
+
+/// Which of `ids` still have their log (10 lines) and which were pruned (none, `log_pruned_at`).
+async fn kept(api: &Api, ids: &[i64]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for &id in ids {
+        let (_, d) = api.get(&format!("/api/deployments/{id}")).await;
+        let (_, lines) = get_page(api, &format!("/api/deployments/{id}/logs")).await;
+        let pruned = d["log_pruned_at"].is_string();
+        assert_eq!(lines.is_empty(), pruned, "deployment {id}: {d}");
+        assert!(lines.is_empty() || lines.len() == 10, "deployment {id}");
+        out.push(!pruned);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_override_keeps_more_or_fewer_logs_than_the_default() {
+    let server = TestServer::start_with(|c| {
+        c.deploys.log_keep_deployments = 2;
+        c.deploys.log_keep_days = 7;
+        c.deploys.log_prune_every_secs = 1;
+    })
+    .await;
+    let api = &server.api;
+    let names = ["more", "fewer", "days", "plain"];
+    let (pid, envs) = api.project("override", &names).await;
+    // Overrides through the API; the answer and the project show them, null = the default.
+    for (env, body) in [
+        (envs[0], json!({"log_keep_deployments": 3})),
+        (envs[1], json!({"log_keep_deployments": 1})),
+        (envs[2], json!({"log_keep_days": 60})),
+    ] {
+        let (status, e) = api.patch(&format!("/api/environments/{env}"), body.clone()).await;
+        assert_eq!(status, 200, "{e}");
+        for (k, v) in body.as_object().unwrap() {
+            assert_eq!(&e[k], v, "{e}");
+        }
+    }
+    let (_, p) = api.get(&format!("/api/projects/{pid}")).await;
+    assert_eq!(p["environments"][0]["log_keep_deployments"], 3);
+    assert_eq!(p["environments"][0]["log_keep_days"], Value::Null);
+    assert_eq!(p["environments"][2]["log_keep_days"], 60);
+    assert_eq!(p["environments"][3]["log_keep_deployments"], Value::Null);
+    // Four finished deployments of 10 lines in each environment, all 30 days old.
+    let mut ids: Vec<Vec<i64>> = Vec::new();
+    for (i, env) in envs.iter().enumerate() {
+        let (agent_id, token) = api.agent(*env, &format!("a{i}")).await;
+        let mut agent = TestAgent::connect(&api.url, &token, Some(vec![])).await;
+        api.wait_online(agent_id).await;
+        let mut these = Vec::new();
+        for _ in 0..4 {
+            let (status, body) = api
+                .post(&format!("/api/deploy/{pid}"), json!({"environment": names[i]}))
+                .await;
+            assert_eq!(status, 202, "{body}");
+            let id = body["deployment_id"].as_i64().unwrap();
+            assert_eq!(agent.recv().await["type"], "DEPLOY");
+            for seq in 0..10u64 {
+                agent.log(id, seq, &format!("deployment {id} line {seq}")).await;
+            }
+            finish(&mut agent, id).await;
+            these.push(id);
+        }
+        ids.push(these);
+    }
+    let all: Vec<i64> = ids.iter().flatten().copied().collect();
+    age(&server, &all, 30);
+    // The oldest of "fewer" goes only with its own override (the default keeps the last two);
+    // once it and the default's two are gone, give the pruner two more passes.
+    for id in [ids[1][0], ids[1][1], ids[1][2], ids[3][0], ids[3][1]] {
+        wait_for(
+            "logs past retention pruned",
+            Duration::from_secs(15),
+            || async move {
+                let (_, d) = api.get(&format!("/api/deployments/{id}")).await;
+                d["log_pruned_at"].is_string().then_some(())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        kept(api, &ids[0]).await,
+        [false, true, true, true],
+        "more: last 3"
+    );
+    assert_eq!(
+        kept(api, &ids[1]).await,
+        [false, false, false, true],
+        "fewer: last 1"
+    );
+    assert_eq!(kept(api, &ids[2]).await, [true; 4], "days: 60 days keep all");
+    assert_eq!(
+        kept(api, &ids[3]).await,
+        [false, false, true, true],
+        "plain: the default"
+    );
+
+    // Back to the default (null): "more" now keeps two.
+    let (status, e) = api
+        .patch(
+            &format!("/api/environments/{}", envs[0]),
+            json!({"log_keep_deployments": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["log_keep_deployments"], Value::Null);
+    let second = ids[0][1];
+    wait_for(
+        "the default applies again",
+        Duration::from_secs(15),
+        || async move {
+            let (_, d) = api.get(&format!("/api/deployments/{second}")).await;
+            d["log_pruned_at"].is_string().then_some(())
+        },
+    )
+    .await;
+    assert_eq!(kept(api, &ids[0]).await, [false, false, true, true]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_overrides_are_validated_audited_and_need_a_member() {
+    let server = TestServer::start_with(|c| c.deploys.log_prune_every_secs = 0).await;
+    let api = &server.api;
+    let (pid, envs) = api.project("bounds", &["staging"]).await;
+    let path = format!("/api/environments/{}", envs[0]);
+    for (body, field) in [
+        (json!({"log_keep_deployments": -1}), "log_keep_deployments"),
+        (json!({"log_keep_deployments": 1_000_001}), "log_keep_deployments"),
+        (json!({"log_keep_deployments": 2.5}), "log_keep_deployments"),
+        (json!({"log_keep_deployments": "10"}), "log_keep_deployments"),
+        (json!({"log_keep_days": 36_501}), "log_keep_days"),
+        (json!({"log_keep_days": true}), "log_keep_days"),
+        // The first bad field is named; nothing of the request is stored.
+        (
+            json!({"log_keep_days": 5, "log_keep_deployments": -3}),
+            "log_keep_deployments",
+        ),
+    ] {
+        let (status, e) = api.patch(&path, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {e}");
+        assert_eq!(e["error"]["code"], "invalid_field", "{e}");
+        assert_eq!(e["error"]["field"], field, "{body}: {e}");
+    }
+    // Also when the environment is made.
+    let (status, e) = api
+        .post(
+            &format!("/api/projects/{pid}/environments"),
+            json!({"name": "prod", "log_keep_days": -5}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(e["error"]["field"], "log_keep_days", "{e}");
+    let made = api
+        .ok(
+            &format!("/api/projects/{pid}/environments"),
+            json!({"name": "prod", "log_keep_deployments": 500, "log_keep_days": 0}),
+            201,
+        )
+        .await;
+    assert_eq!(
+        (
+            made["log_keep_deployments"].as_u64(),
+            made["log_keep_days"].as_u64()
+        ),
+        (Some(500), Some(0))
+    );
+    let (_, e) = api.get(&path).await;
+    assert_eq!(
+        e["log_keep_deployments"],
+        Value::Null,
+        "a refused patch stored nothing: {e}"
+    );
+    assert_eq!(e["log_keep_days"], Value::Null, "{e}");
+    let (status, _) = api.patch(&path, json!({"log_keep_everything": 1})).await;
+    assert_eq!(status, 422, "unknown fields are refused");
+
+    // The bounds themselves are accepted; the change is audited with old and new values.
+    let (status, e) = api
+        .patch(
+            &path,
+            json!({"log_keep_deployments": 1_000_000, "log_keep_days": 36_500}),
+        )
+        .await;
+    assert_eq!(status, 200, "{e}");
+    // The project page shows each environment's effective retention, the defaults marked.
+    let page = reqwest::Client::new()
+        .get(format!("{}/projects/{pid}", api.url))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Logs kept: the last <strong>1000000</strong> deployments and those of the last <strong>36500</strong> days"),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "the last <strong>500</strong> deployments and those of the last <strong>0</strong> days"
+        )
+    );
+    assert!(
+        page.contains(r#"action="/environments/"#),
+        "a member's form to change them"
+    );
+    let db = stagely::db::Db::open(&server.data_dir().join("stagely.db")).unwrap();
+    let detail: String = db
+        .read_blocking(|c| {
+            Ok::<_, stagely::db::DbError>(c.query_row(
+                "SELECT detail FROM audit_log WHERE action = 'environment.update' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(
+        detail,
+        "staging: log_keep_deployments 1000000, log_keep_days 36500 (was default, default)"
+    );
+
+    // Environment settings are a member's to change (docs/api.md: members edit environments);
+    // a viewer reads them and cannot.
+    let viewer = api.with_token(&cli_token(&server.data_dir(), "look", "viewer"));
+    let (status, e) = viewer.get(&path).await;
+    assert_eq!((status, e["log_keep_days"].as_u64()), (200, Some(36_500)));
+    let (status, _) = viewer.patch(&path, json!({"log_keep_days": 0})).await;
+    assert_eq!(status, 403);
+    let member = api.with_token(&cli_token(&server.data_dir(), "m", "member"));
+    let (status, e) = member.patch(&path, json!({"log_keep_days": null})).await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["log_keep_days"], Value::Null);
+    let (status, _) = api
+        .patch("/api/environments/9999", json!({"log_keep_days": 1}))
+        .await;
+    assert_eq!(status, 404);
     server.stop().await;
 }

@@ -24,6 +24,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/projects/{id}", "member"),
     ("DELETE", "/api/projects/{id}", "admin"),
     ("POST", "/api/projects/{id}/environments", "member"),
+    ("GET", "/api/environments/{id}", "viewer"),
+    ("PATCH", "/api/environments/{id}", "member"),
     ("DELETE", "/api/environments/{id}", "admin"),
     ("GET", "/api/projects/{id}/secrets", "viewer"),
     ("POST", "/api/projects/{id}/secrets", "member"),
@@ -60,6 +62,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/projects/{id}", "viewer"),
     ("POST", "/projects/{id}", "member"),
     ("POST", "/projects/{id}/environments", "member"),
+    ("POST", "/environments/{id}/retention", "member"),
     ("POST", "/projects/{id}/secrets", "member"),
     ("POST", "/secrets/{id}", "member"),
     ("POST", "/secrets/{id}/delete", "member"),
@@ -373,6 +376,38 @@ async fn forms_validate_next_to_the_field_and_secret_values_never_come_back() {
         .post_form("/projects/1/environments", &[("name", "staging")])
         .await;
     assert_eq!(status, 303);
+    // The environment's log retention form: a bad number comes back next to its field, nothing
+    // saved; a good one is saved and shown; empty returns to the default.
+    let (status, body) = admin
+        .post_form(
+            "/environments/1/retention",
+            &[("log_keep_deployments", "12"), ("log_keep_days", "-4")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(body.contains("id=\"log_keep_days-error\""), "{body}");
+    assert!(body.contains("value=\"-4\""), "the form keeps what was typed");
+    let (_, page) = admin.get("/projects/1").await;
+    assert!(
+        page.contains("50 <span class=\"muted\">(default)</span>"),
+        "nothing half-saved: {page}"
+    );
+    let (status, _) = admin
+        .post_form(
+            "/environments/1/retention",
+            &[("log_keep_deployments", "12"), ("log_keep_days", "")],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let (_, page) = admin.get("/projects/1").await;
+    assert!(
+        page.contains("the last <strong>12</strong> deployments"),
+        "{page}"
+    );
+    assert!(
+        page.contains("30 <span class=\"muted\">(default)</span> days"),
+        "{page}"
+    );
     // A bad key: the value is not echoed back into the form.
     let (status, body) = admin
         .post_form(

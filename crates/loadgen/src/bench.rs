@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Run only these groups (comma-separated): appliance, agent, idle, dispatch, logs, slow,
-    /// storm, overhead, sqlite, signin.
+    /// storm, overhead, sqlite, abuse, signin, history.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's own
@@ -150,6 +150,8 @@ pub struct Bench {
     pub fill_handshakes: u32,
     pub secrets: usize,
     pub live_viewer: bool,
+    /// The history group's seeded size.
+    pub history: crate::history::HistorySize,
     fixture: Option<Fixture>,
 }
 
@@ -286,6 +288,11 @@ pub async fn main(args: BenchArgs) -> Result<()> {
         fill_handshakes: args.fill_handshakes,
         secrets: args.secrets,
         live_viewer: !args.no_live_viewer,
+        history: if args.full {
+            crate::history::HistorySize::full()
+        } else {
+            crate::history::HistorySize::quick()
+        },
         fixture: None,
     };
     if !bench.stagely.exists() {
@@ -371,6 +378,8 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
         // Already measured together with the idle agents (one swarm fill per run).
         return;
     }
+    // The history group seeds one big data dir; its p99s are over many requests already.
+    let runs = if group == "history" { 1 } else { runs };
     for run in 0..runs {
         let outcome = match group {
             "appliance" => crate::footprint::appliance(b, res, run).await,
@@ -385,6 +394,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
             "abuse" => crate::abuse::run(b, res).await,
 
             "signin" => crate::signin::run(b, res, run).await,
+            "history" => crate::history::run(b, res).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {

@@ -12,6 +12,7 @@ mod bench;
 mod deploys;
 mod fleet;
 mod footprint;
+mod history;
 mod http;
 mod live;
 mod logs;
