@@ -113,11 +113,15 @@ pub fn list(c: &Connection, environment_id: Option<i64>, limit: i64) -> Result<V
         .collect::<Result<_, _>>()?)
 }
 
+const LATEST_IDS: &str =
+    "SELECT (SELECT MAX(x.id) FROM deployments x WHERE x.environment_id = en.id) FROM environments en";
+
 /// The newest deployment of every environment (for the dashboard).
 pub fn latest_per_environment(c: &Connection) -> Result<Vec<Deployment>, DeployError> {
-    let mut stmt = c.prepare_cached(&format!(
-        "{SELECT} WHERE d.id IN (SELECT MAX(id) FROM deployments GROUP BY environment_id)"
-    ))?;
+    // One index seek per environment (`deployments_environment` is (environment_id, id)): a
+    // `GROUP BY environment_id` over deployments read the whole index, so the dashboard grew
+    // with history (BENCHMARKS.md "History growth").
+    let mut stmt = c.prepare_cached(&format!("{SELECT} WHERE d.id IN ({LATEST_IDS})"))?;
     Ok(stmt.query_map([], from_row)?.collect::<Result<_, _>>()?)
 }
 
@@ -413,6 +417,54 @@ mod tests {
         assert!(
             err.contains("deployments row 41") && err.contains("\"paused\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_newest_deployment_of_each_environment_is_found_by_seeks_not_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write_blocking(|tx| {
+            tx.execute_batch(
+                "INSERT INTO projects (id, name, git_ref, compose_path, pull, created_at, updated_at)
+                 VALUES (1, 'p', 'main', 'compose.yaml', 'missing', 0, 0);
+                 INSERT INTO environments (id, project_id, name, created_at)
+                 VALUES (1, 1, 'a', 0), (2, 1, 'b', 0), (3, 1, 'never-deployed', 0);
+                 INSERT INTO deployments (id, project_id, environment_id, status, git_ref, triggered_by, created_at)
+                 VALUES (1, 1, 1, 'success', 'main', 'cli', 0), (2, 1, 2, 'failed', 'main', 'cli', 0),
+                        (3, 1, 1, 'failed', 'main', 'cli', 0), (4, 1, 2, 'success', 'main', 'cli', 0),
+                        (5, 1, 1, 'success', 'main', 'cli', 0);",
+            )?;
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+        let mut latest: Vec<(i64, i64)> = db
+            .read_blocking(latest_per_environment)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.environment_id, d.id))
+            .collect();
+        latest.sort();
+        assert_eq!(latest, vec![(1, 5), (2, 4)]);
+        // How it reads: no full pass over deployments or its index, whatever the history.
+        let plan: Vec<String> = db
+            .read_blocking(|c| {
+                let sql = format!("EXPLAIN QUERY PLAN {SELECT} WHERE d.id IN ({LATEST_IDS})");
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(3))?;
+                Ok::<_, DbError>(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING COVERING INDEX deployments_environment")),
+            "{plan:?}"
+        );
+        // Only the environments are walked; deployments are reached by seeks alone.
+        assert!(
+            plan.iter()
+                .all(|p| !p.starts_with("SCAN") || p.starts_with("SCAN en ")),
+            "{plan:?}"
         );
     }
 }
