@@ -47,6 +47,9 @@ impl From<DeployError> for WebError {
 pub struct DeployRequest {
     #[serde(default)]
     pub environment: Option<String>,
+    /// A branch, tag or commit other than the environment's `git_ref`.
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
 }
 
 pub async fn deploy(
@@ -62,9 +65,16 @@ pub async fn deploy(
         serde_json::from_slice(&body)
             .map_err(|e| WebError::invalid("body", format!("not a deploy request: {e}")))?
     };
-    let environment = request.environment;
-    let id = ops::trigger(&state, &who, project_id, environment).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "deployment_id": id }))))
+    let request = ops::Request {
+        environment: request.environment,
+        git_ref: request.git_ref,
+        commit: None,
+    };
+    let t = ops::trigger(&state, &who, project_id, request).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "deployment_id": t.deployment_id, "status": t.status.as_str() })),
+    ))
 }
 
 pub async fn get(

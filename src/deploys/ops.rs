@@ -19,14 +19,73 @@ use crate::{audit, projects};
 use stagely_protocol::mask::Masker;
 use stagely_protocol::{self as protocol, ProjectSpec, SealedSecrets, SecretEntry, ServerMessage};
 
-/// Start a deploy of one environment of a project; returns the deployment id once the agent's
-/// connection holds the DEPLOY.
+/// What to deploy: which environment (optional when the project has one), and optionally a ref
+/// other than the environment's, or one exact commit (a push webhook deploys the pushed sha, not
+/// whatever the branch points at when the agent fetches).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub environment: Option<String>,
+    /// A branch, tag or commit instead of the environment's `git_ref` (else the project's).
+    pub git_ref: Option<String>,
+    /// The exact commit (40 or 64 hex digits): the agent checks out this sha, and the
+    /// deployment records it from the start. `git_ref` then only names where it came from.
+    pub commit: Option<String>,
+}
+
+/// A deployment just recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Triggered {
+    pub deployment_id: i64,
+    pub status: DeployStatus,
+}
+
+/// A ref from a caller: what git and the agent accept (the agent checks again).
+fn valid_ref(field: &'static str, value: &str) -> Result<(), DeployError> {
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && !value.starts_with('-')
+        && !value.contains(|c: char| c.is_whitespace() || c.is_control() || c == '\\')
+        && !value.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::Invalid {
+            field,
+            message: "must be a branch, tag or commit name (no spaces, no leading '-', no '..', at most 255 bytes)".into(),
+        })
+    }
+}
+
+/// A commit id: 40 (SHA-1) or 64 (SHA-256) hex digits.
+pub fn is_commit_id(value: &str) -> bool {
+    matches!(value.len(), 40 | 64) && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Start a deploy of one environment of a project; answers once the agent's connection holds
+/// the DEPLOY.
 pub async fn trigger(
     state: &AppState,
     who: &Principal,
     project_id: i64,
-    environment: Option<String>,
-) -> Result<i64, DeployError> {
+    request: Request,
+) -> Result<Triggered, DeployError> {
+    let Request {
+        environment,
+        git_ref: ref_override,
+        commit,
+    } = request;
+    if let Some(r) = &ref_override {
+        valid_ref("ref", r)?;
+    }
+    if let Some(c) = &commit
+        && !is_commit_id(c)
+    {
+        return Err(DeployError::Invalid {
+            field: "commit",
+            message: "must be a full commit id (40 or 64 hex digits)".into(),
+        });
+    }
+    let commit = commit.map(|c| c.to_ascii_lowercase());
     // The lookup is a few indexed reads, on this thread (no trip to the blocking pool); the
     // decryption and the record are one trip, decryption first, so a vault problem leaves
     // nothing half-made. The record keeps the versions of exactly the values decrypted.
@@ -44,8 +103,13 @@ pub async fn trigger(
     } = target;
     let (db, vault, actor) = (state.db.clone(), state.vault.clone(), who.actor.clone());
     let (env_id, env_name) = (env.id, env.name.clone());
-    let git_ref = env.git_ref.clone().unwrap_or_else(|| project.git_ref.clone());
+    let git_ref = ref_override
+        .or_else(|| env.git_ref.clone())
+        .unwrap_or_else(|| project.git_ref.clone());
     let ref_for_record = git_ref.clone();
+    // The agent checks out the pinned commit itself (it resolves a sha as a commit).
+    let git_ref = commit.clone().unwrap_or(git_ref);
+    let commit_for_record = commit.clone();
     let spec = ProjectSpec {
         name: project.name.clone(),
         environment: env.name.clone(),
@@ -63,6 +127,7 @@ pub async fn trigger(
             environment: &env_name,
             agent_id,
             git_ref: &ref_for_record,
+            commit: commit_for_record.as_deref(),
             triggered_by: &actor,
         };
         let id = db.write_blocking(|tx| {
@@ -144,7 +209,10 @@ pub async fn trigger(
         deployment_id,
         environment_id: env.id,
     });
-    Ok(deployment_id)
+    Ok(Triggered {
+        deployment_id,
+        status: DeployStatus::Queued,
+    })
 }
 
 /// A DEPLOY frame the agent would refuse (over [`protocol::MAX_FRAME_BYTES`]): what to tell

@@ -14,6 +14,8 @@ pub struct NewDeployment<'a> {
     pub environment: &'a str,
     pub agent_id: i64,
     pub git_ref: &'a str,
+    /// Pinned from the start (a push webhook's sha); else the agent reports it.
+    pub commit: Option<&'a str>,
     pub triggered_by: &'a str,
 }
 
@@ -26,10 +28,10 @@ pub fn insert(
     now: i64,
 ) -> Result<i64, DeployError> {
     tx.prepare_cached(
-        "INSERT INTO deployments (project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+        "INSERT INTO deployments (project_id, environment_id, agent_id, status, git_ref, commit_sha, triggered_by, created_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![d.project_id, d.environment_id, d.agent_id, d.git_ref, d.triggered_by, now])
+    .execute(params![d.project_id, d.environment_id, d.agent_id, d.git_ref, d.commit, d.triggered_by, now])
     .map_err(|e| {
         let e = DbError::from(e);
         if e.is_constraint() { DeployError::InProgress(d.environment.to_owned()) } else { DeployError::Db(e) }

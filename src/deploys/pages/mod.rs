@@ -45,8 +45,12 @@ pub async fn deploy(
     if is_production(&env) && form.confirm.trim() != env {
         return confirm_page(&state, &v, project_id, &env, !form.confirm.is_empty()).await;
     }
-    match ops::trigger(&state, &who, project_id, Some(env)).await {
-        Ok(id) => Ok(layout::see_other(&format!("/deployments/{id}"))),
+    let request = ops::Request {
+        environment: Some(env),
+        ..ops::Request::default()
+    };
+    match ops::trigger(&state, &who, project_id, request).await {
+        Ok(t) => Ok(layout::see_other(&format!("/deployments/{}", t.deployment_id))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), &[])?;
             let forms = Forms {
