@@ -50,7 +50,7 @@ impl From<rusqlite::Error> for AgentError {
 }
 
 /// An agent as the API shows it. `online` and `last_heartbeat` come from the hub when live.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentInfo {
     pub id: i64,
     pub name: String,
@@ -81,7 +81,7 @@ pub struct AgentInfo {
 
 /// Something seen once, the last time: when, and what (addresses, hosts, recipients; never a
 /// token).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Sighting {
     pub at: String,
     pub detail: String,

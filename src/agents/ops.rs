@@ -11,7 +11,7 @@ use crate::names::{self, NameKind};
 use crate::users::Principal;
 
 /// A new agent; its token exists only here, once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedAgent {
     pub id: i64,
     pub name: String,

@@ -5,9 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{DeployError, Deployment, ops, store};
+use super::{DeployError, DeployStatus, Deployment, ops, store};
 use crate::app::AppState;
 use crate::db::rfc3339;
 use crate::users::Principal;
@@ -42,7 +41,7 @@ impl From<DeployError> for WebError {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     #[serde(default)]
@@ -50,6 +49,13 @@ pub struct DeployRequest {
     /// A branch, tag or commit other than the environment's `git_ref`.
     #[serde(default, rename = "ref")]
     pub git_ref: Option<String>,
+}
+
+/// `202` to a deploy: the new deployment, `queued` (sent) or `waiting` (another runs).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeployAccepted {
+    pub deployment_id: i64,
+    pub status: DeployStatus,
 }
 
 pub async fn deploy(
@@ -71,10 +77,11 @@ pub async fn deploy(
         commit: None,
     };
     let t = ops::trigger(&state, &who, project_id, request).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "deployment_id": t.deployment_id, "status": t.status.as_str() })),
-    ))
+    let accepted = DeployAccepted {
+        deployment_id: t.deployment_id,
+        status: t.status,
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)))
 }
 
 pub async fn get(

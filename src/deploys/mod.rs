@@ -22,7 +22,7 @@ use crate::db::DbError;
 use crate::secrets::vault::VaultError;
 use stagely_protocol::ServiceState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeployStatus {
     /// Recorded and sent to the agent, which has not reported anything yet.
@@ -70,7 +70,7 @@ impl crate::db::stored::StoredEnum for DeployStatus {
 }
 
 /// Which version of which secret a deployment used (never the value).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SecretVersion {
     pub secret_id: i64,
     pub key: String,
@@ -79,7 +79,7 @@ pub struct SecretVersion {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Deployment {
     pub id: i64,
     pub project_id: i64,
@@ -91,6 +91,8 @@ pub struct Deployment {
     pub git_ref: String,
     pub commit: Option<String>,
     pub error: Option<String>,
+    /// Per service: `{name, state, health, exit_code}`.
+    #[schema(value_type = Vec<Object>)]
     pub services: Vec<ServiceState>,
     pub triggered_by: String,
     pub created_at: String,
@@ -100,7 +102,7 @@ pub struct Deployment {
     pub secrets: Vec<SecretVersion>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub seq: i64,
     pub stream: String,

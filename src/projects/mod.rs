@@ -48,20 +48,22 @@ impl From<rusqlite::Error> for ProjectError {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Project {
     pub id: i64,
     pub name: String,
     pub repo_url: Option<String>,
     pub git_ref: String,
     pub compose_path: String,
+    /// `always`, `missing` or `never`.
+    #[schema(value_type = String)]
     pub pull: PullPolicy,
     pub created_at: String,
     pub updated_at: String,
     pub environments: Vec<Environment>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Environment {
     pub id: i64,
     pub project_id: i64,
@@ -125,7 +127,7 @@ pub fn parse_keep_form(field: &'static str, value: &str, max: u32) -> Result<Opt
 
 /// A partial update of an environment's settings: absent fields stay, `null` returns a
 /// retention field to the appliance's default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentPatch {
     #[serde(default, deserialize_with = "double_value")]
@@ -165,7 +167,7 @@ impl Environment {
 }
 
 /// Fields of a project, as given by a create request or after applying a patch.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectInput {
     pub name: String,
@@ -180,7 +182,7 @@ pub struct ProjectInput {
 }
 
 /// A partial update: absent fields stay; `"repo_url": null` clears the repository.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectPatch {
     pub name: Option<String>,
@@ -196,7 +198,7 @@ fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String
 }
 
 /// A new environment of a project.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentInput {
     pub name: String,

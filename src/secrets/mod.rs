@@ -48,11 +48,13 @@ impl From<rusqlite::Error> for SecretError {
 }
 
 /// What anyone may see of a secret: everything but the value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SecretInfo {
     pub id: i64,
     pub project_id: i64,
     pub key: String,
+    /// `global` or `service`.
+    #[schema(value_type = String)]
     pub scope: Scope,
     pub service: Option<String>,
     /// Environment name; `None` means every environment of the project.
@@ -64,7 +66,7 @@ pub struct SecretInfo {
 
 /// A create request. `Debug` is hand-written so the value never reaches a log; the value is
 /// wiped from memory on drop.
-#[derive(Clone, Deserialize, zeroize::ZeroizeOnDrop)]
+#[derive(Clone, Deserialize, zeroize::ZeroizeOnDrop, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretInput {
     #[zeroize(skip)]
@@ -81,7 +83,7 @@ pub struct SecretInput {
 }
 
 /// A new value for an existing secret, wiped from memory on drop.
-#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
+#[derive(Deserialize, zeroize::ZeroizeOnDrop, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewValue {
     pub value: String,

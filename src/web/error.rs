@@ -6,7 +6,6 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::db::DbError;
 
@@ -112,18 +111,21 @@ impl IntoResponse for WebError {
         if let WebError::Internal(detail) = &self {
             tracing::error!(request_id = %id, error = %detail, "internal error");
         }
-        let mut body = json!({"error": {
-            "code": self.code(),
-            "message": self.public_message(&id),
-            "request_id": id,
-        }});
+        let mut detail = ErrorDetail {
+            code: self.code().to_owned(),
+            message: self.public_message(&id),
+            request_id: id,
+            field: None,
+            last_seen: None,
+        };
         match &self {
             WebError::Invalid { field, .. } | WebError::NameTaken { field, .. } => {
-                body["error"]["field"] = json!(field);
+                detail.field = Some(field.to_string());
             }
-            WebError::AgentOffline { last_seen, .. } => body["error"]["last_seen"] = json!(last_seen),
+            WebError::AgentOffline { last_seen, .. } => detail.last_seen = Some(last_seen.clone()),
             _ => {}
         }
+        let body = ErrorBody { error: detail };
         let mut response = (self.status(), axum::Json(body)).into_response();
         if let WebError::TooMany { retry_after_secs } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
@@ -132,6 +134,28 @@ impl IntoResponse for WebError {
         }
         response
     }
+}
+
+/// Every API error's body: `{"error": {code, message, request_id, field?, last_seen?}}`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable (docs/api.md lists them).
+    pub code: String,
+    /// For people; never holds a secret value.
+    pub message: String,
+    /// Ties the answer to the server's log line.
+    pub request_id: String,
+    /// The input field at fault (`invalid_field`, `name_taken`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `agent_offline`: when the environment's agent was last seen (RFC 3339, or null if never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Option<String>>,
 }
 
 /// A JSON body extractor whose rejections use the same error shape (and name the field).

@@ -7,6 +7,7 @@ pub mod csrf;
 pub mod dashboard;
 pub mod error;
 pub mod layout;
+pub mod openapi;
 pub mod request;
 pub mod serve;
 pub mod session;
@@ -64,6 +65,7 @@ pub fn routes() -> Routes {
             Access::Public,
             agents::api::signing_key,
         )
+        .add(M::GET, "/api/openapi.json", Access::Public, openapi::serve)
         .add(M::GET, "/api/projects", VIEWER, projects::api::list)
         .add(M::POST, "/api/projects", MEMBER, projects::api::create)
         .add(M::GET, "/api/projects/{id}", VIEWER, projects::api::get)

@@ -183,3 +183,38 @@ async fn patch_updates_and_revalidates_a_project() {
     assert_eq!(p["repo_url"], "file:///srv/repo.git");
     server.stop().await;
 }
+
+/// The API contract is served without signing in, is OpenAPI 3.1, lists every /api/ route with
+/// the role it needs, and its schemas are the handlers' own (a deployment's fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_public_and_covers_the_api() {
+    let server = TestServer::start().await;
+    let anonymous = reqwest::get(format!("{}/api/openapi.json", server.api.url))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 200);
+    assert_eq!(
+        anonymous.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let doc: serde_json::Value = anonymous.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let deploy = &doc["paths"]["/api/deploy/{project_id}"]["post"];
+    assert_eq!(deploy["x-stagely-access"], "member");
+    assert_eq!(deploy["security"], json!([{"token": []}, {"session": []}]));
+    assert_eq!(
+        doc["paths"]["/api/projects/{id}"]["delete"]["x-stagely-access"],
+        "admin"
+    );
+    let deployment = &doc["components"]["schemas"]["Deployment"]["properties"];
+    for field in ["id", "status", "commit", "git_ref", "triggered_by", "secrets"] {
+        assert!(
+            deployment[field].is_object(),
+            "Deployment.{field} in {deployment}"
+        );
+    }
+    // Nothing outside /api/ (pages, the agent socket) is in the API contract.
+    for path in doc["paths"].as_object().unwrap().keys() {
+        assert!(path.starts_with("/api/"), "{path}");
+    }
+}

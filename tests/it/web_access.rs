@@ -18,6 +18,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/agent/download/{target}/sha256", "public"),
     ("GET", "/agent/download/{target}/sig", "public"),
     ("GET", "/agent/signing-key", "public"),
+    ("GET", "/api/openapi.json", "public"),
     ("GET", "/api/projects", "viewer"),
     ("POST", "/api/projects", "member"),
     ("GET", "/api/projects/{id}", "viewer"),
