@@ -54,6 +54,10 @@ const METRICS: &[&str] = &[
     "history_logs_api_deep_p99_on",
     "history_db_mb_pruned",
     "history_db_mb_vacuum",
+    "webhook_deploy_p50",
+    "webhook_deploy_p99",
+    "webhook_burst_ran",
+    "webhook_burst_newest",
 ];
 
 #[test]

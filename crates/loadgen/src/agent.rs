@@ -171,6 +171,8 @@ pub struct AgentSpec {
     pub events: Option<mpsc::UnboundedSender<Event>>,
     /// Told once, when the first connection is up.
     pub on_first_connect: Option<tokio::sync::oneshot::Sender<()>>,
+    /// How long each deploy "runs" before its STATUS (zero: at once, as a fast-acking agent).
+    pub hold: Duration,
 }
 
 /// Full jitter: uniform in `[0, min(cap, base·2ⁿ)]`.
@@ -234,14 +236,25 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken, deadline: Instant)
     }
 }
 
-/// One connection: HELLO, then fast-ack every DEPLOY until the socket closes.
+/// One connection: HELLO, then report every DEPLOY (after `hold`) until the socket closes.
 async fn session(spec: &AgentSpec, mut ws: Ws, stop: &CancellationToken, deadline: Instant) -> Result<()> {
     ws.send(Message::Text(hello_frame(&format!("sim-{}", spec.index)).into()))
         .await
         .context("HELLO")?;
+    // Deploys still "running": when each reports, oldest first.
+    let mut running: std::collections::VecDeque<(Instant, i64)> = std::collections::VecDeque::new();
     loop {
+        let next_due = running.front().map_or(deadline, |(at, _)| *at);
         let frame = tokio::select! {
             f = ws.next() => f,
+            () = tokio::time::sleep_until(next_due.into()), if !running.is_empty() => {
+                if let Some((_, deployment_id)) = running.pop_front() {
+                    ws.send(Message::Text(status_frame(deployment_id).into()))
+                        .await
+                        .context("STATUS")?;
+                }
+                continue;
+            }
             () = stop.cancelled() => {
                 let _ = ws.close(None).await;
                 return Ok(());
@@ -265,9 +278,13 @@ async fn session(spec: &AgentSpec, mut ws: Ws, stop: &CancellationToken, deadlin
                 if let Some(events) = &spec.events {
                     let _ = events.send(Event::Deploy { deployment_id, at });
                 }
-                ws.send(Message::Text(status_frame(deployment_id).into()))
-                    .await
-                    .context("STATUS")?;
+                if spec.hold.is_zero() {
+                    ws.send(Message::Text(status_frame(deployment_id).into()))
+                        .await
+                        .context("STATUS")?;
+                } else {
+                    running.push_back((at + spec.hold, deployment_id));
+                }
             }
             Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
                 if let Some(events) = &spec.events {

@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Run only these groups (comma-separated): appliance, agent, idle, dispatch, logs, slow,
-    /// storm, overhead, sqlite, abuse, signin, history.
+    /// storm, overhead, sqlite, abuse, signin, history, webhooks.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's own
@@ -152,6 +152,8 @@ pub struct Bench {
     pub live_viewer: bool,
     /// The history group's seeded size.
     pub history: crate::history::HistorySize,
+    /// The webhooks group's pushes.
+    pub webhooks: crate::webhooks::WebhookSize,
     fixture: Option<Fixture>,
 }
 
@@ -293,6 +295,11 @@ pub async fn main(args: BenchArgs) -> Result<()> {
         } else {
             crate::history::HistorySize::quick()
         },
+        webhooks: if args.full {
+            crate::webhooks::WebhookSize::full()
+        } else {
+            crate::webhooks::WebhookSize::quick()
+        },
         fixture: None,
     };
     if !bench.stagely.exists() {
@@ -395,6 +402,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
 
             "signin" => crate::signin::run(b, res, run).await,
             "history" => crate::history::run(b, res).await,
+            "webhooks" => crate::webhooks::run(b, res).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {

@@ -34,7 +34,17 @@ impl LocalAgents {
     pub fn start(
         addr: SocketAddr,
         agents: &[FixtureAgent],
+        events: impl FnMut(usize) -> Option<mpsc::UnboundedSender<Event>>,
+    ) -> LocalAgents {
+        Self::start_holding(addr, agents, events, Duration::ZERO)
+    }
+
+    /// As [`Self::start`], each deploy reporting only `hold` after its DEPLOY arrived.
+    pub fn start_holding(
+        addr: SocketAddr,
+        agents: &[FixtureAgent],
         mut events: impl FnMut(usize) -> Option<mpsc::UnboundedSender<Event>>,
+        hold: Duration,
     ) -> LocalAgents {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
@@ -51,6 +61,7 @@ impl LocalAgents {
                     connected_since: Arc::new(AtomicU64::new(0)),
                     events: events(i),
                     on_first_connect: None,
+                    hold,
                 };
                 tokio::spawn(agent::run(spec, stop.clone(), deadline))
             })

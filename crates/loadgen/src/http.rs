@@ -63,9 +63,23 @@ impl Http {
     /// Send one request, reusing the kept-alive connection; a stale one is reopened once.
     pub async fn request(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
         let body = body.map(Value::to_string).unwrap_or_default();
+        self.request_raw(method, path, &[], body.as_bytes()).await
+    }
+
+    /// A request with extra headers and these exact body bytes (a signed webhook).
+    pub async fn request_raw(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
         if let Some(token) = &self.token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         if method != "GET" {
             head.push_str(&format!(
@@ -74,13 +88,14 @@ impl Http {
             ));
         }
         head.push_str("\r\n");
-        head.push_str(&body);
+        let mut head = head.into_bytes();
+        head.extend_from_slice(body);
         let reused = self.conn.is_some();
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(head.as_bytes())).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(&head)).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) if reused && e.is::<Stale>() => {
                 self.conn = None;
-                tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(head.as_bytes()))
+                tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(&head))
                     .await
                     .with_context(|| format!("{method} {path}: timed out"))?
             }

@@ -23,6 +23,7 @@ mod setup;
 mod signin;
 mod slow;
 mod swarm;
+mod webhooks;
 
 use std::process::ExitCode;
 

@@ -59,6 +59,7 @@ pub const GROUPS: &[&str] = &[
     "abuse",
     "signin",
     "history",
+    "webhooks",
 ];
 
 pub const CATALOGUE: &[Spec] = &[
@@ -429,6 +430,38 @@ pub const CATALOGUE: &[Spec] = &[
         "(context)",
         "MB",
         Goal::Info,
+    ),
+    spec(
+        "webhook_deploy_p50",
+        "webhooks",
+        "verified push webhook → DEPLOY frame at the agent, p50",
+        "(context)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
+        "webhook_deploy_p99",
+        "webhooks",
+        "verified push webhook → DEPLOY frame at the agent, p99",
+        "≤ 20 ms",
+        "ms",
+        Goal::AtMost(20.0),
+    ),
+    spec(
+        "webhook_burst_ran",
+        "webhooks",
+        "pushes in a burst to one environment: deployments that ran",
+        "(context)",
+        "",
+        Goal::Info,
+    ),
+    spec(
+        "webhook_burst_newest",
+        "webhooks",
+        "the last deployment of the burst is of the newest commit (1 = yes)",
+        "1",
+        "",
+        Goal::AtLeast(1.0),
     ),
 ];
 

@@ -70,6 +70,7 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
             connected_since: since[i].clone(),
             events: None,
             on_first_connect: Some(connected_tx),
+            hold: std::time::Duration::ZERO,
         };
         let (stop, gate) = (stop.clone(), gate.clone());
         tokio::spawn(async move {
