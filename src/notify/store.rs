@@ -297,8 +297,11 @@ pub fn finished_deployment(c: &Connection, id: i64) -> Result<Option<Finished>, 
     .optional()?)
 }
 
+/// A channel's id, encrypted target and encrypted signing secret.
+pub type Ciphertexts = (i64, Vec<u8>, Option<Vec<u8>>);
+
 /// Every channel's ciphertexts (key rotation).
-pub fn all_ciphertexts(c: &Connection) -> Result<Vec<(i64, Vec<u8>, Option<Vec<u8>>)>, DbError> {
+pub fn all_ciphertexts(c: &Connection) -> Result<Vec<Ciphertexts>, DbError> {
     let mut stmt =
         c.prepare("SELECT id, encrypted_target, encrypted_signing FROM notify_channels ORDER BY id")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
