@@ -449,6 +449,20 @@ async fn channels_are_validated_audited_and_readable_by_viewers_only() {
         .await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("name_taken")), "{v}");
 
+    // The page lists the channel by name and host, never its URL.
+    let page = reqwest::Client::new()
+        .get(format!("{}/projects/{pid}/notifications", api.url))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("hooks.slack.com") && !html.contains("/services/X"),
+        "{html}"
+    );
+
     let viewer = api.with_token(&cli_token(&server.data_dir(), "viewer", "viewer"));
     let (s, v) = viewer.get(&path).await;
     assert_eq!(s, 200, "{v}");
