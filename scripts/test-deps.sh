@@ -92,5 +92,9 @@ command -v git >/dev/null 2>&1 || apt_install git
 # install.sh verifies the signed agent download with openssl 3 (tests/it/packaging.rs).
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 command -v curl >/dev/null 2>&1 || apt_install curl
+# A real SMTP server with STARTTLS for the email notifications (tests/it/notify.rs).
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  apt_install python3-aiosmtpd || python3 -m pip install -q aiosmtpd || python3 -m pip install -q --break-system-packages aiosmtpd
+fi
 command -v qemu-aarch64-static >/dev/null 2>&1 || apt_install qemu-user-static || log "no qemu-user-static: the aarch64 agent is not run"
 log "ready"

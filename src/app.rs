@@ -33,6 +33,8 @@ pub struct AppState {
     pub auth: Arc<crate::users::AuthState>,
     /// The agent binaries served at `/agent/download/…`, read once (again only on change).
     pub binaries: Arc<crate::agents::download::Binaries>,
+    /// Wakes the notification sender; its HTTP client (src/notify).
+    pub notifier: Arc<crate::notify::worker::Notifier>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,8 @@ pub enum StartError {
     Locked(String),
     #[error("cannot start the password threads: {0}")]
     Threads(std::io::Error),
+    #[error("cannot read notify.smtp_extra_ca_file: {0}")]
+    NotifyCa(std::io::Error),
     #[error("cannot open lock file {path}: {source}")]
     LockFile { path: String, source: std::io::Error },
 }
@@ -165,6 +169,8 @@ impl Opened {
                 downloads.all().await;
             }
         });
+        let notifier =
+            Arc::new(crate::notify::worker::Notifier::new(&config.notify).map_err(StartError::NotifyCa)?);
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -176,6 +182,7 @@ impl Opened {
             shutdown,
             auth,
             binaries: Arc::default(),
+            notifier,
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
         let tasks = vec![
@@ -183,6 +190,9 @@ impl Opened {
             tokio::spawn(reaper::run(state.clone(), sweep_every)),
             tokio::spawn(retention::run(state.clone())),
             tokio::spawn(persist_heartbeats(state.clone())),
+            tokio::spawn(crate::notify::worker::listen(state.clone())),
+            tokio::spawn(crate::notify::worker::watch_agents(state.clone())),
+            tokio::spawn(crate::notify::worker::deliver(state.clone())),
         ];
         Ok(App {
             state,

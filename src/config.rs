@@ -57,6 +57,7 @@ pub struct Config {
     pub deploys: DeploysConfig,
     pub auth: AuthConfig,
     pub github: GithubConfig,
+    pub notify: NotifyConfig,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -148,6 +149,36 @@ pub struct AuthConfig {
     pub invite_hours: u64,
 }
 
+/// Notifications (src/notify): retries of the outbox, timeouts, the offline check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// The first retry of a failed delivery waits this long (seconds, fractions allowed); each
+    /// further one twice as long as the one before.
+    pub retry_base_secs: f64,
+    /// Attempts per delivery before it is marked failed.
+    pub max_attempts: u32,
+    /// Timeout of one HTTP request (and of each SMTP step).
+    pub timeout_secs: u64,
+    /// How often agents are checked for `agent.offline` (seconds, fractions allowed).
+    pub offline_check_secs: f64,
+    /// A PEM file of extra CA certificates trusted for SMTP STARTTLS (a private relay's CA),
+    /// on top of the system roots. Empty: the system roots only.
+    pub smtp_extra_ca_file: PathBuf,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            retry_base_secs: 10.0,
+            max_attempts: 6,
+            timeout_secs: 10,
+            offline_check_secs: 30.0,
+            smtp_extra_ca_file: PathBuf::new(),
+        }
+    }
+}
+
 /// GitHub (or GitHub Enterprise) sign-in. Off while `client_id` is empty.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -233,6 +264,7 @@ impl Default for Config {
             deploys: DeploysConfig::default(),
             auth: AuthConfig::default(),
             github: GithubConfig::default(),
+            notify: NotifyConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -414,6 +446,22 @@ impl Config {
         if self.auth.invite_hours == 0 {
             return invalid("auth.invite_hours", "must be at least 1");
         }
+        let n = &self.notify;
+        if !n.retry_base_secs.is_finite() || n.retry_base_secs <= 0.0 || n.retry_base_secs > 86_400.0 {
+            return invalid("notify.retry_base_secs", "must be more than 0 and at most 86400");
+        }
+        if n.max_attempts == 0 || n.max_attempts > 100 {
+            return invalid("notify.max_attempts", "must be between 1 and 100");
+        }
+        if n.timeout_secs == 0 || n.timeout_secs > 300 {
+            return invalid("notify.timeout_secs", "must be between 1 and 300");
+        }
+        if !n.offline_check_secs.is_finite() || n.offline_check_secs < 0.1 || n.offline_check_secs > 3600.0 {
+            return invalid("notify.offline_check_secs", "must be between 0.1 and 3600");
+        }
+        if !n.smtp_extra_ca_file.as_os_str().is_empty() && !n.smtp_extra_ca_file.is_file() {
+            return invalid("notify.smtp_extra_ca_file", "is not a readable file");
+        }
         self.finish_github()?;
         Ok(self)
     }
@@ -538,6 +586,16 @@ fn apply_env(
                         message: format!("{name} must be a whole number"),
                     })?
             }
+            toml::Value::Float(_) => raw
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(toml::Value::Float)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: key.clone(),
+                    message: format!("{name} must be a number"),
+                })?,
             // Lists from the environment are comma-separated: STAGELY_GITHUB__ALLOWED_LOGINS=alice,bob
             toml::Value::Array(_) => toml::Value::Array(
                 raw.split(',')

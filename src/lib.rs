@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod db;
 pub mod deploys;
 pub mod names;
+pub mod notify;
 pub mod projects;
 pub mod secrets;
 pub mod signing;

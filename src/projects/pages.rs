@@ -395,6 +395,11 @@ pub async fn render_project(
             }
         }
         (secrets_section(v, &project, &secrets, forms.secret.as_ref()))
+        section id="notifications" {
+            h2 { "Notifications" }
+            p { a href=(format!("/projects/{}/notifications", project.id)) { "Notification channels" }
+                span.muted { " — webhook, Slack, Discord or email when a deploy ends or an agent goes offline." } }
+        }
         section id="settings" {
             h2 { "Settings" }
             article {

@@ -180,6 +180,15 @@ fn reencrypt_all(tx: &Transaction<'_>, old: &Vault, new: &Vault) -> Result<usize
         let plain = old.decrypt(ciphertext)?;
         store::set_ciphertext(tx, *id, &new.encrypt(&plain)?)?;
     }
+    // Notification channels' URLs, SMTP settings and signing secrets (src/notify).
+    for (id, target, signing) in crate::notify::store::all_ciphertexts(tx)? {
+        let target = new.encrypt(&old.decrypt(&target)?)?;
+        let signing = match signing {
+            Some(s) => Some(new.encrypt(&old.decrypt(&s)?)?),
+            None => None,
+        };
+        crate::notify::store::set_ciphertexts(tx, id, &target, signing.as_deref())?;
+    }
     let sealed = age::encrypt(&new.recipient, CHECK_PLAINTEXT).map_err(|_| VaultError::Encrypt)?;
     store::set_vault_check(tx, &sealed)?;
     Ok(rows.len())

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use crate::app::AppState;
 use crate::users::Role;
 use crate::users::pages::{account, github, people};
-use crate::{agents, audit, deploys, projects, secrets, users};
+use crate::{agents, audit, deploys, notify, projects, secrets, users};
 use auth::{Access, Routes};
 use error::WebError;
 
@@ -118,6 +118,26 @@ pub fn routes() -> Routes {
             ADMIN,
             agents::api::reset_identity,
         )
+        .add(
+            M::GET,
+            "/api/projects/{id}/notifications",
+            VIEWER,
+            notify::api::list,
+        )
+        .add(
+            M::POST,
+            "/api/projects/{id}/notifications",
+            MEMBER,
+            notify::api::create,
+        )
+        .add(M::DELETE, "/api/notifications/{id}", MEMBER, notify::api::delete)
+        .add(
+            M::GET,
+            "/api/notifications/{id}/deliveries",
+            VIEWER,
+            notify::api::deliveries,
+        )
+        .add(M::POST, "/api/notifications/{id}/test", MEMBER, notify::api::test)
         .add(M::POST, "/api/deploy/{project_id}", MEMBER, deploys::api::deploy)
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
         .add(M::GET, "/api/deployments/{id}", VIEWER, deploys::api::get)
@@ -161,6 +181,25 @@ pub fn routes() -> Routes {
         .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
         .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)
         .add(M::POST, "/secrets/{id}/delete", MEMBER, secrets::pages::delete)
+        .add(
+            M::GET,
+            "/projects/{id}/notifications",
+            VIEWER,
+            notify::pages::notifications_page,
+        )
+        .add(
+            M::POST,
+            "/projects/{id}/notifications",
+            MEMBER,
+            notify::pages::create,
+        )
+        .add(
+            M::POST,
+            "/notifications/{id}/delete",
+            MEMBER,
+            notify::pages::delete,
+        )
+        .add(M::POST, "/notifications/{id}/test", MEMBER, notify::pages::test)
         .add(M::POST, "/projects/{id}/deploy", MEMBER, deploys::pages::deploy)
         .add(
             M::GET,

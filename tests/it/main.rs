@@ -27,6 +27,7 @@ mod lifecycle;
 mod log_limits;
 mod log_resend;
 mod names;
+mod notify;
 mod operations;
 mod packaging;
 mod prereq;
