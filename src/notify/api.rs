@@ -4,7 +4,6 @@
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 
 use super::{ChannelInfo, ChannelInput, Created, Delivery, NotifyError, ops, store};
 use crate::app::AppState;
@@ -79,14 +78,17 @@ pub async fn deliveries(
     Ok(axum::Json(rows))
 }
 
+/// `202` to a test: the delivery to watch in the channel's deliveries.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TestQueued {
+    pub delivery_id: i64,
+}
+
 /// Enqueue a test notice for this channel: 202 with the delivery's id (see its deliveries).
 pub async fn test(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-) -> Result<(StatusCode, axum::Json<Value>), WebError> {
-    let delivery = ops::send_test(&state, id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "delivery_id": delivery })),
-    ))
+) -> Result<(StatusCode, axum::Json<TestQueued>), WebError> {
+    let delivery_id = ops::send_test(&state, id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(TestQueued { delivery_id })))
 }

@@ -74,7 +74,7 @@ pub(crate) fn invalid<T>(field: &'static str, message: impl Into<String>) -> Res
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A generic JSON webhook, signed with the channel's signing secret.
@@ -105,7 +105,7 @@ impl StoredEnum for Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -134,7 +134,7 @@ impl StoredEnum for DeliveryStatus {
 
 /// A create request. `Debug` is hand-written and the URL and password are wiped on drop: they
 /// are credentials.
-#[derive(Clone, Default, Deserialize, zeroize::ZeroizeOnDrop)]
+#[derive(Clone, Default, Deserialize, zeroize::ZeroizeOnDrop, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelInput {
     #[zeroize(skip)]
@@ -163,7 +163,7 @@ impl std::fmt::Debug for ChannelInput {
 }
 
 /// An email channel's SMTP settings as submitted.
-#[derive(Clone, Default, Deserialize, zeroize::ZeroizeOnDrop)]
+#[derive(Clone, Default, Deserialize, zeroize::ZeroizeOnDrop, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailInput {
     #[zeroize(skip)]
@@ -221,7 +221,7 @@ impl Target {
 }
 
 /// What anyone may see of a channel: never its URL, password or signing secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChannelInfo {
     pub id: i64,
     pub project_id: i64,
@@ -236,7 +236,7 @@ pub struct ChannelInfo {
 }
 
 /// The answer to a create: the channel, and for a generic webhook its signing secret (once).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
     #[serde(flatten)]
     pub channel: ChannelInfo,
@@ -245,7 +245,7 @@ pub struct Created {
 }
 
 /// One row of a channel's delivery log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub id: i64,
     pub channel_id: i64,

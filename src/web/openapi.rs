@@ -22,6 +22,8 @@ use crate::agents::api::NewAgent;
 use crate::agents::ops::CreatedAgent;
 use crate::deploys::api::{DeployAccepted, DeployRequest};
 use crate::deploys::{Deployment, LogLine};
+use crate::notify::api::TestQueued;
+use crate::notify::{ChannelInfo, ChannelInput, Created, Delivery};
 use crate::projects::{Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectInput, ProjectPatch};
 use crate::secrets::{NewValue, SecretInfo, SecretInput};
 use crate::users::Role;
@@ -169,6 +171,26 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
         .query("after_seq", "integer", "only lines after this seq")
         .query("after", "integer", "the older name of after_seq")
         .query("limit", "integer", "lines per page (1-5,000, default 1,000)"),
+        ("GET", "/api/projects/{id}/notifications") => op(
+            "A project's notification channels (never a URL or password)",
+            200,
+            Some(s.many::<ChannelInfo>()),
+        ),
+        ("POST", "/api/projects/{id}/notifications") => op(
+            "Add a channel (a webhook's signing secret is shown once)",
+            201,
+            Some(s.one::<Created>()),
+        )
+        .takes(s.one::<ChannelInput>()),
+        ("DELETE", "/api/notifications/{id}") => op("Delete a channel", 204, None),
+        ("GET", "/api/notifications/{id}/deliveries") => op(
+            "A channel's delivery log, newest first",
+            200,
+            Some(s.many::<Delivery>()),
+        ),
+        ("POST", "/api/notifications/{id}/test") => {
+            op("Send a test notice", 202, Some(s.one::<TestQueued>()))
+        }
         _ => return None,
     };
     Some(c)
