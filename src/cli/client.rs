@@ -164,8 +164,14 @@ impl Client {
 
     /// A POST is sent once: only a connection that was never made is retried by the caller
     /// (`Transient`); anything after the request may have arrived is final (no second deploy).
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, ClientError> {
-        let resp = self.send(self.http.post(self.url(path)).json(body), false).await?;
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.http.post(self.url(path)).json(body), false)
+            .await?;
         decode(resp, path).await
     }
 
@@ -181,7 +187,11 @@ impl Client {
         Ok(LogPage { lines, next_after })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, idempotent: bool) -> Result<reqwest::Response, ClientError> {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        idempotent: bool,
+    ) -> Result<reqwest::Response, ClientError> {
         let resp = req.send().await.map_err(|e| {
             let why = format!("cannot reach {}: {}", self.url(""), one_line(&e));
             if idempotent || e.is_connect() {
@@ -223,7 +233,9 @@ pub fn classify(status: StatusCode, message: String) -> ClientError {
         401 => ClientError::Usage(format!("not authenticated ({status}): {message}")),
         403 => ClientError::Usage(format!("not allowed ({status}): {message}")),
         400 | 404 | 405 | 413 | 414 | 415 | 422 => ClientError::Usage(message),
-        408 | 429 | 500..=599 => ClientError::Transient(format!("the appliance answered {status}: {message}")),
+        408 | 429 | 500..=599 => {
+            ClientError::Transient(format!("the appliance answered {status}: {message}"))
+        }
         _ => ClientError::Failed(format!("the appliance answered {status}: {message}")),
     }
 }
@@ -233,8 +245,11 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response, path: &str) -> Res
         .bytes()
         .await
         .map_err(|e| ClientError::Transient(format!("the answer to {path} broke off: {}", one_line(&e))))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ClientError::Failed(format!("unexpected answer to {path} (is --server a Stagely appliance?): {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ClientError::Failed(format!(
+            "unexpected answer to {path} (is --server a Stagely appliance?): {e}"
+        ))
+    })
 }
 
 /// Retry `call` on transient errors with backoff (250 ms doubling to 5 s) until `deadline`
@@ -312,7 +327,9 @@ fn parse_server(server: &str) -> Result<url::Url, ClientError> {
     let url = url::Url::parse(server)
         .map_err(|e| ClientError::Usage(format!("--server {server:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ClientError::Usage("--server must be an http:// or https:// URL".into()));
+        return Err(ClientError::Usage(
+            "--server must be an http:// or https:// URL".into(),
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         // Never echoed: the userinfo may be a credential, and argv is visible to every user.
@@ -321,7 +338,9 @@ fn parse_server(server: &str) -> Result<url::Url, ClientError> {
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(ClientError::Usage("--server must not have a query or fragment".into()));
+        return Err(ClientError::Usage(
+            "--server must not have a query or fragment".into(),
+        ));
     }
     Ok(url)
 }
@@ -367,7 +386,10 @@ mod tests {
             classify(StatusCode::SERVICE_UNAVAILABLE, "m".into()),
             ClientError::Transient(_)
         ));
-        assert!(matches!(classify(StatusCode::CONFLICT, "m".into()), ClientError::Failed(_)));
+        assert!(matches!(
+            classify(StatusCode::CONFLICT, "m".into()),
+            ClientError::Failed(_)
+        ));
     }
 
     #[test]

@@ -196,14 +196,18 @@ async fn find_project(client: &Client, name: &str) -> Result<ProjectView, Client
 }
 
 fn find_environment<'p>(project: &'p ProjectView, name: &str) -> Result<&'p EnvironmentView, ClientError> {
-    project.environments.iter().find(|e| e.name == name).ok_or_else(|| {
-        let names: Vec<String> = project.environments.iter().map(|e| e.name.clone()).collect();
-        ClientError::Usage(format!(
-            "project {:?} has no environment named {name:?} (it has: {})",
-            project.name,
-            list_or_none(&names)
-        ))
-    })
+    project
+        .environments
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| {
+            let names: Vec<String> = project.environments.iter().map(|e| e.name.clone()).collect();
+            ClientError::Usage(format!(
+                "project {:?} has no environment named {name:?} (it has: {})",
+                project.name,
+                list_or_none(&names)
+            ))
+        })
 }
 
 fn list_or_none(names: &[String]) -> String {
@@ -392,10 +396,10 @@ fn table(rows: &[DeploymentView]) -> String {
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|d| {
-            let commit = d.commit.as_deref().map_or_else(
-                || format!("({})", d.git_ref),
-                |c| c.chars().take(8).collect(),
-            );
+            let commit = d
+                .commit
+                .as_deref()
+                .map_or_else(|| format!("({})", d.git_ref), |c| c.chars().take(8).collect());
             [
                 d.id.to_string(),
                 d.environment.clone(),
@@ -468,11 +472,17 @@ mod tests {
             log_pruned_at: None,
             rest: Default::default(),
         };
-        let t = table(&[d(12, Some("0123456789abcdef0123456789abcdef01234567")), d(3, None)]);
+        let t = table(&[
+            d(12, Some("0123456789abcdef0123456789abcdef01234567")),
+            d(3, None),
+        ]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
         assert!(lines[0].starts_with("ID  "), "{t}");
-        assert!(lines[1].contains("01234567 ") && !lines[1].contains("012345678"), "{t}");
+        assert!(
+            lines[1].contains("01234567 ") && !lines[1].contains("012345678"),
+            "{t}"
+        );
         assert!(lines[2].contains("(main)"), "{t}");
     }
 }
