@@ -465,3 +465,138 @@ async fn deployments_lists_newest_first_and_logs_pages_and_follows() {
     assert_eq!(text(&out.stdout).lines().count(), 1, "the header only");
     server.stop().await;
 }
+
+/// The ```yaml blocks of docs/ci.md, parsed.
+fn ci_doc_jobs() -> Vec<serde_yaml_ng::Value> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ci.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```yaml\n") {
+        let body = &rest[start + "```yaml\n".len()..];
+        let end = body.find("```").expect("an unclosed yaml block");
+        blocks.push(serde_yaml_ng::from_str(&body[..end]).expect("docs/ci.md: a yaml block does not parse"));
+        rest = &body[end..];
+    }
+    blocks
+}
+
+fn yaml_strings(v: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+    use serde_yaml_ng::Value as Y;
+    match v {
+        Y::String(s) => out.push(s.clone()),
+        Y::Sequence(items) => items.iter().for_each(|i| yaml_strings(i, out)),
+        Y::Mapping(m) => m.values().for_each(|i| yaml_strings(i, out)),
+        Y::Tagged(t) => yaml_strings(&t.value, out),
+        _ => {}
+    }
+}
+
+/// The words after `deploy` in a command line, quotes dropped.
+fn deploy_words(command: &str) -> Vec<String> {
+    let words: Vec<String> = command
+        .split_whitespace()
+        .map(|w| w.trim_matches('"').to_owned())
+        .collect();
+    let at = words
+        .iter()
+        .position(|w| w == "deploy")
+        .expect("a deploy command");
+    words[at + 1..].to_vec()
+}
+
+/// Every `--flag` that `stagely deploy --help` lists.
+async fn deploy_help_flags() -> Vec<String> {
+    let out = run(None, &["deploy", "--help"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    text(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches(',').to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_ci_jobs_in_docs_call_stagely_deploy_with_flags_that_exist() {
+    let jobs = ci_doc_jobs();
+    assert_eq!(jobs.len(), 2, "a GitHub Actions job and a GitLab CI job");
+    let flags = deploy_help_flags().await;
+    assert!(flags.contains(&"--wait".to_owned()), "{flags:?}");
+    let (github, gitlab) = (&jobs[0], &jobs[1]);
+    let step = &github["jobs"]["deploy"]["steps"][0];
+    assert_eq!(step["env"]["STAGELY_TOKEN"], "${{ secrets.STAGELY_TOKEN }}");
+    let gitlab_script = gitlab["deploy-production"]["script"][0].as_str().unwrap();
+    for (which, job, command) in [
+        ("github", github, step["run"].as_str().unwrap()),
+        ("gitlab", gitlab, gitlab_script),
+    ] {
+        let mut strings = Vec::new();
+        yaml_strings(job, &mut strings);
+        assert!(
+            !strings
+                .iter()
+                .any(|s| s.contains("--token ") || s.contains("--token=")),
+            "{which}: a token as a flag value"
+        );
+        let words = deploy_words(command);
+        for w in words.iter().filter(|w| w.starts_with("--")) {
+            let flag = w.split('=').next().unwrap().to_owned();
+            assert!(
+                flags.contains(&flag),
+                "{which}: stagely deploy has no {flag} ({flags:?})"
+            );
+        }
+        let timeout = words
+            .iter()
+            .position(|w| w == "--timeout")
+            .map(|i| words[i + 1].as_str());
+        assert!(
+            words.contains(&"--wait".to_owned()) && timeout == Some("600"),
+            "{which}: {command}"
+        );
+    }
+}
+
+/// The GitLab job's `script` line, run by a shell with the variables GitLab would set, against a
+/// real appliance: it deploys the pushed commit and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gitlab_jobs_script_line_deploys_the_pushed_commit() {
+    let jobs = ci_doc_jobs();
+    let script = jobs[1]["deploy-production"]["script"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let (_, mut agent) = setup(api).await;
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_stagely"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let child = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("PATH", path)
+        .env("STAGELY_SERVER", &api.url)
+        .env("STAGELY_TOKEN", &api.token)
+        .env("CI_COMMIT_SHA", sha)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deploy = next_deploy(&mut agent).await;
+    let id = deploy["deployment_id"].as_i64().unwrap();
+    assert_eq!(deploy["project"]["git_ref"], sha, "the pushed commit is deployed");
+    agent.log(id, 1, "deployed").await;
+    agent.status(id, "SUCCESS").await;
+    let (code, stdout, stderr) = parts(&finish(child).await, &api.token);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "deployed\n");
+    server.stop().await;
+}
