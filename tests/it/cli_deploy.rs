@@ -600,3 +600,86 @@ async fn the_gitlab_jobs_script_line_deploys_the_pushed_commit() {
     assert_eq!(stdout, "deployed\n");
     server.stop().await;
 }
+
+/// A loopback TCP forwarder that can be taken down: while down, open connections are closed and
+/// new ones closed as soon as accepted (what a restarting proxy or a dropped route looks like).
+struct FlakyLink {
+    url: String,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FlakyLink {
+    async fn start(upstream: &str) -> FlakyLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let up_tx = up.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut state = up_tx.subscribe();
+                if !*state.borrow_and_update() {
+                    continue; // dropped: closed at once
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        FlakyLink { url, up, task }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for FlakyLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_retries_through_a_lost_link_and_still_gets_every_line() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let (_, mut agent) = setup(api).await;
+    let link = FlakyLink::start(&api.url).await;
+    let child = stagely(
+        Some(&api.token),
+        &deploy_args(&link.url, &["--wait", "--timeout", "60"]),
+    )
+    .spawn()
+    .unwrap();
+    let id = next_deploy(&mut agent).await["deployment_id"].as_i64().unwrap();
+    agent.log(id, 1, "one").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    link.set_up(false);
+    agent
+        .log(id, 2, "two, while the CLI cannot reach the appliance")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    link.set_up(true);
+    agent.log(id, 3, "three").await;
+    agent.status(id, "SUCCESS").await;
+    let (code, stdout, stderr) = parts(&finish(child).await, &api.token);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout, "one\ntwo, while the CLI cannot reach the appliance\nthree\n",
+        "every line once, in order"
+    );
+    assert!(
+        stderr.contains("retrying") && stderr.contains("the appliance answers again"),
+        "the outage was noted: {stderr}"
+    );
+    server.stop().await;
+}
