@@ -316,7 +316,7 @@ async fn print_log(
     loop {
         let page = retrying(deadline, || client.logs::<LogLineView>(id, after)).await?;
         for l in &page.lines {
-            writeln!(out, "{}", l.line)
+            writeln!(out, "{}", for_output(&l.line))
                 .map_err(|e| ClientError::Failed(format!("cannot write the log to stdout: {e}")))?;
             after = after.max(l.seq);
         }
@@ -326,6 +326,30 @@ async fn print_log(
             Some(next) if !page.lines.is_empty() => after = after.max(next),
             _ => return Ok(after),
         }
+    }
+}
+
+/// A log line as printed: as stored when stdout is a file or pipe (a CI log keeps its colours),
+/// but with control characters shown as `?` at a terminal, where a line from a build could
+/// otherwise move the cursor, retitle the window or write the clipboard (escape sequences).
+fn for_output(line: &str) -> std::borrow::Cow<'_, str> {
+    use std::io::IsTerminal;
+    static TERMINAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *TERMINAL.get_or_init(|| std::io::stdout().is_terminal()) {
+        defang(line)
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    }
+}
+
+fn defang(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        line.chars()
+            .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        line.into()
     }
 }
 
@@ -402,11 +426,11 @@ fn table(rows: &[DeploymentView]) -> String {
                 .map_or_else(|| format!("({})", d.git_ref), |c| c.chars().take(8).collect());
             [
                 d.id.to_string(),
-                d.environment.clone(),
-                d.status.clone(),
-                commit,
-                d.triggered_by.clone(),
-                d.created_at.clone(),
+                for_output(&d.environment).into_owned(),
+                for_output(&d.status).into_owned(),
+                for_output(&commit).into_owned(),
+                for_output(&d.triggered_by).into_owned(),
+                for_output(&d.created_at).into_owned(),
             ]
         })
         .collect();
@@ -455,6 +479,12 @@ mod tests {
         }
         assert_eq!(exit::TIMEOUT, 3);
         assert_eq!(exit::USAGE, 2);
+    }
+
+    #[test]
+    fn control_characters_are_defanged_for_a_terminal() {
+        assert_eq!(defang("plain\ttext ünï"), "plain\ttext ünï");
+        assert_eq!(defang("\u{1b}]52;c;aGk=\u{7}x\u{9b}2J"), "?]52;c;aGk=?x?2J");
     }
 
     #[test]

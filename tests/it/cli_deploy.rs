@@ -683,3 +683,19 @@ async fn following_retries_through_a_lost_link_and_still_gets_every_line() {
     );
     server.stop().await;
 }
+
+/// The appliance's own state refusing a deploy (no agent: 409) is not the pipeline's mistake:
+/// exit 1, with the API's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_the_appliance_cannot_start_exits_1_with_its_reason() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    api.project("shop", &["production"]).await;
+    let out = run(Some(&api.token), &deploy_args(&api.url, &["--wait"])).await;
+    let (code, stdout, stderr) = parts(&out, &api.token);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stdout, "");
+    let line = one_line(&stderr);
+    assert!(line.contains("409") && line.contains("agent"), "{line}");
+    server.stop().await;
+}
