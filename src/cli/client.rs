@@ -172,7 +172,10 @@ impl Client {
         let resp = self
             .send(self.http.post(self.url(path)).json(body), false)
             .await?;
-        decode(resp, path).await
+        decode(resp, path).await.map_err(|e| match e {
+            ClientError::Transient(why) => ClientError::Failed(why),
+            other => other,
+        })
     }
 
     pub async fn logs<T: DeserializeOwned>(&self, id: i64, after: i64) -> Result<LogPage<T>, ClientError> {
@@ -221,7 +224,12 @@ impl Client {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
             .unwrap_or_else(|| status.to_string());
-        Err(classify(status, message))
+        match classify(status, message) {
+            // The request arrived: a POST answered 5xx may still have made a deployment, so it
+            // is never sent again.
+            ClientError::Transient(why) if !idempotent => Err(ClientError::Failed(why)),
+            other => Err(other),
+        }
     }
 }
 

@@ -699,3 +699,50 @@ async fn a_deploy_the_appliance_cannot_start_exits_1_with_its_reason() {
     assert!(line.contains("409") && line.contains("agent"), "{line}");
     server.stop().await;
 }
+
+/// The deploy request is sent once: a server error to it (the deployment may have been made) is
+/// final, exit 1, never a retry that could start a second deployment. A fake appliance counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_request_answered_5xx_is_not_sent_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let posts = Arc::new(AtomicU32::new(0));
+    let counted = posts.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/projects",
+            axum::routing::get(|| async {
+                axum::Json(
+                    json!([{"id": 1, "name": "shop", "environments": [{"id": 1, "name": "production"}]}]),
+                )
+            }),
+        )
+        .route(
+            "/api/deploy/{id}",
+            axum::routing::post(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(json!({"error": {"code": "unavailable", "message": "busy"}})),
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let fake = tokio::spawn(async move { axum::serve(listener, app).await });
+    let out = run(Some("stg_fake"), &deploy_args(&url, &["--wait"])).await;
+    let (code, _, stderr) = parts(&out, "stg_fake");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        one_line(&stderr).contains("503") && stderr.contains("busy"),
+        "{stderr}"
+    );
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        1,
+        "the deploy request was sent once"
+    );
+    fake.abort();
+}
