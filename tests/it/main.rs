@@ -15,6 +15,7 @@ mod agent_support;
 mod api;
 mod bench_quick;
 mod bins;
+mod cli_deploy;
 mod common;
 mod compose_names;
 mod deploy_flow;

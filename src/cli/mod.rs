@@ -1,4 +1,9 @@
-//! The `stagely` command line: `serve` and the admin commands. CLI glue, so `anyhow` is fine here.
+//! The `stagely` command line: `serve`, the admin commands on the data directory, and the
+//! client commands for CI (`deploy`, `deployments`, `logs`: [`deploy`], over [`client`]) that
+//! talk to an appliance's JSON API. CLI glue, so `anyhow` is fine here.
+
+pub mod client;
+pub mod deploy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +73,16 @@ pub enum Command {
     },
     /// Exit 0 when the appliance answers /readyz on its listen address (for container HEALTHCHECKs).
     Healthcheck,
+    /// Deploy an environment through an appliance's API (for CI; docs/ci.md).
+    ///
+    /// The API token comes from STAGELY_TOKEN or --token-file. With --wait the log streams to
+    /// stdout; exit 0 success, 1 failed, 2 usage or auth error, 3 --timeout elapsed, 4 cancelled
+    /// or superseded.
+    Deploy(deploy::DeployArgs),
+    /// List a project's deployments, newest first.
+    Deployments(deploy::DeploymentsArgs),
+    /// Print a deployment's log (masked, as stored); --follow until it ends.
+    Logs(deploy::LogsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,13 +107,20 @@ pub enum AdminCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("stagely: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // The client commands have exit codes of their own (docs/ci.md) and no data directory.
+    let code = match cli.command {
+        Command::Deploy(args) => deploy::run(deploy::deploy(args)),
+        Command::Deployments(args) => deploy::run(deploy::deployments(args)),
+        Command::Logs(args) => deploy::run(deploy::logs(args)),
+        command => match run(Cli { command, ..cli }) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("stagely: {e:#}");
+                1
+            }
+        },
+    };
+    ExitCode::from(code)
 }
 
 fn load_config(cli: &Cli, listen: Option<SocketAddr>, public_url: Option<String>) -> anyhow::Result<Config> {
@@ -158,6 +180,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { out, include_key, .. } => backup(&cli, out, *include_key),
         Command::Restore { file, force } => restore(&cli, file, *force),
         Command::Healthcheck => healthcheck(&cli),
+        // Dispatched in `main`, before any configuration is read.
+        Command::Deploy(_) | Command::Deployments(_) | Command::Logs(_) => {
+            anyhow::bail!("not an admin command")
+        }
         Command::Admin(AdminCommand::SigningKey) => {
             let config = load_config(&cli, None, None)?;
             let signer = crate::signing::Signer::load(&config.signing_key_path())?;
