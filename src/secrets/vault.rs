@@ -180,9 +180,15 @@ fn reencrypt_all(tx: &Transaction<'_>, old: &Vault, new: &Vault) -> Result<usize
         let plain = old.decrypt(ciphertext)?;
         store::set_ciphertext(tx, *id, &new.encrypt(&plain)?)?;
     }
+    // Push webhook secrets are vault values too (src/hooks).
+    let hooks = crate::hooks::store::all_ciphertexts(tx)?;
+    for (project_id, ciphertext) in &hooks {
+        let plain = old.decrypt(ciphertext)?;
+        crate::hooks::store::set_ciphertext(tx, *project_id, &new.encrypt(&plain)?)?;
+    }
     let sealed = age::encrypt(&new.recipient, CHECK_PLAINTEXT).map_err(|_| VaultError::Encrypt)?;
     store::set_vault_check(tx, &sealed)?;
-    Ok(rows.len())
+    Ok(rows.len() + hooks.len())
 }
 
 /// Remove a `<key_file>.new` that is not (or no longer) needed. A failure is logged rather than
