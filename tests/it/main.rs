@@ -23,6 +23,7 @@ mod e2e_engine;
 mod engine_support;
 mod fault_proxy;
 mod faults;
+mod hooks;
 mod lifecycle;
 mod log_limits;
 mod log_resend;
