@@ -51,7 +51,9 @@ fn valid_ref(field: &'static str, value: &str) -> Result<(), DeployError> {
     } else {
         Err(DeployError::Invalid {
             field,
-            message: "must be a branch, tag or commit name (no spaces, no leading '-', no '..', at most 255 bytes)".into(),
+            message:
+                "must be a branch, tag or commit name (no spaces, no leading '-', no '..', at most 255 bytes)"
+                    .into(),
         })
     }
 }

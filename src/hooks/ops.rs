@@ -204,7 +204,11 @@ pub async fn receive(
             return Err(e);
         }
     };
-    let ids: Vec<i64> = handled.deployments.iter().filter_map(|d| d.deployment_id).collect();
+    let ids: Vec<i64> = handled
+        .deployments
+        .iter()
+        .filter_map(|d| d.deployment_id)
+        .collect();
     finish(state, row, handled.result, &describe(&handled), &ids).await?;
     Ok(handled)
 }
@@ -246,7 +250,12 @@ async fn reject(
     event: &str,
     why: Rejection,
 ) -> Result<(), HookError> {
-    tracing::warn!(project_id, provider = provider.as_str(), reason = why.as_str(), "webhook refused");
+    tracing::warn!(
+        project_id,
+        provider = provider.as_str(),
+        reason = why.as_str(),
+        "webhook refused"
+    );
     let keep = state.config.hooks.keep_deliveries;
     let event = event.to_owned();
     state
@@ -362,20 +371,22 @@ async fn handle(
             git_ref: Some(name.clone()),
             commit: Some(commit.clone()),
         };
-        deployments.push(match deploy_ops::trigger(state, &who, project_id, request).await {
-            Ok(t) => Started {
-                environment: env.name.clone(),
-                deployment_id: Some(t.deployment_id),
-                status: Some(t.status.as_str()),
-                error: None,
+        deployments.push(
+            match deploy_ops::trigger(state, &who, project_id, request).await {
+                Ok(t) => Started {
+                    environment: env.name.clone(),
+                    deployment_id: Some(t.deployment_id),
+                    status: Some(t.status.as_str()),
+                    error: None,
+                },
+                Err(e) => Started {
+                    environment: env.name.clone(),
+                    deployment_id: None,
+                    status: None,
+                    error: Some(trigger_error(&e)),
+                },
             },
-            Err(e) => Started {
-                environment: env.name.clone(),
-                deployment_id: None,
-                status: None,
-                error: Some(trigger_error(&e)),
-            },
-        });
+        );
     }
     let any = deployments.iter().any(|d| d.deployment_id.is_some());
     Ok(Handled {

@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
-use super::ops::{self, NewSecret};
 use super::WebhookInfo;
+use super::ops::{self, NewSecret};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::pages::{Forms, render_project};

@@ -186,15 +186,25 @@ mod tests {
             "pusher": {"name": "octo-cat", "email": "o@example.com"}}))
         .unwrap();
         assert_eq!(p.pushed, Pushed::Branch("main".into()));
-        assert_eq!((p.commit.as_deref(), p.deleted, p.pusher.as_str()), (Some(A), false, "octo-cat"));
+        assert_eq!(
+            (p.commit.as_deref(), p.deleted, p.pusher.as_str()),
+            (Some(A), false, "octo-cat")
+        );
         // GitHub annotated tag: `after` is the tag object, head_commit the commit.
-        let p = parse_json(json!({"ref": "refs/tags/v1", "after": A, "head_commit": {"id": B},
-            "pusher": {"name": "x"}}))
+        let p = parse_json(
+            json!({"ref": "refs/tags/v1", "after": A, "head_commit": {"id": B},
+            "pusher": {"name": "x"}}),
+        )
         .unwrap();
-        assert_eq!((p.pushed, p.commit.as_deref()), (Pushed::Tag("v1".into()), Some(B)));
+        assert_eq!(
+            (p.pushed, p.commit.as_deref()),
+            (Pushed::Tag("v1".into()), Some(B))
+        );
         // GitLab delete: all-zero after, no `deleted`.
-        let p = parse_json(json!({"ref": "refs/heads/main", "after": ZERO, "checkout_sha": null,
-            "user_username": "gl user!"}))
+        let p = parse_json(
+            json!({"ref": "refs/heads/main", "after": ZERO, "checkout_sha": null,
+            "user_username": "gl user!"}),
+        )
         .unwrap();
         assert!(p.deleted && p.commit.is_none());
         assert_eq!(p.pusher, "gluser");

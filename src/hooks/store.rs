@@ -7,9 +7,11 @@ use crate::db::{DbError, Stored, enum_at, rfc3339};
 
 /// The project's encrypted webhook secret, if it has one.
 pub fn secret(c: &Connection, project_id: i64) -> Result<Option<Vec<u8>>, DbError> {
-    Ok(c.prepare_cached("SELECT encrypted_secret FROM webhooks WHERE project_id = ?1")?
-        .query_row([project_id], |r| r.get(0))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT encrypted_secret FROM webhooks WHERE project_id = ?1")?
+            .query_row([project_id], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 /// When and by whom the secret was made.

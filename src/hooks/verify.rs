@@ -58,7 +58,10 @@ pub fn verify(
     body: &[u8],
     signature: Option<&str>,
 ) -> Result<(), Rejection> {
-    let sent = signature.map(str::trim).filter(|s| !s.is_empty()).ok_or(Rejection::Missing)?;
+    let sent = signature
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(Rejection::Missing)?;
     match provider {
         Provider::Github => {
             let hex = sent.strip_prefix("sha256=").ok_or(Rejection::Malformed)?;
@@ -87,7 +90,10 @@ mod tests {
         assert_eq!(hmac_hex(b"It's a Secret to Everybody", b"Hello, World!"), sig);
         let secret = b"It's a Secret to Everybody";
         let ok = format!("sha256={sig}");
-        assert_eq!(verify(Provider::Github, secret, b"Hello, World!", Some(&ok)), Ok(()));
+        assert_eq!(
+            verify(Provider::Github, secret, b"Hello, World!", Some(&ok)),
+            Ok(())
+        );
         assert_eq!(
             verify(Provider::Github, secret, b"Hello, World?", Some(&ok)),
             Err(Rejection::Mismatch)

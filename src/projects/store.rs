@@ -42,8 +42,7 @@ fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-const ENVIRONMENT_COLUMNS: &str =
-    "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days, \
+const ENVIRONMENT_COLUMNS: &str = "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days, \
      deploy_on_push, deploy_on_tag";
 
 fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {

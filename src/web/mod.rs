@@ -184,12 +184,7 @@ pub fn routes() -> Routes {
             MEMBER,
             projects::pages::set_triggers,
         )
-        .add(
-            M::POST,
-            "/projects/{id}/webhook",
-            MEMBER,
-            hooks::pages::rotate,
-        )
+        .add(M::POST, "/projects/{id}/webhook", MEMBER, hooks::pages::rotate)
         .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
         .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)
         .add(M::POST, "/secrets/{id}/delete", MEMBER, secrets::pages::delete)

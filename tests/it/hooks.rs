@@ -77,13 +77,28 @@ fn push(git_ref: &str, after: &str, pusher: &str) -> Value {
 }
 
 async fn rotate(api: &Api, pid: i64) -> String {
-    let v = api.ok(&format!("/api/projects/{pid}/webhook"), json!({}), 201).await;
+    let v = api
+        .ok(&format!("/api/projects/{pid}/webhook"), json!({}), 201)
+        .await;
     assert!(
-        v["url"].as_str().unwrap().ends_with(&format!("/api/hooks/github/{pid}")),
+        v["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/api/hooks/github/{pid}")),
         "{v}"
     );
-    assert!(v["urls"]["gitlab"].as_str().unwrap().ends_with(&format!("/api/hooks/gitlab/{pid}")));
-    assert!(v["urls"]["gitea"].as_str().unwrap().ends_with(&format!("/api/hooks/gitea/{pid}")));
+    assert!(
+        v["urls"]["gitlab"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/api/hooks/gitlab/{pid}"))
+    );
+    assert!(
+        v["urls"]["gitea"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/api/hooks/gitea/{pid}"))
+    );
     let secret = v["secret"].as_str().unwrap().to_owned();
     assert_eq!(secret.len(), 64, "32 random bytes, hex");
     secret
@@ -120,11 +135,20 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     let (pid, envs) = api.project("shop", &["staging", "production", "manual"]).await;
     let (other_pid, _) = api.project("other", &["x"]).await;
     let (_, env) = api
-        .patch(&format!("/api/environments/{}", envs[0]), json!({"deploy_on_push": true}))
+        .patch(
+            &format!("/api/environments/{}", envs[0]),
+            json!({"deploy_on_push": true}),
+        )
         .await;
-    assert_eq!((env["deploy_on_push"].clone(), env["deploy_on_tag"].clone()), (json!(true), Value::Null));
+    assert_eq!(
+        (env["deploy_on_push"].clone(), env["deploy_on_tag"].clone()),
+        (json!(true), Value::Null)
+    );
     let (s, env) = api
-        .patch(&format!("/api/environments/{}", envs[1]), json!({"deploy_on_tag": "v*"}))
+        .patch(
+            &format!("/api/environments/{}", envs[1]),
+            json!({"deploy_on_tag": "v*"}),
+        )
         .await;
     assert_eq!((s, env["deploy_on_tag"].clone()), (200, json!("v*")), "{env}");
     let mut agents = Vec::new();
@@ -140,7 +164,9 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     let hook = Hook::new(&api.url, pid);
 
     // A push to main (the staging environment's branch): staging deploys A, nothing else does.
-    let (s, v) = hook.github(&secret, "push", "d-1", &push("refs/heads/main", A, "octo-cat")).await;
+    let (s, v) = hook
+        .github(&secret, "push", "d-1", &push("refs/heads/main", A, "octo-cat"))
+        .await;
     assert_eq!(s, 202, "{v}");
     assert_eq!(v["result"], "deployed");
     assert_eq!(v["deployments"][0]["environment"], "staging");
@@ -148,7 +174,10 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     let deploy = agents[0].recv().await;
     assert_eq!(deploy["type"], "DEPLOY");
     assert_eq!(deploy["deployment_id"], id);
-    assert_eq!(deploy["project"]["git_ref"], A, "the agent checks out the pushed sha");
+    assert_eq!(
+        deploy["project"]["git_ref"], A,
+        "the agent checks out the pushed sha"
+    );
     agents[0].secrets(&deploy);
     let (_, d) = api.get(&format!("/api/deployments/{id}")).await;
     assert_eq!(d["triggered_by"], "github:octo-cat", "{d}");
@@ -159,21 +188,43 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     }
 
     // While it runs, another push is recorded with the trigger's answer (not a 5xx).
-    let (s, v) = hook.github(&secret, "push", "d-busy", &push("refs/heads/main", B, "octo-cat")).await;
+    let (s, v) = hook
+        .github(&secret, "push", "d-busy", &push("refs/heads/main", B, "octo-cat"))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"], "error", "{v}");
-    assert!(v["deployments"][0]["error"].as_str().unwrap().contains("in progress"), "{v}");
+    assert!(
+        v["deployments"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("in progress"),
+        "{v}"
+    );
     succeed(&mut agents[0], id).await;
 
     // The same delivery again (GitHub's "Redeliver", or a replay): nothing.
-    let (s, v) = hook.github(&secret, "push", "d-1", &push("refs/heads/main", A, "octo-cat")).await;
+    let (s, v) = hook
+        .github(&secret, "push", "d-1", &push("refs/heads/main", A, "octo-cat"))
+        .await;
     assert_eq!((s, v["result"].clone()), (200, json!("duplicate")), "{v}");
-    assert!(agents[0].recv_within(QUIET).await.is_none(), "a replay deploys nothing");
+    assert!(
+        agents[0].recv_within(QUIET).await.is_none(),
+        "a replay deploys nothing"
+    );
 
     // ping, another branch, a delete: 200 and nothing.
-    let (s, v) = hook.github(&secret, "ping", "d-ping", &json!({"zen": "Keep it logically awesome."})).await;
+    let (s, v) = hook
+        .github(
+            &secret,
+            "ping",
+            "d-ping",
+            &json!({"zen": "Keep it logically awesome."}),
+        )
+        .await;
     assert_eq!((s, v["result"].clone()), (200, json!("ignored")), "{v}");
-    let (s, v) = hook.github(&secret, "push", "d-2", &push("refs/heads/feature", B, "x")).await;
+    let (s, v) = hook
+        .github(&secret, "push", "d-2", &push("refs/heads/feature", B, "x"))
+        .await;
     assert_eq!((s, v["result"].clone()), (200, json!("ignored")), "{v}");
     let mut deleted = push("refs/heads/main", ZERO, "x");
     deleted["deleted"] = json!(true);
@@ -193,17 +244,28 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     let tag_id = deploy["deployment_id"].as_i64().unwrap();
     succeed(&mut agents[1], tag_id).await;
     let (_, d) = api.get(&format!("/api/deployments/{tag_id}")).await;
-    assert_eq!((d["git_ref"].clone(), d["triggered_by"].clone()), (json!("v1.2.0"), json!("github:releaser")));
-    let (s, v) = hook.github(&secret, "push", "d-5", &push("refs/tags/release-1", C, "x")).await;
+    assert_eq!(
+        (d["git_ref"].clone(), d["triggered_by"].clone()),
+        (json!("v1.2.0"), json!("github:releaser"))
+    );
+    let (s, v) = hook
+        .github(&secret, "push", "d-5", &push("refs/tags/release-1", C, "x"))
+        .await;
     assert_eq!((s, v["result"].clone()), (200, json!("ignored")), "{v}");
     assert!(agents[1].recv_within(QUIET).await.is_none());
-    assert!(agents[2].recv_within(QUIET).await.is_none(), "deploy_on_push false: nothing");
+    assert!(
+        agents[2].recv_within(QUIET).await.is_none(),
+        "deploy_on_push false: nothing"
+    );
 
     // Bad, missing or wrong-project signatures: 401 bad_signature, no deployment.
     let before = deployments(api).await.len();
     let raw = push("refs/heads/main", C, "mallory").to_string();
     for headers in [
-        vec![("x-hub-signature-256", format!("sha256={}", hmac_hex("wrong", raw.as_bytes())))],
+        vec![(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex("wrong", raw.as_bytes())),
+        )],
         vec![("x-hub-signature-256", "sha256=zz".to_owned())],
         vec![("x-hub-signature-256", hmac_hex(&secret, raw.as_bytes()))],
         vec![],
@@ -212,17 +274,32 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
         h.push(("x-github-event", "push".into()));
         h.push(("x-github-delivery", "d-evil".into()));
         let (s, v) = hook.send("github", &h, raw.as_bytes()).await;
-        assert_eq!((s, v["error"]["code"].clone()), (401, json!("bad_signature")), "{v}");
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (401, json!("bad_signature")),
+            "{v}"
+        );
     }
     // Another project (with no webhook) and a project that does not exist answer the same.
     let good = format!("sha256={}", hmac_hex(&secret, raw.as_bytes()));
-    let h = [("x-github-event", "push".to_owned()), ("x-hub-signature-256", good)];
+    let h = [
+        ("x-github-event", "push".to_owned()),
+        ("x-hub-signature-256", good),
+    ];
     for project in [other_pid, 999_999] {
-        let (s, v) = Hook::new(&api.url, project).send("github", &h, raw.as_bytes()).await;
-        assert_eq!((s, v["error"]["code"].clone()), (401, json!("bad_signature")), "{v}");
+        let (s, v) = Hook::new(&api.url, project)
+            .send("github", &h, raw.as_bytes())
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (401, json!("bad_signature")),
+            "{v}"
+        );
     }
     // A delivery id first seen on a rejected request is not poisoned: the real one still runs.
-    let (s, v) = hook.github(&secret, "push", "d-evil", &push("refs/heads/main", C, "octo-cat")).await;
+    let (s, v) = hook
+        .github(&secret, "push", "d-evil", &push("refs/heads/main", C, "octo-cat"))
+        .await;
     assert_eq!(s, 202, "{v}");
     let id = v["deployments"][0]["deployment_id"].as_i64().unwrap();
     assert_eq!(agents[0].recv().await["project"]["git_ref"], C);
@@ -230,19 +307,41 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     assert_eq!(deployments(api).await.len(), before + 1);
 
     // Oversized: 413 before anything else.
-    let big = format!("{{\"ref\":\"refs/heads/main\",\"pad\":\"{}\"}}", "x".repeat(1024 * 1024));
+    let big = format!(
+        "{{\"ref\":\"refs/heads/main\",\"pad\":\"{}\"}}",
+        "x".repeat(1024 * 1024)
+    );
     let sig = format!("sha256={}", hmac_hex(&secret, big.as_bytes()));
     let (s, v) = hook
-        .send("github", &[("x-github-event", "push".into()), ("x-hub-signature-256", sig)], big.as_bytes())
+        .send(
+            "github",
+            &[("x-github-event", "push".into()), ("x-hub-signature-256", sig)],
+            big.as_bytes(),
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].clone()), (413, json!("payload_too_large")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (413, json!("payload_too_large")),
+        "{v}"
+    );
 
     // The audit log names the rejections (provider, reason), never the body or the header.
     let audit = audit_actions(&server.data_dir()).await;
     let rejected: Vec<_> = audit.iter().filter(|(_, a, _)| a == "webhook.rejected").collect();
-    assert_eq!(rejected.len(), 1, "one entry per minute per project: {rejected:?}");
-    assert!(rejected[0].2.contains("github") && rejected[0].2.contains("signature"), "{rejected:?}");
-    assert!(audit.iter().any(|(a, act, _)| a == "token:test-admin" && act == "webhook.rotate"));
+    assert_eq!(
+        rejected.len(),
+        1,
+        "one entry per minute per project: {rejected:?}"
+    );
+    assert!(
+        rejected[0].2.contains("github") && rejected[0].2.contains("signature"),
+        "{rejected:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|(a, act, _)| a == "token:test-admin" && act == "webhook.rotate")
+    );
     let audit_text = format!("{audit:?}");
     assert!(!audit_text.contains("mallory") && !audit_text.contains(&secret));
 
@@ -268,14 +367,20 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     // Rotation invalidates the old secret at once.
     let new_secret = rotate(api, pid).await;
     assert_ne!(new_secret, secret);
-    let (s, _) = hook.github(&secret, "push", "d-6", &push("refs/heads/main", A, "x")).await;
+    let (s, _) = hook
+        .github(&secret, "push", "d-6", &push("refs/heads/main", A, "x"))
+        .await;
     assert_eq!(s, 401);
-    let (s, v) = hook.github(&new_secret, "ping", "d-7", &json!({"zen": "z"})).await;
+    let (s, v) = hook
+        .github(&new_secret, "ping", "d-7", &json!({"zen": "z"}))
+        .await;
     assert_eq!(s, 200, "{v}");
 
     // A viewer sees the webhook but cannot rotate it.
     let viewer = api.with_token(&cli_token(&server.data_dir(), "viewer", "viewer"));
-    let (s, _) = viewer.post(&format!("/api/projects/{pid}/webhook"), json!({})).await;
+    let (s, _) = viewer
+        .post(&format!("/api/projects/{pid}/webhook"), json!({}))
+        .await;
     assert_eq!(s, 403);
     let (s, v) = viewer.get(&format!("/api/projects/{pid}/webhook")).await;
     assert_eq!((s, v["configured"].clone()), (200, json!(true)));
@@ -287,8 +392,11 @@ async fn gitlab_and_gitea_forgejo_deliveries_verify_their_own_way() {
     let server = TestServer::start().await;
     let api = &server.api;
     let (pid, envs) = api.project("shop", &["staging"]).await;
-    api.patch(&format!("/api/environments/{}", envs[0]), json!({"deploy_on_push": true, "deploy_on_tag": "v*"}))
-        .await;
+    api.patch(
+        &format!("/api/environments/{}", envs[0]),
+        json!({"deploy_on_push": true, "deploy_on_tag": "v*"}),
+    )
+    .await;
     let (agent_id, token) = api.agent(envs[0], "a").await;
     let mut agent = TestAgent::connect(&api.url, &token, Some(vec![])).await;
     api.wait_online(agent_id).await;
@@ -308,9 +416,13 @@ async fn gitlab_and_gitea_forgejo_deliveries_verify_their_own_way() {
             ("x-gitlab-event-uuid", uuid.to_owned()),
         ]
     };
-    let (s, v) = hook.send("gitlab", &gl_headers("nope", "u-0"), gl(A).as_bytes()).await;
+    let (s, v) = hook
+        .send("gitlab", &gl_headers("nope", "u-0"), gl(A).as_bytes())
+        .await;
     assert_eq!((s, v["error"]["code"].clone()), (401, json!("bad_signature")));
-    let (s, v) = hook.send("gitlab", &gl_headers(&secret, "u-1"), gl(A).as_bytes()).await;
+    let (s, v) = hook
+        .send("gitlab", &gl_headers(&secret, "u-1"), gl(A).as_bytes())
+        .await;
     assert_eq!(s, 202, "{v}");
     let deploy = agent.recv().await;
     assert_eq!(deploy["project"]["git_ref"], A);
@@ -318,10 +430,18 @@ async fn gitlab_and_gitea_forgejo_deliveries_verify_their_own_way() {
     succeed(&mut agent, id).await;
     let (_, d) = api.get(&format!("/api/deployments/{id}")).await;
     assert_eq!(d["triggered_by"], "gitlab:gl-user");
-    let (s, v) = hook.send("gitlab", &gl_headers(&secret, "u-1"), gl(A).as_bytes()).await;
+    let (s, v) = hook
+        .send("gitlab", &gl_headers(&secret, "u-1"), gl(A).as_bytes())
+        .await;
     assert_eq!((s, v["result"].clone()), (200, json!("duplicate")));
-    let (s, v) = hook.send("gitlab", &gl_headers(&secret, "u-2"), gl(ZERO).as_bytes()).await;
-    assert_eq!((s, v["result"].clone()), (200, json!("ignored")), "a GitLab delete: {v}");
+    let (s, v) = hook
+        .send("gitlab", &gl_headers(&secret, "u-2"), gl(ZERO).as_bytes())
+        .await;
+    assert_eq!(
+        (s, v["result"].clone()),
+        (200, json!("ignored")),
+        "a GitLab delete: {v}"
+    );
     // GitLab's tag push: `checkout_sha` is the commit.
     let tag = json!({"object_kind": "tag_push", "ref": "refs/tags/v2", "before": ZERO, "after": C,
                      "checkout_sha": B, "user_username": "gl-user"})
@@ -336,8 +456,20 @@ async fn gitlab_and_gitea_forgejo_deliveries_verify_their_own_way() {
 
     // Gitea (and Forgejo's own header names): a bare hex HMAC-SHA256.
     for (sig_h, event_h, delivery_h, after, who) in [
-        ("x-gitea-signature", "x-gitea-event", "x-gitea-delivery", A, "gitea-user"),
-        ("x-forgejo-signature", "x-forgejo-event", "x-forgejo-delivery", C, "forgejo-user"),
+        (
+            "x-gitea-signature",
+            "x-gitea-event",
+            "x-gitea-delivery",
+            A,
+            "gitea-user",
+        ),
+        (
+            "x-forgejo-signature",
+            "x-forgejo-event",
+            "x-forgejo-delivery",
+            C,
+            "forgejo-user",
+        ),
     ] {
         let body = json!({"ref": "refs/heads/main", "before": ZERO, "after": after,
                           "pusher": {"login": who, "username": who}, "sender": {"login": who}})
@@ -384,12 +516,23 @@ async fn environment_triggers_are_validated_and_a_flood_stays_bounded() {
     ] {
         let (s, v) = api.patch(&path, body.clone()).await;
         assert_eq!(s, 422, "{body}: {v}");
-        assert_eq!((v["error"]["code"].clone(), v["error"]["field"].clone()), (json!("invalid_field"), json!(field)));
+        assert_eq!(
+            (v["error"]["code"].clone(), v["error"]["field"].clone()),
+            (json!("invalid_field"), json!(field))
+        );
     }
-    let (s, v) = api.patch(&path, json!({"deploy_on_tag": "release-?.*", "deploy_on_push": true})).await;
+    let (s, v) = api
+        .patch(
+            &path,
+            json!({"deploy_on_tag": "release-?.*", "deploy_on_push": true}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let (_, v) = api.get(&path).await;
-    assert_eq!((v["deploy_on_push"].clone(), v["deploy_on_tag"].clone()), (json!(true), json!("release-?.*")));
+    assert_eq!(
+        (v["deploy_on_push"].clone(), v["deploy_on_tag"].clone()),
+        (json!(true), json!("release-?.*"))
+    );
     let (_, p) = api.get(&format!("/api/projects/{pid}")).await;
     assert_eq!(p["environments"][0]["deploy_on_tag"], "release-?.*");
     let (_, v) = api.patch(&path, json!({"deploy_on_tag": null})).await;
@@ -400,12 +543,21 @@ async fn environment_triggers_are_validated_and_a_flood_stays_bounded() {
     // Verified deliveries first, then a flood of bad ones: the log keeps 20 of each kind, so
     // the flood cannot push the verified delivery ids out (and let one be replayed).
     for i in 0..5 {
-        let (s, _) = hook.github(&secret, "ping", &format!("ok-{i}"), &json!({"zen": i})).await;
+        let (s, _) = hook
+            .github(&secret, "ping", &format!("ok-{i}"), &json!({"zen": i}))
+            .await;
         assert_eq!(s, 200);
     }
     for i in 0..60 {
         let (s, _) = hook
-            .send("github", &[("x-hub-signature-256", format!("sha256={}", "0".repeat(64))), ("x-github-delivery", format!("ok-{i}"))], b"{}")
+            .send(
+                "github",
+                &[
+                    ("x-hub-signature-256", format!("sha256={}", "0".repeat(64))),
+                    ("x-github-delivery", format!("ok-{i}")),
+                ],
+                b"{}",
+            )
             .await;
         assert_eq!(s, 401);
     }
@@ -423,7 +575,11 @@ async fn environment_triggers_are_validated_and_a_flood_stays_bounded() {
         .unwrap();
     assert_eq!((rejected, other, audited), (20, 5, 1));
     let (s, v) = hook.github(&secret, "ping", "ok-0", &json!({"zen": 0})).await;
-    assert_eq!((s, v["result"].clone()), (200, json!("duplicate")), "still remembered: {v}");
+    assert_eq!(
+        (s, v["result"].clone()),
+        (200, json!("duplicate")),
+        "still remembered: {v}"
+    );
     server.stop().await;
 }
 
@@ -437,13 +593,20 @@ async fn the_webhook_secret_is_shown_once_and_stored_encrypted() {
     let server = ServerProcess::spawn(&data, "127.0.0.1:0", &[], &log).await;
     let api = Api::new(&server.url, &admin_token(&data));
     let (pid, envs) = api.project("canary", &["staging"]).await;
-    api.patch(&format!("/api/environments/{}", envs[0]), json!({"deploy_on_push": true})).await;
+    api.patch(
+        &format!("/api/environments/{}", envs[0]),
+        json!({"deploy_on_push": true}),
+    )
+    .await;
     let secret = rotate(&api, pid).await;
     let hook = Hook::new(&api.url, pid);
     let mut seen = String::new();
     for (event, body) in [
         ("push", push("refs/heads/main", A, "x")),
-        ("ping", json!({"zen": "z", "hook": {"config": {"secret": "********"}}})),
+        (
+            "ping",
+            json!({"zen": "z", "hook": {"config": {"secret": "********"}}}),
+        ),
     ] {
         let (_, v) = hook.github(&secret, event, event, &body).await;
         seen.push_str(&v.to_string());
@@ -458,7 +621,10 @@ async fn the_webhook_secret_is_shown_once_and_stored_encrypted() {
         let (_, v) = api.get(&path).await;
         seen.push_str(&v.to_string());
     }
-    assert!(seen.contains("no agent"), "the trigger's answer is recorded: {seen}");
+    assert!(
+        seen.contains("no agent"),
+        "the trigger's answer is recorded: {seen}"
+    );
     assert!(!seen.contains(&secret), "secret in a response: {seen}");
     server.terminate().await;
     let log_text = std::fs::read_to_string(&log).unwrap();
