@@ -58,6 +58,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub github: GithubConfig,
     pub notify: NotifyConfig,
+
+    pub hooks: HooksConfig,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -126,6 +128,25 @@ pub struct DeploysConfig {
     pub log_keep_days: u64,
     /// How often the pruner runs; 0 turns retention off (every log is kept).
     pub log_prune_every_secs: u64,
+}
+
+/// Push webhooks (src/hooks).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Largest webhook body read; a longer one is answered 413 before any parsing.
+    pub max_body_bytes: usize,
+    /// Deliveries kept per project in the delivery log (older ones are pruned on insert).
+    pub keep_deliveries: u32,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            keep_deliveries: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +286,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             github: GithubConfig::default(),
             notify: NotifyConfig::default(),
+
+            hooks: HooksConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -461,6 +484,12 @@ impl Config {
         }
         if !n.smtp_extra_ca_file.as_os_str().is_empty() && !n.smtp_extra_ca_file.is_file() {
             return invalid("notify.smtp_extra_ca_file", "is not a readable file");
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.hooks.max_body_bytes) {
+            return invalid("hooks.max_body_bytes", "must be between 1024 and 67108864");
+        }
+        if !(20..=100_000).contains(&self.hooks.keep_deliveries) {
+            return invalid("hooks.keep_deliveries", "must be between 20 and 100000");
         }
         self.finish_github()?;
         Ok(self)

@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod deploys;
+pub mod hooks;
 pub mod names;
 pub mod notify;
 pub mod projects;

@@ -78,6 +78,40 @@ pub struct Environment {
     pub log_keep_deployments: Option<u32>,
     /// `null` = `deploys.log_keep_days`.
     pub log_keep_days: Option<u32>,
+    /// A push webhook for this environment's branch (its `git_ref`, else the project's)
+    /// deploys the pushed commit (src/hooks).
+    pub deploy_on_push: bool,
+    /// A pushed tag matching this glob (`*`, `?`) deploys the tag's commit; `null` = never.
+    pub deploy_on_tag: Option<String>,
+}
+
+/// When push webhooks deploy an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushTriggers {
+    pub on_push: bool,
+    pub on_tag: Option<String>,
+}
+
+/// Longest `deploy_on_tag` glob.
+pub const MAX_TAG_GLOB_BYTES: usize = 100;
+
+/// A `deploy_on_tag` glob: the characters of a tag name plus `*` and `?`, at most 100 bytes.
+pub fn validate_tag_glob(field: &'static str, value: &str) -> Result<String, ProjectError> {
+    let v = value.trim();
+    let ok = !v.is_empty()
+        && v.len() <= MAX_TAG_GLOB_BYTES
+        && !v.starts_with(['-', '/'])
+        && !v.contains("..")
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._/-+*?".contains(c));
+    if !ok {
+        return invalid(
+            field,
+            "must be a tag name or a glob of one (`*` any run of characters, `?` one), at most 100 \
+             bytes of letters, digits and . _ / - +, e.g. v* or release-?.*",
+        );
+    }
+    Ok(v.to_owned())
 }
 
 /// Per-environment log retention overrides (`None` = the configured default).
@@ -134,6 +168,12 @@ pub struct EnvironmentPatch {
     pub log_keep_deployments: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "double_value")]
     pub log_keep_days: Option<serde_json::Value>,
+    /// `true`/`false`.
+    #[serde(default, deserialize_with = "double_value")]
+    pub deploy_on_push: Option<serde_json::Value>,
+    /// A tag glob, or `null`/`""` for none.
+    #[serde(default, deserialize_with = "double_value")]
+    pub deploy_on_tag: Option<serde_json::Value>,
 }
 
 /// Present (even as `null`) → `Some(value)`; absent → `None` (via `default`).
@@ -157,7 +197,35 @@ impl EnvironmentPatch {
     }
 }
 
+impl EnvironmentPatch {
+    /// The push triggers this patch leaves when applied to `current`, validated.
+    pub fn apply_triggers(&self, current: &PushTriggers) -> Result<PushTriggers, ProjectError> {
+        let on_push = match &self.deploy_on_push {
+            None => current.on_push,
+            Some(v) => match v.as_bool() {
+                Some(b) => b,
+                None => return invalid("deploy_on_push", "must be true or false"),
+            },
+        };
+        let on_tag = match &self.deploy_on_tag {
+            None => current.on_tag.clone(),
+            Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
+            Some(serde_json::Value::String(s)) => Some(validate_tag_glob("deploy_on_tag", s)?),
+            Some(_) => return invalid("deploy_on_tag", "must be a tag glob such as v*, or null"),
+        };
+        Ok(PushTriggers { on_push, on_tag })
+    }
+}
+
 impl Environment {
+    pub fn triggers(&self) -> PushTriggers {
+        PushTriggers {
+            on_push: self.deploy_on_push,
+            on_tag: self.deploy_on_tag.clone(),
+        }
+    }
+
     pub fn retention(&self) -> Retention {
         Retention {
             keep_deployments: self.log_keep_deployments,

@@ -156,8 +156,8 @@ fn describe_retention(r: Retention) -> (String, String) {
     (shown(r.keep_deployments), shown(r.keep_days))
 }
 
-/// Change an environment's settings (today its log retention overrides); validated as a whole,
-/// audited `environment.update` with the old and new values.
+/// Change an environment's settings (its log retention overrides and push triggers); validated
+/// as a whole, audited `environment.update` with the old and new values.
 pub async fn update_environment(
     state: &AppState,
     who: &Principal,
@@ -171,6 +171,27 @@ pub async fn update_environment(
             let current = store::get_environment(tx, id)?;
             let before = current.retention();
             let after = patch.apply(before)?;
+            let triggers_before = current.triggers();
+            let triggers = patch.apply_triggers(&triggers_before)?;
+            if triggers != triggers_before {
+                store::set_triggers(tx, id, &triggers)?;
+                audit::record(
+                    tx,
+                    now_ms(),
+                    &actor,
+                    "environment.update",
+                    "environment",
+                    Some(id),
+                    &format!(
+                        "{}: deploy_on_push {}, deploy_on_tag {} (was {}, {})",
+                        current.name,
+                        triggers.on_push,
+                        triggers.on_tag.as_deref().unwrap_or("none"),
+                        triggers_before.on_push,
+                        triggers_before.on_tag.as_deref().unwrap_or("none"),
+                    ),
+                )?;
+            }
             if after != before {
                 store::set_retention(tx, id, after)?;
                 audit::record(

@@ -197,6 +197,68 @@ pub struct Forms {
     pub deploy: Option<FormErrors>,
     /// The retention form of one environment (its id).
     pub retention: Option<(i64, RetentionForm, FormErrors)>,
+    /// The push-trigger form of one environment (its id).
+    pub triggers: Option<(i64, TriggersForm, FormErrors)>,
+    /// A webhook secret just made: shown once.
+    pub new_webhook: Option<crate::hooks::ops::NewSecret>,
+}
+
+/// An environment's push-trigger form (src/hooks): a checkbox and a tag glob.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct TriggersForm {
+    /// Present (`on`) when the box is ticked.
+    #[serde(default)]
+    pub deploy_on_push: Option<String>,
+    #[serde(default)]
+    pub deploy_on_tag: String,
+}
+
+const TRIGGER_FIELDS: &[&str] = &["deploy_on_push", "deploy_on_tag"];
+
+fn triggers_form(
+    v: &Viewer,
+    project: &Project,
+    env: &super::Environment,
+    form: Option<&(TriggersForm, FormErrors)>,
+) -> Markup {
+    let (values, errors) = match form {
+        Some((f, e)) => (f.clone(), e.clone()),
+        None => (
+            TriggersForm {
+                deploy_on_push: env.deploy_on_push.then(|| "on".to_owned()),
+                deploy_on_tag: env.deploy_on_tag.clone().unwrap_or_default(),
+            },
+            FormErrors::default(),
+        ),
+    };
+    let branch = env.git_ref.as_deref().unwrap_or(&project.git_ref);
+    html! {
+        p.triggers { small {
+            "Push webhooks: "
+            @if env.deploy_on_push { "a push to " code { (branch) } " deploys the pushed commit" } @else { "pushes do not deploy" }
+            @if let Some(g) = &env.deploy_on_tag { "; tags matching " code { (g) } " deploy" }
+            "."
+        } }
+        @if v.can(Role::Member) {
+            details open[!errors.is_empty()] {
+                summary { "Deploy on push" }
+                (form_banner(&errors))
+                form.grid-form method="post" action=(format!("/environments/{}/triggers", env.id)) {
+                    (csrf_field(&v.csrf))
+                    label {
+                        input type="checkbox" name="deploy_on_push" checked[values.deploy_on_push.is_some()];
+                        " Deploy each push to " code { (branch) }
+                    }
+                    label { "Deploy tags matching " span.muted { "(optional glob)" }
+                        input name="deploy_on_tag" value=(values.deploy_on_tag) placeholder="v*"
+                            maxlength=(super::MAX_TAG_GLOB_BYTES) aria-invalid=[invalid(&errors, "deploy_on_tag")];
+                        (field_error(&errors, "deploy_on_tag"))
+                    }
+                    button type="submit" { "Save triggers" }
+                }
+            }
+        }
+    }
 }
 
 /// An environment's log retention form: empty fields mean the appliance's default.
@@ -281,6 +343,7 @@ fn environment_card(
     history: &[Deployment],
     defaults: RetentionDefaults,
     retention: Option<&(RetentionForm, FormErrors)>,
+    triggers: Option<&(TriggersForm, FormErrors)>,
 ) -> Markup {
     let now = now_ms();
     html! {
@@ -320,6 +383,7 @@ fn environment_card(
             }
             p.retention { small { (retention_line(env, defaults)) } }
             @if v.can(Role::Member) { (retention_form(v, env, defaults, retention)) }
+            (triggers_form(v, project, env, triggers))
         }
     }
 }
@@ -359,6 +423,14 @@ pub async fn render_project(
             .filter(|(form_id, _)| *form_id == id)
             .map(|(_, f)| f)
     };
+    let triggers_form = forms.triggers.map(|(id, f, e)| (id, (f, e)));
+    let triggers_of = |id: i64| {
+        triggers_form
+            .as_ref()
+            .filter(|(form_id, _)| *form_id == id)
+            .map(|(_, f)| f)
+    };
+    let webhook = crate::hooks::ops::info(state, id).await.map_err(WebError::from)?;
     let body = html! {
         (layout::notice(done))
         div.page-head {
@@ -372,7 +444,7 @@ pub async fn render_project(
                 p.empty { "No environment yet. Add one (e.g. staging) to deploy." }
             }
             @for (env, hist) in project.environments.iter().zip(&history) {
-                (environment_card(v, &project, env, hist, defaults, retention_of(env.id)))
+                (environment_card(v, &project, env, hist, defaults, retention_of(env.id), triggers_of(env.id)))
             }
             @if editable {
                 details open[!env_errors.is_empty()] {
@@ -400,6 +472,8 @@ pub async fn render_project(
             p { a href=(format!("/projects/{}/notifications", project.id)) { "Notification channels" }
                 span.muted { " — webhook, Slack, Discord or email when a deploy ends or an agent goes offline." } }
         }
+
+        (crate::hooks::pages::webhook_section(v, project.id, &webhook, forms.new_webhook.as_ref()))
         section id="settings" {
             h2 { "Settings" }
             article {
@@ -523,6 +597,7 @@ pub async fn set_retention(
             let patch = EnvironmentPatch {
                 log_keep_deployments: Some(n.map_or(serde_json::Value::Null, serde_json::Value::from)),
                 log_keep_days: Some(d.map_or(serde_json::Value::Null, serde_json::Value::from)),
+                ..EnvironmentPatch::default()
             };
             update_environment(&state, &who, env_id, patch).await
         }
@@ -537,6 +612,40 @@ pub async fn set_retention(
             let errors = FormErrors::from_web(e.into(), RETENTION_FIELDS)?;
             let forms = Forms {
                 retention: Some((env_id, form, errors)),
+                ..Forms::default()
+            };
+            with_errors(&state, &v, env.project_id, forms).await
+        }
+    }
+}
+
+/// The push-trigger form of an environment's card.
+pub async fn set_triggers(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Path(env_id): Path<i64>,
+    Form(form): Form<TriggersForm>,
+) -> Result<Response, PageError> {
+    let env = state
+        .db
+        .read(move |c| store::get_environment(c, env_id))
+        .await
+        .map_err(WebError::from)?;
+    let patch = EnvironmentPatch {
+        deploy_on_push: Some(serde_json::Value::Bool(form.deploy_on_push.is_some())),
+        deploy_on_tag: Some(serde_json::Value::String(form.deploy_on_tag.clone())),
+        ..EnvironmentPatch::default()
+    };
+    match update_environment(&state, &who, env_id, patch).await {
+        Ok(_) => Ok(layout::see_other(&format!(
+            "/projects/{}?done=triggers-saved#env-{}",
+            env.project_id, env.name
+        ))),
+        Err(e) => {
+            let errors = FormErrors::from_web(e.into(), TRIGGER_FIELDS)?;
+            let forms = Forms {
+                triggers: Some((env_id, form, errors)),
                 ..Forms::default()
             };
             with_errors(&state, &v, env.project_id, forms).await

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{Environment, Project, ProjectError, Retention, ValidProject};
+use super::{Environment, Project, ProjectError, PushTriggers, Retention, ValidProject};
 use crate::db::{DbError, Stored, StoredEnum, enum_at, rfc3339};
 use stagely_protocol::PullPolicy;
 
@@ -42,8 +42,8 @@ fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-const ENVIRONMENT_COLUMNS: &str =
-    "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days";
+const ENVIRONMENT_COLUMNS: &str = "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days, \
+     deploy_on_push, deploy_on_tag";
 
 fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
     Ok(Environment {
@@ -54,6 +54,8 @@ fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> 
         compose_project: r.get(4)?,
         log_keep_deployments: r.get(5)?,
         log_keep_days: r.get(6)?,
+        deploy_on_push: r.get(7)?,
+        deploy_on_tag: r.get(8)?,
     })
 }
 
@@ -183,6 +185,17 @@ pub fn set_retention(tx: &Transaction<'_>, id: i64, r: Retention) -> Result<(), 
     match tx.execute(
         "UPDATE environments SET log_keep_deployments = ?2, log_keep_days = ?3 WHERE id = ?1",
         params![id, r.keep_deployments, r.keep_days],
+    )? {
+        0 => Err(ProjectError::EnvironmentNotFound),
+        _ => Ok(()),
+    }
+}
+
+/// Set when push webhooks deploy an environment.
+pub fn set_triggers(tx: &Transaction<'_>, id: i64, t: &PushTriggers) -> Result<(), ProjectError> {
+    match tx.execute(
+        "UPDATE environments SET deploy_on_push = ?2, deploy_on_tag = ?3 WHERE id = ?1",
+        params![id, t.on_push, t.on_tag],
     )? {
         0 => Err(ProjectError::EnvironmentNotFound),
         _ => Ok(()),

@@ -181,17 +181,24 @@ fn reencrypt_all(tx: &Transaction<'_>, old: &Vault, new: &Vault) -> Result<usize
         store::set_ciphertext(tx, *id, &new.encrypt(&plain)?)?;
     }
     // Notification channels' URLs, SMTP settings and signing secrets (src/notify).
-    for (id, target, signing) in crate::notify::store::all_ciphertexts(tx)? {
-        let target = new.encrypt(&old.decrypt(&target)?)?;
+    let channels = crate::notify::store::all_ciphertexts(tx)?;
+    for (id, target, signing) in &channels {
+        let target = new.encrypt(&old.decrypt(target)?)?;
         let signing = match signing {
-            Some(s) => Some(new.encrypt(&old.decrypt(&s)?)?),
+            Some(s) => Some(new.encrypt(&old.decrypt(s)?)?),
             None => None,
         };
-        crate::notify::store::set_ciphertexts(tx, id, &target, signing.as_deref())?;
+        crate::notify::store::set_ciphertexts(tx, *id, &target, signing.as_deref())?;
+    }
+    // Push webhook secrets are vault values too (src/hooks).
+    let hooks = crate::hooks::store::all_ciphertexts(tx)?;
+    for (project_id, ciphertext) in &hooks {
+        let plain = old.decrypt(ciphertext)?;
+        crate::hooks::store::set_ciphertext(tx, *project_id, &new.encrypt(&plain)?)?;
     }
     let sealed = age::encrypt(&new.recipient, CHECK_PLAINTEXT).map_err(|_| VaultError::Encrypt)?;
     store::set_vault_check(tx, &sealed)?;
-    Ok(rows.len())
+    Ok(rows.len() + channels.len() + hooks.len())
 }
 
 /// Remove a `<key_file>.new` that is not (or no longer) needed. A failure is logged rather than

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use crate::app::AppState;
 use crate::users::Role;
 use crate::users::pages::{account, github, people};
-use crate::{agents, audit, deploys, notify, projects, secrets, users};
+use crate::{agents, audit, deploys, hooks, notify, projects, secrets, users};
 use auth::{Access, Routes};
 use error::WebError;
 
@@ -138,6 +138,28 @@ pub fn routes() -> Routes {
             notify::api::deliveries,
         )
         .add(M::POST, "/api/notifications/{id}/test", MEMBER, notify::api::test)
+        // Push webhooks: public, authenticated by the signature over the body (src/hooks).
+        // Rotating the secret is MEMBER until issue 16 adds maintainers.
+        .add(M::GET, "/api/projects/{id}/webhook", VIEWER, hooks::api::get)
+        .add(M::POST, "/api/projects/{id}/webhook", MEMBER, hooks::api::rotate)
+        .add(
+            M::POST,
+            "/api/hooks/github/{project_id}",
+            Access::Public,
+            hooks::api::github,
+        )
+        .add(
+            M::POST,
+            "/api/hooks/gitlab/{project_id}",
+            Access::Public,
+            hooks::api::gitlab,
+        )
+        .add(
+            M::POST,
+            "/api/hooks/gitea/{project_id}",
+            Access::Public,
+            hooks::api::gitea,
+        )
         .add(M::POST, "/api/deploy/{project_id}", MEMBER, deploys::api::deploy)
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
         .add(M::GET, "/api/deployments/{id}", VIEWER, deploys::api::get)
@@ -178,6 +200,13 @@ pub fn routes() -> Routes {
             MEMBER,
             projects::pages::set_retention,
         )
+        .add(
+            M::POST,
+            "/environments/{id}/triggers",
+            MEMBER,
+            projects::pages::set_triggers,
+        )
+        .add(M::POST, "/projects/{id}/webhook", MEMBER, hooks::pages::rotate)
         .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
         .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)
         .add(M::POST, "/secrets/{id}/delete", MEMBER, secrets::pages::delete)

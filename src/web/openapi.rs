@@ -22,6 +22,9 @@ use crate::agents::api::NewAgent;
 use crate::agents::ops::CreatedAgent;
 use crate::deploys::api::{DeployAccepted, DeployRequest};
 use crate::deploys::{Deployment, LogLine};
+use crate::hooks::WebhookInfo;
+use crate::hooks::api::NewWebhook;
+use crate::hooks::ops::Handled;
 use crate::notify::api::TestQueued;
 use crate::notify::{ChannelInfo, ChannelInput, Created, Delivery};
 use crate::projects::{Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectInput, ProjectPatch};
@@ -191,6 +194,34 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
         ("POST", "/api/notifications/{id}/test") => {
             op("Send a test notice", 202, Some(s.one::<TestQueued>()))
         }
+        ("GET", "/api/projects/{id}/webhook") => op(
+            "The project's push webhook: URLs and the last deliveries (never the secret)",
+            200,
+            Some(s.one::<WebhookInfo>()),
+        ),
+        ("POST", "/api/projects/{id}/webhook") => op(
+            "Create or rotate the webhook secret (shown once)",
+            201,
+            Some(s.one::<NewWebhook>()),
+        ),
+        ("POST", "/api/hooks/github/{project_id}") => op(
+            "GitHub push receiver: X-Hub-Signature-256 over the raw body, X-GitHub-Event, X-GitHub-Delivery",
+            202,
+            Some(s.one::<Handled>()),
+        )
+        .takes(s.one::<Value>()),
+        ("POST", "/api/hooks/gitlab/{project_id}") => op(
+            "GitLab push receiver: X-Gitlab-Token, X-Gitlab-Event, X-Gitlab-Event-UUID",
+            202,
+            Some(s.one::<Handled>()),
+        )
+        .takes(s.one::<Value>()),
+        ("POST", "/api/hooks/gitea/{project_id}") => op(
+            "Gitea/Forgejo push receiver: X-Gitea-Signature (hex HMAC-SHA256), X-Gitea-Event, X-Gitea-Delivery",
+            202,
+            Some(s.one::<Handled>()),
+        )
+        .takes(s.one::<Value>()),
         _ => return None,
     };
     Some(c)

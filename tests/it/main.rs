@@ -24,6 +24,8 @@ mod e2e_engine;
 mod engine_support;
 mod fault_proxy;
 mod faults;
+mod hooks;
+mod hooks_engine;
 mod lifecycle;
 mod log_limits;
 mod log_resend;

@@ -1,0 +1,162 @@
+//! HTTP for webhooks: the receivers (public, authenticated by the signature) and the
+//! per-project secret and delivery log (signed-in users).
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::ops::{self, Incoming};
+use super::{HookError, Outcome, Provider, Urls, WebhookInfo};
+use crate::app::AppState;
+use crate::users::Principal;
+use crate::web::error::{WebError, request_id};
+
+impl From<HookError> for WebError {
+    fn from(e: HookError) -> Self {
+        match e {
+            HookError::ProjectNotFound => WebError::NotFound("project"),
+            HookError::BadSignature => WebError::Unauthorized,
+            e @ HookError::TooLarge(_) => WebError::invalid("body", e.to_string()),
+            HookError::Vault(e) => e.into(),
+            HookError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// The answer to a rotation: where to point the host, and the secret (only here, once).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NewWebhook {
+    /// The GitHub receiver (`urls` has all three).
+    pub url: String,
+    pub urls: Urls,
+    pub secret: String,
+}
+
+/// `POST /api/projects/{id}/webhook`: a new secret, answered once.
+pub async fn rotate(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(project_id): Path<i64>,
+) -> Result<impl IntoResponse, WebError> {
+    let new = ops::rotate(&state, &who, project_id).await?;
+    let answer = NewWebhook {
+        url: new.urls.github.clone(),
+        secret: new.secret.as_str().to_owned(),
+        urls: new.urls,
+    };
+    Ok((StatusCode::CREATED, axum::Json(answer)))
+}
+
+/// `GET /api/projects/{id}/webhook`: no secret.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(project_id): Path<i64>,
+) -> Result<axum::Json<WebhookInfo>, WebError> {
+    Ok(axum::Json(ops::info(&state, project_id).await?))
+}
+
+pub async fn github(state: State<AppState>, path: Path<i64>, headers: HeaderMap, body: Body) -> Response {
+    receive(state, Provider::Github, path, headers, body).await
+}
+
+pub async fn gitlab(state: State<AppState>, path: Path<i64>, headers: HeaderMap, body: Body) -> Response {
+    receive(state, Provider::Gitlab, path, headers, body).await
+}
+
+pub async fn gitea(state: State<AppState>, path: Path<i64>, headers: HeaderMap, body: Body) -> Response {
+    receive(state, Provider::Gitea, path, headers, body).await
+}
+
+/// The first of `names` present in `headers`, as text.
+fn header(headers: &HeaderMap, names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()).map(str::to_owned))
+}
+
+fn incoming(provider: Provider, h: &HeaderMap) -> Incoming {
+    match provider {
+        Provider::Github => Incoming {
+            signature: header(h, &["x-hub-signature-256"]),
+            event: header(h, &["x-github-event"]),
+            delivery_id: header(h, &["x-github-delivery"]),
+        },
+        Provider::Gitlab => Incoming {
+            signature: header(h, &["x-gitlab-token"]),
+            event: header(h, &["x-gitlab-event"]),
+            delivery_id: header(h, &["x-gitlab-event-uuid", "idempotency-key"]),
+        },
+        Provider::Gitea => Incoming {
+            signature: header(h, &["x-gitea-signature", "x-forgejo-signature"]),
+            event: header(h, &["x-gitea-event", "x-forgejo-event"]),
+            delivery_id: header(h, &["x-gitea-delivery", "x-forgejo-delivery"]),
+        },
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message, "request_id": request_id()}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Read at most `max` bytes of body; `None` when it is longer (or the client went away).
+async fn read_capped(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, StatusCode> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let mut out = Vec::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
+        if out.len() + chunk.len() > max {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    provider: Provider,
+    Path(project_id): Path<i64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let max = state.config.hooks.max_body_bytes;
+    let body = match read_capped(&headers, body, max).await {
+        Ok(b) => b,
+        Err(StatusCode::PAYLOAD_TOO_LARGE) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &HookError::TooLarge(max).to_string(),
+            );
+        }
+        Err(status) => return error(status, "bad_request", "the body could not be read"),
+    };
+    match ops::receive(&state, provider, project_id, incoming(provider, &headers), &body).await {
+        Ok(handled) => {
+            let status = if handled.result == Outcome::Deployed {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(handled)).into_response()
+        }
+        Err(HookError::BadSignature) => error(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "the webhook signature is missing or wrong (or this project has no webhook)",
+        ),
+        Err(e) => WebError::from(e).into_response(),
+    }
+}
