@@ -36,6 +36,10 @@ impl From<DeployError> for WebError {
                 code: "deploy_in_progress",
                 message: e.to_string(),
             },
+            e @ DeployError::AlreadyFinished { .. } => WebError::Conflict {
+                code: "already_finished",
+                message: e.to_string(),
+            },
             DeployError::Vault(e) => e.into(),
             DeployError::Db(e) => e.into(),
         }
@@ -74,6 +78,21 @@ pub async fn deploy(
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "deployment_id": t.deployment_id, "status": t.status.as_str() })),
+    ))
+}
+
+/// `POST /api/deployments/{id}/cancel`: 202 `{deployment_id, status}`; `status` is
+/// `cancelled` for a waiting one (or one whose agent is offline), else still `queued`/`running`
+/// until the agent reports it stopped.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, WebError> {
+    let status = super::queue::cancel(&state, &who, id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "deployment_id": id, "status": status.as_str() })),
     ))
 }
 

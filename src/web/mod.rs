@@ -120,6 +120,12 @@ pub fn routes() -> Routes {
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
         .add(M::GET, "/api/deployments/{id}", VIEWER, deploys::api::get)
         .add(M::GET, "/api/deployments/{id}/logs", VIEWER, deploys::api::logs)
+        .add(
+            M::POST,
+            "/api/deployments/{id}/cancel",
+            MEMBER,
+            deploys::api::cancel,
+        )
         // --- web UI: signing in -----------------------------------------------------------------
         .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
