@@ -167,6 +167,12 @@ pub fn routes() -> Routes {
         .add(M::POST, "/secrets/{id}/delete", MEMBER, secrets::pages::delete)
         .add(M::POST, "/projects/{id}/deploy", MEMBER, deploys::pages::deploy)
         .add(
+            M::POST,
+            "/deployments/{id}/cancel",
+            MEMBER,
+            deploys::pages::cancel,
+        )
+        .add(
             M::GET,
             "/deployments/{id}",
             VIEWER,

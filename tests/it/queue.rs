@@ -335,3 +335,52 @@ async fn waiting_deployments_survive_a_restart_and_the_newest_runs_when_the_agen
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_page_shows_the_new_states_and_a_members_cancel_button() {
+    let server = crate::web_support::WebServer::start().await;
+    let mut admin = server.admin("root").await;
+    let mut viewer = server.user(&mut admin, "watcher", "viewer").await;
+    let api = Api::new(&server.url, &cli_token(&server.data_dir(), "page-admin", "admin"));
+    let (pid, envs) = api.project("page", &["prod"]).await;
+    let (agent_id, token) = api.agent(envs[0], "prod-1").await;
+    let mut agent = TestAgent::connect(&api.url, &token, Some(vec![])).await;
+    api.wait_online(agent_id).await;
+    let (running, _) = trigger(&api, pid, "r1").await;
+    next_deploy(&mut agent).await;
+    let (waiting, _) = trigger(&api, pid, "r2").await;
+
+    let (status, page) = admin.get(&format!("/deployments/{waiting}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"class="badge waiting""#), "{page}");
+    assert!(
+        page.contains(&format!(r#"action="/deployments/{waiting}/cancel""#)),
+        "{page}"
+    );
+    let (_, page) = viewer.get(&format!("/deployments/{waiting}")).await;
+    assert!(
+        !page.contains("Cancel deployment"),
+        "a viewer gets no Cancel button"
+    );
+    let (status, _) = viewer
+        .post_form(&format!("/deployments/{waiting}/cancel"), &[])
+        .await;
+    assert_eq!(status, 403);
+    // Without the CSRF token the form is refused, as every other form.
+    let (status, _, _) = admin
+        .post_form_raw(&format!("/deployments/{waiting}/cancel"), &[])
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(deployment(&api, waiting).await["status"], "waiting");
+
+    let (status, _) = admin
+        .post_form(&format!("/deployments/{waiting}/cancel"), &[])
+        .await;
+    assert!(status == 303 || status == 200, "{status}");
+    let (_, page) = admin.get(&format!("/deployments/{waiting}")).await;
+    assert!(page.contains(r#"class="badge cancelled""#), "{page}");
+    assert!(!page.contains("Cancel deployment"), "{page}");
+    let (_, page) = admin.get(&format!("/deployments/{running}")).await;
+    assert!(page.contains("Cancel deployment"), "{page}");
+    server.stop().await;
+}
