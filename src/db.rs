@@ -360,6 +360,74 @@ mod tests {
     }
 
     #[test]
+    fn v11_keeps_every_row_and_passes_the_foreign_key_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_conn(&path).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(10))
+            .run(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO projects VALUES (1, 'shop', NULL, 'main', 'compose.yaml', 'never', 0, 0);
+             INSERT INTO environments (id, project_id, name, created_at, compose_project) VALUES (10, 1, 'prod', 0, 'shop-prod');
+             INSERT INTO agents (id, environment_id, name, token_hash, created_at) VALUES (5, 10, 'a', x'01', 0);
+             INSERT INTO deployments (id, project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at, finished_at)
+                 VALUES (1, 1, 10, 5, 'success', 'main', 'admin', 100, 200);
+             INSERT INTO deployments (id, project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at, log_pruned_at)
+                 VALUES (2, 1, 10, 5, 'running', 'main', 'admin', 300, NULL);
+             INSERT INTO deployment_secrets (deployment_id, secret_id, key, scope, service, version) VALUES (1, 7, 'B', 'global', NULL, 2);
+             INSERT INTO deployment_secrets (deployment_id, secret_id, key, scope, service, version) VALUES (1, 8, 'A', 'service', 'web', 1);
+             INSERT INTO deployment_logs VALUES (1, 0, 'stdout', 'hello', 150);
+             INSERT INTO deployment_logs VALUES (2, 0, 'agent', 'going', 310);",
+        )
+        .unwrap();
+        drop(conn);
+        let db = Db::open(&path).unwrap();
+        db.read_blocking(|c| {
+            let violations: i64 = c.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            assert_eq!(violations, 0);
+            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+            assert_eq!(count("SELECT count(*) FROM deployments")?, 2);
+            assert_eq!(count("SELECT count(*) FROM deployment_logs")?, 2);
+            assert_eq!(count("SELECT count(*) FROM deployment_secrets")?, 2);
+            // The secrets keep their order (rowid) and the children still cascade.
+            let keys: Vec<String> = c
+                .prepare("SELECT key FROM deployment_secrets WHERE deployment_id = 1 ORDER BY rowid")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            assert_eq!(keys, ["B", "A"]);
+            assert_eq!(count("SELECT queued_at FROM deployments WHERE id = 2")?, 300);
+            // The new states are accepted; one queued/running per environment still holds.
+            c.execute(
+                "INSERT INTO deployments (id, project_id, environment_id, status, git_ref, triggered_by, created_at)
+                 VALUES (3, 1, 10, 'waiting', 'main', 'admin', 400)",
+                [],
+            )?;
+            let second_active = c.execute(
+                "INSERT INTO deployments (id, project_id, environment_id, status, git_ref, triggered_by, created_at)
+                 VALUES (4, 1, 10, 'queued', 'main', 'admin', 400)",
+                [],
+            );
+            assert!(second_active.is_err());
+            assert!(c.execute("UPDATE deployments SET status = 'bogus' WHERE id = 3", []).is_err());
+            c.execute("DELETE FROM deployments WHERE id = 1", [])?;
+            assert_eq!(count("SELECT count(*) FROM deployment_logs")?, 1);
+            assert_eq!(count("SELECT count(*) FROM deployment_secrets")?, 0);
+            let indexes: Vec<String> = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deployments' AND sql IS NOT NULL ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            assert_eq!(
+                indexes,
+                ["deployments_environment", "deployments_log_kept", "deployments_one_active", "deployments_waiting"]
+            );
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn timestamps_format_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }

@@ -35,6 +35,10 @@ impl From<DeployError> for WebError {
                 code: "deploy_in_progress",
                 message: e.to_string(),
             },
+            e @ DeployError::AlreadyFinished { .. } => WebError::Conflict {
+                code: "already_finished",
+                message: e.to_string(),
+            },
             DeployError::Vault(e) => e.into(),
             DeployError::Db(e) => e.into(),
         }
@@ -51,7 +55,8 @@ pub struct DeployRequest {
     pub git_ref: Option<String>,
 }
 
-/// `202` to a deploy: the new deployment, `queued` (sent) or `waiting` (another runs).
+/// `202` to a deploy (the new deployment, `queued` when sent or `waiting` while another runs)
+/// or to a cancel (`cancelled`, or still `queued`/`running` until the agent stops).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DeployAccepted {
     pub deployment_id: i64,
@@ -80,6 +85,22 @@ pub async fn deploy(
     let accepted = DeployAccepted {
         deployment_id: t.deployment_id,
         status: t.status,
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)))
+}
+
+/// `POST /api/deployments/{id}/cancel`: 202 `{deployment_id, status}`; `status` is
+/// `cancelled` for a waiting one (or one whose agent is offline), else still `queued`/`running`
+/// until the agent reports it stopped.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, WebError> {
+    let status = super::queue::cancel(&state, &who, id).await?;
+    let accepted = DeployAccepted {
+        deployment_id: id,
+        status,
     };
     Ok((StatusCode::ACCEPTED, axum::Json(accepted)))
 }

@@ -2,7 +2,8 @@
 //! lines agents stream back, and their end.
 
 //!
-//! [`ops`]: the deploy trigger and the server's own writes; [`service`]: what agents report
+//! [`ops`]: the deploy trigger and the server's own writes; [`queue`]: one deployment at a time
+//! per environment, the newest waiting one next, and cancel; [`service`]: what agents report
 //! (masked, or withheld when it cannot be masked); [`store`]: the SQL; [`api`] and [`pages`]
 //! (with the live log socket, [`live`]) only translate HTTP.
 
@@ -11,6 +12,7 @@ pub mod limits;
 pub mod logs;
 pub mod ops;
 pub mod pages;
+pub mod queue;
 pub mod reaper;
 pub mod retention;
 pub mod service;
@@ -25,37 +27,53 @@ use stagely_protocol::ServiceState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeployStatus {
+    /// Recorded, not sent: another deployment of the environment is queued or running (or its
+    /// agent is offline). Only the newest waiting one of an environment ever runs.
+    Waiting,
     /// Recorded and sent to the agent, which has not reported anything yet.
     Queued,
     /// The agent has started reporting.
     Running,
     Success,
     Failed,
+    /// Never ran: a newer waiting deployment of the environment replaced it (`superseded_by`).
+    Superseded,
+    /// Cancelled by a person (`POST /api/deployments/{id}/cancel`).
+    Cancelled,
 }
 
 impl DeployStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            DeployStatus::Waiting => "waiting",
             DeployStatus::Queued => "queued",
             DeployStatus::Running => "running",
             DeployStatus::Success => "success",
             DeployStatus::Failed => "failed",
+            DeployStatus::Superseded => "superseded",
+            DeployStatus::Cancelled => "cancelled",
         }
     }
 
     /// `None` for a value this binary does not know (never a default: see [`crate::db::stored`]).
     pub fn parse(s: &str) -> Option<DeployStatus> {
         match s {
+            "waiting" => Some(DeployStatus::Waiting),
             "queued" => Some(DeployStatus::Queued),
             "running" => Some(DeployStatus::Running),
             "success" => Some(DeployStatus::Success),
             "failed" => Some(DeployStatus::Failed),
+            "superseded" => Some(DeployStatus::Superseded),
+            "cancelled" => Some(DeployStatus::Cancelled),
             _ => None,
         }
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, DeployStatus::Success | DeployStatus::Failed)
+        matches!(
+            self,
+            DeployStatus::Success | DeployStatus::Failed | DeployStatus::Superseded | DeployStatus::Cancelled
+        )
     }
 }
 
@@ -97,6 +115,8 @@ pub struct Deployment {
     pub triggered_by: String,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// A superseded deployment: the newer one of its environment that replaced it.
+    pub superseded_by: Option<i64>,
     /// When the retention pruner deleted this deployment's log lines (the row stays).
     pub log_pruned_at: Option<String>,
     pub secrets: Vec<SecretVersion>,
@@ -146,6 +166,9 @@ pub enum DeployError {
     Seal,
     #[error("a deploy of environment {0:?} is already in progress")]
     InProgress(String),
+    /// A cancel of a deployment that has ended.
+    #[error("deployment {id} has already finished ({})", status.as_str())]
+    AlreadyFinished { id: i64, status: DeployStatus },
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]

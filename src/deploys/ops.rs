@@ -3,21 +3,18 @@
 //! own authority. The rules (which environment, which agent, an agent online) live here; the SQL
 //! in [`super::store`]; `api.rs` and `pages.rs` only translate HTTP to these calls.
 
-use zeroize::Zeroizing;
-
 use super::store::{self, Finish, NewDeployment};
 use super::{DeployError, DeployStatus, LiveEvent};
-use crate::agents::hub::{HubEvent, Outbound};
+use crate::agents::hub::HubEvent;
 use crate::agents::store as agent_store;
 use crate::app::AppState;
 use crate::db::{DbError, now_ms, rfc3339};
 use crate::projects::{ProjectError, store as project_store};
-use crate::secrets::store::{self as secret_store, SealedSecret};
+use crate::secrets::store::SealedSecret;
 use crate::secrets::vault::Vault;
 use crate::users::Principal;
 use crate::{audit, projects};
-use stagely_protocol::mask::Masker;
-use stagely_protocol::{self as protocol, ProjectSpec, SealedSecrets, SecretEntry, ServerMessage};
+use stagely_protocol::{self as protocol, SealedSecrets, SecretEntry};
 
 /// What to deploy: which environment (optional when the project has one), and optionally a ref
 /// other than the environment's, or one exact commit (a push webhook deploys the pushed sha, not
@@ -63,8 +60,12 @@ pub fn is_commit_id(value: &str) -> bool {
     matches!(value.len(), 40 | 64) && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Start a deploy of one environment of a project; answers once the agent's connection holds
-/// the DEPLOY.
+/// Start a deploy of one environment of a project. The deployment is recorded `waiting`, then
+/// the environment's queue is dispatched ([`super::queue::dispatch_next`]): when nothing else
+/// of the environment is queued or running, it is sent at once (the answer comes once the
+/// agent's connection holds the DEPLOY, `queued`); else it waits (`waiting`), and only the
+/// newest waiting one runs when the current one ends. A trigger is refused as before when
+/// nothing could run at all: no agent, agent offline, agent too old.
 pub async fn trigger(
     state: &AppState,
     who: &Principal,
@@ -88,138 +89,57 @@ pub async fn trigger(
         });
     }
     let commit = commit.map(|c| c.to_ascii_lowercase());
-    // The lookup is a few indexed reads, on this thread (no trip to the blocking pool); the
-    // decryption and the record are one trip, decryption first, so a vault problem leaves
-    // nothing half-made. The record keeps the versions of exactly the values decrypted.
+    // The lookup is a few indexed reads, on this thread (no trip to the blocking pool). The
+    // secrets are not read here: a waiting deployment gets the values of when it is sent.
     let hub = state.hub.clone();
-    let target = state
+    let (project, env) = state
         .db
         .lookup(move |c| find_target(c, &hub, project_id, environment.as_deref()))
         .await?;
-    let Target {
-        project,
-        env,
-        agent_id,
-        recipient,
-        sealed,
-    } = target;
-    let (db, vault, actor) = (state.db.clone(), state.vault.clone(), who.actor.clone());
-    let (env_id, env_name) = (env.id, env.name.clone());
     let git_ref = ref_override
         .or_else(|| env.git_ref.clone())
         .unwrap_or_else(|| project.git_ref.clone());
-    let ref_for_record = git_ref.clone();
-    // The agent checks out the pinned commit itself (it resolves a sha as a commit).
-    let git_ref = commit.clone().unwrap_or(git_ref);
-    let commit_for_record = commit.clone();
-    let spec = ProjectSpec {
-        name: project.name.clone(),
-        environment: env.name.clone(),
-        repo_url: project.repo_url.clone(),
-        git_ref,
-        compose_path: project.compose_path.clone(),
-        pull: project.pull,
-        compose_project: Some(env.compose_project.clone()),
-    };
-    let (secrets, deployment_id) = tokio::task::spawn_blocking(move || {
-        let secrets = decrypt_all(&vault, &sealed)?;
-        let new = NewDeployment {
-            project_id,
-            environment_id: env_id,
-            environment: &env_name,
-            agent_id,
-            git_ref: &ref_for_record,
-            commit: commit_for_record.as_deref(),
-            triggered_by: &actor,
-        };
-        let id = db.write_blocking(|tx| {
+    let actor = who.actor.clone();
+    let (env_id, env_name) = (env.id, env.name.clone());
+    let deployment_id = state
+        .db
+        .write(move |tx| {
             let now = now_ms();
-            let id = store::insert(tx, &new, &sealed, now)?;
+            let new = NewDeployment {
+                project_id,
+                environment_id: env_id,
+                git_ref: &git_ref,
+                commit: commit.as_deref(),
+                triggered_by: &actor,
+            };
+            let id = store::insert_waiting(tx, &new, now)?;
             audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env_name)?;
             Ok::<_, DeployError>(id)
-        })?;
-        Ok::<_, DeployError>((secrets, id))
-    })
-    .await
-    .map_err(|e| DeployError::Db(DbError::Task(e.to_string())))??;
-    state.hub.start_deploy(
-        deployment_id,
-        agent_id,
-        Masker::new(secrets.iter().map(|s| s.value.as_str())),
-    );
-    // Names and encoded sizes only (no value), to explain a frame that is too big.
-    let secret_sizes: Vec<(String, usize)> = secrets
-        .iter()
-        .map(|s| (s.key.clone(), encoded_len(&s.value)))
-        .collect();
-    // Sealed to the agent's pinned identity: the frame holds no value in clear, and the sealed
-    // payload names this deployment and project, so it is of no use in any other DEPLOY.
-    let payload = SealedSecrets {
-        deployment_id,
-        project: spec.clone(),
-        secrets,
-    };
-    let sealed_secrets = match tokio::task::spawn_blocking(move || seal(&recipient, &payload)).await {
-        Ok(Some(sealed)) => sealed,
-        _ => {
-            tracing::error!(
-                deployment_id,
-                agent_id,
-                "cannot seal the secrets to the agent's identity"
-            );
-            end_by_server(
-                state,
-                deployment_id,
-                env.id,
-                "cannot seal the secrets to the agent's identity",
-            )
-            .await;
-            return Err(DeployError::Seal);
-        }
-    };
-    let frame = Zeroizing::new(protocol::encode(&ServerMessage::Deploy {
-        deployment_id,
-        project: spec,
-        sealed_secrets,
-    }));
-    if let Some(message) = oversized(&frame, &secret_sizes) {
-        // The agent would refuse the frame and the deploy end as `agent_lost` with no word of
-        // why (issue 12): say what is too big instead, on the deployment and to the caller.
-        tracing::warn!(
-            deployment_id,
-            agent_id,
-            bytes = frame.len(),
-            "DEPLOY frame over the limit: not sent"
-        );
-        end_by_server(state, deployment_id, env.id, &message).await;
-        return Err(DeployError::Invalid {
-            field: "secrets",
-            message,
-        });
-    }
-    if let Err(e) = state.hub.send_to(agent_id, env.id, Outbound::Text(frame)) {
-        tracing::warn!(deployment_id, agent_id, error = ?e, "agent went away before the DEPLOY could be queued");
-        end_by_server(state, deployment_id, env.id, "agent_offline").await;
-        let env_name = env.name.clone();
-        return Err(state
-            .db
-            .read(move |c| offline_error(c, &env_name, &[agent_id]))
-            .await?);
-    }
-    tracing::info!(deployment_id, agent_id, project = %project.name, environment = %env.name, "deploy dispatched");
+        })
+        .await?;
     state.hub.publish(HubEvent::DeploymentChanged {
         deployment_id,
         environment_id: env.id,
     });
+    let failures = super::queue::dispatch_next(state, env.id).await;
+    if let Some((_, e)) = failures.into_iter().find(|(id, _)| *id == deployment_id) {
+        return Err(e);
+    }
+    let status = state
+        .db
+        .read(move |c| store::owner(c, deployment_id))
+        .await?
+        .map_or(DeployStatus::Waiting, |(_, _, status)| status);
+    tracing::info!(deployment_id, project = %project.name, environment = %env.name, status = status.as_str(), "deploy triggered");
     Ok(Triggered {
         deployment_id,
-        status: DeployStatus::Queued,
+        status,
     })
 }
 
 /// A DEPLOY frame the agent would refuse (over [`protocol::MAX_FRAME_BYTES`]): what to tell
 /// the person, naming the largest secrets by key with their encoded sizes. `None` when it fits.
-fn oversized(frame: &str, secret_sizes: &[(String, usize)]) -> Option<String> {
+pub(super) fn oversized(frame: &str, secret_sizes: &[(String, usize)]) -> Option<String> {
     if frame.len() <= protocol::MAX_FRAME_BYTES {
         return None;
     }
@@ -249,7 +169,7 @@ fn oversized(frame: &str, secret_sizes: &[(String, usize)]) -> Option<String> {
 }
 
 /// A value's size inside the JSON frame (escaping included).
-fn encoded_len(value: &str) -> usize {
+pub(super) fn encoded_len(value: &str) -> usize {
     serde_json::to_string(value).map_or(value.len(), |s| s.len())
 }
 
@@ -266,23 +186,14 @@ fn size(bytes: usize) -> String {
     }
 }
 
-/// Where a deploy goes: the project, its environment, an online agent there, and the sealed
-/// values to send.
-struct Target {
-    project: projects::Project,
-    env: projects::Environment,
-    agent_id: i64,
-    /// The agent's pinned age recipient, already parsed (it was checked at HELLO).
-    recipient: age::x25519::Recipient,
-    sealed: Vec<SealedSecret>,
-}
-
+/// Where a deploy goes: the project and its environment, refused when nothing could run there
+/// (no agent, none online, or the online one too old for sealed secrets).
 fn find_target(
     c: &rusqlite::Connection,
     hub: &crate::agents::hub::Hub,
     project_id: i64,
     environment: Option<&str>,
-) -> Result<Target, DeployError> {
+) -> Result<(projects::Project, projects::Environment), DeployError> {
     let project = project_store::get(c, project_id).map_err(|e| match e {
         ProjectError::NotFound => DeployError::ProjectNotFound,
         ProjectError::Db(e) => DeployError::Db(e),
@@ -297,20 +208,21 @@ fn find_target(
         return Err(offline_error(c, &env.name, &agent_ids)?);
     };
     // An agent too old to offer a recipient is sent no DEPLOY: its secrets would travel in clear.
-    let recipient = agent_store::recipient(c, agent_id)?
-        .and_then(|r| r.parse::<age::x25519::Recipient>().ok())
-        .ok_or_else(|| DeployError::AgentTooOld(env.name.clone()))?;
-    let sealed = secret_store::for_environment(c, project.id, env.id)?;
-    Ok(Target {
-        project,
-        env,
-        agent_id,
-        recipient,
-        sealed,
-    })
+    if recipient_of(c, agent_id)?.is_none() {
+        return Err(DeployError::AgentTooOld(env.name.clone()));
+    }
+    Ok((project, env))
 }
 
-fn pick_environment(
+/// The agent's pinned age recipient, parsed (it was checked at HELLO).
+pub(super) fn recipient_of(
+    c: &rusqlite::Connection,
+    agent_id: i64,
+) -> Result<Option<age::x25519::Recipient>, DbError> {
+    Ok(agent_store::recipient(c, agent_id)?.and_then(|r| r.parse::<age::x25519::Recipient>().ok()))
+}
+
+pub(super) fn pick_environment(
     project: &projects::Project,
     name: Option<&str>,
 ) -> Result<projects::Environment, DeployError> {
@@ -358,7 +270,7 @@ fn pick_environment(
 }
 
 /// `agent_offline`, with the last time any of the environment's agents was seen.
-fn offline_error(
+pub(super) fn offline_error(
     c: &rusqlite::Connection,
     environment: &str,
     agent_ids: &[i64],
@@ -374,7 +286,7 @@ fn offline_error(
     })
 }
 
-fn decrypt_all(vault: &Vault, sealed: &[SealedSecret]) -> Result<Vec<SecretEntry>, DeployError> {
+pub(super) fn decrypt_all(vault: &Vault, sealed: &[SealedSecret]) -> Result<Vec<SecretEntry>, DeployError> {
     sealed
         .iter()
         .map(|s| {
@@ -390,17 +302,31 @@ fn decrypt_all(vault: &Vault, sealed: &[SealedSecret]) -> Result<Vec<SecretEntry
 }
 
 /// A DEPLOY's `sealed_secrets`: base64 of one binary age file to `recipient`.
-fn seal(recipient: &age::x25519::Recipient, payload: &SealedSecrets) -> Option<String> {
+pub(super) fn seal(recipient: &age::x25519::Recipient, payload: &SealedSecrets) -> Option<String> {
     use base64::Engine as _;
     let ciphertext = age::encrypt(recipient, &payload.to_plaintext()).ok()?;
     Some(base64::engine::general_purpose::STANDARD.encode(ciphertext))
 }
 
-/// Fail a deployment on the server's own authority (`agent_lost`, `timeout`, `agent_offline`).
+/// Fail a deployment on the server's own authority (`agent_lost`, `timeout`, `agent_offline`,
+/// `queue_timeout`), then dispatch what waits in its environment.
 pub async fn end_by_server(state: &AppState, deployment_id: i64, environment_id: i64, error: &str) {
+    finish_as(state, deployment_id, environment_id, DeployStatus::Failed, error).await;
+    super::queue::dispatch_next(state, environment_id).await;
+}
+
+/// End a deployment with `status` and `error` on the server's authority, telling its live
+/// viewers and the dashboards; nothing is dispatched (the caller does).
+pub(super) async fn finish_as(
+    state: &AppState,
+    deployment_id: i64,
+    environment_id: i64,
+    status: DeployStatus,
+    error: &str,
+) {
     let finish = Finish {
         deployment_id,
-        status: DeployStatus::Failed,
+        status,
         error: Some(error.to_owned()),
         services: Vec::new(),
         commit: None,
@@ -411,10 +337,7 @@ pub async fn end_by_server(state: &AppState, deployment_id: i64, environment_id:
         Ok(true) => {
             if let Some(active) = state.hub.end_deploy(deployment_id) {
                 // No live viewer is not an error.
-                let _ = active.live.send(LiveEvent::Finished {
-                    status: DeployStatus::Failed,
-                    error,
-                });
+                let _ = active.live.send(LiveEvent::Finished { status, error });
             }
             state.hub.publish(HubEvent::DeploymentChanged {
                 deployment_id,
@@ -424,7 +347,7 @@ pub async fn end_by_server(state: &AppState, deployment_id: i64, environment_id:
         Ok(false) => {
             state.hub.end_deploy(deployment_id);
         }
-        Err(e) => tracing::error!(deployment_id, error = %e, "cannot mark deployment failed"),
+        Err(e) => tracing::error!(deployment_id, error = %e, "cannot end deployment"),
     }
 }
 

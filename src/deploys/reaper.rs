@@ -1,6 +1,7 @@
 //! No deployment stays unfinished forever: the reaper fails those whose agent has been gone
-//! longer than `agent_lost_timeout_secs` (`agent_lost`) or that ran past `max_duration_secs`
-//! (`timeout`). It works from the database, so deployments interrupted by a restart are covered:
+//! longer than `agent_lost_timeout_secs` (`agent_lost`), that ran past `max_duration_secs` since
+//! they were sent (`timeout`), or that waited in their environment's queue longer than
+//! `max_duration_secs` without being sent (`queue_timeout`). It works from the database, so deployments interrupted by a restart are covered:
 //! their agents count as gone since this process started.
 
 use std::time::Duration;
@@ -32,8 +33,19 @@ pub async fn sweep(state: &AppState, now: i64) {
     };
     let lost_after = i64::try_from(state.config.deploys.agent_lost_timeout_secs * 1000).unwrap_or(i64::MAX);
     let max_age = i64::try_from(state.config.deploys.max_duration_secs * 1000).unwrap_or(i64::MAX);
-    for (id, environment_id, agent_id, created) in rows {
-        let verdict = if now - created > max_age {
+    match state.db.read(store::waiting).await {
+        Ok(waiting) => {
+            for (id, environment_id, created) in waiting {
+                if now - created > max_age {
+                    tracing::warn!(deployment_id = id, "failing a deployment that waited too long");
+                    ops::end_by_server(state, id, environment_id, "queue_timeout").await;
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reaper cannot list waiting deployments"),
+    }
+    for (id, environment_id, agent_id, sent) in rows {
+        let verdict = if now - sent > max_age {
             Some("timeout")
         } else {
             match agent_id.map(|a| state.hub.offline_since(a)) {

@@ -260,6 +260,7 @@ pub async fn on_status(
     let status = match outcome {
         DeployOutcome::Success => DeployStatus::Success,
         DeployOutcome::Fail => DeployStatus::Failed,
+        DeployOutcome::Cancelled => DeployStatus::Cancelled,
     };
     let error = match &active {
         Some(_) => error.map(|e| mask(&e)),
@@ -291,6 +292,7 @@ pub async fn on_status(
                 status = status.as_str(),
                 "deployment finished"
             );
+            super::queue::dispatch_next(state, agent.environment_id).await;
             Ok(true)
         }
         Err(e) => {
@@ -302,9 +304,16 @@ pub async fn on_status(
 }
 
 /// The agent says which deployments it still holds; any other unfinished deployment of its
-/// was lost (the agent restarted mid-deploy) and fails now rather than at the timeout.
+/// was lost (the agent restarted mid-deploy) and fails now rather than at the timeout. Then the
+/// queue: CANCEL for what was cancelled while it was away, and the newest waiting deployment.
 pub async fn on_hello(state: &AppState, agent: &AgentIdentity, active: Option<Vec<i64>>) {
-    let Some(active) = active else { return };
+    if let Some(active) = &active {
+        lost_pass(state, agent, active).await;
+    }
+    super::queue::on_hello(state, agent, active.as_deref()).await;
+}
+
+async fn lost_pass(state: &AppState, agent: &AgentIdentity, active: &[i64]) {
     let agent_id = agent.id;
     let unfinished = match state.db.read(store::unfinished).await {
         Ok(rows) => rows,

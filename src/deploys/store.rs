@@ -11,43 +11,170 @@ use stagely_protocol::ServiceState;
 pub struct NewDeployment<'a> {
     pub project_id: i64,
     pub environment_id: i64,
-    pub environment: &'a str,
-    pub agent_id: i64,
     pub git_ref: &'a str,
     /// Pinned from the start (a push webhook's sha); else the agent reports it.
     pub commit: Option<&'a str>,
     pub triggered_by: &'a str,
 }
 
-/// Record a deployment as `queued` with the versions of the secrets it uses. A second active
-/// deployment of the same environment breaks a unique index and becomes `InProgress`.
-pub fn insert(
-    tx: &Transaction<'_>,
-    d: &NewDeployment<'_>,
-    secrets: &[SealedSecret],
-    now: i64,
-) -> Result<i64, DeployError> {
+/// Record a deployment as `waiting`: no agent and no secret versions yet, those are the ones
+/// of the moment it is dispatched ([`claim_next`]).
+pub fn insert_waiting(tx: &Transaction<'_>, d: &NewDeployment<'_>, now: i64) -> Result<i64, DbError> {
     tx.prepare_cached(
-        "INSERT INTO deployments (project_id, environment_id, agent_id, status, git_ref, commit_sha, triggered_by, created_at)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7)",
+        "INSERT INTO deployments (project_id, environment_id, status, git_ref, commit_sha, triggered_by, created_at)
+         VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![d.project_id, d.environment_id, d.agent_id, d.git_ref, d.commit, d.triggered_by, now])
-    .map_err(|e| {
-        let e = DbError::from(e);
-        if e.is_constraint() { DeployError::InProgress(d.environment.to_owned()) } else { DeployError::Db(e) }
-    })?;
-    let id = tx.last_insert_rowid();
+    .execute(params![d.project_id, d.environment_id, d.git_ref, d.commit, d.triggered_by, now])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// What [`claim_next`] took off an environment's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The newest waiting deployment, now `queued` for the agent.
+    pub id: i64,
+    pub project_id: i64,
+    pub git_ref: String,
+    pub commit: Option<String>,
+    /// The older waiting ones it replaced (now `superseded`).
+    pub superseded: Vec<i64>,
+}
+
+/// When nothing of the environment is queued or running: take its newest waiting deployment,
+/// mark every older waiting one `superseded` by it, and claim it as `queued` for `agent_id`.
+/// `None` when something runs already or nothing waits. The caller records the secret versions
+/// in the same transaction ([`record_secrets`]).
+pub fn claim_next(
+    tx: &Transaction<'_>,
+    environment_id: i64,
+    agent_id: i64,
+    now: i64,
+) -> Result<Option<Claimed>, DbError> {
+    let active: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM deployments WHERE environment_id = ?1 AND status IN ('queued', 'running'))",
+        )?
+        .query_row([environment_id], |r| r.get(0))?;
+    if active {
+        return Ok(None);
+    }
+    let newest = tx
+        .prepare_cached(
+            "SELECT id, project_id, git_ref, commit_sha FROM deployments
+             WHERE environment_id = ?1 AND status = 'waiting' ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([environment_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((id, project_id, git_ref, commit)) = newest else {
+        return Ok(None);
+    };
+    let superseded: Vec<i64> = tx
+        .prepare_cached(
+            "UPDATE deployments SET status = 'superseded', superseded_by = ?2, finished_at = ?3
+             WHERE environment_id = ?1 AND status = 'waiting' AND id < ?2 RETURNING id",
+        )?
+        .query_map(params![environment_id, id, now], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    tx.prepare_cached(
+        "UPDATE deployments SET status = 'queued', agent_id = ?2, queued_at = ?3 WHERE id = ?1 AND status = 'waiting'",
+    )?
+    .execute(params![id, agent_id, now])?;
+    Ok(Some(Claimed {
+        id,
+        project_id,
+        git_ref,
+        commit,
+        superseded,
+    }))
+}
+
+/// The versions of the secrets a claimed deployment is sent (never the values).
+pub fn record_secrets(
+    tx: &Transaction<'_>,
+    deployment_id: i64,
+    secrets: &[SealedSecret],
+) -> Result<(), DbError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO deployment_secrets (deployment_id, secret_id, key, scope, service, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for s in secrets {
-        stmt.execute(params![id, s.id, s.key, s.scope.as_str(), s.service, s.version])?;
+        stmt.execute(params![
+            deployment_id,
+            s.id,
+            s.key,
+            s.scope.as_str(),
+            s.service,
+            s.version
+        ])?;
     }
-    Ok(id)
+    Ok(())
+}
+
+/// Put a claimed deployment whose DEPLOY never reached its agent back on the queue (it waits
+/// for the agent to come back); false when it is no longer `queued`.
+pub fn unclaim(tx: &Transaction<'_>, deployment_id: i64) -> Result<bool, DbError> {
+    let n = tx.execute(
+        "UPDATE deployments SET status = 'waiting', agent_id = NULL, queued_at = NULL WHERE id = ?1 AND status = 'queued'",
+        [deployment_id],
+    )?;
+    if n == 1 {
+        tx.execute(
+            "DELETE FROM deployment_secrets WHERE deployment_id = ?1",
+            [deployment_id],
+        )?;
+    }
+    Ok(n == 1)
+}
+
+/// Cancel a deployment that is still waiting; false when it no longer is.
+pub fn cancel_waiting(
+    tx: &Transaction<'_>,
+    deployment_id: i64,
+    error: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = tx.execute(
+        "UPDATE deployments SET status = 'cancelled', error = ?2, finished_at = ?3 WHERE id = ?1 AND status = 'waiting'",
+        params![deployment_id, error, now],
+    )?;
+    Ok(n == 1)
+}
+
+/// A waiting deployment: `(id, environment id, created ms)`.
+pub type Waiting = (i64, i64, i64);
+
+/// Every waiting deployment, oldest first.
+pub fn waiting(c: &Connection) -> Result<Vec<Waiting>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, environment_id, created_at FROM deployments WHERE status = 'waiting' ORDER BY id",
+    )?;
+    Ok(stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Of `ids` (an agent's HELLO list), those of this agent the appliance has cancelled.
+pub fn cancelled_of(c: &Connection, agent_id: i64, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    let mut stmt =
+        c.prepare_cached("SELECT status = 'cancelled' FROM deployments WHERE id = ?1 AND agent_id = ?2")?;
+    let mut out = Vec::new();
+    for id in ids {
+        if stmt
+            .query_row(params![id, agent_id], |r| r.get::<_, bool>(0))
+            .optional()?
+            == Some(true)
+        {
+            out.push(*id);
+        }
+    }
+    Ok(out)
 }
 
 const SELECT: &str = "SELECT d.id, d.project_id, p.name, d.environment_id, e.name, d.agent_id, d.status, d.git_ref,
-        d.commit_sha, d.error, d.services, d.triggered_by, d.created_at, d.finished_at, d.log_pruned_at
+        d.commit_sha, d.error, d.services, d.triggered_by, d.created_at, d.finished_at, d.log_pruned_at,
+        d.superseded_by
      FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
@@ -79,6 +206,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
         created_at: rfc3339(r.get(12)?),
         finished_at: r.get::<_, Option<i64>>(13)?.map(rfc3339),
         log_pruned_at: r.get::<_, Option<i64>>(14)?.map(rfc3339),
+        superseded_by: r.get(15)?,
         secrets: Vec::new(),
     })
 }
@@ -180,7 +308,7 @@ pub fn prunable(c: &Connection, rule: &PruneRule, after_id: i64, limit: i64) -> 
     let mut stmt = c.prepare_cached(
         "SELECT id FROM deployments
          WHERE environment_id = ?1 AND id > ?2 AND id < ?3 AND created_at < ?4
-           AND log_pruned_at IS NULL AND status IN ('success', 'failed')
+           AND log_pruned_at IS NULL AND status IN ('success', 'failed', 'superseded', 'cancelled')
          ORDER BY id LIMIT ?5",
     )?;
     Ok(stmt
@@ -311,23 +439,25 @@ pub struct Finish {
     pub at: i64,
 }
 
-/// Finish a deployment that is still active; false when it had already finished.
+/// Finish a deployment that has not finished (a waiting one too: the reaper's); false when it
+/// had already finished.
 pub fn finish(tx: &Transaction<'_>, f: &Finish) -> Result<bool, DbError> {
     let services = serde_json::to_string(&f.services).unwrap_or_else(|_| "[]".into());
     let n = tx.execute(
         "UPDATE deployments SET status = ?2, error = ?3, services = ?4, commit_sha = IFNULL(?5, commit_sha), finished_at = ?6
-         WHERE id = ?1 AND status IN ('queued', 'running')",
+         WHERE id = ?1 AND status IN ('waiting', 'queued', 'running')",
         params![f.deployment_id, f.status.as_str(), f.error, services, f.commit, f.at],
     )?;
     Ok(n == 1)
 }
 
-/// A deployment not yet finished: `(id, environment id, agent id, created ms)`.
+/// A deployment sent to its agent and not yet finished: `(id, environment id, agent id, ms
+/// when it was sent)`.
 pub type Unfinished = (i64, i64, Option<i64>, i64);
 
 pub fn unfinished(c: &Connection) -> Result<Vec<Unfinished>, DbError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, environment_id, agent_id, created_at FROM deployments WHERE status IN ('queued', 'running')",
+        "SELECT id, environment_id, agent_id, IFNULL(queued_at, created_at) FROM deployments WHERE status IN ('queued', 'running')",
     )?;
     Ok(stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?

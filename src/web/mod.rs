@@ -164,6 +164,12 @@ pub fn routes() -> Routes {
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
         .add(M::GET, "/api/deployments/{id}", VIEWER, deploys::api::get)
         .add(M::GET, "/api/deployments/{id}/logs", VIEWER, deploys::api::logs)
+        .add(
+            M::POST,
+            "/api/deployments/{id}/cancel",
+            MEMBER,
+            deploys::api::cancel,
+        )
         // --- web UI: signing in -----------------------------------------------------------------
         .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
@@ -230,6 +236,12 @@ pub fn routes() -> Routes {
         )
         .add(M::POST, "/notifications/{id}/test", MEMBER, notify::pages::test)
         .add(M::POST, "/projects/{id}/deploy", MEMBER, deploys::pages::deploy)
+        .add(
+            M::POST,
+            "/deployments/{id}/cancel",
+            MEMBER,
+            deploys::pages::cancel,
+        )
         .add(
             M::GET,
             "/deployments/{id}",

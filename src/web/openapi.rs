@@ -165,6 +165,11 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
         ("GET", "/api/deployments") => op("Deployments, newest first", 200, Some(s.many::<Deployment>()))
             .query("environment_id", "integer", "only this environment's")
             .query("limit", "integer", "at most this many (1-500, default 50)"),
+        ("POST", "/api/deployments/{id}/cancel") => op(
+            "Cancel a deployment (waiting: at once; running: the agent is told to stop)",
+            202,
+            Some(s.one::<DeployAccepted>()),
+        ),
         ("GET", "/api/deployments/{id}") => op("A deployment", 200, Some(s.one::<Deployment>())),
         ("GET", "/api/deployments/{id}/logs") => op(
             "One page of a deployment's log, masked",

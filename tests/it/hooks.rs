@@ -187,20 +187,21 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
         assert!(other.recv_within(QUIET).await.is_none());
     }
 
-    // While it runs, another push is recorded with the trigger's answer (not a 5xx).
+    // While it runs, another push waits in the environment's queue and runs once A ends.
     let (s, v) = hook
         .github(&secret, "push", "d-busy", &push("refs/heads/main", B, "octo-cat"))
         .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["result"], "error", "{v}");
-    assert!(
-        v["deployments"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("in progress"),
-        "{v}"
-    );
-    succeed(&mut agents[0], id).await;
+    assert_eq!((s, v["result"].clone()), (202, json!("deployed")), "{v}");
+    assert_eq!(v["deployments"][0]["status"], "waiting", "{v}");
+    let waiting = v["deployments"][0]["deployment_id"].as_i64().unwrap();
+    agents[0].status(id, "SUCCESS").await;
+    // A's ACK and B's DEPLOY, in either order.
+    let (first, second) = (agents[0].recv().await, agents[0].recv().await);
+    let (ack, next) = if first["type"] == "ACK" { (first, second) } else { (second, first) };
+    assert_eq!(ack, json!({"type": "ACK", "deployment_id": id}));
+    assert_eq!((next["type"].clone(), next["deployment_id"].clone()), (json!("DEPLOY"), json!(waiting)));
+    assert_eq!(next["project"]["git_ref"], B, "the queued push deploys its own sha");
+    succeed(&mut agents[0], waiting).await;
 
     // The same delivery again (GitHub's "Redeliver", or a replay): nothing.
     let (s, v) = hook

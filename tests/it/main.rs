@@ -35,6 +35,7 @@ mod operations;
 mod packaging;
 mod prereq;
 mod privilege;
+mod queue;
 mod request_context;
 mod sign_in_limits;
 mod web_access;

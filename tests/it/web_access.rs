@@ -51,6 +51,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/deployments", "viewer"),
     ("GET", "/api/deployments/{id}", "viewer"),
     ("GET", "/api/deployments/{id}/logs", "viewer"),
+    ("POST", "/api/deployments/{id}/cancel", "member"),
+    ("POST", "/deployments/{id}/cancel", "member"),
     ("GET", "/assets/{*path}", "public"),
     ("GET", "/login", "public"),
     ("POST", "/login", "public"),

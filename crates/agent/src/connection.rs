@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::LogLine;
+use super::cancel;
 use super::compose::{self, Compose};
 use super::config::Settings;
 use super::deploy::Deployer;
@@ -130,6 +131,8 @@ struct Running {
     id: i64,
     log_rx: mpsc::UnboundedReceiver<LogLine>,
     handle: JoinHandle<DeployResult>,
+    /// Fired by the appliance's CANCEL ([`super::cancel`]).
+    cancel: CancellationToken,
 }
 
 enum Event {
@@ -400,6 +403,9 @@ impl Agent {
                 }
                 Ok(())
             }
+            Ok(Incoming::Known(ServerMessage::Cancel { deployment_id })) => {
+                self.on_cancel(deployment_id, sink).await
+            }
             Ok(Incoming::Known(ServerMessage::LogAck { deployment_id, seq })) => {
                 if let Some(buffer) = self.logs.get_mut(&deployment_id) {
                     buffer.ack(seq);
@@ -525,8 +531,12 @@ impl Agent {
         let (tx, log_rx) = mpsc::unbounded_channel();
         let deployer = Arc::clone(&self.deployer);
         let results = Arc::clone(&self.results);
+        let cancel = CancellationToken::new();
+        let cancelled = cancel.clone();
         let handle = tokio::spawn(async move {
-            let result = deployer.run(deployment_id, &project, &secrets, &tx).await;
+            let run = deployer.run(deployment_id, &project, &secrets, &tx);
+            let runtime = deployer.runtime.path();
+            let result = cancel::run_until_cancelled(run, deployment_id, runtime, &tx, &cancelled).await;
             drop(secrets);
             // Recorded before the log channel closes, so a crash after this still reports it.
             if let Err(e) = lock(&results).finish(deployment_id, result.clone()) {
@@ -541,8 +551,33 @@ impl Agent {
             id: deployment_id,
             log_rx,
             handle,
+            cancel,
         });
         Ok(())
+    }
+
+    /// The appliance's CANCEL: the running deployment stops (its STATUS `CANCELLED` follows
+    /// when it has); one already finished keeps its result; one this agent never started is
+    /// answered `CANCELLED` at once, so the appliance's record ends.
+    async fn on_cancel<S, SE>(&mut self, deployment_id: i64, sink: &mut S) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        if let Some(r) = self.current.as_ref().filter(|r| r.id == deployment_id) {
+            tracing::info!(deployment_id, "CANCEL for the running deployment");
+            r.cancel.cancel();
+            return Ok(());
+        }
+        if lock(&self.results).get(deployment_id).is_some() {
+            tracing::info!(
+                deployment_id,
+                "CANCEL for a deployment already ended: its result stands"
+            );
+            return Ok(());
+        }
+        tracing::info!(deployment_id, "CANCEL for a deployment this agent never started");
+        send(sink, &DeployResult::cancelled().to_status(deployment_id)).await
     }
 
     /// A deployment's STATUS, with how many lines it sent when the agent knows.

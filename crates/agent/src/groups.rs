@@ -215,6 +215,29 @@ pub fn read_records(private_dir: &Path) -> Vec<GroupRecord> {
         .collect()
 }
 
+/// SIGTERM every live group this agent recorded under `private_dir` for `deployment_id` (a
+/// CANCEL): the commands may end cleanly; whatever is left is killed when the deployment's
+/// future is dropped after the grace ([`crate::cancel`]). Answers how many groups were signalled.
+pub fn terminate_deployment(private_dir: &Path, deployment_id: i64) -> usize {
+    let boot = boot_id();
+    let mut n = 0;
+    for r in read_records(private_dir)
+        .into_iter()
+        .filter(|r| r.deployment_id == deployment_id)
+    {
+        if !leader_matches(&r, read_stat(r.pid), boot.as_deref()) || live_members(r.pgid).is_empty() {
+            continue;
+        }
+        match signal_group(r.pgid, Signal::TERM) {
+            Ok(()) => n += 1,
+            Err(e) => {
+                tracing::warn!(program = %r.program, pgid = r.pgid, error = %e, "cannot stop a deployment's process group")
+            }
+        }
+    }
+    n
+}
+
 /// What [`end_leftovers`] did to one recorded group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {

@@ -3,6 +3,7 @@
 //!
 //! - [`connection`]: the outbound WebSocket, reconnect with backoff, HELLO/LOG/STATUS/ACK.
 //! - [`deploy`]: one deployment, start to finish: checkout, override, pull, up, verify, clean up.
+//! - [`cancel`]: a deployment stopped on the appliance's CANCEL (SIGTERM, grace, SIGKILL).
 //! - [`override_file`]: the Config Merger that turns secrets into `docker-compose.stagely.yml`.
 //! - [`compose`], [`checkout`], [`verify`]: the only external commands the agent runs.
 //! - [`ephemeral`]: the private tmpfs directory the override lives in, and its drop guard.
@@ -18,6 +19,7 @@
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
 
+pub mod cancel;
 pub mod checkout;
 pub mod compose;
 pub mod config;

@@ -195,6 +195,9 @@ impl LogStream {
 pub enum DeployOutcome {
     Success,
     Fail,
+    /// Stopped on the appliance's CANCEL. Only ever sent in answer to a CANCEL, so an appliance
+    /// from before the queue (which sends none) never receives it.
+    Cancelled,
 }
 
 /// State of one compose service after the deploy, as the agent saw it.
@@ -277,6 +280,13 @@ pub enum ServerMessage {
     Ack {
         deployment_id: i64,
     },
+    /// Stop this deployment: end its commands (SIGTERM to their process groups, SIGKILL after a
+    /// grace), remove its override and working files, and report STATUS `CANCELLED`. A CANCEL
+    /// for a deployment the agent has finished is ignored (its STATUS stands). An agent from
+    /// before the queue ignores it as an unknown type and the deployment runs to its end.
+    Cancel {
+        deployment_id: i64,
+    },
     /// Every LOG line of this deployment with a seq up to and including `seq` is committed (or
     /// deliberately dropped by the log caps): the agent may forget them. Cumulative, so a lost
     /// or skipped one is covered by the next. An agent keeps every line it sent until then, and
@@ -344,7 +354,7 @@ pub fn decode<M: serde::de::DeserializeOwned>(
 /// Message types an agent may send.
 pub const AGENT_MESSAGE_TYPES: &[&str] = &["HELLO", "LOG", "STATUS", "ERROR"];
 /// Message types a server may send.
-pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "LOG_ACK", "ERROR", "REKEY"];
+pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "CANCEL", "LOG_ACK", "ERROR", "REKEY"];
 
 pub fn decode_agent_message(frame: &str) -> Result<Incoming<AgentMessage>, DecodeError> {
     decode(frame, AGENT_MESSAGE_TYPES)
@@ -525,6 +535,30 @@ mod tests {
             panic!("old STATUS did not decode")
         };
         assert_eq!(lines, None);
+    }
+
+    #[test]
+    fn cancel_and_the_cancelled_outcome_have_their_documented_shape() {
+        let cancel = encode(&ServerMessage::Cancel { deployment_id: 7 });
+        assert_eq!(cancel, r#"{"type":"CANCEL","deployment_id":7}"#);
+        assert_eq!(
+            decode_server_message(&cancel).unwrap(),
+            Incoming::Known(ServerMessage::Cancel { deployment_id: 7 })
+        );
+        let status = r#"{"type":"STATUS","deployment_id":7,"status":"CANCELLED"}"#;
+        assert!(matches!(
+            decode_agent_message(status).unwrap(),
+            Incoming::Known(AgentMessage::Status {
+                status: DeployOutcome::Cancelled,
+                ..
+            })
+        ));
+        // What an appliance from before the queue makes of it: an invalid STATUS, said plainly.
+        let old = decode::<AgentMessage>(&status.replace("CANCELLED", "PAUSED"), AGENT_MESSAGE_TYPES);
+        assert!(
+            matches!(old, Err(DecodeError::Invalid { ref kind, .. }) if kind == "STATUS"),
+            "{old:?}"
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@ use axum::response::Response;
 use maud::{Markup, PreEscaped, html};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-use super::{MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, line_markup, live_indicator, small_buffers, status_block};
+use super::{
+    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, cancel_gone, line_markup, live_indicator, small_buffers,
+    status_block,
+};
+use crate::agents::hub::HubEvent;
 use crate::app::AppState;
 use crate::deploys::{DeployStatus, LiveEvent, store};
 use crate::web::layout::PageError;
@@ -82,6 +86,10 @@ impl Viewer {
         // Lines that reached the hub before the subscription may still be queued for the writer.
         self.state.logs.flush().await;
         self.send_tail().await?;
+        let live = match live {
+            Some(rx) => Some(rx),
+            None => self.while_waiting().await?,
+        };
         if let Some(mut rx) = live {
             self.follow(&mut rx).await?;
         }
@@ -95,12 +103,46 @@ impl Viewer {
             .read(move |c| store::get(c, id))
             .await
             .map_err(|e| self.storage_failed(&e))?;
-        self.send(html! { (status_block(&d)) (live_indicator(false)) })
+        self.send(html! { (status_block(&d)) (live_indicator(false)) (cancel_gone()) })
             .await?;
         // A normal close: the htmx ws extension reconnects only after abnormal ones. A viewer
         // already gone cannot be told.
         let _ = self.socket.send(Message::Close(None)).await;
         Ok(())
+    }
+
+    /// A deployment waiting in its environment's queue has no live channel yet: wait until it
+    /// is dispatched (then its channel) or ends without running (superseded, cancelled).
+    async fn while_waiting(&mut self) -> Result<Option<broadcast::Receiver<LiveEvent>>, Gone> {
+        // Subscribed before the status is read, so no change falls between the two.
+        let mut events = self.state.hub.events();
+        loop {
+            let id = self.id;
+            let owner = self
+                .state
+                .db
+                .read(move |c| store::owner(c, id))
+                .await
+                .map_err(|e: crate::db::DbError| self.storage_failed(&e))?;
+            if !matches!(owner, Some((_, _, DeployStatus::Waiting))) {
+                return Ok(self.state.hub.subscribe(id));
+            }
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(HubEvent::DeploymentChanged { deployment_id, .. }) if deployment_id == id => break,
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return Ok(None),
+                    },
+                    msg = self.socket.recv() => match msg {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(Gone),
+                        Some(Ok(_)) => continue,
+                    },
+                    () = self.state.shutdown.cancelled() => return Ok(None),
+                }
+            }
+        }
     }
 
     /// Forward live lines until the deployment ends, the server stops, or the viewer leaves.

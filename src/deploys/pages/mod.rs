@@ -15,7 +15,7 @@ use super::{DeployStatus, Deployment, LogLine, ops, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::pages::{Forms, is_production, with_errors};
-use crate::users::Principal;
+use crate::users::{Principal, Role};
 use crate::web::error::WebError;
 use crate::web::layout::{self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, no_store, page};
 
@@ -155,6 +155,35 @@ pub(super) fn status_block(d: &Deployment) -> Markup {
     }
 }
 
+/// The Cancel button of a deployment that has not finished (waiting, queued or running).
+fn cancel_form(d: &Deployment, csrf: &str) -> Markup {
+    html! {
+        div id="deploy-cancel" {
+            form method="post" action=(format!("/deployments/{}/cancel", d.id)) {
+                (csrf_field(csrf))
+                button.secondary.outline type="submit" { "Cancel deployment" }
+            }
+        }
+    }
+}
+
+/// Removes the Cancel button once the deployment has finished (sent by the live socket).
+pub(super) fn cancel_gone() -> Markup {
+    html! { div id="deploy-cancel" hx-swap-oob="true" {} }
+}
+
+/// `POST /deployments/{id}/cancel` (MEMBER): cancel, then back to the deployment's page.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    super::queue::cancel(&state, &who, id)
+        .await
+        .map_err(WebError::from)?;
+    Ok(layout::see_other(&format!("/deployments/{id}")))
+}
+
 pub(super) fn live_indicator(live: bool) -> Markup {
     html! {
         span id="live-indicator" hx-swap-oob="true" {
@@ -183,6 +212,7 @@ pub async fn deployment_page(
             (live_indicator(live))
         }
         (status_block(&d))
+        @if live && v.can(Role::Member) { (cancel_form(&d, &v.csrf)) }
         h3 { "Log" }
         @if let Some(at) = &d.log_pruned_at {
             p.muted { "Log pruned " (ago(at, now_ms())) " by the retention policy (deploys.log_keep_deployments, deploys.log_keep_days)." }

@@ -161,7 +161,11 @@ impl Api {
             let api = api.clone();
             async move {
                 let (_, d) = api.get(&format!("/api/deployments/{id}")).await;
-                matches!(d["status"].as_str(), Some("success" | "failed")).then_some(d)
+                matches!(
+                    d["status"].as_str(),
+                    Some("success" | "failed" | "superseded" | "cancelled")
+                )
+                .then_some(d)
             }
         })
         .await
@@ -200,7 +204,24 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), None, tweak).await
+    }
+
+    /// Stop this appliance and start a new one on the same data dir (on a new port).
+    pub async fn restart(mut self) -> TestServer {
+        self.shutdown.cancel();
+        if let Some(h) = self.app.take() {
+            h.await.unwrap().unwrap();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, Some(self.api.token.clone()), |_| {}).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        token: Option<String>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let overrides = Overrides {
             data_dir: Some(dir.path().join("data")),
             ..Default::default()
@@ -212,7 +233,7 @@ impl TestServer {
         config.bound_to(listener.local_addr().unwrap());
         let app = App::start(config).unwrap();
         let shutdown = app.state.shutdown.clone();
-        let token = admin_token(&dir.path().join("data"));
+        let token = token.unwrap_or_else(|| admin_token(&dir.path().join("data")));
         let handle = tokio::spawn(app.serve(listener));
         TestServer {
             api: Api::new(&url, &token),

@@ -1,0 +1,384 @@
+//! The queue per environment (issue 13): at most one deployment of an environment is queued or
+//! running (the `deployments_one_active` index guarantees it); triggers meanwhile wait, and when
+//! the running one ends only the newest waiting one runs, the older ones ending `superseded`.
+//! Also cancelling a deployment, waiting or running.
+//!
+//! [`dispatch_next`] is called whenever something may start: after a trigger, after every end
+//! (STATUS, the server's own ends, a cancel) and after an agent's HELLO. The claim is one write
+//! transaction; the secrets are read in it, so the values sent are those of the dispatch (not
+//! of the trigger) and the versions recorded are exactly those sent.
+
+use zeroize::Zeroizing;
+
+use super::ops::{self, decrypt_all, encoded_len, finish_as, oversized, seal};
+use super::store::{self, Claimed};
+use super::{DeployError, DeployStatus};
+use crate::agents::hub::{HubEvent, Outbound};
+use crate::agents::{AgentIdentity, store as agent_store};
+use crate::app::AppState;
+use crate::audit;
+use crate::db::{DbError, now_ms};
+use crate::projects::{self, ProjectError, store as project_store};
+use crate::secrets::store::{self as secret_store, SealedSecret};
+use crate::users::Principal;
+use stagely_protocol::mask::Masker;
+use stagely_protocol::{self as protocol, ProjectSpec, SealedSecrets, ServerMessage};
+
+/// Who the audit log names for what the queue does by itself.
+const QUEUE_ACTOR: &str = "stagely";
+
+/// One dispatch attempt.
+enum Round {
+    /// Nothing was sent: something runs already, nothing waits, or no agent is online.
+    Idle,
+    Sent,
+    /// The claimed deployment could not be sent and has ended failed; the next may go.
+    Failed(i64, DeployError),
+}
+
+/// Send the environment's newest waiting deployment if nothing of it is queued or running and
+/// its agent is online. Answers the deployments that were claimed and ended failed instead
+/// (vault or seal problems, a frame too big) with why, so a trigger can say so.
+pub async fn dispatch_next(state: &AppState, environment_id: i64) -> Vec<(i64, DeployError)> {
+    let mut failed = Vec::new();
+    // Every failed round ends one waiting deployment, so this ends.
+    loop {
+        match dispatch_once(state, environment_id).await {
+            Round::Idle | Round::Sent => return failed,
+            Round::Failed(id, e) => failed.push((id, e)),
+        }
+    }
+}
+
+async fn dispatch_once(state: &AppState, environment_id: i64) -> Round {
+    let hub = state.hub.clone();
+    let agent = state
+        .db
+        .lookup(move |c| {
+            let ids = agent_store::ids_for_environment(c, environment_id)?;
+            match ids.into_iter().find(|id| hub.is_online(*id)) {
+                Some(id) => Ok::<_, DbError>(Some((id, ops::recipient_of(c, id)?))),
+                None => Ok(None),
+            }
+        })
+        .await;
+    let (agent_id, recipient) = match agent {
+        Ok(Some(found)) => found,
+        // Whatever waits stays waiting: the agent's HELLO dispatches it.
+        Ok(None) => return Round::Idle,
+        Err(e) => {
+            tracing::error!(environment_id, error = %e, "cannot look up the environment's agent");
+            return Round::Idle;
+        }
+    };
+    let claimed = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let Some(claimed) = store::claim_next(tx, environment_id, agent_id, now)? else {
+                return Ok(None);
+            };
+            let detail = format!("superseded by deployment {}", claimed.id);
+            for old in &claimed.superseded {
+                audit::record(
+                    tx,
+                    now,
+                    QUEUE_ACTOR,
+                    "deploy.supersede",
+                    "deployment",
+                    Some(*old),
+                    &detail,
+                )?;
+            }
+            let project = project_store::get(tx, claimed.project_id).map_err(|e| match e {
+                ProjectError::Db(e) => DeployError::Db(e),
+                _ => DeployError::ProjectNotFound,
+            })?;
+            let env = project
+                .environments
+                .iter()
+                .find(|e| e.id == environment_id)
+                .cloned()
+                .ok_or(DeployError::NotFound)?;
+            let sealed = secret_store::for_environment(tx, project.id, environment_id)?;
+            store::record_secrets(tx, claimed.id, &sealed)?;
+            Ok::<_, DeployError>(Some((claimed, project, env, sealed)))
+        })
+        .await;
+    let (claimed, project, env, sealed) = match claimed {
+        Ok(Some(c)) => c,
+        Ok(None) => return Round::Idle,
+        Err(e) => {
+            tracing::error!(environment_id, error = %e, "cannot dispatch the environment's queue");
+            return Round::Idle;
+        }
+    };
+    for old in &claimed.superseded {
+        tracing::info!(
+            deployment_id = old,
+            by = claimed.id,
+            "deployment superseded by a newer one"
+        );
+        state.hub.publish(HubEvent::DeploymentChanged {
+            deployment_id: *old,
+            environment_id,
+        });
+    }
+    let id = claimed.id;
+    match send(state, agent_id, recipient, &claimed, &project, &env, sealed).await {
+        Ok(true) => {
+            tracing::info!(deployment_id = id, agent_id, project = %project.name, environment = %env.name, "deploy dispatched");
+            state.hub.publish(HubEvent::DeploymentChanged {
+                deployment_id: id,
+                environment_id,
+            });
+            Round::Sent
+        }
+        Ok(false) => Round::Idle,
+        Err(e) => {
+            finish_as(state, id, environment_id, DeployStatus::Failed, &failure_text(&e)).await;
+            Round::Failed(id, e)
+        }
+    }
+}
+
+/// What a deployment that could not be sent says.
+fn failure_text(e: &DeployError) -> String {
+    match e {
+        DeployError::Invalid { message, .. } => message.clone(),
+        DeployError::Vault(e) => format!("cannot decrypt the secrets: {e}"),
+        e => e.to_string(),
+    }
+}
+
+/// Decrypt, seal and queue the DEPLOY of a claimed deployment. `Ok(false)`: the agent went
+/// away before the frame could be queued, and the deployment is back to waiting for it.
+async fn send(
+    state: &AppState,
+    agent_id: i64,
+    recipient: Option<age::x25519::Recipient>,
+    claimed: &Claimed,
+    project: &projects::Project,
+    env: &projects::Environment,
+    sealed: Vec<SealedSecret>,
+) -> Result<bool, DeployError> {
+    let deployment_id = claimed.id;
+    // An agent too old to offer a recipient is sent no DEPLOY: its secrets would travel in clear.
+    let recipient = recipient.ok_or_else(|| DeployError::AgentTooOld(env.name.clone()))?;
+    let vault = state.vault.clone();
+    let secrets = tokio::task::spawn_blocking(move || decrypt_all(&vault, &sealed))
+        .await
+        .map_err(|e| DeployError::Db(DbError::Task(e.to_string())))??;
+    // The agent checks out the pinned commit itself (it resolves a sha as a commit).
+    let spec = ProjectSpec {
+        name: project.name.clone(),
+        environment: env.name.clone(),
+        repo_url: project.repo_url.clone(),
+        git_ref: claimed.commit.clone().unwrap_or_else(|| claimed.git_ref.clone()),
+        compose_path: project.compose_path.clone(),
+        pull: project.pull,
+        compose_project: Some(env.compose_project.clone()),
+    };
+    state.hub.start_deploy(
+        deployment_id,
+        agent_id,
+        Masker::new(secrets.iter().map(|s| s.value.as_str())),
+    );
+    // Names and encoded sizes only (no value), to explain a frame that is too big.
+    let secret_sizes: Vec<(String, usize)> = secrets
+        .iter()
+        .map(|s| (s.key.clone(), encoded_len(&s.value)))
+        .collect();
+    // Sealed to the agent's pinned identity: the frame holds no value in clear, and the sealed
+    // payload names this deployment and project, so it is of no use in any other DEPLOY.
+    let payload = SealedSecrets {
+        deployment_id,
+        project: spec.clone(),
+        secrets,
+    };
+    let Ok(Some(sealed_secrets)) = tokio::task::spawn_blocking(move || seal(&recipient, &payload)).await
+    else {
+        tracing::error!(
+            deployment_id,
+            agent_id,
+            "cannot seal the secrets to the agent's identity"
+        );
+        return Err(DeployError::Seal);
+    };
+    let frame = Zeroizing::new(protocol::encode(&ServerMessage::Deploy {
+        deployment_id,
+        project: spec,
+        sealed_secrets,
+    }));
+    if let Some(message) = oversized(&frame, &secret_sizes) {
+        // The agent would refuse the frame and the deploy end as `agent_lost` with no word of
+        // why (issue 12): say what is too big instead, on the deployment and to the caller.
+        tracing::warn!(
+            deployment_id,
+            agent_id,
+            bytes = frame.len(),
+            "DEPLOY frame over the limit: not sent"
+        );
+        return Err(DeployError::Invalid {
+            field: "secrets",
+            message,
+        });
+    }
+    if let Err(e) = state.hub.send_to(agent_id, env.id, Outbound::Text(frame)) {
+        tracing::warn!(deployment_id, agent_id, error = ?e, "agent went away before the DEPLOY could be queued: the deployment waits for it");
+        state.hub.end_deploy(deployment_id);
+        let back = state.db.write(move |tx| store::unclaim(tx, deployment_id)).await;
+        if let Err(e) = back {
+            tracing::error!(deployment_id, error = %e, "cannot put the deployment back on the queue");
+        }
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Cancel a deployment: a waiting one ends `cancelled` at once; a queued or running one is sent
+/// a CANCEL and ends when its agent reports `CANCELLED` (answered as it is now); when its agent
+/// is offline it ends `cancelled` on the appliance's authority and the agent is told at its
+/// next HELLO. Answers the deployment's status after the request.
+pub async fn cancel(
+    state: &AppState,
+    who: &Principal,
+    deployment_id: i64,
+) -> Result<DeployStatus, DeployError> {
+    // Twice at most: a waiting deployment dispatched between the read and the write is
+    // cancelled as a queued one.
+    for _ in 0..2 {
+        let (agent_id, environment_id, status) = state
+            .db
+            .read(move |c| store::owner(c, deployment_id))
+            .await?
+            .ok_or(DeployError::NotFound)?;
+        if status.is_finished() {
+            return Err(DeployError::AlreadyFinished {
+                id: deployment_id,
+                status,
+            });
+        }
+        let actor = who.actor.clone();
+        if status == DeployStatus::Waiting {
+            let cancelled = state
+                .db
+                .write(move |tx| {
+                    let now = now_ms();
+                    let done =
+                        store::cancel_waiting(tx, deployment_id, &format!("cancelled by {actor}"), now)?;
+                    if done {
+                        audit::record(
+                            tx,
+                            now,
+                            &actor,
+                            "deploy.cancel",
+                            "deployment",
+                            Some(deployment_id),
+                            "waiting",
+                        )?;
+                    }
+                    Ok::<_, DeployError>(done)
+                })
+                .await?;
+            if !cancelled {
+                continue;
+            }
+            tracing::info!(deployment_id, "waiting deployment cancelled");
+            state.hub.publish(HubEvent::DeploymentChanged {
+                deployment_id,
+                environment_id,
+            });
+            dispatch_next(state, environment_id).await;
+            return Ok(DeployStatus::Cancelled);
+        }
+        let frame = Zeroizing::new(protocol::encode(&ServerMessage::Cancel { deployment_id }));
+        let sent = agent_id.is_some_and(|a| {
+            state
+                .hub
+                .send_to(a, environment_id, Outbound::Text(frame))
+                .is_ok()
+        });
+        let detail = if sent {
+            "sent to the agent"
+        } else {
+            "agent offline: ended by the appliance"
+        };
+        let who_cancelled = actor.clone();
+        state
+            .db
+            .write(move |tx| {
+                audit::record(
+                    tx,
+                    now_ms(),
+                    &actor,
+                    "deploy.cancel",
+                    "deployment",
+                    Some(deployment_id),
+                    detail,
+                )?;
+                Ok::<_, DeployError>(())
+            })
+            .await?;
+        if sent {
+            tracing::info!(deployment_id, "CANCEL sent to the agent");
+            return Ok(status);
+        }
+        tracing::info!(deployment_id, "deployment cancelled while its agent is offline");
+        let error = format!(
+            "cancelled by {who_cancelled} while its agent was offline (the agent is told to stop when it reconnects)"
+        );
+        finish_as(
+            state,
+            deployment_id,
+            environment_id,
+            DeployStatus::Cancelled,
+            &error,
+        )
+        .await;
+        dispatch_next(state, environment_id).await;
+        return Ok(DeployStatus::Cancelled);
+    }
+    // Both reads saw it waiting and both writes found it no longer so: it changed twice
+    // meanwhile; say what it is now.
+    let status = state
+        .db
+        .read(move |c| store::owner(c, deployment_id))
+        .await?
+        .ok_or(DeployError::NotFound)?
+        .2;
+    Ok(status)
+}
+
+/// After an agent's HELLO (and the agent_lost pass): tell it to stop the deployments it still
+/// holds that the appliance cancelled while it was away, then dispatch its environment's queue.
+pub async fn on_hello(state: &AppState, agent: &AgentIdentity, active: Option<&[i64]>) {
+    if let Some(active) = active.filter(|a| !a.is_empty()) {
+        let (agent_id, ids) = (agent.id, active.to_vec());
+        match state
+            .db
+            .read(move |c| store::cancelled_of(c, agent_id, &ids))
+            .await
+        {
+            Ok(cancelled) => {
+                for deployment_id in cancelled {
+                    tracing::info!(
+                        deployment_id,
+                        agent_id,
+                        "the agent still holds a cancelled deployment: CANCEL sent"
+                    );
+                    let frame = Zeroizing::new(protocol::encode(&ServerMessage::Cancel { deployment_id }));
+                    if state
+                        .hub
+                        .send_to(agent_id, agent.environment_id, Outbound::Text(frame))
+                        .is_err()
+                    {
+                        tracing::warn!(deployment_id, agent_id, "cannot queue the CANCEL");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(agent_id, error = %e, "cannot look up cancelled deployments"),
+        }
+    }
+    dispatch_next(state, agent.environment_id).await;
+}
