@@ -242,7 +242,8 @@ async fn finish(
     Ok(())
 }
 
-/// Record a refused delivery; audited at most once a minute per project.
+/// Record a refused delivery; audited, and notified (`webhook.rejected`), at most once a minute
+/// per project, so a flood of bad signatures floods neither the audit log nor anyone's inbox.
 async fn reject(
     state: &AppState,
     provider: Provider,
@@ -258,7 +259,7 @@ async fn reject(
     );
     let keep = state.config.hooks.keep_deliveries;
     let event = event.to_owned();
-    state
+    let audited = state
         .db
         .write(move |tx| {
             let now = now_ms();
@@ -271,20 +272,33 @@ async fn reject(
                 detail: why.as_str(),
             };
             let id = store::insert_delivery(tx, &new, keep, now)?.unwrap_or(0);
-            if !store::rejected_since(tx, project_id, now - REJECTED_AUDIT_EVERY_MS, id)? {
-                audit::record(
-                    tx,
-                    now,
-                    &format!("{}:webhook", provider.as_str()),
-                    "webhook.rejected",
-                    "project",
-                    Some(project_id),
-                    &format!("{}: {} (event {event})", provider.as_str(), why.as_str()),
-                )?;
+            if store::rejected_since(tx, project_id, now - REJECTED_AUDIT_EVERY_MS, id)? {
+                return Ok::<_, HookError>(false);
             }
-            Ok::<_, HookError>(())
+            audit::record(
+                tx,
+                now,
+                &format!("{}:webhook", provider.as_str()),
+                "webhook.rejected",
+                "project",
+                Some(project_id),
+                &format!("{}: {} (event {event})", provider.as_str(), why.as_str()),
+            )?;
+            Ok(true)
         })
-        .await
+        .await?;
+    if audited {
+        // The rejected request's delivery id is the sender's word, unverified: not a key.
+        let notice = crate::notify::Event::WebhookRejected {
+            provider: provider.as_str().to_owned(),
+            reason: why.as_str().to_owned(),
+            delivery: None,
+        };
+        if let Err(e) = crate::notify::ops::emit(state, project_id, notice).await {
+            tracing::warn!(project_id, error = %e, "cannot enqueue the webhook.rejected notice");
+        }
+    }
+    Ok(())
 }
 
 /// Whether `event` (the provider's event header) is a push.

@@ -768,3 +768,42 @@ async fn email_over_starttls_to_a_real_smtp_server() {
     drop(smtp.stdin.take());
     let _ = smtp.wait().await;
 }
+
+/// A real push webhook with a bad signature notifies `webhook.rejected`; a flood of them
+/// notifies once (a minute), and the notice holds neither the body nor the forged signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_webhooks_notifies_once() {
+    let receiver = Receiver::start().await;
+    let (api, state, _dir) = in_process(|c| c.notify.retry_base_secs = 0.2).await;
+    let (pid, _) = api.project("shop", &["staging"]).await;
+    channel(
+        &api,
+        pid,
+        json!({"kind": "webhook", "name": "sec", "events": ["webhook.rejected"],
+            "url": format!("{}/sec", receiver.url)}),
+    )
+    .await;
+    let (s, _) = api.post(&format!("/api/projects/{pid}/webhook"), json!({})).await;
+    assert_eq!(s, 201);
+    let http = reqwest::Client::new();
+    for i in 0..10 {
+        let resp = http
+            .post(format!("{}/api/hooks/github/{pid}", api.url))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", format!("forged-{i}"))
+            .header("X-Hub-Signature-256", format!("sha256={}", "ab".repeat(32)))
+            .body(r#"{"ref":"refs/heads/main","after":"FORGED-BODY-MARKER"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let got = receiver.wait("/sec", 1).await;
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["event"], "webhook.rejected", "{body}");
+    let text = String::from_utf8_lossy(&got[0].body).into_owned();
+    assert!(!text.contains("FORGED-BODY-MARKER") && !text.contains(&"ab".repeat(32)), "{text}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.at("/sec").len(), 1, "one notice for the flood");
+    state.shutdown.cancel();
+}
