@@ -3,8 +3,7 @@
 //! reports what the test tells it. The exit codes are the contract (docs/ci.md): 0 success,
 //! 1 failed, 2 usage or auth, 3 timeout, 4 cancelled or superseded.
 //!
-//! Exit 4 needs the queue (cancel, supersede): `final_state` maps it in a unit test
-//! (`src/cli/deploy.rs`); the end-to-end test comes with the queue.
+//! Exit 4 (superseded, cancelled) runs against the real queue below.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Output, Stdio};
@@ -745,4 +744,72 @@ async fn a_deploy_request_answered_5xx_is_not_sent_again() {
         "the deploy request was sent once"
     );
     fake.abort();
+}
+
+/// Exit 4: a waiting deployment that a newer one replaced (superseded, naming it), and a running
+/// one cancelled through the API; the first, which ran, exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_and_cancelled_deployments_exit_4() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let (_, mut agent) = setup(api).await;
+    let args = deploy_args(&api.url, &["--wait", "--timeout", "60"]);
+    let first = stagely(Some(&api.token), &args).spawn().unwrap();
+    let d1 = next_deploy(&mut agent).await["deployment_id"].as_i64().unwrap();
+
+    // Two more while d1 runs: both wait.
+    let second = stagely(Some(&api.token), &args).spawn().unwrap();
+    let waiting = |n: usize| async move {
+        crate::common::wait_for("deployments waiting", WAIT, || async {
+            let (_, list) = api.get("/api/deployments").await;
+            let w: Vec<i64> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["status"] == "waiting")
+                .map(|d| d["id"].as_i64().unwrap())
+                .collect();
+            (w.len() == n).then_some(w)
+        })
+        .await
+    };
+    let d2 = waiting(1).await[0];
+    let third = stagely(Some(&api.token), &args).spawn().unwrap();
+    let d3 = *waiting(2).await.iter().max().unwrap();
+
+    // d1 ends: d2 is superseded by d3, which is sent.
+    agent.status(d1, "SUCCESS").await;
+    let mut sent = None;
+    for _ in 0..2 {
+        let frame = agent.recv().await;
+        if frame["type"] == "DEPLOY" {
+            sent = frame["deployment_id"].as_i64();
+        }
+    }
+    assert_eq!(sent, Some(d3), "the newest waiting one runs");
+    let (code, _, _) = parts(&finish(first).await, &api.token);
+    assert_eq!(code, 0);
+    let (code, _, stderr) = parts(&finish(second).await, &api.token);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("superseded") && stderr.contains(&d3.to_string()),
+        "{stderr}"
+    );
+
+    // d3 is cancelled while it runs: the agent is told, reports it, the CLI exits 4.
+    let (s, v) = api
+        .post(&format!("/api/deployments/{d3}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let cancel = agent.recv().await;
+    assert_eq!(cancel, json!({"type": "CANCEL", "deployment_id": d3}));
+    agent.status(d3, "CANCELLED").await;
+    let (code, _, stderr) = parts(&finish(third).await, &api.token);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    let (_, d) = api.get(&format!("/api/deployments/{d2}")).await;
+    assert_eq!(
+        (d["status"].clone(), d["superseded_by"].clone()),
+        (json!("superseded"), json!(d3))
+    );
 }

@@ -197,10 +197,20 @@ async fn a_github_push_deploys_exactly_the_pushed_commit_once() {
     agents[0].status(id, "SUCCESS").await;
     // A's ACK and B's DEPLOY, in either order.
     let (first, second) = (agents[0].recv().await, agents[0].recv().await);
-    let (ack, next) = if first["type"] == "ACK" { (first, second) } else { (second, first) };
+    let (ack, next) = if first["type"] == "ACK" {
+        (first, second)
+    } else {
+        (second, first)
+    };
     assert_eq!(ack, json!({"type": "ACK", "deployment_id": id}));
-    assert_eq!((next["type"].clone(), next["deployment_id"].clone()), (json!("DEPLOY"), json!(waiting)));
-    assert_eq!(next["project"]["git_ref"], B, "the queued push deploys its own sha");
+    assert_eq!(
+        (next["type"].clone(), next["deployment_id"].clone()),
+        (json!("DEPLOY"), json!(waiting))
+    );
+    assert_eq!(
+        next["project"]["git_ref"], B,
+        "the queued push deploys its own sha"
+    );
     succeed(&mut agents[0], waiting).await;
 
     // The same delivery again (GitHub's "Redeliver", or a replay): nothing.

@@ -802,7 +802,10 @@ async fn a_flood_of_forged_webhooks_notifies_once() {
     let body: Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(body["event"], "webhook.rejected", "{body}");
     let text = String::from_utf8_lossy(&got[0].body).into_owned();
-    assert!(!text.contains("FORGED-BODY-MARKER") && !text.contains(&"ab".repeat(32)), "{text}");
+    assert!(
+        !text.contains("FORGED-BODY-MARKER") && !text.contains(&"ab".repeat(32)),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.at("/sec").len(), 1, "one notice for the flood");
     state.shutdown.cancel();
