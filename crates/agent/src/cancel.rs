@@ -47,12 +47,21 @@ where
     let signalled = groups::terminate_deployment(runtime_dir, deployment_id);
     agent_line(
         log,
-        format!("cancel requested: stopping ({signalled} command(s) sent SIGTERM)"),
+        format!(
+            "cancel requested: stopping ({} command(s) sent SIGTERM)",
+            signalled.len()
+        ),
     );
-    if tokio::time::timeout(groups::GRACE, &mut deployment)
-        .await
-        .is_err()
-    {
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(groups::GRACE, &mut deployment).await.is_ok();
+    // Kills what is left (SIGKILL to each command's group) and removes the override and the
+    // run's private directory.
+    drop(deployment);
+    // A command's leader can end before the rest of its group has acted on the SIGTERM: the
+    // report waits until none of them is left (killing any still there once the grace is over).
+    let rest = groups::GRACE.saturating_sub(started.elapsed());
+    let killed = groups::reap_groups(&signalled, rest).await;
+    if !ended || killed {
         agent_line(
             log,
             format!(
@@ -61,9 +70,6 @@ where
             ),
         );
     }
-    // Kills what is left (SIGKILL to each command's group) and removes the override and the
-    // run's private directory.
-    drop(deployment);
     agent_line(log, "deployment cancelled");
     DeployResult::cancelled()
 }

@@ -218,9 +218,9 @@ pub fn read_records(private_dir: &Path) -> Vec<GroupRecord> {
 /// SIGTERM every live group this agent recorded under `private_dir` for `deployment_id` (a
 /// CANCEL): the commands may end cleanly; whatever is left is killed when the deployment's
 /// future is dropped after the grace ([`crate::cancel`]). Answers how many groups were signalled.
-pub fn terminate_deployment(private_dir: &Path, deployment_id: i64) -> usize {
+pub fn terminate_deployment(private_dir: &Path, deployment_id: i64) -> Vec<i32> {
     let boot = boot_id();
-    let mut n = 0;
+    let mut signalled = Vec::new();
     for r in read_records(private_dir)
         .into_iter()
         .filter(|r| r.deployment_id == deployment_id)
@@ -229,13 +229,44 @@ pub fn terminate_deployment(private_dir: &Path, deployment_id: i64) -> usize {
             continue;
         }
         match signal_group(r.pgid, Signal::TERM) {
-            Ok(()) => n += 1,
+            Ok(()) => signalled.push(r.pgid),
             Err(e) => {
                 tracing::warn!(program = %r.program, pgid = r.pgid, error = %e, "cannot stop a deployment's process group")
             }
         }
     }
-    n
+    signalled
+}
+
+/// After a cancel: wait up to `wait` for every member of `groups` to be gone (a command's
+/// leader may exit before its children have acted on the SIGTERM), then SIGKILL what is left.
+/// Answers whether anything had to be killed.
+pub async fn reap_groups(groups: &[i32], wait: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    let alive = || {
+        groups
+            .iter()
+            .copied()
+            .filter(|g| !live_members(*g).is_empty())
+            .collect::<Vec<_>>()
+    };
+    loop {
+        let left = alive();
+        if left.is_empty() {
+            return false;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for g in &left {
+                let _ = signal_group(*g, Signal::KILL);
+            }
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+            while !alive().is_empty() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// What [`end_leftovers`] did to one recorded group.
