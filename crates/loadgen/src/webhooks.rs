@@ -147,9 +147,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A commit id unique to this push.
+/// A commit id unique to this push (never all zeros: that means a deleted branch).
 fn sha(n: usize) -> String {
-    format!("{n:040x}")
+    format!("{:040x}", n + 1)
 }
 
 pub async fn run(b: &Bench, res: &mut Results) -> Result<()> {
