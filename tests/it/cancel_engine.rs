@@ -73,18 +73,40 @@ async fn status_of(api: &Api, id: i64) -> Value {
 }
 
 async fn logs_of(api: &Api, id: i64) -> String {
-    api.get(&format!("/api/deployments/{id}/logs")).await.1.to_string()
+    api.get(&format!("/api/deployments/{id}/logs"))
+        .await
+        .1
+        .to_string()
 }
 
 /// Wait until deployment `id` runs and its stored log holds `needle`.
 async fn wait_log(api: &Api, id: i64, needle: &str) {
     let api = api.clone();
     let needle = needle.to_owned();
-    wait_for(&format!("deployment {id} log to hold {needle:?}"), Duration::from_secs(90), || {
-        let (api, needle) = (api.clone(), needle.clone());
-        async move { logs_of(&api, id).await.contains(&needle).then_some(()) }
-    })
+    wait_for(
+        &format!("deployment {id} log to hold {needle:?}"),
+        Duration::from_secs(90),
+        || {
+            let (api, needle) = (api.clone(), needle.clone());
+            async move { logs_of(&api, id).await.contains(&needle).then_some(()) }
+        },
+    )
     .await;
+}
+
+/// The stored log of a cancelled deployment: the command ended on the SIGTERM (compose exits
+/// 130, git on the signal) and the log says the cancel stopped it, not that the deployment
+/// failed.
+async fn assert_cancel_log(api: &Api, id: i64) {
+    let log = logs_of(api, id).await;
+    assert!(log.contains("cancel requested"), "{log}");
+    assert!(log.contains("stopped by the cancel"), "{log}");
+    assert!(log.contains("deployment cancelled"), "{log}");
+    assert!(!log.contains("deployment failed"), "{log}");
+    assert!(
+        !log.contains("after SIGTERM: killed"),
+        "ended on SIGTERM, not SIGKILL: {log}"
+    );
 }
 
 async fn cancel(api: &Api, id: i64) -> Value {
@@ -112,9 +134,7 @@ fn processes_naming(stack: &Stack, needle: &str) -> Vec<(i32, String)> {
             continue;
         };
         let argv = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if argv.contains(needle)
-            && stagely_agent::groups::read_stat(pid).is_some_and(|s| s.state != 'Z')
-        {
+        if argv.contains(needle) && stagely_agent::groups::read_stat(pid).is_some_and(|s| s.state != 'Z') {
             found.push((pid, argv));
         }
     }
@@ -213,13 +233,17 @@ async fn a_running_compose_up_is_cancelled_cleaned_up_and_the_next_deploy_runs()
     let id = deploy_until_compose_waits(&stack).await;
     // While compose runs, its override is there (so its absence later means something).
     assert_eq!(stack.leftover_overrides().len(), 1);
+    let asked = std::time::Instant::now();
     let body = cancel(&api, id).await;
     assert_eq!(body["status"], "running", "told to stop, not ended yet: {body}");
     let d = api.wait_finished(id, CANCEL_BOUND).await;
     assert_eq!(d["status"], "cancelled", "{d}");
-    let log = logs_of(&api, id).await;
-    assert!(log.contains("cancel requested"), "{log}");
-    assert!(log.contains("deployment cancelled"), "{log}");
+    eprintln!("cancelled {:?} after the request", asked.elapsed());
+    assert_cancel_log(&api, id).await;
+    // Compose had created `after` and was waiting to start it: a cancelled `up` starts nothing
+    // more, not even a moment later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stack.container_id("after"), None, "`after` was started");
     assert_nothing_left(&stack);
 
     // A second cancel of an ended deployment changes nothing.
@@ -254,15 +278,14 @@ async fn the_deployment_waiting_behind_a_cancelled_one_runs_next_and_succeeds() 
     let stuck = deploy_until_compose_waits(&stack).await;
     let fixed = commit_compose(&stack, &compose(true));
     let pid = stack.project_id().await;
-    let body = api
-        .ok(&format!("/api/deploy/{pid}"), json!({}), 202)
-        .await;
+    let body = api.ok(&format!("/api/deploy/{pid}"), json!({}), 202).await;
     let waiting = body["deployment_id"].as_i64().unwrap();
     assert_eq!(body["status"], "waiting", "{body}");
 
     cancel(&api, stuck).await;
     let d = api.wait_finished(stuck, CANCEL_BOUND).await;
     assert_eq!(d["status"], "cancelled", "{d}");
+    assert_cancel_log(&api, stuck).await;
     let d = api.wait_finished(waiting, Duration::from_secs(120)).await;
     assert_eq!(d["status"], "success", "the queue moved on: {d}");
     assert_eq!(d["commit"], fixed.as_str(), "{d}");
@@ -320,13 +343,16 @@ async fn a_deployment_cancelled_while_git_fetches_ends_cancelled_and_the_next_on
             .filter(|(_, argv)| argv.contains(" fetch "))
             .collect::<Vec<_>>()
     };
-    wait_for("git fetch from the silent server", Duration::from_secs(30), || async {
-        (!fetching().is_empty()).then_some(())
-    })
+    wait_for(
+        "git fetch from the silent server",
+        Duration::from_secs(30),
+        || async { (!fetching().is_empty()).then_some(()) },
+    )
     .await;
     cancel(&api, id).await;
     let d = api.wait_finished(id, CANCEL_BOUND).await;
     assert_eq!(d["status"], "cancelled", "{d}");
+    assert_cancel_log(&api, id).await;
     assert_eq!(fetching(), Vec::<(i32, String)>::new(), "git is left running");
     assert_nothing_left(&stack);
 
