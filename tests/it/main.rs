@@ -15,6 +15,7 @@ mod agent_support;
 mod api;
 mod bench_quick;
 mod bins;
+mod cancel_engine;
 mod cli_deploy;
 mod common;
 mod compose_names;

@@ -16,6 +16,17 @@ use crate::{LogSink, agent_line, groups};
 /// What a cancelled deployment reports.
 pub const CANCELLED: &str = "cancelled: the appliance asked the agent to stop";
 
+tokio::task_local! {
+    /// The running deployment's CANCEL signal, for code inside it ([`requested`]).
+    static CANCEL: CancellationToken;
+}
+
+/// Whether the deployment this runs in has been told to stop: its commands then end on the
+/// SIGTERM, and what they report is the cancel's doing, not a failure of the deployment.
+pub fn requested() -> bool {
+    CANCEL.try_with(CancellationToken::is_cancelled).unwrap_or(false)
+}
+
 impl DeployResult {
     pub fn cancelled() -> Self {
         Self {
@@ -38,7 +49,7 @@ pub async fn run_until_cancelled<F>(
 where
     F: Future<Output = DeployResult>,
 {
-    let mut deployment = Box::pin(deployment);
+    let mut deployment = Box::pin(CANCEL.scope(cancel.clone(), deployment));
     tokio::select! {
         result = &mut deployment => return result,
         () = cancel.cancelled() => {}

@@ -106,7 +106,14 @@ impl Deployer {
             Ok(result) => result,
             Err(e) => {
                 let message = process::truncate(&masker.mask(&e.to_string()), MAX_ERROR_BYTES);
-                agent_line(log, format!("deployment failed: {message}"));
+                if super::cancel::requested() {
+                    // A command ended by the cancel's SIGTERM: the deployment did not fail, it
+                    // was stopped (its result is CANCELLED, crate::cancel); one line says how.
+                    let first = message.lines().next().unwrap_or_default();
+                    agent_line(log, format!("stopped by the cancel: {first}"));
+                } else {
+                    agent_line(log, format!("deployment failed: {message}"));
+                }
                 DeployResult {
                     status: DeployOutcome::Fail,
                     services: Vec::new(),
