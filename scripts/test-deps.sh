@@ -93,8 +93,13 @@ command -v git >/dev/null 2>&1 || apt_install git
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 command -v curl >/dev/null 2>&1 || apt_install curl
 # A real SMTP server with STARTTLS for the email notifications (tests/it/notify.rs).
-if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
-  apt_install python3-aiosmtpd || python3 -m pip install -q aiosmtpd || python3 -m pip install -q --break-system-packages aiosmtpd
+# The test uses the python3 on PATH, else Debian's /usr/bin/python3 (where apt puts the module).
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1 && ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  apt_install python3-aiosmtpd || true
+  if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1 && ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    log "pip install aiosmtpd"
+    python3 -m pip install -q aiosmtpd || python3 -m pip install -q --break-system-packages aiosmtpd
+  fi
 fi
 command -v qemu-aarch64-static >/dev/null 2>&1 || apt_install qemu-user-static || log "no qemu-user-static: the aarch64 agent is not run"
 log "ready"

@@ -331,6 +331,9 @@ pub struct Overrides {
 }
 
 const ENV_PREFIX: &str = "STAGELY_";
+/// The `stagely deploy` client's own variables (docs/ci.md): not config keys, not worth a warning
+/// when a CI runner on the appliance's machine exports them.
+const CLIENT_VARS: &[&str] = &["STAGELY_TOKEN", "STAGELY_SERVER"];
 
 impl Config {
     /// Layer defaults, the optional file, the given environment and flags; then validate.
@@ -589,6 +592,9 @@ fn apply_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if CLIENT_VARS.contains(&name.as_str()) {
+            continue;
+        }
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         let key = path.join(".");
         let Some((last, parents)) = path.split_last() else {
@@ -774,11 +780,16 @@ mod tests {
     fn unknown_env_variables_are_ignored() {
         let c = Config::load(
             None,
-            env(&[("STAGELY_NOPE", "1"), ("PATH", "/bin")]),
+            env(&[
+                ("STAGELY_NOPE", "1"),
+                ("PATH", "/bin"),
+                ("STAGELY_TOKEN", "t"),
+                ("STAGELY_SERVER", "http://x"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("STAGELY_NOPE"));
     }
 

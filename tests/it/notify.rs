@@ -647,14 +647,18 @@ fn make_certs(dir: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_over_starttls_to_a_real_smtp_server() {
-    let has_aiosmtpd = std::process::Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_aiosmtpd {
+    // The first python with aiosmtpd: the one on PATH (it may be a pyenv one), else Debian's,
+    // where `apt-get install python3-aiosmtpd` puts it.
+    let python = ["python3", "/usr/bin/python3"].into_iter().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import aiosmtpd"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(python) = python else {
         crate::prereq::missing("python3-aiosmtpd (scripts/test-deps.sh)");
         return;
-    }
+    };
     if !crate::prereq::tool("openssl") {
         return;
     }
@@ -671,7 +675,7 @@ async fn email_over_starttls_to_a_real_smtp_server() {
         .unwrap()
         .port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
-    let mut smtp = tokio::process::Command::new("python3")
+    let mut smtp = tokio::process::Command::new(python)
         .arg(&script)
         .arg(port.to_string())
         .arg(dir.path().join("server.pem"))

@@ -29,7 +29,8 @@ def authenticator(server, session, envelope, mechanism, auth_data):
         and auth_data.login.decode() == user
         and auth_data.password.decode() == password
     )
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers 535 itself (its default differs between versions).
+    return AuthResult(success=ok, handled=False)
 
 
 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
