@@ -382,5 +382,22 @@ async fn the_deployment_page_shows_the_new_states_and_a_members_cancel_button() 
     assert!(!page.contains("Cancel deployment"), "{page}");
     let (_, page) = admin.get(&format!("/deployments/{running}")).await;
     assert!(page.contains("Cancel deployment"), "{page}");
+
+    // Two more wait; when the running one ends, the older is superseded and its page links to
+    // the one that replaced it.
+    let (older, _) = trigger(&api, pid, "r3").await;
+    let (newer, _) = trigger(&api, pid, "r4").await;
+    finish(&mut agent, running, "SUCCESS").await;
+    wait_for("the older one superseded", WAIT, || {
+        let api = api.clone();
+        async move { (deployment(&api, older).await["status"] == "superseded").then_some(()) }
+    })
+    .await;
+    let (_, page) = admin.get(&format!("/deployments/{older}")).await;
+    assert!(page.contains(r#"class="badge superseded""#), "{page}");
+    assert!(
+        page.contains(&format!(r#"href="/deployments/{newer}""#)),
+        "{page}"
+    );
     server.stop().await;
 }

@@ -135,6 +135,10 @@ pub(super) fn status_block(d: &Deployment) -> Markup {
                 @if let Some(f) = &d.finished_at { div { small { "Finished" } (ago(f, now)) } }
             }
             @if let Some(e) = &d.error { p.notice.error role="alert" { "Error: " (e) } }
+            @if let Some(next) = d.superseded_by {
+                p.notice { "Never ran: a newer deployment of this environment replaced it, "
+                    a href=(format!("/deployments/{next}")) { "deployment #" (next) } "." }
+            }
             @if !d.services.is_empty() {
                 h3 { "Services" }
                 table {
