@@ -7,13 +7,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde_json::json;
 
 use super::ops::{self, Incoming};
 use super::{HookError, Outcome, Provider, Urls, WebhookInfo};
 use crate::app::AppState;
 use crate::users::Principal;
-use crate::web::error::{WebError, request_id};
+use crate::web::error::{ErrorBody, ErrorDetail, WebError, request_id};
 
 impl From<HookError> for WebError {
     fn from(e: HookError) -> Self {
@@ -98,8 +97,17 @@ fn incoming(provider: Provider, h: &HeaderMap) -> Incoming {
     }
 }
 
+/// The API's error body ([`ErrorBody`]) with a receiver's own code (`bad_signature`, …).
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({"error": {"code": code, "message": message, "request_id": request_id()}});
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message: message.to_owned(),
+            request_id: request_id(),
+            field: None,
+            last_seen: None,
+        },
+    };
     (status, axum::Json(body)).into_response()
 }
 

@@ -49,22 +49,6 @@ fn audited(server: &TestServer, action: &str) -> i64 {
     .unwrap()
 }
 
-async fn wait_offline(api: &Api, agent_id: i64) {
-    let api = api.clone();
-    wait_for("agent offline", WAIT, || {
-        let api = api.clone();
-        async move {
-            let (_, agents) = api.get("/api/agents").await;
-            agents
-                .as_array()?
-                .iter()
-                .find(|a| a["id"] == agent_id && a["online"] == false)
-                .map(|_| ())
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_while_one_runs_waits_and_only_the_newest_waiting_one_runs_with_todays_secrets() {
     let server = TestServer::start().await;
@@ -273,7 +257,7 @@ async fn an_offline_agent_keeps_the_queue_waiting_and_hears_of_a_cancel_when_it_
     next_deploy(&mut agent).await;
     let (waiting, _) = trigger(api, pid, "r2").await;
     drop(agent);
-    wait_offline(api, agent_id).await;
+    api.wait_offline(agent_id).await;
 
     // Running while its agent is away: cancelled on the appliance's authority. The waiting one
     // is not sent (nobody to send it to): it stays waiting.

@@ -139,15 +139,25 @@ impl Api {
     }
 
     pub async fn wait_online(&self, agent_id: i64) {
+        self.wait_agent(agent_id, true).await;
+    }
+
+    pub async fn wait_offline(&self, agent_id: i64) {
+        self.wait_agent(agent_id, false).await;
+    }
+
+    /// Until `GET /api/agents` shows the agent with this `online`.
+    async fn wait_agent(&self, agent_id: i64, online: bool) {
         let api = self.clone();
-        wait_for("agent online", WAIT, || {
+        let what = if online { "agent online" } else { "agent offline" };
+        wait_for(what, WAIT, || {
             let api = api.clone();
             async move {
                 let (_, agents) = api.get("/api/agents").await;
                 agents
                     .as_array()?
                     .iter()
-                    .find(|a| a["id"] == agent_id && a["online"] == true)
+                    .find(|a| a["id"] == agent_id && a["online"] == online)
                     .map(|_| ())
             }
         })
