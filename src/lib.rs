@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod names;
 pub mod notify;
 pub mod projects;
+pub mod releases;
 pub mod secrets;
 pub mod signing;
 pub mod users;

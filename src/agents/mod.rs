@@ -114,6 +114,8 @@ pub struct HelloInfo {
     pub compose_version: String,
     /// The age recipient the agent offered (`None`: an agent too old to have one).
     pub recipient: Option<String>,
+    /// What the agent can do beyond protocol 1's core (`stagely_protocol::release::CAP_*`).
+    pub capabilities: Vec<String>,
 }
 
 /// What the appliance makes of the recipient in a HELLO (see [`store::check_pin`]).

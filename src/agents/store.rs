@@ -172,10 +172,22 @@ pub fn mark_online(
 ) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET online = 1, last_heartbeat = ?2, agent_version = ?3, hostname = ?4, docker_version = ?5,
-             compose_version = ?6, last_address = ?7 WHERE id = ?1",
-        params![id, now, hello.agent_version, hello.hostname, hello.docker_version, hello.compose_version, address],
+             compose_version = ?6, last_address = ?7, capabilities = ?8 WHERE id = ?1",
+        params![id, now, hello.agent_version, hello.hostname, hello.docker_version, hello.compose_version, address,
+            hello.capabilities.join(",")],
     )?;
     Ok(())
+}
+
+/// Whether the agent offered `capability` in its last HELLO.
+pub fn has_capability(c: &Connection, id: i64, capability: &str) -> Result<bool, DbError> {
+    let offered: String = c
+        .query_row("SELECT capabilities FROM agents WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or_default();
+    Ok(offered.split(',').any(|c| c == capability))
 }
 
 /// Compare a HELLO's recipient with the pinned one, pinning it if none is.

@@ -178,6 +178,7 @@ async fn send(
         compose_path: project.compose_path.clone(),
         pull: project.pull,
         compose_project: Some(env.compose_project.clone()),
+        images: Default::default(),
     };
     state.hub.start_deploy(
         deployment_id,

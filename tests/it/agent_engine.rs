@@ -83,6 +83,7 @@ fn spec(name: &str, repo_url: Option<String>, compose_path: &str, pull: PullPoli
         compose_path: compose_path.into(),
         pull,
         compose_project: None,
+        images: Default::default(),
     }
 }
 

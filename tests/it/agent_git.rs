@@ -135,6 +135,7 @@ async fn a_private_repository_is_cloned_with_the_token_secret_which_touches_no_d
         compose_path: "compose.yml".into(),
         pull: PullPolicy::Never,
         compose_project: None,
+        images: Default::default(),
     };
 
     // Without the token: refused by the server, at once (no prompt), nothing started.

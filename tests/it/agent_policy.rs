@@ -62,6 +62,7 @@ fn spec(name: &str, repo_url: Option<String>, compose_path: &str) -> ProjectSpec
         compose_path: compose_path.into(),
         pull: PullPolicy::Never,
         compose_project: None,
+        images: Default::default(),
     }
 }
 

@@ -230,6 +230,7 @@ pub(crate) fn deploy_msg(
         compose_path: compose.to_string_lossy().into_owned(),
         pull: PullPolicy::Never,
         compose_project: None,
+        images: Default::default(),
     };
     let payload = SealedSecrets {
         deployment_id: id,

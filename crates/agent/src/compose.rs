@@ -428,6 +428,7 @@ mod tests {
             compose_path: "compose.yaml".into(),
             pull: stagely_protocol::PullPolicy::Never,
             compose_project: None,
+            images: Default::default(),
         };
         assert_eq!(project_name_for(&spec), "a-b-c");
         spec.compose_project = Some("a-b-c-7".into());

@@ -254,6 +254,7 @@ impl Agent {
             compose_version: self.host.compose_version.clone(),
             active_deployments: Some(self.active_deployments()),
             recipient: Some(self.identity.recipient().to_owned()),
+            capabilities: Vec::new(),
         };
         if let Err(e) = send(&mut sink, &hello).await {
             return SessionEnd::Disconnected(e);
@@ -418,6 +419,8 @@ impl Agent {
             }
             // Its chain was followed (or not needed) by the trust check.
             Ok(Incoming::Known(ServerMessage::Rekey { .. })) => Ok(()),
+            // Issue 14's runtime watch (not yet wired).
+            Ok(Incoming::Known(ServerMessage::Watch { .. })) => Ok(()),
             Ok(Incoming::Unknown(kind)) => {
                 tracing::debug!(%kind, "ignoring a message type this agent does not know");
                 Ok(())

@@ -120,6 +120,7 @@ fn deploy_msg_to(recipient: &str, id: i64, compose_path: &str, secret_value: &st
         compose_path: compose_path.into(),
         pull: PullPolicy::Never,
         compose_project: None,
+        images: Default::default(),
     };
     let sealed = SealedSecrets {
         deployment_id: id,

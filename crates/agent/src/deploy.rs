@@ -414,6 +414,7 @@ mod tests {
             compose_path: compose_file.to_string_lossy().into_owned(),
             pull: PullPolicy::Never,
             compose_project: None,
+            images: Default::default(),
         };
         let secrets = vec![SecretEntry {
             key: "K".into(),

@@ -207,6 +207,7 @@ mod tests {
             compose_path: "/srv/shop/compose.yaml".into(),
             pull: PullPolicy::Never,
             compose_project: None,
+            images: Default::default(),
         }
     }
 

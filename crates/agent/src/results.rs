@@ -57,6 +57,8 @@ impl DeployResult {
             error: self.error.clone(),
             commit: self.commit.clone(),
             lines: None,
+            applied: None,
+            release: None,
         }
     }
 }

@@ -128,6 +128,8 @@ pub fn status_frame(deployment_id: i64) -> String {
         error: None,
         commit: None,
         lines: None,
+        applied: None,
+        release: None,
     })
 }
 
@@ -310,6 +312,7 @@ mod tests {
                 compose_path: "/c.yml".into(),
                 pull: Default::default(),
                 compose_project: None,
+                images: Default::default(),
             },
             secrets: Vec::new(),
         };

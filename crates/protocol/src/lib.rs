@@ -7,7 +7,10 @@
 
 pub mod mask;
 pub mod redact;
+pub mod release;
 pub mod signing;
+
+pub use release::{Release, ReleaseService, RuntimeContainer};
 
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +161,11 @@ pub struct ProjectSpec {
     /// agent then derives `<name>-<environment>` as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compose_project: Option<String>,
+    /// Image pins of a redeployed release (issue 14): service → the reference its `image` is
+    /// set to in the override (`name@sha256:…`, or an image id `sha256:…`). Empty for an
+    /// ordinary deploy. Sent only to an agent offering [`release::CAP_RELEASES`].
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub images: std::collections::BTreeMap<String, String>,
 }
 
 /// Which output a log line came from.
@@ -236,6 +244,10 @@ pub enum AgentMessage {
         /// sent no DEPLOY.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recipient: Option<String>,
+        /// What this agent can do beyond protocol 1's core ([`release::CAP_RELEASES`],
+        /// [`release::CAP_RUNTIME`]). Absent from older agents: none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        capabilities: Vec<String>,
     },
     Log {
         deployment_id: i64,
@@ -258,6 +270,26 @@ pub enum AgentMessage {
         /// agents, and from an agent that restarted during the deployment (it cannot know).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lines: Option<u64>,
+        /// What the deployment put on the server, read from the engine after `up`: on SUCCESS
+        /// from an agent offering [`release::CAP_RELEASES`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<Release>,
+        /// Whether `docker compose up` ran (the stack may have changed): a FAIL with `applied`
+        /// is one that may have left the stack half-applied, which `auto_rollback` answers.
+        /// Absent from older agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        applied: Option<bool>,
+    },
+    /// The containers of the compose project named in WATCH, sent on connect (after WATCH),
+    /// after every deployment and whenever the engine reports a change to the project, and
+    /// only when something changed since the last RUNTIME (docs/protocol.md).
+    Runtime {
+        /// The compose project described.
+        project: String,
+        containers: Vec<RuntimeContainer>,
+        /// More than [`release::MAX_RUNTIME_CONTAINERS`] containers: the rest are left out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     Error {
         code: String,
@@ -295,6 +327,12 @@ pub enum ServerMessage {
     LogAck {
         deployment_id: i64,
         seq: u64,
+    },
+    /// Report the state of this compose project (the agent's environment's) in RUNTIME, now
+    /// and whenever it changes. Sent after every HELLO of an agent offering
+    /// [`release::CAP_RUNTIME`]; a later WATCH replaces the project watched.
+    Watch {
+        project: String,
     },
     Error {
         code: String,
@@ -352,9 +390,9 @@ pub fn decode<M: serde::de::DeserializeOwned>(
 }
 
 /// Message types an agent may send.
-pub const AGENT_MESSAGE_TYPES: &[&str] = &["HELLO", "LOG", "STATUS", "ERROR"];
+pub const AGENT_MESSAGE_TYPES: &[&str] = &["HELLO", "LOG", "STATUS", "RUNTIME", "ERROR"];
 /// Message types a server may send.
-pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "CANCEL", "LOG_ACK", "ERROR", "REKEY"];
+pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "CANCEL", "LOG_ACK", "WATCH", "ERROR", "REKEY"];
 
 pub fn decode_agent_message(frame: &str) -> Result<Incoming<AgentMessage>, DecodeError> {
     decode(frame, AGENT_MESSAGE_TYPES)
@@ -420,6 +458,7 @@ mod tests {
             compose_path: "/srv/shop/compose.yaml".into(),
             pull: PullPolicy::Missing,
             compose_project: None,
+            images: Default::default(),
         }
     }
 
@@ -442,6 +481,8 @@ mod tests {
             error: Some("boom".into()),
             commit: None,
             lines: None,
+            applied: None,
+            release: None,
         };
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&encode(&status)).unwrap()["status"],
@@ -469,6 +510,7 @@ mod tests {
             compose_version: String::new(),
             active_deployments: None,
             recipient: Some("age1example".into()),
+            capabilities: Vec::new(),
         };
         let json: serde_json::Value = serde_json::from_str(&encode(&hello)).unwrap();
         assert_eq!(json["recipient"], "age1example");

@@ -20,7 +20,7 @@ use crate::agents::{AgentIdentity, CLOSE_IDENTITY_MISMATCH, HelloInfo, store};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::deploys::service;
-use stagely_protocol::{self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ServerMessage};
+use stagely_protocol::{self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ServerMessage, release};
 
 /// An agent must say HELLO this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -288,6 +288,7 @@ async fn await_hello(
             compose_version,
             active_deployments,
             recipient,
+            capabilities,
         })) => {
             if protocol != PROTOCOL_VERSION {
                 tracing::warn!(
@@ -326,6 +327,11 @@ async fn await_hello(
                 docker_version: clip(docker_version),
                 compose_version: clip(compose_version),
                 recipient,
+                // Known names only, so the stored list stays short whatever an agent sends.
+                capabilities: capabilities
+                    .into_iter()
+                    .filter(|c| [release::CAP_RELEASES, release::CAP_RUNTIME].contains(&c.as_str()))
+                    .collect(),
             };
             Some((hello, active_deployments))
         }
@@ -377,6 +383,8 @@ async fn handle_text(
             error,
             commit,
             lines,
+            release: _,
+            applied: _,
         } => {
             service::check_line_count(state, deployment_id, lines);
             let ack = service::on_status(state, agent, deployment_id, status, services, error, commit)
@@ -388,6 +396,8 @@ async fn handle_text(
             }
             Ok(())
         }
+        // Issue 14's runtime report: stored and compared with the release (not yet wired).
+        AgentMessage::Runtime { .. } => Ok(()),
         AgentMessage::Error { code, .. } => {
             // The message may quote compose output; only the code is logged.
             tracing::warn!(agent_id = agent.id, code = %code.chars().take(60).collect::<String>(), "agent reported an error");
