@@ -37,6 +37,7 @@ mod packaging;
 mod prereq;
 mod privilege;
 mod queue;
+mod releases_engine;
 mod request_context;
 mod sign_in_limits;
 mod web_access;
