@@ -35,6 +35,8 @@ pub struct AppState {
     pub binaries: Arc<crate::agents::download::Binaries>,
     /// Wakes the notification sender; its HTTP client (src/notify).
     pub notifier: Arc<crate::notify::worker::Notifier>,
+    /// New agents' tokens between the form's POST and the page that shows them once.
+    pub shown_once: Arc<crate::agents::shown_once::ShownOnce>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +185,7 @@ impl Opened {
             auth,
             binaries: Arc::default(),
             notifier,
+            shown_once: Arc::default(),
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
         let tasks = vec![

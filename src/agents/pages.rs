@@ -27,13 +27,13 @@ pub struct DoneQuery {
     done: Option<String>,
 }
 
-/// The command that starts an agent with its token file, shown once after creation.
-fn start_command(public_url: &str, created: &CreatedAgent) -> String {
+/// The manual steps, second to install.sh: the token is pasted into `cat` (ended with Ctrl-D),
+/// so it never enters a command line or the shell's history.
+fn manual_steps(public_url: &str) -> String {
     format!(
         "sudo install -d -m 700 /etc/stagely-agent /var/lib/stagely-agent\n\
-         echo '{token}' | sudo tee /etc/stagely-agent/token >/dev/null && sudo chmod 600 /etc/stagely-agent/token\n\
-         sudo stagely-agent run --server {public_url} --token-file /etc/stagely-agent/token --work-dir /var/lib/stagely-agent",
-        token = created.token
+         sudo sh -c 'umask 077; cat > /etc/stagely-agent/token'   # paste the token, Enter, then Ctrl-D\n\
+         sudo stagely-agent run --server {public_url} --token-file /etc/stagely-agent/token --work-dir /var/lib/stagely-agent"
     )
 }
 
@@ -57,12 +57,20 @@ fn body(
         @if let Some(c) = created {
             article.secret-once id="agent-created" {
                 header { strong { "Agent " (c.name) " created" } }
-                p { "Run this on the target server. The token is in it and is shown only this once." }
-                pre.token-box id="agent-command" { (start_command(public_url, c)) }
+                p { "The token is shown only this once: copy it now. Reloading this page will not show it again." }
+                p.row-actions {
+                    code.token-box id="agent-token" { (c.token) }
+                    button.small.secondary type="button" data-copy="agent-token" { "Copy token" }
+                }
+                p { "On the target server, run the installer and paste the token when it asks (it reads it from the terminal, hidden, so it stays out of your shell history). It downloads the agent from this appliance, checks its signature against the key the token names, and starts it as a systemd service:" }
+                pre.token-box id="agent-command" { (install_command(public_url)) }
                 p.row-actions {
                     button.small.secondary type="button" data-copy="agent-command" { "Copy command" }
-                    span.muted { "Token only: " }
-                    code.token-box id="agent-token" { (c.token) }
+                }
+                details {
+                    summary { "Without the installer" }
+                    p.muted { "With the stagely-agent binary already on the server (download it from " code { "/agent/download/linux-x86_64" } " or " code { "linux-aarch64" } " here):" }
+                    pre.token-box id="agent-manual" { (manual_steps(public_url)) }
                 }
             }
         }
@@ -243,8 +251,12 @@ pub async fn create(
     };
     let (status, errors) = match result {
         Ok(created) => {
-            let markup = render(&state, &v, Some(&created), ("", "", &FormErrors::default()), None).await?;
-            return Ok((StatusCode::CREATED, no_store(), markup).into_response());
+            // POST → redirect → GET: a reload of the page that shows the token creates nothing.
+            let id = created.id;
+            let nonce = state.shown_once.put(who.user_id, created);
+            return Ok(
+                axum::response::Redirect::to(&format!("/agents/{id}/created?once={nonce}")).into_response(),
+            );
         }
         // Shown at the fields they are about: 422 for a bad value, 409 for a name in use.
         Err(AgentError::EnvironmentNotFound) => (
@@ -265,6 +277,37 @@ pub async fn create(
     )
     .await?;
     Ok((status, no_store(), markup).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct OnceQuery {
+    #[serde(default)]
+    once: String,
+}
+
+/// `GET /agents/{id}/created?once=…`: the new agent's token, shown to its creator once; a reload
+/// (or anyone else) gets the Agents page with a note instead.
+pub async fn created_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+    Query(q): Query<OnceQuery>,
+) -> Result<Response, PageError> {
+    let created = state.shown_once.take(who.user_id, id, &q.once);
+    let note = match &created {
+        Some(_) => None,
+        None => Some("agent-token-gone"),
+    };
+    let markup = render(
+        &state,
+        &v,
+        created.as_ref(),
+        ("", "", &FormErrors::default()),
+        note,
+    )
+    .await?;
+    Ok((no_store(), markup).into_response())
 }
 
 pub async fn revoke(

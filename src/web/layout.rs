@@ -246,6 +246,9 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("secret-added") => "Secret added. Its value is stored encrypted and will not be shown again.",
         Some("secret-updated") => "Secret value replaced.",
         Some("secret-deleted") => "Secret deleted.",
+        Some("agent-token-gone") => {
+            "This agent's token was shown once and is not kept. If it was not copied, revoke the agent and create another."
+        }
         Some("agent-revoked") => "Agent revoked; its connection was closed.",
         Some("identity-reset") => {
             "Identity pin reset; the agent was disconnected and its next connection pins the identity it offers."

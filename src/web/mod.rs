@@ -257,6 +257,7 @@ pub fn routes() -> Routes {
         .add(M::GET, "/agents", VIEWER, agents::pages::agents_page)
         .add(M::POST, "/agents", ADMIN, agents::pages::create)
         .add(M::GET, "/agents/{id}", VIEWER, agents::pages::agent_page)
+        .add(M::GET, "/agents/{id}/created", ADMIN, agents::pages::created_page)
         .add(M::POST, "/agents/{id}/revoke", ADMIN, agents::pages::revoke)
         .add(
             M::POST,

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::common::TestServer;
-use crate::web_support::WebServer;
+use crate::web_support::{WebServer, between};
 
 const BAD_AGENT_NAMES: [&str; 4] = ["<script>", "../../x", "a b", ".hidden"];
 
@@ -77,10 +77,34 @@ async fn the_agents_page_applies_the_same_name_rule() {
     let (_, page) = admin.get("/agents").await;
     assert!(page.contains("No agents yet."), "nothing half-saved");
 
-    let (status, body) = admin
-        .post_form("/agents", &[("environment_id", "1"), ("name", "web-1")])
+    // Created: POST → redirect → GET. The token is on the page once; a reload (or anyone else)
+    // gets no token and creates no second agent.
+    let (status, _, headers) = admin
+        .post_form_headers("/agents", &[("environment_id", "1"), ("name", "web-1")])
         .await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 303);
+    let shown = headers["location"].to_str().unwrap().to_owned();
+    assert!(shown.starts_with("/agents/1/created?once="), "{shown}");
+    let (status, body) = admin.get(&shown).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("id=\"agent-token\""),
+        "the token shown once: {body}"
+    );
+    assert!(
+        body.contains("/agent/install.sh | sudo sh"),
+        "the installer is the main path"
+    );
+    let token = between(&body, "id=\"agent-token\">", "<").unwrap();
+    assert!(token.starts_with("stga_"));
+    let (status, again) = admin.get(&shown).await;
+    assert_eq!(status, 200);
+    assert!(
+        !again.contains(&token) && again.contains("shown once"),
+        "a reload shows no token"
+    );
+    let (_, listed) = admin.get("/agents").await;
+    assert_eq!(listed.matches("href=\"/agents/").count(), 1, "one agent, not two");
     let (status, body) = admin
         .post_form("/agents", &[("environment_id", "1"), ("name", "web-1")])
         .await;

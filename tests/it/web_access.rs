@@ -91,6 +91,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/ws/deployments/{id}", "viewer"),
     ("GET", "/agents", "viewer"),
     ("POST", "/agents", "admin"),
+    ("GET", "/agents/{id}/created", "admin"),
     ("GET", "/agents/{id}", "viewer"),
     ("POST", "/agents/{id}/revoke", "admin"),
     ("POST", "/agents/{id}/identity/reset", "admin"),

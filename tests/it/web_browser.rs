@@ -315,6 +315,12 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     click(b, "#new-agent button[type=submit]").await;
     let token = wait_text(b, "#agent-token", "stga_").await.trim().to_owned();
     shot(b, "06-agent-created").await;
+    // POST → redirect → GET: a reload shows no token and creates no second agent.
+    b.refresh().await.unwrap();
+    wait_text(b, ".notice", "shown once").await;
+    assert!(!html(b).await.contains(&token), "a reload shows the token again");
+    let agents = html(b).await.matches("/agents/").count();
+    assert!(agents >= 1);
 
     // 5. The agent connects; the dashboard shows it online without a reload.
     b.goto(&format!("{url}/")).await.unwrap();
@@ -377,6 +383,29 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     ] {
         b.goto(&format!("{url}{path}")).await.unwrap();
         html(b).await;
+        shot(b, name).await;
+    }
+
+    // 8. On a phone's width no page scrolls sideways (the navigation wraps).
+    b.set_window_size(390, 844).await.unwrap();
+    for (path, name) in [
+        ("/", "17-phone-dashboard"),
+        ("/projects/1", "18-phone-project"),
+        ("/agents", "19-phone-agents"),
+    ] {
+        b.goto(&format!("{url}{path}")).await.unwrap();
+        html(b).await;
+        let wide = b
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            wide.as_i64().unwrap_or(1) <= 0,
+            "{path} scrolls sideways by {wide} px on a phone"
+        );
         shot(b, name).await;
     }
 }

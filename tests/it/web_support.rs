@@ -225,6 +225,15 @@ impl WebClient {
         (s, b)
     }
 
+    /// As [`Self::post_form`], answering the headers too (a redirect's `Location`).
+    pub async fn post_form_headers(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String, HeaderMap) {
+        let csrf = self.csrf.clone();
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        fields.push(("_csrf", &csrf));
+        self.request(reqwest::Method::POST, path, Some(&fields), &[])
+            .await
+    }
+
     /// Read the CSRF token from a page (`hx-headers` on `<body>`).
     pub async fn refresh_csrf(&mut self) {
         let (status, body) = self.get("/account").await;
