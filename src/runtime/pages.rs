@@ -1,0 +1,1 @@
+//! The environment's runtime panel and the dashboard's drift badge.
