@@ -38,6 +38,7 @@ mod prereq;
 mod privilege;
 mod queue;
 mod request_context;
+mod runtime;
 mod sign_in_limits;
 mod web_access;
 mod web_browser;
