@@ -349,9 +349,7 @@ pub async fn emit(state: &AppState, project_id: i64, event: Event) -> Result<usi
                 ..Notice::default()
             };
             let subject = format!("environment:{environment_id}:drift:{episode}");
-            Ok(enqueue(state, project_id, notice, subject, at, None)
-                .await?
-                .len())
+            Ok(enqueue(state, project_id, notice, subject, at, None).await?.len())
         }
     }
 }

@@ -112,7 +112,11 @@ pub fn compute(
             ));
         }
         if !s.image_id.is_empty() {
-            let other: Vec<&RuntimeContainer> = list.iter().copied().filter(|c| c.image_id != s.image_id).collect();
+            let other: Vec<&RuntimeContainer> = list
+                .iter()
+                .copied()
+                .filter(|c| c.image_id != s.image_id)
+                .collect();
             if let Some(first) = other.first() {
                 reasons.push(reason(
                     &s.name,
@@ -129,8 +133,11 @@ pub fn compute(
             }
         }
         if !s.config_hash.is_empty() {
-            let other: Vec<&RuntimeContainer> =
-                list.iter().copied().filter(|c| c.config_hash != s.config_hash).collect();
+            let other: Vec<&RuntimeContainer> = list
+                .iter()
+                .copied()
+                .filter(|c| c.config_hash != s.config_hash)
+                .collect();
             if let Some(first) = other.first() {
                 reasons.push(reason(
                     &s.name,
@@ -203,7 +210,10 @@ pub fn services(containers: &[RuntimeContainer], release: Option<&[ReleaseServic
                 health: health.to_owned(),
                 restarts: list.iter().map(|c| c.restarts).fold(0u64, u64::saturating_add),
                 image: first.image.clone(),
-                digest: first.repo_digest.clone().unwrap_or_else(|| first.image_id.clone()),
+                digest: first
+                    .repo_digest
+                    .clone()
+                    .unwrap_or_else(|| first.image_id.clone()),
                 started_at: first.started_at.clone(),
                 containers: list.len(),
             }
@@ -266,7 +276,11 @@ mod tests {
     #[test]
     fn matching_containers_or_no_release_is_no_drift() {
         let release = vec![svc("db"), svc("web")];
-        let cs = vec![running(&release[0], 1), running(&release[1], 1), running(&release[1], 2)];
+        let cs = vec![
+            running(&release[0], 1),
+            running(&release[1], 1),
+            running(&release[1], 2),
+        ];
         assert_eq!(compute(Some(&release), &cs, false), None);
         assert_eq!(compute(None, &[], false), None);
         assert_eq!(compute(None, &cs, false), None);
@@ -307,7 +321,10 @@ mod tests {
         for state in ["exited", "dead", "created", "paused", "restarting"] {
             let mut c = running(&release[0], 1);
             c.state = state.into();
-            assert_eq!(kinds(compute(Some(&release), &[c], false)), [("web".into(), "stopped".into())]);
+            assert_eq!(
+                kinds(compute(Some(&release), &[c], false)),
+                [("web".into(), "stopped".into())]
+            );
         }
     }
 
@@ -315,7 +332,10 @@ mod tests {
     fn a_truncated_report_does_not_call_unreported_services_missing() {
         let release = vec![svc("a"), svc("b"), svc("z")];
         let cs = vec![running(&release[1], 1)];
-        assert_eq!(kinds(compute(Some(&release), &cs, true)), [("a".into(), "missing".into())]);
+        assert_eq!(
+            kinds(compute(Some(&release), &cs, true)),
+            [("a".into(), "missing".into())]
+        );
         assert_eq!(kinds(compute(Some(&release), &cs, false)).len(), 2);
     }
 
@@ -349,7 +369,12 @@ mod tests {
         assert_eq!((list[0].name.as_str(), list[0].state.as_str()), ("db", "missing"));
         let web = &list[1];
         assert_eq!(
-            (web.state.as_str(), web.health.as_str(), web.restarts, web.containers),
+            (
+                web.state.as_str(),
+                web.health.as_str(),
+                web.restarts,
+                web.containers
+            ),
             ("restarting", "unhealthy", 5, 2)
         );
         assert_eq!(web.digest, release[1].image_id);

@@ -20,8 +20,13 @@ pub const ACTOR: &str = "stagely";
 /// A drift transition, once per transition (not per report).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
-    Started { reasons: Vec<DriftReason> },
-    Ended { was: Vec<DriftReason>, release: Option<i64> },
+    Started {
+        reasons: Vec<DriftReason>,
+    },
+    Ended {
+        was: Vec<DriftReason>,
+        release: Option<i64>,
+    },
 }
 
 /// What changed in one environment's row, to write.
@@ -60,16 +65,16 @@ fn evaluate(
     let release = crate::releases::store::latest(c, environment_id)?;
     let services = release.as_ref().map(|r| r.services.as_slice());
     let (containers, json, truncated, agent_id, reported_at) = match (report, &old) {
-        (Some(r), _) => (
-            None,
-            r.json.clone(),
-            r.truncated,
-            Some(r.agent_id),
-            now,
-        ),
+        (Some(r), _) => (None, r.json.clone(), r.truncated, Some(r.agent_id), now),
         (None, Some(o)) => {
             let parsed: Vec<RuntimeContainer> = serde_json::from_str(&o.containers).unwrap_or_default();
-            (Some(parsed), o.containers.clone(), o.truncated, o.agent_id, o.reported_at)
+            (
+                Some(parsed),
+                o.containers.clone(),
+                o.truncated,
+                o.agent_id,
+                o.reported_at,
+            )
         }
         (None, None) => return Ok(None),
     };
@@ -149,12 +154,24 @@ fn audit(
             ),
         ),
     };
-    crate::audit::record(tx, now, ACTOR, action, "environment", Some(environment_id), &detail)
+    crate::audit::record(
+        tx,
+        now,
+        ACTOR,
+        action,
+        "environment",
+        Some(environment_id),
+        &detail,
+    )
 }
 
 /// Store a plan (recomputed inside the write, so two reports cannot interleave), audit its
 /// transition, then tell the pages and the notification channels.
-async fn apply(state: &AppState, environment_id: i64, report: Option<Report>) -> Result<Option<Change>, RuntimeError> {
+async fn apply(
+    state: &AppState,
+    environment_id: i64,
+    report: Option<Report>,
+) -> Result<Option<Change>, RuntimeError> {
     let now = now_ms();
     let done = state
         .db

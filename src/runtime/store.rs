@@ -102,7 +102,8 @@ pub fn upsert(tx: &Transaction<'_>, environment_id: i64, row: &Row) -> Result<()
 
 /// Every environment with a stored runtime (for a recheck of all after missed events).
 pub fn environments(c: &Connection) -> Result<Vec<i64>, DbError> {
-    let mut stmt = c.prepare_cached("SELECT environment_id FROM environment_runtime ORDER BY environment_id")?;
+    let mut stmt =
+        c.prepare_cached("SELECT environment_id FROM environment_runtime ORDER BY environment_id")?;
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

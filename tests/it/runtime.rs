@@ -9,10 +9,18 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
 use crate::common::{Api, TestAgent, TestServer, WAIT, cli_token, wait_for};
+use crate::web_support::WebServer;
 
 fn db(server: &TestServer) -> rusqlite::Connection {
-    rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap()
+    db_at(&server.data_dir())
+}
+
+fn db_at(data: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data.join("stagely.db")).unwrap()
 }
 
 fn audited(server: &TestServer, action: &str) -> Vec<String> {
@@ -77,9 +85,11 @@ async fn connect_watching(api: &Api, token: &str) -> (TestAgent, String) {
     let mut agent = TestAgent::raw(&api.url, token).await;
     let recipient = agent.identity.recipient().to_owned();
     agent
-        .send(json!({"type": "HELLO", "protocol": 1, "agent_version": "test", "hostname": "test-host",
+        .send(
+            json!({"type": "HELLO", "protocol": 1, "agent_version": "test", "hostname": "test-host",
             "docker_version": "0", "compose_version": "0", "recipient": recipient,
-            "capabilities": ["releases", "runtime"]}))
+            "capabilities": ["releases", "runtime"]}),
+        )
         .await;
     let watch = agent.recv().await;
     assert_eq!(watch["type"], "WATCH", "{watch}");
@@ -128,14 +138,23 @@ fn kinds(drift: &Value) -> Vec<(String, String)> {
 /// from the STATUS; on a branch without that yet, the row is written here, before the STATUS,
 /// so the appliance sees the release when the deployment ends (either way, one row).
 async fn deploy_release(server: &TestServer, agent: &mut TestAgent, pid: i64, release: &Value) -> i64 {
-    let api = &server.api;
+    deploy_release_at(&server.api, &server.data_dir(), agent, pid, release).await
+}
+
+async fn deploy_release_at(
+    api: &Api,
+    data: &std::path::Path,
+    agent: &mut TestAgent,
+    pid: i64,
+    release: &Value,
+) -> i64 {
     let body = api.ok(&format!("/api/deploy/{pid}"), json!({}), 202).await;
     let id = body["deployment_id"].as_i64().unwrap();
     let frame = agent.recv().await;
     assert_eq!(frame["type"], "DEPLOY", "{frame}");
     if !records_releases() {
         let services = serde_json::to_string(&release["services"]).unwrap();
-        db(server)
+        db_at(data)
             .execute(
                 "INSERT INTO releases (deployment_id, environment_id, agent_id, agent_name, commit_sha, compose_hash, services, created_at)
                  SELECT d.id, d.environment_id, NULL, 'test', NULL, ?2, ?3, 0 FROM deployments d WHERE d.id = ?1",
@@ -150,8 +169,12 @@ async fn deploy_release(server: &TestServer, agent: &mut TestAgent, pid: i64, re
         .await;
     let ack = agent.recv().await;
     assert_eq!(ack, json!({"type": "ACK", "deployment_id": id}));
-    let recorded: i64 = db(server)
-        .query_row("SELECT count(*) FROM releases WHERE deployment_id = ?1", [id], |r| r.get(0))
+    let recorded: i64 = db_at(data)
+        .query_row(
+            "SELECT count(*) FROM releases WHERE deployment_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(recorded, 1, "one release row for deployment {id}");
     id
@@ -221,7 +244,13 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
         ),
         (
             "missing",
-            vec![container("web", 1, "running", "sha256:web22222222222222222", "cfg-web")],
+            vec![container(
+                "web",
+                1,
+                "running",
+                "sha256:web22222222222222222",
+                "cfg-web",
+            )],
             vec![("db", "missing")],
         ),
         (
@@ -245,7 +274,13 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
             "config",
             vec![
                 container("db", 1, "running", "sha256:db111111111111111111", "cfg-db"),
-                container("web", 1, "running", "sha256:web22222222222222222", "edited-by-hand"),
+                container(
+                    "web",
+                    1,
+                    "running",
+                    "sha256:web22222222222222222",
+                    "edited-by-hand",
+                ),
             ],
             vec![("web", "config")],
         ),
@@ -265,11 +300,20 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
         wait_drift(&api, env, "the drift to clear", Value::is_null).await;
         let started = audited(&server, "drift.started");
         let ended = audited(&server, "drift.ended");
-        assert_eq!((started.len(), ended.len()), (round + 1, round + 1), "{what}: {started:?} {ended:?}");
+        assert_eq!(
+            (started.len(), ended.len()),
+            (round + 1, round + 1),
+            "{what}: {started:?} {ended:?}"
+        );
         let last = started.last().unwrap();
         assert!(last.starts_with("stagely "), "{last}");
         assert!(last.contains(&format!("{}: {what}", expected[0].0)), "{last}");
-        assert!(ended.last().unwrap().contains("matches the release of deployment #"));
+        assert!(
+            ended
+                .last()
+                .unwrap()
+                .contains("matches the release of deployment #")
+        );
     }
     assert_eq!(outbox(&server, "drift.started"), 5);
     assert_eq!(outbox(&server, "drift.ended"), 5);
@@ -317,7 +361,10 @@ async fn a_runtime_for_another_project_is_refused_and_a_flood_of_the_same_writes
     wait_for("the report", WAIT, || async { reported_at(&server, env) }).await;
     // Mark the row: a write would replace the mark.
     db(&server)
-        .execute("UPDATE environment_runtime SET reported_at = 1 WHERE environment_id = ?1", [env])
+        .execute(
+            "UPDATE environment_runtime SET reported_at = 1 WHERE environment_id = ?1",
+            [env],
+        )
         .unwrap();
     // The same containers in either order, 200 times.
     let mut reversed = matching();
@@ -330,7 +377,11 @@ async fn a_runtime_for_another_project_is_refused_and_a_flood_of_the_same_writes
     report(&mut agent, "probe", &matching()).await;
     let err = agent.recv().await;
     assert_eq!(err["code"], "wrong_project", "{err}");
-    assert_eq!(reported_at(&server, env), Some(1), "an unchanged report was written");
+    assert_eq!(
+        reported_at(&server, env),
+        Some(1),
+        "an unchanged report was written"
+    );
 
     let mut changed = matching();
     changed[0]["restarts"] = json!(7);
@@ -341,7 +392,10 @@ async fn a_runtime_for_another_project_is_refused_and_a_flood_of_the_same_writes
     .await;
     let rt = runtime(&api, env).await;
     assert_eq!(rt["services"][0]["restarts"], 7, "{rt}");
-    assert!(agent.recv_within(Duration::from_millis(300)).await.is_none(), "nothing else refused");
+    assert!(
+        agent.recv_within(Duration::from_millis(300)).await.is_none(),
+        "nothing else refused"
+    );
     server.stop().await;
 }
 
@@ -389,7 +443,10 @@ async fn the_runtime_api_shape_and_access() {
         ]),
         "{rt}"
     );
-    assert_eq!(kinds(&rt["drift"]), [("db".into(), "missing".into()), ("web".into(), "stopped".into())]);
+    assert_eq!(
+        kinds(&rt["drift"]),
+        [("db".into(), "missing".into()), ("web".into(), "stopped".into())]
+    );
     assert_eq!(rt["release_deployment_id"], release_id);
     assert_eq!(rt["truncated"], false);
 
@@ -401,5 +458,88 @@ async fn the_runtime_api_shape_and_access() {
         .get(&format!("/api/environments/{env}/runtime"))
         .await;
     assert_eq!(status, 401);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_show_runtime_and_drift_live_with_reconverge_for_members() {
+    let server = WebServer::start().await;
+    let mut admin = server.admin("root").await;
+    let mut viewer = server.user(&mut admin, "vic", "viewer").await;
+    let api = Api::new(&server.url, &cli_token(&server.data_dir(), "ops", "admin"));
+    let (pid, envs) = api.project("shop", &["staging"]).await;
+    let env = envs[0];
+    let (_, token) = api.agent(env, "staging-1").await;
+    let (mut agent, project) = connect_watching(&api, &token).await;
+    let release_id = deploy_release_at(&api, &server.data_dir(), &mut agent, pid, &release()).await;
+
+    let (status, page) = admin.get(&format!("/projects/{pid}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("id=\"runtime-{env}\"")), "{page}");
+    assert!(page.contains("not reported"), "{page}");
+    assert!(page.contains(&format!("/ws/dashboard?project={pid}")), "{page}");
+
+    // The project page's socket pushes the panel when the agent reports drift.
+    let url = format!(
+        "{}/ws/dashboard?project={pid}",
+        server.url.replacen("http", "ws", 1)
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("cookie", admin.cookie_header().parse().unwrap());
+    req.headers_mut().insert("origin", server.url.parse().unwrap());
+    let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+    let mut stopped = matching();
+    stopped[1]["state"] = json!("exited");
+    report(&mut agent, &project, &stopped).await;
+    let pushed = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))
+                    if t.contains("shop-staging-web-1 not running") =>
+                {
+                    return t.to_string();
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the runtime panel was pushed");
+    assert!(pushed.contains(&format!("id=\"runtime-{env}\"")), "{pushed}");
+    assert!(
+        pushed.contains(&format!("action=\"/deployments/{release_id}/redeploy\"")),
+        "{pushed}"
+    );
+    assert!(
+        pushed.contains("badge exited") || pushed.contains(">exited<"),
+        "{pushed}"
+    );
+
+    // The page: a member sees Re-converge; a viewer sees the drift but no button.
+    let (_, page) = admin.get(&format!("/projects/{pid}")).await;
+    assert!(page.contains(&format!("reconverge-{env}")), "{page}");
+    let (_, page) = viewer.get(&format!("/projects/{pid}")).await;
+    assert!(page.contains("shop-staging-web-1 not running"), "{page}");
+    assert!(!page.contains(&format!("reconverge-{env}")), "{page}");
+
+    // The dashboard: a drift badge for the environment, apart from the last deploy's outcome.
+    let (_, dash) = viewer.get("/").await;
+    assert!(dash.contains("badge drift"), "{dash}");
+    assert!(dash.contains("badge success"), "{dash}");
+    report(&mut agent, &project, &matching()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, dash) = viewer.get("/").await;
+        if dash.contains("badge in-sync") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dashboard never showed in sync: {dash}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.stop().await;
 }

@@ -422,7 +422,12 @@ async fn handle_text(
             }
             Err(e) => {
                 tracing::error!(agent_id = agent.id, error = %e, "cannot record an agent's runtime report");
-                Err(error_frame(state, agent, "server_error", "the runtime report was not recorded"))
+                Err(error_frame(
+                    state,
+                    agent,
+                    "server_error",
+                    "the runtime report was not recorded",
+                ))
             }
         },
         AgentMessage::Error { code, .. } => {
