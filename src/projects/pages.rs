@@ -340,8 +340,8 @@ fn environment_card(
     v: &Viewer,
     project: &Project,
     env: &super::Environment,
-    history: &[Deployment],
-    runtime: &crate::runtime::Runtime,
+    // Its last deployments, and what runs there now (issue 14).
+    (history, runtime): (&[Deployment], &crate::runtime::Runtime),
     defaults: RetentionDefaults,
     retention: Option<&(RetentionForm, FormErrors)>,
     triggers: Option<&(TriggersForm, FormErrors)>,
@@ -449,7 +449,7 @@ pub async fn render_project(
                 p.empty { "No environment yet. Add one (e.g. staging) to deploy." }
             }
             @for ((env, hist), rt) in project.environments.iter().zip(&history).zip(&runtimes) {
-                (environment_card(v, &project, env, hist, rt, defaults, retention_of(env.id), triggers_of(env.id)))
+                (environment_card(v, &project, env, (hist, rt), defaults, retention_of(env.id), triggers_of(env.id)))
             }
             @if editable {
                 details open[!env_errors.is_empty()] {

@@ -232,7 +232,9 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
     assert_eq!(rt["drift"], Value::Null, "{rt}");
     assert!(rt["release_deployment_id"].is_i64(), "{rt}");
 
-    let cases: Vec<(&str, Vec<Value>, Vec<(&str, &str)>)> = vec![
+    // (kind, what runs, the drift expected)
+    type Case = (&'static str, Vec<Value>, Vec<(&'static str, &'static str)>);
+    let cases: Vec<Case> = vec![
         (
             "stopped",
             vec![
