@@ -317,6 +317,12 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
                 .contains("matches the release of deployment #")
         );
     }
+    // Notices are enqueued right after the change commits: wait for the last one, then check
+    // that no transition was enqueued twice.
+    wait_for("five drift.ended notices", WAIT, || async {
+        (outbox(&server, "drift.ended") == 5).then_some(())
+    })
+    .await;
     assert_eq!(outbox(&server, "drift.started"), 5);
     assert_eq!(outbox(&server, "drift.ended"), 5);
     server.stop().await;
