@@ -194,6 +194,7 @@ impl Opened {
             tokio::spawn(retention::run(state.clone())),
             tokio::spawn(persist_heartbeats(state.clone())),
             tokio::spawn(crate::notify::worker::listen(state.clone())),
+            tokio::spawn(crate::runtime::ops::watch(state.clone())),
             tokio::spawn(crate::notify::worker::watch_agents(state.clone())),
             tokio::spawn(crate::notify::worker::deliver(state.clone())),
         ];

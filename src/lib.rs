@@ -20,6 +20,7 @@ pub mod names;
 pub mod notify;
 pub mod projects;
 pub mod releases;
+pub mod runtime;
 pub mod secrets;
 pub mod signing;
 pub mod users;

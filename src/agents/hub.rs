@@ -54,9 +54,20 @@ pub struct ActiveDeploy {
 /// Something changed that dashboards show.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
-    AgentOnline { agent_id: i64 },
-    AgentOffline { agent_id: i64 },
-    DeploymentChanged { deployment_id: i64, environment_id: i64 },
+    AgentOnline {
+        agent_id: i64,
+    },
+    AgentOffline {
+        agent_id: i64,
+    },
+    DeploymentChanged {
+        deployment_id: i64,
+        environment_id: i64,
+    },
+    /// What runs in the environment, or its drift, changed (src/runtime).
+    RuntimeChanged {
+        environment_id: i64,
+    },
 }
 
 pub struct Hub {

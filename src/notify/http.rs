@@ -32,6 +32,8 @@ pub fn title(n: &Notice) -> String {
         "deploy.failed" => "deploy failed",
         "agent.offline" => "agent offline",
         "webhook.rejected" => "webhook rejected",
+        "drift.started" => "drift started",
+        "drift.ended" => "drift ended",
         _ => "test notification",
     };
     match &n.environment {

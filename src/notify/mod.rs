@@ -39,6 +39,8 @@ pub const EVENTS: &[&str] = &[
     "deploy.failed",
     "agent.offline",
     "webhook.rejected",
+    "drift.started",
+    "drift.ended",
 ];
 pub const TEST_EVENT: &str = "test";
 pub const DEFAULT_OFFLINE_MINUTES: f64 = 5.0;
@@ -292,5 +294,19 @@ pub enum Event {
         reason: String,
         /// The provider's delivery id when it sent one: the same delivery notifies once.
         delivery: Option<String>,
+    },
+    /// What runs in an environment started or stopped differing from its last release
+    /// (src/runtime), once per transition.
+    Drift {
+        /// `drift.started` when true, else `drift.ended`.
+        started: bool,
+        environment_id: i64,
+        environment: String,
+        at: i64,
+        /// When the transition happened (ms): with the event, it keys the notice, so each
+        /// transition notifies once.
+        episode: i64,
+        /// The reasons, for people (service names, kinds, container names; never a value).
+        detail: String,
     },
 }

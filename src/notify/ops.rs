@@ -330,6 +330,27 @@ pub async fn emit(state: &AppState, project_id: i64, event: Event) -> Result<usi
                 .await?
                 .len())
         }
+        Event::Drift {
+            started,
+            environment_id,
+            environment,
+            at,
+            episode,
+            detail,
+        } => {
+            let event = if started { "drift.started" } else { "drift.ended" };
+            let notice = Notice {
+                event: event.into(),
+                project,
+                url: link(state, &format!("/projects/{project_id}#env-{environment}")),
+                environment: Some(environment),
+                at: rfc3339(at),
+                detail: Some(detail.chars().take(1000).collect()),
+                ..Notice::default()
+            };
+            let subject = format!("environment:{environment_id}:drift:{episode}");
+            Ok(enqueue(state, project_id, notice, subject, at, None).await?.len())
+        }
     }
 }
 

@@ -44,6 +44,12 @@ pub struct ChannelForm {
     #[serde(default, rename = "webhook.rejected")]
     #[zeroize(skip)]
     ev_rejected: Option<String>,
+    #[serde(default, rename = "drift.started")]
+    #[zeroize(skip)]
+    ev_drift_started: Option<String>,
+    #[serde(default, rename = "drift.ended")]
+    #[zeroize(skip)]
+    ev_drift_ended: Option<String>,
     #[serde(default)]
     #[zeroize(skip)]
     offline_minutes: String,
@@ -76,6 +82,8 @@ impl ChannelForm {
             "deploy.failed" => self.ev_failed.is_some(),
             "agent.offline" => self.ev_offline.is_some(),
             "webhook.rejected" => self.ev_rejected.is_some(),
+            "drift.started" => self.ev_drift_started.is_some(),
+            "drift.ended" => self.ev_drift_ended.is_some(),
             _ => false,
         }
     }

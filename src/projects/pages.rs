@@ -340,7 +340,8 @@ fn environment_card(
     v: &Viewer,
     project: &Project,
     env: &super::Environment,
-    history: &[Deployment],
+    // Its last deployments, and what runs there now (issue 14).
+    (history, runtime): (&[Deployment], &crate::runtime::Runtime),
     defaults: RetentionDefaults,
     retention: Option<&(RetentionForm, FormErrors)>,
     triggers: Option<&(TriggersForm, FormErrors)>,
@@ -381,6 +382,8 @@ fn environment_card(
                     }
                 }
             }
+            // What runs now, apart from how the last deploy ended (issue 14, src/runtime).
+            (crate::runtime::pages::panel(v, runtime))
             p.retention { small { (retention_line(env, defaults)) } }
             @if v.can(Role::Member) { (retention_form(v, env, defaults, retention)) }
             (triggers_form(v, project, env, triggers))
@@ -395,16 +398,18 @@ pub async fn render_project(
     forms: Forms,
     done: Option<&str>,
 ) -> Result<Markup, PageError> {
-    let (project, history, secrets) = state
+    let (project, history, runtimes, secrets) = state
         .db
         .read(move |c| {
             let project = store::get(c, id)?;
             let mut history = Vec::new();
+            let mut runtimes = Vec::new();
             for e in &project.environments {
                 history.push(deploys::store::list(c, Some(e.id), 10).map_err(WebError::from)?);
+                runtimes.push(crate::runtime::ops::read(c, e.id).map_err(WebError::from)?);
             }
             let secrets = crate::secrets::store::list(c, id).map_err(WebError::from)?;
-            Ok::<_, WebError>((project, history, secrets))
+            Ok::<_, WebError>((project, history, runtimes, secrets))
         })
         .await?;
     let editable = v.can(Role::Member);
@@ -437,14 +442,14 @@ pub async fn render_project(
             h1 { (project.name) }
             span.muted { (project.repo_url.as_deref().unwrap_or("local compose file")) " · " code { (project.compose_path) } }
         }
-        section id="environments" {
+        section id="environments" hx-ext="ws" ws-connect=(format!("/ws/dashboard?project={}", project.id)) {
             h2 { "Environments" }
             @if let Some(errors) = &forms.deploy { (form_banner(errors)) }
             @if project.environments.is_empty() {
                 p.empty { "No environment yet. Add one (e.g. staging) to deploy." }
             }
-            @for (env, hist) in project.environments.iter().zip(&history) {
-                (environment_card(v, &project, env, hist, defaults, retention_of(env.id), triggers_of(env.id)))
+            @for ((env, hist), rt) in project.environments.iter().zip(&history).zip(&runtimes) {
+                (environment_card(v, &project, env, (hist, rt), defaults, retention_of(env.id), triggers_of(env.id)))
             }
             @if editable {
                 details open[!env_errors.is_empty()] {

@@ -31,15 +31,18 @@ struct Snapshot {
     projects: Vec<Project>,
     agents: HashMap<i64, Vec<AgentInfo>>,
     latest: HashMap<i64, Deployment>,
+    /// What runs per environment and its drift (issue 14).
+    runtime: HashMap<i64, crate::runtime::store::Summary>,
 }
 
 async fn snapshot(state: &AppState) -> Result<Snapshot, WebError> {
-    let (projects, latest) = state
+    let (projects, latest, runtime) = state
         .db
         .read(|c| {
             let projects = crate::projects::store::list(c)?;
             let latest = crate::deploys::store::latest_per_environment(c)?;
-            Ok::<_, WebError>((projects, latest))
+            let runtime = crate::runtime::store::summaries(c)?;
+            Ok::<_, WebError>((projects, latest, runtime))
         })
         .await?;
     let mut agents: HashMap<i64, Vec<AgentInfo>> = HashMap::new();
@@ -52,6 +55,7 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, WebError> {
         projects,
         agents,
         latest: latest.into_iter().map(|d| (d.environment_id, d)).collect(),
+        runtime,
     })
 }
 
@@ -59,13 +63,13 @@ fn rows(s: &Snapshot, can_admin: bool) -> Markup {
     let now = now_ms();
     html! {
         div id="dashboard-table" hx-swap-oob="true" { table {
-        thead { tr { th { "Project" } th { "Environment" } th { "Agent" } th { "Last deploy" } } }
+        thead { tr { th { "Project" } th { "Environment" } th { "Agent" } th { "Last deploy" } th { "Running" } } }
         tbody {
             @for p in &s.projects {
                 @if p.environments.is_empty() {
                     tr {
                         td { a href=(format!("/projects/{}", p.id)) { strong { (p.name) } } }
-                        td colspan="3" { span.muted { "no environment yet" } }
+                        td colspan="4" { span.muted { "no environment yet" } }
                     }
                 }
                 @for e in &p.environments {
@@ -102,6 +106,8 @@ fn rows(s: &Snapshot, can_admin: bool) -> Markup {
                                 None => { (badge("never", "never deployed")) }
                             }
                         }
+                        // What runs, apart from how the last deploy ended (issue 14).
+                        td { (crate::runtime::pages::drift_badge(s.runtime.get(&e.id))) }
                     }
                 }
             }
@@ -136,26 +142,84 @@ pub async fn dashboard_page(State(state): State<AppState>, v: Viewer) -> Result<
     Ok((no_store(), page(&v, "Dashboard", Nav::Dashboard, body)).into_response())
 }
 
+/// `?project=<id>`: the socket serves that project page's runtime panels instead of the table.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SocketQuery {
+    #[serde(default)]
+    project: Option<i64>,
+}
+
 pub async fn dashboard_socket(
     State(state): State<AppState>,
     v: Viewer,
+    axum::extract::Query(q): axum::extract::Query<SocketQuery>,
     session: Option<axum::Extension<crate::web::session::Session>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let can_admin = v.can(Role::Admin);
+    let view = match q.project {
+        Some(project) => View::Runtime {
+            project,
+            can_member: v.can(Role::Member),
+            csrf: v.csrf.clone(),
+        },
+        None => View::Table { can_admin },
+    };
     // Sign-out, disable, demotion, ended sessions or the session's expiry close the socket at
     // once (dropping it).
     let revoked = crate::web::session::socket_end(&state, &v.who, session.as_deref());
     // The whole table is one message: thousands of agents make a few MB.
     crate::deploys::pages::small_buffers(ws, 16 * 1024 * 1024).on_upgrade(move |socket| async move {
         tokio::select! {
-            () = push_updates(state, socket, can_admin) => {}
+            () = push_updates(state, socket, view) => {}
             () = revoked => {}
         }
     })
 }
 
-async fn push_updates(state: AppState, mut socket: WebSocket, can_admin: bool) {
+/// What one socket re-renders.
+enum View {
+    /// The dashboard's table.
+    Table { can_admin: bool },
+    /// A project page's runtime panels (one per environment).
+    Runtime {
+        project: i64,
+        can_member: bool,
+        csrf: String,
+    },
+}
+
+async fn render(state: &AppState, view: &View) -> Option<String> {
+    match view {
+        View::Table { can_admin } => Some(rows(&snapshot(state).await.ok()?, *can_admin).into_string()),
+        View::Runtime {
+            project,
+            can_member,
+            csrf,
+        } => {
+            let project = *project;
+            let list = state
+                .db
+                .read(move |c| {
+                    let p = crate::projects::store::get(c, project)?;
+                    let mut out = Vec::new();
+                    for e in &p.environments {
+                        out.push(crate::runtime::ops::read(c, e.id).map_err(WebError::from)?);
+                    }
+                    Ok::<_, WebError>(out)
+                })
+                .await
+                .ok()?;
+            let mut html = String::new();
+            for rt in &list {
+                html.push_str(&crate::runtime::pages::panel_for(*can_member, csrf, rt).into_string());
+            }
+            Some(html)
+        }
+    }
+}
+
+async fn push_updates(state: AppState, mut socket: WebSocket, view: View) {
     let mut events = state.hub.events();
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.tick().await;
@@ -176,14 +240,13 @@ async fn push_updates(state: AppState, mut socket: WebSocket, can_admin: bool) {
             },
             () = state.shutdown.cancelled() => return,
         }
-        let Ok(snap) = snapshot(&state).await else {
+        let Some(html) = render(&state, &view).await else {
             continue;
         };
-        if socket
-            .send(Message::Text(rows(&snap, can_admin).into_string().into()))
-            .await
-            .is_err()
-        {
+        if html.is_empty() {
+            continue;
+        }
+        if socket.send(Message::Text(html.into())).await.is_err() {
             return;
         }
     }

@@ -95,6 +95,12 @@ pub fn routes() -> Routes {
             ADMIN,
             projects::api::delete_environment,
         )
+        .add(
+            M::GET,
+            "/api/environments/{id}/runtime",
+            VIEWER,
+            crate::runtime::api::get,
+        )
         .add(M::GET, "/api/projects/{id}/secrets", VIEWER, secrets::api::list)
         .add(
             M::POST,

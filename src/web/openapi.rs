@@ -138,6 +138,11 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
             "boolean",
             "the stack was taken down on the target by hand",
         ),
+        ("GET", "/api/environments/{id}/runtime") => op(
+            "What runs in an environment and its drift from the last release",
+            200,
+            Some(s.one::<crate::runtime::Runtime>()),
+        ),
         ("GET", "/api/projects/{id}/secrets") => op(
             "A project's secrets (never a value)",
             200,

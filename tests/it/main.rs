@@ -39,6 +39,7 @@ mod privilege;
 mod queue;
 mod releases_engine;
 mod request_context;
+mod runtime;
 mod sign_in_limits;
 mod web_access;
 mod web_browser;

@@ -28,6 +28,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/environments/{id}", "viewer"),
     ("PATCH", "/api/environments/{id}", "member"),
     ("DELETE", "/api/environments/{id}", "admin"),
+    ("GET", "/api/environments/{id}/runtime", "viewer"),
     ("GET", "/api/projects/{id}/secrets", "viewer"),
     ("POST", "/api/projects/{id}/secrets", "member"),
     ("PUT", "/api/secrets/{id}", "member"),

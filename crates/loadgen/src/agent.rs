@@ -90,10 +90,49 @@ pub async fn dial(addr: SocketAddr, token: &str) -> Result<Ws, DialError> {
 }
 
 pub fn hello_frame(name: &str) -> String {
+    hello_offering(name, &[])
+}
+
+/// A HELLO offering `capabilities` (`runtime`: the appliance answers with WATCH).
+pub fn hello_offering(name: &str, capabilities: &[&str]) -> String {
     json!({"type": "HELLO", "protocol": protocol::PROTOCOL_VERSION, "agent_version": "loadgen",
         "hostname": name, "docker_version": "0", "compose_version": "0", "active_deployments": [],
-        "recipient": recipient()})
+        "recipient": recipient(), "capabilities": capabilities})
     .to_string()
+}
+
+/// A RUNTIME report of a small stack (web ×2, db, worker) in `project`; `round` changes the
+/// start times, so every round is a report that changed.
+pub fn runtime_frame(project: &str, index: usize, round: u64) -> String {
+    let container = |service: &str, n: usize| protocol::release::RuntimeContainer {
+        service: service.into(),
+        name: format!("{project}-{service}-{n}"),
+        state: "running".into(),
+        health: if service == "web" {
+            "healthy".into()
+        } else {
+            String::new()
+        },
+        restarts: 0,
+        image: format!("registry.example.com/shop/{service}:1.{index}"),
+        image_id: format!("sha256:{:064x}", (index as u64) << 8 | n as u64),
+        repo_digest: Some(format!(
+            "registry.example.com/shop/{service}@sha256:{:064x}",
+            index
+        )),
+        started_at: Some(format!("2026-01-01T00:{:02}:{:02}Z", round % 60, n)),
+        config_hash: format!("{:064x}", index as u64 * 31 + n as u64),
+    };
+    protocol::encode(&AgentMessage::Runtime {
+        project: project.to_owned(),
+        containers: vec![
+            container("db", 1),
+            container("web", 1),
+            container("web", 2),
+            container("worker", 1),
+        ],
+        truncated: false,
+    })
 }
 
 /// The age recipient every simulated agent offers. A constant, not a fresh identity: the bench
@@ -151,6 +190,8 @@ pub struct Stats {
     pub busy_503: AtomicU64,
     pub dial_errors: AtomicU64,
     pub deploys: AtomicU64,
+    /// RUNTIME reports sent (agents with `runtime`).
+    pub runtime_sent: AtomicU64,
 }
 
 impl Stats {
@@ -158,7 +199,8 @@ impl Stats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         json!({"connected": get(&self.connected), "connects": get(&self.connects),
             "disconnects": get(&self.disconnects), "busy_503": get(&self.busy_503),
-            "dial_errors": get(&self.dial_errors), "deploys": get(&self.deploys)})
+            "dial_errors": get(&self.dial_errors), "deploys": get(&self.deploys),
+            "runtime_sent": get(&self.runtime_sent)})
     }
 }
 
@@ -175,6 +217,9 @@ pub struct AgentSpec {
     pub on_first_connect: Option<tokio::sync::oneshot::Sender<()>>,
     /// How long each deploy "runs" before its STATUS (zero: at once, as a fast-acking agent).
     pub hold: Duration,
+    /// Offer `runtime` in HELLO and, each time this changes, send a RUNTIME of the project the
+    /// appliance said to WATCH (the `runtime` group).
+    pub runtime: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Full jitter: uniform in `[0, min(cap, base·2ⁿ)]`.
@@ -240,9 +285,17 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken, deadline: Instant)
 
 /// One connection: HELLO, then report every DEPLOY (after `hold`) until the socket closes.
 async fn session(spec: &AgentSpec, mut ws: Ws, stop: &CancellationToken, deadline: Instant) -> Result<()> {
-    ws.send(Message::Text(hello_frame(&format!("sim-{}", spec.index)).into()))
-        .await
-        .context("HELLO")?;
+    let name = format!("sim-{}", spec.index);
+    let hello = match spec.runtime {
+        Some(_) => hello_offering(&name, &[protocol::release::CAP_RUNTIME]),
+        None => hello_frame(&name),
+    };
+    ws.send(Message::Text(hello.into())).await.context("HELLO")?;
+    let mut rounds = spec.runtime.clone();
+    if let Some(r) = &mut rounds {
+        r.mark_unchanged();
+    }
+    let mut watching: Option<String> = None;
     // Deploys still "running": when each reports, oldest first.
     let mut running: std::collections::VecDeque<(Instant, i64)> = std::collections::VecDeque::new();
     loop {
@@ -262,6 +315,25 @@ async fn session(spec: &AgentSpec, mut ws: Ws, stop: &CancellationToken, deadlin
                 return Ok(());
             }
             () = tokio::time::sleep_until(deadline.into()) => return Ok(()),
+            alive = async {
+                match rounds.as_mut() {
+                    Some(r) => r.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            }, if rounds.is_some() => {
+                if !alive {
+                    rounds = None;
+                    continue;
+                }
+                let round = rounds.as_ref().map_or(0, |r| *r.borrow());
+                if let Some(project) = &watching {
+                    ws.send(Message::Text(runtime_frame(project, spec.index, round).into()))
+                        .await
+                        .context("RUNTIME")?;
+                    spec.stats.runtime_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
         };
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
@@ -288,6 +360,7 @@ async fn session(spec: &AgentSpec, mut ws: Ws, stop: &CancellationToken, deadlin
                     running.push_back((at + spec.hold, deployment_id));
                 }
             }
+            Ok(Incoming::Known(ServerMessage::Watch { project })) => watching = Some(project),
             Ok(Incoming::Known(ServerMessage::Ack { deployment_id })) => {
                 if let Some(events) = &spec.events {
                     let _ = events.send(Event::Ack { deployment_id });

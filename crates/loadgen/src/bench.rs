@@ -314,7 +314,7 @@ pub async fn main(args: BenchArgs) -> Result<()> {
     let needs_fixture = groups.iter().any(|g| {
         matches!(
             *g,
-            "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite" | "abuse"
+            "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite" | "abuse" | "runtime"
         )
     });
     if needs_fixture {
@@ -403,6 +403,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
             "signin" => crate::signin::run(b, res, run).await,
             "history" => crate::history::run(b, res).await,
             "webhooks" => crate::webhooks::run(b, res).await,
+            "runtime" => crate::runtime::run(b, res).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {

@@ -62,6 +62,7 @@ impl LocalAgents {
                     events: events(i),
                     on_first_connect: None,
                     hold,
+                    runtime: None,
                 };
                 tokio::spawn(agent::run(spec, stop.clone(), deadline))
             })

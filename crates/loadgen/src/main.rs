@@ -18,6 +18,7 @@ mod live;
 mod logs;
 mod overhead;
 mod report;
+mod runtime;
 mod server;
 mod setup;
 mod signin;

@@ -60,6 +60,7 @@ pub const GROUPS: &[&str] = &[
     "signin",
     "history",
     "webhooks",
+    "runtime",
 ];
 
 pub const CATALOGUE: &[Spec] = &[
@@ -462,6 +463,22 @@ pub const CATALOGUE: &[Spec] = &[
         "1",
         "",
         Goal::AtLeast(1.0),
+    ),
+    spec(
+        "runtime_rss_added",
+        "runtime",
+        "runtime state of every environment: RSS added to the appliance",
+        "(context: 10,000 environments, one report each)",
+        "MB",
+        Goal::Info,
+    ),
+    spec(
+        "runtime_rss_per_env",
+        "runtime",
+        "runtime state: RSS per environment",
+        "(context)",
+        "KB",
+        Goal::Info,
     ),
 ];
 

@@ -43,6 +43,9 @@ pub struct SwarmArgs {
     /// Hard limit on this child's life.
     #[arg(long, default_value_t = 900)]
     pub max_secs: u64,
+    /// Offer `runtime`; the `runtime` command makes every watching agent send a RUNTIME.
+    #[arg(long)]
+    pub runtime: bool,
 }
 
 /// Entry point of the child process.
@@ -60,6 +63,7 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
     // The first dial of each agent goes through a small window so a child does not open 2,500
     // handshakes in the same millisecond; reconnects afterwards follow the agents' own backoff.
     let gate = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
+    let (rounds_tx, rounds_rx) = tokio::sync::watch::channel(0u64);
     for (i, a) in agents.iter().enumerate() {
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let spec = AgentSpec {
@@ -71,6 +75,7 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
             events: None,
             on_first_connect: Some(connected_tx),
             hold: std::time::Duration::ZERO,
+            runtime: args.runtime.then(|| rounds_rx.clone()),
         };
         let (stop, gate) = (stop.clone(), gate.clone());
         tokio::spawn(async move {
@@ -111,6 +116,9 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
                     Some("report") => {
                         let at: Vec<u64> = since.iter().map(|s| s.load(Ordering::Relaxed)).collect();
                         emit(json!({"t": "report", "connected_since": at, "stats": stats.snapshot()}))?;
+                    }
+                    Some("runtime") => {
+                        rounds_tx.send_modify(|r| *r += 1);
                     }
                     Some("quit") => break,
                     _ => {}
@@ -160,6 +168,18 @@ pub struct Swarm {
 impl Swarm {
     /// Start `count` agents of the fixture (from the first) in children of at most [`PER_CHILD`].
     pub async fn start(exe: &Path, url: &str, fixture: &Path, count: usize, max_secs: u64) -> Result<Swarm> {
+        Self::start_with(exe, url, fixture, count, max_secs, &[]).await
+    }
+
+    /// [`Swarm::start`] with extra arguments for the children (`--runtime`).
+    pub async fn start_with(
+        exe: &Path,
+        url: &str,
+        fixture: &Path,
+        count: usize,
+        max_secs: u64,
+        extra: &[&str],
+    ) -> Result<Swarm> {
         let mut children = Vec::new();
         let mut start = 0;
         while start < count {
@@ -169,6 +189,7 @@ impl Swarm {
                 .arg(fixture)
                 .args(["--start", &start.to_string(), "--count", &n.to_string()])
                 .args(["--max-secs", &max_secs.to_string()])
+                .args(extra)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -258,6 +279,29 @@ impl Swarm {
             );
         }
         Ok((all, totals))
+    }
+
+    /// Send one command line (`{"cmd": …}`) to every child.
+    pub async fn command(&mut self, cmd: &str) -> Result<()> {
+        for c in &mut self.children {
+            c.stdin
+                .write_all(format!("{{\"cmd\":\"{cmd}\"}}\n").as_bytes())
+                .await?;
+            c.stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// RUNTIME reports sent by every child so far.
+    pub fn runtime_sent(&self) -> u64 {
+        self.children
+            .iter()
+            .map(|c| {
+                c.latest.lock().unwrap_or_else(|p| p.into_inner())["runtime_sent"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     /// Ask every child to close its agents and exit; killed if they take longer than 20 s.

@@ -113,7 +113,20 @@ async fn connect(
     }
     let reg = state.hub.register(agent.id, agent.environment_id, now_ms());
     tracing::info!(agent_id = agent.id, agent = %agent.name, hostname = %hello.hostname, version = %hello.agent_version, pinned = hello.recipient.is_some(), "agent connected");
+    let watches = hello.capabilities.iter().any(|c| c == release::CAP_RUNTIME);
     drop(hello);
+    // Issue 14: an agent that can report what runs is told which compose project to watch.
+    if watches {
+        match crate::runtime::ops::watch_frame(state, agent.environment_id).await {
+            Ok(Some(frame)) => {
+                if socket.send(signed(state, agent, &frame)).await.is_err() {
+                    return None;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(agent_id = agent.id, error = %e, "cannot read the project to WATCH"),
+        }
+    }
     service::on_hello(state, agent, active).await;
     Some(reg)
 }
@@ -396,8 +409,27 @@ async fn handle_text(
             }
             Ok(())
         }
-        // Issue 14's runtime report: stored and compared with the release (not yet wired).
-        AgentMessage::Runtime { .. } => Ok(()),
+        // Issue 14: what runs in the agent's compose project, compared with the last release.
+        AgentMessage::Runtime {
+            project,
+            containers,
+            truncated,
+        } => match crate::runtime::ops::on_runtime(state, agent, project, containers, truncated).await {
+            Ok(_) => Ok(()),
+            Err(e @ crate::runtime::RuntimeError::WrongProject { .. }) => {
+                tracing::warn!(agent_id = agent.id, error = %e, "agent reported another compose project: refused");
+                Err(error_frame(state, agent, "wrong_project", e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(agent_id = agent.id, error = %e, "cannot record an agent's runtime report");
+                Err(error_frame(
+                    state,
+                    agent,
+                    "server_error",
+                    "the runtime report was not recorded",
+                ))
+            }
+        },
         AgentMessage::Error { code, .. } => {
             // The message may quote compose output; only the code is logged.
             tracing::warn!(agent_id = agent.id, code = %code.chars().take(60).collect::<String>(), "agent reported an error");
