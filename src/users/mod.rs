@@ -5,6 +5,7 @@
 //! The rules and writes live in [`ops`]; [`store`] holds the SQL; [`pages`] (sign-in, account,
 //! GitHub, people) only translates HTTP to `ops` calls and results to pages.
 
+pub mod api;
 pub mod limiter;
 pub mod ops;
 pub mod pages;
@@ -64,6 +65,15 @@ pub enum UserError {
     Busy,
     #[error("this account is disabled")]
     Disabled,
+    /// A password change with a wrong current password (counted like a failed sign-in).
+    #[error("the current password is wrong")]
+    WrongPassword,
+    /// A password change on an account that has none (it signs in with GitHub only).
+    #[error(
+        "this account has no password: it signs in with GitHub only. An admin can issue a password-reset \
+         link to give it one"
+    )]
+    NoPassword,
     #[error("a token cannot have a higher role than yours")]
     RoleTooHigh,
     #[error("a token cannot mint tokens: create tokens from a signed-in browser or the CLI")]
@@ -247,5 +257,8 @@ impl AuthState {
 
 /// How long the first-admin setup link printed at start stays valid.
 pub const SETUP_LINK_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// How long a password-reset link an admin issues stays valid.
+pub const RESET_LINK_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
 pub use ops::ensure_setup_link;
