@@ -211,6 +211,17 @@ pub struct AuthState {
     /// The id of a user whose sign-out, disable, demotion or ended sessions must close their
     /// open WebSockets ([`AuthState::until_revoked`]).
     revocations: tokio::sync::broadcast::Sender<i64>,
+    /// Browser WebSockets open now (dashboards, live deployments), for `/metrics`.
+    browser_sockets: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Counts one open browser WebSocket for as long as it lives ([`AuthState::browser_socket`]).
+pub struct SocketCount(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl Drop for SocketCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl AuthState {
@@ -227,6 +238,7 @@ impl AuthState {
             passwords: password::HashPool::new(threads, queue)?,
             github: pages::github::PendingLogins::default(),
             revocations: tokio::sync::broadcast::channel(256).0,
+            browser_sockets: std::sync::Arc::default(),
         })
     }
 
@@ -234,6 +246,17 @@ impl AuthState {
     pub fn revoke(&self, user_id: i64) {
         // No receiver means no open socket: nothing to close.
         let _ = self.revocations.send(user_id);
+    }
+
+    /// Count a browser WebSocket as open until the returned value is dropped.
+    pub fn browser_socket(&self) -> SocketCount {
+        self.browser_sockets.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        SocketCount(std::sync::Arc::clone(&self.browser_sockets))
+    }
+
+    /// Browser WebSockets open now.
+    pub fn browser_sockets(&self) -> i64 {
+        self.browser_sockets.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A future that ends when `user_id`'s sockets must close: a socket task selects on it.

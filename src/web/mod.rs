@@ -34,6 +34,9 @@ pub fn routes() -> Routes {
     Routes::default()
         .add(M::GET, "/healthz", Access::Public, healthz)
         .add(M::GET, "/readyz", Access::Public, readyz)
+        // Its own bearer token (metrics.token_file), checked by the handler; 404 when it is
+        // served on metrics.listen instead, or not configured (src/metrics).
+        .add(M::GET, "/metrics", Access::Public, crate::metrics::serve_main)
         .add(M::GET, "/ws/agent", Access::Agent, agents::api::upgrade)
         .add(
             M::GET,
