@@ -12,6 +12,7 @@ mod agent_policy;
 mod agent_run;
 mod agent_signing;
 mod agent_support;
+mod accounts;
 mod api;
 mod bench_quick;
 mod bins;
