@@ -31,6 +31,7 @@ mod hooks_engine;
 mod lifecycle;
 mod log_limits;
 mod log_resend;
+mod metrics;
 mod names;
 mod notify;
 mod operations;
