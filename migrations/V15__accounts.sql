@@ -19,7 +19,7 @@ CREATE INDEX password_resets_user ON password_resets(user_id);
 -- counting big tables (deployment_logs above all). `metric` names the series, `label` its one
 -- label value. NOTE: a later migration that rebuilds `deployments`, `deployment_logs` or
 -- `webhook_deliveries` (create new, copy, drop, rename) drops these triggers with the old table:
--- it must create them again (tests/it/metrics.rs checks they exist after every migration).
+-- it must create them again (a unit test in src/metrics/store.rs checks they exist).
 CREATE TABLE metric_counts (
     metric  TEXT NOT NULL,
     label   TEXT NOT NULL,
@@ -68,6 +68,14 @@ UPDATE metric_counts SET value = (
 CREATE TRIGGER metric_deploy_finished AFTER UPDATE OF status, finished_at ON deployments
     WHEN NEW.status IN ('success', 'failed') AND NEW.finished_at IS NOT NULL
      AND NOT (OLD.status IN ('success', 'failed') AND OLD.finished_at IS NOT NULL) BEGIN
+    UPDATE metric_deploy_duration SET count = count + 1
+        WHERE le >= (NEW.finished_at - COALESCE(NEW.queued_at, NEW.created_at)) / 1000.0;
+    UPDATE metric_counts SET value = value + max(NEW.finished_at - COALESCE(NEW.queued_at, NEW.created_at), 0)
+        WHERE metric = 'deploy_duration_sum_ms';
+END;
+
+CREATE TRIGGER metric_deploy_finished_insert AFTER INSERT ON deployments
+    WHEN NEW.status IN ('success', 'failed') AND NEW.finished_at IS NOT NULL BEGIN
     UPDATE metric_deploy_duration SET count = count + 1
         WHERE le >= (NEW.finished_at - COALESCE(NEW.queued_at, NEW.created_at)) / 1000.0;
     UPDATE metric_counts SET value = value + max(NEW.finished_at - COALESCE(NEW.queued_at, NEW.created_at), 0)

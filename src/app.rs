@@ -256,7 +256,8 @@ fn serve_metrics(state: &AppState) -> Result<Option<(std::net::SocketAddr, JoinH
     let (router, limits) = (crate::metrics::router(state.clone()), state.config.http.clone());
     let shutdown = state.shutdown.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = crate::web::serve::serve(listener, router, &limits, shutdown.cancelled_owned()).await {
+        if let Err(e) = crate::web::serve::serve(listener, router, &limits, shutdown.cancelled_owned()).await
+        {
             tracing::error!(error = %e, "the metrics listener failed");
         }
     });

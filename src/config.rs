@@ -560,7 +560,9 @@ impl Config {
         if token.chars().count() < MIN_METRICS_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
             return invalid(
                 key,
-                &format!("{path} must hold one token of at least {MIN_METRICS_TOKEN_CHARS} characters, no spaces"),
+                &format!(
+                    "{path} must hold one token of at least {MIN_METRICS_TOKEN_CHARS} characters, no spaces"
+                ),
             );
         }
         m.token = SecretString::new(token);

@@ -111,7 +111,11 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// A bucket bound as Prometheus writes it: `+Inf` for the last.
 fn bound(le: f64) -> String {
-    if le >= 1e300 { "+Inf".into() } else { format!("{le}") }
+    if le >= 1e300 {
+        "+Inf".into()
+    } else {
+        format!("{le}")
+    }
 }
 
 /// The exposition text of a snapshot.
@@ -155,8 +159,16 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "WebSocket connections open now: agents, and browsers (dashboards, live deployments).",
     );
-    let _ = writeln!(out, "stagely_websocket_connections{{kind=\"agent\"}} {}", s.agents_online);
-    let _ = writeln!(out, "stagely_websocket_connections{{kind=\"browser\"}} {}", s.browser_sockets);
+    let _ = writeln!(
+        out,
+        "stagely_websocket_connections{{kind=\"agent\"}} {}",
+        s.agents_online
+    );
+    let _ = writeln!(
+        out,
+        "stagely_websocket_connections{{kind=\"browser\"}} {}",
+        s.browser_sockets
+    );
     head(
         &mut out,
         "stagely_log_lines_stored",
@@ -171,7 +183,11 @@ pub fn render(s: &Snapshot) -> String {
         "Push-webhook deliveries received, by result (pruning the delivery log does not lower it).",
     );
     for (result, n) in &s.webhook_deliveries {
-        let _ = writeln!(out, "stagely_webhook_deliveries_total{{result=\"{}\"}} {n}", label(result));
+        let _ = writeln!(
+            out,
+            "stagely_webhook_deliveries_total{{result=\"{}\"}} {n}",
+            label(result)
+        );
     }
     head(
         &mut out,
@@ -276,9 +292,18 @@ mod tests {
             ..Snapshot::default()
         };
         let text = render(&s);
-        assert!(text.contains("stagely_deploy_duration_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
-        assert!(text.contains("stagely_deploy_duration_seconds_sum 7.5\n"), "{text}");
-        assert!(text.contains("stagely_deploy_duration_seconds_count 2\n"), "{text}");
+        assert!(
+            text.contains("stagely_deploy_duration_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stagely_deploy_duration_seconds_sum 7.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stagely_deploy_duration_seconds_count 2\n"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             let family = name

@@ -26,11 +26,12 @@ pub fn read(c: &Connection) -> Result<Counts, DbError> {
 
 /// The triggers that keep the counters (a migration that rebuilds one of their tables must
 /// create them again; the tests check they all exist).
-pub const TRIGGERS: [&str; 9] = [
+pub const TRIGGERS: [&str; 10] = [
     "metric_deployments_insert",
     "metric_deployments_status",
     "metric_deployments_delete",
     "metric_deploy_finished",
+    "metric_deploy_finished_insert",
     "metric_log_lines_insert",
     "metric_log_lines_delete",
     "metric_webhook_insert",
@@ -98,8 +99,11 @@ mod tests {
         let buckets: Vec<i64> = counts.buckets.iter().map(|b| b.1).collect();
         assert_eq!(buckets, vec![0, 0, 1, 1, 1, 1, 1, 1, 1]);
         // The cascade from a project's deletion lowers the gauges too.
-        db.write_blocking(|tx| tx.execute("DELETE FROM projects WHERE id = 1", []).map_err(DbError::from))
-            .unwrap();
+        db.write_blocking(|tx| {
+            tx.execute("DELETE FROM projects WHERE id = 1", [])
+                .map_err(DbError::from)
+        })
+        .unwrap();
         let counts = db.read_blocking(read).unwrap();
         let after = |m: &str, l: &str| {
             counts

@@ -250,7 +250,8 @@ impl AuthState {
 
     /// Count a browser WebSocket as open until the returned value is dropped.
     pub fn browser_socket(&self) -> SocketCount {
-        self.browser_sockets.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.browser_sockets
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         SocketCount(std::sync::Arc::clone(&self.browser_sockets))
     }
 

@@ -9,7 +9,8 @@ use zeroize::Zeroizing;
 
 use super::store::{self, LinkKind, NewUser};
 use super::{
-    Principal, RESET_LINK_TTL_MS, Role, SETUP_LINK_TTL_MS, User, UserError, password, validate_password, validate_username,
+    Principal, RESET_LINK_TTL_MS, Role, SETUP_LINK_TTL_MS, User, UserError, password, validate_password,
+    validate_username,
 };
 use crate::app::AppState;
 use crate::audit;
@@ -225,7 +226,15 @@ pub async fn change_password(
             store::set_password_hash(tx, user_id, &hash)?;
             let n = store::delete_other_sessions(tx, user_id, keep.as_deref())?;
             let detail = format!("{n} other session(s) ended");
-            audit::record(tx, now_ms(), &actor, "user.password_change", "user", Some(user_id), &detail)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.password_change",
+                "user",
+                Some(user_id),
+                &detail,
+            )?;
             Ok::<_, UserError>(n)
         })
         .await?;
@@ -243,7 +252,15 @@ pub async fn sign_out_everywhere(state: &AppState, who: &Principal) -> Result<us
         .write(move |tx| {
             let n = store::delete_user_sessions(tx, user_id)?;
             let detail = format!("{n} session(s) ended");
-            audit::record(tx, now_ms(), &actor, "user.sign_out_everywhere", "user", Some(user_id), &detail)?;
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.sign_out_everywhere",
+                "user",
+                Some(user_id),
+                &detail,
+            )?;
             Ok::<_, UserError>(n)
         })
         .await?;
@@ -304,14 +321,26 @@ pub async fn revoke_reset(state: &AppState, who: &Principal, id: i64) -> Result<
                 return Err(UserError::LinkInvalid);
             };
             let detail = format!("reset link {id}");
-            audit::record(tx, now, &actor, "user.password_reset_revoke", "user", Some(user_id), &detail)?;
+            audit::record(
+                tx,
+                now,
+                &actor,
+                "user.password_reset_revoke",
+                "user",
+                Some(user_id),
+                &detail,
+            )?;
             Ok(())
         })
         .await
 }
 
 /// The person a live reset link is for.
-pub fn live_reset(c: &rusqlite::Connection, token: &str, now: i64) -> Result<Option<store::ResetRow>, UserError> {
+pub fn live_reset(
+    c: &rusqlite::Connection,
+    token: &str,
+    now: i64,
+) -> Result<Option<store::ResetRow>, UserError> {
     Ok(store::live_reset(c, token, now)?)
 }
 
@@ -325,7 +354,12 @@ pub async fn use_reset(
 ) -> Result<(i64, String), UserError> {
     check_new_password(&new, &confirm)?;
     let peek = token.to_owned();
-    if state.db.read(move |c| live_reset(c, &peek, now_ms())).await?.is_none() {
+    if state
+        .db
+        .read(move |c| live_reset(c, &peek, now_ms()))
+        .await?
+        .is_none()
+    {
         return Err(UserError::LinkInvalid);
     }
     let hash = state.auth.passwords.hash(new).await.map_err(hash_error)?;
@@ -342,7 +376,15 @@ pub async fn use_reset(
             let n = store::delete_user_sessions(tx, link.user.id)?;
             let detail = format!("reset link {}; {n} session(s) ended", link.id);
             let actor = format!("user:{}", link.user.username);
-            audit::record(tx, now, &actor, "user.password_reset", "user", Some(link.user.id), &detail)?;
+            audit::record(
+                tx,
+                now,
+                &actor,
+                "user.password_reset",
+                "user",
+                Some(link.user.id),
+                &detail,
+            )?;
             Ok::<_, UserError>((link.user.id, link.user.username))
         })
         .await?;

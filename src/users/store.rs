@@ -276,7 +276,11 @@ pub fn delete_user_sessions(tx: &Transaction<'_>, user_id: i64) -> Result<usize,
 }
 
 /// End every session of a user but `keep` (the one changing the password); returns how many.
-pub fn delete_other_sessions(tx: &Transaction<'_>, user_id: i64, keep: Option<&[u8]>) -> Result<usize, DbError> {
+pub fn delete_other_sessions(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    keep: Option<&[u8]>,
+) -> Result<usize, DbError> {
     Ok(tx.execute(
         "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id_hash != ?2)",
         params![user_id, keep],
@@ -285,13 +289,18 @@ pub fn delete_other_sessions(tx: &Transaction<'_>, user_id: i64, keep: Option<&[
 
 /// The stored password hash of a user (`None`: no password, a GitHub-only account).
 pub fn password_hash(c: &Connection, id: i64) -> Result<Option<String>, UserError> {
-    c.query_row("SELECT password_hash FROM users WHERE id = ?1", [id], |r| r.get(0))
-        .optional()?
-        .ok_or(UserError::NotFound)
+    c.query_row("SELECT password_hash FROM users WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .optional()?
+    .ok_or(UserError::NotFound)
 }
 
 pub fn set_password_hash(tx: &Transaction<'_>, id: i64, hash: &str) -> Result<(), UserError> {
-    match tx.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id, hash])? {
+    match tx.execute(
+        "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+        params![id, hash],
+    )? {
         0 => Err(UserError::NotFound),
         _ => Ok(()),
     }

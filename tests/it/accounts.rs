@@ -112,12 +112,19 @@ async fn a_password_change_needs_the_current_one_ends_other_sessions_and_never_s
         )
         .await;
     assert_eq!(status, 422, "{body}");
-    assert!(body.to_lowercase().contains("the current password is wrong"), "{body}");
+    assert!(
+        body.to_lowercase().contains("the current password is wrong"),
+        "{body}"
+    );
     // The new one follows the setup rules; the two must match.
     let (status, body) = ada
         .post_form(
             "/account/password",
-            &[("current_password", PASSWORD), ("password", "short"), ("confirm", "short")],
+            &[
+                ("current_password", PASSWORD),
+                ("password", "short"),
+                ("confirm", "short"),
+            ],
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -125,7 +132,11 @@ async fn a_password_change_needs_the_current_one_ends_other_sessions_and_never_s
     let (status, body) = ada
         .post_form(
             "/account/password",
-            &[("current_password", PASSWORD), ("password", CANARY), ("confirm", "something else")],
+            &[
+                ("current_password", PASSWORD),
+                ("password", CANARY),
+                ("confirm", "something else"),
+            ],
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -135,7 +146,11 @@ async fn a_password_change_needs_the_current_one_ends_other_sessions_and_never_s
     let (status, body) = ada
         .post_form(
             "/account/password",
-            &[("current_password", PASSWORD), ("password", CANARY), ("confirm", CANARY)],
+            &[
+                ("current_password", PASSWORD),
+                ("password", CANARY),
+                ("confirm", CANARY),
+            ],
         )
         .await;
     assert_eq!(status, 303, "{body}");
@@ -161,10 +176,16 @@ async fn a_password_change_needs_the_current_one_ends_other_sessions_and_never_s
     );
     assert!(!audit.iter().any(|(_, d)| d.contains(CANARY)));
     server.terminate().await;
-    assert!(!db_bytes(&data).contains(CANARY), "the password is in the database in clear");
+    assert!(
+        !db_bytes(&data).contains(CANARY),
+        "the password is in the database in clear"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains(CANARY), "the password is in the log");
-    assert!(text.contains("wrong current password"), "the refusal is logged (without the password)");
+    assert!(
+        text.contains("wrong current password"),
+        "the refusal is logged (without the password)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +218,10 @@ async fn wrong_current_passwords_count_against_the_sign_in_limit() {
         )
         .await;
     assert_eq!(status, 429, "{body}");
-    assert!(body.to_lowercase().contains("too many failed sign-in attempts"), "{body}");
+    assert!(
+        body.to_lowercase().contains("too many failed sign-in attempts"),
+        "{body}"
+    );
     assert_eq!(server.client().sign_in("root", PASSWORD).await.0, 429);
     server.stop().await;
 }
@@ -207,7 +231,9 @@ async fn the_api_changes_only_the_callers_own_password() {
     let server = WebServer::start().await;
     let mut root = server.admin("root").await;
     let mut ada = server.user(&mut root, "ada", "member").await;
-    let (status, body) = ada.post_form("/tokens", &[("name", "ci"), ("role", "member")]).await;
+    let (status, body) = ada
+        .post_form("/tokens", &[("name", "ci"), ("role", "member")])
+        .await;
     assert_eq!(status, 201, "{body}");
     let token = between(&body, "id=\"new-token\">", "<").unwrap();
     let api = Api::new(&server.url, &token);
@@ -227,11 +253,21 @@ async fn the_api_changes_only_the_callers_own_password() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sessions_ended"], 1, "{body}");
-    assert!(!signed_in(&mut ada).await, "a token keeps no session: ada's browser session ended");
+    assert!(
+        !signed_in(&mut ada).await,
+        "a token keeps no session: ada's browser session ended"
+    );
     assert_eq!(server.client().sign_in("ada", "ada's new password").await.0, 303);
-    assert_eq!(server.client().sign_in("root", PASSWORD).await.0, 303, "root's is untouched");
+    assert_eq!(
+        server.client().sign_in("root", PASSWORD).await.0,
+        303,
+        "root's is untouched"
+    );
     // A CLI token stands for nobody: no account to change.
-    let cli = Api::new(&server.url, &crate::common::cli_token(&server.data_dir(), "c", "admin"));
+    let cli = Api::new(
+        &server.url,
+        &crate::common::cli_token(&server.data_dir(), "c", "admin"),
+    );
     let (status, _) = cli
         .post(
             "/api/account/password",
@@ -283,7 +319,10 @@ async fn a_reset_link_works_once_ends_every_session_and_can_be_withdrawn() {
     assert_eq!(status, 303);
     assert!(signed_in(&mut fresh).await, "the link signs the person in afresh");
     assert!(!signed_in(&mut ada).await, "every earlier session ended");
-    assert!(closes_within(&mut socket, Duration::from_secs(3)).await, "and its sockets closed");
+    assert!(
+        closes_within(&mut socket, Duration::from_secs(3)).await,
+        "and its sockets closed"
+    );
     assert_eq!(server.client().sign_in("ada", PASSWORD).await.0, 401);
     assert_eq!(server.client().sign_in("ada", "ada reset password").await.0, 303);
     // Used: not again.
@@ -295,30 +334,51 @@ async fn a_reset_link_works_once_ends_every_session_and_can_be_withdrawn() {
     // Withdrawn: dead; a newer link replaces an older open one.
     let (_, first) = reset_link(&mut root, 2, &[]).await;
     let (_, second) = reset_link(&mut root, 2, &[]).await;
-    assert_eq!(use_link(&server, &first, "first first first").await.0, 404, "replaced");
+    assert_eq!(
+        use_link(&server, &first, "first first first").await.0,
+        404,
+        "replaced"
+    );
     let (_, users) = root.get("/users").await;
     let id = between(&users, "/resets/", "/revoke").expect("the open link is listed");
     let (status, _) = root.post_form(&format!("/resets/{id}/revoke"), &[]).await;
     assert_eq!(status, 303);
-    assert_eq!(use_link(&server, &second, "second second second").await.0, 404, "withdrawn");
+    assert_eq!(
+        use_link(&server, &second, "second second second").await.0,
+        404,
+        "withdrawn"
+    );
 
     // Expired: dead.
     let (_, third) = reset_link(&mut root, 2, &[]).await;
     let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
-    db.execute("UPDATE password_resets SET expires_at = 1", []).unwrap();
-    assert_eq!(use_link(&server, &third, "third third third").await.0, 404, "expired");
+    db.execute("UPDATE password_resets SET expires_at = 1", [])
+        .unwrap();
+    assert_eq!(
+        use_link(&server, &third, "third third third").await.0,
+        404,
+        "expired"
+    );
 
     // A disabled account gets none, and a link dies with the account's disabling.
     let (_, fourth) = reset_link(&mut root, 2, &[]).await;
     let (status, _) = root.post_form("/users/2/disable", &[("disabled", "true")]).await;
     assert_eq!(status, 303);
-    assert_eq!(use_link(&server, &fourth, "fourth fourth fourth").await.0, 404, "disabled");
+    assert_eq!(
+        use_link(&server, &fourth, "fourth fourth fourth").await.0,
+        404,
+        "disabled"
+    );
     let (status, body) = reset_link(&mut root, 2, &[]).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("is disabled"), "{body}");
 
     let audit = audit_actions(&server.data_dir());
-    for action in ["user.password_reset_issue", "user.password_reset", "user.password_reset_revoke"] {
+    for action in [
+        "user.password_reset_issue",
+        "user.password_reset",
+        "user.password_reset_revoke",
+    ] {
         assert!(audit.iter().any(|(a, _)| a == action), "{action}: {audit:?}");
     }
     // Only hashes are stored.
@@ -363,7 +423,10 @@ async fn sign_out_everywhere_ends_every_session_and_socket_this_one_too() {
     ];
     let mut roots = open_dashboard(&server.url, &root).await;
     let (_, page) = ada.get("/account").await;
-    assert!(page.contains("Sign out everywhere") && page.contains("2</strong>"), "{page}");
+    assert!(
+        page.contains("Sign out everywhere") && page.contains("2</strong>"),
+        "{page}"
+    );
     let (status, body, headers) = ada
         .request(
             reqwest::Method::POST,
@@ -379,7 +442,10 @@ async fn sign_out_everywhere_ends_every_session_and_socket_this_one_too() {
     for ws in &mut sockets {
         assert!(closes_within(ws, Duration::from_secs(3)).await, "socket closed");
     }
-    assert!(!closes_within(&mut roots, Duration::from_millis(500)).await, "someone else's stays");
+    assert!(
+        !closes_within(&mut roots, Duration::from_millis(500)).await,
+        "someone else's stays"
+    );
     assert!(
         audit_actions(&server.data_dir())
             .iter()

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod accounts;
 mod agent_engine;
 mod agent_git;
 mod agent_identity;
@@ -12,7 +13,6 @@ mod agent_policy;
 mod agent_run;
 mod agent_signing;
 mod agent_support;
-mod accounts;
 mod api;
 mod bench_quick;
 mod bins;

@@ -89,7 +89,8 @@ async fn scrape(url: &str, token: Option<&str>) -> (u16, String, String) {
 
 fn is_name(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
@@ -108,11 +109,20 @@ fn parse(text: &str) -> Vec<(String, f64)> {
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect(line);
             assert!(is_name(name), "{line}");
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
-            assert!(!typed.iter().any(|(n, _)| n == name), "one TYPE per family: {line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                !typed.iter().any(|(n, _)| n == name),
+                "one TYPE per family: {line}"
+            );
             typed.push((name.to_owned(), kind.to_owned()));
         } else {
-            assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
+            assert!(
+                !line.starts_with('#') && !line.is_empty(),
+                "unexpected line {line:?}"
+            );
             let (series, value) = line.rsplit_once(' ').expect(line);
             let value: f64 = match value {
                 "+Inf" => f64::INFINITY,
@@ -138,17 +148,16 @@ fn parse(text: &str) -> Vec<(String, f64)> {
                 .rev()
                 .find(|(f, _)| {
                     name == f
-                        || [
-                            format!("{f}_bucket"),
-                            format!("{f}_sum"),
-                            format!("{f}_count"),
-                        ]
-                        .contains(&name.to_owned())
+                        || [format!("{f}_bucket"), format!("{f}_sum"), format!("{f}_count")]
+                            .contains(&name.to_owned())
                 })
                 .unwrap_or_else(|| panic!("no TYPE before {line}"));
             assert!(helped.contains(family), "no HELP for {family}");
             if kind == "histogram" {
-                assert!(name != family, "a histogram's samples are _bucket, _sum, _count: {line}");
+                assert!(
+                    name != family,
+                    "a histogram's samples are _bucket, _sum, _count: {line}"
+                );
             }
             samples.push((series.to_owned(), value));
         }
@@ -174,7 +183,10 @@ fn a_missing_or_world_readable_token_file_stops_the_start() {
         &[("STAGELY_METRICS__TOKEN_FILE", missing.display().to_string())],
     )
     .unwrap_err();
-    assert!(err.contains("metrics.token_file") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("metrics.token_file") && err.contains("cannot read"),
+        "{err}"
+    );
     let open = token_file(dir.path(), 0o644);
     let err = load(
         dir.path(),
@@ -211,7 +223,12 @@ async fn metrics_need_the_token_parse_as_prometheus_text_and_move_with_a_deploym
     })
     .await;
     assert_eq!(scrape(&server.url, None).await.0, 401);
-    assert_eq!(scrape(&server.url, Some("metrics-token-0123456789abcdeX")).await.0, 401);
+    assert_eq!(
+        scrape(&server.url, Some("metrics-token-0123456789abcdeX"))
+            .await
+            .0,
+        401
+    );
     assert_eq!(scrape(&server.url, Some("")).await.0, 401);
     // An API token is not the metrics token.
     let cli = Api::new(&server.url, &admin_token(&server.data));
@@ -252,14 +269,20 @@ async fn metrics_need_the_token_parse_as_prometheus_text_and_move_with_a_deploym
     let (status, _, _) = web
         .post_form_raw(
             "/setup",
-            &[("token", token), ("username", "root"), ("password", PASSWORD), ("confirm", PASSWORD)],
+            &[
+                ("token", token),
+                ("username", "root"),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
         )
         .await;
     assert_eq!(status, 303);
     let mut req = format!("{}/ws/dashboard", server.url.replacen("http", "ws", 1))
         .into_client_request()
         .unwrap();
-    req.headers_mut().insert("cookie", web.cookie_header().parse().unwrap());
+    req.headers_mut()
+        .insert("cookie", web.cookie_header().parse().unwrap());
     req.headers_mut().insert("origin", server.url.parse().unwrap());
     let (_dashboard, _) = tokio_tungstenite::connect_async(req).await.unwrap();
 
@@ -280,14 +303,35 @@ async fn metrics_need_the_token_parse_as_prometheus_text_and_move_with_a_deploym
     assert_eq!(value(&after, "stagely_deployments{status=\"queued\"}"), 0.0);
     assert_eq!(value(&after, "stagely_deployments{status=\"running\"}"), 0.0);
     assert_eq!(value(&after, "stagely_deploy_duration_seconds_count"), 1.0);
-    assert_eq!(value(&after, "stagely_deploy_duration_seconds_bucket{le=\"+Inf\"}"), 1.0);
-    assert_eq!(value(&after, "stagely_deploy_duration_seconds_bucket{le=\"600\"}"), 1.0);
+    assert_eq!(
+        value(&after, "stagely_deploy_duration_seconds_bucket{le=\"+Inf\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "stagely_deploy_duration_seconds_bucket{le=\"600\"}"),
+        1.0
+    );
     assert_eq!(value(&after, "stagely_agents_online"), 1.0);
-    assert_eq!(value(&after, "stagely_websocket_connections{kind=\"agent\"}"), 1.0);
-    assert_eq!(value(&after, "stagely_websocket_connections{kind=\"browser\"}"), 1.0);
+    assert_eq!(
+        value(&after, "stagely_websocket_connections{kind=\"agent\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "stagely_websocket_connections{kind=\"browser\"}"),
+        1.0
+    );
     assert!(value(&after, "stagely_log_lines_stored") >= 3.0);
-    assert_eq!(value(&after, "stagely_agent_handshake_rejections_total{reason=\"no_token\"}"), 1.0);
-    assert_eq!(value(&after, "stagely_webhook_deliveries_total{result=\"deployed\"}"), 0.0);
+    assert_eq!(
+        value(
+            &after,
+            "stagely_agent_handshake_rejections_total{reason=\"no_token\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "stagely_webhook_deliveries_total{result=\"deployed\"}"),
+        0.0
+    );
     drop(agent);
     server.stop().await;
 }
@@ -320,8 +364,14 @@ async fn a_separate_listener_serves_metrics_without_a_token_and_the_main_one_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run by hand"]
 async fn scrape_cost_on_a_big_database() {
-    let deployments: i64 = std::env::var("DEPLOYMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let lines_each: i64 = std::env::var("LINES_EACH").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let deployments: i64 = std::env::var("DEPLOYMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let lines_each: i64 = std::env::var("LINES_EACH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let server = start(|dir| {
         vec![(
             "STAGELY_METRICS__TOKEN_FILE",
@@ -346,7 +396,8 @@ async fn scrape_cost_on_a_big_database() {
             .prepare("INSERT INTO deployment_logs VALUES (?1, ?2, 'stdout', 'a line of a deploy log, as long as most', 0)")
             .unwrap();
         for i in 0..deployments {
-            dep.execute(rusqlite::params![envs[0], i * 1000, (i % 700) * 1000]).unwrap();
+            dep.execute(rusqlite::params![envs[0], i * 1000, (i % 700) * 1000])
+                .unwrap();
             let id = db.last_insert_rowid();
             for seq in 0..lines_each {
                 log.execute(rusqlite::params![id, seq]).unwrap();
@@ -371,15 +422,26 @@ async fn scrape_cost_on_a_big_database() {
         );
     }
     times.sort();
-    println!("one scrape (HTTP, loopback): median {:?}, max {:?}", times[times.len() / 2], times[times.len() - 1]);
+    println!(
+        "one scrape (HTTP, loopback): median {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
     // What a scrape would cost counting instead of reading the counters.
     let t = Instant::now();
     let n: i64 = db
         .query_row("SELECT count(*) FROM deployment_logs", [], |r| r.get(0))
         .unwrap();
     let g: i64 = db
-        .query_row("SELECT count(*) FROM (SELECT status, count(*) FROM deployments GROUP BY status)", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM (SELECT status, count(*) FROM deployments GROUP BY status)",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    println!("for comparison, counting the tables ({n} lines, {g} statuses) takes {:?}", t.elapsed());
+    println!(
+        "for comparison, counting the tables ({n} lines, {g} statuses) takes {:?}",
+        t.elapsed()
+    );
     server.stop().await;
 }

@@ -3,9 +3,9 @@
 //! list; revoke). Admins see and may revoke every token, including the CLI's.
 
 use axum::extract::{Path, Query, State};
-use axum::{Extension, Form};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -27,13 +27,7 @@ pub struct DoneQuery {
 }
 
 /// The account page: who you are, your password, your sessions, GitHub.
-fn account_body(
-    v: &Viewer,
-    user: &User,
-    sessions: i64,
-    errors: &FormErrors,
-    done: Option<&str>,
-) -> Markup {
+fn account_body(v: &Viewer, user: &User, sessions: i64, errors: &FormErrors, done: Option<&str>) -> Markup {
     html! {
         (layout::notice(done))
         div.page-head { h1 { "Your account" } }
@@ -141,7 +135,14 @@ pub async fn account_page(
     v: Viewer,
     Query(q): Query<DoneQuery>,
 ) -> Result<Response, PageError> {
-    render_account(&state, &v, StatusCode::OK, &FormErrors::default(), q.done.as_deref()).await
+    render_account(
+        &state,
+        &v,
+        StatusCode::OK,
+        &FormErrors::default(),
+        q.done.as_deref(),
+    )
+    .await
 }
 
 /// The passwords are wiped from memory when the form is dropped.

@@ -116,7 +116,9 @@ impl From<UserError> for WebError {
                 message: e.to_string(),
             },
             UserError::SignInRefused | UserError::Disabled => WebError::Unauthorized,
-            UserError::WrongPassword => WebError::invalid("current_password", UserError::WrongPassword.to_string()),
+            UserError::WrongPassword => {
+                WebError::invalid("current_password", UserError::WrongPassword.to_string())
+            }
             e @ UserError::NoPassword => WebError::Conflict {
                 code: "no_password",
                 message: e.to_string(),

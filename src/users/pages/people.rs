@@ -357,7 +357,14 @@ pub async fn issue_reset(
     };
     let username = state.db.read(move |c| store::get(c, id)).await?.username;
     let view = load(&state).await?;
-    let body = users_body(&v, &view, &FormErrors::default(), None, Some((&link, &username)), None);
+    let body = users_body(
+        &v,
+        &view,
+        &FormErrors::default(),
+        None,
+        Some((&link, &username)),
+        None,
+    );
     Ok((
         StatusCode::CREATED,
         no_store(),
