@@ -187,6 +187,11 @@ async fn every_route_with_every_role_and_without_a_session() {
             };
             let form: Option<&[(&str, &str)]> = if method == Method::GET { None } else { Some(&[]) };
             let (status, body, _) = c.request(method.clone(), &concrete, form, &headers).await;
+            if *path == "/account/sessions/end" && *rank > 0 && status == 303 {
+                // "Sign out everywhere" did end this session: sign back in for the next routes.
+                let name = ["", "victor", "maria", "root"][usize::from(*rank)];
+                assert_eq!(c.sign_in(name, PASSWORD).await.0, 303);
+            }
             let needed = level(access);
             let refused = status == 401 || status == 403;
             if *access == "public" || *access == "agent" {
