@@ -55,6 +55,11 @@ pub enum StartError {
     Threads(std::io::Error),
     #[error("cannot read notify.smtp_extra_ca_file: {0}")]
     NotifyCa(std::io::Error),
+    #[error("cannot listen on metrics.listen {addr}: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open lock file {path}: {source}")]
     LockFile { path: String, source: std::io::Error },
 }
@@ -90,6 +95,8 @@ pub struct App {
     pub state: AppState,
     /// The one-time first-admin link, when the database has no users yet (also logged).
     pub setup_link: Option<String>,
+    /// Where `/metrics` is served on its own (`metrics.listen`, as bound), if it is.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     _lock: DataDirLock,
 }
@@ -188,7 +195,11 @@ impl Opened {
             shown_once: Arc::default(),
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
-        let tasks = vec![
+        let (metrics_addr, metrics_task) = match serve_metrics(&state)? {
+            Some((addr, task)) => (Some(addr), Some(task)),
+            None => (None, None),
+        };
+        let mut tasks = vec![
             log_task,
             tokio::spawn(reaper::run(state.clone(), sweep_every)),
             tokio::spawn(retention::run(state.clone())),
@@ -198,9 +209,11 @@ impl Opened {
             tokio::spawn(crate::notify::worker::watch_agents(state.clone())),
             tokio::spawn(crate::notify::worker::deliver(state.clone())),
         ];
+        tasks.extend(metrics_task);
         Ok(App {
             state,
             setup_link,
+            metrics_addr,
             tasks,
             _lock: lock,
         })
@@ -226,6 +239,33 @@ impl App {
         tracing::info!("stopped");
         result
     }
+}
+
+/// Bind `metrics.listen` (a start error when it cannot) and serve `/metrics` there until the
+/// shutdown token fires. `None` when it is not set.
+fn serve_metrics(state: &AppState) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>, StartError> {
+    let Some(addr) = state.config.metrics.listen_addr else {
+        return Ok(None);
+    };
+    let bind = || -> std::io::Result<TcpListener> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        TcpListener::from_std(listener)
+    };
+    let listener = bind().map_err(|source| StartError::MetricsListen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::MetricsListen { addr, source })?;
+    tracing::info!(addr = %bound, "serving /metrics on its own address");
+    let (router, limits) = (crate::metrics::router(state.clone()), state.config.http.clone());
+    let shutdown = state.shutdown.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = crate::web::serve::serve(listener, router, &limits, shutdown.cancelled_owned()).await
+        {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    });
+    Ok(Some((bound, task)))
 }
 
 /// Heartbeats live in memory; write them down once per ping period, in one transaction.

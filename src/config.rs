@@ -60,6 +60,7 @@ pub struct Config {
     pub notify: NotifyConfig,
 
     pub hooks: HooksConfig,
+    pub metrics: MetricsConfig,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -148,6 +149,28 @@ impl Default for HooksConfig {
         }
     }
 }
+
+/// `GET /metrics` (src/metrics): Prometheus text, behind a bearer token or on its own address.
+/// Neither set: `/metrics` answers 404.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A file holding the bearer token a scraper sends (`Authorization: Bearer <token>`), read
+    /// once at start: at least 16 characters, not readable by others (mode `o-rwx`).
+    pub token_file: PathBuf,
+    /// Serve `/metrics` only on this address (`host:port`), without a token unless `token_file`
+    /// is set too; the main listener then answers 404 for it. Empty: the main listener.
+    pub listen: String,
+    /// The token read from `token_file`.
+    #[serde(skip)]
+    pub token: SecretString,
+    /// `listen`, parsed.
+    #[serde(skip)]
+    pub listen_addr: Option<SocketAddr>,
+}
+
+/// Shortest metrics token accepted.
+const MIN_METRICS_TOKEN_CHARS: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -288,6 +311,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
 
             hooks: HooksConfig::default(),
+            metrics: MetricsConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -495,7 +519,54 @@ impl Config {
             return invalid("hooks.keep_deliveries", "must be between 20 and 100000");
         }
         self.finish_github()?;
+        self.finish_metrics()?;
         Ok(self)
+    }
+
+    fn finish_metrics(&mut self) -> Result<(), ConfigError> {
+        let m = &mut self.metrics;
+        let listen = m.listen.trim();
+        m.listen_addr = if listen.is_empty() {
+            None
+        } else {
+            Some(listen.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics.listen".into(),
+                message: format!("{listen:?} is not an address such as 127.0.0.1:9100"),
+            })?)
+        };
+        if m.token_file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let key = "metrics.token_file";
+        let path = m.token_file.display().to_string();
+        let meta = std::fs::metadata(&m.token_file).map_err(|e| ConfigError::Invalid {
+            key: key.into(),
+            message: format!("cannot read {path}: {e}"),
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o007 != 0 {
+                return invalid(
+                    key,
+                    &format!("{path} can be read or written by any user: chmod o-rwx (e.g. 0600 or 0640) it"),
+                );
+            }
+        }
+        let text = std::fs::read_to_string(&m.token_file).map_err(|e| ConfigError::Invalid {
+            key: key.into(),
+            message: format!("cannot read {path}: {e}"),
+        })?;
+        let token = text.trim();
+        if token.chars().count() < MIN_METRICS_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
+            return invalid(
+                key,
+                &format!(
+                    "{path} must hold one token of at least {MIN_METRICS_TOKEN_CHARS} characters, no spaces"
+                ),
+            );
+        }
+        m.token = SecretString::new(token);
+        Ok(())
     }
 
     fn finish_github(&mut self) -> Result<(), ConfigError> {

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod db;
 pub mod deploys;
 pub mod hooks;
+pub mod metrics;
 pub mod names;
 pub mod notify;
 pub mod projects;

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::web::serve::address_key;
@@ -26,6 +27,39 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 pub struct Admission {
     known: Mutex<HashSet<Vec<u8>>>,
     failures: Mutex<Failures>,
+    /// Handshakes refused since start, by [`Rejection`] (for `/metrics`).
+    rejected: [AtomicU64; Rejection::ALL.len()],
+}
+
+/// Why an agent handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The client address used its allowance of failed attempts (429 before any lookup).
+    RateLimited,
+    /// No agent token in the request.
+    NoToken,
+    /// A token that is no live agent's.
+    BadToken,
+    /// A valid agent, but the shared handshake budget was spent (503, come back later).
+    Busy,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 4] = [
+        Rejection::RateLimited,
+        Rejection::NoToken,
+        Rejection::BadToken,
+        Rejection::Busy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::RateLimited => "rate_limited",
+            Rejection::NoToken => "no_token",
+            Rejection::BadToken => "bad_token",
+            Rejection::Busy => "busy",
+        }
+    }
 }
 
 struct Failures {
@@ -50,7 +84,18 @@ impl Admission {
                 by_address: HashMap::new(),
                 pruned_at: None,
             }),
+            rejected: Default::default(),
         }
+    }
+
+    /// Count a refused handshake.
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refused handshakes since start, by reason.
+    pub fn rejections(&self) -> [(Rejection, u64); Rejection::ALL.len()] {
+        Rejection::ALL.map(|r| (r, self.rejected[r as usize].load(Ordering::Relaxed)))
     }
 
     /// This token hash belongs to a live agent (at start, on creation, after a good lookup).

@@ -5,6 +5,7 @@
 //! The rules and writes live in [`ops`]; [`store`] holds the SQL; [`pages`] (sign-in, account,
 //! GitHub, people) only translates HTTP to `ops` calls and results to pages.
 
+pub mod api;
 pub mod limiter;
 pub mod ops;
 pub mod pages;
@@ -64,6 +65,15 @@ pub enum UserError {
     Busy,
     #[error("this account is disabled")]
     Disabled,
+    /// A password change with a wrong current password (counted like a failed sign-in).
+    #[error("the current password is wrong")]
+    WrongPassword,
+    /// A password change on an account that has none (it signs in with GitHub only).
+    #[error(
+        "this account has no password: it signs in with GitHub only. An admin can issue a password-reset \
+         link to give it one"
+    )]
+    NoPassword,
     #[error("a token cannot have a higher role than yours")]
     RoleTooHigh,
     #[error("a token cannot mint tokens: create tokens from a signed-in browser or the CLI")]
@@ -201,6 +211,17 @@ pub struct AuthState {
     /// The id of a user whose sign-out, disable, demotion or ended sessions must close their
     /// open WebSockets ([`AuthState::until_revoked`]).
     revocations: tokio::sync::broadcast::Sender<i64>,
+    /// Browser WebSockets open now (dashboards, live deployments), for `/metrics`.
+    browser_sockets: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Counts one open browser WebSocket for as long as it lives ([`AuthState::browser_socket`]).
+pub struct SocketCount(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl Drop for SocketCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl AuthState {
@@ -217,6 +238,7 @@ impl AuthState {
             passwords: password::HashPool::new(threads, queue)?,
             github: pages::github::PendingLogins::default(),
             revocations: tokio::sync::broadcast::channel(256).0,
+            browser_sockets: std::sync::Arc::default(),
         })
     }
 
@@ -224,6 +246,18 @@ impl AuthState {
     pub fn revoke(&self, user_id: i64) {
         // No receiver means no open socket: nothing to close.
         let _ = self.revocations.send(user_id);
+    }
+
+    /// Count a browser WebSocket as open until the returned value is dropped.
+    pub fn browser_socket(&self) -> SocketCount {
+        self.browser_sockets
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        SocketCount(std::sync::Arc::clone(&self.browser_sockets))
+    }
+
+    /// Browser WebSockets open now.
+    pub fn browser_sockets(&self) -> i64 {
+        self.browser_sockets.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A future that ends when `user_id`'s sockets must close: a socket task selects on it.
@@ -247,5 +281,8 @@ impl AuthState {
 
 /// How long the first-admin setup link printed at start stays valid.
 pub const SETUP_LINK_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// How long a password-reset link an admin issues stays valid.
+pub const RESET_LINK_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
 pub use ops::ensure_setup_link;

@@ -9,7 +9,8 @@ use zeroize::Zeroizing;
 
 use super::store::{self, LinkKind, NewUser};
 use super::{
-    Principal, Role, SETUP_LINK_TTL_MS, User, UserError, password, validate_password, validate_username,
+    Principal, RESET_LINK_TTL_MS, Role, SETUP_LINK_TTL_MS, User, UserError, password, validate_password,
+    validate_username,
 };
 use crate::app::AppState;
 use crate::audit;
@@ -131,6 +132,264 @@ pub async fn end_session(
     // and are re-authorised).
     state.auth.revoke(user_id);
     Ok(())
+}
+
+// --- your own password, your own sessions -------------------------------------------------------
+
+/// A password change as typed: the current password and the new one twice (wiped when dropped).
+pub struct PasswordChange {
+    pub current: Zeroizing<String>,
+    pub new: Zeroizing<String>,
+    pub confirm: Zeroizing<String>,
+}
+
+/// The new password twice, by the same rules as at setup and invitation.
+fn check_new_password(new: &str, confirm: &str) -> Result<(), UserError> {
+    validate_password(new)?;
+    if new != confirm {
+        return Err(UserError::Invalid {
+            field: "confirm",
+            message: "the two passwords differ".into(),
+        });
+    }
+    Ok(())
+}
+
+fn hash_error(e: password::PasswordError) -> UserError {
+    match e {
+        password::PasswordError::Busy => UserError::Busy,
+        e => UserError::Internal(e.to_string()),
+    }
+}
+
+/// Change the signed-in person's own password. The current one is checked through the sign-in
+/// limiter (a wrong one counts as a failed sign-in of this account from `ip`, so the form cannot
+/// be used to guess it); the new one follows [`validate_password`]. On success every *other*
+/// session of the person ends (`keep`, the session making the change, stays; a token caller
+/// keeps none), their open WebSockets close (those of the kept session reconnect), and the
+/// change is audited. Answers how many sessions ended.
+pub async fn change_password(
+    state: &AppState,
+    who: &Principal,
+    keep: Option<Vec<u8>>,
+    ip: &str,
+    change: PasswordChange,
+) -> Result<usize, UserError> {
+    let user_id = who.user_id.ok_or(UserError::NotFound)?;
+    let user = state.db.read(move |c| store::get(c, user_id)).await?;
+    if !user.has_password {
+        return Err(UserError::NoPassword);
+    }
+    check_new_password(&change.new, &change.confirm)?;
+    let reservation = state
+        .auth
+        .limiter
+        .reserve(ip, &user.username, now_ms())
+        .map_err(|wait| {
+            tracing::info!(%ip, "password change refused before checking: rate limited");
+            UserError::RateLimited {
+                retry_after_secs: wait,
+            }
+        })?;
+    let slot = match state.auth.passwords.admit() {
+        Ok(slot) => slot,
+        Err(_) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(UserError::Busy);
+        }
+    };
+    let stored = match state.db.read(move |c| store::password_hash(c, user_id)).await {
+        Ok(h) => h,
+        Err(e) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(e);
+        }
+    };
+    let ok = match state.auth.passwords.verify_in(slot, change.current, stored).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(hash_error(e));
+        }
+    };
+    if !ok {
+        // The reservation stays counted as a failed sign-in.
+        tracing::info!(%ip, user = %user.username, "password change refused: wrong current password");
+        return Err(UserError::WrongPassword);
+    }
+    state.auth.limiter.succeeded(reservation);
+    let hash = state.auth.passwords.hash(change.new).await.map_err(hash_error)?;
+    let actor = who.actor.clone();
+    let ended = state
+        .db
+        .write(move |tx| {
+            store::set_password_hash(tx, user_id, &hash)?;
+            let n = store::delete_other_sessions(tx, user_id, keep.as_deref())?;
+            let detail = format!("{n} other session(s) ended");
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.password_change",
+                "user",
+                Some(user_id),
+                &detail,
+            )?;
+            Ok::<_, UserError>(n)
+        })
+        .await?;
+    state.auth.revoke(user_id);
+    Ok(ended)
+}
+
+/// "Sign out everywhere": end every session of the signed-in person, this one too, and close
+/// their open WebSockets. Answers how many sessions ended.
+pub async fn sign_out_everywhere(state: &AppState, who: &Principal) -> Result<usize, UserError> {
+    let user_id = who.user_id.ok_or(UserError::NotFound)?;
+    let actor = who.actor.clone();
+    let n = state
+        .db
+        .write(move |tx| {
+            let n = store::delete_user_sessions(tx, user_id)?;
+            let detail = format!("{n} session(s) ended");
+            audit::record(
+                tx,
+                now_ms(),
+                &actor,
+                "user.sign_out_everywhere",
+                "user",
+                Some(user_id),
+                &detail,
+            )?;
+            Ok::<_, UserError>(n)
+        })
+        .await?;
+    state.auth.revoke(user_id);
+    Ok(n)
+}
+
+// --- password-reset links (admin) ---------------------------------------------------------------
+
+/// An admin issues a one-time password-reset link for `user_id` (shown once; only its hash is
+/// kept; valid [`RESET_LINK_TTL_MS`]; a newer link replaces an open one). Refused for a disabled
+/// account, and for an account without a password (GitHub only) unless `add_password`: then the
+/// link gives that account a password, besides GitHub. Answers the link.
+pub async fn issue_reset(
+    state: &AppState,
+    who: &Principal,
+    user_id: i64,
+    add_password: bool,
+) -> Result<String, UserError> {
+    let actor = who.actor.clone();
+    let token = state
+        .db
+        .write(move |tx| {
+            let user = store::get(tx, user_id)?;
+            if user.disabled {
+                return Err(UserError::Invalid {
+                    field: "form",
+                    message: format!("{} is disabled: enable the account before resetting its password", user.username),
+                });
+            }
+            if !user.has_password && !add_password {
+                return Err(UserError::Invalid {
+                    field: "form",
+                    message: format!(
+                        "{} has no password (it signs in with GitHub only); tick \"give it a password\" to issue a link that adds one",
+                        user.username
+                    ),
+                });
+            }
+            let now = now_ms();
+            let (id, token) = store::create_reset(tx, user_id, &actor, now, now.saturating_add(RESET_LINK_TTL_MS))?;
+            let detail = format!("{} (reset link {id})", user.username);
+            audit::record(tx, now, &actor, "user.password_reset_issue", "user", Some(user_id), &detail)?;
+            Ok(token)
+        })
+        .await?;
+    Ok(format!("{}/reset?token={token}", state.config.public_url))
+}
+
+/// Withdraw an open reset link.
+pub async fn revoke_reset(state: &AppState, who: &Principal, id: i64) -> Result<(), UserError> {
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let Some(user_id) = store::revoke_reset(tx, id, now)? else {
+                return Err(UserError::LinkInvalid);
+            };
+            let detail = format!("reset link {id}");
+            audit::record(
+                tx,
+                now,
+                &actor,
+                "user.password_reset_revoke",
+                "user",
+                Some(user_id),
+                &detail,
+            )?;
+            Ok(())
+        })
+        .await
+}
+
+/// The person a live reset link is for.
+pub fn live_reset(
+    c: &rusqlite::Connection,
+    token: &str,
+    now: i64,
+) -> Result<Option<store::ResetRow>, UserError> {
+    Ok(store::live_reset(c, token, now)?)
+}
+
+/// Set a new password through a reset link: the link is used up, every session of the person
+/// ends and their sockets close; audited. Answers the user's id and username.
+pub async fn use_reset(
+    state: &AppState,
+    token: &str,
+    new: Zeroizing<String>,
+    confirm: Zeroizing<String>,
+) -> Result<(i64, String), UserError> {
+    check_new_password(&new, &confirm)?;
+    let peek = token.to_owned();
+    if state
+        .db
+        .read(move |c| live_reset(c, &peek, now_ms()))
+        .await?
+        .is_none()
+    {
+        return Err(UserError::LinkInvalid);
+    }
+    let hash = state.auth.passwords.hash(new).await.map_err(hash_error)?;
+    let token = token.to_owned();
+    let (user_id, username) = state
+        .db
+        .write(move |tx| {
+            let now = now_ms();
+            let link = live_reset(tx, &token, now)?.ok_or(UserError::LinkInvalid)?;
+            if !store::consume_reset(tx, link.id, now)? {
+                return Err(UserError::LinkInvalid);
+            }
+            store::set_password_hash(tx, link.user.id, &hash)?;
+            let n = store::delete_user_sessions(tx, link.user.id)?;
+            let detail = format!("reset link {}; {n} session(s) ended", link.id);
+            let actor = format!("user:{}", link.user.username);
+            audit::record(
+                tx,
+                now,
+                &actor,
+                "user.password_reset",
+                "user",
+                Some(link.user.id),
+                &detail,
+            )?;
+            Ok::<_, UserError>((link.user.id, link.user.username))
+        })
+        .await?;
+    state.auth.revoke(user_id);
+    Ok((user_id, username))
 }
 
 /// What a new account from a one-time link is made of.

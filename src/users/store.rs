@@ -275,6 +275,37 @@ pub fn delete_user_sessions(tx: &Transaction<'_>, user_id: i64) -> Result<usize,
     Ok(tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?)
 }
 
+/// End every session of a user but `keep` (the one changing the password); returns how many.
+pub fn delete_other_sessions(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    keep: Option<&[u8]>,
+) -> Result<usize, DbError> {
+    Ok(tx.execute(
+        "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id_hash != ?2)",
+        params![user_id, keep],
+    )?)
+}
+
+/// The stored password hash of a user (`None`: no password, a GitHub-only account).
+pub fn password_hash(c: &Connection, id: i64) -> Result<Option<String>, UserError> {
+    c.query_row("SELECT password_hash FROM users WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .optional()?
+    .ok_or(UserError::NotFound)
+}
+
+pub fn set_password_hash(tx: &Transaction<'_>, id: i64, hash: &str) -> Result<(), UserError> {
+    match tx.execute(
+        "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+        params![id, hash],
+    )? {
+        0 => Err(UserError::NotFound),
+        _ => Ok(()),
+    }
+}
+
 pub fn session_counts(c: &Connection, now: i64) -> Result<Vec<(i64, i64)>, DbError> {
     let mut stmt =
         c.prepare("SELECT user_id, count(*) FROM sessions WHERE expires_at > ?1 GROUP BY user_id")?;
@@ -427,6 +458,112 @@ pub fn revoke_invite(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, Db
         "UPDATE signup_links SET expires_at = ?2 WHERE id = ?1 AND kind = 'invite' AND used_at IS NULL",
         params![id, now],
     )? == 1)
+}
+
+// --- password-reset links ------------------------------------------------------------------------
+
+/// Issue a reset link for `user_id`; older open links of that user stop working. Returns (id, token).
+pub fn create_reset(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    created_by: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<(i64, String), DbError> {
+    tx.execute(
+        "UPDATE password_resets SET revoked_at = ?2 WHERE user_id = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+        params![user_id, now],
+    )?;
+    let token = random_token("reset");
+    tx.execute(
+        "INSERT INTO password_resets (token_hash, user_id, created_by, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![hash_token(&token), user_id, created_by, now, expires_at],
+    )?;
+    Ok((tx.last_insert_rowid(), token))
+}
+
+/// A live reset link: unused, unrevoked, unexpired, for an enabled user.
+#[derive(Debug, Clone)]
+pub struct ResetRow {
+    pub id: i64,
+    pub user: User,
+}
+
+pub fn live_reset(c: &Connection, token: &str, now: i64) -> Result<Option<ResetRow>, DbError> {
+    let hash = hash_token(token);
+    let user_columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
+    let row = c
+        .query_row(
+            &format!(
+                "SELECT {}, r.id, r.token_hash FROM password_resets r JOIN users u ON u.id = r.user_id
+                 WHERE r.token_hash = ?1 AND r.used_at IS NULL AND r.revoked_at IS NULL
+                   AND r.expires_at > ?2 AND u.disabled = 0",
+                user_columns.join(", ")
+            ),
+            params![hash, now],
+            |r| {
+                Ok((
+                    ResetRow {
+                        user: user_from_row(r)?,
+                        id: r.get(USER_COLUMN_COUNT)?,
+                    },
+                    r.get::<_, Vec<u8>>(USER_COLUMN_COUNT + 1)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(row.filter(|(_, h)| ct_eq(h, &hash)).map(|(row, _)| row))
+}
+
+/// Mark the live reset link `id` used; false when it was used or withdrawn meanwhile.
+pub fn consume_reset(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+    Ok(tx.execute(
+        "UPDATE password_resets SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+        params![id, now],
+    )? == 1)
+}
+
+/// Withdraw an open reset link; false when there is no such open link.
+pub fn revoke_reset(tx: &Transaction<'_>, id: i64, now: i64) -> Result<Option<i64>, DbError> {
+    Ok(tx
+        .query_row(
+            "UPDATE password_resets SET revoked_at = ?2
+             WHERE id = ?1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?2
+             RETURNING user_id",
+            params![id, now],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// An open reset link as the Users page lists it.
+#[derive(Debug, Clone)]
+pub struct OpenReset {
+    pub id: i64,
+    pub user_id: i64,
+    pub username: String,
+    pub created_by: String,
+    pub expires_at: i64,
+}
+
+pub fn open_resets(c: &Connection, now: i64) -> Result<Vec<OpenReset>, DbError> {
+    let mut stmt = c.prepare(
+        "SELECT r.id, r.user_id, u.username, r.created_by, r.expires_at
+         FROM password_resets r JOIN users u ON u.id = r.user_id
+         WHERE r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > ?1 ORDER BY r.id DESC",
+    )?;
+    Ok(stmt
+        .query_map([now], |r| {
+            Ok(OpenReset {
+                id: r.get(0)?,
+                user_id: r.get(1)?,
+                username: r.get(2)?,
+                created_by: r.get(3)?,
+                expires_at: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?)
 }
 
 // --- API tokens ---------------------------------------------------------------------------------

@@ -259,6 +259,8 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("invite-revoked") => "Invitation withdrawn.",
         Some("github-linked") => "GitHub account linked.",
         Some("github-unlinked") => "GitHub account unlinked.",
+        Some("password-changed") => "Password changed. Your other sessions were signed out.",
+        Some("reset-revoked") => "Password-reset link withdrawn.",
         _ => return html! {},
     };
     html! { p.notice.ok role="status" { (text) } }

@@ -34,6 +34,9 @@ pub fn routes() -> Routes {
     Routes::default()
         .add(M::GET, "/healthz", Access::Public, healthz)
         .add(M::GET, "/readyz", Access::Public, readyz)
+        // Its own bearer token (metrics.token_file), checked by the handler; 404 when it is
+        // served on metrics.listen instead, or not configured (src/metrics).
+        .add(M::GET, "/metrics", Access::Public, crate::metrics::serve_main)
         .add(M::GET, "/ws/agent", Access::Agent, agents::api::upgrade)
         .add(
             M::GET,
@@ -176,6 +179,12 @@ pub fn routes() -> Routes {
             MEMBER,
             deploys::api::cancel,
         )
+        .add(
+            M::POST,
+            "/api/account/password",
+            VIEWER,
+            users::api::change_password,
+        )
         // --- web UI: signing in -----------------------------------------------------------------
         .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
@@ -184,12 +193,21 @@ pub fn routes() -> Routes {
         .add(M::POST, "/setup", Access::Public, users::pages::setup_submit)
         .add(M::GET, "/invite", Access::Public, users::pages::invite_page)
         .add(M::POST, "/invite", Access::Public, users::pages::invite_submit)
+        .add(M::GET, "/reset", Access::Public, users::pages::reset_page)
+        .add(M::POST, "/reset", Access::Public, users::pages::reset_submit)
         .add(M::GET, "/auth/github", Access::Public, github::start)
         .add(M::GET, "/auth/github/callback", Access::Public, github::callback)
         .add(M::POST, "/logout", VIEWER, users::pages::logout)
         .add(M::GET, "/account", VIEWER, account::account_page)
         .add(M::POST, "/account/github", VIEWER, github::start_link)
         .add(M::POST, "/account/github/unlink", VIEWER, account::unlink_github)
+        .add(M::POST, "/account/password", VIEWER, account::change_password)
+        .add(
+            M::POST,
+            "/account/sessions/end",
+            VIEWER,
+            account::sign_out_everywhere,
+        )
         .add(M::GET, "/tokens", VIEWER, account::tokens_page)
         .add(M::POST, "/tokens", VIEWER, account::create_token)
         .add(M::POST, "/tokens/{id}/revoke", VIEWER, account::revoke_token)
@@ -278,6 +296,8 @@ pub fn routes() -> Routes {
         .add(M::POST, "/users/{id}/github", ADMIN, people::link_github)
         .add(M::POST, "/users/{id}/sessions/end", ADMIN, people::end_sessions)
         .add(M::POST, "/invites/{id}/revoke", ADMIN, people::revoke_invite)
+        .add(M::POST, "/users/{id}/reset", ADMIN, people::issue_reset)
+        .add(M::POST, "/resets/{id}/revoke", ADMIN, people::revoke_reset)
         .add(M::GET, "/audit", ADMIN, audit::pages::audit_page)
 }
 

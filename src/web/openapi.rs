@@ -30,6 +30,7 @@ use crate::notify::{ChannelInfo, ChannelInput, Created, Delivery};
 use crate::projects::{Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectInput, ProjectPatch};
 use crate::secrets::{NewValue, SecretInfo, SecretInput};
 use crate::users::Role;
+use crate::users::api::{PasswordChanged, PasswordInput};
 
 /// A JSON body: a named schema, or an array of one.
 #[derive(Debug, Clone)]
@@ -214,6 +215,12 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
             201,
             Some(s.one::<NewWebhook>()),
         ),
+        ("POST", "/api/account/password") => op(
+            "Change your own password (the current one required); your other sessions end",
+            200,
+            Some(s.one::<PasswordChanged>()),
+        )
+        .takes(s.one::<PasswordInput>()),
         ("POST", "/api/hooks/github/{project_id}") => op(
             "GitHub push receiver: X-Hub-Signature-256 over the raw body, X-GitHub-Event, X-GitHub-Delivery",
             202,

@@ -28,7 +28,8 @@ pub struct Session {
 
 /// A future that ends when a WebSocket opened by `who` must close: that person's sign-out,
 /// disable, demotion or ended sessions ([`crate::users::AuthState::until_revoked`]), or the
-/// session it was opened with expiring. A socket task selects on it.
+/// session it was opened with expiring. A socket task selects on it; while it runs it counts as
+/// an open browser WebSocket for `/metrics`.
 pub fn socket_end(
     state: &AppState,
     who: &Principal,
@@ -36,7 +37,11 @@ pub fn socket_end(
 ) -> impl Future<Output = ()> + Send + 'static {
     let revoked = state.auth.until_revoked(who.user_id);
     let expires_in = session.map(|s| u64::try_from(s.expires_at - now_ms()).unwrap_or(0));
+    let auth = state.auth.clone();
     async move {
+        // The socket task polls this for as long as the socket is open: it counts as an open
+        // browser socket (`/metrics`) from its first poll until it is dropped.
+        let _open = auth.browser_socket();
         let expired = async move {
             match expires_in {
                 Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,

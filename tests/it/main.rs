@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod accounts;
 mod agent_engine;
 mod agent_git;
 mod agent_identity;
@@ -30,6 +31,7 @@ mod hooks_engine;
 mod lifecycle;
 mod log_limits;
 mod log_resend;
+mod metrics;
 mod names;
 mod notify;
 mod operations;

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::admission::Rejection;
 use super::download::{self, DownloadError};
 use super::ops::{self, CreatedAgent};
 use super::{AGENT_TOKEN_PREFIX, AgentError, AgentIdentity, AgentInfo, store};
@@ -202,12 +203,14 @@ async fn admit(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<Agen
     let hash = token.map(|t| hash_token(protocol::signing::split_token(t).0));
     let known = hash.as_deref().is_some_and(|h| admission.is_known(h));
     if !known && let Err(retry) = admission.try_attempt(ip, Instant::now()) {
+        admission.rejected(Rejection::RateLimited);
         return Err(WebError::TooMany {
             retry_after_secs: retry.as_secs().max(1),
         }
         .into_response());
     }
     let (Some(token), Some(hash)) = (token, hash) else {
+        admission.rejected(Rejection::NoToken);
         return Err(WebError::Unauthorized.into_response());
     };
     let token = token.to_owned();
@@ -216,6 +219,7 @@ async fn admit(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<Agen
         Ok(Some(agent)) => agent,
         Ok(None) => {
             admission.forget(&hash);
+            admission.rejected(Rejection::BadToken);
             return Err(WebError::Unauthorized.into_response());
         }
         Err(e) => return Err(WebError::from(e).into_response()),
@@ -225,6 +229,7 @@ async fn admit(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<Agen
         admission.remember(hash);
     }
     if !state.hub.admit_handshake() {
+        admission.rejected(Rejection::Busy);
         // Spread the retry over a few seconds so a herd does not come back together.
         let retry = 1 + u64::from(rand::random::<u8>() % 5);
         return Err(refusal(

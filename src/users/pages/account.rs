@@ -1,38 +1,35 @@
-//! The signed-in user's own pages: account (GitHub link) and API tokens (create: shown once;
+//! The signed-in user's own pages: account (password change, sign out everywhere, GitHub link)
+//! and API tokens (create: shown once;
 //! list; revoke). Admins see and may revoke every token, including the CLI's.
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::db::{DbError, now_ms};
-use crate::users::{Role, UserError, ops, store, tokens};
+use crate::users::{Role, User, UserError, ops, store, tokens};
 use crate::web::error::WebError;
 use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, field_error, form_banner, invalid,
     no_store, page,
 };
+use crate::web::request::ClientAddr;
+use crate::web::session::Session;
+use zeroize::Zeroizing;
 
 #[derive(Deserialize)]
 pub struct DoneQuery {
     done: Option<String>,
 }
 
-pub async fn account_page(
-    State(state): State<AppState>,
-    v: Viewer,
-    Query(q): Query<DoneQuery>,
-) -> Result<Response, PageError> {
-    let Some(user_id) = v.who.user_id else {
-        return Err(WebError::NotFound("account").into());
-    };
-    let user = state.db.read(move |c| store::get(c, user_id)).await?;
-    let body = html! {
-        (layout::notice(q.done.as_deref()))
+/// The account page: who you are, your password, your sessions, GitHub.
+fn account_body(v: &Viewer, user: &User, sessions: i64, errors: &FormErrors, done: Option<&str>) -> Markup {
+    html! {
+        (layout::notice(done))
         div.page-head { h1 { "Your account" } }
         article {
             div.stat {
@@ -41,6 +38,46 @@ pub async fn account_page(
                 div { small { "Member since" } (ago(&user.created_at, now_ms())) }
                 div { small { "Password" } (if user.has_password { "set" } else { "none (GitHub only)" }) }
             }
+        }
+        article id="password" {
+            header { h3 { "Password" } }
+            @if user.has_password {
+                (form_banner(errors))
+                form method="post" action="/account/password" {
+                    (csrf_field(&v.csrf))
+                    label { "Current password"
+                        input type="password" name="current_password" autocomplete="current-password" required
+                            aria-invalid=[invalid(errors, "current_password")];
+                    }
+                    (field_error(errors, "current_password"))
+                    label { "New password"
+                        input type="password" name="password" autocomplete="new-password" required
+                            minlength=(crate::users::MIN_PASSWORD_CHARS) aria-invalid=[invalid(errors, "password")];
+                    }
+                    (field_error(errors, "password"))
+                    label { "Repeat the new password"
+                        input type="password" name="confirm" autocomplete="new-password" required
+                            aria-invalid=[invalid(errors, "confirm")];
+                    }
+                    (field_error(errors, "confirm"))
+                    small.muted { "Changing it signs you out everywhere else; this browser stays signed in." }
+                    button type="submit" { "Change password" }
+                }
+            } @else {
+                p.muted {
+                    "This account has no password: you sign in with GitHub. "
+                    "To add one, ask an admin for a password-reset link."
+                }
+            }
+        }
+        article id="sessions" {
+            header { h3 { "Sessions" } }
+            p { "You are signed in in " strong { (sessions) } " place(s), this browser included." }
+            form method="post" action="/account/sessions/end" {
+                (csrf_field(&v.csrf))
+                button.secondary.outline type="submit" { "Sign out everywhere" }
+            }
+            small.muted { "Ends every session of yours, this one too, and closes their live pages." }
         }
         article {
             header { h3 { "GitHub" } }
@@ -65,8 +102,113 @@ pub async fn account_page(
             }
         }
         p { a href="/tokens" { "Manage your API tokens →" } }
+    }
+}
+
+async fn render_account(
+    state: &AppState,
+    v: &Viewer,
+    status: StatusCode,
+    errors: &FormErrors,
+    done: Option<&str>,
+) -> Result<Response, PageError> {
+    let Some(user_id) = v.who.user_id else {
+        return Err(WebError::NotFound("account").into());
     };
-    Ok((no_store(), page(&v, "Account", Nav::Account, body)).into_response())
+    let (user, sessions) = state
+        .db
+        .read(move |c| {
+            let user = store::get(c, user_id)?;
+            let sessions = store::session_counts(c, now_ms())?
+                .into_iter()
+                .find(|(id, _)| *id == user_id)
+                .map_or(0, |(_, n)| n);
+            Ok::<_, UserError>((user, sessions))
+        })
+        .await?;
+    let body = account_body(v, &user, sessions, errors, done);
+    Ok((status, no_store(), page(v, "Account", Nav::Account, body)).into_response())
+}
+
+pub async fn account_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
+    render_account(
+        &state,
+        &v,
+        StatusCode::OK,
+        &FormErrors::default(),
+        q.done.as_deref(),
+    )
+    .await
+}
+
+/// The passwords are wiped from memory when the form is dropped.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
+pub struct PasswordForm {
+    #[serde(default)]
+    current_password: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+impl PasswordForm {
+    fn change(&self) -> ops::PasswordChange {
+        ops::PasswordChange {
+            current: Zeroizing::new(self.current_password.clone()),
+            new: Zeroizing::new(self.password.clone()),
+            confirm: Zeroizing::new(self.confirm.clone()),
+        }
+    }
+}
+
+/// Change your own password; every other session ends, this one stays.
+pub async fn change_password(
+    State(state): State<AppState>,
+    v: Viewer,
+    client: ClientAddr,
+    session: Option<Extension<Session>>,
+    Form(form): Form<PasswordForm>,
+) -> Result<Response, PageError> {
+    if v.who.user_id.is_none() {
+        return Err(WebError::NotFound("account").into());
+    }
+    let keep = session.map(|Extension(s)| s.id_hash);
+    let ip = client.to_string();
+    let errors = match ops::change_password(&state, &v.who, keep, &ip, form.change()).await {
+        Ok(_) => return Ok(layout::see_other("/account?done=password-changed")),
+        Err(UserError::Invalid { field, message }) => FormErrors::one(field, message),
+        Err(e @ UserError::WrongPassword) => FormErrors::one("current_password", e.to_string()),
+        Err(e @ (UserError::NoPassword | UserError::RateLimited { .. } | UserError::Busy)) => {
+            let status = if matches!(e, UserError::NoPassword) {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::TOO_MANY_REQUESTS
+            };
+            let errors = FormErrors::one("form", e.to_string());
+            return render_account(&state, &v, status, &errors, None).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    render_account(&state, &v, StatusCode::UNPROCESSABLE_ENTITY, &errors, None).await
+}
+
+/// "Sign out everywhere": every session of yours ends, this one too.
+pub async fn sign_out_everywhere(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {
+    if v.who.user_id.is_none() {
+        return Err(WebError::NotFound("account").into());
+    }
+    ops::sign_out_everywhere(&state, &v.who).await?;
+    let mut response = layout::see_other("/login");
+    response.headers_mut().append(
+        axum::http::header::SET_COOKIE,
+        crate::web::session::clear_cookie(&state.config),
+    );
+    Ok(response)
 }
 
 pub async fn unlink_github(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {

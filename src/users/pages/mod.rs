@@ -1,6 +1,6 @@
-//! The users domain's HTTP surface (it has no JSON routes). This file: signing in and out (the
-//! sign-in page for local accounts), the one-time first-admin setup link, accepting an
-//! invitation. [`account`]: the signed-in user's account and API tokens; [`github`]: GitHub
+//! The users domain's HTTP pages (its one JSON route is in [`super::api`]). This file: signing in
+//! and out (the sign-in page for local accounts), the one-time first-admin setup link, accepting an
+//! invitation, using a password-reset link. [`account`]: the signed-in user's account and API tokens; [`github`]: GitHub
 //! sign-in and linking; [`people`]: the admin's Users page. Every rule and write is a
 //! [`super::ops`] call; these handlers translate forms to calls and results to pages.
 
@@ -116,6 +116,13 @@ impl From<UserError> for WebError {
                 message: e.to_string(),
             },
             UserError::SignInRefused | UserError::Disabled => WebError::Unauthorized,
+            UserError::WrongPassword => {
+                WebError::invalid("current_password", UserError::WrongPassword.to_string())
+            }
+            e @ UserError::NoPassword => WebError::Conflict {
+                code: "no_password",
+                message: e.to_string(),
+            },
             UserError::RateLimited { retry_after_secs } => WebError::TooMany { retry_after_secs },
             UserError::Busy => WebError::TooMany {
                 retry_after_secs: BUSY_RETRY_SECS,
@@ -405,6 +412,117 @@ fn rerender(
         new_account_form(kind, token, role, &errors, username),
     )
         .into_response())
+}
+
+// --- password-reset links ------------------------------------------------------------------------
+
+fn reset_invalid_page() -> Response {
+    let body = bare_page(
+        "Link not valid",
+        html! {
+            article.error-page {
+                h1 { "This password-reset link is not valid" }
+                p { "It was used already, was withdrawn, has expired, or was never issued." }
+                p.muted { "Ask an admin for a new one." }
+                p { a href="/login" role="button" { "Go to sign-in" } }
+            }
+        },
+    );
+    (StatusCode::NOT_FOUND, no_store(), body).into_response()
+}
+
+fn reset_form(token: &str, username: &str, errors: &FormErrors) -> Markup {
+    bare_page(
+        "Set a new password",
+        html! {
+            article {
+                header {
+                    h2 { "Set a new password" }
+                    p.muted {
+                        "For " strong { (username) } ". This one-time link stops working once used; "
+                        "setting the password signs this account out everywhere."
+                    }
+                }
+                (form_banner(errors))
+                form method="post" action="/reset" {
+                    input type="hidden" name="token" value=(token);
+                    label { "New password"
+                        input type="password" name="password" autocomplete="new-password" required
+                            minlength=(super::MIN_PASSWORD_CHARS) aria-invalid=[invalid(errors, "password")];
+                    }
+                    (field_error(errors, "password"))
+                    label { "Repeat the password"
+                        input type="password" name="confirm" autocomplete="new-password" required
+                            aria-invalid=[invalid(errors, "confirm")];
+                    }
+                    (field_error(errors, "confirm"))
+                    button type="submit" { "Set password and sign in" }
+                }
+            }
+        },
+    )
+}
+
+pub async fn reset_page(
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, PageError> {
+    let token = q.token.clone();
+    let found = state
+        .db
+        .read(move |c| ops::live_reset(c, &token, now_ms()))
+        .await?;
+    Ok(match found {
+        Some(link) => (
+            no_store(),
+            reset_form(&q.token, &link.user.username, &FormErrors::default()),
+        )
+            .into_response(),
+        None => reset_invalid_page(),
+    })
+}
+
+/// The passwords are wiped from memory when the form is dropped.
+#[derive(Deserialize, zeroize::ZeroizeOnDrop)]
+pub struct ResetForm {
+    #[serde(default)]
+    #[zeroize(skip)]
+    token: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub async fn reset_submit(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    Form(form): Form<ResetForm>,
+) -> Result<Response, PageError> {
+    let new = Zeroizing::new(form.password.clone());
+    let confirm = Zeroizing::new(form.confirm.clone());
+    match ops::use_reset(&state, &form.token, new, confirm).await {
+        Ok((id, username)) => start_session(&state, client, id, &username, "user.sign_in", "/").await,
+        Err(UserError::LinkInvalid) => Ok(reset_invalid_page()),
+        Err(UserError::Invalid { field, message }) => {
+            let token = form.token.clone();
+            let Some(link) = state
+                .db
+                .read(move |c| ops::live_reset(c, &token, now_ms()))
+                .await?
+            else {
+                return Ok(reset_invalid_page());
+            };
+            let errors = FormErrors::one(field, message);
+            Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                no_store(),
+                reset_form(&form.token, &link.user.username, &errors),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The Users page (admin): invite by a one-time link bound to a role, change roles, disable and
-//! enable, end someone's sessions. Disabling ends every session of that user at once.
+//! enable, end someone's sessions, issue (and withdraw) one-time password-reset links. Disabling
+//! ends every session of that user at once.
 
 use std::collections::HashMap;
 
@@ -25,6 +26,7 @@ pub struct DoneQuery {
 struct UsersView {
     users: Vec<User>,
     invites: Vec<store::Invite>,
+    resets: Vec<store::OpenReset>,
     sessions: HashMap<i64, i64>,
 }
 
@@ -36,6 +38,7 @@ async fn load(state: &AppState) -> Result<UsersView, PageError> {
             Ok::<_, crate::db::DbError>(UsersView {
                 users: store::list(c)?,
                 invites: store::open_invites(c, now)?,
+                resets: store::open_resets(c, now)?,
                 sessions: store::session_counts(c, now)?.into_iter().collect(),
             })
         })
@@ -57,6 +60,7 @@ fn users_body(
     view: &UsersView,
     errors: &FormErrors,
     invite_link: Option<(&str, Role)>,
+    reset_link: Option<(&str, &str)>,
     done: Option<&str>,
 ) -> Markup {
     let now = now_ms();
@@ -70,6 +74,17 @@ fn users_body(
                 p { "Send this link to the person you invite. It works once and is shown only now." }
                 pre.token-box id="invite-link" { (link) }
                 button.small.secondary type="button" data-copy="invite-link" { "Copy" }
+            }
+        }
+        @if let Some((link, username)) = reset_link {
+            article.secret-once {
+                header { strong { "Password-reset link for " (username) } }
+                p {
+                    "Give this link to " (username) " only. It works once, for 24 hours, and is shown only now; "
+                    "using it ends every session of the account."
+                }
+                pre.token-box id="reset-link" { (link) }
+                button.small.secondary type="button" data-copy="reset-link" { "Copy" }
             }
         }
         figure {
@@ -115,7 +130,42 @@ fn users_body(
                                     (csrf_field(&v.csrf))
                                     button.small.secondary.outline type="submit" { "End sessions" }
                                 }
+                                @if !u.disabled {
+                                    form method="post" action=(format!("/users/{}/reset", u.id)) {
+                                        (csrf_field(&v.csrf))
+                                        @if !u.has_password {
+                                            label.compact {
+                                                input type="checkbox" name="add_password" value="true";
+                                                " give it a password"
+                                            }
+                                        }
+                                        button.small.secondary.outline type="submit" { "Reset password" }
+                                    }
+                                }
                             } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !view.resets.is_empty() {
+            article {
+                header { h3 { "Open password-reset links" } }
+                table {
+                    thead { tr { th { "For" } th { "Issued by" } th { "Expires" } th {} } }
+                    tbody {
+                        @for r in &view.resets {
+                            tr {
+                                td { (r.username) }
+                                td { (r.created_by) }
+                                td { (rfc3339(r.expires_at).replace('T', " ").replace('Z', " UTC")) }
+                                td {
+                                    form method="post" action=(format!("/resets/{}/revoke", r.id)) {
+                                        (csrf_field(&v.csrf))
+                                        button.small.secondary.outline type="submit" { "Withdraw" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -160,7 +210,7 @@ pub async fn users_page(
     Query(q): Query<DoneQuery>,
 ) -> Result<Response, PageError> {
     let view = load(&state).await?;
-    let body = users_body(&v, &view, &FormErrors::default(), None, q.done.as_deref());
+    let body = users_body(&v, &view, &FormErrors::default(), None, None, q.done.as_deref());
     Ok((no_store(), page(&v, "Users", Nav::Users, body)).into_response())
 }
 
@@ -181,7 +231,7 @@ pub async fn invite(
     };
     let link = ops::invite(&state, &v.who, role).await?;
     let view = load(&state).await?;
-    let body = users_body(&v, &view, &FormErrors::default(), Some((&link, role)), None);
+    let body = users_body(&v, &view, &FormErrors::default(), Some((&link, role)), None, None);
     Ok((
         StatusCode::CREATED,
         no_store(),
@@ -200,7 +250,7 @@ async fn users_error(state: &AppState, v: &Viewer, err: UserError) -> Result<Res
         other => return Err(other.into()),
     };
     let view = load(state).await?;
-    let body = users_body(v, &view, &errors, None, None);
+    let body = users_body(v, &view, &errors, None, None, None);
     Ok((status, no_store(), page(v, "Users", Nav::Users, body)).into_response())
 }
 
@@ -285,4 +335,52 @@ pub async fn link_github(
         other => other,
     };
     after_change(&state, &v, result).await
+}
+
+#[derive(Deserialize)]
+pub struct ResetForm {
+    #[serde(default)]
+    add_password: Option<String>,
+}
+
+/// Issue a one-time password-reset link for a user (shown once, on this answer only).
+pub async fn issue_reset(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<ResetForm>,
+) -> Result<Response, PageError> {
+    let add_password = form.add_password.as_deref() == Some("true");
+    let link = match ops::issue_reset(&state, &v.who, id, add_password).await {
+        Ok(link) => link,
+        Err(e) => return users_error(&state, &v, e).await,
+    };
+    let username = state.db.read(move |c| store::get(c, id)).await?.username;
+    let view = load(&state).await?;
+    let body = users_body(
+        &v,
+        &view,
+        &FormErrors::default(),
+        None,
+        Some((&link, &username)),
+        None,
+    );
+    Ok((
+        StatusCode::CREATED,
+        no_store(),
+        page(&v, "Users", Nav::Users, body),
+    )
+        .into_response())
+}
+
+pub async fn revoke_reset(
+    State(state): State<AppState>,
+    v: Viewer,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    match ops::revoke_reset(&state, &v.who, id).await {
+        Ok(()) => Ok(layout::see_other("/users?done=reset-revoked")),
+        Err(UserError::LinkInvalid) => Err(crate::web::error::WebError::NotFound("reset link").into()),
+        Err(e) => Err(e.into()),
+    }
 }
