@@ -60,6 +60,7 @@ pub struct Config {
     pub notify: NotifyConfig,
 
     pub hooks: HooksConfig,
+    pub secrets: SecretsConfig,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -146,6 +147,22 @@ impl Default for HooksConfig {
             max_body_bytes: 1024 * 1024,
             keep_deliveries: 200,
         }
+    }
+}
+
+/// Secret history (src/secrets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Versions kept per secret, the current one included; older ones are pruned when a new
+    /// one is written. Also how many of an environment's newest releases stay redeployable,
+    /// which keeps a deleted secret's versions that those releases used.
+    pub keep_versions: u32,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self { keep_versions: 10 }
     }
 }
 
@@ -288,6 +305,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
 
             hooks: HooksConfig::default(),
+            secrets: SecretsConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -493,6 +511,9 @@ impl Config {
         }
         if !(20..=100_000).contains(&self.hooks.keep_deliveries) {
             return invalid("hooks.keep_deliveries", "must be between 20 and 100000");
+        }
+        if !(1..=1000).contains(&self.secrets.keep_versions) {
+            return invalid("secrets.keep_versions", "must be between 1 and 1000");
         }
         self.finish_github()?;
         Ok(self)
