@@ -478,7 +478,7 @@ pub async fn render_project(
     forms: Forms,
     done: Option<&str>,
 ) -> Result<Markup, PageError> {
-    let (project, history, secrets) = state
+    let (project, history, secrets, versions) = state
         .db
         .read(move |c| {
             let project = store::get(c, id)?;
@@ -487,7 +487,8 @@ pub async fn render_project(
                 history.push(deploys::store::list(c, Some(e.id), 10).map_err(WebError::from)?);
             }
             let secrets = crate::secrets::store::list(c, id).map_err(WebError::from)?;
-            Ok::<_, WebError>((project, history, secrets))
+            let versions = crate::secrets::store::versions_of_project(c, id)?;
+            Ok::<_, WebError>((project, history, secrets, versions))
         })
         .await?;
     let editable = v.can(Role::Member);
@@ -549,7 +550,7 @@ pub async fn render_project(
                 }
             }
         }
-        (secrets_section(v, &project, &secrets, forms.secret.as_ref()))
+        (secrets_section(v, &project, &secrets, &versions, forms.secret.as_ref()))
         section id="notifications" {
             h2 { "Notifications" }
             p { a href=(format!("/projects/{}/notifications", project.id)) { "Notification channels" }

@@ -252,6 +252,30 @@ pub fn versions(c: &Connection, id: i64) -> Result<Option<Vec<VersionInfo>>, DbE
     Ok(Some(rows))
 }
 
+/// The kept versions of a project's live secrets, newest first, by secret id (the secrets page).
+pub fn versions_of_project(
+    c: &Connection,
+    project_id: i64,
+) -> Result<std::collections::HashMap<i64, Vec<VersionInfo>>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT v.secret_id, v.version, v.created_by, v.created_at, v.version = s.version
+         FROM secret_versions v JOIN secrets s ON s.id = v.secret_id
+         WHERE v.project_id = ?1 ORDER BY v.secret_id, v.version DESC",
+    )?;
+    let mut out: std::collections::HashMap<i64, Vec<VersionInfo>> = std::collections::HashMap::new();
+    let mut rows = stmt.query([project_id])?;
+    while let Some(r) = rows.next()? {
+        out.entry(r.get(0)?).or_default().push(VersionInfo {
+            version: r.get(1)?,
+            created_by: r.get(2)?,
+            created_at: rfc3339(r.get(3)?),
+            current: r.get(4)?,
+            deleted_at: None,
+        });
+    }
+    Ok(out)
+}
+
 /// The exact secret versions a deployment was sent, still encrypted, from the history, in the
 /// order they were recorded; and the keys (`KEY`, `KEY (service web)`) of those no longer kept.
 pub fn versions_of_deployment(
