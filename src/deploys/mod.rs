@@ -175,7 +175,9 @@ pub enum DeployError {
     Seal,
     /// A redeploy of a deployment that recorded no release (it did not succeed, or its agent
     /// predates releases).
-    #[error("deployment {0} has no release to redeploy (only a successful deployment by an agent that reports releases has one)")]
+    #[error(
+        "deployment {0} has no release to redeploy (only a successful deployment by an agent that reports releases has one)"
+    )]
     NoRelease(i64),
     /// A redeploy whose release used secret versions that were pruned: never half-restored.
     #[error(

@@ -185,7 +185,10 @@ fn redeploy_content(
     };
     let (sealed, missing) = secret_store::versions_of_deployment(tx, of)?;
     if !missing.is_empty() {
-        return Ok(Err(DeployError::ReleaseIncomplete { id: of, keys: missing }));
+        return Ok(Err(DeployError::ReleaseIncomplete {
+            id: of,
+            keys: missing,
+        }));
     }
     let images = release
         .services

@@ -106,7 +106,12 @@ pub async fn redeploy(state: &AppState, who: &Principal, of: i64) -> Result<Rede
         .read(move |c| store::owner(c, deployment_id))
         .await?
         .map_or(DeployStatus::Waiting, |(_, _, status)| status);
-    tracing::info!(deployment_id, redeploy_of = of, status = status.as_str(), "redeploy triggered");
+    tracing::info!(
+        deployment_id,
+        redeploy_of = of,
+        status = status.as_str(),
+        "redeploy triggered"
+    );
     Ok(Redeployed {
         deployment_id,
         status,
@@ -222,7 +227,11 @@ pub async fn release_recorded(state: &AppState, environment_id: i64) {
         .await;
     match pruned {
         Ok(0) => {}
-        Ok(n) => tracing::info!(environment_id, pruned = n, "pruned deleted secrets' versions no release needs"),
+        Ok(n) => tracing::info!(
+            environment_id,
+            pruned = n,
+            "pruned deleted secrets' versions no release needs"
+        ),
         Err(e) => tracing::warn!(environment_id, error = %e, "cannot prune deleted secrets' versions"),
     }
 }

@@ -295,7 +295,12 @@ pub async fn on_status(
         Some(r) if status == DeployStatus::Success => match crate::releases::validate(&r) {
             Ok(()) => Some((agent.id, r)),
             Err(why) => {
-                tracing::warn!(deployment_id, agent_id = agent.id, why, "the agent's release is not valid: not recorded");
+                tracing::warn!(
+                    deployment_id,
+                    agent_id = agent.id,
+                    why,
+                    "the agent's release is not valid: not recorded"
+                );
                 None
             }
         },

@@ -410,7 +410,11 @@ fn duration(created_at: &str, finished_at: Option<&str>) -> String {
     match (parse(created_at), finished_at.and_then(parse)) {
         (Some(a), Some(b)) => {
             let secs = (b - a).max(0);
-            if secs < 60 { format!("{secs} s") } else { format!("{} min {} s", secs / 60, secs % 60) }
+            if secs < 60 {
+                format!("{secs} s")
+            } else {
+                format!("{} min {} s", secs / 60, secs % 60)
+            }
         }
         _ => "–".to_owned(),
     }

@@ -205,7 +205,10 @@ pub fn set_triggers(tx: &Transaction<'_>, id: i64, t: &PushTriggers) -> Result<(
 
 /// Set whether a failed deployment of the environment rolls back automatically.
 pub fn set_auto_rollback(tx: &Transaction<'_>, id: i64, on: bool) -> Result<(), ProjectError> {
-    match tx.execute("UPDATE environments SET auto_rollback = ?2 WHERE id = ?1", params![id, on])? {
+    match tx.execute(
+        "UPDATE environments SET auto_rollback = ?2 WHERE id = ?1",
+        params![id, on],
+    )? {
         0 => Err(ProjectError::EnvironmentNotFound),
         _ => Ok(()),
     }

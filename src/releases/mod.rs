@@ -94,9 +94,13 @@ pub fn validate(release: &stagely_protocol::Release) -> Result<(), String> {
         }
         if let Some(d) = &s.repo_digest {
             let ok = is_image_ref(d)
-                && d.split_once('@').is_some_and(|(name, id)| !name.is_empty() && is_image_id(id));
+                && d.split_once('@')
+                    .is_some_and(|(name, id)| !name.is_empty() && is_image_id(id));
             if !ok {
-                return Err(format!("service {}: repo_digest is not name@sha256:<64 hex>", s.name));
+                return Err(format!(
+                    "service {}: repo_digest is not name@sha256:<64 hex>",
+                    s.name
+                ));
             }
         }
         if !s.config_hash.is_empty() && !is_hex(&s.config_hash, 1..=128) {

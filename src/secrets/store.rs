@@ -192,8 +192,10 @@ pub fn prune_versions(tx: &Transaction<'_>, id: i64, keep: u32) -> Result<usize,
 
 /// A secret is deleted: its versions stay, marked, for the releases that may still use them.
 pub fn mark_versions_deleted(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(), DbError> {
-    tx.prepare_cached("UPDATE secret_versions SET deleted_at = ?2 WHERE secret_id = ?1 AND deleted_at IS NULL")?
-        .execute(params![id, now])?;
+    tx.prepare_cached(
+        "UPDATE secret_versions SET deleted_at = ?2 WHERE secret_id = ?1 AND deleted_at IS NULL",
+    )?
+    .execute(params![id, now])?;
     Ok(())
 }
 
@@ -245,8 +247,9 @@ pub fn versions(c: &Connection, id: i64) -> Result<Option<Vec<VersionInfo>>, DbE
         })?
         .collect::<Result<_, _>>()?;
     if rows.is_empty() {
-        let exists: bool =
-            c.query_row("SELECT EXISTS(SELECT 1 FROM secrets WHERE id = ?1)", [id], |r| r.get(0))?;
+        let exists: bool = c.query_row("SELECT EXISTS(SELECT 1 FROM secrets WHERE id = ?1)", [id], |r| {
+            r.get(0)
+        })?;
         return Ok(exists.then(Vec::new));
     }
     Ok(Some(rows))
@@ -329,8 +332,10 @@ pub fn set_version_ciphertext(
     version: i64,
     ciphertext: &[u8],
 ) -> Result<(), DbError> {
-    tx.prepare_cached("UPDATE secret_versions SET encrypted_value = ?3 WHERE secret_id = ?1 AND version = ?2")?
-        .execute(params![secret_id, version, ciphertext])?;
+    tx.prepare_cached(
+        "UPDATE secret_versions SET encrypted_value = ?3 WHERE secret_id = ?1 AND version = ?2",
+    )?
+    .execute(params![secret_id, version, ciphertext])?;
     Ok(())
 }
 
