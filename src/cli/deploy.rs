@@ -594,6 +594,8 @@ mod tests {
             error: None,
             superseded_by: None,
             log_pruned_at: None,
+            environment_id: 1,
+            release: None,
             rest: Default::default(),
         };
         let t = table(&[
@@ -608,5 +610,35 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].contains("(main)"), "{t}");
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_successful_release_before_the_latest_one() {
+        let d = |id, status: &str, release: bool| DeploymentView {
+            id,
+            status: status.into(),
+            environment: "prod".into(),
+            commit: None,
+            git_ref: "main".into(),
+            triggered_by: "t".into(),
+            created_at: String::new(),
+            error: None,
+            superseded_by: None,
+            log_pruned_at: None,
+            environment_id: 1,
+            release: release.then(|| serde_json::json!({"compose_hash": "x"})),
+            rest: Default::default(),
+        };
+        // Newest first: a failure, the latest release, a success without a release (an old
+        // agent's), then the one to go back to.
+        let history = [
+            d(9, "failed", false),
+            d(8, "success", true),
+            d(7, "success", false),
+            d(6, "success", true),
+            d(5, "success", true),
+        ];
+        assert_eq!(rollback_target(&history), Some(6));
+        assert_eq!(rollback_target(&history[..2]), None, "only one release: nowhere to go back to");
     }
 }
