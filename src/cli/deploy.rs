@@ -639,6 +639,10 @@ mod tests {
             d(5, "success", true),
         ];
         assert_eq!(rollback_target(&history), Some(6));
-        assert_eq!(rollback_target(&history[..2]), None, "only one release: nowhere to go back to");
+        assert_eq!(
+            rollback_target(&history[..2]),
+            None,
+            "only one release: nowhere to go back to"
+        );
     }
 }

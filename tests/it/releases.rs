@@ -432,6 +432,12 @@ async fn auto_rollback_answers_a_failure_after_up_with_a_linked_deployment_of_th
         .await["id"]
         .as_i64()
         .unwrap();
+    api.ok(
+        &format!("/api/projects/{pid}/notifications"),
+        json!({"kind": "webhook", "name": "ops", "events": ["deploy.rollback"], "url": "http://127.0.0.1:9/hook"}),
+        201,
+    )
+    .await;
     let (agent_id, token) = api.agent(env, "prod-1").await;
     let mut agent = connect(api, &token, &["releases"]).await;
     api.wait_online(agent_id).await;
@@ -501,6 +507,18 @@ async fn auto_rollback_answers_a_failure_after_up_with_a_linked_deployment_of_th
         "{audit:?}"
     );
 
+    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
+    let notices: Vec<String> = db
+        .prepare("SELECT payload FROM notify_outbox WHERE event = 'deploy.rollback'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains(&format!("/deployments/{rb}")), "{notices:?}");
+    assert!(!notices[0].contains("canary-rb"), "{notices:?}");
+
     // A rollback that fails is not rolled back again.
     report(&mut agent, rb, "FAIL", json!({"applied": true})).await;
     assert!(agent.recv_within(Duration::from_millis(500)).await.is_none());
@@ -524,5 +542,102 @@ async fn a_release_that_fails_validation_is_dropped_and_the_status_still_counts(
     let d = deployment(api, a).await;
     assert_eq!(d["status"], "success", "{d}");
     assert_eq!(d["release"], Value::Null, "{d}");
+    server.stop().await;
+}
+
+/// `stagely` with a token and nothing else from the environment.
+fn stagely(token: &str, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely"));
+    cmd.args(args)
+        .env_remove("STAGELY_SERVER")
+        .env_remove("RUST_LOG")
+        .env("STAGELY_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stagely_rollback_redeploys_the_release_before_the_latest_and_waits_like_deploy() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let (pid, envs) = api.project("clirb", &["prod"]).await;
+    let (agent_id, token) = api.agent(envs[0], "prod-1").await;
+    let mut agent = connect(api, &token, &["releases"]).await;
+    api.wait_online(agent_id).await;
+    let mut ids = Vec::new();
+    for (commit, tag) in [(COMMIT_A, "1"), (COMMIT_B, "2")] {
+        let id = deploy(api, pid).await;
+        next_deploy(&mut agent).await;
+        report(
+            &mut agent,
+            id,
+            "SUCCESS",
+            json!({"commit": commit, "release": release(tag)}),
+        )
+        .await;
+        ids.push(id);
+    }
+    let base = [
+        "rollback",
+        "--server",
+        api.url.as_str(),
+        "--project",
+        "clirb",
+        "--environment",
+        "prod",
+    ];
+
+    // Default target: the release before the latest (A), and --no-wait prints the id.
+    let mut args = base.to_vec();
+    args.push("--no-wait");
+    let out = stagely(&api.token, &args).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (sent, frame) = next_deploy(&mut agent).await;
+    assert_eq!(stdout, sent.to_string());
+    assert_eq!(frame["project"]["git_ref"], COMMIT_A);
+    assert_eq!(deployment(api, sent).await["redeploy_of"], ids[0]);
+    report(
+        &mut agent,
+        sent,
+        "SUCCESS",
+        json!({"commit": COMMIT_A, "release": release("1")}),
+    )
+    .await;
+
+    // --to B, waiting: the exit code is the deployment's (1: failed).
+    let to = ids[1].to_string();
+    let mut args = base.to_vec();
+    args.extend(["--to", to.as_str()]);
+    let child = stagely(&api.token, &args).spawn().unwrap();
+    let (sent, frame) = next_deploy(&mut agent).await;
+    assert_eq!(frame["project"]["git_ref"], COMMIT_B);
+    agent.log(sent, 0, "pulling nothing: pinned").await;
+    report(&mut agent, sent, "FAIL", json!({"error": "verify failed"})).await;
+    let out = tokio::time::timeout(crate::common::WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pulling nothing: pinned"));
+
+    // An unknown deployment is a usage error (exit 2).
+    let mut args = base.to_vec();
+    args.extend(["--to", "999999"]);
+    let out = stagely(&api.token, &args).output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     server.stop().await;
 }
