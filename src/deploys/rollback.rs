@@ -144,8 +144,9 @@ fn insert_redeploy(
 /// A deployment of an environment with `auto_rollback` failed after `up` ran: unless it was
 /// itself a rollback, record a waiting redeploy of the environment's last successful release
 /// (`rollback_of` = the failed one, triggered by `auto-rollback`), audited and notified
-/// `deploy.rollback`. With no release (or one that cannot be restored exactly) nothing starts,
-/// and the log says why. The caller dispatches the queue.
+/// `deploy.rollback`. With no release (or one that cannot be restored exactly), or when a
+/// deployment of the environment is already waiting (it goes next instead), nothing starts and
+/// the log says why. The caller dispatches the queue.
 pub async fn after_failure(state: &AppState, failed: i64, environment_id: i64) {
     let started = state
         .db
@@ -163,6 +164,16 @@ pub async fn after_failure(state: &AppState, failed: i64, environment_id: i64) {
                 tracing::warn!(
                     deployment_id = failed,
                     "an automatic rollback failed: no further rollback is started"
+                );
+                return Ok(None);
+            }
+            if store::has_waiting(tx, environment_id)? {
+                // Someone already asked for what comes next: it runs instead of a rollback (a
+                // rollback, being newer, would supersede it).
+                tracing::info!(
+                    deployment_id = failed,
+                    environment_id,
+                    "auto_rollback: a newer deployment is already waiting and goes next instead"
                 );
                 return Ok(None);
             }

@@ -159,6 +159,14 @@ pub fn cancel_waiting(
     Ok(n == 1)
 }
 
+/// Whether a deployment of the environment is waiting to be sent.
+pub fn has_waiting(c: &Connection, environment_id: i64) -> Result<bool, DbError> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM deployments WHERE environment_id = ?1 AND status = 'waiting')",
+    )?
+    .query_row([environment_id], |r| r.get(0))?)
+}
+
 /// A waiting deployment: `(id, environment id, created ms)`.
 pub type Waiting = (i64, i64, i64);
 

@@ -523,6 +523,15 @@ async fn auto_rollback_answers_a_failure_after_up_with_a_linked_deployment_of_th
     report(&mut agent, rb, "FAIL", json!({"applied": true})).await;
     assert!(agent.recv_within(Duration::from_millis(500)).await.is_none());
     assert_eq!(audited(&server, "deploy.rollback").len(), 1);
+
+    // A newer deployment already waiting goes next instead of a rollback.
+    let f3 = deploy(api, pid).await;
+    next_deploy(&mut agent).await;
+    let newer = deploy(api, pid).await;
+    report(&mut agent, f3, "FAIL", json!({"applied": true})).await;
+    let (sent, _) = next_deploy(&mut agent).await;
+    assert_eq!(sent, newer);
+    assert_eq!(audited(&server, "deploy.rollback").len(), 1);
     server.stop().await;
 }
 
