@@ -1,7 +1,8 @@
 //! Secret history (issue 14) as people and operators meet it: the secrets page lists versions
 //! with who and when (never a value), the deployment page shows its release and redeploys it,
 //! the environment's settings form turns auto_rollback on, and a master-key rotation keeps old
-//! versions readable, so a release from before the rotation still redeploys exactly.
+//! versions readable, so a release from before the rotation still redeploys exactly (from a
+//! restored backup too).
 
 use serde_json::json;
 
@@ -135,6 +136,34 @@ async fn a_key_rotation_keeps_old_versions_readable_for_a_redeploy() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let server = ServerProcess::spawn(&data, &format!("127.0.0.1:{port}"), &[], &log).await;
+    let mut agent = connect(&api, &token, &["releases"]).await;
+    api.wait_online(agent_id).await;
+    api.ok(&format!("/api/deployments/{a}/redeploy"), json!({}), 201)
+        .await;
+    let (b, frame) = next_deploy(&mut agent).await;
+    assert_eq!(agent.secrets(&frame)[0]["value"], "canary-rot-old");
+    report(&mut agent, b, "SUCCESS", json!({"release": release("1")})).await;
+
+    // A backup taken while serving carries the history: restored elsewhere, A still redeploys.
+    let archive = dir.path().join("backup.tar");
+    let cli = |args: &[&str], data: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stagely"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let out = cli(
+        &["backup", "--include-key", "--out", archive.to_str().unwrap()],
+        &data,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(server.terminate().await.success());
+    let restored = dir.path().join("restored");
+    let out = cli(&["restore", archive.to_str().unwrap()], &restored);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = ServerProcess::spawn(&restored, &format!("127.0.0.1:{port}"), &[], &log).await;
     let mut agent = connect(&api, &token, &["releases"]).await;
     api.wait_online(agent_id).await;
     api.ok(&format!("/api/deployments/{a}/redeploy"), json!({}), 201)
