@@ -37,6 +37,13 @@ fn release_of(c: &rusqlite::Connection, deployment_id: i64) -> Result<Release, D
     }
 }
 
+fn environment(c: &rusqlite::Connection, id: i64) -> Result<crate::projects::Environment, DeployError> {
+    crate::projects::store::get_environment(c, id).map_err(|e| match e {
+        crate::projects::ProjectError::Db(e) => DeployError::Db(e),
+        _ => DeployError::NotFound,
+    })
+}
+
 /// The release can be restored exactly: every secret version it used is still kept.
 pub(super) fn check_complete(c: &rusqlite::Connection, deployment_id: i64) -> Result<(), DeployError> {
     let (_, missing) = secret_store::versions_of_deployment(c, deployment_id)?;
@@ -151,12 +158,7 @@ pub async fn after_failure(state: &AppState, failed: i64, environment_id: i64) {
     let started = state
         .db
         .write(move |tx| {
-            let auto: bool = tx.query_row(
-                "SELECT auto_rollback FROM environments WHERE id = ?1",
-                [environment_id],
-                |r| r.get(0),
-            )?;
-            if !auto {
+            if !environment(tx, environment_id)?.auto_rollback {
                 return Ok::<_, DeployError>(None);
             }
             let failed_d = store::get(tx, failed)?;
@@ -234,7 +236,10 @@ pub async fn release_recorded(state: &AppState, environment_id: i64) {
     let keep = state.config.secrets.keep_versions;
     let pruned = state
         .db
-        .write(move |tx| secret_store::prune_deleted_versions(tx, keep))
+        .write(move |tx| {
+            let env = environment(tx, environment_id)?;
+            Ok::<_, DeployError>(secret_store::prune_deleted_versions(tx, env.project_id, keep)?)
+        })
         .await;
     match pruned {
         Ok(0) => {}

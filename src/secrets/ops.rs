@@ -108,7 +108,7 @@ pub async fn delete_secret(state: &AppState, who: &Principal, id: i64) -> Result
             let before = store::get(tx, id)?;
             store::delete(tx, id)?;
             store::mark_versions_deleted(tx, id, now_ms())?;
-            store::prune_deleted_versions(tx, keep)?;
+            store::prune_deleted_versions(tx, before.project_id, keep)?;
             let what = describe(
                 &before.key,
                 before.service.as_deref(),

@@ -199,19 +199,21 @@ pub fn mark_versions_deleted(tx: &Transaction<'_>, id: i64, now: i64) -> Result<
     Ok(())
 }
 
-/// Prune the versions of deleted secrets that no redeployable release uses. A release is
-/// redeployable while it is one of its environment's newest `keep` releases (`keep` is
-/// `secrets.keep_versions`); once it ages out of them, what only it held goes. The number pruned.
-pub fn prune_deleted_versions(tx: &Transaction<'_>, keep: u32) -> Result<usize, DbError> {
+/// Prune the versions of a project's deleted secrets that no redeployable release uses. A
+/// release is redeployable while it is one of its environment's newest `keep` releases (`keep`
+/// is `secrets.keep_versions`); once it ages out of them, what only it held goes. Only the
+/// project's rows are read (by index): a project's releases use only its own secrets. The
+/// number pruned.
+pub fn prune_deleted_versions(tx: &Transaction<'_>, project_id: i64, keep: u32) -> Result<usize, DbError> {
     Ok(tx
         .prepare_cached(
-            "DELETE FROM secret_versions AS v WHERE v.deleted_at IS NOT NULL AND NOT EXISTS (
+            "DELETE FROM secret_versions AS v WHERE v.project_id = ?2 AND v.deleted_at IS NOT NULL AND NOT EXISTS (
                  SELECT 1 FROM deployment_secrets ds JOIN releases r ON r.deployment_id = ds.deployment_id
                  WHERE ds.secret_id = v.secret_id AND ds.version = v.version
                    AND r.deployment_id IN (SELECT r2.deployment_id FROM releases r2
                        WHERE r2.environment_id = r.environment_id ORDER BY r2.deployment_id DESC LIMIT ?1))",
         )?
-        .execute([keep])?)
+        .execute(params![keep, project_id])?)
 }
 
 /// One version of a secret, as anyone may see it (no value).
