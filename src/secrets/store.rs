@@ -206,15 +206,20 @@ pub fn mark_versions_deleted(tx: &Transaction<'_>, id: i64, now: i64) -> Result<
 /// number pruned.
 pub fn prune_deleted_versions(tx: &Transaction<'_>, project_id: i64, keep: u32) -> Result<usize, DbError> {
     Ok(tx
-        .prepare_cached(
-            "DELETE FROM secret_versions AS v WHERE v.project_id = ?2 AND v.deleted_at IS NOT NULL AND NOT EXISTS (
-                 SELECT 1 FROM deployment_secrets ds JOIN releases r ON r.deployment_id = ds.deployment_id
-                 WHERE ds.secret_id = v.secret_id AND ds.version = v.version
-                   AND r.deployment_id IN (SELECT r2.deployment_id FROM releases r2
-                       WHERE r2.environment_id = r.environment_id ORDER BY r2.deployment_id DESC LIMIT ?1))",
-        )?
+        .prepare_cached(PRUNE_DELETED)?
         .execute(params![keep, project_id])?)
 }
+
+/// The versions the project's redeployable releases use are read once, by index from each
+/// environment's newest releases (`deployment_secrets` has no index by secret: never scanned).
+const PRUNE_DELETED: &str = "DELETE FROM secret_versions AS v
+     WHERE v.project_id = ?2 AND v.deleted_at IS NOT NULL
+       AND (v.secret_id, v.version) NOT IN (
+           SELECT ds.secret_id, ds.version FROM environments e
+           JOIN releases r ON r.deployment_id IN (SELECT r2.deployment_id FROM releases r2
+               WHERE r2.environment_id = e.id ORDER BY r2.deployment_id DESC LIMIT ?1)
+           JOIN deployment_secrets ds ON ds.deployment_id = r.deployment_id
+           WHERE e.project_id = ?2)";
 
 /// One version of a secret, as anyone may see it (no value).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -485,5 +490,42 @@ mod tests {
             sealed(4, "A", Scope::Service, Some("db"), true),
         ]);
         assert_eq!(out.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 4, 3]);
+    }
+
+    #[test]
+    fn deleted_versions_are_pruned_by_index_never_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("s.db")).unwrap();
+        let plan: Vec<String> = db
+            .read_blocking(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_DELETED}"))?;
+                let rows = stmt.query_map(params![10, 1], |r| r.get::<_, String>(3))?;
+                Ok::<_, DbError>(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .unwrap();
+        assert!(plan.iter().all(|p| !p.starts_with("SCAN")), "{plan:?}");
+        // What it keeps: a deleted secret's version a release of the newest `keep` uses.
+        db.write_blocking(|tx| {
+            tx.execute_batch(
+                "INSERT INTO projects (id, name, git_ref, compose_path, pull, created_at, updated_at)
+                     VALUES (1, 'p', 'main', '/c.yml', 'always', 0, 0);
+                 INSERT INTO environments (id, project_id, name, created_at) VALUES (1, 1, 'prod', 0);
+                 INSERT INTO deployments (id, project_id, environment_id, status, git_ref, triggered_by, created_at)
+                     VALUES (1, 1, 1, 'success', 'main', 't', 0), (2, 1, 1, 'success', 'main', 't', 0);
+                 INSERT INTO releases (deployment_id, environment_id, agent_id, agent_name, compose_hash, services, created_at)
+                     VALUES (1, 1, NULL, 'a', 'h', '[]', 0), (2, 1, NULL, 'a', 'h', '[]', 0);
+                 INSERT INTO deployment_secrets (deployment_id, secret_id, key, scope, version)
+                     VALUES (1, 7, 'K', 'global', 1), (2, 7, 'K', 'global', 2);
+                 INSERT INTO secret_versions (secret_id, version, project_id, key, scope, encrypted_value, created_by, created_at, deleted_at)
+                     VALUES (7, 1, 1, 'K', 'global', x'00', 't', 0, 5), (7, 2, 1, 'K', 'global', x'00', 't', 0, 5),
+                            (7, 3, 1, 'K', 'global', x'00', 't', 0, 5);",
+            )?;
+            // keep = 1: only deployment 2's release is redeployable.
+            assert_eq!(prune_deleted_versions(tx, 1, 1)?, 2);
+            let left: i64 = tx.query_row("SELECT version FROM secret_versions", [], |r| r.get(0))?;
+            assert_eq!(left, 2);
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
     }
 }
