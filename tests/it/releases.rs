@@ -650,3 +650,54 @@ async fn stagely_rollback_redeploys_the_release_before_the_latest_and_waits_like
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_redeploy_whose_versions_are_pruned_meanwhile_fails_at_dispatch_and_sends_nothing() {
+    let server = TestServer::start_with(|c| c.secrets.keep_versions = 1).await;
+    let api = &server.api;
+    let (pid, envs) = api.project("recheck", &["prod"]).await;
+    let sid = api
+        .ok(
+            &format!("/api/projects/{pid}/secrets"),
+            json!({"key": "TOKEN", "value": "canary-rc1", "scope": "global"}),
+            201,
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let (agent_id, token) = api.agent(envs[0], "prod-1").await;
+    let mut agent = connect(api, &token, &["releases"]).await;
+    api.wait_online(agent_id).await;
+    let a = deploy(api, pid).await;
+    next_deploy(&mut agent).await;
+    report(&mut agent, a, "SUCCESS", json!({"release": release("1")})).await;
+
+    // B runs; the redeploy of A waits behind it.
+    let b = deploy(api, pid).await;
+    next_deploy(&mut agent).await;
+    let r = api
+        .ok(&format!("/api/deployments/{a}/redeploy"), json!({}), 201)
+        .await;
+    assert_eq!(r["status"], "waiting", "{r}");
+    let waiting = r["deployment_id"].as_i64().unwrap();
+    // Meanwhile the value A used is replaced and, with keep_versions = 1, pruned.
+    let (status, _) = api
+        .put(&format!("/api/secrets/{sid}"), json!({"value": "canary-rc2"}))
+        .await;
+    assert_eq!(status, 200);
+
+    report(&mut agent, b, "SUCCESS", json!({"release": release("2")})).await;
+    assert!(
+        agent.recv_within(Duration::from_millis(500)).await.is_none(),
+        "no half restore is sent"
+    );
+    let d = deployment(api, waiting).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot be restored exactly") && error.contains("TOKEN"),
+        "{d}"
+    );
+    assert_eq!(d["secrets"], json!([]), "{d}");
+    server.stop().await;
+}
