@@ -61,6 +61,8 @@ pub struct Config {
 
     pub hooks: HooksConfig,
     pub metrics: MetricsConfig,
+
+    pub secrets: SecretsConfig,
     /// Problems worth a warning once logging is up (unknown `STAGELY_` variables).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -171,6 +173,22 @@ pub struct MetricsConfig {
 
 /// Shortest metrics token accepted.
 const MIN_METRICS_TOKEN_CHARS: usize = 16;
+
+/// Secret history (src/secrets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Versions kept per secret, the current one included; older ones are pruned when a new
+    /// one is written. Also how many of an environment's newest releases stay redeployable,
+    /// which keeps a deleted secret's versions that those releases used.
+    pub keep_versions: u32,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self { keep_versions: 10 }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -312,6 +330,8 @@ impl Default for Config {
 
             hooks: HooksConfig::default(),
             metrics: MetricsConfig::default(),
+
+            secrets: SecretsConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -517,6 +537,9 @@ impl Config {
         }
         if !(20..=100_000).contains(&self.hooks.keep_deliveries) {
             return invalid("hooks.keep_deliveries", "must be between 20 and 100000");
+        }
+        if !(1..=1000).contains(&self.secrets.keep_versions) {
+            return invalid("secrets.keep_versions", "must be between 1 and 1000");
         }
         self.finish_github()?;
         self.finish_metrics()?;

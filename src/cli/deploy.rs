@@ -46,6 +46,28 @@ pub struct DeployArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// The project's name.
+    #[arg(long, value_name = "NAME")]
+    pub project: String,
+    /// The environment's name.
+    #[arg(long, value_name = "NAME")]
+    pub environment: String,
+    /// Redeploy this deployment's release. Default: the successful release before the
+    /// environment's latest one.
+    #[arg(long = "to", value_name = "DEPLOYMENT_ID")]
+    pub to: Option<i64>,
+    /// Print the new deployment's id and exit instead of streaming its log until it ends.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds (exit 3; the deployment may still run).
+    #[arg(long, value_name = "SECS", conflicts_with = "no_wait", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 pub struct DeploymentsArgs {
     #[command(flatten)]
     pub remote: Remote,
@@ -141,6 +163,10 @@ struct DeploymentView {
     superseded_by: Option<i64>,
     #[serde(default)]
     log_pruned_at: Option<String>,
+    #[serde(default)]
+    environment_id: i64,
+    #[serde(default)]
+    release: Option<serde_json::Value>,
     #[serde(flatten)]
     rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -241,6 +267,74 @@ pub async fn deploy(args: DeployArgs) -> Result<u8, ClientError> {
     );
     if !args.wait {
         // Without --wait stdout carries only the id, for scripts: id=$(stagely deploy …).
+        println!("{id}");
+        return Ok(exit::SUCCESS);
+    }
+    let deadline = args.timeout.map(|s| started + Duration::from_secs(s));
+    follow(&client, id, deadline).await
+}
+
+#[derive(Debug, Deserialize)]
+struct Redeployed {
+    deployment_id: i64,
+    status: String,
+    redeploy_of: i64,
+}
+
+/// Of an environment's deployments (newest first), the one whose release a rollback restores:
+/// the successful release before the latest one.
+fn rollback_target(history: &[DeploymentView]) -> Option<i64> {
+    history
+        .iter()
+        .filter(|d| d.status == "success" && d.release.as_ref().is_some_and(|r| !r.is_null()))
+        .nth(1)
+        .map(|d| d.id)
+}
+
+/// `stagely rollback`: redeploy a release of an environment (its commit, secret versions and
+/// pinned images), then wait for it like `stagely deploy --wait` unless --no-wait.
+pub async fn rollback(args: RollbackArgs) -> Result<u8, ClientError> {
+    let started = Instant::now();
+    let client = connect(&args.remote)?;
+    let project = find_project(&client, &args.project).await?;
+    let env = find_environment(&project, &args.environment)?;
+    let target = match args.to {
+        Some(id) => {
+            let path = format!("/api/deployments/{id}");
+            let d: DeploymentView = retrying_briefly(|| client.get(&path)).await?;
+            if d.environment_id != env.id {
+                return Err(ClientError::Usage(format!(
+                    "deployment {id} is not one of {}/{} (it is of environment {:?})",
+                    project.name, env.name, d.environment
+                )));
+            }
+            id
+        }
+        None => {
+            let path = format!("/api/deployments?environment_id={}&limit=500", env.id);
+            let history: Vec<DeploymentView> = retrying_briefly(|| client.get(&path)).await?;
+            rollback_target(&history).ok_or_else(|| {
+                ClientError::Failed(format!(
+                    "{}/{} has no successful release before its latest one to roll back to",
+                    project.name, env.name
+                ))
+            })?
+        }
+    };
+    let path = format!("/api/deployments/{target}/redeploy");
+    // As for deploy: retried only while no connection could be made.
+    let empty = json!({});
+    let r: Redeployed = retrying_briefly(|| client.post(&path, &empty)).await?;
+    let id = r.deployment_id;
+    eprintln!(
+        "stagely: deployment {id} of {}/{} redeploys the release of deployment {}: {} — {}",
+        project.name,
+        env.name,
+        r.redeploy_of,
+        r.status,
+        client.url(&format!("/deployments/{id}"))
+    );
+    if args.no_wait {
         println!("{id}");
         return Ok(exit::SUCCESS);
     }
@@ -500,6 +594,8 @@ mod tests {
             error: None,
             superseded_by: None,
             log_pruned_at: None,
+            environment_id: 1,
+            release: None,
             rest: Default::default(),
         };
         let t = table(&[
@@ -514,5 +610,39 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].contains("(main)"), "{t}");
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_successful_release_before_the_latest_one() {
+        let d = |id, status: &str, release: bool| DeploymentView {
+            id,
+            status: status.into(),
+            environment: "prod".into(),
+            commit: None,
+            git_ref: "main".into(),
+            triggered_by: "t".into(),
+            created_at: String::new(),
+            error: None,
+            superseded_by: None,
+            log_pruned_at: None,
+            environment_id: 1,
+            release: release.then(|| serde_json::json!({"compose_hash": "x"})),
+            rest: Default::default(),
+        };
+        // Newest first: a failure, the latest release, a success without a release (an old
+        // agent's), then the one to go back to.
+        let history = [
+            d(9, "failed", false),
+            d(8, "success", true),
+            d(7, "success", false),
+            d(6, "success", true),
+            d(5, "success", true),
+        ];
+        assert_eq!(rollback_target(&history), Some(6));
+        assert_eq!(
+            rollback_target(&history[..2]),
+            None,
+            "only one release: nowhere to go back to"
+        );
     }
 }

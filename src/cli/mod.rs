@@ -79,6 +79,11 @@ pub enum Command {
     /// stdout; exit 0 success, 1 failed, 2 usage or auth error, 3 --timeout elapsed, 4 cancelled
     /// or superseded.
     Deploy(deploy::DeployArgs),
+    /// Redeploy a release of an environment: its commit, secret versions and pinned images.
+    ///
+    /// Default: the successful release before the environment's latest one; --to picks a
+    /// deployment. Waits like `deploy --wait` (exit codes alike) unless --no-wait.
+    Rollback(deploy::RollbackArgs),
     /// List a project's deployments, newest first.
     Deployments(deploy::DeploymentsArgs),
     /// Print a deployment's log (masked, as stored); --follow until it ends.
@@ -110,6 +115,7 @@ pub fn main() -> ExitCode {
     // The client commands have exit codes of their own (docs/ci.md) and no data directory.
     let code = match cli.command {
         Command::Deploy(args) => deploy::run(deploy::deploy(args)),
+        Command::Rollback(args) => deploy::run(deploy::rollback(args)),
         Command::Deployments(args) => deploy::run(deploy::deployments(args)),
         Command::Logs(args) => deploy::run(deploy::logs(args)),
         command => match run(Cli { command, ..cli }) {
@@ -181,7 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore { file, force } => restore(&cli, file, *force),
         Command::Healthcheck => healthcheck(&cli),
         // Dispatched in `main`, before any configuration is read.
-        Command::Deploy(_) | Command::Deployments(_) | Command::Logs(_) => {
+        Command::Deploy(_) | Command::Rollback(_) | Command::Deployments(_) | Command::Logs(_) => {
             anyhow::bail!("not an admin command")
         }
         Command::Admin(AdminCommand::SigningKey) => {

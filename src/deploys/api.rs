@@ -31,6 +31,18 @@ impl From<DeployError> for WebError {
                 message: e.to_string(),
             },
             e @ DeployError::Seal => WebError::Internal(e.to_string()),
+            e @ DeployError::NoRelease(_) => WebError::Conflict {
+                code: "no_release",
+                message: e.to_string(),
+            },
+            e @ DeployError::ReleaseIncomplete { .. } => WebError::Conflict {
+                code: "release_incomplete",
+                message: e.to_string(),
+            },
+            e @ DeployError::AgentWithoutReleases(_) => WebError::Conflict {
+                code: "agent_too_old",
+                message: e.to_string(),
+            },
             e @ DeployError::InProgress(_) => WebError::Conflict {
                 code: "deploy_in_progress",
                 message: e.to_string(),
@@ -174,4 +186,30 @@ pub async fn logs(
         headers.insert("stagely-next-after", axum::http::HeaderValue::from(last.seq));
     }
     Ok((headers, axum::Json(lines)))
+}
+
+/// `201` to a redeploy: the new deployment (`queued` when sent, `waiting` while another runs)
+/// and the deployment whose release it restores.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RedeployAccepted {
+    pub deployment_id: i64,
+    pub status: DeployStatus,
+    pub redeploy_of: i64,
+}
+
+/// `POST /api/deployments/{id}/redeploy`: a new deployment of that deployment's release — its
+/// commit, its secret versions, each service's image pinned. 409 `no_release` when it has none,
+/// `release_incomplete` (naming the keys) when a secret version it used was pruned.
+pub async fn redeploy(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, WebError> {
+    let r = super::rollback::redeploy(&state, &who, id).await?;
+    let accepted = RedeployAccepted {
+        deployment_id: r.deployment_id,
+        status: r.status,
+        redeploy_of: r.redeploy_of,
+    };
+    Ok((StatusCode::CREATED, axum::Json(accepted)))
 }

@@ -15,6 +15,7 @@ pub mod pages;
 pub mod queue;
 pub mod reaper;
 pub mod retention;
+pub mod rollback;
 pub mod service;
 pub mod store;
 
@@ -119,6 +120,14 @@ pub struct Deployment {
     pub superseded_by: Option<i64>,
     /// When the retention pruner deleted this deployment's log lines (the row stays).
     pub log_pruned_at: Option<String>,
+    /// A redeploy: the deployment whose release this one restores.
+    pub redeploy_of: Option<i64>,
+    /// An automatic rollback: the failed deployment this one answers (`redeploy_of` names the
+    /// release it restores).
+    pub rollback_of: Option<i64>,
+    /// What this deployment put on the server, once it succeeded with an agent that reports
+    /// releases; its secret versions are `secrets`.
+    pub release: Option<crate::releases::Release>,
     pub secrets: Vec<SecretVersion>,
 }
 
@@ -164,6 +173,24 @@ pub enum DeployError {
     AgentTooOld(String),
     #[error("cannot seal the secrets to the agent's identity")]
     Seal,
+    /// A redeploy of a deployment that recorded no release (it did not succeed, or its agent
+    /// predates releases).
+    #[error(
+        "deployment {0} has no release to redeploy (only a successful deployment by an agent that reports releases has one)"
+    )]
+    NoRelease(i64),
+    /// A redeploy whose release used secret versions that were pruned: never half-restored.
+    #[error(
+        "the release of deployment {id} cannot be restored exactly: the versions it used of {} were pruned",
+        keys.join(", ")
+    )]
+    ReleaseIncomplete { id: i64, keys: Vec<String> },
+    /// A redeploy sent to an agent that does not offer `releases` (it would ignore the pins).
+    #[error(
+        "agent too old: the agent of environment {0:?} does not pin images (no \"releases\" capability), \
+         so it cannot restore a release exactly; upgrade it (download it from this appliance)"
+    )]
+    AgentWithoutReleases(String),
     #[error("a deploy of environment {0:?} is already in progress")]
     InProgress(String),
     /// A cancel of a deployment that has ended.

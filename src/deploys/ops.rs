@@ -111,6 +111,8 @@ pub async fn trigger(
                 git_ref: &git_ref,
                 commit: commit.as_deref(),
                 triggered_by: &actor,
+                redeploy_of: None,
+                rollback_of: None,
             };
             let id = store::insert_waiting(tx, &new, now)?;
             audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env_name)?;
@@ -188,7 +190,7 @@ fn size(bytes: usize) -> String {
 
 /// Where a deploy goes: the project and its environment, refused when nothing could run there
 /// (no agent, none online, or the online one too old for sealed secrets).
-fn find_target(
+pub(super) fn find_target(
     c: &rusqlite::Connection,
     hub: &crate::agents::hub::Hub,
     project_id: i64,
@@ -331,6 +333,7 @@ pub(super) async fn finish_as(
         services: Vec::new(),
         commit: None,
         at: now_ms(),
+        release: None,
     };
     let error = finish.error.clone();
     match state.logs.finish(finish).await {

@@ -100,12 +100,20 @@ async fn dispatch_once(state: &AppState, environment_id: i64) -> Round {
                 .find(|e| e.id == environment_id)
                 .cloned()
                 .ok_or(DeployError::NotFound)?;
-            let sealed = secret_store::for_environment(tx, project.id, environment_id)?;
-            store::record_secrets(tx, claimed.id, &sealed)?;
-            Ok::<_, DeployError>(Some((claimed, project, env, sealed)))
+            let what = match claimed.redeploy_of {
+                Some(of) => redeploy_content(tx, of, agent_id, &env)?,
+                None => Ok(Content {
+                    sealed: secret_store::for_environment(tx, project.id, environment_id)?,
+                    images: Default::default(),
+                }),
+            };
+            if let Ok(content) = &what {
+                store::record_secrets(tx, claimed.id, &content.sealed)?;
+            }
+            Ok::<_, DeployError>(Some((claimed, project, env, what)))
         })
         .await;
-    let (claimed, project, env, sealed) = match claimed {
+    let (claimed, project, env, what) = match claimed {
         Ok(Some(c)) => c,
         Ok(None) => return Round::Idle,
         Err(e) => {
@@ -125,7 +133,15 @@ async fn dispatch_once(state: &AppState, environment_id: i64) -> Round {
         });
     }
     let id = claimed.id;
-    match send(state, agent_id, recipient, &claimed, &project, &env, sealed).await {
+    let content = match what {
+        Ok(content) => content,
+        Err(e) => {
+            tracing::warn!(deployment_id = id, error = %e, "redeploy refused at dispatch");
+            finish_as(state, id, environment_id, DeployStatus::Failed, &failure_text(&e)).await;
+            return Round::Failed(id, e);
+        }
+    };
+    match send(state, agent_id, recipient, &claimed, &project, &env, content).await {
         Ok(true) => {
             tracing::info!(deployment_id = id, agent_id, project = %project.name, environment = %env.name, "deploy dispatched");
             state.hub.publish(HubEvent::DeploymentChanged {
@@ -140,6 +156,46 @@ async fn dispatch_once(state: &AppState, environment_id: i64) -> Round {
             Round::Failed(id, e)
         }
     }
+}
+
+/// What a claimed deployment is sent: the secrets (still encrypted) and the image pins.
+struct Content {
+    sealed: Vec<SealedSecret>,
+    /// Service -> pinned image reference; empty for an ordinary deploy.
+    images: std::collections::BTreeMap<String, String>,
+}
+
+/// A redeploy of deployment `of`'s release: exactly the secret versions it used (from the
+/// history, re-checked now: a pruned one refuses the whole redeploy) and each service's image
+/// pinned. `Ok(Err(_))` when it cannot be sent (the deployment then fails with why); an agent
+/// without the `releases` capability would ignore the pins, so it is not sent one.
+fn redeploy_content(
+    tx: &rusqlite::Transaction<'_>,
+    of: i64,
+    agent_id: i64,
+    env: &projects::Environment,
+) -> Result<Result<Content, DeployError>, DeployError> {
+    if !agent_store::has_capability(tx, agent_id, protocol::release::CAP_RELEASES)? {
+        return Ok(Err(DeployError::AgentWithoutReleases(env.name.clone())));
+    }
+    let release = match crate::releases::store::get(tx, of) {
+        Ok(r) => r,
+        Err(crate::releases::ReleaseError::NotFound) => return Ok(Err(DeployError::NoRelease(of))),
+        Err(crate::releases::ReleaseError::Db(e)) => return Err(DeployError::Db(e)),
+    };
+    let (sealed, missing) = secret_store::versions_of_deployment(tx, of)?;
+    if !missing.is_empty() {
+        return Ok(Err(DeployError::ReleaseIncomplete {
+            id: of,
+            keys: missing,
+        }));
+    }
+    let images = release
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.pin().to_owned()))
+        .collect();
+    Ok(Ok(Content { sealed, images }))
 }
 
 /// What a deployment that could not be sent says.
@@ -160,8 +216,9 @@ async fn send(
     claimed: &Claimed,
     project: &projects::Project,
     env: &projects::Environment,
-    sealed: Vec<SealedSecret>,
+    content: Content,
 ) -> Result<bool, DeployError> {
+    let Content { sealed, images } = content;
     let deployment_id = claimed.id;
     // An agent too old to offer a recipient is sent no DEPLOY: its secrets would travel in clear.
     let recipient = recipient.ok_or_else(|| DeployError::AgentTooOld(env.name.clone()))?;
@@ -178,7 +235,7 @@ async fn send(
         compose_path: project.compose_path.clone(),
         pull: project.pull,
         compose_project: Some(env.compose_project.clone()),
-        images: Default::default(),
+        images,
     };
     state.hub.start_deploy(
         deployment_id,

@@ -81,7 +81,8 @@ async fn context(
 }
 
 /// After a restart the values a deployment was sent are gone from memory; mask with the current
-/// values of its secrets (the agent masks with the exact ones before sending, too). Any secret
+/// values of its secrets and the versions it recorded, still kept (the agent masks with the
+/// exact ones before sending, too). Any secret
 /// that cannot be read or decrypted fails the whole masker: a partial one would let its value
 /// through. Also answers how much of its log is stored already (lines, bytes) and the seq after
 /// the highest stored one.
@@ -94,7 +95,9 @@ async fn rebuild_masker(
         .db
         .read(move |c| {
             let (project_id, env_id) = store::project_and_environment(c, deployment_id)?;
-            let sealed = secret_store::for_environment(c, project_id, env_id)?;
+            let mut sealed = secret_store::for_environment(c, project_id, env_id)?;
+            // A redeploy was sent older versions: those it recorded are masked too.
+            sealed.extend(secret_store::versions_of_deployment(c, deployment_id)?.0);
             let values = sealed
                 .iter()
                 .map(|s| vault.decrypt(&s.ciphertext))
@@ -227,16 +230,37 @@ pub fn check_line_count(state: &AppState, deployment_id: i64, lines: Option<u64>
     }
 }
 
-/// A STATUS from the agent; `Ok(true)` when it should be acknowledged.
+/// What a STATUS says about one deployment.
+#[derive(Debug, Clone)]
+pub struct StatusReport {
+    pub outcome: DeployOutcome,
+    pub services: Vec<ServiceState>,
+    pub error: Option<String>,
+    pub commit: Option<String>,
+    /// On SUCCESS, from an agent offering releases: what it put on the server.
+    pub release: Option<stagely_protocol::Release>,
+    /// Whether `docker compose up` ran (absent from older agents).
+    pub applied: Option<bool>,
+}
+
+/// A STATUS from the agent; `Ok(true)` when it should be acknowledged. A success's release is
+/// recorded with the end (a release that fails validation is logged and dropped: the STATUS
+/// still counts); a failure after `up` ran starts the environment's automatic rollback when it
+/// has one ([`super::rollback::after_failure`]).
 pub async fn on_status(
     state: &AppState,
     agent: &AgentIdentity,
     deployment_id: i64,
-    outcome: DeployOutcome,
-    services: Vec<ServiceState>,
-    error: Option<String>,
-    commit: Option<String>,
+    report: StatusReport,
 ) -> Result<bool, NotAssigned> {
+    let StatusReport {
+        outcome,
+        services,
+        error,
+        commit,
+        release,
+        applied,
+    } = report;
     let active = match context(state, agent, deployment_id).await? {
         Reporting::Live(active) => Some(active),
         // Already finished (e.g. failed as agent_lost): acknowledge so the agent stops resending.
@@ -267,6 +291,24 @@ pub async fn on_status(
         None => Some(WITHHELD_NOTE.to_owned()),
     };
     let commit = commit.filter(|c| c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_hexdigit()));
+    let release = match release {
+        Some(r) if status == DeployStatus::Success => match crate::releases::validate(&r) {
+            Ok(()) => Some((agent.id, r)),
+            Err(why) => {
+                tracing::warn!(
+                    deployment_id,
+                    agent_id = agent.id,
+                    why,
+                    "the agent's release is not valid: not recorded"
+                );
+                None
+            }
+        },
+        // A release is what a success put on the server; with any other outcome it is noise.
+        Some(_) => None,
+        None => None,
+    };
+    let recorded = release.is_some();
     let finish = Finish {
         deployment_id,
         status,
@@ -274,9 +316,10 @@ pub async fn on_status(
         services: masked_services,
         commit,
         at: now_ms(),
+        release,
     };
     match state.logs.finish(finish).await {
-        Ok(_) => {
+        Ok(changed) => {
             if let Some(active) = &active {
                 // No live viewer is not an error.
                 let _ = active.live.send(LiveEvent::Finished { status, error });
@@ -292,6 +335,12 @@ pub async fn on_status(
                 status = status.as_str(),
                 "deployment finished"
             );
+            if changed && recorded {
+                super::rollback::release_recorded(state, agent.environment_id).await;
+            }
+            if changed && status == DeployStatus::Failed && applied == Some(true) {
+                super::rollback::after_failure(state, deployment_id, agent.environment_id).await;
+            }
             super::queue::dispatch_next(state, agent.environment_id).await;
             Ok(true)
         }

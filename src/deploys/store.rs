@@ -15,16 +15,30 @@ pub struct NewDeployment<'a> {
     /// Pinned from the start (a push webhook's sha); else the agent reports it.
     pub commit: Option<&'a str>,
     pub triggered_by: &'a str,
+    /// A redeploy: the deployment whose release it restores.
+    pub redeploy_of: Option<i64>,
+    /// An automatic rollback: the failed deployment it answers.
+    pub rollback_of: Option<i64>,
 }
 
 /// Record a deployment as `waiting`: no agent and no secret versions yet, those are the ones
 /// of the moment it is dispatched ([`claim_next`]).
 pub fn insert_waiting(tx: &Transaction<'_>, d: &NewDeployment<'_>, now: i64) -> Result<i64, DbError> {
     tx.prepare_cached(
-        "INSERT INTO deployments (project_id, environment_id, status, git_ref, commit_sha, triggered_by, created_at)
-         VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6)",
+        "INSERT INTO deployments (project_id, environment_id, status, git_ref, commit_sha, triggered_by, created_at,
+             redeploy_of, rollback_of)
+         VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![d.project_id, d.environment_id, d.git_ref, d.commit, d.triggered_by, now])?;
+    .execute(params![
+        d.project_id,
+        d.environment_id,
+        d.git_ref,
+        d.commit,
+        d.triggered_by,
+        now,
+        d.redeploy_of,
+        d.rollback_of
+    ])?;
     Ok(tx.last_insert_rowid())
 }
 
@@ -36,6 +50,8 @@ pub struct Claimed {
     pub project_id: i64,
     pub git_ref: String,
     pub commit: Option<String>,
+    /// A redeploy: the deployment whose release it restores.
+    pub redeploy_of: Option<i64>,
     /// The older waiting ones it replaced (now `superseded`).
     pub superseded: Vec<i64>,
 }
@@ -60,14 +76,14 @@ pub fn claim_next(
     }
     let newest = tx
         .prepare_cached(
-            "SELECT id, project_id, git_ref, commit_sha FROM deployments
+            "SELECT id, project_id, git_ref, commit_sha, redeploy_of FROM deployments
              WHERE environment_id = ?1 AND status = 'waiting' ORDER BY id DESC LIMIT 1",
         )?
         .query_row([environment_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
-    let Some((id, project_id, git_ref, commit)) = newest else {
+    let Some((id, project_id, git_ref, commit, redeploy_of)) = newest else {
         return Ok(None);
     };
     let superseded: Vec<i64> = tx
@@ -86,6 +102,7 @@ pub fn claim_next(
         project_id,
         git_ref,
         commit,
+        redeploy_of,
         superseded,
     }))
 }
@@ -142,6 +159,14 @@ pub fn cancel_waiting(
     Ok(n == 1)
 }
 
+/// Whether a deployment of the environment is waiting to be sent.
+pub fn has_waiting(c: &Connection, environment_id: i64) -> Result<bool, DbError> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM deployments WHERE environment_id = ?1 AND status = 'waiting')",
+    )?
+    .query_row([environment_id], |r| r.get(0))?)
+}
+
 /// A waiting deployment: `(id, environment id, created ms)`.
 pub type Waiting = (i64, i64, i64);
 
@@ -174,8 +199,10 @@ pub fn cancelled_of(c: &Connection, agent_id: i64, ids: &[i64]) -> Result<Vec<i6
 
 const SELECT: &str = "SELECT d.id, d.project_id, p.name, d.environment_id, e.name, d.agent_id, d.status, d.git_ref,
         d.commit_sha, d.error, d.services, d.triggered_by, d.created_at, d.finished_at, d.log_pruned_at,
-        d.superseded_by
-     FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id";
+        d.superseded_by, d.redeploy_of, d.rollback_of, r.deployment_id, r.agent_id, r.agent_name, r.commit_sha,
+        r.compose_hash, r.services, r.created_at
+     FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
+     LEFT JOIN releases r ON r.deployment_id = d.id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
     let id: i64 = r.get(0)?;
@@ -207,6 +234,30 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
         finished_at: r.get::<_, Option<i64>>(13)?.map(rfc3339),
         log_pruned_at: r.get::<_, Option<i64>>(14)?.map(rfc3339),
         superseded_by: r.get(15)?,
+        redeploy_of: r.get(16)?,
+        rollback_of: r.get(17)?,
+        release: match r.get::<_, Option<i64>>(18)? {
+            None => None,
+            Some(_) => {
+                let services: String = r.get(23)?;
+                Some(crate::releases::Release {
+                    deployment_id: id,
+                    environment_id: r.get(3)?,
+                    agent_id: r.get(19)?,
+                    agent_name: r.get(20)?,
+                    commit: r.get(21)?,
+                    compose_hash: r.get(22)?,
+                    services: serde_json::from_str(&services).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            23,
+                            rusqlite::types::Type::Text,
+                            format!("releases row {id}: services: {e}").into(),
+                        )
+                    })?,
+                    created_at: rfc3339(r.get(24)?),
+                })
+            }
+        },
         secrets: Vec::new(),
     })
 }
@@ -437,10 +488,13 @@ pub struct Finish {
     pub services: Vec<ServiceState>,
     pub commit: Option<String>,
     pub at: i64,
+    /// What a successful deployment put on the server (validated), and the agent that said so:
+    /// recorded in the transaction that ends the deployment.
+    pub release: Option<(i64, stagely_protocol::Release)>,
 }
 
 /// Finish a deployment that has not finished (a waiting one too: the reaper's); false when it
-/// had already finished.
+/// had already finished. A success with a release records the release too.
 pub fn finish(tx: &Transaction<'_>, f: &Finish) -> Result<bool, DbError> {
     let services = serde_json::to_string(&f.services).unwrap_or_else(|_| "[]".into());
     let n = tx.execute(
@@ -448,6 +502,9 @@ pub fn finish(tx: &Transaction<'_>, f: &Finish) -> Result<bool, DbError> {
          WHERE id = ?1 AND status IN ('waiting', 'queued', 'running')",
         params![f.deployment_id, f.status.as_str(), f.error, services, f.commit, f.at],
     )?;
+    if let (1, DeployStatus::Success, Some((agent_id, release))) = (n, f.status, &f.release) {
+        crate::releases::store::insert(tx, f.deployment_id, *agent_id, f.commit.as_deref(), release, f.at)?;
+    }
     Ok(n == 1)
 }
 

@@ -30,6 +30,7 @@ pub fn title(n: &Notice) -> String {
     let what = match n.event.as_str() {
         "deploy.succeeded" => "deploy succeeded",
         "deploy.failed" => "deploy failed",
+        "deploy.rollback" => "rolling back",
         "agent.offline" => "agent offline",
         "webhook.rejected" => "webhook rejected",
         "drift.started" => "drift started",

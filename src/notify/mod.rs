@@ -37,6 +37,7 @@ use crate::secrets::vault::VaultError;
 pub const EVENTS: &[&str] = &[
     "deploy.succeeded",
     "deploy.failed",
+    "deploy.rollback",
     "agent.offline",
     "webhook.rejected",
     "drift.started",

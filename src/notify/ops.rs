@@ -378,6 +378,48 @@ pub async fn send_test(state: &AppState, channel_id: i64) -> Result<i64, NotifyE
     ids.first().copied().ok_or(NotifyError::NotFound)
 }
 
+/// An automatic rollback (`deployment_id`) started after deployment `failed` failed: enqueue
+/// `deploy.rollback` linking the rollback. No secret can be in it: ids, names and a commit only.
+pub async fn rollback_started(
+    state: &AppState,
+    project_id: i64,
+    deployment_id: i64,
+    failed: i64,
+) -> Result<usize, NotifyError> {
+    let d = state
+        .db
+        .read(move |c| crate::deploys::store::get(c, deployment_id))
+        .await
+        .map_err(|e| NotifyError::Db(crate::db::DbError::Task(e.to_string())))?;
+    let now = now_ms();
+    let notice = Notice {
+        event: "deploy.rollback".into(),
+        project: d.project,
+        environment: Some(d.environment),
+        deployment_id: Some(deployment_id),
+        status: Some(d.status.as_str().to_owned()),
+        commit: d.commit,
+        error: None,
+        url: link(state, &format!("/deployments/{deployment_id}")),
+        at: rfc3339(now),
+        agent: None,
+        detail: Some(format!(
+            "deployment {failed} failed after changing the stack: rolling back to the release of deployment {}",
+            d.redeploy_of.unwrap_or_default()
+        )),
+    };
+    let ids = enqueue(
+        state,
+        project_id,
+        notice,
+        format!("rollback:{deployment_id}"),
+        now,
+        None,
+    )
+    .await?;
+    Ok(ids.len())
+}
+
 /// A deployment changed: when it has finished, enqueue `deploy.succeeded` / `deploy.failed`.
 /// Safe to call any number of times for the same deployment.
 pub async fn deployment_changed(state: &AppState, deployment_id: i64) -> Result<usize, NotifyError> {

@@ -38,6 +38,9 @@ pub struct ChannelForm {
     #[serde(default, rename = "deploy.failed")]
     #[zeroize(skip)]
     ev_failed: Option<String>,
+    #[serde(default, rename = "deploy.rollback")]
+    #[zeroize(skip)]
+    ev_rollback: Option<String>,
     #[serde(default, rename = "agent.offline")]
     #[zeroize(skip)]
     ev_offline: Option<String>,
@@ -80,6 +83,7 @@ impl ChannelForm {
         match event {
             "deploy.succeeded" => self.ev_succeeded.is_some(),
             "deploy.failed" => self.ev_failed.is_some(),
+            "deploy.rollback" => self.ev_rollback.is_some(),
             "agent.offline" => self.ev_offline.is_some(),
             "webhook.rejected" => self.ev_rejected.is_some(),
             "drift.started" => self.ev_drift_started.is_some(),

@@ -83,6 +83,9 @@ pub struct Environment {
     pub deploy_on_push: bool,
     /// A pushed tag matching this glob (`*`, `?`) deploys the tag's commit; `null` = never.
     pub deploy_on_tag: Option<String>,
+    /// A deployment that fails after `docker compose up` ran is answered by a redeploy of the
+    /// environment's last successful release (`rollback_of` names the failed one).
+    pub auto_rollback: bool,
 }
 
 /// When push webhooks deploy an environment.
@@ -174,6 +177,9 @@ pub struct EnvironmentPatch {
     /// A tag glob, or `null`/`""` for none.
     #[serde(default, deserialize_with = "double_value")]
     pub deploy_on_tag: Option<serde_json::Value>,
+    /// `true`/`false`.
+    #[serde(default, deserialize_with = "double_value")]
+    pub auto_rollback: Option<serde_json::Value>,
 }
 
 /// Present (even as `null`) → `Some(value)`; absent → `None` (via `default`).
@@ -215,6 +221,19 @@ impl EnvironmentPatch {
             Some(_) => return invalid("deploy_on_tag", "must be a tag glob such as v*, or null"),
         };
         Ok(PushTriggers { on_push, on_tag })
+    }
+}
+
+impl EnvironmentPatch {
+    /// The `auto_rollback` this patch leaves when applied to `current`, validated.
+    pub fn apply_auto_rollback(&self, current: bool) -> Result<bool, ProjectError> {
+        match &self.auto_rollback {
+            None => Ok(current),
+            Some(v) => match v.as_bool() {
+                Some(b) => Ok(b),
+                None => invalid("auto_rollback", "must be true or false"),
+            },
+        }
     }
 }
 

@@ -173,6 +173,22 @@ pub async fn update_environment(
             let after = patch.apply(before)?;
             let triggers_before = current.triggers();
             let triggers = patch.apply_triggers(&triggers_before)?;
+            let auto_rollback = patch.apply_auto_rollback(current.auto_rollback)?;
+            if auto_rollback != current.auto_rollback {
+                store::set_auto_rollback(tx, id, auto_rollback)?;
+                audit::record(
+                    tx,
+                    now_ms(),
+                    &actor,
+                    "environment.update",
+                    "environment",
+                    Some(id),
+                    &format!(
+                        "{}: auto_rollback {auto_rollback} (was {})",
+                        current.name, current.auto_rollback
+                    ),
+                )?;
+            }
             if triggers != triggers_before {
                 store::set_triggers(tx, id, &triggers)?;
                 audit::record(

@@ -365,7 +365,7 @@ fn environment_card(
                 p.muted { "Never deployed." }
             } @else {
                 table {
-                    thead { tr { th { "#" } th { "Status" } th { "Ref" } th { "By" } th { "When" } } }
+                    thead { tr { th { "#" } th { "Status" } th { "Ref" } th { "Commit" } th { "By" } th { "When" } th { "Took" } th { "Release" } } }
                     tbody {
                         @for d in history {
                             tr {
@@ -373,10 +373,21 @@ fn environment_card(
                                 td {
                                     (deploys::pages::status_badge(d.status))
                                     @if d.log_pruned_at.is_some() { " " small.muted { "log pruned" } }
+                                    @if let Some(of) = d.rollback_of { " " small { "rollback of " a href=(format!("/deployments/{of}")) { "#" (of) } } }
+                                    @else if let Some(of) = d.redeploy_of { " " small { "redeploy of " a href=(format!("/deployments/{of}")) { "#" (of) } } }
+                                    @if let Some(e) = &d.error { br; small.muted title=(e) { (e.chars().take(80).collect::<String>()) } }
                                 }
                                 td { code { (d.git_ref) } }
+                                td { @match &d.commit { Some(c) => code title=(c) { (c.get(..12).unwrap_or(c)) }, None => "–" } }
                                 td { (d.triggered_by) }
                                 td { (ago(&d.created_at, now)) }
+                                td { (duration(&d.created_at, d.finished_at.as_deref())) }
+                                td {
+                                    @if d.release.is_some() {
+                                        a href=(format!("/deployments/{}#release", d.id)) { "release" }
+                                        @if v.can(Role::Member) { " " (deploys::pages::redeploy_form(d.id, &v.csrf)) }
+                                    } @else { "–" }
+                                }
                             }
                         }
                     }
@@ -387,8 +398,84 @@ fn environment_card(
             p.retention { small { (retention_line(env, defaults)) } }
             @if v.can(Role::Member) { (retention_form(v, env, defaults, retention)) }
             (triggers_form(v, project, env, triggers))
+            (auto_rollback_form(v, env))
         }
     }
+}
+
+/// How long a deployment took, from its creation to its end: `42 s`, `3 min 5 s`; `–` while it runs.
+fn duration(created_at: &str, finished_at: Option<&str>) -> String {
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|t| t.unix_timestamp())
+    };
+    match (parse(created_at), finished_at.and_then(parse)) {
+        (Some(a), Some(b)) => {
+            let secs = (b - a).max(0);
+            if secs < 60 {
+                format!("{secs} s")
+            } else {
+                format!("{} min {} s", secs / 60, secs % 60)
+            }
+        }
+        _ => "–".to_owned(),
+    }
+}
+
+/// An environment's automatic rollback setting (PATCH /api/environments/{id} `auto_rollback`).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct AutoRollbackForm {
+    /// Present (`on`) when the box is ticked.
+    #[serde(default)]
+    pub auto_rollback: Option<String>,
+}
+
+fn auto_rollback_form(v: &Viewer, env: &super::Environment) -> Markup {
+    html! {
+        p.rollback { small {
+            @if env.auto_rollback { "A deployment that fails after changing the stack rolls back to the last successful release." }
+            @else { "Failed deployments are not rolled back automatically." }
+        } }
+        @if v.can(Role::Member) {
+            details {
+                summary { "Automatic rollback" }
+                form.grid-form method="post" action=(format!("/environments/{}/rollback", env.id)) {
+                    (csrf_field(&v.csrf))
+                    label {
+                        input type="checkbox" name="auto_rollback" checked[env.auto_rollback];
+                        " Roll back to the last successful release when a deployment fails after " code { "up" } " ran"
+                    }
+                    button type="submit" { "Save" }
+                }
+            }
+        }
+    }
+}
+
+/// The automatic rollback form of an environment's card.
+pub async fn set_auto_rollback(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(env_id): Path<i64>,
+    Form(form): Form<AutoRollbackForm>,
+) -> Result<Response, PageError> {
+    let env = state
+        .db
+        .read(move |c| store::get_environment(c, env_id))
+        .await
+        .map_err(WebError::from)?;
+    let patch = EnvironmentPatch {
+        auto_rollback: Some(serde_json::Value::Bool(form.auto_rollback.is_some())),
+        ..EnvironmentPatch::default()
+    };
+    update_environment(&state, &who, env_id, patch)
+        .await
+        .map_err(WebError::from)?;
+    Ok(layout::see_other(&format!(
+        "/projects/{}?done=rollback-saved#env-{}",
+        env.project_id, env.name
+    )))
 }
 
 pub async fn render_project(
@@ -398,7 +485,7 @@ pub async fn render_project(
     forms: Forms,
     done: Option<&str>,
 ) -> Result<Markup, PageError> {
-    let (project, history, runtimes, secrets) = state
+    let (project, history, runtimes, secrets, versions) = state
         .db
         .read(move |c| {
             let project = store::get(c, id)?;
@@ -409,7 +496,8 @@ pub async fn render_project(
                 runtimes.push(crate::runtime::ops::read(c, e.id).map_err(WebError::from)?);
             }
             let secrets = crate::secrets::store::list(c, id).map_err(WebError::from)?;
-            Ok::<_, WebError>((project, history, runtimes, secrets))
+            let versions = crate::secrets::store::versions_of_project(c, id)?;
+            Ok::<_, WebError>((project, history, runtimes, secrets, versions))
         })
         .await?;
     let editable = v.can(Role::Member);
@@ -471,7 +559,7 @@ pub async fn render_project(
                 }
             }
         }
-        (secrets_section(v, &project, &secrets, forms.secret.as_ref()))
+        (secrets_section(v, &project, &secrets, &versions, forms.secret.as_ref()))
         section id="notifications" {
             h2 { "Notifications" }
             p { a href=(format!("/projects/{}/notifications", project.id)) { "Notification channels" }

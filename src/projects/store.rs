@@ -43,7 +43,7 @@ fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, 
 }
 
 const ENVIRONMENT_COLUMNS: &str = "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days, \
-     deploy_on_push, deploy_on_tag";
+     deploy_on_push, deploy_on_tag, auto_rollback";
 
 fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
     Ok(Environment {
@@ -56,6 +56,7 @@ fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> 
         log_keep_days: r.get(6)?,
         deploy_on_push: r.get(7)?,
         deploy_on_tag: r.get(8)?,
+        auto_rollback: r.get(9)?,
     })
 }
 
@@ -196,6 +197,17 @@ pub fn set_triggers(tx: &Transaction<'_>, id: i64, t: &PushTriggers) -> Result<(
     match tx.execute(
         "UPDATE environments SET deploy_on_push = ?2, deploy_on_tag = ?3 WHERE id = ?1",
         params![id, t.on_push, t.on_tag],
+    )? {
+        0 => Err(ProjectError::EnvironmentNotFound),
+        _ => Ok(()),
+    }
+}
+
+/// Set whether a failed deployment of the environment rolls back automatically.
+pub fn set_auto_rollback(tx: &Transaction<'_>, id: i64, on: bool) -> Result<(), ProjectError> {
+    match tx.execute(
+        "UPDATE environments SET auto_rollback = ?2 WHERE id = ?1",
+        params![id, on],
     )? {
         0 => Err(ProjectError::EnvironmentNotFound),
         _ => Ok(()),

@@ -33,6 +33,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
 }
 
 /// Record the release of a deployment that just succeeded (in the transaction that ends it).
+/// `commit`: the one the agent reported, else the deployment's pinned one.
 pub fn insert(
     tx: &Transaction<'_>,
     deployment_id: i64,
@@ -44,7 +45,7 @@ pub fn insert(
     let services = serde_json::to_string(&release.services).unwrap_or_else(|_| "[]".into());
     tx.execute(
         "INSERT INTO releases (deployment_id, environment_id, agent_id, agent_name, commit_sha, compose_hash, services, created_at)
-         SELECT d.id, d.environment_id, a.id, a.name, ?3, ?4, ?5, ?6
+         SELECT d.id, d.environment_id, a.id, a.name, IFNULL(?3, d.commit_sha), ?4, ?5, ?6
          FROM deployments d JOIN agents a ON a.id = ?2 WHERE d.id = ?1",
         params![deployment_id, agent_id, commit, release.compose_hash, services, now],
     )?;

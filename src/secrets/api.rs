@@ -62,3 +62,12 @@ pub async fn delete(
     ops::delete_secret(&state, &who, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `GET /api/secrets/{id}/versions`: the kept versions, newest first, also of a deleted secret
+/// while a release still holds them. Never a value.
+pub async fn versions(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Vec<store::VersionInfo>>, WebError> {
+    Ok(axum::Json(ops::versions(&state, id).await?))
+}

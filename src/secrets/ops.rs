@@ -50,6 +50,7 @@ pub async fn create_secret(
                 actor: &actor,
             };
             let id = store::insert(tx, &new, now)?;
+            store::record_version(tx, id)?;
             audit::record(
                 tx,
                 now,
@@ -64,7 +65,8 @@ pub async fn create_secret(
         .await
 }
 
-/// Replace a secret's value (its version goes up by one).
+/// Replace a secret's value (its version goes up by one). The previous value stays in the
+/// history as an older version; past `secrets.keep_versions` versions the oldest are pruned.
 pub async fn update_secret(
     state: &AppState,
     who: &Principal,
@@ -75,12 +77,15 @@ pub async fn update_secret(
     let ciphertext = state.vault.encrypt(&new.value)?;
     drop(new);
     let actor = who.actor.clone();
+    let keep = state.config.secrets.keep_versions;
     state
         .db
         .write(move |tx| {
             let before = store::get(tx, id)?;
             let now = now_ms();
             store::update_value(tx, id, &ciphertext, &actor, now)?;
+            store::record_version(tx, id)?;
+            store::prune_versions(tx, id, keep)?;
             let what = describe(
                 &before.key,
                 before.service.as_deref(),
@@ -92,14 +97,18 @@ pub async fn update_secret(
         .await
 }
 
-/// Delete a secret.
+/// Delete a secret. Its versions are marked deleted and stay while a redeployable release
+/// (one of its environment's newest `secrets.keep_versions`) used them; the rest are pruned.
 pub async fn delete_secret(state: &AppState, who: &Principal, id: i64) -> Result<(), SecretError> {
     let actor = who.actor.clone();
+    let keep = state.config.secrets.keep_versions;
     state
         .db
         .write(move |tx| {
             let before = store::get(tx, id)?;
             store::delete(tx, id)?;
+            store::mark_versions_deleted(tx, id, now_ms())?;
+            store::prune_deleted_versions(tx, before.project_id, keep)?;
             let what = describe(
                 &before.key,
                 before.service.as_deref(),
@@ -119,4 +128,13 @@ fn describe(key: &str, service: Option<&str>, environment: Option<&str>) -> Stri
         (None, Some(e)) => format!("{key} ({e})"),
         (Some(s), Some(e)) => format!("{key} (service {s}, {e})"),
     }
+}
+
+/// A secret's kept versions, newest first (who wrote each and when, never a value).
+pub async fn versions(state: &AppState, id: i64) -> Result<Vec<store::VersionInfo>, SecretError> {
+    state
+        .db
+        .read(move |c| store::versions(c, id))
+        .await?
+        .ok_or(SecretError::NotFound)
 }

@@ -45,6 +45,7 @@ pub fn secrets_section(
     v: &Viewer,
     project: &Project,
     secrets: &[SecretInfo],
+    versions: &std::collections::HashMap<i64, Vec<store::VersionInfo>>,
     failed: Option<&(SecretForm, FormErrors)>,
 ) -> Markup {
     let now = now_ms();
@@ -76,7 +77,22 @@ pub fn secrets_section(
                                     td { span.masked { (MASK) } }
                                     td { (s.environment.as_deref().unwrap_or("all")) }
                                     td { @match &s.service { Some(svc) => { "service " code { (svc) } }, None => "global" } }
-                                    td { "v" (s.version) }
+                                    td {
+                                        "v" (s.version)
+                                        @if let Some(history) = versions.get(&s.id).filter(|h| h.len() > 1) {
+                                            details.versions {
+                                                summary { small { (history.len()) " versions kept" } }
+                                                ul {
+                                                    @for h in history {
+                                                        li { small {
+                                                            "v" (h.version) " by " (h.created_by) ", " (ago(&h.created_at, now))
+                                                            @if h.current { " (current)" }
+                                                        } }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
                                     td { (s.updated_by) br; small.muted { (ago(&s.updated_at, now)) } }
                                     @if editable {
                                         td {

@@ -180,6 +180,12 @@ fn reencrypt_all(tx: &Transaction<'_>, old: &Vault, new: &Vault) -> Result<usize
         let plain = old.decrypt(ciphertext)?;
         store::set_ciphertext(tx, *id, &new.encrypt(&plain)?)?;
     }
+    // Every kept version of every secret (the current ones are the same values again).
+    let versions = store::all_version_ciphertexts(tx)?;
+    for (id, version, ciphertext) in &versions {
+        let plain = old.decrypt(ciphertext)?;
+        store::set_version_ciphertext(tx, *id, *version, &new.encrypt(&plain)?)?;
+    }
     // Notification channels' URLs, SMTP settings and signing secrets (src/notify).
     let channels = crate::notify::store::all_ciphertexts(tx)?;
     for (id, target, signing) in &channels {

@@ -243,6 +243,7 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("environment-added") => "Environment added.",
         Some("retention-saved") => "Log retention saved.",
         Some("triggers-saved") => "Push triggers saved.",
+        Some("rollback-saved") => "Automatic rollback saved.",
         Some("secret-added") => "Secret added. Its value is stored encrypted and will not be shown again.",
         Some("secret-updated") => "Secret value replaced.",
         Some("secret-deleted") => "Secret deleted.",

@@ -114,6 +114,12 @@ pub fn routes() -> Routes {
         .add(M::PUT, "/api/secrets/{id}", MEMBER, secrets::api::update)
         .add(M::DELETE, "/api/secrets/{id}", MEMBER, secrets::api::delete)
         .add(
+            M::GET,
+            "/api/secrets/{id}/versions",
+            VIEWER,
+            secrets::api::versions,
+        )
+        .add(
             M::POST,
             "/api/environments/{id}/agents",
             ADMIN,
@@ -185,6 +191,12 @@ pub fn routes() -> Routes {
             VIEWER,
             users::api::change_password,
         )
+        .add(
+            M::POST,
+            "/api/deployments/{id}/redeploy",
+            MEMBER,
+            deploys::api::redeploy,
+        )
         // --- web UI: signing in -----------------------------------------------------------------
         .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
@@ -236,6 +248,12 @@ pub fn routes() -> Routes {
             MEMBER,
             projects::pages::set_triggers,
         )
+        .add(
+            M::POST,
+            "/environments/{id}/rollback",
+            MEMBER,
+            projects::pages::set_auto_rollback,
+        )
         .add(M::POST, "/projects/{id}/webhook", MEMBER, hooks::pages::rotate)
         .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
         .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)
@@ -265,6 +283,12 @@ pub fn routes() -> Routes {
             "/deployments/{id}/cancel",
             MEMBER,
             deploys::pages::cancel,
+        )
+        .add(
+            M::POST,
+            "/deployments/{id}/redeploy",
+            MEMBER,
+            deploys::pages::redeploy,
         )
         .add(
             M::GET,

@@ -20,7 +20,7 @@ use super::error::ErrorBody;
 use crate::agents::AgentInfo;
 use crate::agents::api::NewAgent;
 use crate::agents::ops::CreatedAgent;
-use crate::deploys::api::{DeployAccepted, DeployRequest};
+use crate::deploys::api::{DeployAccepted, DeployRequest, RedeployAccepted};
 use crate::deploys::{Deployment, LogLine};
 use crate::hooks::WebhookInfo;
 use crate::hooks::api::NewWebhook;
@@ -28,6 +28,7 @@ use crate::hooks::ops::Handled;
 use crate::notify::api::TestQueued;
 use crate::notify::{ChannelInfo, ChannelInput, Created, Delivery};
 use crate::projects::{Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectInput, ProjectPatch};
+use crate::secrets::store::VersionInfo;
 use crate::secrets::{NewValue, SecretInfo, SecretInput};
 use crate::users::Role;
 use crate::users::api::{PasswordChanged, PasswordInput};
@@ -156,6 +157,11 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
             op("Replace a secret's value", 200, Some(s.one::<SecretInfo>())).takes(s.one::<NewValue>())
         }
         ("DELETE", "/api/secrets/{id}") => op("Delete a secret", 204, None),
+        ("GET", "/api/secrets/{id}/versions") => op(
+            "A secret's kept versions, newest first (who and when, never a value)",
+            200,
+            Some(s.many::<VersionInfo>()),
+        ),
         ("POST", "/api/environments/{id}/agents") => op(
             "Create an agent (its token is shown once)",
             201,
@@ -175,6 +181,11 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
             "Cancel a deployment (waiting: at once; running: the agent is told to stop)",
             202,
             Some(s.one::<DeployAccepted>()),
+        ),
+        ("POST", "/api/deployments/{id}/redeploy") => op(
+            "Redeploy a deployment's release: its commit, secret versions and pinned images",
+            201,
+            Some(s.one::<RedeployAccepted>()),
         ),
         ("GET", "/api/deployments/{id}") => op("A deployment", 200, Some(s.one::<Deployment>())),
         ("GET", "/api/deployments/{id}/logs") => op(

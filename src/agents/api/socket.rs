@@ -396,11 +396,19 @@ async fn handle_text(
             error,
             commit,
             lines,
-            release: _,
-            applied: _,
+            release,
+            applied,
         } => {
             service::check_line_count(state, deployment_id, lines);
-            let ack = service::on_status(state, agent, deployment_id, status, services, error, commit)
+            let report = service::StatusReport {
+                outcome: status,
+                services,
+                error,
+                commit,
+                release,
+                applied,
+            };
+            let ack = service::on_status(state, agent, deployment_id, report)
                 .await
                 .map_err(|e| refused(state, agent, &e))?;
             if ack {

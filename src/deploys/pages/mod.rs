@@ -135,6 +135,15 @@ pub(super) fn status_block(d: &Deployment) -> Markup {
                 @if let Some(f) = &d.finished_at { div { small { "Finished" } (ago(f, now)) } }
             }
             @if let Some(e) = &d.error { p.notice.error role="alert" { "Error: " (e) } }
+            @if let Some(failed) = d.rollback_of {
+                p.notice { "Automatic rollback of the failed "
+                    a href=(format!("/deployments/{failed}")) { "deployment #" (failed) } "." }
+            }
+            @if let Some(of) = d.redeploy_of {
+                p.notice { "Redeploys the release of "
+                    a href=(format!("/deployments/{of}")) { "deployment #" (of) }
+                    ": its commit, its secret versions and its images, pinned." }
+            }
             @if let Some(next) = d.superseded_by {
                 p.notice { "Never ran: a newer deployment of this environment replaced it, "
                     a href=(format!("/deployments/{next}")) { "deployment #" (next) } "." }
@@ -157,6 +166,70 @@ pub(super) fn status_block(d: &Deployment) -> Markup {
             }
         }
     }
+}
+
+/// What a successful deployment put on the server: agent, commit, compose hash, each service's
+/// image and pin, the secret versions (keys and versions, never values).
+fn release_block(d: &Deployment) -> Markup {
+    html! {
+        @if let Some(r) = &d.release {
+            section id="release" {
+                h3 { "Release" }
+                div.stat {
+                    div { small { "Agent" } (r.agent_name) }
+                    div { small { "Commit" } @match &r.commit { Some(c) => code { (c) }, None => "–" } }
+                    div { small { "Compose hash" } code title=(r.compose_hash) { (r.compose_hash.get(..16).unwrap_or(&r.compose_hash)) } }
+                }
+                table {
+                    thead { tr { th { "Service" } th { "Image" } th { "Pinned as" } } }
+                    tbody {
+                        @for s in &r.services {
+                            tr { td { code { (s.name) } } td { code { (s.image) } } td { code { (s.pin()) } } }
+                        }
+                    }
+                }
+                @if d.secrets.is_empty() {
+                    p.muted { "No secrets." }
+                } @else {
+                    table {
+                        thead { tr { th { "Secret" } th { "Scope" } th { "Version" } } }
+                        tbody {
+                            @for s in &d.secrets {
+                                tr {
+                                    td { code { (s.key) } }
+                                    td { (s.scope) @if let Some(svc) = &s.service { " " code { (svc) } } }
+                                    td { "v" (s.version) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The Redeploy button of a deployment with a release.
+pub fn redeploy_form(id: i64, csrf: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(format!("/deployments/{id}/redeploy")) {
+            (csrf_field(csrf))
+            button.secondary.outline type="submit" title="A new deployment of this release: the same commit, secret versions and images" { "Redeploy" }
+        }
+    }
+}
+
+/// `POST /deployments/{id}/redeploy` (MEMBER): redeploy that deployment's release, then to
+/// the new deployment's page.
+pub async fn redeploy(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    let r = super::rollback::redeploy(&state, &who, id)
+        .await
+        .map_err(WebError::from)?;
+    Ok(layout::see_other(&format!("/deployments/{}", r.deployment_id)))
 }
 
 /// The Cancel button of a deployment that has not finished (waiting, queued or running).
@@ -217,6 +290,8 @@ pub async fn deployment_page(
         }
         (status_block(&d))
         @if live && v.can(Role::Member) { (cancel_form(&d, &v.csrf)) }
+        (release_block(&d))
+        @if d.release.is_some() && v.can(Role::Member) { (redeploy_form(d.id, &v.csrf)) }
         h3 { "Log" }
         @if let Some(at) = &d.log_pruned_at {
             p.muted { "Log pruned " (ago(at, now_ms())) " by the retention policy (deploys.log_keep_deployments, deploys.log_keep_days)." }
