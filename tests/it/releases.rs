@@ -40,7 +40,11 @@ pub async fn connect(api: &Api, token: &str, capabilities: &[&str]) -> TestAgent
 }
 
 pub async fn next_deploy(agent: &mut TestAgent) -> (i64, Value) {
-    let frame = agent.recv().await;
+    let mut frame = agent.recv().await;
+    // An agent offering `runtime` is first told which project to watch.
+    while frame["type"] == "WATCH" {
+        frame = agent.recv().await;
+    }
     assert_eq!(frame["type"], "DEPLOY", "{frame}");
     (frame["deployment_id"].as_i64().unwrap(), frame)
 }

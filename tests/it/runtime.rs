@@ -55,14 +55,23 @@ fn reported_at(server: &TestServer, env: i64) -> Option<i64> {
         .ok()
 }
 
+/// The config hash the release records for a service (what its containers carry unless drifted).
+fn config_hash(service: &str) -> &'static str {
+    match service {
+        "adminer" => "cf00cccccccc",
+        "db" => "cf01cccccccc",
+        _ => "cf02cccccccc",
+    }
+}
+
 fn service(name: &str, image_id: &str) -> Value {
     json!({"name": name, "image": format!("shop/{name}:1"), "image_id": image_id,
-        "config_hash": format!("cfg-{name}")})
+        "config_hash": config_hash(name)})
 }
 
 fn release() -> Value {
-    json!({"compose_hash": "c0ffee", "services": [service("db", "sha256:db111111111111111111"),
-        service("web", "sha256:web22222222222222222")]})
+    json!({"compose_hash": "c0ffee0000000000000000000000000000000000000000000000000000000000", "services": [service("db", "sha256:d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1"),
+        service("web", "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2")]})
 }
 
 fn container(service: &str, n: u32, state: &str, image_id: &str, config_hash: &str) -> Value {
@@ -74,9 +83,27 @@ fn container(service: &str, n: u32, state: &str, image_id: &str, config_hash: &s
 /// What runs when it matches [`release`].
 fn matching() -> Vec<Value> {
     vec![
-        container("db", 1, "running", "sha256:db111111111111111111", "cfg-db"),
-        container("web", 1, "running", "sha256:web22222222222222222", "cfg-web"),
-        container("web", 2, "running", "sha256:web22222222222222222", "cfg-web"),
+        container(
+            "db",
+            1,
+            "running",
+            "sha256:d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1",
+            "cf01cccccccc",
+        ),
+        container(
+            "web",
+            1,
+            "running",
+            "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+            "cf02cccccccc",
+        ),
+        container(
+            "web",
+            2,
+            "running",
+            "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+            "cf02cccccccc",
+        ),
     ]
 }
 
@@ -134,9 +161,7 @@ fn kinds(drift: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Run one deployment to success with `release` in its STATUS. The releases domain records it
-/// from the STATUS; on a branch without that yet, the row is written here, before the STATUS,
-/// so the appliance sees the release when the deployment ends (either way, one row).
+/// Run one deployment to success with `release` in its STATUS, which the releases domain records.
 async fn deploy_release(server: &TestServer, agent: &mut TestAgent, pid: i64, release: &Value) -> i64 {
     deploy_release_at(&server.api, &server.data_dir(), agent, pid, release).await
 }
@@ -152,16 +177,6 @@ async fn deploy_release_at(
     let id = body["deployment_id"].as_i64().unwrap();
     let frame = agent.recv().await;
     assert_eq!(frame["type"], "DEPLOY", "{frame}");
-    if !records_releases() {
-        let services = serde_json::to_string(&release["services"]).unwrap();
-        db_at(data)
-            .execute(
-                "INSERT INTO releases (deployment_id, environment_id, agent_id, agent_name, commit_sha, compose_hash, services, created_at)
-                 SELECT d.id, d.environment_id, NULL, 'test', NULL, ?2, ?3, 0 FROM deployments d WHERE d.id = ?1",
-                rusqlite::params![id, release["compose_hash"].as_str().unwrap(), services],
-            )
-            .unwrap();
-    }
     agent
         .send(json!({"type": "STATUS", "deployment_id": id, "status": "SUCCESS",
             "services": [{"name": "web", "state": "running", "health": "", "exit_code": 0}],
@@ -178,13 +193,6 @@ async fn deploy_release_at(
         .unwrap();
     assert_eq!(recorded, 1, "one release row for deployment {id}");
     id
-}
-
-/// Whether this build's STATUS handler records the release itself (the releases domain, issue
-/// 14 part B). Until it is merged, [`deploy_release`] writes the row.
-fn records_releases() -> bool {
-    let socket = include_str!("../../src/agents/api/socket.rs");
-    !socket.contains("release: _,")
 }
 
 async fn setup(server: &TestServer) -> (i64, i64, String) {
@@ -238,9 +246,27 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
         (
             "stopped",
             vec![
-                container("db", 1, "running", "sha256:db111111111111111111", "cfg-db"),
-                container("web", 1, "exited", "sha256:web22222222222222222", "cfg-web"),
-                container("web", 2, "running", "sha256:web22222222222222222", "cfg-web"),
+                container(
+                    "db",
+                    1,
+                    "running",
+                    "sha256:d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1",
+                    "cf01cccccccc",
+                ),
+                container(
+                    "web",
+                    1,
+                    "exited",
+                    "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+                    "cf02cccccccc",
+                ),
+                container(
+                    "web",
+                    2,
+                    "running",
+                    "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+                    "cf02cccccccc",
+                ),
             ],
             vec![("web", "stopped")],
         ),
@@ -250,8 +276,8 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
                 "web",
                 1,
                 "running",
-                "sha256:web22222222222222222",
-                "cfg-web",
+                "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+                "cf02cccccccc",
             )],
             vec![("db", "missing")],
         ),
@@ -259,7 +285,13 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
             "extra",
             [
                 matching(),
-                vec![container("adminer", 1, "running", "sha256:ad", "cfg-adminer")],
+                vec![container(
+                    "adminer",
+                    1,
+                    "running",
+                    "sha256:adadadadadadadadadadadadadadadadadadadadadadadadadadadadadadadad",
+                    "cf00cccccccc",
+                )],
             ]
             .concat(),
             vec![("adminer", "extra")],
@@ -267,20 +299,38 @@ async fn drift_of_each_kind_starts_and_ends_once_per_transition() {
         (
             "image",
             vec![
-                container("db", 1, "running", "sha256:db999999999999999999", "cfg-db"),
-                container("web", 1, "running", "sha256:web22222222222222222", "cfg-web"),
+                container(
+                    "db",
+                    1,
+                    "running",
+                    "sha256:d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9",
+                    "cf01cccccccc",
+                ),
+                container(
+                    "web",
+                    1,
+                    "running",
+                    "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+                    "cf02cccccccc",
+                ),
             ],
             vec![("db", "image")],
         ),
         (
             "config",
             vec![
-                container("db", 1, "running", "sha256:db111111111111111111", "cfg-db"),
+                container(
+                    "db",
+                    1,
+                    "running",
+                    "sha256:d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1",
+                    "cf01cccccccc",
+                ),
                 container(
                     "web",
                     1,
                     "running",
-                    "sha256:web22222222222222222",
+                    "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
                     "edited-by-hand",
                 ),
             ],
@@ -337,15 +387,28 @@ async fn a_new_release_ends_the_drift_without_a_new_report() {
     deploy_release(&server, &mut agent, pid, &release()).await;
     // Someone ran another image of db by hand.
     let by_hand = vec![
-        container("db", 1, "running", "sha256:db999999999999999999", "cfg-db"),
-        container("web", 1, "running", "sha256:web22222222222222222", "cfg-web"),
+        container(
+            "db",
+            1,
+            "running",
+            "sha256:d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9",
+            "cf01cccccccc",
+        ),
+        container(
+            "web",
+            1,
+            "running",
+            "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+            "cf02cccccccc",
+        ),
     ];
     report(&mut agent, &project, &by_hand).await;
     wait_drift(&api, env, "image drift", |d| !d.is_null()).await;
     // A deployment records that image as the release: the drift ends, though nothing new was
     // reported.
     let mut fixed = release();
-    fixed["services"][0]["image_id"] = json!("sha256:db999999999999999999");
+    fixed["services"][0]["image_id"] =
+        json!("sha256:d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9d9");
     deploy_release(&server, &mut agent, pid, &fixed).await;
     wait_drift(&api, env, "the drift to end at the new release", Value::is_null).await;
     assert_eq!(audited(&server, "drift.ended").len(), 1);
@@ -427,10 +490,23 @@ async fn the_runtime_api_shape_and_access() {
     let (mut agent, project) = connect_watching(&api, &token).await;
     let release_id = deploy_release(&server, &mut agent, pid, &release()).await;
     let mut containers = vec![
-        container("web", 1, "running", "sha256:web22222222222222222", "cfg-web"),
-        container("web", 2, "restarting", "sha256:web22222222222222222", "cfg-web"),
+        container(
+            "web",
+            1,
+            "running",
+            "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+            "cf02cccccccc",
+        ),
+        container(
+            "web",
+            2,
+            "restarting",
+            "sha256:e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2",
+            "cf02cccccccc",
+        ),
     ];
-    containers[0]["repo_digest"] = json!("shop/web@sha256:feed");
+    containers[0]["repo_digest"] =
+        json!("shop/web@sha256:fefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefe");
     containers[0]["health"] = json!("healthy");
     report(&mut agent, &project, &containers).await;
 
@@ -445,9 +521,9 @@ async fn the_runtime_api_shape_and_access() {
         rt["services"],
         json!([
             {"name": "db", "state": "missing", "health": "", "restarts": 0, "image": "shop/db:1",
-             "digest": "sha256:db111111111111111111", "started_at": null, "containers": 0},
+             "digest": "sha256:d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1", "started_at": null, "containers": 0},
             {"name": "web", "state": "restarting", "health": "", "restarts": 3, "image": "shop/web:1",
-             "digest": "shop/web@sha256:feed", "started_at": "2026-01-02T03:04:05Z", "containers": 2},
+             "digest": "shop/web@sha256:fefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefe", "started_at": "2026-01-02T03:04:05Z", "containers": 2},
         ]),
         "{rt}"
     );
