@@ -104,7 +104,10 @@ fn spec(name: &str, compose: &Path) -> ProjectSpec {
 
 async fn deploy(env: &Env, id: i64, project: &ProjectSpec) -> DeployResult {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let result = env.deployer.run(id, project, &[global("CANARY", CANARY)], &tx).await;
+    let result = env
+        .deployer
+        .run(id, project, &[global("CANARY", CANARY)], &tx)
+        .await;
     drop(tx);
     let mut lines = Vec::new();
     while let Some(l) = rx.recv().await {
@@ -143,7 +146,9 @@ async fn a_deployment_reports_the_image_id_its_service_runs() {
     let _down = ProjectDown(project_name(&name, "staging"));
     let result = deploy(&env, 1, &spec(&name, &compose)).await;
     assert!(result.applied);
-    let release = result.release.expect("a successful deployment reports its release");
+    let release = result
+        .release
+        .expect("a successful deployment reports its release");
     assert_eq!(release.compose_hash.len(), 64, "{release:?}");
     assert!(release.compose_hash.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(release.services.len(), 1, "{release:?}");
@@ -249,7 +254,7 @@ fn events_children(project: &str) -> Vec<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.iter().any(|a| a == "events") && args.iter().any(|a| *a == needle) {
+        if args.iter().any(|a| a == "events") && args.contains(&needle) {
             found.push(pid);
         }
     }
@@ -267,7 +272,12 @@ async fn a_watched_project_reports_runtime_after_docker_stop() {
     let project = project_name(&name, "staging");
     let _down = ProjectDown(project.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut agent = start_agent_with(listener.local_addr().unwrap(), dir.path(), &token(), "docker compose");
+    let mut agent = start_agent_with(
+        listener.local_addr().unwrap(),
+        dir.path(),
+        &token(),
+        "docker compose",
+    );
     let (mut ws, _, _) = accept(&listener).await;
     let AgentMessage::Hello {
         recipient: Some(recipient),
@@ -302,7 +312,13 @@ async fn a_watched_project_reports_runtime_after_docker_stop() {
     send(&mut ws, &ServerMessage::Ack { deployment_id: 1 }).await;
 
     // WATCH: the project's state at once.
-    send(&mut ws, &ServerMessage::Watch { project: project.clone() }).await;
+    send(
+        &mut ws,
+        &ServerMessage::Watch {
+            project: project.clone(),
+        },
+    )
+    .await;
     let runtime = |msg: AgentMessage| match msg {
         AgentMessage::Runtime {
             project: p,
@@ -321,7 +337,10 @@ async fn a_watched_project_reports_runtime_after_docker_stop() {
         }
     };
     assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!((first[0].service.as_str(), first[0].state.as_str()), ("web", "running"));
+    assert_eq!(
+        (first[0].service.as_str(), first[0].state.as_str()),
+        ("web", "running")
+    );
     assert_eq!(first[0].image_id, image_id(TEST_IMAGE));
     assert!(first[0].started_at.is_some());
     assert_eq!(events_children(&project).len(), 1, "one docker events child");
@@ -349,6 +368,143 @@ async fn a_watched_project_reports_runtime_after_docker_stop() {
     while !events_children(&project).is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(events_children(&project), Vec::<i32>::new(), "docker events outlived the agent");
+    assert_eq!(
+        events_children(&project),
+        Vec::<i32>::new(),
+        "docker events outlived the agent"
+    );
     assert!(!agent.log().contains(CANARY));
+}
+
+fn proc_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 (index 11 and 12 after the state).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn proc_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Benchmark (BENCHMARKS.md, "agent idle with runtime reporting on"): the real agent connected,
+/// its project deployed and WATCH'd, then left alone for a window: its own RSS and CPU, and,
+/// apart, its `docker events` child's. Asserts only that nothing is read while nothing happens
+/// (no RUNTIME, the same events child). Run with:
+/// `STAGELY_BENCH_AGENT=<binary> STAGELY_BENCH_WINDOW_SECS=60 cargo test --test it
+/// agent_release::bench_idle_with_runtime_reporting -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a benchmark: run by hand (see BENCHMARKS.md)"]
+async fn bench_idle_with_runtime_reporting() {
+    use futures_util::StreamExt;
+    if !require_engine() {
+        return;
+    }
+    let window = Duration::from_secs(
+        std::env::var("STAGELY_BENCH_WINDOW_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let binary = std::env::var("STAGELY_BENCH_AGENT").unwrap_or_else(|_| crate::bins::agent().to_owned());
+    let dir = tempfile::tempdir().unwrap();
+    let compose = write_compose(&dir.path().join("p"), TEST_IMAGE);
+    let name = unique("agtbench");
+    let project = project_name(&name, "staging");
+    let _down = ProjectDown(project.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", token())).unwrap();
+    let mut child = tokio::process::Command::new(&binary)
+        .arg("run")
+        .arg("--server")
+        .arg(format!("http://{}", listener.local_addr().unwrap()))
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .args(["--verify-wait-secs", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let (mut ws, _, _) = accept(&listener).await;
+    let AgentMessage::Hello {
+        recipient: Some(recipient),
+        ..
+    } = recv(&mut ws).await
+    else {
+        panic!("HELLO first")
+    };
+    send(&mut ws, &deploy_msg(&recipient, 1, &name, &compose, vec![])).await;
+    loop {
+        if let AgentMessage::Status { status, .. } = recv(&mut ws).await {
+            assert_eq!(status, DeployOutcome::Success);
+            break;
+        }
+    }
+    send(&mut ws, &ServerMessage::Ack { deployment_id: 1 }).await;
+    send(
+        &mut ws,
+        &ServerMessage::Watch {
+            project: project.clone(),
+        },
+    )
+    .await;
+    loop {
+        if matches!(recv(&mut ws).await, AgentMessage::Runtime { .. }) {
+            break;
+        }
+    }
+    let events = events_children(&project);
+    assert_eq!(events.len(), 1, "one docker events child");
+    let events = events[0] as u32;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Keep the connection served (pongs) and count what the agent sends meanwhile.
+    let (agent0, events0) = (proc_ticks(pid), proc_ticks(events));
+    let started = std::time::Instant::now();
+    let mut runtime_frames = 0;
+    let _ = tokio::time::timeout(window, async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg
+                && t.as_str().contains("\"RUNTIME\"")
+            {
+                runtime_frames += 1;
+            }
+        }
+    })
+    .await;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let tick_ms = 10.0; // CLK_TCK 100 on Linux
+    let (agent_ms, events_ms) = (
+        (proc_ticks(pid) - agent0) as f64 * tick_ms / minutes,
+        (proc_ticks(events) - events0) as f64 * tick_ms / minutes,
+    );
+    let (agent_rss, events_rss) = (proc_rss_kb(pid), proc_rss_kb(events));
+    println!(
+        "BENCH agent idle with runtime reporting ({binary}, window {window:?}): agent RSS {:.2} MB, CPU {agent_ms:.1} ms/min; \
+         docker events child RSS {:.2} MB, CPU {events_ms:.1} ms/min; RUNTIME frames while idle: {runtime_frames}",
+        agent_rss as f64 / 1024.0,
+        events_rss as f64 / 1024.0,
+    );
+    assert_eq!(runtime_frames, 0, "nothing changed, so nothing is sent");
+    assert_eq!(
+        events_children(&project),
+        vec![events as i32],
+        "the same events child"
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
 }

@@ -528,7 +528,11 @@ async fn hello_offers_releases_and_runtime_and_a_bad_pin_fails_before_anything_r
     };
     assert_eq!(status, DeployOutcome::Fail);
     assert!(error.contains("image pin for service \"web\""), "{error}");
-    assert_eq!((applied, release), (Some(false), None), "nothing ran, so nothing applied");
+    assert_eq!(
+        (applied, release),
+        (Some(false), None),
+        "nothing ran, so nothing applied"
+    );
     assert!(!mark.exists(), "nothing may run for a DEPLOY with a bad pin");
     stop.cancel();
     session.await.unwrap();

@@ -63,6 +63,13 @@ pub enum DeployError {
     },
 }
 
+/// What a run has got to, for its result whichever way it ends: the commit checked out, and
+/// whether `up` was started.
+struct Progress<'a> {
+    commit: Option<String>,
+    applied: &'a AtomicBool,
+}
+
 /// What every deployment shares: the agent's settings.
 #[derive(Debug, Clone)]
 pub struct Deployer {
@@ -104,7 +111,10 @@ impl Deployer {
         applied: &AtomicBool,
     ) -> DeployResult {
         let masker = Masker::new(secrets.iter().map(|s| s.value.as_str()));
-        let mut commit = None;
+        let mut progress = Progress {
+            commit: None,
+            applied,
+        };
         // Every command of this deployment is recorded (its process group) in the runtime dir
         // while it runs, so an agent restarted after a crash can end it (crate::groups).
         let outcome = tokio::time::timeout(
@@ -112,7 +122,7 @@ impl Deployer {
             super::groups::scope(
                 self.runtime.path(),
                 deployment_id,
-                self.run_inner(deployment_id, project, secrets, &masker, log, &mut commit, applied),
+                self.run_inner(deployment_id, project, secrets, &masker, log, &mut progress),
             ),
         )
         .await
@@ -133,7 +143,7 @@ impl Deployer {
                     status: DeployOutcome::Fail,
                     services: Vec::new(),
                     error: Some(message),
-                    commit,
+                    commit: progress.commit,
                     applied: applied.load(Ordering::Relaxed),
                     release: None,
                 }
@@ -148,8 +158,7 @@ impl Deployer {
         secrets: &[SecretEntry],
         masker: &Masker,
         log: &LogSink,
-        commit_out: &mut Option<String>,
-        applied: &AtomicBool,
+        progress: &mut Progress<'_>,
     ) -> Result<DeployResult, DeployError> {
         override_file::validate(secrets)?;
         // A redeployed release's image pins: their shape before anything runs; that each names
@@ -180,7 +189,7 @@ impl Deployer {
                     log,
                 };
                 let co = git.checkout(project, url).await?;
-                *commit_out = Some(co.commit.clone());
+                progress.commit = Some(co.commit.clone());
                 let file = compose_file_in(&co.dir, &project.compose_path)?;
                 (file, policy::resolve(&co.dir))
             }
@@ -254,7 +263,10 @@ impl Deployer {
             // digest is pulled by `up --pull missing` only when absent.
             agent_line(
                 log,
-                format!("pinned to the release's images: {} service(s)", project.images.len()),
+                format!(
+                    "pinned to the release's images: {} service(s)",
+                    project.images.len()
+                ),
             );
         } else if project.pull == PullPolicy::Always {
             agent_line(log, "pulling images");
@@ -294,7 +306,7 @@ impl Deployer {
                 },
             ]);
         }
-        applied.store(true, Ordering::Relaxed);
+        progress.applied.store(true, Ordering::Relaxed);
         // The release's compose hash is of the project's own file (no override): asked beside
         // `up`, like the active services.
         let (up, active_services, compose_hash) = tokio::join!(
@@ -346,7 +358,7 @@ impl Deployer {
                 status: DeployOutcome::Success,
                 services,
                 error: None,
-                commit: commit_out.clone(),
+                commit: progress.commit.clone(),
                 applied: true,
                 release,
             })
@@ -363,7 +375,7 @@ impl Deployer {
                 status: DeployOutcome::Fail,
                 services,
                 error: Some(error),
-                commit: commit_out.clone(),
+                commit: progress.commit.clone(),
                 applied: true,
                 release: None,
             })
@@ -390,7 +402,10 @@ impl Deployer {
             Ok(containers) => {
                 let release = engine::release_of(compose_hash, &containers);
                 for s in &release.services {
-                    agent_line(log, format!("release: service {} runs {} ({})", s.name, s.image, s.pin()));
+                    agent_line(
+                        log,
+                        format!("release: service {} runs {} ({})", s.name, s.image, s.pin()),
+                    );
                 }
                 Some(release)
             }

@@ -129,7 +129,10 @@ pub fn parse_image_inspect(text: &[u8]) -> Result<BTreeMap<String, Vec<String>>,
         .collect())
 }
 
-fn parse_array<T: serde::de::DeserializeOwned>(text: &[u8], what: &'static str) -> Result<Vec<T>, EngineError> {
+fn parse_array<T: serde::de::DeserializeOwned>(
+    text: &[u8],
+    what: &'static str,
+) -> Result<Vec<T>, EngineError> {
     let trimmed = text.trim_ascii();
     if trimmed.is_empty() {
         return Ok(Vec::new());
@@ -176,12 +179,19 @@ pub fn choose_digest(image: &str, digests: &[String]) -> Option<String> {
 
 /// `sha256:` and 64 lower-case hex digits: an image id (or a digest's hex part).
 pub fn is_image_id(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Fill in each container's registry digest from `images` (image id → RepoDigests).
-pub fn with_digests(mut containers: Vec<RuntimeContainer>, images: &BTreeMap<String, Vec<String>>) -> Vec<RuntimeContainer> {
+pub fn with_digests(
+    mut containers: Vec<RuntimeContainer>,
+    images: &BTreeMap<String, Vec<String>>,
+) -> Vec<RuntimeContainer> {
     for c in &mut containers {
         c.repo_digest = images
             .get(&c.image_id)
@@ -311,10 +321,18 @@ mod tests {
         assert_eq!(names, ["shop-db-1", "shop-web-1", "shop-web-2"]);
         let web = &containers[2];
         assert_eq!(
-            (web.service.as_str(), web.state.as_str(), web.health.as_str(), web.restarts),
+            (
+                web.service.as_str(),
+                web.state.as_str(),
+                web.health.as_str(),
+                web.restarts
+            ),
             ("web", "running", "healthy", 3)
         );
-        assert_eq!((web.image.as_str(), web.image_id.as_str()), ("shop/web:1.2", ID_A));
+        assert_eq!(
+            (web.image.as_str(), web.image_id.as_str()),
+            ("shop/web:1.2", ID_A)
+        );
         assert_eq!(web.started_at.as_deref(), Some("2025-01-02T03:04:05.123Z"));
         assert_eq!(web.config_hash, "h-web");
         assert_eq!(containers[0].started_at, None, "never started");
@@ -323,7 +341,10 @@ mod tests {
         assert!(!all.contains("canary-env") && !all.contains("sleep"), "{all}");
         assert!(parse_inspect(b"").unwrap().is_empty());
         assert!(parse_inspect(b"[]").unwrap().is_empty());
-        assert!(matches!(parse_inspect(b"{not json"), Err(EngineError::Parse { .. })));
+        assert!(matches!(
+            parse_inspect(b"{not json"),
+            Err(EngineError::Parse { .. })
+        ));
     }
 
     #[test]
@@ -332,18 +353,33 @@ mod tests {
             "mirror.example/shop/web@sha256:aaa".to_owned(),
             "shop/web@sha256:bbb".to_owned(),
         ];
-        assert_eq!(choose_digest("shop/web:1.2", &digests).as_deref(), Some("shop/web@sha256:bbb"));
+        assert_eq!(
+            choose_digest("shop/web:1.2", &digests).as_deref(),
+            Some("shop/web@sha256:bbb")
+        );
         assert_eq!(
             choose_digest("mirror.example/shop/web", &digests).as_deref(),
             Some("mirror.example/shop/web@sha256:aaa")
         );
         // No match, or a pin by image id: the first; no digests: none.
-        assert_eq!(choose_digest("other:1", &digests).as_deref(), Some("mirror.example/shop/web@sha256:aaa"));
-        assert_eq!(choose_digest(ID_A, &digests).as_deref(), Some("mirror.example/shop/web@sha256:aaa"));
+        assert_eq!(
+            choose_digest("other:1", &digests).as_deref(),
+            Some("mirror.example/shop/web@sha256:aaa")
+        );
+        assert_eq!(
+            choose_digest(ID_A, &digests).as_deref(),
+            Some("mirror.example/shop/web@sha256:aaa")
+        );
         assert_eq!(choose_digest("shop/web", &[]), None);
         // Docker Hub's familiar and full names are one repository.
-        let hub = vec!["quay.io/busybox@sha256:q".to_owned(), "busybox@sha256:h".to_owned()];
-        assert_eq!(choose_digest("docker.io/library/busybox:1.36", &hub).as_deref(), Some("busybox@sha256:h"));
+        let hub = vec![
+            "quay.io/busybox@sha256:q".to_owned(),
+            "busybox@sha256:h".to_owned(),
+        ];
+        assert_eq!(
+            choose_digest("docker.io/library/busybox:1.36", &hub).as_deref(),
+            Some("busybox@sha256:h")
+        );
         assert_eq!(repository_of("reg:5000/x:tag").as_deref(), Some("reg:5000/x"));
         assert_eq!(repository_of("reg:5000/x").as_deref(), Some("reg:5000/x"));
         assert_eq!(repository_of("x@sha256:abc").as_deref(), Some("x"));

@@ -410,7 +410,11 @@ mod tests {
 
     #[test]
     fn pins_are_validated_and_set_the_image() {
-        for good in [ID.to_owned(), format!("shop/web@{ID}"), format!("reg.example:5000/a_b/c-d@{ID}")] {
+        for good in [
+            ID.to_owned(),
+            format!("shop/web@{ID}"),
+            format!("reg.example:5000/a_b/c-d@{ID}"),
+        ] {
             assert!(is_valid_pin(&good), "{good}");
         }
         for bad in [
@@ -429,16 +433,27 @@ mod tests {
         }
         let pins: BTreeMap<String, String> = [("web".to_owned(), "shop/web:latest".to_owned())].into();
         let err = render_with_pins(&names(&["web"]), &[], &pins).unwrap_err();
-        assert!(matches!(err, OverrideError::InvalidPin { .. }) && err.to_string().contains("\"web\""), "{err}");
+        assert!(
+            matches!(err, OverrideError::InvalidPin { .. }) && err.to_string().contains("\"web\""),
+            "{err}"
+        );
 
         let pins: BTreeMap<String, String> = [
             ("web".to_owned(), format!("shop/web@{ID}")),
             ("db".to_owned(), ID.to_owned()),
         ]
         .into();
-        let text = render_with_pins(&names(&["web", "db", "other"]), &[secret("K", "v$", Some("web"))], &pins).unwrap();
+        let text = render_with_pins(
+            &names(&["web", "db", "other"]),
+            &[secret("K", "v$", Some("web"))],
+            &pins,
+        )
+        .unwrap();
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
-        assert_eq!(doc["services"]["web"]["image"].as_str(), Some(format!("shop/web@{ID}").as_str()));
+        assert_eq!(
+            doc["services"]["web"]["image"].as_str(),
+            Some(format!("shop/web@{ID}").as_str())
+        );
         assert_eq!(doc["services"]["db"]["image"].as_str(), Some(ID));
         assert_eq!(doc["services"]["web"]["environment"]["K"].as_str(), Some("v$$"));
         assert!(doc["services"]["db"].get("environment").is_none(), "{text}");

@@ -291,14 +291,16 @@ mod tests {
         );
         assert!(r.get(2).unwrap().acked);
         // What a resent STATUS needs survives the restart.
-        let AgentMessage::Status { applied, release, .. } = r.get(2).unwrap().result.as_ref().unwrap().to_status(2)
+        let AgentMessage::Status { applied, release, .. } =
+            r.get(2).unwrap().result.as_ref().unwrap().to_status(2)
         else {
             unreachable!()
         };
         assert_eq!(applied, Some(true));
         assert_eq!(release.unwrap().services[0].name, "web");
         // An interrupted deployment may have run `up`.
-        let AgentMessage::Status { applied, release, .. } = r.get(3).unwrap().result.as_ref().unwrap().to_status(3)
+        let AgentMessage::Status { applied, release, .. } =
+            r.get(3).unwrap().result.as_ref().unwrap().to_status(3)
         else {
             unreachable!()
         };

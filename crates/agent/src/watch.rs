@@ -174,7 +174,8 @@ async fn start_events(project: &str, runtime_dir: &std::path::Path) -> std::io::
     cmd.args(["--format", "{{.Action}}"]);
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
-    let mut running = groups::scope(runtime_dir, EVENTS_RECORD_ID, async { process::spawn(&mut cmd) }).await?;
+    let mut running =
+        groups::scope(runtime_dir, EVENTS_RECORD_ID, async { process::spawn(&mut cmd) }).await?;
     let stdout = running
         .child
         .stdout
@@ -355,7 +356,10 @@ mod tests {
     #[test]
     fn only_a_change_or_a_new_connection_is_sent() {
         let a = Snapshot::new("p".into(), vec![container("web", "p-web-1", "running")]);
-        assert!(a.differs_from(None), "the first after a (re)connect is always sent");
+        assert!(
+            a.differs_from(None),
+            "the first after a (re)connect is always sent"
+        );
         assert!(!a.differs_from(Some(&a.clone())));
         let stopped = Snapshot::new("p".into(), vec![container("web", "p-web-1", "exited")]);
         assert!(stopped.differs_from(Some(&a)));
@@ -376,8 +380,16 @@ mod tests {
         let s = Snapshot::new("p".into(), many);
         assert!(s.truncated);
         assert_eq!(s.containers.len(), MAX_RUNTIME_CONTAINERS);
-        assert_eq!((s.containers[0].service.as_str(), s.containers[0].name.as_str()), ("a", "c0001"));
-        let AgentMessage::Runtime { truncated, containers, .. } = s.to_message() else {
+        assert_eq!(
+            (s.containers[0].service.as_str(), s.containers[0].name.as_str()),
+            ("a", "c0001")
+        );
+        let AgentMessage::Runtime {
+            truncated,
+            containers,
+            ..
+        } = s.to_message()
+        else {
             unreachable!()
         };
         assert!(truncated && containers.len() == MAX_RUNTIME_CONTAINERS);
