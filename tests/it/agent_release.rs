@@ -455,25 +455,31 @@ async fn bench_idle_with_runtime_reporting() {
         }
     }
     send(&mut ws, &ServerMessage::Ack { deployment_id: 1 }).await;
-    send(
-        &mut ws,
-        &ServerMessage::Watch {
-            project: project.clone(),
-        },
-    )
-    .await;
-    loop {
-        if matches!(recv(&mut ws).await, AgentMessage::Runtime { .. }) {
-            break;
+    // STAGELY_BENCH_NO_WATCH=1: the same agent without runtime reporting, for the baseline.
+    let watch = std::env::var("STAGELY_BENCH_NO_WATCH").is_err();
+    let events = if watch {
+        send(
+            &mut ws,
+            &ServerMessage::Watch {
+                project: project.clone(),
+            },
+        )
+        .await;
+        loop {
+            if matches!(recv(&mut ws).await, AgentMessage::Runtime { .. }) {
+                break;
+            }
         }
-    }
-    let events = events_children(&project);
-    assert_eq!(events.len(), 1, "one docker events child");
-    let events = events[0] as u32;
+        let events = events_children(&project);
+        assert_eq!(events.len(), 1, "one docker events child");
+        Some(events[0] as u32)
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Keep the connection served (pongs) and count what the agent sends meanwhile.
-    let (agent0, events0) = (proc_ticks(pid), proc_ticks(events));
+    let (agent0, events0) = (proc_ticks(pid), events.map(proc_ticks).unwrap_or(0));
     let started = std::time::Instant::now();
     let mut runtime_frames = 0;
     let _ = tokio::time::timeout(window, async {
@@ -490,21 +496,24 @@ async fn bench_idle_with_runtime_reporting() {
     let tick_ms = 10.0; // CLK_TCK 100 on Linux
     let (agent_ms, events_ms) = (
         (proc_ticks(pid) - agent0) as f64 * tick_ms / minutes,
-        (proc_ticks(events) - events0) as f64 * tick_ms / minutes,
+        events.map_or(0.0, |e| (proc_ticks(e) - events0) as f64 * tick_ms / minutes),
     );
-    let (agent_rss, events_rss) = (proc_rss_kb(pid), proc_rss_kb(events));
+    let (agent_rss, events_rss) = (proc_rss_kb(pid), events.map_or(0, proc_rss_kb));
     println!(
-        "BENCH agent idle with runtime reporting ({binary}, window {window:?}): agent RSS {:.2} MB, CPU {agent_ms:.1} ms/min; \
+        "BENCH agent idle, runtime reporting {} ({binary}, window {window:?}): agent RSS {:.2} MB, CPU {agent_ms:.1} ms/min; \
          docker events child RSS {:.2} MB, CPU {events_ms:.1} ms/min; RUNTIME frames while idle: {runtime_frames}",
+        if watch { "on" } else { "off" },
         agent_rss as f64 / 1024.0,
         events_rss as f64 / 1024.0,
     );
     assert_eq!(runtime_frames, 0, "nothing changed, so nothing is sent");
-    assert_eq!(
-        events_children(&project),
-        vec![events as i32],
-        "the same events child"
-    );
+    if let Some(events) = events {
+        assert_eq!(
+            events_children(&project),
+            vec![events as i32],
+            "the same events child"
+        );
+    }
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
