@@ -10,6 +10,7 @@ mod agent_git;
 mod agent_identity;
 mod agent_override;
 mod agent_policy;
+mod agent_release;
 mod agent_run;
 mod agent_signing;
 mod agent_support;

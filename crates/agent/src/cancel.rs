@@ -34,6 +34,8 @@ impl DeployResult {
             services: Vec::new(),
             error: Some(CANCELLED.into()),
             commit: None,
+            applied: false,
+            release: None,
         }
     }
 }

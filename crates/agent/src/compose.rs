@@ -270,6 +270,36 @@ impl Compose {
     }
 }
 
+impl Compose {
+    /// The release's compose hash: lower-case hex SHA-256 of compose's normalised model of the
+    /// project's own file (`-p <project> -f <file> config --format json`; plain `config` for
+    /// v1), without the override, so no secret value (nor any image pin) is in what is hashed.
+    pub async fn model_hash(&self, project: &str, file: &Path) -> Result<String, ComposeError> {
+        use sha2::Digest as _;
+        let mut cmd = self.project_command(project, &[file]);
+        cmd.arg("config");
+        if !self.is_v1() {
+            cmd.args(["--format", "json"]);
+        }
+        let out = process::output_capped(cmd, MAX_MODEL_BYTES)
+            .await
+            .map_err(|source| ComposeError::Spawn {
+                program: self.display(),
+                source,
+            })?
+            .ok_or_else(|| {
+                ComposeError::Invalid(format!("`config` printed more than {MAX_MODEL_BYTES} bytes"))
+            })?;
+        if !out.status.success() {
+            return Err(ComposeError::Invalid(process::truncate(
+                String::from_utf8_lossy(&out.stderr).trim(),
+                MAX_MESSAGE_BYTES,
+            )));
+        }
+        Ok(hex::encode(sha2::Sha256::digest(&out.stdout)))
+    }
+}
+
 /// Largest compose file read directly; a bigger one is left to compose.
 const MAX_DIRECT_READ: u64 = 1024 * 1024;
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ use super::log_buffer::{self, LogBuffer};
 use super::results::{DeployResult, Results};
 use super::transport::{self, WsIn, WsOut};
 use super::trust::{self, Trust, Verdict};
+use super::watch::{Snapshot, Watcher};
+use stagely_protocol::release::{CAP_RELEASES, CAP_RUNTIME};
 use stagely_protocol::{
     self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, ServerMessage,
 };
@@ -133,6 +136,8 @@ struct Running {
     handle: JoinHandle<DeployResult>,
     /// Fired by the appliance's CANCEL ([`super::cancel`]).
     cancel: CancellationToken,
+    /// Set as `docker compose up` starts ([`Deployer::run_tracked`]).
+    applied: Arc<AtomicBool>,
 }
 
 enum Event {
@@ -152,6 +157,13 @@ pub struct Agent {
     host: HostInfo,
     identity: Arc<AgentIdentity>,
     trust: Trust,
+    /// The runtime watch, started by the first WATCH ([`super::watch`]); it outlives
+    /// connections, so what changed while disconnected is read and sent after the reconnect.
+    watcher: Option<Watcher>,
+    /// The project this connection's appliance asked for in WATCH, and the last RUNTIME sent
+    /// for it on this connection (both forgotten at every (re)connect).
+    watching: Option<String>,
+    last_runtime: Option<Arc<Snapshot>>,
 }
 
 fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
@@ -190,6 +202,9 @@ impl Agent {
             host,
             identity,
             trust,
+            watcher: None,
+            watching: None,
+            last_runtime: None,
         }
     }
 
@@ -233,6 +248,13 @@ impl Agent {
         }
     }
 
+    /// End the runtime watch, if any: its `docker events` child is killed with its group.
+    pub async fn stop_watch(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.stop().await;
+        }
+    }
+
     /// One connection, from HELLO until it drops or `shutdown` fires.
     pub async fn session<S, R, SE, RE>(
         &mut self,
@@ -254,8 +276,12 @@ impl Agent {
             compose_version: self.host.compose_version.clone(),
             active_deployments: Some(self.active_deployments()),
             recipient: Some(self.identity.recipient().to_owned()),
-            capabilities: Vec::new(),
+            capabilities: vec![CAP_RELEASES.to_owned(), CAP_RUNTIME.to_owned()],
         };
+        // Every connection starts afresh: the appliance says in WATCH what to report, and the
+        // first RUNTIME after it is sent whatever was sent before.
+        self.watching = None;
+        self.last_runtime = None;
         if let Err(e) = send(&mut sink, &hello).await {
             return SessionEnd::Disconnected(e);
         }
@@ -308,6 +334,11 @@ impl Agent {
                         return SessionEnd::Disconnected(e);
                     }
                 }
+                snapshot = next_snapshot(&mut self.watcher) => {
+                    if let Err(e) = self.on_snapshot(snapshot, &mut sink).await {
+                        return SessionEnd::Disconnected(e);
+                    }
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > IDLE_TIMEOUT {
                         return SessionEnd::Disconnected(format!("nothing heard from the server for {IDLE_TIMEOUT:?}"));
@@ -349,8 +380,10 @@ impl Agent {
                     Err(e) => {
                         // The task panicked: its drop guard removed the override; record a FAIL.
                         tracing::error!(deployment_id = r.id, error = %e, "the deployment task crashed");
-                        let result =
-                            DeployResult::fail("the agent's deployment task crashed (see the agent log)");
+                        let result = DeployResult {
+                            applied: r.applied.load(Ordering::Relaxed),
+                            ..DeployResult::fail("the agent's deployment task crashed (see the agent log)")
+                        };
                         if let Err(e) = lock(&self.results).finish(r.id, result.clone()) {
                             tracing::error!(deployment_id = r.id, error = %e, "cannot record the result");
                         }
@@ -358,7 +391,42 @@ impl Agent {
                     }
                 };
                 tracing::info!(deployment_id = r.id, status = ?result.status, "deployment finished");
+                // What runs now, read after every deployment (RUNTIME follows if it changed).
+                if let Some(w) = &self.watcher {
+                    w.refresh();
+                }
                 send(sink, &self.status_of(r.id, &result)).await
+            }
+        }
+    }
+
+    /// A reading of the watched project: RUNTIME when it is the project this connection's
+    /// WATCH named and differs from the last sent.
+    async fn on_snapshot<S, SE>(&mut self, snapshot: Arc<Snapshot>, sink: &mut S) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        if self.watching.as_deref() != Some(snapshot.project.as_str())
+            || !snapshot.differs_from(self.last_runtime.as_deref())
+        {
+            return Ok(());
+        }
+        send(sink, &snapshot.to_message()).await?;
+        self.last_runtime = Some(snapshot);
+        Ok(())
+    }
+
+    /// WATCH: report this project from now on (read at once, whether or not it changed).
+    fn on_watch(&mut self, project: String) {
+        tracing::info!(project = %project, "watching the compose project's containers");
+        self.watching = Some(project.clone());
+        // The first RUNTIME after a WATCH is sent even if it says what the last one did.
+        self.last_runtime = None;
+        match &self.watcher {
+            Some(w) => w.watch(project),
+            None => {
+                self.watcher = Some(Watcher::start(project, self.deployer.runtime.path().to_owned()));
             }
         }
     }
@@ -419,8 +487,10 @@ impl Agent {
             }
             // Its chain was followed (or not needed) by the trust check.
             Ok(Incoming::Known(ServerMessage::Rekey { .. })) => Ok(()),
-            // Issue 14's runtime watch (not yet wired).
-            Ok(Incoming::Known(ServerMessage::Watch { .. })) => Ok(()),
+            Ok(Incoming::Known(ServerMessage::Watch { project })) => {
+                self.on_watch(project);
+                Ok(())
+            }
             Ok(Incoming::Unknown(kind)) => {
                 tracing::debug!(%kind, "ignoring a message type this agent does not know");
                 Ok(())
@@ -536,10 +606,14 @@ impl Agent {
         let results = Arc::clone(&self.results);
         let cancel = CancellationToken::new();
         let cancelled = cancel.clone();
+        let applied = Arc::new(AtomicBool::new(false));
+        let applied_in_run = Arc::clone(&applied);
         let handle = tokio::spawn(async move {
-            let run = deployer.run(deployment_id, &project, &secrets, &tx);
+            let run = deployer.run_tracked(deployment_id, &project, &secrets, &tx, &applied_in_run);
             let runtime = deployer.runtime.path();
-            let result = cancel::run_until_cancelled(run, deployment_id, runtime, &tx, &cancelled).await;
+            let mut result = cancel::run_until_cancelled(run, deployment_id, runtime, &tx, &cancelled).await;
+            // A cancelled run was dropped: whether it had started `up` is in the flag.
+            result.applied |= applied_in_run.load(Ordering::Relaxed);
             drop(secrets);
             // Recorded before the log channel closes, so a crash after this still reports it.
             if let Err(e) = lock(&results).finish(deployment_id, result.clone()) {
@@ -555,6 +629,7 @@ impl Agent {
             log_rx,
             handle,
             cancel,
+            applied,
         });
         Ok(())
     }
@@ -616,6 +691,16 @@ impl Agent {
             );
         }
         Ok(())
+    }
+}
+
+async fn next_snapshot(watcher: &mut Option<Watcher>) -> Arc<Snapshot> {
+    match watcher {
+        Some(w) => match w.changed().await {
+            Some(snapshot) => snapshot,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -730,6 +815,7 @@ pub async fn run_agent(
         }
     }
     agent.abort().await;
+    agent.stop_watch().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -474,3 +474,66 @@ fn backoff_doubles_to_the_cap_with_full_jitter_and_resets() {
     }
     assert_eq!(b.ceiling(), BACKOFF_CAP, "no overflow after many attempts");
 }
+
+#[tokio::test]
+async fn hello_offers_releases_and_runtime_and_a_bad_pin_fails_before_anything_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let mark = work.path().join("ran");
+    let script = work.path().join("compose.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", mark.display())).unwrap();
+    std::fs::create_dir(work.path().join("p")).unwrap();
+    let compose_file = work.path().join("p/compose.yml");
+    std::fs::write(&compose_file, "services:\n  web: {image: x}\n").unwrap();
+    let f = fixture(&format!("sh {}", script.display()));
+    let stop = CancellationToken::new();
+    let (tx, mut rx, sink, stream) = pipe();
+    let session = run_session(f.agent, sink, stream, stop.clone());
+    let AgentMessage::Hello { capabilities, .. } = next_msg(&mut rx).await else {
+        panic!("first frame must be HELLO")
+    };
+    assert_eq!(capabilities, [CAP_RELEASES, CAP_RUNTIME]);
+
+    // A pin that is a tag, not a digest or an image id: refused naming the service.
+    let ServerMessage::Deploy {
+        mut project,
+        deployment_id,
+        ..
+    } = deploy_msg(31, &compose_file.to_string_lossy(), "canary-pin")
+    else {
+        unreachable!()
+    };
+    project.images.insert("web".into(), "shop/web:latest".into());
+    let sealed = SealedSecrets {
+        deployment_id,
+        project: project.clone(),
+        secrets: vec![],
+    };
+    let msg = ServerMessage::Deploy {
+        deployment_id,
+        project,
+        sealed_secrets: crate::identity::seal(identity().recipient(), &sealed).unwrap(),
+    };
+    tx.send(Ok(signed(&msg))).unwrap();
+    let (status, error, applied, release) = loop {
+        if let AgentMessage::Status {
+            status,
+            error,
+            applied,
+            release,
+            ..
+        } = next_msg(&mut rx).await
+        {
+            break (status, error.unwrap_or_default(), applied, release);
+        }
+    };
+    assert_eq!(status, DeployOutcome::Fail);
+    assert!(error.contains("image pin for service \"web\""), "{error}");
+    assert_eq!(
+        (applied, release),
+        (Some(false), None),
+        "nothing ran, so nothing applied"
+    );
+    assert!(!mark.exists(), "nothing may run for a DEPLOY with a bad pin");
+    stop.cancel();
+    session.await.unwrap();
+}

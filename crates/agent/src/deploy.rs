@@ -5,6 +5,7 @@
 //! Refusals (bad secret key, unknown service, invalid compose file) happen before anything runs.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use zeroize::Zeroize;
@@ -17,9 +18,9 @@ use super::policy::{self, PolicyConfig, Refused};
 use super::results::DeployResult;
 use super::sources::{self, SourceError};
 use super::verify::{Target, Verdict, VerifyError};
-use super::{LogSink, agent_line, process};
+use super::{LogSink, agent_line, engine, process};
 use stagely_protocol::mask::Masker;
-use stagely_protocol::{DeployOutcome, ProjectSpec, PullPolicy, SecretEntry};
+use stagely_protocol::{DeployOutcome, ProjectSpec, PullPolicy, Release, SecretEntry};
 
 /// Longest error text sent in a STATUS.
 const MAX_ERROR_BYTES: usize = 64 * 1024;
@@ -62,6 +63,13 @@ pub enum DeployError {
     },
 }
 
+/// What a run has got to, for its result whichever way it ends: the commit checked out, and
+/// whether `up` was started.
+struct Progress<'a> {
+    commit: Option<String>,
+    applied: &'a AtomicBool,
+}
+
 /// What every deployment shares: the agent's settings.
 #[derive(Debug, Clone)]
 pub struct Deployer {
@@ -88,8 +96,25 @@ impl Deployer {
         secrets: &[SecretEntry],
         log: &LogSink,
     ) -> DeployResult {
+        self.run_tracked(deployment_id, project, secrets, log, &AtomicBool::new(false))
+            .await
+    }
+
+    /// [`Deployer::run`], setting `applied` as `docker compose up` starts, so whoever drops
+    /// the run (a CANCEL) still knows whether the stack may have changed.
+    pub async fn run_tracked(
+        &self,
+        deployment_id: i64,
+        project: &ProjectSpec,
+        secrets: &[SecretEntry],
+        log: &LogSink,
+        applied: &AtomicBool,
+    ) -> DeployResult {
         let masker = Masker::new(secrets.iter().map(|s| s.value.as_str()));
-        let mut commit = None;
+        let mut progress = Progress {
+            commit: None,
+            applied,
+        };
         // Every command of this deployment is recorded (its process group) in the runtime dir
         // while it runs, so an agent restarted after a crash can end it (crate::groups).
         let outcome = tokio::time::timeout(
@@ -97,7 +122,7 @@ impl Deployer {
             super::groups::scope(
                 self.runtime.path(),
                 deployment_id,
-                self.run_inner(deployment_id, project, secrets, &masker, log, &mut commit),
+                self.run_inner(deployment_id, project, secrets, &masker, log, &mut progress),
             ),
         )
         .await
@@ -118,7 +143,9 @@ impl Deployer {
                     status: DeployOutcome::Fail,
                     services: Vec::new(),
                     error: Some(message),
-                    commit,
+                    commit: progress.commit,
+                    applied: applied.load(Ordering::Relaxed),
+                    release: None,
                 }
             }
         }
@@ -131,9 +158,13 @@ impl Deployer {
         secrets: &[SecretEntry],
         masker: &Masker,
         log: &LogSink,
-        commit_out: &mut Option<String>,
+        progress: &mut Progress<'_>,
     ) -> Result<DeployResult, DeployError> {
         override_file::validate(secrets)?;
+        // A redeployed release's image pins: their shape before anything runs; that each names
+        // a service of the compose file, as the override is rendered.
+        override_file::validate_pins(&project.images)?;
+        let pinned = !project.images.is_empty();
         // Dropped on every path out of this function (and on cancellation or panic): the
         // override and the askpass helper go with it.
         let private = self.runtime.deployment_dir(deployment_id)?;
@@ -158,7 +189,7 @@ impl Deployer {
                     log,
                 };
                 let co = git.checkout(project, url).await?;
-                *commit_out = Some(co.commit.clone());
+                progress.commit = Some(co.commit.clone());
                 let file = compose_file_in(&co.dir, &project.compose_path)?;
                 (file, policy::resolve(&co.dir))
             }
@@ -190,7 +221,7 @@ impl Deployer {
         // Every service, profiled ones too, gets the override; which of them are active matters
         // only for verification, so that second question runs beside `up` (BENCHMARKS.md).
         let all_services = self.compose.all_services(&compose_file).await?;
-        let mut text = override_file::render(&all_services, secrets)?;
+        let mut text = override_file::render_with_pins(&all_services, secrets, &project.images)?;
         let written = private.write(OVERRIDE_FILE_NAME, &text, 0o600);
         text.zeroize();
         let override_path = written?;
@@ -227,7 +258,17 @@ impl Deployer {
         verdict?;
 
         let v1 = self.compose.is_v1();
-        if project.pull == PullPolicy::Always {
+        if pinned {
+            // Pinned images are never pulled by tag: an image id cannot be pulled at all, and a
+            // digest is pulled by `up --pull missing` only when absent.
+            agent_line(
+                log,
+                format!(
+                    "pinned to the release's images: {} service(s)",
+                    project.images.len()
+                ),
+            );
+        } else if project.pull == PullPolicy::Always {
             agent_line(log, "pulling images");
             let mut cmd = self.compose.project_command(&name, &[&compose_file]);
             cmd.arg("pull");
@@ -248,20 +289,30 @@ impl Deployer {
         let mut cmd = self
             .compose
             .project_command(&name, &[&compose_file, &override_path]);
-        cmd.args(["up", "-d", "--build", "--remove-orphans"]);
+        cmd.args(["up", "-d"]);
+        if !pinned {
+            // A pinned service runs its release's image, never a fresh build.
+            cmd.arg("--build");
+        }
+        cmd.arg("--remove-orphans");
         if !v1 {
             // Already pulled for `always`; otherwise the policy is compose's own flag.
             cmd.args([
                 "--pull",
                 match project.pull {
+                    _ if pinned => "missing",
                     PullPolicy::Never => "never",
                     PullPolicy::Always | PullPolicy::Missing => "missing",
                 },
             ]);
         }
-        let (up, active_services) = tokio::join!(
+        progress.applied.store(true, Ordering::Relaxed);
+        // The release's compose hash is of the project's own file (no override): asked beside
+        // `up`, like the active services.
+        let (up, active_services, compose_hash) = tokio::join!(
             self.step("docker compose up", cmd, masker, log),
-            self.compose.services(&compose_file, false)
+            self.compose.services(&compose_file, false),
+            self.compose.model_hash(&name, &compose_file)
         );
         // Compose has read the override: it goes now, not after verification.
         drop(private);
@@ -302,11 +353,14 @@ impl Deployer {
         let services = verdicts.into_iter().map(|(s, _)| s).collect();
         if problems.is_empty() {
             agent_line(log, "all services are up");
+            let release = self.release(&name, compose_hash, log).await;
             Ok(DeployResult {
                 status: DeployOutcome::Success,
                 services,
                 error: None,
-                commit: commit_out.clone(),
+                commit: progress.commit.clone(),
+                applied: true,
+                release,
             })
         } else {
             let error = process::truncate(
@@ -321,8 +375,44 @@ impl Deployer {
                 status: DeployOutcome::Fail,
                 services,
                 error: Some(error),
-                commit: commit_out.clone(),
+                commit: progress.commit.clone(),
+                applied: true,
+                release: None,
             })
+        }
+    }
+
+    /// The release of a verified deployment, read from the engine. Not reading it does not
+    /// fail the deployment (its containers run): the STATUS then carries no release, and the
+    /// log says why.
+    async fn release(
+        &self,
+        project: &str,
+        compose_hash: Result<String, ComposeError>,
+        log: &LogSink,
+    ) -> Option<Release> {
+        let compose_hash = match compose_hash {
+            Ok(hash) => hash,
+            Err(e) => {
+                agent_line(log, format!("cannot hash the compose model for the release: {e}"));
+                return None;
+            }
+        };
+        match engine::project_containers(project).await {
+            Ok(containers) => {
+                let release = engine::release_of(compose_hash, &containers);
+                for s in &release.services {
+                    agent_line(
+                        log,
+                        format!("release: service {} runs {} ({})", s.name, s.image, s.pin()),
+                    );
+                }
+                Some(release)
+            }
+            Err(e) => {
+                agent_line(log, format!("cannot read the release from the engine: {e}"));
+                None
+            }
         }
     }
 

@@ -25,6 +25,7 @@ pub mod compose;
 pub mod config;
 pub mod connection;
 pub mod deploy;
+pub mod engine;
 pub mod ephemeral;
 pub mod groups;
 pub mod identity;
@@ -37,6 +38,7 @@ pub mod sources;
 pub mod transport;
 pub mod trust;
 pub mod verify;
+pub mod watch;
 
 use stagely_protocol::LogStream;
 

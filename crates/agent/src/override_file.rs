@@ -1,5 +1,6 @@
 //! The Config Merger: secrets → `docker-compose.stagely.yml`, an override file that holds only
-//! `services.<name>.environment` entries.
+//! `services.<name>.environment` entries, and, for a redeployed release (issue 14), the image
+//! pins: `services.<name>.image` set to a digest reference or an image id.
 //!
 //! Compose merges it over the project's own file, so a secret replaces a variable of the same
 //! name (list or map form) and nothing else in the model changes. Which services exist is read
@@ -50,8 +51,51 @@ pub enum OverrideError {
     },
     #[error("secret {key} is given twice for {target}")]
     Duplicate { key: String, target: String },
+    /// A pin is an image reference the appliance recorded, not a secret: it may be shown.
+    #[error(
+        "the image pin for service {service:?} is neither an image id (sha256:<64 hex>) nor a digest reference (<name>@sha256:<64 hex>)"
+    )]
+    InvalidPin { service: String },
+    #[error(
+        "the release pins an image for service {service:?}, which the compose file does not define (it defines: {known})"
+    )]
+    UnknownPinnedService { service: String, known: String },
     #[error(transparent)]
     Compose(#[from] ComposeError),
+}
+
+/// Check every image pin's shape: `sha256:<64 hex>` (an image id) or `<name>@sha256:<64 hex>`
+/// (a registry digest). Run before anything else, so a bad pin fails the deployment with
+/// nothing run.
+pub fn validate_pins(pins: &BTreeMap<String, String>) -> Result<(), OverrideError> {
+    for (service, pin) in pins {
+        if !is_valid_pin(pin) {
+            return Err(OverrideError::InvalidPin {
+                service: service.chars().take(128).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `sha256:<64 hex>` or `<name>@sha256:<64 hex>`, the name made of reference characters.
+pub fn is_valid_pin(pin: &str) -> bool {
+    let digest = match pin.split_once('@') {
+        None => pin,
+        Some((name, digest)) => {
+            let name_ok = !name.is_empty()
+                && name.len() <= 255
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'))
+                && !name.starts_with(['/', ':', '-', '.']);
+            if !name_ok {
+                return false;
+            }
+            digest
+        }
+    };
+    super::engine::is_image_id(digest)
 }
 
 /// Render the override for `compose_file`, asking compose which services it defines.
@@ -98,7 +142,28 @@ pub fn is_agent_only(key: &str) -> bool {
 /// Globals go into every service, service secrets into their service, and a service secret beats
 /// a global one of the same key. Agent-only secrets ([`AGENT_ONLY_PREFIX`]) are left out.
 pub fn render(services: &[String], secrets: &[SecretEntry]) -> Result<String, OverrideError> {
+    render_with_pins(services, secrets, &BTreeMap::new())
+}
+
+/// [`render`], and each pinned service's `image` set to its pin (a redeployed release). A pin
+/// for a service the compose file does not define is refused, naming it.
+pub fn render_with_pins(
+    services: &[String],
+    secrets: &[SecretEntry],
+    pins: &BTreeMap<String, String>,
+) -> Result<String, OverrideError> {
     validate(secrets)?;
+    validate_pins(pins)?;
+    if let Some(service) = pins.keys().find(|p| !services.contains(p)) {
+        return Err(OverrideError::UnknownPinnedService {
+            service: service.chars().take(128).collect(),
+            known: if services.is_empty() {
+                "no services".into()
+            } else {
+                services.join(", ")
+            },
+        });
+    }
     let mut globals: BTreeMap<&str, &str> = BTreeMap::new();
     let mut per_service: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
     for s in secrets.iter().filter(|s| !is_agent_only(&s.key)) {
@@ -151,7 +216,8 @@ pub fn render(services: &[String], secrets: &[SecretEntry]) -> Result<String, Ov
         if let Some(own) = per_service.get(service.as_str()) {
             env.extend(own.iter().map(|(k, v)| (*k, *v)));
         }
-        if env.is_empty() {
+        let pin = pins.get(service.as_str());
+        if env.is_empty() && pin.is_none() {
             continue;
         }
         if !any {
@@ -159,7 +225,15 @@ pub fn render(services: &[String], secrets: &[SecretEntry]) -> Result<String, Ov
             any = true;
         }
         // Writing to a String cannot fail (fmt::Write for String is infallible).
-        let _ = writeln!(out, "  {}:\n    environment:", yaml_quote(service));
+        let _ = writeln!(out, "  {}:", yaml_quote(service));
+        if let Some(pin) = pin {
+            // Validated: reference characters only. Quoted all the same, and `$` doubled.
+            let _ = writeln!(out, "    image: {}", quote_value(pin));
+        }
+        if env.is_empty() {
+            continue;
+        }
+        out.push_str("    environment:\n");
         for (key, value) in env {
             let _ = writeln!(out, "      {}: {}", yaml_quote(key), quote_value(value));
         }
@@ -330,6 +404,66 @@ mod tests {
             render(&names(&["web"]), &[no_service]),
             Err(OverrideError::MissingService(_))
         ));
+    }
+
+    const ID: &str = "sha256:8d9db4ae45eeb435475b8bdf87aa9b9ce65ff829d8bf2988faf10553bc192796";
+
+    #[test]
+    fn pins_are_validated_and_set_the_image() {
+        for good in [
+            ID.to_owned(),
+            format!("shop/web@{ID}"),
+            format!("reg.example:5000/a_b/c-d@{ID}"),
+        ] {
+            assert!(is_valid_pin(&good), "{good}");
+        }
+        for bad in [
+            "",
+            "shop/web:1.2",
+            "sha256:abc",
+            &ID.to_uppercase(),
+            &format!("@{ID}"),
+            &format!("a b@{ID}"),
+            &format!("a\"b@{ID}"),
+            &format!("a@{ID}@{ID}"),
+            &format!("-a@{ID}"),
+            &format!("{ID}\n"),
+        ] {
+            assert!(!is_valid_pin(bad), "{bad:?}");
+        }
+        let pins: BTreeMap<String, String> = [("web".to_owned(), "shop/web:latest".to_owned())].into();
+        let err = render_with_pins(&names(&["web"]), &[], &pins).unwrap_err();
+        assert!(
+            matches!(err, OverrideError::InvalidPin { .. }) && err.to_string().contains("\"web\""),
+            "{err}"
+        );
+
+        let pins: BTreeMap<String, String> = [
+            ("web".to_owned(), format!("shop/web@{ID}")),
+            ("db".to_owned(), ID.to_owned()),
+        ]
+        .into();
+        let text = render_with_pins(
+            &names(&["web", "db", "other"]),
+            &[secret("K", "v$", Some("web"))],
+            &pins,
+        )
+        .unwrap();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(
+            doc["services"]["web"]["image"].as_str(),
+            Some(format!("shop/web@{ID}").as_str())
+        );
+        assert_eq!(doc["services"]["db"]["image"].as_str(), Some(ID));
+        assert_eq!(doc["services"]["web"]["environment"]["K"].as_str(), Some("v$$"));
+        assert!(doc["services"]["db"].get("environment").is_none(), "{text}");
+        assert!(doc["services"].get("other").is_none(), "{text}");
+
+        let err = render_with_pins(&names(&["web"]), &[], &pins).unwrap_err();
+        assert!(
+            matches!(&err, OverrideError::UnknownPinnedService { service, .. } if service == "db"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ async fn pump(
 /// Read up to and including the next `\n` (split on \n only; compose's progress output uses \r
 /// within a line, kept as is), keeping at most `max` bytes in `buf` and dropping the rest.
 /// Returns the line's whole length, `None` at the end of the stream (or on a read error).
-async fn read_line_capped(
+pub(crate) async fn read_line_capped(
     reader: &mut (impl AsyncBufReadExt + Unpin),
     buf: &mut Vec<u8>,
     max: usize,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use stagely_protocol::{AgentMessage, DeployOutcome, ServiceState};
+use stagely_protocol::{AgentMessage, DeployOutcome, Release, ServiceState};
 
 /// Finished records kept; older acknowledged ones are dropped.
 pub const KEEP_FINISHED: usize = 200;
@@ -37,6 +37,14 @@ pub struct DeployResult {
     pub error: Option<String>,
     #[serde(default)]
     pub commit: Option<String>,
+    /// Whether `docker compose up` was started (the stack may have changed). A record from an
+    /// older agent has none: false.
+    #[serde(default)]
+    pub applied: bool,
+    /// What a successful deployment put on the server (image ids, digests, config hashes: no
+    /// secret), kept so a STATUS resent after a restart still carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
 }
 
 impl DeployResult {
@@ -46,6 +54,8 @@ impl DeployResult {
             services: Vec::new(),
             error: Some(error.into()),
             commit: None,
+            applied: false,
+            release: None,
         }
     }
 
@@ -57,8 +67,11 @@ impl DeployResult {
             error: self.error.clone(),
             commit: self.commit.clone(),
             lines: None,
-            applied: None,
-            release: None,
+            applied: Some(self.applied),
+            release: self
+                .release
+                .clone()
+                .filter(|_| self.status == DeployOutcome::Success),
         }
     }
 }
@@ -119,9 +132,13 @@ impl Results {
                 deployment_id = r.deployment_id,
                 "the agent stopped during this deployment"
             );
-            r.result = Some(DeployResult::fail(
-                "the agent stopped during this deployment (it was restarted); the project may be half-deployed",
-            ));
+            // It may have got as far as `up`: say so, so a rollback answers it.
+            r.result = Some(DeployResult {
+                applied: true,
+                ..DeployResult::fail(
+                    "the agent stopped during this deployment (it was restarted); the project may be half-deployed",
+                )
+            });
             changed = true;
         }
         if changed {
@@ -249,6 +266,17 @@ mod tests {
                 services: vec![],
                 error: None,
                 commit: Some("abc".into()),
+                applied: true,
+                release: Some(Release {
+                    compose_hash: "h".into(),
+                    services: vec![stagely_protocol::ReleaseService {
+                        name: "web".into(),
+                        image: "shop/web:1".into(),
+                        image_id: "sha256:1".into(),
+                        repo_digest: None,
+                        config_hash: "c".into(),
+                    }],
+                }),
             },
         )
         .unwrap();
@@ -262,6 +290,21 @@ mod tests {
             DeployOutcome::Success
         );
         assert!(r.get(2).unwrap().acked);
+        // What a resent STATUS needs survives the restart.
+        let AgentMessage::Status { applied, release, .. } =
+            r.get(2).unwrap().result.as_ref().unwrap().to_status(2)
+        else {
+            unreachable!()
+        };
+        assert_eq!(applied, Some(true));
+        assert_eq!(release.unwrap().services[0].name, "web");
+        // An interrupted deployment may have run `up`.
+        let AgentMessage::Status { applied, release, .. } =
+            r.get(3).unwrap().result.as_ref().unwrap().to_status(3)
+        else {
+            unreachable!()
+        };
+        assert_eq!((applied, release), (Some(true), None));
         let unacked: Vec<i64> = r.unacked().into_iter().map(|(id, _)| id).collect();
         assert_eq!(unacked, vec![1, 3]);
         assert_eq!(
