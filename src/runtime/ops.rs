@@ -83,8 +83,15 @@ fn evaluate(
         (None, Some(p)) => p,
         (None, None) => &[],
     };
-    let new_drift = drift::compute(services, list, truncated);
     let old_drift = old.as_ref().and_then(|o| o.drift.clone());
+    // While a deployment runs, compose renames, creates and replaces containers: the report is
+    // stored (the page shows it) but the drift stays as it was, so a deploy is not audited and
+    // notified as drift. Its end rechecks the environment (`watch`) with the containers then.
+    let new_drift = if store::deploying(c, environment_id)? {
+        old_drift.clone()
+    } else {
+        drift::compute(services, list, truncated)
+    };
     if let Some(o) = &old
         && o.containers == json
         && o.truncated == truncated

@@ -32,6 +32,15 @@ pub fn target(c: &Connection, environment_id: i64) -> Result<Option<Target>, DbE
     .optional()?)
 }
 
+/// Whether a deployment of the environment is queued or running: compose is changing the
+/// containers, so what runs is in flux (a renamed old container, a created new one).
+pub fn deploying(c: &Connection, environment_id: i64) -> Result<bool, DbError> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM deployments WHERE environment_id = ?1 AND status IN ('queued', 'running'))",
+    )?
+    .query_row([environment_id], |r| r.get(0))?)
+}
+
 /// An environment's row as stored. `containers` stays the JSON text it was stored as (a report
 /// is compared with it as text: the same containers always serialize the same).
 #[derive(Debug, Clone, PartialEq, Eq)]

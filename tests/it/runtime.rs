@@ -627,3 +627,48 @@ async fn the_pages_show_runtime_and_drift_live_with_reconverge_for_members() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_deployment_does_to_the_containers_while_it_runs_is_not_drift() {
+    let server = TestServer::start().await;
+    let api = server.api.clone();
+    let (pid, env, token) = setup(&server).await;
+    let (mut agent, project) = connect_watching(&api, &token).await;
+    deploy_release(&server, &mut agent, pid, &release()).await;
+    report(&mut agent, &project, &matching()).await;
+
+    // A second deployment runs: compose renames the old web container and creates a new one.
+    let body = api.ok(&format!("/api/deploy/{pid}"), json!({}), 202).await;
+    let id = body["deployment_id"].as_i64().unwrap();
+    assert_eq!(agent.recv().await["type"], "DEPLOY");
+    let mut midway = matching();
+    midway[1]["state"] = json!("created");
+    midway[1]["name"] = json!("0123abcd_shop-staging-web-1");
+    report(&mut agent, &project, &midway).await;
+    let rt = wait_for("the report during the deployment", WAIT, || async {
+        let rt = runtime(&api, env).await;
+        let web = rt["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "web")?
+            .clone();
+        (web["state"] == "created").then_some(rt)
+    })
+    .await;
+    assert_eq!(rt["drift"], Value::Null, "in flux, not drift: {rt}");
+    assert!(audited(&server, "drift.started").is_empty());
+
+    // It ends with the containers still like that: now it is drift, once.
+    agent
+        .send(json!({"type": "STATUS", "deployment_id": id, "status": "FAIL",
+            "services": [], "error": "web did not start", "applied": true}))
+        .await;
+    assert_eq!(agent.recv().await["type"], "ACK");
+    let rt = wait_for("drift after the deployment ended", WAIT, || async {
+        let rt = runtime(&api, env).await;
+        (!rt["drift"].is_null()).then_some(rt)
+    })
+    .await;
+    assert!(rt["drift"].to_string().contains("stopped"), "{rt}");
+    assert_eq!(audited(&server, "drift.started").len(), 1);
+}
