@@ -10,6 +10,8 @@ use serde_json::Value;
 const METRICS: &[&str] = &[
     "appliance_idle_rss",
     "agent_idle_rss",
+    "runtime_rss_added",
+    "runtime_rss_per_env",
     "agent_idle_cpu",
     "agent_idle_wakeups",
     "agent_binary",

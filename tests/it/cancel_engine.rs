@@ -169,6 +169,9 @@ fn deployment_leftovers(stack: &Stack) -> Vec<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with('d') || n.starts_with("pgroup-") || n == OVERRIDE_NAME)
         })
+        // Deployment 0's record is the running agent's own `docker events` child (its runtime
+        // watch), not something a deployment left.
+        .filter(|p| !std::fs::read_to_string(p).is_ok_and(|r| r.contains("\"deployment_id\":0,")))
         .collect()
 }
 

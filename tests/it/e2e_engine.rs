@@ -416,6 +416,9 @@ services:
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            // Deployment 0 is the running agent's own `docker events` child (its runtime watch),
+            // not a deployment's command.
+            .filter(|r| !r.contains("\"deployment_id\":0,"))
             .collect::<Vec<_>>()
     };
     assert!(

@@ -352,8 +352,9 @@ impl Deployer {
         }
         let services = verdicts.into_iter().map(|(s, _)| s).collect();
         if problems.is_empty() {
-            agent_line(log, "all services are up");
+            // The release lines come first: "all services are up" is a success's last line.
             let release = self.release(&name, compose_hash, log).await;
+            agent_line(log, "all services are up");
             Ok(DeployResult {
                 status: DeployOutcome::Success,
                 services,
