@@ -355,14 +355,16 @@ pub async fn on_status(
 /// The agent says which deployments it still holds; any other unfinished deployment of its
 /// was lost (the agent restarted mid-deploy) and fails now rather than at the timeout. Then the
 /// queue: CANCEL for what was cancelled while it was away, and the newest waiting deployment.
-pub async fn on_hello(state: &AppState, agent: &AgentIdentity, active: Option<Vec<i64>>) {
+/// `connected_at` is when this connection was registered (ms): a deployment sent since then
+/// went over this very connection, after the HELLO was written, and is not lost.
+pub async fn on_hello(state: &AppState, agent: &AgentIdentity, active: Option<Vec<i64>>, connected_at: i64) {
     if let Some(active) = &active {
-        lost_pass(state, agent, active).await;
+        lost_pass(state, agent, active, connected_at).await;
     }
     super::queue::on_hello(state, agent, active.as_deref()).await;
 }
 
-async fn lost_pass(state: &AppState, agent: &AgentIdentity, active: &[i64]) {
+async fn lost_pass(state: &AppState, agent: &AgentIdentity, active: &[i64], connected_at: i64) {
     let agent_id = agent.id;
     let unfinished = match state.db.read(store::unfinished).await {
         Ok(rows) => rows,
@@ -371,8 +373,8 @@ async fn lost_pass(state: &AppState, agent: &AgentIdentity, active: &[i64]) {
             return;
         }
     };
-    for (id, environment_id, owner, _) in unfinished {
-        if owner == Some(agent_id) && !active.contains(&id) {
+    for (id, environment_id, owner, sent_at) in unfinished {
+        if owner == Some(agent_id) && !active.contains(&id) && sent_at < connected_at {
             tracing::warn!(
                 deployment_id = id,
                 agent_id,

@@ -111,7 +111,8 @@ async fn connect(
     if live {
         tracing::warn!(agent_id = agent.id, agent = %agent.name, %address, "a second connection with this agent's token replaces the first (recorded)");
     }
-    let reg = state.hub.register(agent.id, agent.environment_id, now_ms());
+    let connected_at = now_ms();
+    let reg = state.hub.register(agent.id, agent.environment_id, connected_at);
     tracing::info!(agent_id = agent.id, agent = %agent.name, hostname = %hello.hostname, version = %hello.agent_version, pinned = hello.recipient.is_some(), "agent connected");
     let watches = hello.capabilities.iter().any(|c| c == release::CAP_RUNTIME);
     drop(hello);
@@ -127,7 +128,7 @@ async fn connect(
             Err(e) => tracing::error!(agent_id = agent.id, error = %e, "cannot read the project to WATCH"),
         }
     }
-    service::on_hello(state, agent, active).await;
+    service::on_hello(state, agent, active, connected_at).await;
     Some(reg)
 }
 
