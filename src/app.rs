@@ -37,6 +37,8 @@ pub struct AppState {
     pub notifier: Arc<crate::notify::worker::Notifier>,
     /// New agents' tokens between the form's POST and the page that shows them once.
     pub shown_once: Arc<crate::agents::shown_once::ShownOnce>,
+    /// LOGS and ACTION requests sent to agents, waiting for their answers (issue 15).
+    pub requests: Arc<crate::agents::requests::Requests>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,7 @@ impl Opened {
             binaries: Arc::default(),
             notifier,
             shown_once: Arc::default(),
+            requests: Arc::default(),
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
         let (metrics_addr, metrics_task) = match serve_metrics(&state)? {

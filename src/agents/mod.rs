@@ -12,6 +12,7 @@ pub mod hub;
 pub mod mailbox;
 pub mod ops;
 pub mod pages;
+pub mod requests;
 pub mod shown_once;
 pub mod store;
 

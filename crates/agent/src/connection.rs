@@ -491,6 +491,24 @@ impl Agent {
                 self.on_watch(project);
                 Ok(())
             }
+            // Issue 15 (placeholders, not yet offered in HELLO): container logs and actions.
+            Ok(Incoming::Known(ServerMessage::Logs { request_id, .. })) => {
+                let end = AgentMessage::ContainerLogEnd {
+                    request_id,
+                    reason: stagely_protocol::operate::LogEnd::Failed,
+                    error: Some("this agent cannot send container logs yet".into()),
+                };
+                send(sink, &end).await
+            }
+            Ok(Incoming::Known(ServerMessage::LogsStop { .. })) => Ok(()),
+            Ok(Incoming::Known(ServerMessage::Action { request_id, .. })) => {
+                let result = AgentMessage::ActionResult {
+                    request_id,
+                    ok: false,
+                    error: Some("this agent cannot run actions yet".into()),
+                };
+                send(sink, &result).await
+            }
             Ok(Incoming::Unknown(kind)) => {
                 tracing::debug!(%kind, "ignoring a message type this agent does not know");
                 Ok(())

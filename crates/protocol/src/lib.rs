@@ -6,6 +6,7 @@
 //! so a newer peer's informational messages do not break an older one. See docs/protocol.md.
 
 pub mod mask;
+pub mod operate;
 pub mod redact;
 pub mod release;
 pub mod signing;
@@ -291,10 +292,42 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
     },
+    /// Lines of a container log asked for by LOGS `request_id` (at most
+    /// [`operate::MAX_LOG_BATCH`]), masked by the agent with the secrets the request sealed.
+    #[serde(rename = "CONTAINER_LOG")]
+    ContainerLog {
+        request_id: u64,
+        lines: Vec<operate::ContainerLogLine>,
+        /// Lines the agent left out since the previous frame (a flood beyond its rate).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
+    },
+    /// The end of LOGS `request_id`'s lines: nothing more comes for it.
+    #[serde(rename = "CONTAINER_LOG_END")]
+    ContainerLogEnd {
+        request_id: u64,
+        reason: operate::LogEnd,
+        /// Why it failed (no secret value: masked like the lines).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The outcome of ACTION `request_id`.
+    #[serde(rename = "ACTION_RESULT")]
+    ActionResult {
+        request_id: u64,
+        ok: bool,
+        /// Why it failed, in one line (masked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     Error {
         code: String,
         message: String,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Messages the server sends.
@@ -333,6 +366,36 @@ pub enum ServerMessage {
     /// [`release::CAP_RUNTIME`]; a later WATCH replaces the project watched.
     Watch {
         project: String,
+    },
+    /// Send the log of `service` in compose project `project` (the one named in WATCH): the
+    /// last `tail` lines (at most [`operate::MAX_LOG_TAIL`]), then, with `follow`, new lines
+    /// for at most `follow_secs` ([`operate::MAX_FOLLOW_SECS`]) or until LOGS_STOP. Answered
+    /// by CONTAINER_LOG frames and one CONTAINER_LOG_END. `sealed_secrets` is sealed like
+    /// DEPLOY's, to the agent's recipient: the values the agent masks the lines with.
+    Logs {
+        request_id: u64,
+        project: String,
+        service: String,
+        tail: u32,
+        #[serde(default)]
+        follow: bool,
+        #[serde(default)]
+        follow_secs: u32,
+        sealed_secrets: String,
+    },
+    /// Stop sending LOGS `request_id` (the viewer left). Ignored when it already ended.
+    #[serde(rename = "LOGS_STOP")]
+    LogsStop {
+        request_id: u64,
+    },
+    /// Run `action` on `service` (or on the whole project when absent) of compose project
+    /// `project` (the one named in WATCH). Answered by one ACTION_RESULT.
+    Action {
+        request_id: u64,
+        project: String,
+        action: operate::Action,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
     },
     Error {
         code: String,

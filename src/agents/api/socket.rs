@@ -9,6 +9,7 @@
 //! with a reason, malformed or unknown frames are answered with an ERROR frame, and every
 //! decision about a deployment goes through `deploys::service`, which checks ownership.
 
+use crate::agents::requests::{Delivery, Reply};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -256,6 +257,7 @@ impl Connected<'_> {
         let (state, agent) = (self.state, self.agent);
         let last_seen = self.reg.last_seen.load(Ordering::Relaxed);
         if state.hub.unregister(agent.id, self.reg.conn_id, now_ms()) {
+            state.requests.agent_gone(agent.id);
             let id = agent.id;
             if let Err(e) = state
                 .db
@@ -439,11 +441,48 @@ async fn handle_text(
                 ))
             }
         },
+        // Issue 15: answers to LOGS and ACTION, for the request's waiter (if it still waits).
+        AgentMessage::ContainerLog {
+            request_id,
+            lines,
+            dropped,
+        } => {
+            deliver(state, agent, request_id, Reply::Log { lines, dropped });
+            Ok(())
+        }
+        AgentMessage::ContainerLogEnd {
+            request_id,
+            reason,
+            error,
+        } => {
+            deliver(state, agent, request_id, Reply::LogEnd { reason, error });
+            Ok(())
+        }
+        AgentMessage::ActionResult {
+            request_id,
+            ok,
+            error,
+        } => {
+            deliver(state, agent, request_id, Reply::Action { ok, error });
+            Ok(())
+        }
         AgentMessage::Error { code, .. } => {
             // The message may quote compose output; only the code is logged.
             tracing::warn!(agent_id = agent.id, code = %code.chars().take(60).collect::<String>(), "agent reported an error");
             Ok(())
         }
+    }
+}
+
+/// An answer for a request nobody waits on any more (the viewer left) is dropped quietly; one
+/// the waiter is too slow for is dropped too (the log view says lines were lost).
+fn deliver(state: &AppState, agent: &AgentIdentity, request_id: u64, reply: Reply) {
+    if state.requests.deliver(agent.id, request_id, reply) == Delivery::Unknown {
+        tracing::debug!(
+            agent_id = agent.id,
+            request_id,
+            "an answer for no open request: dropped"
+        );
     }
 }
 
