@@ -9,7 +9,11 @@ log() { printf '[deny] %s\n' "$*" >&2; }
 VERSION=0.20.2
 if ! cargo deny --version 2>/dev/null | grep -q "$VERSION"; then
   log "installing cargo-deny $VERSION from crates.io"
-  cargo install --locked --quiet cargo-deny --version "$VERSION"
+  # A checker run once per CI: built quickly rather than optimised (no LTO, parallel codegen,
+  # light optimisation): on a fresh machine its build is part of every CI run.
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256 \
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
+    cargo install --locked --quiet cargo-deny --version "$VERSION"
 fi
 
 checks=(licenses bans sources)
