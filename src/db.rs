@@ -28,9 +28,7 @@ pub enum DbError {
          {known}); upgrade the binary or restore a backup"
     )]
     TooNew { path: PathBuf, found: i64, known: i64 },
-    #[error(
-        "the database's foreign keys are broken after migrating ({0}); restore a backup or report it"
-    )]
+    #[error("the database's foreign keys are broken after migrating ({0}); restore a backup or report it")]
     ForeignKeys(String),
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
@@ -104,7 +102,10 @@ fn foreign_key_violations(conn: &Connection) -> Result<Vec<String>, DbError> {
         let table: String = r.get(0)?;
         let rowid: Option<i64> = r.get(1)?;
         let parent: String = r.get(2)?;
-        Ok(format!("{table} row {} points at a missing {parent}", rowid.map_or("?".to_owned(), |i| i.to_string())))
+        Ok(format!(
+            "{table} row {} points at a missing {parent}",
+            rowid.map_or("?".to_owned(), |i| i.to_string())
+        ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -617,7 +618,9 @@ mod tests {
         let mut conn = open_conn(&path).unwrap();
         let err = embedded::migrations::runner().run(&mut conn).unwrap_err();
         assert!(err.to_string().contains("foreign_keys_must_be_off"), "{err}");
-        let projects: i64 = conn.query_row("SELECT count(*) FROM projects", [], |r| r.get(0)).unwrap();
+        let projects: i64 = conn
+            .query_row("SELECT count(*) FROM projects", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(projects, 2, "nothing was dropped");
     }
 
@@ -632,7 +635,11 @@ mod tests {
         drop(conn);
         let err = Db::open(&path).err().expect("start fails");
         assert!(matches!(err, DbError::ForeignKeys(_)), "{err}");
-        assert!(err.to_string().contains("agents row 40 points at a missing environments"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("agents row 40 points at a missing environments"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -54,11 +54,11 @@ pub async fn create_secret(
             audit::record(
                 tx,
                 now,
-                &actor,
-                "secret.create",
-                "secret",
-                Some(id),
-                &describe(&key, service.as_deref(), environment.as_deref()),
+                &audit::Entry::new(&actor, "secret.create", "secret", Some(id)).detail(&describe(
+                    &key,
+                    service.as_deref(),
+                    environment.as_deref(),
+                )),
             )?;
             store::get(tx, id)
         })
@@ -91,7 +91,11 @@ pub async fn update_secret(
                 before.service.as_deref(),
                 before.environment.as_deref(),
             );
-            audit::record(tx, now, &actor, "secret.update", "secret", Some(id), &what)?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "secret.update", "secret", Some(id)).detail(&what),
+            )?;
             store::get(tx, id)
         })
         .await
@@ -114,8 +118,15 @@ pub async fn delete_secret(state: &AppState, who: &Principal, id: i64) -> Result
                 before.service.as_deref(),
                 before.environment.as_deref(),
             );
-            audit::record(tx, now_ms(), &actor, "secret.delete", "secret", Some(id), &what)
-                .map_err(SecretError::from)
+            audit::record(
+                tx,
+                now_ms(),
+                &audit::Entry::new(&actor, "secret.delete", "secret", Some(id))
+                    .name(&before.key)
+                    .project(before.project_id)
+                    .detail(&what),
+            )
+            .map_err(SecretError::from)
         })
         .await
 }
