@@ -80,25 +80,35 @@ pub fn record(tx: &rusqlite::Transaction<'_>, now: i64, e: &Entry<'_>) -> Result
 
 /// The name and project of an object as it is now, by its audit type (nothing for a type without
 /// them or an object already gone).
-fn resolve(tx: &rusqlite::Connection, target_type: &str, id: i64) -> Result<(Option<String>, Option<i64>), DbError> {
+fn resolve(
+    tx: &rusqlite::Connection,
+    target_type: &str,
+    id: i64,
+) -> Result<(Option<String>, Option<i64>), DbError> {
     let sql = match target_type {
         "project" => "SELECT name, id FROM projects WHERE id = ?1",
-        "environment" => "SELECT p.name || '/' || e.name, e.project_id FROM environments e
-                          JOIN projects p ON p.id = e.project_id WHERE e.id = ?1",
-        "agent" => "SELECT a.name, e.project_id FROM agents a JOIN environments e ON e.id = a.environment_id
-                    WHERE a.id = ?1",
-        "deployment" => "SELECT p.name || '/' || e.name, d.project_id FROM deployments d
+        "environment" => {
+            "SELECT p.name || '/' || e.name, e.project_id FROM environments e
+                          JOIN projects p ON p.id = e.project_id WHERE e.id = ?1"
+        }
+        "agent" => {
+            "SELECT a.name, e.project_id FROM agents a JOIN environments e ON e.id = a.environment_id
+                    WHERE a.id = ?1"
+        }
+        "deployment" => {
+            "SELECT p.name || '/' || e.name, d.project_id FROM deployments d
                          JOIN environments e ON e.id = d.environment_id JOIN projects p ON p.id = d.project_id
-                         WHERE d.id = ?1",
+                         WHERE d.id = ?1"
+        }
         "secret" => "SELECT key, project_id FROM secrets WHERE id = ?1",
         "notification" => "SELECT name, project_id FROM notify_channels WHERE id = ?1",
         "user" => "SELECT username, NULL FROM users WHERE id = ?1",
         "api_token" => "SELECT name, NULL FROM api_tokens WHERE id = ?1",
         _ => return Ok((None, None)),
     };
-    let found = tx
-        .prepare_cached(sql)?
-        .query_row([id], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)));
+    let found = tx.prepare_cached(sql)?.query_row([id], |r| {
+        Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?))
+    });
     match found {
         Ok(found) => Ok(found),
         Err(rusqlite::Error::QueryReturnedNoRows) => Ok((None, None)),

@@ -66,7 +66,10 @@ pub async fn create_secret(
                     environment.as_deref(),
                 )),
             )?;
-            Ok(SecretInfo { warnings, ..store::get(tx, id)? })
+            Ok(SecretInfo {
+                warnings,
+                ..store::get(tx, id)?
+            })
         })
         .await
 }
@@ -85,7 +88,11 @@ fn service_warnings(
         _ => SecretError::ProjectNotFound,
     })?;
     let mut warnings = Vec::new();
-    for env in project.environments.iter().filter(|e| environment_id.is_none_or(|id| id == e.id)) {
+    for env in project
+        .environments
+        .iter()
+        .filter(|e| environment_id.is_none_or(|id| id == e.id))
+    {
         let Some(release) = crate::releases::store::latest(tx, env.id)? else {
             continue;
         };
@@ -98,7 +105,11 @@ fn service_warnings(
              and applies once the compose file defines {service}",
             env.name,
             release.deployment_id,
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         ));
     }
     Ok(warnings)
@@ -147,7 +158,10 @@ pub async fn update_secret(
                 }
                 None => Vec::new(),
             };
-            Ok(SecretInfo { warnings, ..store::get(tx, id)? })
+            Ok(SecretInfo {
+                warnings,
+                ..store::get(tx, id)?
+            })
         })
         .await
 }

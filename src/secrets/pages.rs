@@ -182,7 +182,10 @@ async fn stored_with_warnings(
     done: &str,
     info: SecretInfo,
 ) -> Result<Response, PageError> {
-    let forms = Forms { secret_warnings: info.warnings, ..Forms::default() };
+    let forms = Forms {
+        secret_warnings: info.warnings,
+        ..Forms::default()
+    };
     let markup = crate::projects::pages::render_project(state, v, project_id, forms, Some(done)).await?;
     Ok((layout::no_store(), markup).into_response())
 }

@@ -497,7 +497,10 @@ mod pull_explanation_tests {
         );
         assert!(!one.contains('\n'));
         let two = pull_explanation(&["image a:1 (service a)".into(), "image b:2 (service b)".into()]);
-        assert!(two.starts_with("image a:1 (service a), image b:2 (service b) are not in a registry"), "{two}");
+        assert!(
+            two.starts_with("image a:1 (service a), image b:2 (service b) are not in a registry"),
+            "{two}"
+        );
         assert!(pull_explanation(&[]).starts_with("the project's images are not"));
     }
 }

@@ -57,7 +57,13 @@ pub async fn no_user_yet(state: &AppState) -> Result<bool, PageError> {
 }
 
 /// The sign-in form; `no_user` adds [`NO_ADMIN_HINT`].
-pub fn sign_in_form_with(state: &AppState, next: &str, error: Option<&str>, username: &str, no_user: bool) -> Markup {
+pub fn sign_in_form_with(
+    state: &AppState,
+    next: &str,
+    error: Option<&str>,
+    username: &str,
+    no_user: bool,
+) -> Markup {
     let next = safe_next(Some(next));
     bare_page(
         "Sign in",
