@@ -53,7 +53,7 @@ pub const NO_ADMIN_HINT: &str = "No admin yet: the one-time setup link is in the
 
 /// True while no user exists (a fresh install before its setup link is used).
 pub async fn no_user_yet(state: &AppState) -> Result<bool, PageError> {
-    Ok(state.db.read(|c| crate::users::store::count(c)).await? == 0)
+    Ok(state.db.read(crate::users::store::count).await? == 0)
 }
 
 /// The sign-in form; `no_user` adds [`NO_ADMIN_HINT`].
