@@ -28,6 +28,8 @@ pub enum DbError {
          {known}); upgrade the binary or restore a backup"
     )]
     TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error("the database's foreign keys are broken after migrating ({0}); restore a backup or report it")]
+    ForeignKeys(String),
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("database task failed: {0}")]
@@ -74,6 +76,40 @@ fn open_conn(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Run the pending migrations with foreign keys off, then check them and switch them on again:
+/// SQLite's procedure for schema changes (a table rebuilt by create, copy, drop, rename must not
+/// cascade its drop into its children). Refinery runs each migration in a transaction, where the
+/// pragma cannot change, so it is set around the runner. Start fails when the check finds a row
+/// pointing at nothing.
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
+    let ran = embedded::migrations::runner()
+        .run(conn)
+        .map_err(|e| DbError::Migration(e.to_string()));
+    let broken = ran.and_then(|_| foreign_key_violations(conn));
+    conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    let broken = broken?;
+    if !broken.is_empty() {
+        return Err(DbError::ForeignKeys(broken.join("; ")));
+    }
+    Ok(())
+}
+
+/// `PRAGMA foreign_key_check`, as "table rowid → parent" lines (at most 10).
+fn foreign_key_violations(conn: &Connection) -> Result<Vec<String>, DbError> {
+    let mut stmt = conn.prepare("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check LIMIT 10")?;
+    let rows = stmt.query_map([], |r| {
+        let table: String = r.get(0)?;
+        let rowid: Option<i64> = r.get(1)?;
+        let parent: String = r.get(2)?;
+        Ok(format!(
+            "{table} row {} points at a missing {parent}",
+            rowid.map_or("?".to_owned(), |i| i.to_string())
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The newest schema version embedded in this binary.
 pub fn known_schema_version() -> i64 {
     embedded::migrations::runner()
@@ -93,9 +129,7 @@ impl Db {
         let mut conn = open_conn(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         refuse_newer_schema(&conn, path)?;
-        embedded::migrations::runner()
-            .run(&mut conn)
-            .map_err(|e| DbError::Migration(e.to_string()))?;
+        migrate(&mut conn)?;
         Ok(Db {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -425,6 +459,187 @@ mod tests {
             Ok::<_, DbError>(())
         })
         .unwrap();
+    }
+
+    /// A V15 database with rows in every rebuilt table, two objects deleted before the upgrade
+    /// (project 7 and agent 9, which only the audit log remembers) and a finished deployment.
+    fn v15_database(path: &Path) {
+        let mut conn = open_conn(path).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(15))
+            .run(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (id, username, role, created_at) VALUES (1, 'ada', 'admin', 0), (2, 'bob', 'member', 0);
+             INSERT INTO sessions VALUES (x'aa', 2, 'c', 0, 9999999999999);
+             INSERT INTO api_tokens (id, name, token_hash, user_id, role, created_at) VALUES (4, 'ci', x'04', 2, 'member', 0);
+             INSERT INTO signup_links (id, token_hash, kind, role, created_by, created_at, expires_at, used_by)
+                 VALUES (3, x'03', 'invite', 'member', 'ada', 0, 1, 2);
+             INSERT INTO projects VALUES (1, 'shop', NULL, 'main', 'compose.yaml', 'always', 0, 0);
+             INSERT INTO projects VALUES (2, 'blog', NULL, 'main', 'compose.yaml', 'never', 0, 0);
+             INSERT INTO environments (id, project_id, name, created_at, compose_project, log_keep_days)
+                 VALUES (10, 1, 'prod', 0, 'shop-prod', 30), (11, 2, 'staging', 0, 'blog-staging', NULL);
+             INSERT INTO agents (id, environment_id, name, token_hash, created_at, capabilities)
+                 VALUES (5, 10, 'a', x'01', 0, 'release'), (6, 11, 'b', x'02', 0, '');
+             INSERT INTO deployments (id, project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at, queued_at, finished_at)
+                 VALUES (1, 1, 10, 5, 'success', 'main', 'ada', 100, 100, 2100);
+             INSERT INTO deployments (id, project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at, redeploy_of)
+                 VALUES (2, 1, 10, 5, 'running', 'main', 'ada', 300, 1);
+             INSERT INTO deployments (id, project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at)
+                 VALUES (3, 2, 11, 6, 'failed', 'main', 'ada', 300);
+             INSERT INTO deployment_secrets (deployment_id, secret_id, key, scope, service, version) VALUES (1, 7, 'B', 'global', NULL, 2);
+             INSERT INTO deployment_logs VALUES (1, 0, 'stdout', 'hello', 150), (2, 0, 'agent', 'going', 310);
+             INSERT INTO releases VALUES (1, 10, 5, 'a', NULL, 'h', '[]', 0);
+             INSERT INTO environment_runtime (environment_id, agent_id, reported_at, containers) VALUES (10, 5, 0, '[]');
+             INSERT INTO webhook_deliveries (id, project_id, provider, event, result, at) VALUES (8, 1, 'github', 'push', 'deployed', 0);
+             INSERT INTO notify_channels (id, project_id, kind, name, events, target_hint, encrypted_target, created_by, created_at)
+                 VALUES (2, 1, 'slack', 'ops', 'deploy.failed', 'h', x'00', 'ada', 0);
+             INSERT INTO notify_outbox (id, channel_id, event, subject, payload, status, next_attempt_at, created_at, updated_at)
+                 VALUES (3, 2, 'deploy.failed', 's', '{}', 'pending', 0, 0, 0);
+             INSERT INTO secrets (id, project_id, key, scope, encrypted_value, updated_by, updated_at)
+                 VALUES (12, 1, 'DB', 'global', x'00', 'ada', 0);
+             INSERT INTO password_resets (id, token_hash, user_id, created_by, created_at, expires_at) VALUES (1, x'05', 2, 'ada', 0, 1);
+             INSERT INTO audit_log (at, actor, action, target_type, target_id, detail) VALUES
+                 (0, 'ada', 'project.create', 'project', 7, 'old'), (0, 'ada', 'project.delete', 'project', 7, 'old'),
+                 (0, 'ada', 'agent.create', 'agent', 9, 'gone'), (0, 'ada', 'project.create', 'project', 1, 'shop');",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn v16_keeps_every_row_id_index_and_trigger_and_passes_the_foreign_key_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        v15_database(&path);
+        let before = |c: &Connection| -> Vec<(String, String)> {
+            c.prepare("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name != 'refinery_schema_history' ORDER BY type, name")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let schema_before = before(&open_conn(&path).unwrap());
+        let db = Db::open(&path).unwrap();
+        db.write_blocking(|tx| {
+            let fk: i64 = tx.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+            assert_eq!(fk, 1, "foreign keys are on again after the migrations");
+            let violations: i64 = tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            assert_eq!(violations, 0);
+            let mut schema_after = before(tx);
+            schema_after.retain(|(kind, name)| !name.starts_with("audit_log_") || kind != "index" || name == "audit_log_at");
+            assert_eq!(schema_after, schema_before, "every table, index and trigger is still there");
+            let ids = |sql: &str| -> rusqlite::Result<Vec<i64>> {
+                tx.prepare(sql)?.query_map([], |r| r.get(0))?.collect()
+            };
+            assert_eq!(ids("SELECT id FROM users ORDER BY id")?, [1, 2]);
+            assert_eq!(ids("SELECT id FROM api_tokens")?, [4]);
+            assert_eq!(ids("SELECT id FROM signup_links")?, [3]);
+            assert_eq!(ids("SELECT id FROM projects ORDER BY id")?, [1, 2]);
+            assert_eq!(ids("SELECT id FROM environments ORDER BY id")?, [10, 11]);
+            assert_eq!(ids("SELECT id FROM agents ORDER BY id")?, [5, 6]);
+            assert_eq!(ids("SELECT id FROM deployments ORDER BY id")?, [1, 2, 3]);
+            assert_eq!(ids("SELECT redeploy_of FROM deployments WHERE id = 2")?, [1]);
+            assert_eq!(ids("SELECT log_keep_days FROM environments WHERE id = 10")?, [30]);
+            assert_eq!(ids("SELECT id FROM webhook_deliveries")?, [8]);
+            assert_eq!(ids("SELECT id FROM notify_channels")?, [2]);
+            assert_eq!(ids("SELECT id FROM notify_outbox")?, [3]);
+            assert_eq!(ids("SELECT count(*) FROM audit_log")?, [4]);
+            assert_eq!(ids("SELECT count(*) FROM sessions")?, [1]);
+            assert_eq!(ids("SELECT count(*) FROM deployment_logs")?, [2]);
+            assert_eq!(ids("SELECT count(*) FROM releases")?, [1]);
+            assert_eq!(ids("SELECT count(*) FROM environment_runtime")?, [1]);
+            assert_eq!(ids("SELECT project_id FROM audit_log WHERE target_type = 'project' AND target_id = 1")?, [1]);
+            // The CHECKs hold.
+            assert!(tx.execute("UPDATE projects SET pull = 'sometimes' WHERE id = 1", []).is_err());
+            assert!(tx.execute("UPDATE environments SET log_keep_days = -1 WHERE id = 10", []).is_err());
+            assert!(tx.execute("UPDATE deployments SET status = 'bogus' WHERE id = 1", []).is_err());
+            // The metric triggers still fire.
+            let count = |metric: &str, label: &str| -> rusqlite::Result<i64> {
+                tx.query_row("SELECT value FROM metric_counts WHERE metric = ?1 AND label = ?2", [metric, label], |r| r.get(0))
+            };
+            let running = count("deployments", "running")?;
+            tx.execute("UPDATE deployments SET status = 'failed', finished_at = 5000 WHERE id = 2", [])?;
+            assert_eq!(count("deployments", "running")?, running - 1);
+            let lines = count("log_lines", "")?;
+            tx.execute("INSERT INTO deployment_logs VALUES (2, 1, 'agent', 'more', 320)", [])?;
+            assert_eq!(count("log_lines", "")?, lines + 1);
+            tx.execute("INSERT INTO webhook_deliveries (project_id, provider, event, result, at) VALUES (1, 'gitea', 'push', 'ignored', 0)", [])?;
+            assert_eq!(count("webhook_deliveries", "ignored")?, 1);
+            // The foreign keys still cascade and set null.
+            tx.execute("DELETE FROM users WHERE id = 2", [])?;
+            assert_eq!(ids("SELECT count(*) FROM sessions")?, [0]);
+            assert_eq!(ids("SELECT count(*) FROM api_tokens")?, [0]);
+            assert_eq!(ids("SELECT count(*) FROM password_resets")?, [0]);
+            assert_eq!(ids("SELECT count(*) FROM signup_links WHERE used_by IS NULL")?, [1]);
+            tx.execute("DELETE FROM projects WHERE id = 2", [])?;
+            assert_eq!(ids("SELECT count(*) FROM deployments")?, [2]);
+            assert_eq!(ids("SELECT count(*) FROM agents")?, [1]);
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn v16_never_gives_an_id_again_not_even_one_only_the_audit_log_remembers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        v15_database(&path);
+        let db = Db::open(&path).unwrap();
+        db.write_blocking(|tx| {
+            // Project 7 was deleted before the upgrade; only the audit log knows it.
+            tx.execute("INSERT INTO projects VALUES (NULL, 'next', NULL, 'main', 'c.yaml', 'never', 0, 0)", [])?;
+            assert_eq!(tx.last_insert_rowid(), 8);
+            tx.execute("DELETE FROM projects WHERE id = 8", [])?;
+            tx.execute("INSERT INTO projects VALUES (NULL, 'again', NULL, 'main', 'c.yaml', 'never', 0, 0)", [])?;
+            assert_eq!(tx.last_insert_rowid(), 9, "a deleted project's id is not given again");
+            // Agent 9 likewise; and the newest agent's id after a delete.
+            tx.execute("INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (10, 'c', x'09', 0)", [])?;
+            assert_eq!(tx.last_insert_rowid(), 10);
+            tx.execute("DELETE FROM agents WHERE id = 10", [])?;
+            tx.execute("INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (10, 'd', x'0a', 0)", [])?;
+            assert_eq!(tx.last_insert_rowid(), 11, "a deleted agent's id is not given again");
+            tx.execute("DELETE FROM deployments WHERE id = 3", [])?;
+            tx.execute(
+                "INSERT INTO deployments (project_id, environment_id, status, git_ref, triggered_by, created_at) VALUES (1, 10, 'waiting', 'main', 'ada', 0)",
+                [],
+            )?;
+            assert_eq!(tx.last_insert_rowid(), 4);
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn v16_refuses_to_run_with_foreign_keys_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        v15_database(&path);
+        let mut conn = open_conn(&path).unwrap();
+        let err = embedded::migrations::runner().run(&mut conn).unwrap_err();
+        assert!(err.to_string().contains("foreign_keys_must_be_off"), "{err}");
+        let projects: i64 = conn
+            .query_row("SELECT count(*) FROM projects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(projects, 2, "nothing was dropped");
+    }
+
+    #[test]
+    fn a_broken_foreign_key_fails_start_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        v15_database(&path);
+        let conn = open_conn(&path).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = OFF; INSERT INTO agents (id, environment_id, name, token_hash, created_at) VALUES (40, 999, 'x', x'40', 0);")
+            .unwrap();
+        drop(conn);
+        let err = Db::open(&path).err().expect("start fails");
+        assert!(matches!(err, DbError::ForeignKeys(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("agents row 40 points at a missing environments"),
+            "{err}"
+        );
     }
 
     #[test]

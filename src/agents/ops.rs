@@ -48,7 +48,11 @@ pub async fn create_agent(
             move |tx| {
                 let now = now_ms();
                 let (id, token) = store::create(tx, environment_id, &name, now)?;
-                audit::record(tx, now, &actor, "agent.create", "agent", Some(id), &name)?;
+                audit::record(
+                    tx,
+                    now,
+                    &audit::Entry::new(&actor, "agent.create", "agent", Some(id)).detail(&name),
+                )?;
                 Ok::<_, AgentError>((id, token))
             }
         })
@@ -95,7 +99,11 @@ pub async fn revoke_agent(state: &AppState, who: &Principal, id: i64) -> Result<
         .write(move |tx| {
             let now = now_ms();
             let agent = store::revoke(tx, id, now)?;
-            audit::record(tx, now, &actor, "agent.revoke", "agent", Some(id), &agent.name)?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "agent.revoke", "agent", Some(id)).detail(&agent.name),
+            )?;
             Ok::<_, AgentError>(())
         })
         .await?;
@@ -120,11 +128,7 @@ pub async fn reset_identity(state: &AppState, who: &Principal, id: i64) -> Resul
             audit::record(
                 tx,
                 now,
-                &actor,
-                "agent.identity_reset",
-                "agent",
-                Some(id),
-                &detail,
+                &audit::Entry::new(&actor, "agent.identity_reset", "agent", Some(id)).detail(&detail),
             )?;
             Ok::<_, AgentError>(())
         })
@@ -174,7 +178,7 @@ pub async fn admit(
                         "refused a connection from {address} (host {host}) offering {offered}; pinned: {pinned}"
                     );
                     store::record_identity_mismatch(tx, id, &detail, now)?;
-                    audit::record(tx, now, &actor, "agent.identity_mismatch", "agent", Some(id), &detail)?;
+                    audit::record(tx, now, &audit::Entry::new(&actor, "agent.identity_mismatch", "agent", Some(id)).detail(&detail))?;
                     return Ok(Admission::IdentityMismatch(format!(
                         "this agent token is pinned to another identity ({pinned}); if the target was \
                          reinstalled, an admin can reset the agent's identity on the appliance"
@@ -182,7 +186,7 @@ pub async fn admit(
                 }
                 PinCheck::Pinned => {
                     let detail = hello.recipient.clone().unwrap_or_default();
-                    audit::record(tx, now, &actor, "agent.identity_pinned", "agent", Some(id), &detail)?;
+                    audit::record(tx, now, &audit::Entry::new(&actor, "agent.identity_pinned", "agent", Some(id)).detail(&detail))?;
                 }
                 PinCheck::Matches | PinCheck::NoneOffered => {}
             }
@@ -207,7 +211,7 @@ pub async fn admit(
             };
             if let Some(detail) = detail {
                 store::record_second_connection(tx, id, &detail, now)?;
-                audit::record(tx, now, &actor, "agent.second_connection", "agent", Some(id), &detail)?;
+                audit::record(tx, now, &audit::Entry::new(&actor, "agent.second_connection", "agent", Some(id)).detail(&detail))?;
             }
             store::mark_online(tx, id, &hello, &address, now)?;
             Ok(Admission::Accepted)

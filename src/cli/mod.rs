@@ -212,11 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::audit::record(
                     tx,
                     now_ms(),
-                    "cli",
-                    "signing.rotate",
-                    "signing_key",
-                    None,
-                    &detail,
+                    &crate::audit::Entry::new("cli", "signing.rotate", "signing_key", None).detail(&detail),
                 )
             })?;
             println!(
@@ -235,7 +231,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{} secrets re-encrypted to {}",
                     report.secrets, report.new_recipient
                 );
-                crate::audit::record(tx, now_ms(), "cli", "vault.rotate", "vault", None, &detail)
+                crate::audit::record(
+                    tx,
+                    now_ms(),
+                    &crate::audit::Entry::new("cli", "vault.rotate", "vault", None).detail(&detail),
+                )
             })?;
             println!(
                 "rotated the master key: {} secrets re-encrypted\nold public key: {}\nnew public key: {}\nkey file: {}",

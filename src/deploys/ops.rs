@@ -115,7 +115,11 @@ pub async fn trigger(
                 rollback_of: None,
             };
             let id = store::insert_waiting(tx, &new, now)?;
-            audit::record(tx, now, &actor, "deploy.start", "deployment", Some(id), &env_name)?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "deploy.start", "deployment", Some(id)).detail(&env_name),
+            )?;
             Ok::<_, DeployError>(id)
         })
         .await?;

@@ -83,11 +83,8 @@ async fn dispatch_once(state: &AppState, environment_id: i64) -> Round {
                 audit::record(
                     tx,
                     now,
-                    QUEUE_ACTOR,
-                    "deploy.supersede",
-                    "deployment",
-                    Some(*old),
-                    &detail,
+                    &audit::Entry::new(QUEUE_ACTOR, "deploy.supersede", "deployment", Some(*old))
+                        .detail(&detail),
                 )?;
             }
             let project = project_store::get(tx, claimed.project_id).map_err(|e| match e {
@@ -329,11 +326,8 @@ pub async fn cancel(
                         audit::record(
                             tx,
                             now,
-                            &actor,
-                            "deploy.cancel",
-                            "deployment",
-                            Some(deployment_id),
-                            "waiting",
+                            &audit::Entry::new(&actor, "deploy.cancel", "deployment", Some(deployment_id))
+                                .detail("waiting"),
                         )?;
                     }
                     Ok::<_, DeployError>(done)
@@ -369,11 +363,8 @@ pub async fn cancel(
                 audit::record(
                     tx,
                     now_ms(),
-                    &actor,
-                    "deploy.cancel",
-                    "deployment",
-                    Some(deployment_id),
-                    detail,
+                    &audit::Entry::new(&actor, "deploy.cancel", "deployment", Some(deployment_id))
+                        .detail(detail),
                 )?;
                 Ok::<_, DeployError>(())
             })

@@ -86,11 +86,9 @@ pub async fn redeploy(state: &AppState, who: &Principal, of: i64) -> Result<Rede
             audit::record(
                 tx,
                 now,
-                &actor,
-                "deploy.redeploy",
-                "deployment",
-                Some(id),
-                &format!("deployment {id} redeploys the release of deployment {of}"),
+                &audit::Entry::new(&actor, "deploy.redeploy", "deployment", Some(id)).detail(&format!(
+                    "deployment {id} redeploys the release of deployment {of}"
+                )),
             )?;
             Ok::<_, DeployError>(id)
         })
@@ -194,18 +192,10 @@ pub async fn after_failure(state: &AppState, failed: i64, environment_id: i64) {
             let source = store::get(tx, release.deployment_id)?;
             let now = now_ms();
             let id = insert_redeploy(tx, &source, &release, AUTO_ROLLBACK_ACTOR, Some(failed), now)?;
-            audit::record(
-                tx,
-                now,
-                AUTO_ROLLBACK_ACTOR,
-                "deploy.rollback",
-                "deployment",
-                Some(id),
-                &format!(
+            audit::record(tx, now, &audit::Entry::new(AUTO_ROLLBACK_ACTOR, "deploy.rollback", "deployment", Some(id)).detail(&format!(
                     "deployment {id} rolls back failed deployment {failed} to the release of deployment {}",
                     release.deployment_id
-                ),
-            )?;
+                )))?;
             Ok(Some((id, failed_d.project_id, release.deployment_id)))
         })
         .await;

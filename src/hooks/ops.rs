@@ -51,11 +51,8 @@ pub async fn rotate(state: &AppState, who: &Principal, project_id: i64) -> Resul
             audit::record(
                 tx,
                 now,
-                &actor,
-                "webhook.rotate",
-                "project",
-                Some(project_id),
-                &project.name,
+                &audit::Entry::new(&actor, "webhook.rotate", "project", Some(project_id))
+                    .detail(&project.name),
             )?;
             Ok::<_, HookError>(())
         })
@@ -278,11 +275,17 @@ async fn reject(
             audit::record(
                 tx,
                 now,
-                &format!("{}:webhook", provider.as_str()),
-                "webhook.rejected",
-                "project",
-                Some(project_id),
-                &format!("{}: {} (event {event})", provider.as_str(), why.as_str()),
+                &audit::Entry::new(
+                    &format!("{}:webhook", provider.as_str()),
+                    "webhook.rejected",
+                    "project",
+                    Some(project_id),
+                )
+                .detail(&format!(
+                    "{}: {} (event {event})",
+                    provider.as_str(),
+                    why.as_str()
+                )),
             )?;
             Ok(true)
         })

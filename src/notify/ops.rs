@@ -223,7 +223,11 @@ pub async fn create_channel(
                 valid.kind.as_stored(),
                 valid.events.join(", ")
             );
-            audit::record(tx, now, &actor, "notify.create", "notification", Some(id), &what)?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "notify.create", "notification", Some(id)).detail(&what),
+            )?;
             store::get_channel(tx, id)
         })
         .await?;
@@ -244,11 +248,10 @@ pub async fn delete_channel(state: &AppState, who: &Principal, id: i64) -> Resul
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "notify.delete",
-                "notification",
-                Some(id),
-                &what,
+                &audit::Entry::new(&actor, "notify.delete", "notification", Some(id))
+                    .name(&before.name)
+                    .project(before.project_id)
+                    .detail(&what),
             )?;
             Ok(before)
         })

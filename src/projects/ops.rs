@@ -27,11 +27,7 @@ pub async fn create_project(
             audit::record(
                 tx,
                 now,
-                &actor,
-                "project.create",
-                "project",
-                Some(id),
-                &valid.name,
+                &audit::Entry::new(&actor, "project.create", "project", Some(id)).detail(&valid.name),
             )?;
             store::get(tx, id)
         })
@@ -56,11 +52,7 @@ pub async fn update_project(
             audit::record(
                 tx,
                 now,
-                &actor,
-                "project.update",
-                "project",
-                Some(id),
-                &valid.name,
+                &audit::Entry::new(&actor, "project.update", "project", Some(id)).detail(&valid.name),
             )?;
             store::get(tx, id)
         })
@@ -106,11 +98,10 @@ pub async fn delete_project(
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "project.delete",
-                "project",
-                Some(id),
-                &format!("{}{note}", project.name),
+                &audit::Entry::new(&actor, "project.delete", "project", Some(id))
+                    .name(&project.name)
+                    .project(id)
+                    .detail(&format!("{}{note}", project.name)),
             )?;
             Ok::<_, ProjectError>(agents)
         })
@@ -139,11 +130,7 @@ pub async fn create_environment(
             audit::record(
                 tx,
                 now,
-                &actor,
-                "environment.create",
-                "environment",
-                Some(id),
-                &valid.name,
+                &audit::Entry::new(&actor, "environment.create", "environment", Some(id)).detail(&valid.name),
             )?;
             store::get_environment(tx, id)
         })
@@ -179,13 +166,11 @@ pub async fn update_environment(
                 audit::record(
                     tx,
                     now_ms(),
-                    &actor,
-                    "environment.update",
-                    "environment",
-                    Some(id),
-                    &format!(
-                        "{}: auto_rollback {auto_rollback} (was {})",
-                        current.name, current.auto_rollback
+                    &audit::Entry::new(&actor, "environment.update", "environment", Some(id)).detail(
+                        &format!(
+                            "{}: auto_rollback {auto_rollback} (was {})",
+                            current.name, current.auto_rollback
+                        ),
                     ),
                 )?;
             }
@@ -194,17 +179,15 @@ pub async fn update_environment(
                 audit::record(
                     tx,
                     now_ms(),
-                    &actor,
-                    "environment.update",
-                    "environment",
-                    Some(id),
-                    &format!(
-                        "{}: deploy_on_push {}, deploy_on_tag {} (was {}, {})",
-                        current.name,
-                        triggers.on_push,
-                        triggers.on_tag.as_deref().unwrap_or("none"),
-                        triggers_before.on_push,
-                        triggers_before.on_tag.as_deref().unwrap_or("none"),
+                    &audit::Entry::new(&actor, "environment.update", "environment", Some(id)).detail(
+                        &format!(
+                            "{}: deploy_on_push {}, deploy_on_tag {} (was {}, {})",
+                            current.name,
+                            triggers.on_push,
+                            triggers.on_tag.as_deref().unwrap_or("none"),
+                            triggers_before.on_push,
+                            triggers_before.on_tag.as_deref().unwrap_or("none"),
+                        ),
                     ),
                 )?;
             }
@@ -213,17 +196,13 @@ pub async fn update_environment(
                 audit::record(
                     tx,
                     now_ms(),
-                    &actor,
-                    "environment.update",
-                    "environment",
-                    Some(id),
-                    &{
+                    &audit::Entry::new(&actor, "environment.update", "environment", Some(id)).detail(&{
                         let ((n, d), (n0, d0)) = (describe_retention(after), describe_retention(before));
                         format!(
                             "{}: log_keep_deployments {n}, log_keep_days {d} (was {n0}, {d0})",
                             current.name
                         )
-                    },
+                    }),
                 )?;
             }
             store::get_environment(tx, id)
@@ -244,17 +223,17 @@ pub async fn delete_environment(
         .db
         .write(move |tx| {
             let env = store::get_environment(tx, id)?;
+            let env_project = store::get(tx, env.project_id)?.name;
             let note = guard_stack(tx, None, Some(id), stack_removed)?;
             let agents = agent_store::ids_for_environment(tx, id)?;
             store::delete_environment(tx, id)?;
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "environment.delete",
-                "environment",
-                Some(id),
-                &format!("{}{note}", env.name),
+                &audit::Entry::new(&actor, "environment.delete", "environment", Some(id))
+                    .name(&format!("{}/{}", env_project, env.name))
+                    .project(env.project_id)
+                    .detail(&format!("{}{note}", env.name)),
             )?;
             Ok::<_, ProjectError>(agents)
         })

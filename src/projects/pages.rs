@@ -201,6 +201,8 @@ pub struct Forms {
     pub triggers: Option<(i64, TriggersForm, FormErrors)>,
     /// A webhook secret just made: shown once.
     pub new_webhook: Option<crate::hooks::ops::NewSecret>,
+    /// Warnings about a secret just stored (src/secrets: a service no release has).
+    pub secret_warnings: Vec<String>,
 }
 
 /// An environment's push-trigger form (src/hooks): a checkbox and a tag glob.
@@ -526,6 +528,7 @@ pub async fn render_project(
     let webhook = crate::hooks::ops::info(state, id).await.map_err(WebError::from)?;
     let body = html! {
         (layout::notice(done))
+        (crate::secrets::pages::warnings(&forms.secret_warnings))
         div.page-head {
             h1 { (project.name) }
             span.muted { (project.repo_url.as_deref().unwrap_or("local compose file")) " · " code { (project.compose_path) } }

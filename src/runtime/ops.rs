@@ -164,11 +164,7 @@ fn audit(
     crate::audit::record(
         tx,
         now,
-        ACTOR,
-        action,
-        "environment",
-        Some(environment_id),
-        &detail,
+        &crate::audit::Entry::new(ACTOR, action, "environment", Some(environment_id)).detail(&detail),
     )
 }
 

@@ -62,6 +62,10 @@ pub struct SecretInfo {
     pub version: i64,
     pub updated_by: String,
     pub updated_at: String,
+    /// Set only in the answer to a create or update: things to check that did not stop the
+    /// change (a service secret for a service the environment's last release does not have).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A create request. `Debug` is hand-written so the value never reaches a log; the value is
@@ -116,6 +120,21 @@ pub fn validate_key(key: &str) -> Result<(), SecretError> {
             "key",
             format!(
                 "must be an environment variable name: [A-Za-z_][A-Za-z0-9_]*, at most {MAX_KEY_LEN} characters"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A value becomes an environment variable, which cannot hold a NUL byte: compose and the
+/// kernel refuse it, so every deploy of the project would fail. Refused at input, naming the key.
+pub fn refuse_nul(key: &str, has_nul: bool) -> Result<(), SecretError> {
+    if has_nul {
+        return invalid(
+            "value",
+            format!(
+                "the value of {key} contains a NUL byte (\\0), which an environment variable cannot hold \
+                 (every deploy would fail); nothing was stored"
             ),
         );
     }

@@ -2,7 +2,8 @@
 //! and record the audit entry (never the value) in the same transaction.
 
 use super::{
-    NewValue, SecretError, SecretInfo, SecretInput, store, validate_key, validate_scope, validate_value,
+    NewValue, SecretError, SecretInfo, SecretInput, refuse_nul, store, validate_key, validate_scope,
+    validate_value,
 };
 use crate::app::AppState;
 use crate::audit;
@@ -19,6 +20,7 @@ pub async fn create_secret(
     let key = input.key.trim().to_owned();
     validate_key(&key)?;
     validate_value(&input.value)?;
+    refuse_nul(&key, input.value.contains('\0'))?;
     let (scope, service) = validate_scope(&input.scope, input.service.as_deref())?;
     let ciphertext = state.vault.encrypt(&input.value)?;
     let environment = input
@@ -51,18 +53,66 @@ pub async fn create_secret(
             };
             let id = store::insert(tx, &new, now)?;
             store::record_version(tx, id)?;
+            let warnings = match &service {
+                Some(service) => service_warnings(tx, project_id, environment_id, service)?,
+                None => Vec::new(),
+            };
             audit::record(
                 tx,
                 now,
-                &actor,
-                "secret.create",
-                "secret",
-                Some(id),
-                &describe(&key, service.as_deref(), environment.as_deref()),
+                &audit::Entry::new(&actor, "secret.create", "secret", Some(id)).detail(&describe(
+                    &key,
+                    service.as_deref(),
+                    environment.as_deref(),
+                )),
             )?;
-            store::get(tx, id)
+            Ok(SecretInfo {
+                warnings,
+                ..store::get(tx, id)?
+            })
         })
         .await
+}
+
+/// For a service secret: a warning for each environment it applies to whose last release is
+/// known and has no such service (the compose file does not define it, or not yet). The secret is
+/// still stored: the service may come with the next commit.
+fn service_warnings(
+    tx: &rusqlite::Connection,
+    project_id: i64,
+    environment_id: Option<i64>,
+    service: &str,
+) -> Result<Vec<String>, SecretError> {
+    let project = crate::projects::store::get(tx, project_id).map_err(|e| match e {
+        crate::projects::ProjectError::Db(e) => SecretError::Db(e),
+        _ => SecretError::ProjectNotFound,
+    })?;
+    let mut warnings = Vec::new();
+    for env in project
+        .environments
+        .iter()
+        .filter(|e| environment_id.is_none_or(|id| id == e.id))
+    {
+        let Some(release) = crate::releases::store::latest(tx, env.id)? else {
+            continue;
+        };
+        if release.services.iter().any(|s| s.name == service) {
+            continue;
+        }
+        let names: Vec<&str> = release.services.iter().map(|s| s.name.as_str()).collect();
+        warnings.push(format!(
+            "{}'s last release (deployment #{}) has no service {service} (it has: {}); the secret is stored \
+             and applies once the compose file defines {service}",
+            env.name,
+            release.deployment_id,
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    Ok(warnings)
 }
 
 /// Replace a secret's value (its version goes up by one). The previous value stays in the
@@ -74,6 +124,7 @@ pub async fn update_secret(
     new: NewValue,
 ) -> Result<SecretInfo, SecretError> {
     validate_value(&new.value)?;
+    let has_nul = new.value.contains('\0');
     let ciphertext = state.vault.encrypt(&new.value)?;
     drop(new);
     let actor = who.actor.clone();
@@ -82,6 +133,7 @@ pub async fn update_secret(
         .db
         .write(move |tx| {
             let before = store::get(tx, id)?;
+            refuse_nul(&before.key, has_nul)?;
             let now = now_ms();
             store::update_value(tx, id, &ciphertext, &actor, now)?;
             store::record_version(tx, id)?;
@@ -91,8 +143,25 @@ pub async fn update_secret(
                 before.service.as_deref(),
                 before.environment.as_deref(),
             );
-            audit::record(tx, now, &actor, "secret.update", "secret", Some(id), &what)?;
-            store::get(tx, id)
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "secret.update", "secret", Some(id)).detail(&what),
+            )?;
+            let warnings = match &before.service {
+                Some(service) => {
+                    let env_id = match &before.environment {
+                        Some(name) => Some(store::environment_id(tx, before.project_id, name)?),
+                        None => None,
+                    };
+                    service_warnings(tx, before.project_id, env_id, service)?
+                }
+                None => Vec::new(),
+            };
+            Ok(SecretInfo {
+                warnings,
+                ..store::get(tx, id)?
+            })
         })
         .await
 }
@@ -114,8 +183,15 @@ pub async fn delete_secret(state: &AppState, who: &Principal, id: i64) -> Result
                 before.service.as_deref(),
                 before.environment.as_deref(),
             );
-            audit::record(tx, now_ms(), &actor, "secret.delete", "secret", Some(id), &what)
-                .map_err(SecretError::from)
+            audit::record(
+                tx,
+                now_ms(),
+                &audit::Entry::new(&actor, "secret.delete", "secret", Some(id))
+                    .name(&before.key)
+                    .project(before.project_id)
+                    .detail(&what),
+            )
+            .map_err(SecretError::from)
         })
         .await
 }

@@ -3,7 +3,7 @@
 //! just typed into a form that came back with an error.
 
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -165,6 +165,31 @@ pub fn secrets_section(
     }
 }
 
+/// The warnings of a secret just stored (shown once, on the page the form's POST answers with).
+pub fn warnings(warnings: &[String]) -> Markup {
+    html! {
+        @for w in warnings {
+            p.notice.warn role="status" data-testid="secret-warning" { "Stored, but check: " (w) }
+        }
+    }
+}
+
+/// A stored secret that came with warnings: the project page with them, instead of the redirect.
+async fn stored_with_warnings(
+    state: &AppState,
+    v: &Viewer,
+    project_id: i64,
+    done: &str,
+    info: SecretInfo,
+) -> Result<Response, PageError> {
+    let forms = Forms {
+        secret_warnings: info.warnings,
+        ..Forms::default()
+    };
+    let markup = crate::projects::pages::render_project(state, v, project_id, forms, Some(done)).await?;
+    Ok((layout::no_store(), markup).into_response())
+}
+
 const SECRET_FIELDS: &[&str] = &["key", "value", "scope", "service", "environment"];
 
 pub async fn create(
@@ -186,6 +211,9 @@ pub async fn create(
         environment: Some(form.environment.clone()).filter(|s| !s.trim().is_empty()),
     };
     match create_secret(&state, &who, project_id, input).await {
+        Ok(info) if !info.warnings.is_empty() => {
+            stored_with_warnings(&state, &v, project_id, "secret-added", info).await
+        }
         Ok(_) => Ok(layout::see_other(&format!(
             "/projects/{project_id}?done=secret-added#secrets"
         ))),
@@ -226,6 +254,9 @@ pub async fn update(
         value: form.value.clone(),
     };
     match update_secret(&state, &who, id, new).await {
+        Ok(info) if !info.warnings.is_empty() => {
+            stored_with_warnings(&state, &v, project_id, "secret-updated", info).await
+        }
         Ok(_) => Ok(layout::see_other(&format!(
             "/projects/{project_id}?done=secret-updated#secrets"
         ))),

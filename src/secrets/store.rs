@@ -36,6 +36,7 @@ fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretInfo> {
         version: r.get(6)?,
         updated_by: r.get(7)?,
         updated_at: rfc3339(r.get(8)?),
+        warnings: Vec::new(),
     })
 }
 

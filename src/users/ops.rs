@@ -105,7 +105,11 @@ pub async fn start_session(
         .write(move |tx| {
             let now = now_ms();
             let created = store::create_session(tx, user_id, now, lifetime)?;
-            audit::record(tx, now, &actor, action, "user", Some(user_id), &detail)?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, action, "user", Some(user_id)).detail(&detail),
+            )?;
             Ok::<_, UserError>(created)
         })
         .await?;
@@ -124,7 +128,11 @@ pub async fn end_session(
         .db
         .write(move |tx| {
             store::delete_session(tx, &id_hash)?;
-            audit::record(tx, now_ms(), &actor, "user.sign_out", "user", Some(user_id), "")?;
+            audit::record(
+                tx,
+                now_ms(),
+                &audit::Entry::new(&actor, "user.sign_out", "user", Some(user_id)),
+            )?;
             Ok::<_, UserError>(())
         })
         .await?;
@@ -229,11 +237,7 @@ pub async fn change_password(
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "user.password_change",
-                "user",
-                Some(user_id),
-                &detail,
+                &audit::Entry::new(&actor, "user.password_change", "user", Some(user_id)).detail(&detail),
             )?;
             Ok::<_, UserError>(n)
         })
@@ -255,11 +259,7 @@ pub async fn sign_out_everywhere(state: &AppState, who: &Principal) -> Result<us
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "user.sign_out_everywhere",
-                "user",
-                Some(user_id),
-                &detail,
+                &audit::Entry::new(&actor, "user.sign_out_everywhere", "user", Some(user_id)).detail(&detail),
             )?;
             Ok::<_, UserError>(n)
         })
@@ -303,7 +303,7 @@ pub async fn issue_reset(
             let now = now_ms();
             let (id, token) = store::create_reset(tx, user_id, &actor, now, now.saturating_add(RESET_LINK_TTL_MS))?;
             let detail = format!("{} (reset link {id})", user.username);
-            audit::record(tx, now, &actor, "user.password_reset_issue", "user", Some(user_id), &detail)?;
+            audit::record(tx, now, &audit::Entry::new(&actor, "user.password_reset_issue", "user", Some(user_id)).detail(&detail))?;
             Ok(token)
         })
         .await?;
@@ -324,11 +324,8 @@ pub async fn revoke_reset(state: &AppState, who: &Principal, id: i64) -> Result<
             audit::record(
                 tx,
                 now,
-                &actor,
-                "user.password_reset_revoke",
-                "user",
-                Some(user_id),
-                &detail,
+                &audit::Entry::new(&actor, "user.password_reset_revoke", "user", Some(user_id))
+                    .detail(&detail),
             )?;
             Ok(())
         })
@@ -379,11 +376,7 @@ pub async fn use_reset(
             audit::record(
                 tx,
                 now,
-                &actor,
-                "user.password_reset",
-                "user",
-                Some(link.user.id),
-                &detail,
+                &audit::Entry::new(&actor, "user.password_reset", "user", Some(link.user.id)).detail(&detail),
             )?;
             Ok::<_, UserError>((link.user.id, link.user.username))
         })
@@ -457,11 +450,7 @@ pub async fn create_from_link(
             audit::record(
                 tx,
                 now,
-                &format!("user:{name}"),
-                action,
-                "user",
-                Some(id),
-                role.as_str(),
+                &audit::Entry::new(&format!("user:{name}"), action, "user", Some(id)).detail(role.as_str()),
             )?;
             Ok(id)
         })
@@ -527,7 +516,7 @@ pub async fn github_sign_in(
                     let old = user.github_login.clone().unwrap_or_default();
                     if store::rename_github_login(tx, user.id, &login)? {
                         let detail = format!("GitHub id {gid}: @{old} → @{login}");
-                        audit::record(tx, now, &actor, "user.github_rename", "user", Some(user.id), &detail)?;
+                        audit::record(tx, now, &audit::Entry::new(&actor, "user.github_rename", "user", Some(user.id)).detail(&detail))?;
                     } else {
                         tracing::warn!(user = %user.username, %login,
                             "GitHub login renamed to one another account is linked to; the old one is still shown");
@@ -541,7 +530,7 @@ pub async fn github_sign_in(
                         "refused: GitHub id {gid} presented the login @{login}, which is linked to GitHub id \
                          {bound} (from {from})"
                     );
-                    audit::record(tx, now, &actor, "user.github_refused", "user", Some(user.id), &detail)?;
+                    audit::record(tx, now, &audit::Entry::new(&actor, "user.github_refused", "user", Some(user.id)).detail(&detail))?;
                     tracing::warn!(%login, github_id = gid, bound_id = bound, %from,
                         "GitHub sign-in refused: the login is linked to another GitHub id");
                     return Ok(Err(UserError::GithubIdMismatch { login }));
@@ -551,7 +540,7 @@ pub async fn github_sign_in(
                 }
                 store::bind_github_id(tx, user.id, gid)?;
                 let detail = format!("GitHub id {gid} bound to @{login} (from {from})");
-                audit::record(tx, now, &actor, "user.github_bind", "user", Some(user.id), &detail)?;
+                audit::record(tx, now, &audit::Entry::new(&actor, "user.github_bind", "user", Some(user.id)).detail(&detail))?;
                 return Ok(Ok(store::get(tx, user.id)?));
             }
             let new = NewUser {
@@ -563,15 +552,7 @@ pub async fn github_sign_in(
                 role: default_role,
             };
             let id = store::insert(tx, &new, now)?;
-            audit::record(
-                tx,
-                now,
-                &actor,
-                "user.create_github",
-                "user",
-                Some(id),
-                &format!("{} (GitHub id {gid})", default_role.as_str()),
-            )?;
+            audit::record(tx, now, &audit::Entry::new(&actor, "user.create_github", "user", Some(id)).detail(&format!("{} (GitHub id {gid})", default_role.as_str())))?;
             Ok(Ok(store::get(tx, id)?))
         })
         .await?
@@ -630,11 +611,11 @@ pub fn change_role_in(tx: &Transaction<'_>, who: &Principal, id: i64, role: Role
     audit::record(
         tx,
         now_ms(),
-        &who.actor,
-        "user.role",
-        "user",
-        Some(id),
-        &format!("{} → {}", user.username, role.as_str()),
+        &audit::Entry::new(&who.actor, "user.role", "user", Some(id)).detail(&format!(
+            "{} → {}",
+            user.username,
+            role.as_str()
+        )),
     )?;
     Ok(())
 }
@@ -665,7 +646,11 @@ pub fn set_disabled_in(
         store::delete_user_sessions(tx, id)?;
     }
     let action = if disable { "user.disable" } else { "user.enable" };
-    audit::record(tx, now_ms(), &who.actor, action, "user", Some(id), &user.username)?;
+    audit::record(
+        tx,
+        now_ms(),
+        &audit::Entry::new(&who.actor, action, "user", Some(id)).detail(&user.username),
+    )?;
     Ok(())
 }
 
@@ -697,11 +682,8 @@ pub async fn end_sessions(state: &AppState, who: &Principal, id: i64) -> Result<
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "user.end_sessions",
-                "user",
-                Some(id),
-                &format!("{} ({n})", user.username),
+                &audit::Entry::new(&actor, "user.end_sessions", "user", Some(id))
+                    .detail(&format!("{} ({n})", user.username)),
             )?;
             Ok::<_, UserError>(n)
         })
@@ -730,7 +712,11 @@ pub async fn invite(state: &AppState, who: &Principal, role: Role) -> Result<Str
                 now,
                 now.saturating_add(ttl),
             )?;
-            audit::record(tx, now, &actor, "user.invite", "invite", Some(id), role.as_str())?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "user.invite", "invite", Some(id)).detail(role.as_str()),
+            )?;
             Ok::<_, UserError>(token)
         })
         .await?;
@@ -747,7 +733,11 @@ pub async fn revoke_invite(state: &AppState, who: &Principal, id: i64) -> Result
             if !store::revoke_invite(tx, id, now)? {
                 return Err(UserError::InviteNotFound);
             }
-            audit::record(tx, now, &actor, "user.invite_revoke", "invite", Some(id), "")?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "user.invite_revoke", "invite", Some(id)),
+            )?;
             Ok(())
         })
         .await
@@ -796,11 +786,7 @@ pub async fn set_github_login(
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "user.link_github",
-                "user",
-                Some(id),
-                &detail,
+                &audit::Entry::new(&actor, "user.link_github", "user", Some(id)).detail(&detail),
             )?;
             Ok(())
         })
@@ -823,11 +809,8 @@ pub async fn link_own_github(
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "user.link_github",
-                "user",
-                Some(user_id),
-                &format!("{login} (GitHub id {gid})"),
+                &audit::Entry::new(&actor, "user.link_github", "user", Some(user_id))
+                    .detail(&format!("{login} (GitHub id {gid})")),
             )?;
             Ok(())
         })
@@ -852,11 +835,7 @@ pub async fn unlink_own_github(state: &AppState, who: &Principal) -> Result<(), 
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "user.unlink_github",
-                "user",
-                Some(user_id),
-                "",
+                &audit::Entry::new(&actor, "user.unlink_github", "user", Some(user_id)),
             )?;
             Ok(())
         })
@@ -893,7 +872,11 @@ pub fn create_token_in(
         return Err(UserError::RoleTooHigh);
     }
     let (id, token) = store::insert_token(tx, &name, role, who.user_id, now)?;
-    audit::record(tx, now, &who.actor, "token.create", "api_token", Some(id), &name)?;
+    audit::record(
+        tx,
+        now,
+        &audit::Entry::new(&who.actor, "token.create", "api_token", Some(id)).detail(&name),
+    )?;
     Ok(CreatedToken { id, name, token })
 }
 
@@ -931,7 +914,11 @@ pub async fn revoke_token(state: &AppState, who: &Principal, id: i64) -> Result<
             if !mine || !store::revoke_token(tx, id, now)? {
                 return Err(UserError::TokenNotFound);
             }
-            audit::record(tx, now, &actor, "token.revoke", "api_token", Some(id), "")?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "token.revoke", "api_token", Some(id)),
+            )?;
             Ok(())
         })
         .await

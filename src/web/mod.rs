@@ -323,6 +323,7 @@ pub fn routes() -> Routes {
         .add(M::POST, "/users/{id}/reset", ADMIN, people::issue_reset)
         .add(M::POST, "/resets/{id}/revoke", ADMIN, people::revoke_reset)
         .add(M::GET, "/audit", ADMIN, audit::pages::audit_page)
+        .add(M::GET, "/api/audit", ADMIN, audit::api::list)
 }
 
 /// The whole application router.

@@ -169,6 +169,15 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
         )
         .takes(s.one::<NewAgent>()),
         ("GET", "/api/agents") => op("List agents", 200, Some(s.many::<AgentInfo>())),
+        ("GET", "/api/audit") => op(
+            "The audit log, newest first (admin)",
+            200,
+            Some(s.many::<crate::audit::AuditEntry>()),
+        )
+        .query("project", "integer", "only entries about this project (by id; kept after it is deleted)")
+        .query("actor", "string", "only entries by this actor (`token:ci`, `cli`; a bare name also matches `user:<name>`)")
+        .query("before", "integer", "entries older than this id (paging)")
+        .query("limit", "integer", "at most this many entries (1 to 500, default 100)"),
         ("DELETE", "/api/agents/{id}") => op("Revoke an agent", 204, None),
         ("POST", "/api/agents/{id}/identity/reset") => op("Forget an agent's pinned identity", 204, None),
         ("POST", "/api/deploy/{project_id}") => {

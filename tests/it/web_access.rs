@@ -116,6 +116,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/users/{id}/reset", "admin"),
     ("POST", "/resets/{id}/revoke", "admin"),
     ("GET", "/audit", "admin"),
+    ("GET", "/api/audit", "admin"),
 ];
 
 fn access_name(a: stagely::web::auth::Access) -> String {

@@ -49,12 +49,9 @@ pub enum DeployError {
     Timeout(Duration),
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
-    #[error("pulling images failed ({exit}) for {images}:\n{tail}")]
-    Pull {
-        images: String,
-        exit: String,
-        tail: String,
-    },
+    /// Compose's own output stays in the log; the error is the one line that explains it.
+    #[error("pulling images failed ({exit}): {explanation}")]
+    Pull { exit: String, explanation: String },
     #[error("{step} failed ({exit}):\n{tail}")]
     Step {
         step: &'static str,
@@ -279,7 +276,9 @@ impl Deployer {
                 Ok(()) => {}
                 Err(DeployError::Step { exit, tail, .. }) => {
                     let images = self.failed_images(&compose_file, &tail).await;
-                    return Err(DeployError::Pull { images, exit, tail });
+                    let explanation = pull_explanation(&images);
+                    agent_line(log, explanation.clone());
+                    return Err(DeployError::Pull { exit, explanation });
                 }
                 Err(e) => return Err(e),
             }
@@ -419,7 +418,7 @@ impl Deployer {
 
     /// The images a failed pull was about: those of services compose reported an error for,
     /// else every image of the project.
-    async fn failed_images(&self, compose_file: &std::path::Path, tail: &str) -> String {
+    async fn failed_images(&self, compose_file: &std::path::Path, tail: &str) -> Vec<String> {
         let images = self
             .compose
             .service_images(compose_file)
@@ -437,12 +436,9 @@ impl Deployer {
             .map(|(svc, image)| format!("image {image} (service {svc})"))
             .collect();
         if !failed.is_empty() {
-            failed.join(", ")
-        } else if images.is_empty() {
-            "the project's images".into()
+            failed
         } else {
-            let all: Vec<&str> = images.values().map(String::as_str).collect();
-            format!("images {}", all.join(", "))
+            images.values().map(|image| format!("image {image}")).collect()
         }
     }
 
@@ -469,6 +465,43 @@ impl Deployer {
                 tail: out.tail.join("\n"),
             })
         }
+    }
+}
+
+/// The one line a failed `pull` (the default policy `always`) gets instead of Docker's wall of
+/// text: most often the image exists only on this server (built or `docker load`ed), which
+/// `always` cannot pull. Names the setting that changes it.
+pub fn pull_explanation(images: &[String]) -> String {
+    let (what, verb) = match images {
+        [] => ("the project's images".to_owned(), "are"),
+        [one] => (one.clone(), "is"),
+        many => (many.join(", "), "are"),
+    };
+    format!(
+        "{what} {verb} not in a registry this server can pull from; if it is built or loaded on this server, \
+         set the project's Pull policy to \"missing\" or \"never\""
+    )
+}
+
+#[cfg(test)]
+mod pull_explanation_tests {
+    use super::pull_explanation;
+
+    #[test]
+    fn a_failed_pull_is_explained_in_one_line_naming_the_setting() {
+        let one = pull_explanation(&["image stagely-test-busybox:latest (service web)".into()]);
+        assert_eq!(
+            one,
+            "image stagely-test-busybox:latest (service web) is not in a registry this server can pull from; \
+             if it is built or loaded on this server, set the project's Pull policy to \"missing\" or \"never\""
+        );
+        assert!(!one.contains('\n'));
+        let two = pull_explanation(&["image a:1 (service a)".into(), "image b:2 (service b)".into()]);
+        assert!(
+            two.starts_with("image a:1 (service a), image b:2 (service b) are not in a registry"),
+            "{two}"
+        );
+        assert!(pull_explanation(&[]).starts_with("the project's images are not"));
     }
 }
 

@@ -158,7 +158,7 @@ pub(super) fn status_block(d: &Deployment) -> Markup {
                                 td { code { (s.name) } }
                                 td { (badge(if s.state == "running" { "success" } else { "failed" }, &s.state)) }
                                 td { (if s.health.is_empty() { "–" } else { s.health.as_str() }) }
-                                td { (s.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
+                                td { (exit_code_shown(&s.state, s.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
                             }
                         }
                     }
@@ -323,4 +323,25 @@ pub fn small_buffers(ws: WebSocketUpgrade, largest_message: usize) -> WebSocketU
         .write_buffer_size(0)
         .max_write_buffer_size(largest_message)
         .max_message_size(16 * 1024)
+}
+
+/// A container's exit code, shown only for one that exited: Docker reports 0 for a running
+/// container, which read as "Exit code 0" next to a running service.
+pub fn exit_code_shown(state: &str, code: Option<i64>) -> Option<i64> {
+    matches!(state, "exited" | "dead").then_some(code).flatten()
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    use super::exit_code_shown;
+
+    #[test]
+    fn only_an_exited_container_shows_its_exit_code() {
+        assert_eq!(exit_code_shown("running", Some(0)), None);
+        assert_eq!(exit_code_shown("restarting", Some(1)), None);
+        assert_eq!(exit_code_shown("exited", Some(0)), Some(0));
+        assert_eq!(exit_code_shown("exited", Some(137)), Some(137));
+        assert_eq!(exit_code_shown("dead", Some(1)), Some(1));
+        assert_eq!(exit_code_shown("missing", None), None);
+    }
 }

@@ -45,6 +45,25 @@ pub fn safe_next(next: Option<&str>) -> String {
 
 /// The sign-in page body (also what the choke point shows, with 401, to someone not signed in).
 pub fn sign_in_form(state: &AppState, next: &str, error: Option<&str>, username: &str) -> Markup {
+    sign_in_form_with(state, next, error, username, false)
+}
+
+/// The hint on a fresh install (no user at all): where the setup link is.
+pub const NO_ADMIN_HINT: &str = "No admin yet: the one-time setup link is in the appliance's log.";
+
+/// True while no user exists (a fresh install before its setup link is used).
+pub async fn no_user_yet(state: &AppState) -> Result<bool, PageError> {
+    Ok(state.db.read(crate::users::store::count).await? == 0)
+}
+
+/// The sign-in form; `no_user` adds [`NO_ADMIN_HINT`].
+pub fn sign_in_form_with(
+    state: &AppState,
+    next: &str,
+    error: Option<&str>,
+    username: &str,
+    no_user: bool,
+) -> Markup {
     let next = safe_next(Some(next));
     bare_page(
         "Sign in",
@@ -52,6 +71,7 @@ pub fn sign_in_form(state: &AppState, next: &str, error: Option<&str>, username:
             article {
                 header { h2 { "Sign in to Stagely" } }
                 @if let Some(e) = error { p.notice.error role="alert" { (e) } }
+                @if no_user { p.notice.warn role="status" data-testid="no-admin" { (NO_ADMIN_HINT) } }
                 form method="post" action="/login" {
                     input type="hidden" name="next" value=(next);
                     label { "Username"
@@ -92,7 +112,8 @@ pub async fn login_page(
     if session::resolve(&state, &headers).await?.is_some() {
         return Ok(layout::see_other(&next));
     }
-    Ok((no_store(), sign_in_form(&state, &next, None, "")).into_response())
+    let no_user = no_user_yet(&state).await?;
+    Ok((no_store(), sign_in_form_with(&state, &next, None, "", no_user)).into_response())
 }
 
 impl From<UserError> for WebError {
