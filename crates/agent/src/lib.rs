@@ -23,6 +23,7 @@ pub mod cancel;
 pub mod checkout;
 pub mod compose;
 pub mod config;
+pub mod container_logs;
 pub mod connection;
 pub mod deploy;
 pub mod engine;
