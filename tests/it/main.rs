@@ -26,6 +26,7 @@ mod cancel_engine;
 mod cli_deploy;
 mod common;
 mod compose_names;
+mod container_logs;
 mod deploy_flow;
 mod domain_rules;
 mod e2e_engine;

@@ -261,7 +261,12 @@ impl Agent {
 
     /// One connection, from HELLO until it drops or `shutdown` fires. The container logs it
     /// asked for end with it (their commands killed).
-    pub async fn session<S, R, SE, RE>(&mut self, sink: S, stream: R, shutdown: &CancellationToken) -> SessionEnd
+    pub async fn session<S, R, SE, RE>(
+        &mut self,
+        sink: S,
+        stream: R,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd
     where
         S: Sink<WsOut, Error = SE> + Unpin,
         R: Stream<Item = Result<WsIn, RE>> + Unpin,
@@ -581,17 +586,26 @@ impl Agent {
     {
         let request_id = request.request_id;
         let open = self.log_streams.open();
-        let refused = super::container_logs::refusal(&request, self.watching.as_deref(), open).or_else(|| {
-            match self.identity.open_logs(sealed_secrets, request_id, &request.project) {
-                Ok(secrets) => {
-                    let masker = stagely_protocol::mask::Masker::new(secrets.iter().map(|s| s.value.as_str()));
-                    self.log_streams.start(&self.deployer.compose, request.clone(), masker);
-                    None
+        let refused =
+            super::container_logs::refusal(&request, self.watching.as_deref(), open).or_else(|| {
+                match self
+                    .identity
+                    .open_logs(sealed_secrets, request_id, &request.project)
+                {
+                    Ok(secrets) => {
+                        let masker =
+                            stagely_protocol::mask::Masker::new(secrets.iter().map(|s| s.value.as_str()));
+                        self.log_streams
+                            .start(&self.deployer.compose, request.clone(), masker);
+                        None
+                    }
+                    // The DEPLOY wording of the error, said of this request.
+                    Err(e) => Some(format!(
+                        "refused: {}",
+                        e.to_string().replace("DEPLOY's", "LOGS request's")
+                    )),
                 }
-                // The DEPLOY wording of the error, said of this request.
-                Err(e) => Some(format!("refused: {}", e.to_string().replace("DEPLOY's", "LOGS request's"))),
-            }
-        });
+            });
         match refused {
             None => Ok(()),
             Some(error) => {

@@ -165,7 +165,14 @@ impl Streams {
     pub fn start(&mut self, compose: &Compose, req: LogRequest, masker: Masker) {
         let cancel = CancellationToken::new();
         let id = req.request_id;
-        let task = run(compose.clone(), req, masker, self.cwd.clone(), cancel.clone(), self.tx.clone());
+        let task = run(
+            compose.clone(),
+            req,
+            masker,
+            self.cwd.clone(),
+            cancel.clone(),
+            self.tx.clone(),
+        );
         let handle = tokio::spawn(task);
         self.running.insert(id, (cancel, handle));
     }
@@ -267,7 +274,10 @@ async fn stream(
     tx: &mpsc::Sender<AgentMessage>,
 ) -> (LogEnd, Option<String>) {
     if let Err(e) = std::fs::create_dir_all(cwd) {
-        return (LogEnd::Failed, Some(format!("cannot prepare the agent's log directory: {e}")));
+        return (
+            LogEnd::Failed,
+            Some(format!("cannot prepare the agent's log directory: {e}")),
+        );
     }
     let mut cmd = compose.command();
     cmd.args(args(req))
@@ -278,7 +288,12 @@ async fn stream(
         .stderr(Stdio::piped());
     let mut running = match process::spawn(&mut cmd) {
         Ok(r) => r,
-        Err(e) => return (LogEnd::Failed, Some(format!("cannot run {}: {e}", compose.display()))),
+        Err(e) => {
+            return (
+                LogEnd::Failed,
+                Some(format!("cannot run {}: {e}", compose.display())),
+            );
+        }
     };
     tracing::info!(request_id = req.request_id, service = %req.service, tail = req.tail, follow = req.follow, "sending a container log");
     let stdout = running.child.stdout.take();
@@ -377,9 +392,15 @@ async fn stream(
             } else {
                 said.join(" / ")
             };
-            (LogEnd::Failed, Some(format!("docker compose logs failed: {said}")))
+            (
+                LogEnd::Failed,
+                Some(format!("docker compose logs failed: {said}")),
+            )
         }
-        Err(e) => (LogEnd::Failed, Some(format!("cannot wait for docker compose logs: {e}"))),
+        Err(e) => (
+            LogEnd::Failed,
+            Some(format!("cannot wait for docker compose logs: {e}")),
+        ),
     }
 }
 
@@ -457,7 +478,10 @@ mod tests {
         let empty = split_line("web-1  | 2026-12-02T02:31:53.183526377Z ");
         assert_eq!(empty.line, "");
         let odd = split_line("no prefix here");
-        assert_eq!((odd.container.as_str(), odd.at, odd.line.as_str()), ("", None, "no prefix here"));
+        assert_eq!(
+            (odd.container.as_str(), odd.at, odd.line.as_str()),
+            ("", None, "no prefix here")
+        );
     }
 
     #[test]

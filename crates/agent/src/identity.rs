@@ -199,10 +199,12 @@ impl AgentIdentity {
             return Err(OpenError::Encoding);
         }
         let ciphertext = STANDARD.decode(sealed).map_err(|_| OpenError::Encoding)?;
-        Ok(Zeroizing::new(age::decrypt(&self.identity, &ciphertext).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => OpenError::NotForThisAgent,
-            _ => OpenError::Invalid("not an age file for this agent".into()),
-        })?))
+        Ok(Zeroizing::new(
+            age::decrypt(&self.identity, &ciphertext).map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => OpenError::NotForThisAgent,
+                _ => OpenError::Invalid("not an age file for this agent".into()),
+            })?,
+        ))
     }
 }
 
