@@ -27,6 +27,7 @@ mod cli_deploy;
 mod common;
 mod compose_names;
 mod container_logs;
+mod container_logs_engine;
 mod deploy_flow;
 mod domain_rules;
 mod e2e_engine;
