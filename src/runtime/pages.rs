@@ -71,7 +71,7 @@ pub fn panel_for(can_member: bool, csrf: &str, rt: &Runtime) -> Markup {
                     tbody {
                         @for s in &rt.services {
                             tr {
-                                td { (s.name) @if s.containers > 1 { " " small.muted { "×" (s.containers) } } }
+                                td { (s.name) @if s.containers > 1 { " " small.muted { "×" (s.containers) } } (crate::operate::logs_pages::service_link(can_member, rt.environment_id, &s.name)) }
                                 td { (badge(state_class(&s.state), &s.state)) }
                                 td { (s.health) }
                                 td { (s.restarts) }

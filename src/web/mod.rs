@@ -104,6 +104,12 @@ pub fn routes() -> Routes {
             VIEWER,
             crate::runtime::api::get,
         )
+        .add(
+            M::GET,
+            "/api/environments/{id}/services/{service}/logs",
+            MEMBER,
+            crate::operate::logs_api::get,
+        )
         .add(M::GET, "/api/projects/{id}/secrets", VIEWER, secrets::api::list)
         .add(
             M::POST,
@@ -301,6 +307,18 @@ pub fn routes() -> Routes {
             "/ws/deployments/{id}",
             VIEWER,
             deploys::pages::live::live_socket,
+        )
+        .add(
+            M::GET,
+            "/environments/{id}/services/{service}/logs",
+            MEMBER,
+            crate::operate::logs_pages::logs_page,
+        )
+        .add(
+            M::GET,
+            "/ws/environments/{id}/services/{service}/logs",
+            MEMBER,
+            crate::operate::logs_api::socket,
         )
         .add(M::GET, "/agents", VIEWER, agents::pages::agents_page)
         .add(M::POST, "/agents", ADMIN, agents::pages::create)

@@ -145,6 +145,12 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
             200,
             Some(s.one::<crate::runtime::Runtime>()),
         ),
+        ("GET", "/api/environments/{id}/services/{service}/logs") => op(
+            "A service's last container log lines, from its agent, masked (never stored)",
+            200,
+            Some(s.one::<crate::operate::logs_api::ContainerLog>()),
+        )
+        .query("tail", "integer", "lines, 1 to 5000 (default 100)"),
         ("GET", "/api/projects/{id}/secrets") => op(
             "A project's secrets (never a value)",
             200,

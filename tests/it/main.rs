@@ -26,6 +26,8 @@ mod cancel_engine;
 mod cli_deploy;
 mod common;
 mod compose_names;
+mod container_logs;
+mod container_logs_engine;
 mod deploy_flow;
 mod domain_rules;
 mod e2e_engine;

@@ -30,6 +30,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/environments/{id}", "member"),
     ("DELETE", "/api/environments/{id}", "admin"),
     ("GET", "/api/environments/{id}/runtime", "viewer"),
+    ("GET", "/api/environments/{id}/services/{service}/logs", "member"),
     ("GET", "/api/projects/{id}/secrets", "viewer"),
     ("POST", "/api/projects/{id}/secrets", "member"),
     ("PUT", "/api/secrets/{id}", "member"),
@@ -100,6 +101,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/projects/{id}/deploy", "member"),
     ("GET", "/deployments/{id}", "viewer"),
     ("GET", "/ws/deployments/{id}", "viewer"),
+    ("GET", "/environments/{id}/services/{service}/logs", "member"),
+    ("GET", "/ws/environments/{id}/services/{service}/logs", "member"),
     ("GET", "/agents", "viewer"),
     ("POST", "/agents", "admin"),
     ("GET", "/agents/{id}/created", "admin"),
@@ -181,7 +184,8 @@ async fn every_route_with_every_role_and_without_a_session() {
             .replace("{id}", "999999")
             .replace("{project_id}", "999999")
             .replace("{*path}", "app.css")
-            .replace("{target}", "linux-x86_64");
+            .replace("{target}", "linux-x86_64")
+            .replace("{service}", "web");
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         for (client, rank) in &mut sessions {
             let mut anonymous = WebClient::new(&server.url);

@@ -164,6 +164,8 @@ pub struct Agent {
     /// for it on this connection (both forgotten at every (re)connect).
     watching: Option<String>,
     last_runtime: Option<Arc<Snapshot>>,
+    /// Container logs being sent (LOGS, issue 15); all end with their connection.
+    log_streams: super::container_logs::Streams,
 }
 
 fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
@@ -193,6 +195,7 @@ impl Agent {
             }
         }
         LogBuffer::remove_others(&spill_dir, &logs.keys().copied().collect::<Vec<_>>());
+        let log_streams = super::container_logs::Streams::new(deployer.runtime.path().join("logs-cwd"));
         Self {
             deployer: Arc::new(deployer),
             results: Arc::new(Mutex::new(results)),
@@ -205,6 +208,7 @@ impl Agent {
             watcher: None,
             watching: None,
             last_runtime: None,
+            log_streams,
         }
     }
 
@@ -255,8 +259,26 @@ impl Agent {
         }
     }
 
-    /// One connection, from HELLO until it drops or `shutdown` fires.
+    /// One connection, from HELLO until it drops or `shutdown` fires. The container logs it
+    /// asked for end with it (their commands killed).
     pub async fn session<S, R, SE, RE>(
+        &mut self,
+        sink: S,
+        stream: R,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        R: Stream<Item = Result<WsIn, RE>> + Unpin,
+        SE: std::fmt::Display,
+        RE: std::fmt::Display,
+    {
+        let end = self.connected(sink, stream, shutdown).await;
+        self.log_streams.stop_all().await;
+        end
+    }
+
+    async fn connected<S, R, SE, RE>(
         &mut self,
         mut sink: S,
         mut stream: R,
@@ -276,7 +298,11 @@ impl Agent {
             compose_version: self.host.compose_version.clone(),
             active_deployments: Some(self.active_deployments()),
             recipient: Some(self.identity.recipient().to_owned()),
-            capabilities: vec![CAP_RELEASES.to_owned(), CAP_RUNTIME.to_owned()],
+            capabilities: vec![
+                CAP_RELEASES.to_owned(),
+                CAP_RUNTIME.to_owned(),
+                stagely_protocol::operate::CAP_OPERATE.to_owned(),
+            ],
         };
         // Every connection starts afresh: the appliance says in WATCH what to report, and the
         // first RUNTIME after it is sent whatever was sent before.
@@ -331,6 +357,11 @@ impl Agent {
                 }
                 event = next_event(&mut self.current) => {
                     if let Err(e) = self.handle_event(event, &mut sink).await {
+                        return SessionEnd::Disconnected(e);
+                    }
+                }
+                message = self.log_streams.next() => {
+                    if let Err(e) = send(&mut sink, &message).await {
                         return SessionEnd::Disconnected(e);
                     }
                 }
@@ -491,16 +522,30 @@ impl Agent {
                 self.on_watch(project);
                 Ok(())
             }
-            // Issue 15 (placeholders, not yet offered in HELLO): container logs and actions.
-            Ok(Incoming::Known(ServerMessage::Logs { request_id, .. })) => {
-                let end = AgentMessage::ContainerLogEnd {
+            // Issue 15: container logs (crate::container_logs).
+            Ok(Incoming::Known(ServerMessage::Logs {
+                request_id,
+                project,
+                service,
+                tail,
+                follow,
+                follow_secs,
+                sealed_secrets,
+            })) => {
+                let request = super::container_logs::LogRequest {
                     request_id,
-                    reason: stagely_protocol::operate::LogEnd::Failed,
-                    error: Some("this agent cannot send container logs yet".into()),
+                    project,
+                    service,
+                    tail,
+                    follow,
+                    follow_secs,
                 };
-                send(sink, &end).await
+                self.on_logs(request, &sealed_secrets, sink).await
             }
-            Ok(Incoming::Known(ServerMessage::LogsStop { .. })) => Ok(()),
+            Ok(Incoming::Known(ServerMessage::LogsStop { request_id })) => {
+                self.log_streams.stop(request_id);
+                Ok(())
+            }
             Ok(Incoming::Known(ServerMessage::Action { request_id, .. })) => {
                 let result = AgentMessage::ActionResult {
                     request_id,
@@ -523,6 +568,54 @@ impl Agent {
                 };
                 tracing::warn!("cannot decode a frame from the server: {what}");
                 Ok(())
+            }
+        }
+    }
+
+    /// LOGS: refused with a reason (one CONTAINER_LOG_END `failed`) unless it is for the watched
+    /// project, a service name, within the limits and its secrets open; else streamed.
+    async fn on_logs<S, SE>(
+        &mut self,
+        request: super::container_logs::LogRequest,
+        sealed_secrets: &str,
+        sink: &mut S,
+    ) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        let request_id = request.request_id;
+        let open = self.log_streams.open();
+        let refused =
+            super::container_logs::refusal(&request, self.watching.as_deref(), open).or_else(|| {
+                match self
+                    .identity
+                    .open_logs(sealed_secrets, request_id, &request.project)
+                {
+                    Ok(secrets) => {
+                        let masker =
+                            stagely_protocol::mask::Masker::new(secrets.iter().map(|s| s.value.as_str()));
+                        self.log_streams
+                            .start(&self.deployer.compose, request.clone(), masker);
+                        None
+                    }
+                    // The DEPLOY wording of the error, said of this request.
+                    Err(e) => Some(format!(
+                        "refused: {}",
+                        e.to_string().replace("DEPLOY's", "LOGS request's")
+                    )),
+                }
+            });
+        match refused {
+            None => Ok(()),
+            Some(error) => {
+                tracing::warn!(request_id, "LOGS {error}");
+                let end = AgentMessage::ContainerLogEnd {
+                    request_id,
+                    reason: stagely_protocol::operate::LogEnd::Failed,
+                    error: Some(error),
+                };
+                send(sink, &end).await
             }
         }
     }

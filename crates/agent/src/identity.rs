@@ -168,14 +168,7 @@ impl AgentIdentity {
         deployment_id: i64,
         project: &ProjectSpec,
     ) -> Result<Vec<SecretEntry>, OpenError> {
-        if sealed.len() > MAX_SEALED_BYTES {
-            return Err(OpenError::Encoding);
-        }
-        let ciphertext = STANDARD.decode(sealed).map_err(|_| OpenError::Encoding)?;
-        let plaintext = Zeroizing::new(age::decrypt(&self.identity, &ciphertext).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => OpenError::NotForThisAgent,
-            _ => OpenError::Invalid("not an age file for this agent".into()),
-        })?);
+        let plaintext = self.decrypt(sealed)?;
         let payload =
             SealedSecrets::from_plaintext(&plaintext).map_err(|e| OpenError::Invalid(e.to_string()))?;
         if !payload.matches(deployment_id, project) {
@@ -183,6 +176,43 @@ impl AgentIdentity {
         }
         Ok(payload.secrets.clone())
     }
+
+    /// Open a LOGS request's `sealed_secrets`, checking they were sealed for this very request
+    /// and compose project (issue 15).
+    pub fn open_logs(
+        &self,
+        sealed: &str,
+        request_id: u64,
+        project: &str,
+    ) -> Result<Vec<SecretEntry>, OpenError> {
+        let plaintext = self.decrypt(sealed)?;
+        let payload = stagely_protocol::operate::SealedLogSecrets::from_plaintext(&plaintext)
+            .map_err(|e| OpenError::Invalid(e.to_string()))?;
+        if !payload.matches(request_id, project) {
+            return Err(OpenError::Mismatch);
+        }
+        Ok(payload.secrets)
+    }
+
+    fn decrypt(&self, sealed: &str) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        if sealed.len() > MAX_SEALED_BYTES {
+            return Err(OpenError::Encoding);
+        }
+        let ciphertext = STANDARD.decode(sealed).map_err(|_| OpenError::Encoding)?;
+        Ok(Zeroizing::new(
+            age::decrypt(&self.identity, &ciphertext).map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => OpenError::NotForThisAgent,
+                _ => OpenError::Invalid("not an age file for this agent".into()),
+            })?,
+        ))
+    }
+}
+
+/// Seal a LOGS request's secrets to a recipient (what the appliance does; for the agent's tests).
+pub fn seal_logs(recipient: &str, payload: &stagely_protocol::operate::SealedLogSecrets) -> Option<String> {
+    let recipient = Recipient::from_str(recipient).ok()?;
+    let ciphertext = age::encrypt(&recipient, &payload.to_plaintext()).ok()?;
+    Some(STANDARD.encode(ciphertext))
 }
 
 /// Seal secrets to a recipient as a DEPLOY carries them (what the appliance does; here for the

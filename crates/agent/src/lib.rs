@@ -24,6 +24,7 @@ pub mod checkout;
 pub mod compose;
 pub mod config;
 pub mod connection;
+pub mod container_logs;
 pub mod deploy;
 pub mod engine;
 pub mod ephemeral;

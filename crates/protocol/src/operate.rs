@@ -66,3 +66,60 @@ pub enum LogEnd {
     /// The request could not be served; `error` says why.
     Failed,
 }
+
+/// The plaintext of a LOGS request's `sealed_secrets` (age-encrypted to the agent's recipient,
+/// base64, as DEPLOY's): the values the agent masks the lines with. It names the request and the
+/// compose project, so it is of no use in any other request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedLogSecrets {
+    pub request_id: u64,
+    pub project: String,
+    pub secrets: Vec<crate::SecretEntry>,
+}
+
+impl SealedLogSecrets {
+    /// The JSON to encrypt; wiped when dropped.
+    pub fn to_plaintext(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Parse decrypted JSON. The error never quotes the input.
+    pub fn from_plaintext(plaintext: &[u8]) -> Result<Self, crate::DecodeError> {
+        serde_json::from_slice(plaintext).map_err(|e| crate::DecodeError::Invalid {
+            kind: "sealed log secrets".into(),
+            reason: crate::redact::serde_message(&e.to_string()),
+        })
+    }
+
+    /// Whether this plaintext belongs to the LOGS request it arrived in.
+    pub fn matches(&self, request_id: u64, project: &str) -> bool {
+        self.request_id == request_id && self.project == project
+    }
+}
+
+/// Whether `name` is a compose service name as LOGS and ACTION accept it: 1–200 ASCII letters,
+/// digits, `_`, `.` and `-`, starting with a letter or digit (so never an option like `--help`,
+/// a path like `../x` or shell text like `web;id`).
+pub fn is_service_name(name: &str) -> bool {
+    name.len() <= 200
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_never_options_paths_or_shell() {
+        for ok in ["web", "db_1", "api.v2", "w-1", "9lives"] {
+            assert!(is_service_name(ok), "{ok}");
+        }
+        for bad in ["", "web;id", "../x", "--help", "-x", "a b", "web\n", "$(id)", "é"] {
+            assert!(!is_service_name(bad), "{bad:?}");
+        }
+        assert!(!is_service_name(&"a".repeat(201)));
+    }
+}
