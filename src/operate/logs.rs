@@ -269,11 +269,9 @@ pub async fn open(
             audit::record(
                 tx,
                 now_ms(),
-                &actor,
-                "service.logs",
-                "environment",
-                Some(t.environment_id),
-                &detail,
+                &audit::Entry::new(&actor, "service.logs", "environment", Some(t.environment_id))
+                    .project(t.project_id)
+                    .detail(&detail),
             )?;
             Ok::<_, LogsError>(sealed)
         })
