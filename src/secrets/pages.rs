@@ -187,7 +187,7 @@ pub async fn create(
     };
     match create_secret(&state, &who, project_id, input).await {
         Ok(_) => Ok(layout::see_other(&format!(
-            "/projects/{project_id}?done=secret-added#secrets"
+            "/projects/{project_id}/secrets?done=secret-added#secrets"
         ))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), SECRET_FIELDS)?;
@@ -227,7 +227,7 @@ pub async fn update(
     };
     match update_secret(&state, &who, id, new).await {
         Ok(_) => Ok(layout::see_other(&format!(
-            "/projects/{project_id}?done=secret-updated#secrets"
+            "/projects/{project_id}/secrets?done=secret-updated#secrets"
         ))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), &[])?;
@@ -248,6 +248,6 @@ pub async fn delete(
     let project_id = project_of(&state, id).await?;
     delete_secret(&state, &who, id).await?;
     Ok(layout::see_other(&format!(
-        "/projects/{project_id}?done=secret-deleted#secrets"
+        "/projects/{project_id}/secrets?done=secret-deleted#secrets"
     )))
 }
