@@ -42,6 +42,7 @@ mod names;
 mod notify;
 mod operations;
 mod packaging;
+mod papercuts_ui;
 mod prereq;
 mod privilege;
 mod queue;
