@@ -425,7 +425,9 @@ pub async fn update(
         pull: Some(form.pull.clone()),
     };
     match update_project(&state, &who, id, patch).await {
-        Ok(_) => Ok(layout::see_other(&format!("/projects/{id}/settings?done=project-saved"))),
+        Ok(_) => Ok(layout::see_other(&format!(
+            "/projects/{id}/settings?done=project-saved"
+        ))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), PROJECT_FIELDS)?;
             let forms = Forms {

@@ -220,7 +220,12 @@ fn environment_card(
     }
 }
 
-async fn overview(state: &AppState, v: &Viewer, project: &Project, forms: &Forms) -> Result<Markup, PageError> {
+async fn overview(
+    state: &AppState,
+    v: &Viewer,
+    project: &Project,
+    forms: &Forms,
+) -> Result<Markup, PageError> {
     let env_ids: Vec<i64> = project.environments.iter().map(|e| e.id).collect();
     let (latest, runtimes) = state
         .db
@@ -313,7 +318,12 @@ async fn deployments(
     })
 }
 
-async fn secrets(state: &AppState, v: &Viewer, project: &Project, forms: &Forms) -> Result<Markup, PageError> {
+async fn secrets(
+    state: &AppState,
+    v: &Viewer,
+    project: &Project,
+    forms: &Forms,
+) -> Result<Markup, PageError> {
     let id = project.id;
     let (secrets, versions) = state
         .db
@@ -323,7 +333,13 @@ async fn secrets(state: &AppState, v: &Viewer, project: &Project, forms: &Forms)
             Ok::<_, WebError>((secrets, versions))
         })
         .await?;
-    Ok(secrets_section(v, project, &secrets, &versions, forms.secret.as_ref()))
+    Ok(secrets_section(
+        v,
+        project,
+        &secrets,
+        &versions,
+        forms.secret.as_ref(),
+    ))
 }
 
 /// The Agents tab: each environment's agents, and where to create one where there is none.
@@ -380,7 +396,12 @@ async fn agents(state: &AppState, v: &Viewer, project: &Project) -> Result<Marku
     })
 }
 
-async fn settings(state: &AppState, v: &Viewer, project: &Project, forms: Forms) -> Result<Markup, PageError> {
+async fn settings(
+    state: &AppState,
+    v: &Viewer,
+    project: &Project,
+    forms: Forms,
+) -> Result<Markup, PageError> {
     let editable = v.can(Role::Member);
     let webhook = crate::hooks::ops::info(state, project.id)
         .await
@@ -449,7 +470,11 @@ pub async fn render_project(
     forms: Forms,
     done: Option<&str>,
 ) -> Result<Markup, PageError> {
-    let project = state.db.read(move |c| store::get(c, id)).await.map_err(WebError::from)?;
+    let project = state
+        .db
+        .read(move |c| store::get(c, id))
+        .await
+        .map_err(WebError::from)?;
     let content = match tab {
         Tab::Overview => overview(state, v, &project, &forms).await?,
         Tab::Deployments { before } => deployments(state, v, &project, before).await?,
@@ -478,7 +503,13 @@ pub struct TabQuery {
     before: Option<i64>,
 }
 
-async fn tab_page(state: &AppState, v: &Viewer, id: i64, tab: Tab, q: &TabQuery) -> Result<Response, PageError> {
+async fn tab_page(
+    state: &AppState,
+    v: &Viewer,
+    id: i64,
+    tab: Tab,
+    q: &TabQuery,
+) -> Result<Response, PageError> {
     let markup = render_project(state, v, id, tab, Forms::default(), q.done.as_deref()).await?;
     Ok((no_store(), markup).into_response())
 }

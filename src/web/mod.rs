@@ -235,9 +235,24 @@ pub fn routes() -> Routes {
             VIEWER,
             projects::tabs::deployments_page,
         )
-        .add(M::GET, "/projects/{id}/secrets", VIEWER, projects::tabs::secrets_page)
-        .add(M::GET, "/projects/{id}/agents", VIEWER, projects::tabs::agents_page)
-        .add(M::GET, "/projects/{id}/settings", VIEWER, projects::tabs::settings_page)
+        .add(
+            M::GET,
+            "/projects/{id}/secrets",
+            VIEWER,
+            projects::tabs::secrets_page,
+        )
+        .add(
+            M::GET,
+            "/projects/{id}/agents",
+            VIEWER,
+            projects::tabs::agents_page,
+        )
+        .add(
+            M::GET,
+            "/projects/{id}/settings",
+            VIEWER,
+            projects::tabs::settings_page,
+        )
         .add(M::POST, "/projects/{id}", MEMBER, projects::pages::update)
         .add(
             M::POST,

@@ -37,7 +37,11 @@ async fn tabs(f: &Flow<'_>) {
         let current = text_of(b, "nav.tabs a[aria-current=page]").await;
         assert!(current.eq_ignore_ascii_case(tab), "{tab}: {current}");
         assert!(
-            b.current_url().await.unwrap().path().ends_with(&format!("/{tab}")),
+            b.current_url()
+                .await
+                .unwrap()
+                .path()
+                .ends_with(&format!("/{tab}")),
             "{tab}"
         );
         html(b).await;
@@ -55,7 +59,10 @@ async fn tabs(f: &Flow<'_>) {
     wait_text(b, "#history", "#1").await;
 
     b.set_window_size(390, 844).await.unwrap();
-    for (path, name) in [("/projects/1/settings", "25-phone-tabs"), ("/projects/1/deployments", "")] {
+    for (path, name) in [
+        ("/projects/1/settings", "25-phone-tabs"),
+        ("/projects/1/deployments", ""),
+    ] {
         b.goto(&format!("{url}{path}")).await.unwrap();
         wait_text(b, "nav.tabs", "Settings").await;
         let wide = b
@@ -65,7 +72,10 @@ async fn tabs(f: &Flow<'_>) {
             )
             .await
             .unwrap();
-        assert!(wide.as_i64().unwrap_or(1) <= 0, "{path} scrolls sideways by {wide} px");
+        assert!(
+            wide.as_i64().unwrap_or(1) <= 0,
+            "{path} scrolls sideways by {wide} px"
+        );
         if !name.is_empty() {
             shot(b, name).await;
         }
@@ -91,18 +101,25 @@ async fn scripted(f: &Flow<'_>) {
     // More than a page of history, made quickly through the API.
     let mut last = 0;
     for _ in 0..21 {
-        let (status, body) = api.post(&format!("/api/deploy/{pid}"), json!({"environment": "qa"})).await;
+        let (status, body) = api
+            .post(&format!("/api/deploy/{pid}"), json!({"environment": "qa"}))
+            .await;
         assert_eq!(status, 202, "{body}");
-        last = agent.recv().await["deployment_id"].as_i64().unwrap();
+        last = crate::papercuts_ui::next_deploy(&mut agent).await;
         agent.status(last, "SUCCESS").await;
         api.wait_finished(last, Duration::from_secs(10)).await;
     }
-    b.goto(&format!("{url}/projects/{pid}/deployments")).await.unwrap();
+    b.goto(&format!("{url}/projects/{pid}/deployments"))
+        .await
+        .unwrap();
     wait_text(b, "#history", &format!("#{last}")).await;
     click(b, "a[data-testid=history-older]").await;
     wait_text(b, "a[data-testid=history-newer]", "Newer").await;
     let older = html(b).await;
-    assert!(!older.contains(&format!("/deployments/{last}\"")), "page 2 starts older");
+    assert!(
+        !older.contains(&format!("/deployments/{last}\"")),
+        "page 2 starts older"
+    );
     assert!(!older.contains("history-older"), "two pages only");
     shot(b, "26-history-page-2").await;
     b.refresh().await.unwrap();
@@ -110,9 +127,11 @@ async fn scripted(f: &Flow<'_>) {
     wait_text(b, "#history", &format!("#{last}")).await;
 
     // An agent whose socket drops mid-deploy: the page says so at once, and clears it.
-    let (status, body) = api.post(&format!("/api/deploy/{pid}"), json!({"environment": "qa"})).await;
+    let (status, body) = api
+        .post(&format!("/api/deploy/{pid}"), json!({"environment": "qa"}))
+        .await;
     assert_eq!(status, 202, "{body}");
-    let id = agent.recv().await["deployment_id"].as_i64().unwrap();
+    let id = crate::papercuts_ui::next_deploy(&mut agent).await;
     agent.log(id, 1, "pulling").await;
     b.goto(&format!("{url}/deployments/{id}")).await.unwrap();
     wait_text(b, "#log", "pulling").await;

@@ -41,6 +41,17 @@ async fn frame_with(ws: &mut Socket, needle: &str) -> String {
     found.unwrap_or_else(|_| panic!("no frame with {needle:?}; got {seen:?}"))
 }
 
+/// The next DEPLOY's deployment id (skipping the ACKs of earlier STATUS frames).
+pub async fn next_deploy(agent: &mut TestAgent) -> i64 {
+    loop {
+        let frame = agent.recv().await;
+        if frame["type"] == "DEPLOY" {
+            return frame["deployment_id"].as_i64().unwrap();
+        }
+        assert_eq!(frame["type"], "ACK", "{frame}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_header_follows_agents_going_online_and_offline() {
     let server = WebServer::start().await;
@@ -80,7 +91,7 @@ async fn the_deployment_page_says_when_its_agent_disconnects_and_when_it_is_back
     api.wait_online(agent_id).await;
     let (status, body) = api.post(&format!("/api/deploy/{pid}"), json!({})).await;
     assert_eq!(status, 202, "{body}");
-    let id = agent.recv().await["deployment_id"].as_i64().unwrap();
+    let id = next_deploy(&mut agent).await;
     agent.log(id, 1, "pulling").await;
 
     let (_, page) = admin.get(&format!("/deployments/{id}")).await;
@@ -142,7 +153,10 @@ async fn a_deploy_without_an_agent_says_so_and_links_to_the_preselected_agent_fo
     assert!(hint.contains("has no agent yet"), "{hint}");
     let link = format!("/agents?environment={qa}#new-agent");
     assert!(hint.contains(&format!("href=\"{link}\"")), "{hint}");
-    assert!(!page.contains("/api/environments/"), "no API route in the page: {page}");
+    assert!(
+        !page.contains("/api/environments/"),
+        "no API route in the page: {page}"
+    );
     assert!(!page.contains("{id}"), "{page}");
     // On the Overview, beside the deploy buttons.
     assert!(page.contains("id=\"environments\""), "{page}");
@@ -191,12 +205,19 @@ async fn every_tab_opens_for_members_shows_its_part_and_is_closed_to_anonymous_u
         assert_eq!(status, 200, "{path}");
         assert!(page.contains(part), "{path}: {page}");
         // The tab bar, this tab marked current and only this one.
-        assert!(page.contains("<nav class=\"tabs\" aria-label=\"Project\">"), "{path}");
+        assert!(
+            page.contains("<nav class=\"tabs\" aria-label=\"Project\">"),
+            "{path}"
+        );
         assert!(
             page.contains(&format!("aria-current=\"page\">{label}<")),
             "{path}: {page}"
         );
-        assert_eq!(page.matches("aria-current=\"page\"").count(), 2, "{path}: Projects and this tab");
+        assert_eq!(
+            page.matches("aria-current=\"page\"").count(),
+            2,
+            "{path}: Projects and this tab"
+        );
         // The other tabs' parts are not on this one.
         for (_, other, other_part) in TABS {
             if other != label {
@@ -205,13 +226,19 @@ async fn every_tab_opens_for_members_shows_its_part_and_is_closed_to_anonymous_u
         }
         let (status, body) = WebClient::new(&server.url).get(&path).await;
         assert_eq!(status, 401, "{path} for anonymous users");
-        assert!(body.contains("action=\"/login\"") && !body.contains("shop"), "{path}");
+        assert!(
+            body.contains("action=\"/login\"") && !body.contains("shop"),
+            "{path}"
+        );
         let (status, _) = member.get(&format!("/projects/999{suffix}")).await;
         assert_eq!(status, 404, "{path} of a missing project");
     }
     // The Agents tab: each environment, with where to create the missing agent (for admins).
     let (_, page) = admin.get(&format!("/projects/{pid}/agents")).await;
-    assert!(page.contains("web-1") && page.contains("id=\"agents-qa\""), "{page}");
+    assert!(
+        page.contains("web-1") && page.contains("id=\"agents-qa\""),
+        "{page}"
+    );
     assert!(
         page.contains(&format!("href=\"/agents?environment={}#new-agent\"", envs[1])),
         "{page}"
@@ -220,7 +247,12 @@ async fn every_tab_opens_for_members_shows_its_part_and_is_closed_to_anonymous_u
     let (_, _, headers) = admin
         .post_form_headers(
             &format!("/projects/{pid}/secrets"),
-            &[("key", "API_KEY"), ("value", "v"), ("scope", "global"), ("environment", "")],
+            &[
+                ("key", "API_KEY"),
+                ("value", "v"),
+                ("scope", "global"),
+                ("environment", ""),
+            ],
         )
         .await;
     assert_eq!(
@@ -241,7 +273,12 @@ async fn every_tab_opens_for_members_shows_its_part_and_is_closed_to_anonymous_u
     let (status, page) = admin
         .post_form(
             &format!("/projects/{pid}/secrets"),
-            &[("key", "1BAD"), ("value", "v"), ("scope", "global"), ("environment", "")],
+            &[
+                ("key", "1BAD"),
+                ("value", "v"),
+                ("scope", "global"),
+                ("environment", ""),
+            ],
         )
         .await;
     assert_eq!(status, 422);
@@ -278,7 +315,7 @@ async fn the_history_pages_older_and_newer_at_its_boundaries() {
         for _ in 0..n {
             let (status, body) = api.post(&format!("/api/deploy/{pid}"), json!({})).await;
             assert_eq!(status, 202, "{body}");
-            let id = agent.recv().await["deployment_id"].as_i64().unwrap();
+            let id = next_deploy(&mut agent).await;
             agent.status(id, "SUCCESS").await;
             api.wait_finished(id, Duration::from_secs(10)).await;
         }
@@ -295,7 +332,11 @@ async fn the_history_pages_older_and_newer_at_its_boundaries() {
     assert_eq!(shown(&page), (1..=20).rev().collect::<Vec<_>>());
     assert!(link(&page, "history-older").is_none(), "{page}");
     let (_, overview) = admin.get(&format!("/projects/{pid}")).await;
-    assert_eq!(overview.matches("<td><a href=\"/deployments/").count(), 5, "{overview}");
+    assert_eq!(
+        overview.matches("<td><a href=\"/deployments/").count(),
+        5,
+        "{overview}"
+    );
     assert_eq!(link(&overview, "all-deployments").as_deref(), Some(tab.as_str()));
 
     // One more: a second page with the oldest, and back.
@@ -327,7 +368,10 @@ async fn the_history_pages_older_and_newer_at_its_boundaries() {
     let (status, page) = admin.get(&format!("{tab}?before=1")).await;
     assert_eq!(status, 200);
     assert!(page.contains("No older deployments."), "{page}");
-    assert_eq!(link(&page, "history-newer").as_deref(), Some(format!("{tab}?before=21").as_str()));
+    assert_eq!(
+        link(&page, "history-newer").as_deref(),
+        Some(format!("{tab}?before=21").as_str())
+    );
     let (status, _) = admin.get(&format!("{tab}?before=x")).await;
     assert_eq!(status, 400);
     server.stop().await;

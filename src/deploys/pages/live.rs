@@ -17,8 +17,8 @@ use maud::{Markup, PreEscaped, html};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::{
-    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, agent_hint, cancel_gone, line_markup, live_indicator,
-    small_buffers, status_block,
+    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, agent_hint, cancel_gone, line_markup, live_indicator, small_buffers,
+    status_block,
 };
 use crate::agents::hub::HubEvent;
 use crate::app::AppState;
