@@ -25,6 +25,10 @@ use crate::web::layout::{
 #[derive(Deserialize)]
 pub struct DoneQuery {
     done: Option<String>,
+    /// `?environment=<id>`: the new-agent form starts with that environment chosen (the link
+    /// from a deploy refused for want of an agent).
+    #[serde(default)]
+    environment: String,
 }
 
 /// The manual steps, second to install.sh: the token is pasted into `cat` (ended with Ctrl-D),
@@ -221,7 +225,7 @@ pub async fn agents_page(
         &state,
         &v,
         None,
-        ("", "", &FormErrors::default()),
+        (&q.environment, "", &FormErrors::default()),
         q.done.as_deref(),
     )
     .await?;

@@ -18,7 +18,7 @@ impl From<DeployError> for WebError {
             DeployError::NotFound => WebError::NotFound("deployment"),
             DeployError::ProjectNotFound => WebError::NotFound("project"),
             DeployError::Invalid { field, message } => WebError::invalid(field, message),
-            e @ DeployError::NoAgent(_) => WebError::Conflict {
+            e @ DeployError::NoAgent { .. } => WebError::Conflict {
                 code: "no_agent",
                 message: e.to_string(),
             },

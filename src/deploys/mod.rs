@@ -157,8 +157,15 @@ pub enum DeployError {
     ProjectNotFound,
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
-    #[error("environment {0:?} has no agent; create one with POST /api/environments/{{id}}/agents")]
-    NoAgent(String),
+    /// The message names the real route (with the environment's id); pages say it in their own
+    /// words with a link to the Agents page.
+    #[error(
+        "environment {environment:?} has no agent; create one with POST /api/environments/{environment_id}/agents"
+    )]
+    NoAgent {
+        environment: String,
+        environment_id: i64,
+    },
     #[error("the agent for environment {environment:?} is offline (last seen {last_seen})")]
     AgentOffline {
         environment: String,

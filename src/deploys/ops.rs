@@ -208,7 +208,10 @@ pub(super) fn find_target(
     let env = pick_environment(&project, environment)?;
     let agent_ids = agent_store::ids_for_environment(c, env.id)?;
     if agent_ids.is_empty() {
-        return Err(DeployError::NoAgent(env.name));
+        return Err(DeployError::NoAgent {
+            environment: env.name,
+            environment_id: env.id,
+        });
     }
     let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
         return Err(offline_error(c, &env.name, &agent_ids)?);

@@ -294,6 +294,63 @@ pub fn list(c: &Connection, environment_id: Option<i64>, limit: i64) -> Result<V
         .collect::<Result<_, _>>()?)
 }
 
+/// One page of a project's history (newest first) and the cursors of its neighbours.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub deployments: Vec<Deployment>,
+    /// `before` for the next older page, when there is one.
+    pub older: Option<i64>,
+    /// The newer page: `Some(None)` is the first page, `Some(Some(id))` the page `before=id`.
+    pub newer: Option<Option<i64>>,
+}
+
+/// The `limit` deployments of a project older than `before` (all, without it), newest first.
+/// The newer page's cursor is the id just above that page, so Newer and Older walk the same
+/// pages (ids only grow; a deployment made meanwhile only lengthens the first page's wait).
+pub fn project_page(
+    c: &Connection,
+    project_id: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<HistoryPage, DeployError> {
+    let limit = limit.max(1);
+    let mut stmt = c.prepare_cached(&format!(
+        "{SELECT} WHERE d.project_id = ?1 AND (?2 IS NULL OR d.id < ?2) ORDER BY d.id DESC LIMIT ?3"
+    ))?;
+    let mut deployments: Vec<Deployment> = stmt
+        .query_map(params![project_id, before, limit + 1], from_row)?
+        .collect::<Result<_, _>>()?;
+    let older = if deployments.len() as i64 > limit {
+        deployments.truncate(limit as usize);
+        deployments.last().map(|d| d.id)
+    } else {
+        None
+    };
+    let newer = match before {
+        None => None,
+        Some(before) => {
+            // The ids of the page above, oldest first; one more tells where it starts.
+            let top = deployments.first().map_or(before - 1, |d| d.id);
+            let mut stmt = c.prepare_cached(
+                "SELECT id FROM deployments WHERE project_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let above: Vec<i64> = stmt
+                .query_map(params![project_id, top, limit + 1], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            match above.len() as i64 {
+                0 => None,
+                n if n <= limit => Some(None),
+                _ => Some(above.last().copied()),
+            }
+        }
+    };
+    Ok(HistoryPage {
+        deployments,
+        older,
+        newer,
+    })
+}
+
 const LATEST_IDS: &str =
     "SELECT (SELECT MAX(x.id) FROM deployments x WHERE x.environment_id = en.id) FROM environments en";
 

@@ -10,7 +10,7 @@ use super::WebhookInfo;
 use super::ops::{self, NewSecret};
 use crate::app::AppState;
 use crate::db::now_ms;
-use crate::projects::pages::{Forms, render_project};
+use crate::projects::pages::{Forms, Tab, render_project};
 use crate::users::{Principal, Role};
 use crate::web::error::WebError;
 use crate::web::layout::{PageError, Viewer, ago, badge, csrf_field, no_store};
@@ -102,7 +102,7 @@ pub fn webhook_section(v: &Viewer, project_id: i64, info: &WebhookInfo, new: Opt
     }
 }
 
-/// `POST /projects/{id}/webhook`: rotate, then show the project page with the secret, once.
+/// `POST /projects/{id}/webhook`: rotate, then show the project's Settings tab with the secret, once.
 pub async fn rotate(
     State(state): State<AppState>,
     v: Viewer,
@@ -114,6 +114,6 @@ pub async fn rotate(
         new_webhook: Some(new),
         ..Forms::default()
     };
-    let markup = render_project(&state, &v, id, forms, None).await?;
+    let markup = render_project(&state, &v, id, Tab::Settings, forms, None).await?;
     Ok((no_store(), markup).into_response())
 }

@@ -221,6 +221,8 @@ fn render(
             h1 { "Notifications" }
             span.muted { a href=(format!("/projects/{}", view.project_id)) { (view.project) } }
         }
+        // Notifications are part of the project's settings (issue 15's tabs).
+        (crate::projects::tabs::tab_bar(view.project_id, crate::projects::tabs::Tab::Settings))
         section id="channels" {
             @if view.channels.is_empty() {
                 p.empty { "No channel yet. Add a webhook, Slack, Discord or email channel to hear about deploys." }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod ops;
 pub mod pages;
 pub mod store;
+pub mod tabs;
 
 use serde::{Deserialize, Deserializer, Serialize};
 

@@ -1,10 +1,10 @@
-//! Project pages: the list (with the create form), and one project's page: settings,
-//! environments, deploy buttons, deployment history per environment, and its secrets.
+//! Project pages: the list (with the create form), and the forms of one project's page (its tabs
+//! are `tabs.rs`): settings, environments, retention, push triggers, automatic rollback.
 //!
 //! Forms post to the same domain functions as the JSON API, so a bad value comes back as a typed
 //! error naming its field, shown next to that field; nothing is half-saved.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
@@ -18,19 +18,13 @@ use super::{
 };
 use crate::app::AppState;
 use crate::db::now_ms;
-use crate::deploys::{self, Deployment};
-use crate::secrets::pages::{SecretForm, secrets_section};
+use crate::secrets::pages::SecretForm;
 use crate::users::{Principal, Role};
 use crate::web::error::WebError;
 use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, csrf_field, field_error, form_banner, invalid, no_store,
     page,
 };
-
-#[derive(Deserialize)]
-pub struct DoneQuery {
-    done: Option<String>,
-}
 
 /// What the project forms hold when they come back with errors.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -48,7 +42,7 @@ pub struct ProjectForm {
 }
 
 impl ProjectForm {
-    fn from_project(p: &Project) -> ProjectForm {
+    pub(super) fn from_project(p: &Project) -> ProjectForm {
         ProjectForm {
             name: p.name.clone(),
             repo_url: p.repo_url.clone().unwrap_or_default(),
@@ -61,7 +55,7 @@ impl ProjectForm {
 
 const PROJECT_FIELDS: &[&str] = &["name", "repo_url", "git_ref", "compose_path", "pull"];
 
-fn project_fields(f: &ProjectForm, errors: &FormErrors, readonly: bool) -> Markup {
+pub(super) fn project_fields(f: &ProjectForm, errors: &FormErrors, readonly: bool) -> Markup {
     let pull = if f.pull.is_empty() {
         "always"
     } else {
@@ -195,6 +189,9 @@ pub struct Forms {
     pub environment: Option<(String, FormErrors)>,
     pub secret: Option<(SecretForm, FormErrors)>,
     pub deploy: Option<FormErrors>,
+    /// A deploy refused because the environment has no agent: its name and id (the page links
+    /// to where an agent is created).
+    pub no_agent: Option<(String, i64)>,
     /// The retention form of one environment (its id).
     pub retention: Option<(i64, RetentionForm, FormErrors)>,
     /// The push-trigger form of one environment (its id).
@@ -217,7 +214,7 @@ pub struct TriggersForm {
 
 const TRIGGER_FIELDS: &[&str] = &["deploy_on_push", "deploy_on_tag"];
 
-fn triggers_form(
+pub(super) fn triggers_form(
     v: &Viewer,
     project: &Project,
     env: &super::Environment,
@@ -275,9 +272,9 @@ pub struct RetentionForm {
 const RETENTION_FIELDS: &[&str] = &["log_keep_deployments", "log_keep_days"];
 
 /// The configured defaults an environment without overrides uses: (deployments, days).
-type RetentionDefaults = (u64, u64);
+pub(super) type RetentionDefaults = (u64, u64);
 
-fn retention_line(env: &super::Environment, defaults: RetentionDefaults) -> Markup {
+pub(super) fn retention_line(env: &super::Environment, defaults: RetentionDefaults) -> Markup {
     let shown = |v: Option<u32>, default: u64| match v {
         Some(n) => html! { strong { (n) } },
         None => html! { (default) " " span.muted { "(default)" } },
@@ -288,7 +285,7 @@ fn retention_line(env: &super::Environment, defaults: RetentionDefaults) -> Mark
     }
 }
 
-fn retention_form(
+pub(super) fn retention_form(
     v: &Viewer,
     env: &super::Environment,
     defaults: RetentionDefaults,
@@ -338,75 +335,8 @@ pub fn is_production(name: &str) -> bool {
     n.starts_with("prod") || n == "live" || n.contains("production")
 }
 
-fn environment_card(
-    v: &Viewer,
-    project: &Project,
-    env: &super::Environment,
-    // Its last deployments, and what runs there now (issue 14).
-    (history, runtime): (&[Deployment], &crate::runtime::Runtime),
-    defaults: RetentionDefaults,
-    retention: Option<&(RetentionForm, FormErrors)>,
-    triggers: Option<&(TriggersForm, FormErrors)>,
-) -> Markup {
-    let now = now_ms();
-    html! {
-        article.env-card id=(format!("env-{}", env.name)) {
-            header.page-head {
-                h4 { (env.name) @if let Some(r) = &env.git_ref { " " small.muted { "ref " code { (r) } } } }
-                @if v.can(Role::Member) {
-                    form.inline method="post" action=(format!("/projects/{}/deploy", project.id)) {
-                        (csrf_field(&v.csrf))
-                        input type="hidden" name="environment" value=(env.name);
-                        button.small type="submit" data-testid=(format!("deploy-{}", env.name)) {
-                            "Deploy " (env.name)
-                        }
-                    }
-                }
-            }
-            @if history.is_empty() {
-                p.muted { "Never deployed." }
-            } @else {
-                table {
-                    thead { tr { th { "#" } th { "Status" } th { "Ref" } th { "Commit" } th { "By" } th { "When" } th { "Took" } th { "Release" } } }
-                    tbody {
-                        @for d in history {
-                            tr {
-                                td { a href=(format!("/deployments/{}", d.id)) { "#" (d.id) } }
-                                td {
-                                    (deploys::pages::status_badge(d.status))
-                                    @if d.log_pruned_at.is_some() { " " small.muted { "log pruned" } }
-                                    @if let Some(of) = d.rollback_of { " " small { "rollback of " a href=(format!("/deployments/{of}")) { "#" (of) } } }
-                                    @else if let Some(of) = d.redeploy_of { " " small { "redeploy of " a href=(format!("/deployments/{of}")) { "#" (of) } } }
-                                    @if let Some(e) = &d.error { br; small.muted title=(e) { (e.chars().take(80).collect::<String>()) } }
-                                }
-                                td { code { (d.git_ref) } }
-                                td { @match &d.commit { Some(c) => code title=(c) { (c.get(..12).unwrap_or(c)) }, None => "–" } }
-                                td { (d.triggered_by) }
-                                td { (ago(&d.created_at, now)) }
-                                td { (duration(&d.created_at, d.finished_at.as_deref())) }
-                                td {
-                                    @if d.release.is_some() {
-                                        a href=(format!("/deployments/{}#release", d.id)) { "release" }
-                                        @if v.can(Role::Member) { " " (deploys::pages::redeploy_form(d.id, &v.csrf)) }
-                                    } @else { "–" }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            // What runs now, apart from how the last deploy ended (issue 14, src/runtime).
-            (crate::runtime::pages::panel(v, runtime))
-            p.retention { small { (retention_line(env, defaults)) } }
-            @if v.can(Role::Member) { (retention_form(v, env, defaults, retention)) }
-            (triggers_form(v, project, env, triggers))
-            (auto_rollback_form(v, env))
-        }
-    }
-}
-
 /// How long a deployment took, from its creation to its end: `42 s`, `3 min 5 s`; `–` while it runs.
-fn duration(created_at: &str, finished_at: Option<&str>) -> String {
+pub(super) fn duration(created_at: &str, finished_at: Option<&str>) -> String {
     let parse = |t: &str| {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
             .ok()
@@ -433,7 +363,7 @@ pub struct AutoRollbackForm {
     pub auto_rollback: Option<String>,
 }
 
-fn auto_rollback_form(v: &Viewer, env: &super::Environment) -> Markup {
+pub(super) fn auto_rollback_form(v: &Viewer, env: &super::Environment) -> Markup {
     html! {
         p.rollback { small {
             @if env.auto_rollback { "A deployment that fails after changing the stack rolls back to the last successful release." }
@@ -480,126 +410,7 @@ pub async fn set_auto_rollback(
     )))
 }
 
-pub async fn render_project(
-    state: &AppState,
-    v: &Viewer,
-    id: i64,
-    forms: Forms,
-    done: Option<&str>,
-) -> Result<Markup, PageError> {
-    let (project, history, runtimes, secrets, versions) = state
-        .db
-        .read(move |c| {
-            let project = store::get(c, id)?;
-            let mut history = Vec::new();
-            let mut runtimes = Vec::new();
-            for e in &project.environments {
-                history.push(deploys::store::list(c, Some(e.id), 10).map_err(WebError::from)?);
-                runtimes.push(crate::runtime::ops::read(c, e.id).map_err(WebError::from)?);
-            }
-            let secrets = crate::secrets::store::list(c, id).map_err(WebError::from)?;
-            let versions = crate::secrets::store::versions_of_project(c, id)?;
-            Ok::<_, WebError>((project, history, runtimes, secrets, versions))
-        })
-        .await?;
-    let editable = v.can(Role::Member);
-    let (settings_form, settings_errors) = forms
-        .settings
-        .unwrap_or_else(|| (ProjectForm::from_project(&project), FormErrors::default()));
-    let (env_name, env_errors) = forms.environment.unwrap_or_default();
-    let defaults = (
-        state.config.deploys.log_keep_deployments,
-        state.config.deploys.log_keep_days,
-    );
-    let retention_form = forms.retention.map(|(id, f, e)| (id, (f, e)));
-    let retention_of = |id: i64| {
-        retention_form
-            .as_ref()
-            .filter(|(form_id, _)| *form_id == id)
-            .map(|(_, f)| f)
-    };
-    let triggers_form = forms.triggers.map(|(id, f, e)| (id, (f, e)));
-    let triggers_of = |id: i64| {
-        triggers_form
-            .as_ref()
-            .filter(|(form_id, _)| *form_id == id)
-            .map(|(_, f)| f)
-    };
-    let webhook = crate::hooks::ops::info(state, id).await.map_err(WebError::from)?;
-    let body = html! {
-        (layout::notice(done))
-        (crate::secrets::pages::warnings(&forms.secret_warnings))
-        div.page-head {
-            h1 { (project.name) }
-            span.muted { (project.repo_url.as_deref().unwrap_or("local compose file")) " · " code { (project.compose_path) } }
-        }
-        section id="environments" hx-ext="ws" ws-connect=(format!("/ws/dashboard?project={}", project.id)) {
-            h2 { "Environments" }
-            @if let Some(errors) = &forms.deploy { (form_banner(errors)) }
-            @if project.environments.is_empty() {
-                p.empty { "No environment yet. Add one (e.g. staging) to deploy." }
-            }
-            @for ((env, hist), rt) in project.environments.iter().zip(&history).zip(&runtimes) {
-                (environment_card(v, &project, env, (hist, rt), defaults, retention_of(env.id), triggers_of(env.id)))
-            }
-            @if editable {
-                details open[!env_errors.is_empty()] {
-                    summary { "Add an environment" }
-                    (form_banner(&env_errors))
-                    form.grid-form method="post" action=(format!("/projects/{}/environments", project.id)) {
-                        (csrf_field(&v.csrf))
-                        label { "Name"
-                            input name="name" value=(env_name) required placeholder="staging" pattern="[a-z0-9][a-z0-9_-]{0,31}"
-                                aria-invalid=[invalid(&env_errors, "name")];
-                            (field_error(&env_errors, "name"))
-                        }
-                        label { "Git ref " span.muted { "(optional)" }
-                            input name="git_ref" placeholder=(project.git_ref) aria-invalid=[invalid(&env_errors, "git_ref")];
-                            (field_error(&env_errors, "git_ref"))
-                        }
-                        button type="submit" { "Add environment" }
-                    }
-                }
-            }
-        }
-        (secrets_section(v, &project, &secrets, &versions, forms.secret.as_ref()))
-        section id="notifications" {
-            h2 { "Notifications" }
-            p { a href=(format!("/projects/{}/notifications", project.id)) { "Notification channels" }
-                span.muted { " — webhook, Slack, Discord or email when a deploy ends or an agent goes offline." } }
-        }
-
-        (crate::hooks::pages::webhook_section(v, project.id, &webhook, forms.new_webhook.as_ref()))
-        section id="settings" {
-            h2 { "Settings" }
-            article {
-                (form_banner(&settings_errors))
-                form method="post" action=(format!("/projects/{}", project.id)) {
-                    (csrf_field(&v.csrf))
-                    (project_fields(&settings_form, &settings_errors, !editable))
-                    @if editable { button type="submit" { "Save settings" } }
-                }
-            }
-        }
-    };
-    Ok(page(v, &project.name, Nav::Projects, body))
-}
-
-pub async fn project_page(
-    State(state): State<AppState>,
-    v: Viewer,
-    Path(id): Path<i64>,
-    Query(q): Query<DoneQuery>,
-) -> Result<Response, PageError> {
-    let markup = render_project(&state, &v, id, Forms::default(), q.done.as_deref()).await?;
-    Ok((no_store(), markup).into_response())
-}
-
-/// Re-render the project page with one form's errors (422).
-pub async fn with_errors(state: &AppState, v: &Viewer, id: i64, forms: Forms) -> Result<Response, PageError> {
-    let markup = render_project(state, v, id, forms, None).await?;
-    Ok((StatusCode::UNPROCESSABLE_ENTITY, no_store(), markup).into_response())
-}
+pub use super::tabs::{Tab, render_project, with_errors};
 
 pub async fn update(
     State(state): State<AppState>,
@@ -616,7 +427,9 @@ pub async fn update(
         pull: Some(form.pull.clone()),
     };
     match update_project(&state, &who, id, patch).await {
-        Ok(_) => Ok(layout::see_other(&format!("/projects/{id}?done=project-saved"))),
+        Ok(_) => Ok(layout::see_other(&format!(
+            "/projects/{id}/settings?done=project-saved"
+        ))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), PROJECT_FIELDS)?;
             let forms = Forms {
@@ -701,7 +514,7 @@ pub async fn set_retention(
     };
     match result {
         Ok(_) => Ok(layout::see_other(&format!(
-            "/projects/{}?done=retention-saved#env-{}",
+            "/projects/{}/settings?done=retention-saved#settings-{}",
             env.project_id, env.name
         ))),
         Err(e) => {
@@ -735,7 +548,7 @@ pub async fn set_triggers(
     };
     match update_environment(&state, &who, env_id, patch).await {
         Ok(_) => Ok(layout::see_other(&format!(
-            "/projects/{}?done=triggers-saved#env-{}",
+            "/projects/{}/settings?done=triggers-saved#settings-{}",
             env.project_id, env.name
         ))),
         Err(e) => {

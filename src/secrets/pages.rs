@@ -186,7 +186,8 @@ async fn stored_with_warnings(
         secret_warnings: info.warnings,
         ..Forms::default()
     };
-    let markup = crate::projects::pages::render_project(state, v, project_id, forms, Some(done)).await?;
+    let tab = crate::projects::pages::Tab::Secrets;
+    let markup = crate::projects::pages::render_project(state, v, project_id, tab, forms, Some(done)).await?;
     Ok((layout::no_store(), markup).into_response())
 }
 
@@ -215,7 +216,7 @@ pub async fn create(
             stored_with_warnings(&state, &v, project_id, "secret-added", info).await
         }
         Ok(_) => Ok(layout::see_other(&format!(
-            "/projects/{project_id}?done=secret-added#secrets"
+            "/projects/{project_id}/secrets?done=secret-added#secrets"
         ))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), SECRET_FIELDS)?;
@@ -258,7 +259,7 @@ pub async fn update(
             stored_with_warnings(&state, &v, project_id, "secret-updated", info).await
         }
         Ok(_) => Ok(layout::see_other(&format!(
-            "/projects/{project_id}?done=secret-updated#secrets"
+            "/projects/{project_id}/secrets?done=secret-updated#secrets"
         ))),
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), &[])?;
@@ -279,6 +280,6 @@ pub async fn delete(
     let project_id = project_of(&state, id).await?;
     delete_secret(&state, &who, id).await?;
     Ok(layout::see_other(&format!(
-        "/projects/{project_id}?done=secret-deleted#secrets"
+        "/projects/{project_id}/secrets?done=secret-deleted#secrets"
     )))
 }

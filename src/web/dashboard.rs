@@ -2,7 +2,8 @@
 //! its last deploy (status, when, who), kept current over a WebSocket without reloading.
 //!
 //! The socket listens to the hub's events (agent online/offline, deployment changed) and sends
-//! the whole table again, at most a few times a second; a lagging socket just re-renders.
+//! the whole table again (and the header's "N of M agents online"), at most a few times a
+//! second; a lagging socket just re-renders.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -93,7 +94,7 @@ fn rows(s: &Snapshot, can_admin: bool) -> Markup {
                                 }
                                 None => {
                                     span.muted { "no agent" }
-                                    @if can_admin { " · " a href="/agents" { "create one" } }
+                                    @if can_admin { " · " a href=(crate::projects::tabs::new_agent_link(e.id)) { "create one" } }
                                 }
                             }
                         }
@@ -116,17 +117,25 @@ fn rows(s: &Snapshot, can_admin: bool) -> Markup {
     }
 }
 
+/// The header's counts ("2 projects · 1 of 3 agents online"), swapped with the table on every
+/// re-render so it never disagrees with the rows.
+fn summary(s: &Snapshot) -> Markup {
+    let online = s.agents.values().flatten().filter(|a| a.online).count();
+    let total = s.agents.values().map(Vec::len).sum::<usize>();
+    html! {
+        span.muted id="dashboard-summary" hx-swap-oob="true" {
+            span.live-dot {}
+            (plural(s.projects.len(), "project")) " · " (online) " of " (plural(total, "agent")) " online"
+        }
+    }
+}
+
 pub async fn dashboard_page(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {
     let snap = snapshot(&state).await?;
-    let online = snap.agents.values().flatten().filter(|a| a.online).count();
-    let total = snap.agents.values().map(Vec::len).sum::<usize>();
     let body = html! {
         div.page-head {
             h1 { "Dashboard" }
-            span.muted {
-                span.live-dot {}
-                (plural(snap.projects.len(), "project")) " · " (online) " of " (plural(total, "agent")) " online"
-            }
+            (summary(&snap))
         }
         @if snap.projects.is_empty() {
             article.empty {
@@ -191,7 +200,10 @@ enum View {
 
 async fn render(state: &AppState, view: &View) -> Option<String> {
     match view {
-        View::Table { can_admin } => Some(rows(&snapshot(state).await.ok()?, *can_admin).into_string()),
+        View::Table { can_admin } => {
+            let snap = snapshot(state).await.ok()?;
+            Some(html! { (summary(&snap)) (rows(&snap, *can_admin)) }.into_string())
+        }
         View::Runtime {
             project,
             can_member,

@@ -234,7 +234,31 @@ pub fn routes() -> Routes {
         .add(M::GET, "/ws/dashboard", VIEWER, dashboard::dashboard_socket)
         .add(M::GET, "/projects", VIEWER, projects::pages::list_page)
         .add(M::POST, "/projects", MEMBER, projects::pages::create)
-        .add(M::GET, "/projects/{id}", VIEWER, projects::pages::project_page)
+        .add(M::GET, "/projects/{id}", VIEWER, projects::tabs::overview_page)
+        .add(
+            M::GET,
+            "/projects/{id}/deployments",
+            VIEWER,
+            projects::tabs::deployments_page,
+        )
+        .add(
+            M::GET,
+            "/projects/{id}/secrets",
+            VIEWER,
+            projects::tabs::secrets_page,
+        )
+        .add(
+            M::GET,
+            "/projects/{id}/agents",
+            VIEWER,
+            projects::tabs::agents_page,
+        )
+        .add(
+            M::GET,
+            "/projects/{id}/settings",
+            VIEWER,
+            projects::tabs::settings_page,
+        )
         .add(M::POST, "/projects/{id}", MEMBER, projects::pages::update)
         .add(
             M::POST,

@@ -441,9 +441,9 @@ async fn retention_overrides_are_validated_audited_and_need_a_member() {
         )
         .await;
     assert_eq!(status, 200, "{e}");
-    // The project page shows each environment's effective retention, the defaults marked.
+    // The Settings tab shows each environment's effective retention, the defaults marked.
     let page = reqwest::Client::new()
-        .get(format!("{}/projects/{pid}", api.url))
+        .get(format!("{}/projects/{pid}/settings", api.url))
         .bearer_auth(&api.token)
         .send()
         .await

@@ -45,6 +45,8 @@ mod notify;
 mod operations;
 mod packaging;
 mod papercuts_input;
+
+mod papercuts_ui;
 mod prereq;
 mod privilege;
 mod queue;

@@ -42,10 +42,12 @@ async fn the_pages_show_versions_and_the_release_and_redeploy_it_never_a_value()
         assert_eq!(status, 200, "{body}");
     }
 
-    let (status, page) = web.get(&format!("/projects/{pid}")).await;
+    let (status, page) = web.get(&format!("/projects/{pid}/secrets")).await;
     assert_eq!(status, 200);
     assert!(page.contains("3 versions kept"), "{page}");
     assert!(page.contains("(current)"), "{page}");
+    let (status, page) = web.get(&format!("/projects/{pid}")).await;
+    assert_eq!(status, 200);
     // History: commit, release link and the Redeploy button.
     assert!(page.contains(&COMMIT_A[..12]), "{page}");
     assert!(page.contains(&format!("/deployments/{a}#release")), "{page}");

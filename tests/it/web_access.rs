@@ -85,6 +85,10 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/projects", "viewer"),
     ("POST", "/projects", "member"),
     ("GET", "/projects/{id}", "viewer"),
+    ("GET", "/projects/{id}/deployments", "viewer"),
+    ("GET", "/projects/{id}/secrets", "viewer"),
+    ("GET", "/projects/{id}/agents", "viewer"),
+    ("GET", "/projects/{id}/settings", "viewer"),
     ("POST", "/projects/{id}", "member"),
     ("POST", "/projects/{id}/environments", "member"),
     ("POST", "/environments/{id}/retention", "member"),
@@ -431,7 +435,7 @@ async fn forms_validate_next_to_the_field_and_secret_values_never_come_back() {
     assert_eq!(status, 422);
     assert!(body.contains("id=\"log_keep_days-error\""), "{body}");
     assert!(body.contains("value=\"-4\""), "the form keeps what was typed");
-    let (_, page) = admin.get("/projects/1").await;
+    let (_, page) = admin.get("/projects/1/settings").await;
     assert!(
         page.contains("50 <span class=\"muted\">(default)</span>"),
         "nothing half-saved: {page}"
@@ -443,7 +447,7 @@ async fn forms_validate_next_to_the_field_and_secret_values_never_come_back() {
         )
         .await;
     assert_eq!(status, 303);
-    let (_, page) = admin.get("/projects/1").await;
+    let (_, page) = admin.get("/projects/1/settings").await;
     assert!(
         page.contains("the last <strong>12</strong> deployments"),
         "{page}"
@@ -483,7 +487,7 @@ async fn forms_validate_next_to_the_field_and_secret_values_never_come_back() {
         .post_form("/secrets/1", &[("value", &format!("{CANARY}-v2"))])
         .await;
     assert_eq!(status, 303);
-    let (_, page) = admin.get("/projects/1").await;
+    let (_, page) = admin.get("/projects/1/secrets").await;
     assert!(
         page.contains("DB_PASSWORD") && page.contains("v2"),
         "listed with its version"
@@ -492,6 +496,10 @@ async fn forms_validate_next_to_the_field_and_secret_values_never_come_back() {
         "/",
         "/projects",
         "/projects/1",
+        "/projects/1/deployments",
+        "/projects/1/secrets",
+        "/projects/1/agents",
+        "/projects/1/settings",
         "/agents",
         "/users",
         "/audit",

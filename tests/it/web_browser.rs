@@ -171,6 +171,9 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     fill(b, "#environments input[name=name]", "staging").await;
     click(b, "#environments form.grid-form button[type=submit]").await;
     wait_text(b, ".notice.ok", "Environment added").await;
+    // Secrets have their own tab (the project page is tabs).
+    click(b, "nav.tabs a[data-testid=tab-secrets]").await;
+    wait_text(b, "#secrets", "No secrets yet").await;
     for (key, value, env) in [("DB_PASSWORD", CANARY, "staging"), ("GREETING", "hello", "")] {
         fill(b, "#new-secret input[name=key]", key).await;
         fill(b, "#new-secret textarea[name=value]", value).await;
@@ -264,7 +267,7 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     for (path, name) in [
         ("/", "10-dashboard"),
         ("/projects", "11-projects"),
-        ("/projects/1", "12-project-history"),
+        ("/projects/1/deployments", "12-project-history"),
         ("/users", "13-users"),
         ("/audit", "14-audit"),
         ("/tokens", "15-tokens"),

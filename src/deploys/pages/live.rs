@@ -17,7 +17,7 @@ use maud::{Markup, PreEscaped, html};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::{
-    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, cancel_gone, line_markup, live_indicator, small_buffers,
+    MAX_FRAGMENT_BYTES, MAX_SHOWN_LINES, agent_hint, cancel_gone, line_markup, live_indicator, small_buffers,
     status_block,
 };
 use crate::agents::hub::HubEvent;
@@ -103,7 +103,7 @@ impl Viewer {
             .read(move |c| store::get(c, id))
             .await
             .map_err(|e| self.storage_failed(&e))?;
-        self.send(html! { (status_block(&d)) (live_indicator(false)) (cancel_gone()) })
+        self.send(html! { (status_block(&d)) (live_indicator(false)) (cancel_gone()) (self.hint(false)) })
             .await?;
         // A normal close: the htmx ws extension reconnects only after abnormal ones. A viewer
         // already gone cannot be told.
@@ -145,8 +145,19 @@ impl Viewer {
         }
     }
 
-    /// Forward live lines until the deployment ends, the server stops, or the viewer leaves.
+    /// The agent-disconnected note (empty when `offline` is false).
+    fn hint(&self, offline: bool) -> Markup {
+        agent_hint(offline, self.state.config.deploys.agent_lost_timeout_secs)
+    }
+
+    /// Forward live lines until the deployment ends, the server stops, or the viewer leaves;
+    /// meanwhile say so as soon as the deployment's agent disconnects, and when it is back.
     async fn follow(&mut self, rx: &mut broadcast::Receiver<LiveEvent>) -> Result<(), Gone> {
+        // Subscribed before the agent's state is read, so no change falls between the two.
+        let mut events = self.state.hub.events();
+        let mut agent = self.state.hub.active_deploy(self.id).map(|a| a.agent_id);
+        let mut offline = agent.is_some_and(|a| !self.state.hub.is_online(a));
+        self.send(self.hint(offline)).await?;
         let mut shown_running = false;
         // Set when the channel dropped events for this viewer: missing lines are then worth
         // waiting for (they are on their way to the store).
@@ -154,6 +165,25 @@ impl Viewer {
         loop {
             let first = tokio::select! {
                 event = rx.recv() => event,
+                event = events.recv(), if agent.is_some() => {
+                    match event {
+                        Ok(HubEvent::AgentOffline { agent_id } | HubEvent::AgentOnline { agent_id })
+                            if Some(agent_id) == agent => {}
+                        Ok(_) => continue,
+                        // Missed events: read the state again.
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => {
+                            agent = None;
+                            continue;
+                        }
+                    }
+                    let now_offline = agent.is_some_and(|a| !self.state.hub.is_online(a));
+                    if now_offline != offline {
+                        offline = now_offline;
+                        self.send(self.hint(offline)).await?;
+                    }
+                    continue;
+                },
                 msg = self.socket.recv() => match msg {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(Gone),
                     Some(Ok(_)) => continue,

@@ -51,6 +51,17 @@ pub async fn deploy(
     };
     match ops::trigger(&state, &who, project_id, request).await {
         Ok(t) => Ok(layout::see_other(&format!("/deployments/{}", t.deployment_id))),
+        // Said in the UI's words, with a link to where an agent is created (not the API route).
+        Err(super::DeployError::NoAgent {
+            environment,
+            environment_id,
+        }) => {
+            let forms = Forms {
+                no_agent: Some((environment, environment_id)),
+                ..Forms::default()
+            };
+            with_errors(&state, &v, project_id, forms).await
+        }
         Err(e) => {
             let errors = FormErrors::from_web(e.into(), &[])?;
             let forms = Forms {
@@ -261,6 +272,21 @@ pub async fn cancel(
     Ok(layout::see_other(&format!("/deployments/{id}")))
 }
 
+/// The note under the status while the deployment's agent is disconnected: the deployment is
+/// failed `agent_lost` if it does not come back within `deploys.agent_lost_timeout_secs`. Sent
+/// (and cleared, empty) by the live socket as the agent's connection drops and returns.
+pub(super) fn agent_hint(offline: bool, timeout_secs: u64) -> Markup {
+    html! {
+        div id="agent-hint" hx-swap-oob="true" {
+            @if offline {
+                p.notice.error role="status" {
+                    "Agent disconnected, waiting up to " (timeout_secs) " s for it to come back before this deployment fails."
+                }
+            }
+        }
+    }
+}
+
 pub(super) fn live_indicator(live: bool) -> Markup {
     html! {
         span id="live-indicator" hx-swap-oob="true" {
@@ -283,12 +309,19 @@ pub async fn deployment_page(
         })
         .await?;
     let live = !d.status.is_finished();
+    // Sent to an agent that is not connected now (a reload after its socket dropped).
+    let agent_gone = live
+        && state
+            .hub
+            .active_deploy(id)
+            .is_some_and(|a| !state.hub.is_online(a.agent_id));
     let body = html! {
         div.page-head {
             h1 { "Deployment #" (d.id) }
             (live_indicator(live))
         }
         (status_block(&d))
+        (agent_hint(agent_gone, state.config.deploys.agent_lost_timeout_secs))
         @if live && v.can(Role::Member) { (cancel_form(&d, &v.csrf)) }
         (release_block(&d))
         @if d.release.is_some() && v.can(Role::Member) { (redeploy_form(d.id, &v.csrf)) }
