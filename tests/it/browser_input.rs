@@ -14,6 +14,7 @@ const BOB_RESET: &str = "bobs-reset-passphrase-42";
 
 pub async fn steps(f: &Flow<'_>) {
     secret_with_nul(f).await;
+    secret_for_an_unknown_service(f).await;
     audit_filters(f).await;
     password_change(f).await;
     invite_and_reset(f).await;
@@ -42,6 +43,41 @@ async fn secret_with_nul(f: &Flow<'_>) {
         !listed.contains("HAS_NUL"),
         "a refused secret is listed: {listed}"
     );
+}
+
+/// A service secret for a service the last release does not have: stored, with a warning.
+async fn secret_for_an_unknown_service(f: &Flow<'_>) {
+    let (b, url) = (f.b, &f.server.url);
+    b.goto(&format!("{url}/projects/1/secrets")).await.unwrap();
+    fill(b, "#new-secret input[name=key]", "WORKER_KEY").await;
+    fill(b, "#new-secret textarea[name=value]", "worker-value").await;
+    b.find(Locator::Css("#new-secret select[name=scope]"))
+        .await
+        .unwrap()
+        .select_by_value("service")
+        .await
+        .unwrap();
+    fill(b, "#new-secret input[name=service]", "worker").await;
+    b.find(Locator::Css("#new-secret select[name=environment]"))
+        .await
+        .unwrap()
+        .select_by_value("staging")
+        .await
+        .unwrap();
+    click(b, "#new-secret button[type=submit]").await;
+    wait_text(b, "[data-testid=secret-warning]", "worker").await;
+    shot(b, "36-secret-unknown-service").await;
+    // Stored all the same; removed again so the flow's deploys are unchanged.
+    b.goto(&format!("{url}/projects/1/secrets")).await.unwrap();
+    b.execute(
+        "const row = [...document.querySelectorAll('#secrets tr')].find(r => r.textContent.includes('WORKER_KEY')); \
+         row.querySelector('form[action$=\"/delete\"] button').click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_text(b, ".notice.ok", "deleted").await;
+    assert!(!text_of(b, "#secrets").await.contains("WORKER_KEY"));
 }
 
 async fn audit_filters(f: &Flow<'_>) {

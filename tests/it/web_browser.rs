@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use fantoccini::{Client, Locator};
+use serde_json::json;
 
 use crate::browser_support::{
     CANARY, artifacts, browser, click, fill, html, shot, start_driver, text_of, wait_text, which,
@@ -115,6 +116,12 @@ pub struct Flow<'a> {
 
 async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     let url = &server.url;
+    // 0. Before anyone exists, the sign-in page says where the setup link is.
+    b.goto(&format!("{url}/login")).await.unwrap();
+    wait_text(b, "main", "No admin yet").await;
+    wait_text(b, "main", "setup link is in the appliance's log").await;
+    shot(b, "00-sign-in-no-admin").await;
+
     // 1. The setup link from the log makes the first admin and signs them in.
     let link = server.setup_link.clone().unwrap();
     b.goto(&link).await.unwrap();
@@ -195,6 +202,11 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     fill(b, "#new-agent input[name=name]", "web-1").await;
     click(b, "#new-agent button[type=submit]").await;
     let token = wait_text(b, "#agent-token", "stga_").await.trim().to_owned();
+    // The main path is the install.sh one-liner (the token read from the terminal).
+    assert!(
+        html(b).await.contains("/agent/install.sh"),
+        "the install.sh one-liner"
+    );
     shot(b, "06-agent-created").await;
     // POST → redirect → GET: a reload shows no token and creates no second agent.
     b.refresh().await.unwrap();
@@ -250,6 +262,17 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
         String::from_utf8_lossy(&env.stdout).contains(&format!("DB_PASSWORD={CANARY}")),
         "the container got the secret"
     );
+    // A running service shows no exit code (Docker reports 0 for it): "–" in its column.
+    let cells = b
+        .execute(
+            "const h = [...document.querySelectorAll('h3')].find(e => e.textContent === 'Services'); \
+             return [...h.nextElementSibling.querySelectorAll('tbody tr')].map(r => \
+               [r.cells[1].textContent.trim(), r.cells[3].textContent.trim()]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cells, json!([["running", "–"]]), "the services table");
     shot(b, "09-deployment-success").await;
 
     // 7. Each area's steps, in this order, from this state (see `Flow`).
