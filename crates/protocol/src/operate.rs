@@ -66,3 +66,37 @@ pub enum LogEnd {
     /// The request could not be served; `error` says why.
     Failed,
 }
+
+/// Longest compose service name an ACTION or LOGS request may name.
+pub const MAX_SERVICE_NAME: usize = 63;
+
+/// Why `name` cannot be a compose service name in a request, or `None` when it can: 1 to
+/// [`MAX_SERVICE_NAME`] ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit
+/// (so never an option such as `--help`, a path such as `../x`, or shell syntax such as
+/// `web;id`). Both the appliance (before sending) and the agent (before running) check it.
+pub fn service_name_error(name: &str) -> Option<String> {
+    let rule = "a service name is 1 to 63 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit";
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    (!ok).then(|| rule.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_never_options_paths_or_shell() {
+        for good in ["web", "db-1", "api_v2", "a.b", "W9"] {
+            assert_eq!(service_name_error(good), None, "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "web;id", "--help", "-x", "../x", "a/b", ".hidden", "a b", "é", &long] {
+            assert!(service_name_error(bad).is_some(), "{bad:?}");
+        }
+    }
+}
