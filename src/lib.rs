@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod names;
 pub mod notify;
+pub mod operate;
 pub mod projects;
 pub mod releases;
 pub mod runtime;

@@ -143,9 +143,16 @@ fn list_body(v: &Viewer, projects: &[Project], form: &ProjectForm, errors: &Form
     }
 }
 
-pub async fn list_page(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {
+pub async fn list_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
     let projects = state.db.read(store::list).await?;
-    let body = list_body(&v, &projects, &ProjectForm::default(), &FormErrors::default());
+    let body = html! {
+        (layout::notice(q.done.as_deref()))
+        (list_body(&v, &projects, &ProjectForm::default(), &FormErrors::default()))
+    };
     Ok((no_store(), page(&v, "Projects", Nav::Projects, body)).into_response())
 }
 
@@ -395,6 +402,8 @@ fn environment_card(
             }
             // What runs now, apart from how the last deploy ended (issue 14, src/runtime).
             (crate::runtime::pages::panel(v, runtime))
+            (crate::operate::actions_pages::take_down_form(v, env.id, &env.name))
+            (crate::operate::delete_pages::environment_delete_form(v, env.id, &env.name))
             p.retention { small { (retention_line(env, defaults)) } }
             @if v.can(Role::Member) { (retention_form(v, env, defaults, retention)) }
             (triggers_form(v, project, env, triggers))
@@ -577,6 +586,7 @@ pub async fn render_project(
                     @if editable { button type="submit" { "Save settings" } }
                 }
             }
+            (crate::operate::delete_pages::project_delete_form(v, project.id, &project.name))
         }
     };
     Ok(page(v, &project.name, Nav::Projects, body))
