@@ -126,9 +126,9 @@ async fn refuse_if_unsafe(state: &AppState, plans: &[Plan], opts: DeleteOptions)
     for p in plans {
         if !p.offline.is_empty() && !opts.force {
             return Err(DeleteError::AgentOffline(format!(
-                "agent {} of {:?} is offline: deleting now would leave its stack (compose project {:?}) \
-                 running on its target with nobody tracking it. Start the agent and delete again (its \
-                 stack is then taken down first), or, as an admin, force the deletion (?force=true)",
+                "agent {} of {:?} is offline: deleting now, its stack (compose project {:?}) would be \
+                 left running on its target with nobody tracking it. Start the agent and delete again \
+                 (its stack is then taken down first), or, as an admin, force the deletion (?force=true)",
                 p.offline.join(", "),
                 p.target.environment,
                 p.target.compose_project

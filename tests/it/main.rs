@@ -5,6 +5,7 @@
 
 mod abuse;
 mod accounts;
+mod actions;
 mod agent_engine;
 mod agent_git;
 mod agent_identity;

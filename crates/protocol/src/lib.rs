@@ -453,9 +453,20 @@ pub fn decode<M: serde::de::DeserializeOwned>(
 }
 
 /// Message types an agent may send.
-pub const AGENT_MESSAGE_TYPES: &[&str] = &["HELLO", "LOG", "STATUS", "RUNTIME", "ERROR"];
+pub const AGENT_MESSAGE_TYPES: &[&str] = &[
+    "HELLO",
+    "LOG",
+    "STATUS",
+    "RUNTIME",
+    "CONTAINER_LOG",
+    "CONTAINER_LOG_END",
+    "ACTION_RESULT",
+    "ERROR",
+];
 /// Message types a server may send.
-pub const SERVER_MESSAGE_TYPES: &[&str] = &["DEPLOY", "ACK", "CANCEL", "LOG_ACK", "WATCH", "ERROR", "REKEY"];
+pub const SERVER_MESSAGE_TYPES: &[&str] = &[
+    "DEPLOY", "ACK", "CANCEL", "LOG_ACK", "WATCH", "LOGS", "LOGS_STOP", "ACTION", "ERROR", "REKEY",
+];
 
 pub fn decode_agent_message(frame: &str) -> Result<Incoming<AgentMessage>, DecodeError> {
     decode(frame, AGENT_MESSAGE_TYPES)

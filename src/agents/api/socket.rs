@@ -346,7 +346,9 @@ async fn await_hello(
                 // Known names only, so the stored list stays short whatever an agent sends.
                 capabilities: capabilities
                     .into_iter()
-                    .filter(|c| [release::CAP_RELEASES, release::CAP_RUNTIME].contains(&c.as_str()))
+                    .filter(|c| {
+                        [release::CAP_RELEASES, release::CAP_RUNTIME, protocol::operate::CAP_OPERATE].contains(&c.as_str())
+                    })
                     .collect(),
             };
             Some((hello, active_deployments))
