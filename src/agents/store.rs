@@ -169,7 +169,10 @@ pub fn remove_revoked(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentE
     if !before.revoked {
         return Err(AgentError::NotRevoked);
     }
-    tx.execute("DELETE FROM agents WHERE id = ?1 AND revoked_at IS NOT NULL", [id])?;
+    tx.execute(
+        "DELETE FROM agents WHERE id = ?1 AND revoked_at IS NOT NULL",
+        [id],
+    )?;
     Ok(before)
 }
 

@@ -160,7 +160,10 @@ pub async fn run(
 
 /// The environment, the agents to send to, and the masker for their answers. Refuses when no
 /// agent could run it, or a deployment is in flight.
-async fn prepare(state: &AppState, environment_id: i64) -> Result<(Target, Vec<EnvAgent>, Masker), ActionError> {
+async fn prepare(
+    state: &AppState,
+    environment_id: i64,
+) -> Result<(Target, Vec<EnvAgent>, Masker), ActionError> {
     let vault = state.vault.clone();
     let (target, agents, in_flight, masker) = state
         .db
@@ -197,7 +200,11 @@ async fn prepare(state: &AppState, environment_id: i64) -> Result<(Target, Vec<E
             "no online agent of {:?} offers actions (the `operate` capability): update its agent \
              ({}) to this version, then try again",
             target.environment,
-            online.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            online
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     Ok((target, online, masker))
@@ -287,7 +294,12 @@ async fn record(
         .agents
         .iter()
         .map(|a| match &a.error {
-            Some(e) => format!("{} {}: {}", a.name, a.result, e.chars().take(200).collect::<String>()),
+            Some(e) => format!(
+                "{} {}: {}",
+                a.name,
+                a.result,
+                e.chars().take(200).collect::<String>()
+            ),
             None => format!("{} {}", a.name, a.result),
         })
         .collect::<Vec<_>>()

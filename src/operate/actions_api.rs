@@ -50,7 +50,9 @@ async fn service_action(
     service: &str,
     action: Action,
 ) -> Result<axum::Json<ActionOutcome>, WebError> {
-    Ok(axum::Json(actions::run(state, who, id, action, Some(service)).await?))
+    Ok(axum::Json(
+        actions::run(state, who, id, action, Some(service)).await?,
+    ))
 }
 
 pub async fn restart(
@@ -82,5 +84,7 @@ pub async fn down(
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
 ) -> Result<axum::Json<ActionOutcome>, WebError> {
-    Ok(axum::Json(actions::run(&state, &who, id, Action::Down, None).await?))
+    Ok(axum::Json(
+        actions::run(&state, &who, id, Action::Down, None).await?,
+    ))
 }

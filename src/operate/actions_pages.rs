@@ -96,7 +96,11 @@ pub async fn service_action(
     Path((id, service, action)): Path<(i64, String, String)>,
 ) -> Result<Response, PageError> {
     let target = project_of(&state, id).await?;
-    let title = format!("{} {}", action.chars().take(16).collect::<String>(), service.chars().take(63).collect::<String>());
+    let title = format!(
+        "{} {}",
+        action.chars().take(16).collect::<String>(),
+        service.chars().take(63).collect::<String>()
+    );
     let action = match actions::service_action(&action) {
         Ok(a) => a,
         Err(e) => return Ok(failure(&v, Some(target.project_id), &title, &e.into())),

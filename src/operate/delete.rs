@@ -116,7 +116,11 @@ async fn plan(state: &AppState, env_ids: Vec<i64>) -> Result<Vec<Plan>, DeleteEr
             .filter(|a| a.ever_connected)
             .map(|a| a.name)
             .collect();
-        plans.push(Plan { target, down, offline });
+        plans.push(Plan {
+            target,
+            down,
+            offline,
+        });
     }
     Ok(plans)
 }
@@ -186,8 +190,17 @@ async fn take_down(
                     ActionError::Failed(m) => ActionError::Failed(format!("{}: {m}", p.target.environment)),
                     other => other,
                 })?;
-            let names: Vec<&str> = p.down.iter().filter(|a| a.operates).map(|a| a.name.as_str()).collect();
-            notes.push(format!("{} taken down through {}", p.target.environment, names.join(", ")));
+            let names: Vec<&str> = p
+                .down
+                .iter()
+                .filter(|a| a.operates)
+                .map(|a| a.name.as_str())
+                .collect();
+            notes.push(format!(
+                "{} taken down through {}",
+                p.target.environment,
+                names.join(", ")
+            ));
         }
         if !p.offline.is_empty() {
             notes.push(format!(

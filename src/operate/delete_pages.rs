@@ -41,7 +41,13 @@ fn delete_form(v: &Viewer, action: &str, what: &str, name: &str, testid: &str) -
 
 /// "Delete project" (admin), for the project's settings.
 pub fn project_delete_form(v: &Viewer, project_id: i64, name: &str) -> Markup {
-    delete_form(v, &format!("/projects/{project_id}/delete"), "project", name, "delete-project")
+    delete_form(
+        v,
+        &format!("/projects/{project_id}/delete"),
+        "project",
+        name,
+        "delete-project",
+    )
 }
 
 /// "Delete environment" (admin), for each environment's card.
@@ -100,10 +106,7 @@ pub async fn delete_project(
     Path(id): Path<i64>,
     Form(form): Form<DeleteForm>,
 ) -> Result<Response, PageError> {
-    let project = state
-        .db
-        .read(move |c| crate::projects::store::get(c, id))
-        .await?;
+    let project = state.db.read(move |c| crate::projects::store::get(c, id)).await?;
     let back = format!("/projects/{id}#settings");
     let title = format!("Delete project {}", project.name);
     if form.confirm.trim() != project.name {

@@ -285,7 +285,12 @@ pub fn routes() -> Routes {
             MEMBER,
             operate::actions_pages::service_action,
         )
-        .add(M::POST, "/environments/{id}/down", MEMBER, operate::actions_pages::down)
+        .add(
+            M::POST,
+            "/environments/{id}/down",
+            MEMBER,
+            operate::actions_pages::down,
+        )
         .add(
             M::POST,
             "/environments/{id}/delete",

@@ -46,10 +46,18 @@ async fn actions_are_refused_without_an_operating_agent_with_a_hostile_name_or_w
     let (pid, envs) = api.project("ops", &["staging"]).await;
     let env = envs[0];
 
-    let (status, body) = api.post(&format!("/api/environments/{env}/services/web/restart"), json!({})).await;
+    let (status, body) = api
+        .post(
+            &format!("/api/environments/{env}/services/web/restart"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 409, "no agent: {body}");
     assert_eq!(body["error"]["code"], "no_agent");
-    assert!(body["error"]["message"].as_str().unwrap().contains("no agent"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("no agent"),
+        "{body}"
+    );
     assert_eq!(api.post("/api/environments/999999/down", json!({})).await.0, 404);
 
     // An agent of issue 14 (no `operate`): refused, saying so; nothing is sent to it.
@@ -57,32 +65,57 @@ async fn actions_are_refused_without_an_operating_agent_with_a_hostile_name_or_w
     let mut old = connect(api, &old_token, &["releases", "runtime"]).await;
     assert_eq!(old.recv().await["type"], "WATCH");
     api.wait_online(old_id).await;
-    let (status, body) = api.post(&format!("/api/environments/{env}/down"), json!({})).await;
+    let (status, body) = api
+        .post(&format!("/api/environments/{env}/down"), json!({}))
+        .await;
     assert_eq!(status, 409, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("operate") && message.contains("old"), "{message}");
-    assert!(old.recv_within(Duration::from_millis(300)).await.is_none(), "nothing sent");
+    assert!(
+        message.contains("operate") && message.contains("old"),
+        "{message}"
+    );
+    assert!(
+        old.recv_within(Duration::from_millis(300)).await.is_none(),
+        "nothing sent"
+    );
 
     let (agent_id, token) = api.agent(env, "web-1").await;
     let mut agent = operating(api, &token).await;
     api.wait_online(agent_id).await;
     for hostile in ["web%3Bid", "--help", "..%2Fx", "a%20b"] {
         let (status, body) = api
-            .post(&format!("/api/environments/{env}/services/{hostile}/restart"), json!({}))
+            .post(
+                &format!("/api/environments/{env}/services/{hostile}/restart"),
+                json!({}),
+            )
             .await;
         assert_eq!(status, 400, "{hostile}: {body}");
         assert_eq!(body["error"]["code"], "invalid_service");
     }
-    assert!(agent.recv_within(Duration::from_millis(300)).await.is_none(), "nothing ran");
+    assert!(
+        agent.recv_within(Duration::from_millis(300)).await.is_none(),
+        "nothing ran"
+    );
 
     // A deployment waiting for its agent: no action until it ends.
     let d = api.ok(&format!("/api/deploy/{pid}"), json!({}), 202).await;
     let id = d["deployment_id"].as_i64().unwrap();
-    let (status, body) = api.post(&format!("/api/environments/{env}/services/web/stop"), json!({})).await;
+    let (status, body) = api
+        .post(&format!("/api/environments/{env}/services/web/stop"), json!({}))
+        .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "deployment_in_progress");
-    assert!(body["error"]["message"].as_str().unwrap().contains(&format!("#{id}")), "{body}");
-    assert!(audited(&server, "service.stop").is_empty(), "a refusal is not audited as run");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("#{id}")),
+        "{body}"
+    );
+    assert!(
+        audited(&server, "service.stop").is_empty(),
+        "a refusal is not audited as run"
+    );
     server.stop().await;
 }
 
@@ -123,23 +156,38 @@ async fn an_action_goes_to_the_environments_agent_and_only_its_answer_counts() {
     assert_eq!(body["environment_id"], envs[0]);
     assert_eq!(body["agents"][0]["name"], "web-1");
     assert_eq!(body["agents"][0]["result"], "done");
-    assert_eq!(audited(&server, "service.restart"), ["shop/staging web: done (web-1 done)"]);
+    assert_eq!(
+        audited(&server, "service.restart"),
+        ["shop/staging web: done (web-1 done)"]
+    );
 
     // A failure is 502 with the agent's reason, masked with the environment's secrets.
     let call = post(api, format!("/api/environments/{}/down", envs[0]));
     let action = next_action(&mut agent).await;
     assert_eq!(action["action"], "down");
     assert!(action.get("service").is_none_or(Value::is_null), "{action}");
-    answer(&mut agent, &action["request_id"], false, Some(&format!("down failed: {CANARY} x"))).await;
+    answer(
+        &mut agent,
+        &action["request_id"],
+        false,
+        Some(&format!("down failed: {CANARY} x")),
+    )
+    .await;
     let (status, body) = call.await.unwrap();
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "agent_failed");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("web-1") && message.contains("down failed"), "{message}");
+    assert!(
+        message.contains("web-1") && message.contains("down failed"),
+        "{message}"
+    );
     assert!(!message.contains(CANARY), "masked: {message}");
     let entries = audited(&server, "environment.down");
     assert_eq!(entries.len(), 1);
-    assert!(entries[0].starts_with("shop/staging: failed") && !entries[0].contains(CANARY), "{entries:?}");
+    assert!(
+        entries[0].starts_with("shop/staging: failed") && !entries[0].contains(CANARY),
+        "{entries:?}"
+    );
     server.stop().await;
 }
 
@@ -156,7 +204,10 @@ async fn an_agent_that_does_not_answer_is_a_504() {
     let (status, body) = call.await.unwrap();
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "agent_timeout");
-    assert!(body["error"]["message"].as_str().unwrap().contains("web-1"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("web-1"),
+        "{body}"
+    );
     server.stop().await;
 }
 
@@ -179,7 +230,10 @@ async fn deleting_takes_the_stack_down_first_and_an_offline_agent_needs_an_admin
     answer(&mut agent, &action["request_id"], true, None).await;
     let (status, body) = call.await.unwrap();
     assert_eq!(status, 204, "{body}");
-    assert_eq!(audited(&server, "environment.down"), ["gone/staging: done (web-1 done)"]);
+    assert_eq!(
+        audited(&server, "environment.down"),
+        ["gone/staging: done (web-1 done)"]
+    );
     assert_eq!(
         audited(&server, "environment.delete"),
         ["staging (staging taken down through web-1)"]
@@ -195,7 +249,13 @@ async fn deleting_takes_the_stack_down_first_and_an_offline_agent_needs_an_admin
     answer(&mut b, &action["request_id"], false, Some("down failed: boom")).await;
     let (status, body) = call.await.unwrap();
     assert_eq!(status, 502, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("nothing was deleted"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was deleted"),
+        "{body}"
+    );
     assert_eq!(api.get(&format!("/api/projects/{pid}")).await.0, 200);
 
     // Its agent offline: refused, naming it; a member cannot force; an admin can.
@@ -205,11 +265,23 @@ async fn deleting_takes_the_stack_down_first_and_an_offline_agent_needs_an_admin
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "agent_offline");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("prod-1") && message.contains("left running"), "{message}");
-    assert_eq!(member.delete(&format!("/api/projects/{pid}?force=true")).await.0, 403);
-    assert_eq!(api.delete(&format!("/api/projects/{pid}?force=true")).await.0, 204);
+    assert!(
+        message.contains("prod-1") && message.contains("left running"),
+        "{message}"
+    );
+    assert_eq!(
+        member.delete(&format!("/api/projects/{pid}?force=true")).await.0,
+        403
+    );
+    assert_eq!(
+        api.delete(&format!("/api/projects/{pid}?force=true")).await.0,
+        204
+    );
     let deleted = audited(&server, "project.delete");
-    assert!(deleted[0].contains("forced") && deleted[0].contains("prod-1"), "{deleted:?}");
+    assert!(
+        deleted[0].contains("forced") && deleted[0].contains("prod-1"),
+        "{deleted:?}"
+    );
     server.stop().await;
 }
 
@@ -221,10 +293,19 @@ async fn a_revoked_agent_can_be_deleted() {
     let (id, _) = api.agent(envs[0], "old").await;
     assert_eq!(api.delete(&format!("/api/agents/{id}")).await.0, 204, "revoked");
     let (_, agents) = api.get("/api/agents").await;
-    assert!(agents.as_array().unwrap().iter().any(|a| a["id"] == id && a["revoked"] == true));
+    assert!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id && a["revoked"] == true)
+    );
     assert_eq!(api.delete(&format!("/api/agents/{id}")).await.0, 204, "deleted");
     let (_, agents) = api.get("/api/agents").await;
-    assert!(!agents.as_array().unwrap().iter().any(|a| a["id"] == id), "{agents}");
+    assert!(
+        !agents.as_array().unwrap().iter().any(|a| a["id"] == id),
+        "{agents}"
+    );
     assert_eq!(api.delete(&format!("/api/agents/{id}")).await.0, 404);
     assert_eq!(audited(&server, "agent.delete"), ["old (agents/staging)"]);
     // Its name is free again.

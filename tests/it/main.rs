@@ -6,6 +6,7 @@
 mod abuse;
 mod accounts;
 mod actions;
+mod actions_engine;
 mod agent_engine;
 mod agent_git;
 mod agent_identity;

@@ -114,7 +114,13 @@ pub async fn run(compose: &Compose, a: &Accepted, timeout: Duration) -> Result<(
     }
     let out = match tokio::time::timeout(timeout, process::output_capped(cmd, 256 * 1024)).await {
         // The future dropped kills the command's whole process group (process::Running).
-        Err(_) => return Err(format!("{} timed out after {} s", a.action.as_str(), timeout.as_secs())),
+        Err(_) => {
+            return Err(format!(
+                "{} timed out after {} s",
+                a.action.as_str(),
+                timeout.as_secs()
+            ));
+        }
         Ok(Err(e)) => return Err(format!("cannot run {}: {e}", compose.display())),
         Ok(Ok(None)) => return Err(format!("{} printed too much output", a.action.as_str())),
         Ok(Ok(Some(out))) => out,
@@ -148,19 +154,34 @@ mod tests {
 
     #[test]
     fn only_the_watched_project_and_valid_services_are_accepted() {
-        let ok = accept(Some("shop-staging"), None, false, "shop-staging", Action::Restart, Some("web"));
-        assert_eq!(
-            args(&ok.unwrap()),
-            ["-p", "shop-staging", "restart", "--", "web"]
+        let ok = accept(
+            Some("shop-staging"),
+            None,
+            false,
+            "shop-staging",
+            Action::Restart,
+            Some("web"),
         );
-        let down = accept(Some("shop-staging"), None, false, "shop-staging", Action::Down, None).unwrap();
+        assert_eq!(args(&ok.unwrap()), ["-p", "shop-staging", "restart", "--", "web"]);
+        let down = accept(
+            Some("shop-staging"),
+            None,
+            false,
+            "shop-staging",
+            Action::Down,
+            None,
+        )
+        .unwrap();
         assert_eq!(args(&down), ["-p", "shop-staging", "down", "--remove-orphans"]);
         let all = accept(Some("p"), None, false, "p", Action::Stop, None).unwrap();
         assert_eq!(args(&all), ["-p", "p", "stop"]);
 
         let e = accept(Some("shop-staging"), None, false, "other", Action::Stop, None).unwrap_err();
         assert!(e.contains("not the compose project"), "{e}");
-        assert!(accept(None, None, false, "p", Action::Stop, None).is_err(), "no WATCH yet");
+        assert!(
+            accept(None, None, false, "p", Action::Stop, None).is_err(),
+            "no WATCH yet"
+        );
         for bad in ["web;id", "--help", "../x", ""] {
             let e = accept(Some("p"), None, false, "p", Action::Restart, Some(bad)).unwrap_err();
             assert!(e.contains("invalid service name"), "{bad}: {e}");

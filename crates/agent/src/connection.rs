@@ -281,7 +281,11 @@ impl Agent {
             compose_version: self.host.compose_version.clone(),
             active_deployments: Some(self.active_deployments()),
             recipient: Some(self.identity.recipient().to_owned()),
-            capabilities: vec![CAP_RELEASES.to_owned(), CAP_RUNTIME.to_owned(), CAP_OPERATE.to_owned()],
+            capabilities: vec![
+                CAP_RELEASES.to_owned(),
+                CAP_RUNTIME.to_owned(),
+                CAP_OPERATE.to_owned(),
+            ],
         };
         // Every connection starts afresh: the appliance says in WATCH what to report, and the
         // first RUNTIME after it is sent whatever was sent before.
@@ -591,7 +595,10 @@ impl Agent {
                 project,
                 action,
                 service,
-            })) => self.on_action(request_id, &project, action, service.as_deref(), sink).await,
+            })) => {
+                self.on_action(request_id, &project, action, service.as_deref(), sink)
+                    .await
+            }
             Ok(Incoming::Unknown(kind)) => {
                 tracing::debug!(%kind, "ignoring a message type this agent does not know");
                 Ok(())
@@ -796,7 +803,9 @@ impl Agent {
 }
 
 /// The running ACTION's end: its request id and outcome.
-async fn next_action(action: &mut Option<(u64, JoinHandle<Result<(), String>>)>) -> (u64, Result<(), String>) {
+async fn next_action(
+    action: &mut Option<(u64, JoinHandle<Result<(), String>>)>,
+) -> (u64, Result<(), String>) {
     match action {
         Some((id, handle)) => {
             let result = handle

@@ -491,7 +491,10 @@ async fn hello_offers_releases_and_runtime_and_a_bad_pin_fails_before_anything_r
     let AgentMessage::Hello { capabilities, .. } = next_msg(&mut rx).await else {
         panic!("first frame must be HELLO")
     };
-    assert_eq!(capabilities, [CAP_RELEASES, CAP_RUNTIME, stagely_protocol::operate::CAP_OPERATE]);
+    assert_eq!(
+        capabilities,
+        [CAP_RELEASES, CAP_RUNTIME, stagely_protocol::operate::CAP_OPERATE]
+    );
 
     // A pin that is a tag, not a digest or an image id: refused naming the service.
     let ServerMessage::Deploy {

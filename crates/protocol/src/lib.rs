@@ -465,7 +465,16 @@ pub const AGENT_MESSAGE_TYPES: &[&str] = &[
 ];
 /// Message types a server may send.
 pub const SERVER_MESSAGE_TYPES: &[&str] = &[
-    "DEPLOY", "ACK", "CANCEL", "LOG_ACK", "WATCH", "LOGS", "LOGS_STOP", "ACTION", "ERROR", "REKEY",
+    "DEPLOY",
+    "ACK",
+    "CANCEL",
+    "LOG_ACK",
+    "WATCH",
+    "LOGS",
+    "LOGS_STOP",
+    "ACTION",
+    "ERROR",
+    "REKEY",
 ];
 
 pub fn decode_agent_message(frame: &str) -> Result<Incoming<AgentMessage>, DecodeError> {

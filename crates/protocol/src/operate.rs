@@ -75,7 +75,8 @@ pub const MAX_SERVICE_NAME: usize = 63;
 /// (so never an option such as `--help`, a path such as `../x`, or shell syntax such as
 /// `web;id`). Both the appliance (before sending) and the agent (before running) check it.
 pub fn service_name_error(name: &str) -> Option<String> {
-    let rule = "a service name is 1 to 63 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit";
+    let rule =
+        "a service name is 1 to 63 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit";
     let ok = !name.is_empty()
         && name.len() <= MAX_SERVICE_NAME
         && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -95,7 +96,9 @@ mod tests {
             assert_eq!(service_name_error(good), None, "{good}");
         }
         let long = "a".repeat(64);
-        for bad in ["", "web;id", "--help", "-x", "../x", "a/b", ".hidden", "a b", "é", &long] {
+        for bad in [
+            "", "web;id", "--help", "-x", "../x", "a/b", ".hidden", "a b", "é", &long,
+        ] {
             assert!(service_name_error(bad).is_some(), "{bad:?}");
         }
     }

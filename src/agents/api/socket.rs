@@ -347,7 +347,12 @@ async fn await_hello(
                 capabilities: capabilities
                     .into_iter()
                     .filter(|c| {
-                        [release::CAP_RELEASES, release::CAP_RUNTIME, protocol::operate::CAP_OPERATE].contains(&c.as_str())
+                        [
+                            release::CAP_RELEASES,
+                            release::CAP_RUNTIME,
+                            protocol::operate::CAP_OPERATE,
+                        ]
+                        .contains(&c.as_str())
                     })
                     .collect(),
             };
