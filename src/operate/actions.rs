@@ -19,7 +19,7 @@ use stagely_protocol::operate::{self, Action};
 use stagely_protocol::{self as protocol, ServerMessage};
 
 use super::actions_store::{self as store, EnvAgent, Target};
-use crate::agents::hub::Outbound;
+use crate::agents::hub::{HubEvent, Outbound};
 use crate::agents::requests::Reply;
 use crate::app::AppState;
 use crate::audit;
@@ -62,6 +62,9 @@ impl From<rusqlite::Error> for ActionError {
         ActionError::Db(e.into())
     }
 }
+
+/// How long a successful action waits for the agent's RUNTIME report of the new state.
+const RUNTIME_WAIT: Duration = Duration::from_secs(5);
 
 /// What one agent answered.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -221,6 +224,8 @@ pub(super) async fn send_and_wait(
     masker: &Masker,
 ) -> Result<ActionOutcome, ActionError> {
     let wait = Duration::from_secs(state.config.agents.action_timeout_secs);
+    // Subscribed before sending, so the RUNTIME that follows the action is not missed.
+    let mut events = state.hub.events();
     let waits = agents.iter().map(|a| async move {
         let outcome = |result: &str, ok: bool, error: Option<String>| AgentOutcome {
             id: a.id,
@@ -267,6 +272,21 @@ pub(super) async fn send_and_wait(
         }
     });
     let answers = futures_util::future::join_all(waits).await;
+    if answers.iter().any(|a| a.result == "done") {
+        // The agent reports what runs now right after the action (RUNTIME): waiting a moment
+        // for it means the answer, and a page loaded after it, show the new state.
+        let env_id = target.environment_id;
+        let _ = tokio::time::timeout(RUNTIME_WAIT, async {
+            loop {
+                match events.recv().await {
+                    Ok(HubEvent::RuntimeChanged { environment_id }) if environment_id == env_id => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+    }
     Ok(ActionOutcome {
         environment_id: target.environment_id,
         service: service.map(str::to_owned),
