@@ -29,7 +29,7 @@ if [ "$quick" = 1 ]; then
   cargo test --workspace --all-targets "$@" -- \
     --skip agent_engine:: --skip e2e_engine:: --skip web_browser:: --skip packaging:: \
     --skip operations:: --skip bench_quick:: --skip agent_git:: --skip agent_override:: --skip agent_run:: --skip agent_policy:: --skip compose_names:: \
-    --skip faults:: --skip log_resend:: --skip hooks_engine:: --skip cancel_engine:: --skip releases_engine:: --skip agent_release:: --skip container_logs_engine::
+    --skip faults:: --skip log_resend:: --skip hooks_engine:: --skip cancel_engine:: --skip releases_engine:: --skip agent_release:: --skip container_logs_engine:: --skip actions_engine::
   exit 0
 fi
 

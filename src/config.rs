@@ -107,6 +107,9 @@ pub struct AgentsConfig {
     /// Handshakes with a wrong agent token allowed per client address per minute (a burst of
     /// this many, refilled evenly); past it the address gets 429 without a database lookup.
     pub max_failed_handshakes_per_ip_per_min: u32,
+    /// How long the appliance waits for an agent's ACTION_RESULT (restart/stop/start/down)
+    /// before answering 504; the agent gives its compose command 110 s.
+    pub action_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +349,7 @@ impl Default for AgentsConfig {
             // and Retry-After spread them; 1,000/s kept /healthz p99 near 30 ms (BENCHMARKS.md).
             max_handshakes_per_sec: 1000,
             max_failed_handshakes_per_ip_per_min: 60,
+            action_timeout_secs: 120,
         }
     }
 }
@@ -473,6 +477,9 @@ impl Config {
                 "agents.max_failed_handshakes_per_ip_per_min",
                 "must be at least 1",
             );
+        }
+        if self.agents.action_timeout_secs == 0 || self.agents.action_timeout_secs > 3600 {
+            return invalid("agents.action_timeout_secs", "must be between 1 and 3600");
         }
         if self.http.header_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
             return invalid("http", "timeouts must be at least 1 second");

@@ -38,6 +38,9 @@ pub enum AgentError {
     Invalid { field: &'static str, message: String },
     #[error("this agent has no pinned identity to reset")]
     NotPinned,
+    /// Only a revoked agent can be removed for good (issue 15).
+    #[error("revoke this agent first: only a revoked agent can be deleted")]
+    NotRevoked,
     /// The name is already used by an agent of this environment (revoked ones included).
     #[error("name: this environment already has an agent named {0:?} (revoked agents keep their names)")]
     NameTaken(String),

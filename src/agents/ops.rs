@@ -111,6 +111,24 @@ pub async fn revoke_agent(state: &AppState, who: &Principal, id: i64) -> Result<
     Ok(())
 }
 
+/// Delete a revoked agent for good (its name becomes free; its deployments stay, without it).
+pub async fn delete_revoked_agent(state: &AppState, who: &Principal, id: i64) -> Result<(), AgentError> {
+    let actor = who.actor.clone();
+    state
+        .db
+        .write(move |tx| {
+            let agent = store::remove_revoked(tx, id)?;
+            let detail = format!("{} ({}/{})", agent.name, agent.project, agent.environment);
+            let entry = audit::Entry::new(&actor, "agent.delete", "agent", Some(id))
+                .name(&agent.name)
+                .project(agent.project_id)
+                .detail(&detail);
+            audit::record(tx, now_ms(), &entry)?;
+            Ok::<_, AgentError>(())
+        })
+        .await
+}
+
 /// Forget an agent's pinned identity (after its target was reinstalled, say) and close its
 /// connection, so it reconnects at once and its next HELLO pins the recipient it offers.
 pub async fn reset_identity(state: &AppState, who: &Principal, id: i64) -> Result<(), AgentError> {

@@ -108,6 +108,12 @@ fn body(
                                                 (csrf_field(&v.csrf))
                                                 button.small.secondary.outline type="submit" { "Revoke" }
                                             }
+                                        } @else {
+                                            form method="post" action=(format!("/agents/{}/delete", a.id)) {
+                                                (csrf_field(&v.csrf))
+                                                button.small.secondary.outline type="submit"
+                                                    data-testid=(format!("delete-agent-{}", a.id)) { "Delete" }
+                                            }
                                         }
                                     }
                                 }
@@ -321,6 +327,16 @@ pub async fn revoke(
 ) -> Result<Response, PageError> {
     revoke_agent(&state, &who, id).await?;
     Ok(layout::see_other("/agents?done=agent-revoked"))
+}
+
+/// `POST /agents/{id}/delete` (admin): delete a revoked agent for good.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    super::ops::delete_revoked_agent(&state, &who, id).await?;
+    Ok(layout::see_other("/agents?done=agent-deleted"))
 }
 
 /// One agent: its state, its pinned identity, and what was seen of its token elsewhere.

@@ -163,6 +163,19 @@ pub fn revoke(tx: &Transaction<'_>, id: i64, now: i64) -> Result<AgentInfo, Agen
     Ok(before)
 }
 
+/// Remove a revoked agent's record (its deployments keep their history, their agent unset).
+pub fn remove_revoked(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentError> {
+    let before = get(tx, id)?;
+    if !before.revoked {
+        return Err(AgentError::NotRevoked);
+    }
+    tx.execute(
+        "DELETE FROM agents WHERE id = ?1 AND revoked_at IS NOT NULL",
+        [id],
+    )?;
+    Ok(before)
+}
+
 pub fn mark_online(
     tx: &Transaction<'_>,
     id: i64,

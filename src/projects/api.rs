@@ -3,7 +3,6 @@
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
 
 use super::{
     Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectError, ProjectInput, ProjectPatch, ops,
@@ -61,20 +60,15 @@ pub async fn patch(
     Ok(axum::Json(ops::update_project(&state, &who, id, patch).await?))
 }
 
-/// `?stack_removed=true` on a delete: the person took the stack down on the target themselves.
-#[derive(Debug, Default, Deserialize)]
-pub struct DeleteQuery {
-    #[serde(default)]
-    stack_removed: bool,
-}
-
+/// `DELETE /api/projects/{id}` (`?stack_removed=true`, `?force=true`): its stacks are taken
+/// down through their agents first (src/operate/delete.rs).
 pub async fn delete(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-    Query(q): Query<DeleteQuery>,
+    Query(q): Query<crate::operate::delete::DeleteOptions>,
 ) -> Result<StatusCode, WebError> {
-    ops::delete_project(&state, &who, id, q.stack_removed).await?;
+    crate::operate::delete::delete_project(&state, &who, id, q).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -112,8 +106,8 @@ pub async fn delete_environment(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-    Query(q): Query<DeleteQuery>,
+    Query(q): Query<crate::operate::delete::DeleteOptions>,
 ) -> Result<StatusCode, WebError> {
-    ops::delete_environment(&state, &who, id, q.stack_removed).await?;
+    crate::operate::delete::delete_environment(&state, &who, id, q).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -59,6 +59,18 @@ pub async fn update_project(
         .await
 }
 
+/// What a deletion does about the stacks that may run on the targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StackCheck {
+    /// Refuse while one may run ([`guard_stack`]).
+    Guard,
+    /// The person says they took it down on the target themselves (`?stack_removed=true`).
+    Confirmed,
+    /// Decided by the caller (src/operate/delete.rs took the stacks down through their agents,
+    /// or an admin forced it): deleted, the audit entry ending with this note.
+    Handled(String),
+}
+
 /// Refuse to forget an environment whose stack may still run on its target, unless the person
 /// says they took it down (`stack_removed`): deleting it here would leave it running untracked,
 /// its containers holding the secrets' values, with nothing to update or remove it.
@@ -66,11 +78,16 @@ fn guard_stack(
     c: &rusqlite::Connection,
     project_id: Option<i64>,
     environment_id: Option<i64>,
-    stack_removed: bool,
-) -> Result<&'static str, ProjectError> {
+    check: &StackCheck,
+) -> Result<String, ProjectError> {
+    if let StackCheck::Handled(note) = check {
+        return Ok(note.clone());
+    }
     match store::stack_in_use(c, project_id, environment_id)? {
-        None => Ok(""),
-        Some(_) if stack_removed => Ok(" (its stack taken down on the target, as confirmed)"),
+        None => Ok(String::new()),
+        Some(_) if *check == StackCheck::Confirmed => {
+            Ok(" (its stack taken down on the target, as confirmed)".into())
+        }
         Some((environment, compose_project, deployment_id)) => Err(ProjectError::StackRunning {
             environment,
             compose_project,
@@ -85,14 +102,14 @@ pub async fn delete_project(
     state: &AppState,
     who: &Principal,
     id: i64,
-    stack_removed: bool,
+    check: StackCheck,
 ) -> Result<(), ProjectError> {
     let actor = who.actor.clone();
     let agents = state
         .db
         .write(move |tx| {
             let project = store::get(tx, id)?;
-            let note = guard_stack(tx, Some(id), None, stack_removed)?;
+            let note = guard_stack(tx, Some(id), None, &check)?;
             let agents = agent_store::ids_for_project(tx, id)?;
             store::delete(tx, id)?;
             audit::record(
@@ -216,7 +233,7 @@ pub async fn delete_environment(
     state: &AppState,
     who: &Principal,
     id: i64,
-    stack_removed: bool,
+    check: StackCheck,
 ) -> Result<(), ProjectError> {
     let actor = who.actor.clone();
     let agents = state
@@ -224,7 +241,7 @@ pub async fn delete_environment(
         .write(move |tx| {
             let env = store::get_environment(tx, id)?;
             let env_project = store::get(tx, env.project_id)?.name;
-            let note = guard_stack(tx, None, Some(id), stack_removed)?;
+            let note = guard_stack(tx, None, Some(id), &check)?;
             let agents = agent_store::ids_for_environment(tx, id)?;
             store::delete_environment(tx, id)?;
             audit::record(

@@ -4,7 +4,7 @@
 //! Forms post to the same domain functions as the JSON API, so a bad value comes back as a typed
 //! error naming its field, shown next to that field; nothing is half-saved.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
@@ -25,6 +25,11 @@ use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, csrf_field, field_error, form_banner, invalid, no_store,
     page,
 };
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
 
 /// What the project forms hold when they come back with errors.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -137,9 +142,16 @@ fn list_body(v: &Viewer, projects: &[Project], form: &ProjectForm, errors: &Form
     }
 }
 
-pub async fn list_page(State(state): State<AppState>, v: Viewer) -> Result<Response, PageError> {
+pub async fn list_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
     let projects = state.db.read(store::list).await?;
-    let body = list_body(&v, &projects, &ProjectForm::default(), &FormErrors::default());
+    let body = html! {
+        (layout::notice(q.done.as_deref()))
+        (list_body(&v, &projects, &ProjectForm::default(), &FormErrors::default()))
+    };
     Ok((no_store(), page(&v, "Projects", Nav::Projects, body)).into_response())
 }
 

@@ -215,6 +215,7 @@ fn environment_card(
             }
             // What runs now, apart from how the last deploy ended (issue 14, src/runtime).
             (crate::runtime::pages::panel(v, runtime))
+            (crate::operate::actions_pages::take_down_form(v, env.id, &env.name))
             (auto_rollback_form(v, env))
         }
     }
@@ -448,6 +449,7 @@ async fn settings(
                         p.retention { small { (retention_line(env, defaults)) } }
                         @if editable { (retention_form(v, env, defaults, retention_of(env.id).as_ref())) }
                         (triggers_form(v, project, env, triggers_of(env.id).as_ref()))
+                        (crate::operate::delete_pages::environment_delete_form(v, env.id, &env.name))
                     }
                 }
             }
@@ -458,6 +460,7 @@ async fn settings(
             p { a href=(format!("/projects/{}/notifications", project.id)) { "Notification channels" }
                 span.muted { " — webhook, Slack, Discord or email when a deploy ends or an agent goes offline." } }
         }
+        (crate::operate::delete_pages::project_delete_form(v, project.id, &project.name))
     })
 }
 

@@ -67,7 +67,7 @@ pub fn panel_for(can_member: bool, csrf: &str, rt: &Runtime) -> Markup {
                 p.muted { "No container of this environment's compose project." }
             } @else {
                 table.runtime-services {
-                    thead { tr { th { "Service" } th { "State" } th { "Health" } th { "Restarts" } th { "Image" } th { "Digest" } th { "Started" } } }
+                    thead { tr { th { "Service" } th { "State" } th { "Health" } th { "Restarts" } th { "Image" } th { "Digest" } th { "Started" } @if can_member { th { "Actions" } } } }
                     tbody {
                         @for s in &rt.services {
                             tr {
@@ -78,6 +78,7 @@ pub fn panel_for(can_member: bool, csrf: &str, rt: &Runtime) -> Markup {
                                 td { code { (s.image) } }
                                 td { code title=(s.digest) { (short(&s.digest)) } }
                                 td { @if let Some(at) = &s.started_at { (ago(at, now)) } }
+                                @if can_member { td { (crate::operate::actions_pages::service_buttons(can_member, csrf, rt.environment_id, &s.name)) } }
                             }
                         }
                     }

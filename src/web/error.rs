@@ -39,6 +39,14 @@ pub enum WebError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+    /// Another status a domain chose on purpose (400 `invalid_service`, 502 `agent_failed`,
+    /// 504 `agent_timeout` for the lifecycle actions of src/operate).
+    #[error("{message}")]
+    Status {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl WebError {
@@ -61,6 +69,7 @@ impl WebError {
             WebError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             WebError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebError::Status { status, .. } => *status,
         }
     }
 
@@ -76,6 +85,7 @@ impl WebError {
             WebError::TooMany { .. } => "rate_limited",
             WebError::Unavailable(_) => "unavailable",
             WebError::Internal(_) => "internal",
+            WebError::Status { code, .. } => code,
         }
     }
 

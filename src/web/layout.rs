@@ -251,6 +251,13 @@ pub fn notice(code: Option<&str>) -> Markup {
             "This agent's token was shown once and is not kept. If it was not copied, revoke the agent and create another."
         }
         Some("agent-revoked") => "Agent revoked; its connection was closed.",
+        Some("agent-deleted") => "Revoked agent deleted.",
+        Some("action-done") => "Done. The runtime table shows what runs now.",
+        Some("environment-down") => {
+            "Environment taken down: its containers and networks are removed (volumes kept)."
+        }
+        Some("project-deleted") => "Project deleted (the audit log says what became of its stacks).",
+        Some("environment-deleted") => "Environment deleted (the audit log says what became of its stack).",
         Some("identity-reset") => {
             "Identity pin reset; the agent was disconnected and its next connection pins the identity it offers."
         }

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use crate::app::AppState;
 use crate::users::Role;
 use crate::users::pages::{account, github, people};
-use crate::{agents, audit, deploys, hooks, notify, projects, secrets, users};
+use crate::{agents, audit, deploys, hooks, notify, operate, projects, secrets, users};
 use auth::{Access, Routes};
 use error::WebError;
 
@@ -109,6 +109,31 @@ pub fn routes() -> Routes {
             "/api/environments/{id}/services/{service}/logs",
             MEMBER,
             crate::operate::logs_api::get,
+        )
+        // Issue 15: lifecycle actions through the environment's agents (src/operate).
+        .add(
+            M::POST,
+            "/api/environments/{id}/services/{service}/restart",
+            MEMBER,
+            operate::actions_api::restart,
+        )
+        .add(
+            M::POST,
+            "/api/environments/{id}/services/{service}/stop",
+            MEMBER,
+            operate::actions_api::stop,
+        )
+        .add(
+            M::POST,
+            "/api/environments/{id}/services/{service}/start",
+            MEMBER,
+            operate::actions_api::start,
+        )
+        .add(
+            M::POST,
+            "/api/environments/{id}/down",
+            MEMBER,
+            operate::actions_api::down,
         )
         .add(M::GET, "/api/projects/{id}/secrets", VIEWER, secrets::api::list)
         .add(
@@ -284,6 +309,30 @@ pub fn routes() -> Routes {
             MEMBER,
             projects::pages::set_auto_rollback,
         )
+        .add(
+            M::POST,
+            "/environments/{id}/services/{service}/{action}",
+            MEMBER,
+            operate::actions_pages::service_action,
+        )
+        .add(
+            M::POST,
+            "/environments/{id}/down",
+            MEMBER,
+            operate::actions_pages::down,
+        )
+        .add(
+            M::POST,
+            "/environments/{id}/delete",
+            ADMIN,
+            operate::delete_pages::delete_environment,
+        )
+        .add(
+            M::POST,
+            "/projects/{id}/delete",
+            ADMIN,
+            operate::delete_pages::delete_project,
+        )
         .add(M::POST, "/projects/{id}/webhook", MEMBER, hooks::pages::rotate)
         .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
         .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)
@@ -349,6 +398,7 @@ pub fn routes() -> Routes {
         .add(M::GET, "/agents/{id}", VIEWER, agents::pages::agent_page)
         .add(M::GET, "/agents/{id}/created", ADMIN, agents::pages::created_page)
         .add(M::POST, "/agents/{id}/revoke", ADMIN, agents::pages::revoke)
+        .add(M::POST, "/agents/{id}/delete", ADMIN, agents::pages::delete)
         .add(
             M::POST,
             "/agents/{id}/identity/reset",

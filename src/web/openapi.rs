@@ -123,10 +123,20 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
         ("PATCH", "/api/projects/{id}") => {
             op("Change a project", 200, Some(s.one::<Project>())).takes(s.one::<ProjectPatch>())
         }
-        ("DELETE", "/api/projects/{id}") => op("Delete a project", 204, None).query(
+        ("DELETE", "/api/projects/{id}") => op(
+            "Delete a project; each environment's stack is taken down through its agents first",
+            204,
+            None,
+        )
+        .query(
             "stack_removed",
             "boolean",
             "the stack was taken down on the target by hand",
+        )
+        .query(
+            "force",
+            "boolean",
+            "admin: delete even though an agent is offline (its stack is left running)",
         ),
         ("POST", "/api/projects/{id}/environments") => {
             op("Add an environment", 201, Some(s.one::<Environment>())).takes(s.one::<EnvironmentInput>())
@@ -135,10 +145,40 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
         ("PATCH", "/api/environments/{id}") => {
             op("Change an environment", 200, Some(s.one::<Environment>())).takes(s.one::<EnvironmentPatch>())
         }
-        ("DELETE", "/api/environments/{id}") => op("Delete an environment", 204, None).query(
+        ("DELETE", "/api/environments/{id}") => op(
+            "Delete an environment; its stack is taken down through its agents first",
+            204,
+            None,
+        )
+        .query(
             "stack_removed",
             "boolean",
             "the stack was taken down on the target by hand",
+        )
+        .query(
+            "force",
+            "boolean",
+            "admin: delete even though an agent is offline (its stack is left running)",
+        ),
+        ("POST", "/api/environments/{id}/services/{service}/restart") => op(
+            "Restart a service through the environment's agents",
+            200,
+            Some(s.one::<crate::operate::actions::ActionOutcome>()),
+        ),
+        ("POST", "/api/environments/{id}/services/{service}/stop") => op(
+            "Stop a service through the environment's agents",
+            200,
+            Some(s.one::<crate::operate::actions::ActionOutcome>()),
+        ),
+        ("POST", "/api/environments/{id}/services/{service}/start") => op(
+            "Start a stopped service through the environment's agents",
+            200,
+            Some(s.one::<crate::operate::actions::ActionOutcome>()),
+        ),
+        ("POST", "/api/environments/{id}/down") => op(
+            "Take an environment down (compose down, volumes kept) through its agents",
+            200,
+            Some(s.one::<crate::operate::actions::ActionOutcome>()),
         ),
         ("GET", "/api/environments/{id}/runtime") => op(
             "What runs in an environment and its drift from the last release",
@@ -184,7 +224,11 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
         .query("actor", "string", "only entries by this actor (`token:ci`, `cli`; a bare name also matches `user:<name>`)")
         .query("before", "integer", "entries older than this id (paging)")
         .query("limit", "integer", "at most this many entries (1 to 500, default 100)"),
-        ("DELETE", "/api/agents/{id}") => op("Revoke an agent", 204, None),
+        ("DELETE", "/api/agents/{id}") => op(
+            "Revoke an agent; an agent already revoked is deleted",
+            204,
+            None,
+        ),
         ("POST", "/api/agents/{id}/identity/reset") => op("Forget an agent's pinned identity", 204, None),
         ("POST", "/api/deploy/{project_id}") => {
             op("Deploy an environment", 202, Some(s.one::<DeployAccepted>())).takes(s.one::<DeployRequest>())

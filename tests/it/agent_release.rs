@@ -287,7 +287,10 @@ async fn a_watched_project_reports_runtime_after_docker_stop() {
     else {
         panic!("HELLO first")
     };
-    assert_eq!(capabilities, [CAP_RELEASES, CAP_RUNTIME]);
+    assert_eq!(
+        capabilities,
+        [CAP_RELEASES, CAP_RUNTIME, stagely_protocol::operate::CAP_OPERATE]
+    );
 
     send(
         &mut ws,

@@ -5,6 +5,8 @@
 
 mod abuse;
 mod accounts;
+mod actions;
+mod actions_engine;
 mod agent_engine;
 mod agent_git;
 mod agent_identity;

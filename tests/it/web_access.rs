@@ -31,6 +31,18 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/environments/{id}", "admin"),
     ("GET", "/api/environments/{id}/runtime", "viewer"),
     ("GET", "/api/environments/{id}/services/{service}/logs", "member"),
+    (
+        "POST",
+        "/api/environments/{id}/services/{service}/restart",
+        "member",
+    ),
+    ("POST", "/api/environments/{id}/services/{service}/stop", "member"),
+    (
+        "POST",
+        "/api/environments/{id}/services/{service}/start",
+        "member",
+    ),
+    ("POST", "/api/environments/{id}/down", "member"),
     ("GET", "/api/projects/{id}/secrets", "viewer"),
     ("POST", "/api/projects/{id}/secrets", "member"),
     ("PUT", "/api/secrets/{id}", "member"),
@@ -94,6 +106,10 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/environments/{id}/retention", "member"),
     ("POST", "/environments/{id}/triggers", "member"),
     ("POST", "/environments/{id}/rollback", "member"),
+    ("POST", "/environments/{id}/services/{service}/{action}", "member"),
+    ("POST", "/environments/{id}/down", "member"),
+    ("POST", "/environments/{id}/delete", "admin"),
+    ("POST", "/projects/{id}/delete", "admin"),
     ("POST", "/projects/{id}/webhook", "member"),
     ("POST", "/projects/{id}/secrets", "member"),
     ("POST", "/secrets/{id}", "member"),
@@ -112,6 +128,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/agents/{id}/created", "admin"),
     ("GET", "/agents/{id}", "viewer"),
     ("POST", "/agents/{id}/revoke", "admin"),
+    ("POST", "/agents/{id}/delete", "admin"),
     ("POST", "/agents/{id}/identity/reset", "admin"),
     ("GET", "/users", "admin"),
     ("POST", "/users/invite", "admin"),
@@ -189,7 +206,8 @@ async fn every_route_with_every_role_and_without_a_session() {
             .replace("{project_id}", "999999")
             .replace("{*path}", "app.css")
             .replace("{target}", "linux-x86_64")
-            .replace("{service}", "web");
+            .replace("{service}", "web")
+            .replace("{action}", "restart");
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         for (client, rank) in &mut sessions {
             let mut anonymous = WebClient::new(&server.url);

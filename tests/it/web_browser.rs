@@ -301,9 +301,6 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
         shot(b, name).await;
     }
 
-    // The actions last: they stop, take down and delete what the flow deployed.
-    crate::browser_actions::steps(&f).await;
-
     // 9. On a phone's width no page scrolls sideways (the navigation wraps).
     b.set_window_size(390, 844).await.unwrap();
     for (path, name) in [
@@ -326,4 +323,9 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
         );
         shot(b, name).await;
     }
+    b.set_window_size(1280, 900).await.unwrap();
+
+    // The actions last (after the phone pages, which show project 1): they stop, take down and
+    // delete what the flow deployed.
+    crate::browser_actions::steps(&f).await;
 }

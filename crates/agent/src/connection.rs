@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::LogLine;
+use super::actions;
 use super::cancel;
 use super::compose::{self, Compose};
 use super::config::Settings;
@@ -29,6 +30,7 @@ use super::results::{DeployResult, Results};
 use super::transport::{self, WsIn, WsOut};
 use super::trust::{self, Trust, Verdict};
 use super::watch::{Snapshot, Watcher};
+use stagely_protocol::operate::CAP_OPERATE;
 use stagely_protocol::release::{CAP_RELEASES, CAP_RUNTIME};
 use stagely_protocol::{
     self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, ServerMessage,
@@ -166,6 +168,8 @@ pub struct Agent {
     last_runtime: Option<Arc<Snapshot>>,
     /// Container logs being sent (LOGS, issue 15); all end with their connection.
     log_streams: super::container_logs::Streams,
+    /// The ACTION running ([`super::actions`]): its request id and task (one at a time).
+    action: Option<(u64, JoinHandle<Result<(), String>>)>,
 }
 
 fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
@@ -209,6 +213,7 @@ impl Agent {
             watching: None,
             last_runtime: None,
             log_streams,
+            action: None,
         }
     }
 
@@ -301,7 +306,7 @@ impl Agent {
             capabilities: vec![
                 CAP_RELEASES.to_owned(),
                 CAP_RUNTIME.to_owned(),
-                stagely_protocol::operate::CAP_OPERATE.to_owned(),
+                CAP_OPERATE.to_owned(),
             ],
         };
         // Every connection starts afresh: the appliance says in WATCH what to report, and the
@@ -362,6 +367,11 @@ impl Agent {
                 }
                 message = self.log_streams.next() => {
                     if let Err(e) = send(&mut sink, &message).await {
+                        return SessionEnd::Disconnected(e);
+                    }
+                }
+                (request_id, result) = next_action(&mut self.action) => {
+                    if let Err(e) = self.on_action_done(request_id, result, &mut sink).await {
                         return SessionEnd::Disconnected(e);
                     }
                 }
@@ -446,6 +456,81 @@ impl Agent {
         send(sink, &snapshot.to_message()).await?;
         self.last_runtime = Some(snapshot);
         Ok(())
+    }
+
+    /// ACTION: checked ([`actions::accept`]), then run in a task of its own; its ACTION_RESULT
+    /// is sent when it ends (a refusal at once).
+    async fn on_action<S, SE>(
+        &mut self,
+        request_id: u64,
+        project: &str,
+        action: stagely_protocol::operate::Action,
+        service: Option<&str>,
+        sink: &mut S,
+    ) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        let running = self.current.as_ref().map(|r| r.id);
+        let accepted = match actions::accept(
+            self.watching.as_deref(),
+            running,
+            self.action.is_some(),
+            project,
+            action,
+            service,
+        ) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::warn!(request_id, action = action.as_str(), "ACTION refused: {why}");
+                let msg = AgentMessage::ActionResult {
+                    request_id,
+                    ok: false,
+                    error: Some(why),
+                };
+                return send(sink, &msg).await;
+            }
+        };
+        tracing::info!(
+            request_id,
+            project = %accepted.project,
+            action = action.as_str(),
+            service = accepted.service.as_deref().unwrap_or("(all)"),
+            "running an action"
+        );
+        let compose = self.deployer.compose.clone();
+        let handle =
+            tokio::spawn(async move { actions::run(&compose, &accepted, actions::ACTION_TIMEOUT).await });
+        self.action = Some((request_id, handle));
+        Ok(())
+    }
+
+    async fn on_action_done<S, SE>(
+        &mut self,
+        request_id: u64,
+        result: Result<(), String>,
+        sink: &mut S,
+    ) -> Result<(), String>
+    where
+        S: Sink<WsOut, Error = SE> + Unpin,
+        SE: std::fmt::Display,
+    {
+        match &result {
+            Ok(()) => tracing::info!(request_id, "action done"),
+            Err(e) => tracing::warn!(request_id, error = %e, "action failed"),
+        }
+        // What runs now, read at once (RUNTIME follows if it changed); docker events would tell
+        // the watch too, this only makes it sooner and certain.
+        if let Some(w) = &self.watcher {
+            w.refresh();
+        }
+        let msg = AgentMessage::ActionResult {
+            request_id,
+            ok: result.is_ok(),
+            error: result.err(),
+        };
+        send(sink, &msg).await
     }
 
     /// WATCH: report this project from now on (read at once, whether or not it changed).
@@ -546,13 +631,14 @@ impl Agent {
                 self.log_streams.stop(request_id);
                 Ok(())
             }
-            Ok(Incoming::Known(ServerMessage::Action { request_id, .. })) => {
-                let result = AgentMessage::ActionResult {
-                    request_id,
-                    ok: false,
-                    error: Some("this agent cannot run actions yet".into()),
-                };
-                send(sink, &result).await
+            Ok(Incoming::Known(ServerMessage::Action {
+                request_id,
+                project,
+                action,
+                service,
+            })) => {
+                self.on_action(request_id, &project, action, service.as_deref(), sink)
+                    .await
             }
             Ok(Incoming::Unknown(kind)) => {
                 tracing::debug!(%kind, "ignoring a message type this agent does not know");
@@ -802,6 +888,23 @@ impl Agent {
             );
         }
         Ok(())
+    }
+}
+
+/// The running ACTION's end: its request id and outcome.
+async fn next_action(
+    action: &mut Option<(u64, JoinHandle<Result<(), String>>)>,
+) -> (u64, Result<(), String>) {
+    match action {
+        Some((id, handle)) => {
+            let result = handle
+                .await
+                .unwrap_or_else(|_| Err("the agent's action task crashed (see the agent log)".into()));
+            let id = *id;
+            *action = None;
+            (id, result)
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`connection`]: the outbound WebSocket, reconnect with backoff, HELLO/LOG/STATUS/ACK.
 //! - [`deploy`]: one deployment, start to finish: checkout, override, pull, up, verify, clean up.
+//! - [`actions`]: ACTION (restart, stop, start, down) on the agent's own compose project.
 //! - [`cancel`]: a deployment stopped on the appliance's CANCEL (SIGTERM, grace, SIGKILL).
 //! - [`override_file`]: the Config Merger that turns secrets into `docker-compose.stagely.yml`.
 //! - [`compose`], [`checkout`], [`verify`]: the only external commands the agent runs.
@@ -19,6 +20,7 @@
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
 
+pub mod actions;
 pub mod cancel;
 pub mod checkout;
 pub mod compose;

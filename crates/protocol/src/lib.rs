@@ -495,6 +495,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_issue_15_messages_are_known_types() {
+        let action = encode(&ServerMessage::Action {
+            request_id: 3,
+            project: "shop-staging".into(),
+            action: operate::Action::Restart,
+            service: Some("web".into()),
+        });
+        assert!(matches!(
+            decode_server_message(&action),
+            Ok(Incoming::Known(ServerMessage::Action { request_id: 3, .. }))
+        ));
+        let result = r#"{"type":"ACTION_RESULT","request_id":3,"ok":false,"error":"busy"}"#;
+        assert!(matches!(
+            decode_agent_message(result),
+            Ok(Incoming::Known(AgentMessage::ActionResult { ok: false, .. }))
+        ));
+        for kind in ["LOGS", "LOGS_STOP"] {
+            assert!(SERVER_MESSAGE_TYPES.contains(&kind));
+        }
+        for kind in ["CONTAINER_LOG", "CONTAINER_LOG_END"] {
+            assert!(AGENT_MESSAGE_TYPES.contains(&kind));
+        }
+    }
+
+    #[test]
     fn hello_round_trips_and_ignores_extra_fields() {
         let frame = r#"{"type":"HELLO","protocol":1,"agent_version":"0.1.0","hostname":"h",
             "docker_version":"28","compose_version":"2.40","future_field":true}"#;

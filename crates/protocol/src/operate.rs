@@ -97,15 +97,28 @@ impl SealedLogSecrets {
     }
 }
 
-/// Whether `name` is a compose service name as LOGS and ACTION accept it: 1–200 ASCII letters,
-/// digits, `_`, `.` and `-`, starting with a letter or digit (so never an option like `--help`,
-/// a path like `../x` or shell text like `web;id`).
-pub fn is_service_name(name: &str) -> bool {
-    name.len() <= 200
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+/// Longest compose service name an ACTION or LOGS request may name.
+pub const MAX_SERVICE_NAME: usize = 63;
+
+/// Why `name` cannot be a compose service name in a request, or `None` when it can: 1 to
+/// [`MAX_SERVICE_NAME`] ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit
+/// (so never an option such as `--help`, a path such as `../x`, or shell syntax such as
+/// `web;id`). Both the appliance (before sending) and the agent (before running) check it.
+pub fn service_name_error(name: &str) -> Option<String> {
+    let rule =
+        "a service name is 1 to 63 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit";
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    (!ok).then(|| rule.to_owned())
+}
+
+/// Whether `name` is a compose service name a request may carry ([`service_name_error`]).
+pub fn is_service_name(name: &str) -> bool {
+    service_name_error(name).is_none()
 }
 
 #[cfg(test)]
@@ -114,12 +127,15 @@ mod tests {
 
     #[test]
     fn service_names_are_never_options_paths_or_shell() {
-        for ok in ["web", "db_1", "api.v2", "w-1", "9lives"] {
-            assert!(is_service_name(ok), "{ok}");
+        for good in ["web", "db-1", "api_v2", "a.b", "W9"] {
+            assert_eq!(service_name_error(good), None, "{good}");
         }
-        for bad in ["", "web;id", "../x", "--help", "-x", "a b", "web\n", "$(id)", "é"] {
-            assert!(!is_service_name(bad), "{bad:?}");
+        let long = "a".repeat(64);
+        for bad in [
+            "", "web;id", "--help", "-x", "../x", "a/b", ".hidden", "a b", "é", &long,
+        ] {
+            assert!(service_name_error(bad).is_some(), "{bad:?}");
         }
-        assert!(!is_service_name(&"a".repeat(201)));
+        assert!(is_service_name("web") && !is_service_name("web;id"));
     }
 }

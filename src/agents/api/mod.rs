@@ -41,6 +41,10 @@ impl From<AgentError> for WebError {
                 code: "not_pinned",
                 message: e.to_string(),
             },
+            e @ AgentError::NotRevoked => WebError::Conflict {
+                code: "not_revoked",
+                message: e.to_string(),
+            },
             AgentError::Db(e) => e.into(),
         }
     }
@@ -80,7 +84,12 @@ pub async fn delete(
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, WebError> {
-    ops::revoke_agent(&state, &who, id).await?;
+    // A live agent is revoked; an agent already revoked is deleted for good (issue 15).
+    if ops::get_agent(&state, id).await?.revoked {
+        ops::delete_revoked_agent(&state, &who, id).await?;
+    } else {
+        ops::revoke_agent(&state, &who, id).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
