@@ -106,7 +106,8 @@ pub async fn steps(f: &Flow<'_>) {
         (containers() == 1).then_some(())
     })
     .await;
-    b.goto(&format!("{url}/projects/1")).await.unwrap();
+    // Deleting lives on the Settings tab.
+    b.goto(&format!("{url}/projects/1/settings")).await.unwrap();
     b.execute(
         "document.querySelectorAll('details').forEach(d => d.open = true)",
         vec![],

@@ -173,9 +173,7 @@ async fn scripted(f: &Flow<'_>) {
     assert_eq!(chosen.as_deref(), Some(envs[1].to_string().as_str()));
 
     // Back to the state the steps found.
-    let (status, body) = api
-        .delete(&format!("/api/projects/{pid}?stack_removed=true"))
-        .await;
+    let (status, body) = api.delete(&format!("/api/projects/{pid}?force=true")).await;
     assert_eq!(status, 204, "{body}");
     b.goto(&format!("{url}/")).await.unwrap();
     wait_text(b, "#dashboard-summary", "1 of 1 agent online").await;
