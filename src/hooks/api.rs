@@ -111,20 +111,44 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Read at most `max` bytes of body; `None` when it is longer (or the client went away).
+/// How much more of an oversized body is read (and dropped) before the 413, and for how long at
+/// most. A sender still writing its body when the answer comes sees a broken pipe instead of the
+/// 413 (the server closes a connection whose request body it did not read), so a body a little
+/// over the cap is drained first; one far over it is answered at once.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Read at most `max` bytes of body; `PAYLOAD_TOO_LARGE` when it is longer.
 async fn read_capped(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, StatusCode> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    let mut stream = body.into_data_stream();
+    if let Some(n) = declared.filter(|n| *n > max as u64) {
+        if n <= max as u64 + DRAIN_BYTES {
+            drain(&mut stream).await;
+        }
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
     let mut out = Vec::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
-    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
         if out.len() + chunk.len() > max {
+            drain(&mut stream).await;
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         out.extend_from_slice(&chunk);
