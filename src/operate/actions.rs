@@ -174,13 +174,7 @@ async fn prepare(
             let target = store::target(c, environment_id)?.ok_or(ActionError::EnvironmentNotFound)?;
             let agents = store::agents(c, environment_id)?;
             let in_flight = store::deployment_in_flight(c, environment_id)?;
-            let sealed = crate::secrets::store::for_environment(c, target.project_id, environment_id)?;
-            let values = sealed
-                .iter()
-                .map(|s| vault.decrypt(&s.ciphertext))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| DbError::Task(e.to_string()))?;
-            let masker = Masker::new(values.iter().map(|v| v.as_str()));
+            let masker = environment_masker(c, &vault, target.project_id, environment_id)?;
             Ok::<_, ActionError>((target, agents, in_flight, masker))
         })
         .await?;
@@ -357,17 +351,25 @@ pub(super) async fn down_for_delete(
     let vault = state.vault.clone();
     let masker = state
         .db
-        .read(move |c| {
-            let sealed = crate::secrets::store::for_environment(c, project_id, env_id)?;
-            let values = sealed
-                .iter()
-                .map(|s| vault.decrypt(&s.ciphertext))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| DbError::Task(e.to_string()))?;
-            Ok::<_, ActionError>(Masker::new(values.iter().map(|v| v.as_str())))
-        })
+        .read(move |c| environment_masker(c, &vault, project_id, env_id))
         .await?;
     let outcome = send_and_wait(state, target, agents, Action::Down, None, &masker).await?;
     record(state, who, target, Action::Down, None, &outcome).await?;
     Ok(outcome)
+}
+
+/// A masker over the environment's current secret values (for the agents' error lines).
+fn environment_masker(
+    c: &rusqlite::Connection,
+    vault: &crate::secrets::vault::Vault,
+    project_id: i64,
+    environment_id: i64,
+) -> Result<Masker, ActionError> {
+    let sealed = crate::secrets::store::for_environment(c, project_id, environment_id)?;
+    let values = sealed
+        .iter()
+        .map(|s| vault.decrypt(&s.ciphertext))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DbError::Task(e.to_string()))?;
+    Ok(Masker::new(values.iter().map(|v| v.as_str())))
 }
