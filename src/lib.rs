@@ -6,6 +6,7 @@
 //! ([`db`]), the secret vault ([`secrets`]), the agent hub ([`agents`]), deploys ([`deploys`])
 //! and the HTTP surface ([`web`]). See docs/design.md.
 
+pub mod access;
 pub mod agents;
 pub mod app;
 pub mod audit;

@@ -380,6 +380,7 @@ async fn handle(
         role: Role::Member,
         user_id: None,
         via_token: true,
+        token_role: None,
     };
     let mut deployments = Vec::new();
     for env in envs {

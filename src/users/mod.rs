@@ -188,6 +188,10 @@ pub struct Principal {
     pub user_id: Option<i64>,
     /// True when the caller authenticated with an API token (a token cannot mint tokens).
     pub via_token: bool,
+    /// The token's own role when the caller authenticated with one: it caps what the owner's
+    /// project roles give ([`crate::access::project_role`]). `role` is already the lower of the
+    /// token's role and its owner's global one.
+    pub token_role: Option<Role>,
 }
 
 impl Principal {
@@ -198,6 +202,7 @@ impl Principal {
             role: Role::Admin,
             user_id: None,
             via_token: false,
+            token_role: None,
         }
     }
 }

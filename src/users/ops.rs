@@ -975,6 +975,7 @@ mod tests {
             role: Role::Member,
             user_id: None,
             via_token: false,
+            token_role: None,
         };
         let ok = "é".repeat(64);
         let made = db.write_blocking(|tx| create_token_in(tx, &member, &ok, Role::Member, 1));
@@ -1002,6 +1003,7 @@ mod tests {
             role: Role::Admin,
             user_id: None,
             via_token: true,
+            token_role: Some(Role::Admin),
         };
         let minted = db.write_blocking(|tx| create_token_in(tx, &token, "child", Role::Viewer, 1));
         assert!(

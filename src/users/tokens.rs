@@ -54,5 +54,6 @@ pub async fn authenticate(db: &Db, token: &str, now: i64) -> Result<Option<Princ
         role,
         user_id: row.user_id,
         via_token: true,
+        token_role: Some(row.role),
     }))
 }

@@ -130,6 +130,7 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<(Pr
             role: s.user.role,
             user_id: Some(s.user.id),
             via_token: false,
+            token_role: None,
         };
         let session = Session {
             id_hash: s.id_hash,
