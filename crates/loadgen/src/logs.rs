@@ -34,13 +34,20 @@ const OBSERVE_EVERY: Duration = Duration::from_millis(1);
 pub async fn throughput(b: &Bench, res: &mut Results) -> Result<()> {
     let fixture = b.fixture()?;
     let a = fixture.agents.first().context("empty fixture")?.clone();
-    let server = b.fixture_server().start().await?;
+    let n = b.sizes.log_lines;
+    // The deployment's log caps (100,000 lines and 64 MiB by default) would cut the stream
+    // short, and the completeness check would fail: they are raised past what this run sends.
+    let mut spec = b.fixture_server();
+    let keep_lines = (n + 1_000).to_string();
+    let keep_bytes = ((n as u64 + 1_000) * 256).max(64 << 20).to_string();
+    spec.env.push(("STAGELY_DEPLOYS__LOG_MAX_LINES".into(), keep_lines));
+    spec.env.push(("STAGELY_DEPLOYS__LOG_MAX_BYTES".into(), keep_bytes));
+    let server = spec.start().await?;
     server.wait_ready().await?;
     let addr = server.addr()?;
     let outcome = async {
         let mut http = Http::new(addr, Some(&fixture.admin_token));
         let (mut ws, id) = start_deploy(addr, &mut http, &a).await?;
-        let n = b.sizes.log_lines;
         let frames = log_frames(id, n);
         // The browser subscriber connects before the lines flow and reads every frame.
         let who = fixture.browser.as_ref().filter(|_| b.live_viewer);
