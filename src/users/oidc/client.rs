@@ -192,16 +192,17 @@ pub async fn finish(
     // The signature covers these bytes: the claims the crate does not model are read from them.
     let raw = payload(&id_token.to_string())?;
     let mut claims = Claims::from_verified(&verified, &raw, &p.groups_claim);
-    if !p.groups_claim.is_empty() && raw.get(&p.groups_claim).is_none() {
-        if let Some(endpoint) = meta.userinfo_endpoint() {
-            let info = userinfo(http, endpoint.url().as_str(), token.access_token().secret()).await?;
-            if info.get("sub").and_then(|s| s.as_str()) != Some(claims.subject.as_str()) {
-                return Err(Failure::Rejected(
-                    "the userinfo answer is about another subject".into(),
-                ));
-            }
-            claims.groups = super::groups_of(&info, &p.groups_claim);
+    if !p.groups_claim.is_empty()
+        && raw.get(&p.groups_claim).is_none()
+        && let Some(endpoint) = meta.userinfo_endpoint()
+    {
+        let info = userinfo(http, endpoint.url().as_str(), token.access_token().secret()).await?;
+        if info.get("sub").and_then(|s| s.as_str()) != Some(claims.subject.as_str()) {
+            return Err(Failure::Rejected(
+                "the userinfo answer is about another subject".into(),
+            ));
         }
+        claims.groups = super::groups_of(&info, &p.groups_claim);
     }
     Ok(claims)
 }
