@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::users::Role;
 
+mod oidc;
 mod types;
+pub use oidc::{OidcProjectRole, OidcProvider};
 pub use types::{Cidr, ClientAddressHeader, HttpUrl, LogFormat, PublicUrl, SecretString};
 
 /// Where the appliance listens unless told otherwise.
@@ -57,6 +59,9 @@ pub struct Config {
     pub deploys: DeploysConfig,
     pub auth: AuthConfig,
     pub github: GithubConfig,
+    /// OpenID Connect providers (`[[oidc]]` entries), besides GitHub.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<OidcProvider>,
     pub notify: NotifyConfig,
 
     pub hooks: HooksConfig,
@@ -329,6 +334,7 @@ impl Default for Config {
             deploys: DeploysConfig::default(),
             auth: AuthConfig::default(),
             github: GithubConfig::default(),
+            oidc: Vec::new(),
             notify: NotifyConfig::default(),
 
             hooks: HooksConfig::default(),
@@ -549,6 +555,7 @@ impl Config {
             return invalid("secrets.keep_versions", "must be between 1 and 1000");
         }
         self.finish_github()?;
+        oidc::finish(&mut self.oidc)?;
         self.finish_metrics()?;
         Ok(self)
     }

@@ -7,9 +7,11 @@
 
 pub mod api;
 pub mod limiter;
+pub mod oidc;
 pub mod ops;
 pub mod pages;
 pub mod password;
+pub mod pending;
 pub mod store;
 pub mod tokens;
 
@@ -213,6 +215,9 @@ pub struct AuthState {
     pub limiter: limiter::LoginLimiter,
     pub passwords: password::HashPool,
     pub github: pages::github::PendingLogins,
+    /// OpenID Connect sign-ins in flight, and each provider's discovery document and keys.
+    pub oidc: pages::oidc::PendingLogins,
+    pub oidc_discovery: oidc::client::Discovery,
     /// The id of a user whose sign-out, disable, demotion or ended sessions must close their
     /// open WebSockets ([`AuthState::until_revoked`]).
     revocations: tokio::sync::broadcast::Sender<i64>,
@@ -242,6 +247,8 @@ impl AuthState {
             ),
             passwords: password::HashPool::new(threads, queue)?,
             github: pages::github::PendingLogins::default(),
+            oidc: pages::oidc::PendingLogins::default(),
+            oidc_discovery: oidc::client::Discovery::default(),
             revocations: tokio::sync::broadcast::channel(256).0,
             browser_sockets: std::sync::Arc::default(),
         })

@@ -96,7 +96,22 @@ pub async fn start_session(
     action: &'static str,
     from: &str,
 ) -> Result<String, UserError> {
-    let detail = format!("from {from}");
+    start_session_via(state, user_id, username, action, from, None).await
+}
+
+/// [`start_session`] through a named sign-in provider (`oidc:<name>`), said in the audit entry.
+pub async fn start_session_via(
+    state: &AppState,
+    user_id: i64,
+    username: &str,
+    action: &'static str,
+    from: &str,
+    via: Option<&str>,
+) -> Result<String, UserError> {
+    let detail = match via {
+        Some(via) => format!("via {via} from {from}"),
+        None => format!("from {from}"),
+    };
     let lifetime =
         i64::try_from(state.config.auth.session_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
     let actor = format!("user:{username}");

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::users::Role;
-use crate::users::pages::{account, github, people};
+use crate::users::pages::{account, github, oidc, people};
 use crate::{agents, audit, deploys, hooks, notify, operate, projects, secrets, users};
 use auth::{Access, Routes};
 use error::WebError;
@@ -240,6 +240,13 @@ pub fn routes() -> Routes {
         .add(M::POST, "/reset", Access::Public, users::pages::reset_submit)
         .add(M::GET, "/auth/github", Access::Public, github::start)
         .add(M::GET, "/auth/github/callback", Access::Public, github::callback)
+        .add(M::GET, "/auth/oidc/{name}", Access::Public, oidc::start)
+        .add(
+            M::GET,
+            "/auth/oidc/{name}/callback",
+            Access::Public,
+            oidc::callback,
+        )
         .add(M::POST, "/logout", VIEWER, users::pages::logout)
         .add(M::GET, "/account", VIEWER, account::account_page)
         .add(M::POST, "/account/github", VIEWER, github::start_link)

@@ -62,5 +62,6 @@ mod web_access;
 mod web_browser;
 mod web_github;
 mod web_live;
+mod web_oidc;
 mod web_support;
 mod workspace;

@@ -83,6 +83,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/reset", "public"),
     ("GET", "/auth/github", "public"),
     ("GET", "/auth/github/callback", "public"),
+    ("GET", "/auth/oidc/{name}", "public"),
+    ("GET", "/auth/oidc/{name}/callback", "public"),
     ("POST", "/logout", "viewer"),
     ("GET", "/account", "viewer"),
     ("POST", "/account/github", "viewer"),

@@ -7,8 +7,6 @@
 //! `github.default_role`; a signed-in user can instead link their GitHub identity to their
 //! existing account (Account page).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Extension;
@@ -34,44 +32,18 @@ use crate::web::request::ClientAddr;
 use crate::web::session;
 
 const FLOW_COOKIE: &str = "stagely_oauth";
-const PENDING_TTL_MS: i64 = 10 * 60 * 1000;
-const MAX_PENDING: usize = 1000;
 
 type GithubClient = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
-struct Pending {
+pub struct Pending {
     verifier: PkceCodeVerifier,
     /// Linking to this signed-in user rather than signing in.
     link_user: Option<i64>,
     next: String,
-    created: i64,
 }
 
 /// GitHub sign-ins between the redirect to GitHub and the callback, keyed by OAuth `state`.
-#[derive(Default)]
-pub struct PendingLogins {
-    map: Mutex<HashMap<String, Pending>>,
-}
-
-impl PendingLogins {
-    fn insert(&self, state: String, pending: Pending) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = pending.created;
-        map.retain(|_, p| now - p.created < PENDING_TTL_MS);
-        if map.len() >= MAX_PENDING {
-            // Someone is opening sign-ins without finishing them: drop the oldest.
-            if let Some(oldest) = map.iter().min_by_key(|(_, p)| p.created).map(|(k, _)| k.clone()) {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(state, pending);
-    }
-
-    fn take(&self, state: &str, now: i64) -> Option<Pending> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(state).filter(|p| now - p.created < PENDING_TTL_MS)
-    }
-}
+pub type PendingLogins = crate::users::pending::PendingLogins<Pending>;
 
 fn client(state: &AppState) -> Result<GithubClient, WebError> {
     let gh = &state.config.github;
@@ -88,9 +60,9 @@ fn client(state: &AppState) -> Result<GithubClient, WebError> {
         .set_auth_type(AuthType::RequestBody))
 }
 
-fn http() -> Result<reqwest::Client, WebError> {
+pub(super) fn http() -> Result<reqwest::Client, WebError> {
     reqwest::Client::builder()
-        // The token endpoint must not redirect us elsewhere (SSRF); GitHub never does.
+        // A provider's endpoints must not redirect us elsewhere (SSRF); GitHub never does.
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("stagely/", env!("CARGO_PKG_VERSION")))
@@ -114,11 +86,11 @@ fn redirect_to_github(state: &AppState, link_user: Option<i64>, next: String) ->
     let (url, csrf) = request.url();
     state.auth.github.insert(
         csrf.secret().clone(),
+        now_ms(),
         Pending {
             verifier,
             link_user,
             next,
-            created: now_ms(),
         },
     );
     let mut response = layout::see_other(url.as_str());
@@ -160,7 +132,7 @@ pub struct CallbackQuery {
     error: Option<String>,
 }
 
-fn refused(title: &str, text: String) -> Response {
+pub(super) fn refused(title: &str, text: String) -> Response {
     let body = bare_page(
         title,
         html! {

@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod github;
+pub mod oidc;
 pub mod people;
 
 use axum::Form;
@@ -82,10 +83,18 @@ pub fn sign_in_form_with(
                     }
                     button type="submit" { "Sign in" }
                 }
-                @if state.config.github.enabled() {
+                @if state.config.github.enabled() || !state.config.oidc.is_empty() {
                     hr;
+                }
+                @if state.config.github.enabled() {
                     a.secondary.outline.full role="button" href=(format!("/auth/github?next={}", urlencode(&next))) {
                         "Sign in with GitHub"
+                    }
+                }
+                @for p in &state.config.oidc {
+                    a.secondary.outline.full role="button" data-testid=(format!("oidc-{}", p.name))
+                        href=(format!("/auth/oidc/{}?next={}", p.name, urlencode(&next))) {
+                        "Sign in with " (p.label())
                     }
                 }
             }

@@ -28,6 +28,8 @@ struct UsersView {
     invites: Vec<store::Invite>,
     resets: Vec<store::OpenReset>,
     sessions: HashMap<i64, i64>,
+    /// OpenID Connect identities by user id.
+    oidc: HashMap<i64, Vec<crate::users::oidc::store::Identity>>,
 }
 
 async fn load(state: &AppState) -> Result<UsersView, PageError> {
@@ -40,6 +42,13 @@ async fn load(state: &AppState) -> Result<UsersView, PageError> {
                 invites: store::open_invites(c, now)?,
                 resets: store::open_resets(c, now)?,
                 sessions: store::session_counts(c, now)?.into_iter().collect(),
+                oidc: crate::users::oidc::store::all(c)?.into_iter().fold(
+                    HashMap::new(),
+                    |mut by_user: HashMap<i64, Vec<_>>, i| {
+                        by_user.entry(i.user_id).or_default().push(i);
+                        by_user
+                    },
+                ),
             })
         })
         .await?)
@@ -106,6 +115,13 @@ fn users_body(
                                     small.muted {
                                         @if let Some(gid) = u.github_id { "GitHub id " (gid) }
                                         @else { "id bound at the next GitHub sign-in" }
+                                    }
+                                }
+                                @for i in view.oidc.get(&u.id).into_iter().flatten() {
+                                    br;
+                                    small.muted data-testid="oidc-identity" title=(format!("{} sub {}", i.issuer, i.subject)) {
+                                        (i.provider) ": " (i.email.as_deref().unwrap_or(&i.subject))
+                                        " (last sign-in " (ago(&i.last_sign_in_at, now)) ")"
                                     }
                                 }
                             }
