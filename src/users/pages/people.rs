@@ -28,6 +28,8 @@ struct UsersView {
     invites: Vec<store::Invite>,
     resets: Vec<store::OpenReset>,
     sessions: HashMap<i64, i64>,
+    /// Each person's project roles (issue 16).
+    project_roles: HashMap<i64, Vec<(String, crate::access::store::Membership)>>,
 }
 
 async fn load(state: &AppState) -> Result<UsersView, PageError> {
@@ -40,6 +42,13 @@ async fn load(state: &AppState) -> Result<UsersView, PageError> {
                 invites: store::open_invites(c, now)?,
                 resets: store::open_resets(c, now)?,
                 sessions: store::session_counts(c, now)?.into_iter().collect(),
+                project_roles: {
+                    let mut roles = HashMap::new();
+                    for u in store::list(c)? {
+                        roles.insert(u.id, crate::access::ops::roles_of(c, u.id)?);
+                    }
+                    roles
+                },
             })
         })
         .await?)
@@ -115,6 +124,8 @@ fn users_body(
                                     (role_select("role", u.role))
                                     button.small.secondary.outline type="submit" { "Save" }
                                 }
+                                small.project-roles { "Projects: " (crate::access::pages::roles_line(
+                                    view.project_roles.get(&u.id).map_or(&[][..], |r| r.as_slice()))) }
                             }
                             td {
                                 @if u.disabled { (badge("disabled", "disabled")) } @else { (badge("enabled", "enabled")) }
