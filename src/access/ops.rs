@@ -206,7 +206,12 @@ pub fn delete_in(
     Ok(())
 }
 
-pub async fn delete(state: &AppState, who: &Principal, project_id: i64, user_id: i64) -> Result<(), AccessError> {
+pub async fn delete(
+    state: &AppState,
+    who: &Principal,
+    project_id: i64,
+    user_id: i64,
+) -> Result<(), AccessError> {
     let who = who.clone();
     state
         .db

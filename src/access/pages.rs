@@ -15,7 +15,9 @@ use crate::projects::pages::Forms;
 use crate::projects::tabs::with_errors;
 use crate::users::{Principal, Role};
 use crate::web::error::WebError;
-use crate::web::layout::{self, FormErrors, PageError, Viewer, csrf_field, field_error, form_banner, invalid};
+use crate::web::layout::{
+    self, FormErrors, PageError, Viewer, csrf_field, field_error, form_banner, invalid,
+};
 
 const FIELDS: &[&str] = &["username", "role"];
 
@@ -47,7 +49,9 @@ fn role_select(name: &str, selected: &str, errors: Option<&FormErrors>) -> Marku
 
 /// May the viewer change this grant: maintainers (and admins) on manual grants of others.
 fn can_edit(v: &Viewer, m: &Member) -> bool {
-    m.editable && v.may(ProjectRole::Maintainer) && (v.who.user_id != Some(m.grant.user_id) || v.can(Role::Admin))
+    m.editable
+        && v.may(ProjectRole::Maintainer)
+        && (v.who.user_id != Some(m.grant.user_id) || v.can(Role::Admin))
 }
 
 pub fn members_section(

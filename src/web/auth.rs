@@ -22,12 +22,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
-use axum::{RequestExt, Router};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
+use axum::{RequestExt, Router};
 
 pub use crate::access::Scope;
 use crate::access::{self, ProjectAccess, ProjectRole};

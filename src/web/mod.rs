@@ -194,14 +194,24 @@ pub fn routes() -> Routes {
             P_MAINTAIN,
             notify::api::create,
         )
-        .add(M::DELETE, "/api/notifications/{id}", N_MAINTAIN, notify::api::delete)
+        .add(
+            M::DELETE,
+            "/api/notifications/{id}",
+            N_MAINTAIN,
+            notify::api::delete,
+        )
         .add(
             M::GET,
             "/api/notifications/{id}/deliveries",
             N_VIEW,
             notify::api::deliveries,
         )
-        .add(M::POST, "/api/notifications/{id}/test", N_MAINTAIN, notify::api::test)
+        .add(
+            M::POST,
+            "/api/notifications/{id}/test",
+            N_MAINTAIN,
+            notify::api::test,
+        )
         // Push webhooks: public, authenticated by the signature over the body (src/hooks).
         // Rotating the secret is for the project's maintainers.
         // Issue 16: a project's members (src/access).
@@ -219,7 +229,12 @@ pub fn routes() -> Routes {
             access::api::delete,
         )
         .add(M::GET, "/api/projects/{id}/webhook", P_VIEW, hooks::api::get)
-        .add(M::POST, "/api/projects/{id}/webhook", P_MAINTAIN, hooks::api::rotate)
+        .add(
+            M::POST,
+            "/api/projects/{id}/webhook",
+            P_MAINTAIN,
+            hooks::api::rotate,
+        )
         .add(
             M::POST,
             "/api/hooks/github/{project_id}",
@@ -238,7 +253,12 @@ pub fn routes() -> Routes {
             Access::Public,
             hooks::api::gitea,
         )
-        .add(M::POST, "/api/deploy/{project_id}", P_DEPLOY, deploys::api::deploy)
+        .add(
+            M::POST,
+            "/api/deploy/{project_id}",
+            P_DEPLOY,
+            deploys::api::deploy,
+        )
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
         .add(M::GET, "/api/deployments/{id}", D_VIEW, deploys::api::get)
         .add(M::GET, "/api/deployments/{id}/logs", D_VIEW, deploys::api::logs)
@@ -365,13 +385,13 @@ pub fn routes() -> Routes {
             ADMIN,
             operate::delete_pages::delete_project,
         )
-        .add(M::POST, "/projects/{id}/webhook", P_MAINTAIN, hooks::pages::rotate)
         .add(
             M::POST,
-            "/projects/{id}/members",
+            "/projects/{id}/webhook",
             P_MAINTAIN,
-            access::pages::add,
+            hooks::pages::rotate,
         )
+        .add(M::POST, "/projects/{id}/members", P_MAINTAIN, access::pages::add)
         .add(
             M::POST,
             "/projects/{id}/members/{user_id}",
@@ -384,9 +404,19 @@ pub fn routes() -> Routes {
             P_MAINTAIN,
             access::pages::remove,
         )
-        .add(M::POST, "/projects/{id}/secrets", P_MAINTAIN, secrets::pages::create)
+        .add(
+            M::POST,
+            "/projects/{id}/secrets",
+            P_MAINTAIN,
+            secrets::pages::create,
+        )
         .add(M::POST, "/secrets/{id}", S_MAINTAIN, secrets::pages::update)
-        .add(M::POST, "/secrets/{id}/delete", S_MAINTAIN, secrets::pages::delete)
+        .add(
+            M::POST,
+            "/secrets/{id}/delete",
+            S_MAINTAIN,
+            secrets::pages::delete,
+        )
         .add(
             M::GET,
             "/projects/{id}/notifications",
@@ -405,7 +435,12 @@ pub fn routes() -> Routes {
             N_MAINTAIN,
             notify::pages::delete,
         )
-        .add(M::POST, "/notifications/{id}/test", N_MAINTAIN, notify::pages::test)
+        .add(
+            M::POST,
+            "/notifications/{id}/test",
+            N_MAINTAIN,
+            notify::pages::test,
+        )
         .add(M::POST, "/projects/{id}/deploy", P_DEPLOY, deploys::pages::deploy)
         .add(
             M::POST,

@@ -79,17 +79,28 @@ async fn the_members_api_grants_changes_and_removes_with_its_rules_and_audit() {
 
     // An admin grants; the answer is the membership.
     let (status, m) = api
-        .put(&format!("/api/projects/{shop}/members/2"), json!({"role": "maintainer"}))
+        .put(
+            &format!("/api/projects/{shop}/members/2"),
+            json!({"role": "maintainer"}),
+        )
         .await;
     assert_eq!(status, 200, "{m}");
     assert_eq!(
-        (m["user_id"].clone(), m["username"].clone(), m["role"].clone(), m["source"].clone()),
+        (
+            m["user_id"].clone(),
+            m["username"].clone(),
+            m["role"].clone(),
+            m["source"].clone()
+        ),
         (json!(2), json!("mae"), json!("maintainer"), json!("manual"))
     );
     assert_eq!(m["granted_by"], "token:ops");
     // Unknown role: 422 naming the field and the allowed values; nothing stored.
     let (status, e) = api
-        .put(&format!("/api/projects/{shop}/members/3"), json!({"role": "admin"}))
+        .put(
+            &format!("/api/projects/{shop}/members/3"),
+            json!({"role": "admin"}),
+        )
         .await;
     assert_eq!(status, 422, "{e}");
     assert_eq!(e["error"]["field"], "role");
@@ -102,18 +113,30 @@ async fn the_members_api_grants_changes_and_removes_with_its_rules_and_audit() {
     );
     // Unknown user, unknown project: 404.
     let (status, e) = api
-        .put(&format!("/api/projects/{shop}/members/999"), json!({"role": "viewer"}))
+        .put(
+            &format!("/api/projects/{shop}/members/999"),
+            json!({"role": "viewer"}),
+        )
         .await;
-    assert_eq!((status, e["error"]["message"].clone()), (404, json!("user not found")));
+    assert_eq!(
+        (status, e["error"]["message"].clone()),
+        (404, json!("user not found"))
+    );
     let (status, _) = api
         .put("/api/projects/999/members/3", json!({"role": "viewer"}))
         .await;
     assert_eq!(status, 404);
     // A disabled person may be granted (documented): it holds once they are enabled again.
-    let (status, _) = w.admin.post_form("/users/5/disable", &[("disabled", "true")]).await;
+    let (status, _) = w
+        .admin
+        .post_form("/users/5/disable", &[("disabled", "true")])
+        .await;
     assert_eq!(status, 303);
     let (status, m) = api
-        .put(&format!("/api/projects/{shop}/members/5"), json!({"role": "deployer"}))
+        .put(
+            &format!("/api/projects/{shop}/members/5"),
+            json!({"role": "deployer"}),
+        )
         .await;
     assert_eq!((status, m["role"].clone()), (200, json!("deployer")));
 
@@ -133,7 +156,10 @@ async fn the_members_api_grants_changes_and_removes_with_its_rules_and_audit() {
     let mae_token = mint(&mut mae, "mae-ci", "member").await.unwrap();
     let mae_api = api.with_token(&mae_token);
     let (status, m) = mae_api
-        .put(&format!("/api/projects/{shop}/members/3"), json!({"role": "deployer"}))
+        .put(
+            &format!("/api/projects/{shop}/members/3"),
+            json!({"role": "deployer"}),
+        )
         .await;
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["granted_by"], "user:mae (token mae-ci)");
@@ -148,17 +174,29 @@ async fn the_members_api_grants_changes_and_removes_with_its_rules_and_audit() {
             .await;
         assert_eq!(status, 403, "{e}");
         assert!(
-            e["error"]["message"].as_str().unwrap().contains("your own membership"),
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("your own membership"),
             "{e}"
         );
     }
-    assert_eq!(mae_api.delete(&format!("/api/projects/{shop}/members/2")).await.0, 403);
+    assert_eq!(
+        mae_api.delete(&format!("/api/projects/{shop}/members/2")).await.0,
+        403
+    );
     let (status, _) = mae_api
-        .put(&format!("/api/projects/{other}/members/2"), json!({"role": "maintainer"}))
+        .put(
+            &format!("/api/projects/{other}/members/2"),
+            json!({"role": "maintainer"}),
+        )
         .await;
     assert_eq!(status, 403, "no role on other: no self-grant there either");
     let (status, _) = mae_api
-        .put(&format!("/api/projects/{other}/members/3"), json!({"role": "maintainer"}))
+        .put(
+            &format!("/api/projects/{other}/members/3"),
+            json!({"role": "maintainer"}),
+        )
         .await;
     assert_eq!(status, 403);
     assert_eq!(
@@ -177,13 +215,22 @@ async fn the_members_api_grants_changes_and_removes_with_its_rules_and_audit() {
     // A deployer is no maintainer: dee may not grant.
     let dee_api = api.with_token(&mint(&mut dee, "dee-ci", "member").await.unwrap());
     let (status, _) = dee_api
-        .put(&format!("/api/projects/{shop}/members/4"), json!({"role": "viewer"}))
+        .put(
+            &format!("/api/projects/{shop}/members/4"),
+            json!({"role": "viewer"}),
+        )
         .await;
     assert_eq!(status, 403);
 
     // Remove: 204, then 404 (no manual grant left).
-    assert_eq!(mae_api.delete(&format!("/api/projects/{shop}/members/3")).await.0, 204);
-    assert_eq!(mae_api.delete(&format!("/api/projects/{shop}/members/3")).await.0, 404);
+    assert_eq!(
+        mae_api.delete(&format!("/api/projects/{shop}/members/3")).await.0,
+        204
+    );
+    assert_eq!(
+        mae_api.delete(&format!("/api/projects/{shop}/members/3")).await.0,
+        404
+    );
 
     // The audit log names the person and the project.
     let (_, audit) = api.get("/api/audit?limit=100").await;
@@ -198,7 +245,11 @@ async fn the_members_api_grants_changes_and_removes_with_its_rules_and_audit() {
         .find(|e| e["action"] == "project.member.put" && e["actor"] == "user:mae (token mae-ci)")
         .expect("mae's grant is audited");
     assert_eq!(
-        (put["target_name"].clone(), put["project_id"].clone(), put["detail"].clone()),
+        (
+            put["target_name"].clone(),
+            put["project_id"].clone(),
+            put["detail"].clone()
+        ),
         (json!("dee"), json!(shop), json!("deployer on shop"))
     );
     let del = rows
@@ -229,9 +280,12 @@ async fn a_token_acts_with_its_owners_project_roles_capped_by_its_own() {
     assert_eq!(status, 422);
     assert!(body.contains("higher role"));
     assert_eq!(
-        api.put(&format!("/api/projects/{shop}/members/2"), json!({"role": "deployer"}))
-            .await
-            .0,
+        api.put(
+            &format!("/api/projects/{shop}/members/2"),
+            json!({"role": "deployer"})
+        )
+        .await
+        .0,
         200
     );
     assert_eq!(mint(&mut dee, "ci", "admin").await.unwrap_err().0, 422);
@@ -251,7 +305,10 @@ async fn a_token_acts_with_its_owners_project_roles_capped_by_its_own() {
         .post(&format!("/api/deploy/{other}"), json!({"environment": "staging"}))
         .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("deployer"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("deployer"),
+        "{body}"
+    );
     // Deployer, not maintainer: no settings, no secrets, no webhook rotation on shop.
     assert_eq!(
         member
@@ -270,7 +327,13 @@ async fn a_token_acts_with_its_owners_project_roles_capped_by_its_own() {
             .0,
         403
     );
-    assert_eq!(member.post(&format!("/api/projects/{shop}/webhook"), json!({})).await.0, 403);
+    assert_eq!(
+        member
+            .post(&format!("/api/projects/{shop}/webhook"), json!({}))
+            .await
+            .0,
+        403
+    );
     // Global things stay global: a member token of a viewer creates no project.
     assert_eq!(
         member
@@ -286,15 +349,28 @@ async fn a_token_acts_with_its_owners_project_roles_capped_by_its_own() {
         .await;
     assert_eq!(status, 403);
     // Redeploy and cancel are deployments of shop: the same rule.
-    assert_eq!(viewer.post(&format!("/api/deployments/{id}/redeploy"), json!({})).await.0, 403);
+    assert_eq!(
+        viewer
+            .post(&format!("/api/deployments/{id}/redeploy"), json!({}))
+            .await
+            .0,
+        403
+    );
 
     // Removing the membership takes effect on the token's next request.
-    assert_eq!(api.delete(&format!("/api/projects/{shop}/members/2")).await.0, 204);
+    assert_eq!(
+        api.delete(&format!("/api/projects/{shop}/members/2")).await.0,
+        204
+    );
     let (status, _) = member
         .post(&format!("/api/deploy/{shop}"), json!({"environment": "staging"}))
         .await;
     assert_eq!(status, 403);
-    assert_eq!(member.get(&format!("/api/projects/{shop}")).await.0, 200, "still reads");
+    assert_eq!(
+        member.get(&format!("/api/projects/{shop}")).await.0,
+        200,
+        "still reads"
+    );
     // An object that does not exist: 403 to whoever could not act on one anyway, 404 to a member.
     assert_eq!(member.post("/api/deployments/999/cancel", json!({})).await.0, 403);
     assert_eq!(api.post("/api/deployments/999/cancel", json!({})).await.0, 404);
@@ -309,14 +385,20 @@ async fn the_settings_tab_lists_members_and_shows_forms_by_project_role() {
     let mut dee = w.server.user(&mut w.admin, "dee", "viewer").await; // 3
     let mut vic = w.server.user(&mut w.admin, "vic", "viewer").await; // 4
     w.api
-        .put(&format!("/api/projects/{shop}/members/2"), json!({"role": "maintainer"}))
+        .put(
+            &format!("/api/projects/{shop}/members/2"),
+            json!({"role": "maintainer"}),
+        )
         .await;
     let settings = format!("/projects/{shop}/settings");
 
     // The maintainer sees the add form; a form without the CSRF token is refused.
     let (status, page) = mae.get(&settings).await;
     assert_eq!(status, 200);
-    assert!(page.contains("Add a member") && page.contains("Save settings"), "{page}");
+    assert!(
+        page.contains("Add a member") && page.contains("Save settings"),
+        "{page}"
+    );
     let add = format!("/projects/{shop}/members");
     let (status, _, _) = mae
         .post_form_raw(&add, &[("username", "dee"), ("role", "deployer")])
@@ -327,11 +409,18 @@ async fn the_settings_tab_lists_members_and_shows_forms_by_project_role() {
         .post_form(&add, &[("username", "nobody"), ("role", "deployer")])
         .await;
     assert_eq!(status, 422);
-    assert!(body.contains("id=\"username-error\"") && body.contains("value=\"nobody\""), "{body}");
-    let (status, body) = mae.post_form(&add, &[("username", "dee"), ("role", "owner")]).await;
+    assert!(
+        body.contains("id=\"username-error\"") && body.contains("value=\"nobody\""),
+        "{body}"
+    );
+    let (status, body) = mae
+        .post_form(&add, &[("username", "dee"), ("role", "owner")])
+        .await;
     assert_eq!(status, 422);
     assert!(body.contains("id=\"role-error\""), "{body}");
-    let (status, _) = mae.post_form(&add, &[("username", "dee"), ("role", "deployer")]).await;
+    let (status, _) = mae
+        .post_form(&add, &[("username", "dee"), ("role", "deployer")])
+        .await;
     assert_eq!(status, 303);
     let (_, page) = mae.get(&format!("{settings}?done=member-saved")).await;
     assert!(page.contains("Project role saved."));
@@ -366,7 +455,10 @@ async fn the_settings_tab_lists_members_and_shows_forms_by_project_role() {
 
     // Where people see their roles: /users (admin) and /account.
     let (_, users) = w.admin.get("/users").await;
-    assert!(users.contains("shop</a>: maintainer") && users.contains("shop</a>: deployer"), "{users}");
+    assert!(
+        users.contains("shop</a>: maintainer") && users.contains("shop</a>: deployer"),
+        "{users}"
+    );
     let (_, account) = dee.get("/account").await;
     assert!(account.contains("shop</a>: deployer"), "{account}");
 
@@ -376,6 +468,9 @@ async fn the_settings_tab_lists_members_and_shows_forms_by_project_role() {
         .await;
     assert_eq!(status, 303);
     let (_, overview) = dee.get(&format!("/projects/{shop}")).await;
-    assert!(!overview.contains("data-testid=\"deploy-staging\""), "the role is gone");
+    assert!(
+        !overview.contains("data-testid=\"deploy-staging\""),
+        "the role is gone"
+    );
     w.server.stop().await;
 }

@@ -30,13 +30,21 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/environments/{id}", "project:maintainer"),
     ("DELETE", "/api/environments/{id}", "admin"),
     ("GET", "/api/environments/{id}/runtime", "project:viewer"),
-    ("GET", "/api/environments/{id}/services/{service}/logs", "project:deployer"),
+    (
+        "GET",
+        "/api/environments/{id}/services/{service}/logs",
+        "project:deployer",
+    ),
     (
         "POST",
         "/api/environments/{id}/services/{service}/restart",
         "project:deployer",
     ),
-    ("POST", "/api/environments/{id}/services/{service}/stop", "project:deployer"),
+    (
+        "POST",
+        "/api/environments/{id}/services/{service}/stop",
+        "project:deployer",
+    ),
     (
         "POST",
         "/api/environments/{id}/services/{service}/start",
@@ -58,8 +66,16 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/notifications/{id}/deliveries", "project:viewer"),
     ("POST", "/api/notifications/{id}/test", "project:maintainer"),
     ("GET", "/api/projects/{id}/members", "project:viewer"),
-    ("PUT", "/api/projects/{id}/members/{user_id}", "project:maintainer"),
-    ("DELETE", "/api/projects/{id}/members/{user_id}", "project:maintainer"),
+    (
+        "PUT",
+        "/api/projects/{id}/members/{user_id}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/projects/{id}/members/{user_id}",
+        "project:maintainer",
+    ),
     ("GET", "/api/projects/{id}/webhook", "project:viewer"),
     ("POST", "/api/projects/{id}/webhook", "project:maintainer"),
     // Push webhooks: authenticated by the signature over the body, not a session or token.
@@ -109,14 +125,22 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/environments/{id}/retention", "project:maintainer"),
     ("POST", "/environments/{id}/triggers", "project:maintainer"),
     ("POST", "/environments/{id}/rollback", "project:maintainer"),
-    ("POST", "/environments/{id}/services/{service}/{action}", "project:deployer"),
+    (
+        "POST",
+        "/environments/{id}/services/{service}/{action}",
+        "project:deployer",
+    ),
     ("POST", "/environments/{id}/down", "project:maintainer"),
     ("POST", "/environments/{id}/delete", "admin"),
     ("POST", "/projects/{id}/delete", "admin"),
     ("POST", "/projects/{id}/webhook", "project:maintainer"),
     ("POST", "/projects/{id}/members", "project:maintainer"),
     ("POST", "/projects/{id}/members/{user_id}", "project:maintainer"),
-    ("POST", "/projects/{id}/members/{user_id}/delete", "project:maintainer"),
+    (
+        "POST",
+        "/projects/{id}/members/{user_id}/delete",
+        "project:maintainer",
+    ),
     ("POST", "/projects/{id}/secrets", "project:maintainer"),
     ("POST", "/secrets/{id}", "project:maintainer"),
     ("POST", "/secrets/{id}/delete", "project:maintainer"),
@@ -127,8 +151,16 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/projects/{id}/deploy", "project:deployer"),
     ("GET", "/deployments/{id}", "project:viewer"),
     ("GET", "/ws/deployments/{id}", "project:viewer"),
-    ("GET", "/environments/{id}/services/{service}/logs", "project:deployer"),
-    ("GET", "/ws/environments/{id}/services/{service}/logs", "project:deployer"),
+    (
+        "GET",
+        "/environments/{id}/services/{service}/logs",
+        "project:deployer",
+    ),
+    (
+        "GET",
+        "/ws/environments/{id}/services/{service}/logs",
+        "project:deployer",
+    ),
     ("GET", "/agents", "viewer"),
     ("POST", "/agents", "admin"),
     ("GET", "/agents/{id}/created", "admin"),
@@ -675,7 +707,8 @@ async fn every_project_route_with_every_project_role() {
     let deployment = body["deployment_id"].as_i64().unwrap();
     assert_eq!(agent.recv().await["type"], "DEPLOY");
     agent.status(deployment, "SUCCESS").await;
-    api.wait_finished(deployment, std::time::Duration::from_secs(10)).await;
+    api.wait_finished(deployment, std::time::Duration::from_secs(10))
+        .await;
     drop(agent);
     api.wait_offline(agent_id).await;
 
@@ -697,7 +730,10 @@ async fn every_project_route_with_every_project_role() {
             .await;
         assert_eq!(status, 200, "{body}");
         let rank = if project == pid {
-            ["viewer", "deployer", "maintainer"].iter().position(|r| *r == role).unwrap()
+            ["viewer", "deployer", "maintainer"]
+                .iter()
+                .position(|r| *r == role)
+                .unwrap()
         } else {
             0
         };
@@ -710,7 +746,9 @@ async fn every_project_route_with_every_project_role() {
     let table = stagely::web::routes();
     let mut n = 0;
     for spec in table.table() {
-        let Access::Project(min, scope) = spec.access else { continue };
+        let Access::Project(min, scope) = spec.access else {
+            continue;
+        };
         n += 1;
         let needed = ["viewer", "deployer", "maintainer"]
             .iter()
@@ -754,10 +792,12 @@ async fn every_project_route_with_every_project_role() {
         for (name, c, rank) in &mut people {
             let csrf = c.csrf.clone();
             let headers = [("x-csrf-token", csrf.as_str())];
-            let form: Option<&[(&str, &str)]> = if spec.method == Method::GET { None } else { Some(&[]) };
-            let (status, body, _) = c
-                .request(spec.method.clone(), &concrete, form, &headers)
-                .await;
+            let form: Option<&[(&str, &str)]> = if spec.method == Method::GET {
+                None
+            } else {
+                Some(&[])
+            };
+            let (status, body, _) = c.request(spec.method.clone(), &concrete, form, &headers).await;
             let method = &spec.method;
             if *rank >= needed {
                 assert!(
