@@ -13,6 +13,9 @@
 //! [`store`]; [`project_role`] is the one function that answers "what may this principal do on
 //! this project".
 
+pub mod api;
+pub mod ops;
+pub mod pages;
 pub mod store;
 
 use rusqlite::Connection;
@@ -23,7 +26,9 @@ use crate::db::stored::StoredEnum;
 use crate::users::{Principal, Role};
 
 /// A role on one project. Ordered: every role can do what the ones below it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProjectRole {
     /// Reads the project, its environments, deployments and logs.
@@ -69,6 +74,42 @@ impl StoredEnum for ProjectRole {
     }
 }
 
+/// How the choke point finds the project a route acts on, from the route's first path parameter
+/// (`src/web/auth.rs`): the parameter is the id of a project, or of an object of one project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `{id}` / `{project_id}` is a project id.
+    Project,
+    /// `{id}` is an environment id.
+    Environment,
+    /// `{id}` is a deployment id.
+    Deployment,
+    /// `{id}` is a secret id.
+    Secret,
+    /// `{id}` is a notification channel id.
+    Notification,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Project => "project",
+            Scope::Environment => "environment",
+            Scope::Deployment => "deployment",
+            Scope::Secret => "secret",
+            Scope::Notification => "notification",
+        }
+    }
+}
+
+/// What the choke point established for a project-scoped route: the project the route acts on
+/// and the caller's role there (a request extension; pages show their buttons by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectAccess {
+    pub project_id: i64,
+    pub role: ProjectRole,
+}
+
 /// What a global role gives on every project.
 pub fn baseline(global: Role) -> ProjectRole {
     match global {
@@ -81,6 +122,17 @@ pub fn baseline(global: Role) -> ProjectRole {
 /// whatever its owner's project roles: a viewer token only reads.
 pub fn cap(token_role: Role) -> ProjectRole {
     baseline(token_role)
+}
+
+/// What `principal` may do on every project whatever it was granted: its baseline, capped by its
+/// token's role. The choke point compares this with a route's minimum when the route's object
+/// does not exist (so a 404 is answered only to someone who could act on such an object anyway).
+pub fn least(principal: &Principal) -> ProjectRole {
+    let role = baseline(principal.role);
+    match principal.token_role {
+        Some(token_role) => role.min(cap(token_role)),
+        None => role,
+    }
 }
 
 /// What `principal` may do on project `project_id`: the higher of its global role's

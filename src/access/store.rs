@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::ProjectRole;
+use super::{ProjectRole, Scope};
 use crate::db::{DbError, Stored, rfc3339};
 
 /// Who granted a project role: an admin, or an OIDC provider's group mapping.
@@ -134,4 +134,28 @@ pub fn replace_source(
         put(tx, *project_id, user_id, *role, source, granted_by, now)?;
     }
     Ok(())
+}
+
+/// The project the object `id` of kind `scope` belongs to; `None` when there is no such object.
+/// One indexed lookup by primary key: the choke point runs it on every project-scoped request.
+pub fn project_of(c: &Connection, scope: Scope, id: i64) -> Result<Option<i64>, DbError> {
+    let sql = match scope {
+        Scope::Project => "SELECT id FROM projects WHERE id = ?1",
+        Scope::Environment => "SELECT project_id FROM environments WHERE id = ?1",
+        Scope::Deployment => "SELECT project_id FROM deployments WHERE id = ?1",
+        Scope::Secret => "SELECT project_id FROM secrets WHERE id = ?1",
+        Scope::Notification => "SELECT project_id FROM notify_channels WHERE id = ?1",
+    };
+    let mut stmt = c.prepare_cached(sql)?;
+    Ok(stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()?)
+}
+
+/// The highest role any source grants `user_id` on any project (what a person may mint a token
+/// for beyond their global role).
+pub fn highest_anywhere(c: &Connection, user_id: i64) -> Result<Option<ProjectRole>, DbError> {
+    let mut stmt = c.prepare_cached("SELECT role FROM project_members WHERE user_id = ?1")?;
+    let roles = stmt
+        .query_map([user_id], |r| r.get::<_, Stored<ProjectRole>>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(roles.into_iter().map(|s| s.0).max())
 }

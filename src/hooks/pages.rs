@@ -8,10 +8,11 @@ use maud::{Markup, html};
 
 use super::WebhookInfo;
 use super::ops::{self, NewSecret};
+use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::pages::{Forms, Tab, render_project};
-use crate::users::{Principal, Role};
+use crate::users::Principal;
 use crate::web::error::WebError;
 use crate::web::layout::{PageError, Viewer, ago, badge, csrf_field, no_store};
 
@@ -54,7 +55,7 @@ pub fn webhook_section(v: &Viewer, project_id: i64, info: &WebhookInfo, new: Opt
                         tr { th { "Gitea / Forgejo" } td { code { (info.urls.gitea) } } td { small.muted { "POST, application/json, push events" } } }
                     }
                 }
-                @if v.can(Role::Member) {
+                @if v.may(ProjectRole::Maintainer) {
                     form.inline method="post" action=(format!("/projects/{project_id}/webhook")) {
                         (csrf_field(&v.csrf))
                         button.small type="submit" data-testid="webhook-rotate" {

@@ -10,9 +10,10 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{ChannelInfo, ChannelInput, Delivery, EVENTS, EmailInput, NotifyError, ops, store};
+use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::db::now_ms;
-use crate::users::{Principal, Role};
+use crate::users::Principal;
 use crate::web::layout::{
     self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, field_error, form_banner, invalid,
     no_store, page,
@@ -205,7 +206,7 @@ fn render(
     secret: Option<&str>,
 ) -> Markup {
     let now = now_ms();
-    let editable = v.can(Role::Member);
+    let editable = v.may(ProjectRole::Maintainer);
     let empty = (ChannelForm::default(), FormErrors::default());
     let (form, errors) = failed.unwrap_or((&empty.0, &empty.1));
     let fresh = failed.is_none();

@@ -13,9 +13,10 @@ use stagely_protocol::operate::Action;
 
 use super::actions::{self, ActionError};
 use super::actions_store;
+use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::projects::pages::is_production;
-use crate::users::{Principal, Role};
+use crate::users::Principal;
 use crate::web::error::WebError;
 use crate::web::layout::{self, Nav, PageError, Viewer, csrf_field, no_store, page};
 
@@ -40,7 +41,7 @@ pub fn service_buttons(can_member: bool, csrf: &str, environment_id: i64, servic
 /// "Take down" for one environment: `docker compose down` through its agents (members only).
 pub fn take_down_form(v: &Viewer, environment_id: i64, environment: &str) -> Markup {
     html! {
-        @if v.can(Role::Member) {
+        @if v.may(ProjectRole::Maintainer) {
             details.take-down {
                 summary { "Take down " (environment) }
                 form method="post" action=(format!("/environments/{environment_id}/down")) {

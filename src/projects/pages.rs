@@ -16,6 +16,7 @@ use super::{
     EnvironmentInput, EnvironmentPatch, MAX_KEEP_DAYS, MAX_KEEP_DEPLOYMENTS, Project, ProjectInput,
     ProjectPatch, parse_keep_form, store,
 };
+use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::secrets::pages::SecretForm;
@@ -212,6 +213,8 @@ pub struct Forms {
     pub new_webhook: Option<crate::hooks::ops::NewSecret>,
     /// Warnings about a secret just stored (src/secrets: a service no release has).
     pub secret_warnings: Vec<String>,
+    /// The Members section's add form (src/access).
+    pub members: Option<(crate::access::pages::MemberForm, FormErrors)>,
 }
 
 /// An environment's push-trigger form (src/hooks): a checkbox and a tag glob.
@@ -250,7 +253,7 @@ pub(super) fn triggers_form(
             @if let Some(g) = &env.deploy_on_tag { "; tags matching " code { (g) } " deploy" }
             "."
         } }
-        @if v.can(Role::Member) {
+        @if v.may(ProjectRole::Maintainer) {
             details open[!errors.is_empty()] {
                 summary { "Deploy on push" }
                 (form_banner(&errors))
@@ -381,7 +384,7 @@ pub(super) fn auto_rollback_form(v: &Viewer, env: &super::Environment) -> Markup
             @if env.auto_rollback { "A deployment that fails after changing the stack rolls back to the last successful release." }
             @else { "Failed deployments are not rolled back automatically." }
         } }
-        @if v.can(Role::Member) {
+        @if v.may(ProjectRole::Maintainer) {
             details {
                 summary { "Automatic rollback" }
                 form.grid-form method="post" action=(format!("/environments/{}/rollback", env.id)) {

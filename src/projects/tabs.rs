@@ -18,6 +18,7 @@ use super::pages::{
     retention_line, triggers_form,
 };
 use super::{Environment, Project, store};
+use crate::access::ProjectRole;
 use crate::agents::AgentInfo;
 use crate::app::AppState;
 use crate::db::now_ms;
@@ -93,6 +94,7 @@ impl Tab {
             || forms.retention.is_some()
             || forms.triggers.is_some()
             || forms.new_webhook.is_some()
+            || forms.members.is_some()
         {
             Tab::Settings
         } else {
@@ -157,7 +159,7 @@ pub fn history_table(v: &Viewer, history: &[Deployment], with_environment: bool)
                         td {
                             @if d.release.is_some() {
                                 a href=(format!("/deployments/{}#release", d.id)) { "release" }
-                                @if v.can(Role::Member) { " " (deploys::pages::redeploy_form(d.id, &v.csrf)) }
+                                @if v.may(ProjectRole::Deployer) { " " (deploys::pages::redeploy_form(d.id, &v.csrf)) }
                             } @else { "–" }
                         }
                     }
@@ -198,7 +200,7 @@ fn environment_card(
         article.env-card id=(format!("env-{}", env.name)) {
             header.page-head {
                 h4 { (env.name) @if let Some(r) = &env.git_ref { " " small.muted { "ref " code { (r) } } } }
-                @if v.can(Role::Member) {
+                @if v.may(ProjectRole::Deployer) {
                     form.inline method="post" action=(format!("/projects/{}/deploy", project.id)) {
                         (csrf_field(&v.csrf))
                         input type="hidden" name="environment" value=(env.name);
@@ -258,7 +260,7 @@ async fn overview(
                     "All deployments →"
                 } }
             }
-            @if v.can(Role::Member) {
+            @if v.may(ProjectRole::Maintainer) {
                 details open[!env_errors.is_empty()] {
                     summary { "Add an environment" }
                     (form_banner(&env_errors))
@@ -403,13 +405,16 @@ async fn settings(
     project: &Project,
     forms: Forms,
 ) -> Result<Markup, PageError> {
-    let editable = v.can(Role::Member);
+    let editable = v.may(ProjectRole::Maintainer);
     let webhook = crate::hooks::ops::info(state, project.id)
         .await
         .map_err(WebError::from)?;
     let (settings_form, settings_errors) = forms
         .settings
         .unwrap_or_else(|| (ProjectForm::from_project(project), FormErrors::default()));
+    let members = crate::access::ops::list(state, project.id)
+        .await
+        .map_err(WebError::from)?;
     let defaults: RetentionDefaults = (
         state.config.deploys.log_keep_deployments,
         state.config.deploys.log_keep_days,
@@ -454,6 +459,7 @@ async fn settings(
                 }
             }
         }
+        (crate::access::pages::members_section(v, project.id, &members, forms.members.as_ref()))
         (crate::hooks::pages::webhook_section(v, project.id, &webhook, forms.new_webhook.as_ref()))
         section id="notifications" {
             h2 { "Notifications" }

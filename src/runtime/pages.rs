@@ -6,8 +6,8 @@ use maud::{Markup, html};
 
 use super::store::Summary;
 use super::{Runtime, drift::short};
+use crate::access::ProjectRole;
 use crate::db::now_ms;
-use crate::users::Role;
 use crate::web::layout::{Viewer, ago, badge, csrf_field};
 
 /// The badge class for a Docker state.
@@ -22,7 +22,7 @@ fn state_class(state: &str) -> &'static str {
 /// What runs in one environment, separate from its last deployment's outcome: a drift badge
 /// with its reasons, the services table, and "Re-converge" (member) when it drifted.
 pub fn panel(v: &Viewer, rt: &Runtime) -> Markup {
-    panel_for(v.can(Role::Member), &v.csrf, rt)
+    panel_for(v.may(ProjectRole::Deployer), &v.csrf, rt)
 }
 
 /// [`panel`] for a socket, which keeps only what it needs of the viewer.

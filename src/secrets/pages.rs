@@ -10,11 +10,12 @@ use serde::Deserialize;
 
 use super::ops::{create_secret, delete_secret, update_secret};
 use super::{NewValue, SecretInfo, SecretInput, store};
+use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::Project;
 use crate::projects::pages::{Forms, with_errors};
-use crate::users::{Principal, Role};
+use crate::users::Principal;
 use crate::web::layout::{
     self, FormErrors, PageError, Viewer, ago, csrf_field, field_error, form_banner, invalid,
 };
@@ -49,7 +50,7 @@ pub fn secrets_section(
     failed: Option<&(SecretForm, FormErrors)>,
 ) -> Markup {
     let now = now_ms();
-    let editable = v.can(Role::Member);
+    let editable = v.may(ProjectRole::Maintainer);
     let empty = (SecretForm::default(), FormErrors::default());
     let (form, errors) = failed.unwrap_or(&empty);
     let scope = if form.scope.is_empty() {

@@ -76,7 +76,9 @@ pub enum UserError {
          link to give it one"
     )]
     NoPassword,
-    #[error("a token cannot have a higher role than yours")]
+    #[error(
+        "a token cannot have a higher role than yours (a viewer who deploys or maintains a project may mint a member token)"
+    )]
     RoleTooHigh,
     #[error("a token cannot mint tokens: create tokens from a signed-in browser or the CLI")]
     TokenCannotMint,

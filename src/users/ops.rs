@@ -883,7 +883,7 @@ pub fn create_token_in(
     if who.via_token {
         return Err(UserError::TokenCannotMint);
     }
-    if role > who.role {
+    if role > who.role && !(role == Role::Member && holds_project_role(tx, who)?) {
         return Err(UserError::RoleTooHigh);
     }
     let (id, token) = store::insert_token(tx, &name, role, who.user_id, now)?;
@@ -893,6 +893,18 @@ pub fn create_token_in(
         &audit::Entry::new(&who.actor, "token.create", "api_token", Some(id)).detail(&name),
     )?;
     Ok(CreatedToken { id, name, token })
+}
+
+/// Whether a person holds a project role above viewer somewhere: a global viewer who does may
+/// mint a `member` token, which acts with their project roles (capped at maintainer) and as a
+/// viewer everywhere else ([`crate::access::project_role`]; the token's global role stays the
+/// lower of its own and its owner's).
+fn holds_project_role(c: &rusqlite::Connection, who: &Principal) -> Result<bool, UserError> {
+    let Some(user_id) = who.user_id else {
+        return Ok(false);
+    };
+    Ok(crate::access::store::highest_anywhere(c, user_id)?
+        .is_some_and(|r| r > crate::access::ProjectRole::Viewer))
 }
 
 pub async fn create_token(

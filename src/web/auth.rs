@@ -5,6 +5,14 @@
 //! route up in that table, establishes the [`Principal`] and refuses what the role may not do.
 //! A route missing from the table is refused (fail closed). Tests walk the whole table.
 //!
+//! Project-scoped routes ([`Access::Project`]) name the least role on the project they act on
+//! and how to find that project from the route's first path parameter ([`Scope`]). The
+//! middleware resolves the project with one lookup, computes [`access::project_role`], refuses
+//! below the minimum and hands the handler a [`ProjectAccess`] extension. When the object does
+//! not exist the handler answers its 404 only to a caller whose baseline ([`access::least`])
+//! meets the minimum anyway; anyone else gets the same 403 as for an existing object, so a
+//! refusal never tells which ids exist.
+//!
 //! A principal is an API token (`Authorization: Bearer`) or a web session cookie. Requests
 //! authenticated by the cookie must also come from this appliance's origin and, when they change
 //! state, carry the session's CSRF token ([`csrf`]); bearer-token calls are exempt (a browser
@@ -13,14 +21,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
+use axum::{RequestExt, Router};
 
+pub use crate::access::Scope;
+use crate::access::{self, ProjectAccess, ProjectRole};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::users::{Principal, Role, tokens};
@@ -37,6 +47,27 @@ pub enum Access {
     Agent,
     /// A signed-in user or API token with at least this role.
     Role(Role),
+    /// A signed-in user or API token with at least this role on the project the route acts on,
+    /// found through its first path parameter as the [`Scope`] says.
+    Project(ProjectRole, Scope),
+}
+
+impl Access {
+    /// As the route table test and the API document (`x-stagely-access`) spell it:
+    /// `public`, `agent`, `viewer`/`member`/`admin`, `project:deployer`.
+    pub fn name(self) -> String {
+        match self {
+            Access::Public => "public".into(),
+            Access::Agent => "agent".into(),
+            Access::Role(r) => r.as_str().into(),
+            Access::Project(r, _) => format!("project:{}", r.as_str()),
+        }
+    }
+
+    /// Whether a principal is needed (and the API document lists the security schemes).
+    pub fn authenticated(self) -> bool {
+        matches!(self, Access::Role(_) | Access::Project(..))
+    }
 }
 
 /// One row of the access table.
@@ -126,14 +157,24 @@ async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
             }
             next.run(req).await
         }
-        Access::Role(min) => {
+        Access::Role(_) | Access::Project(..) => {
             let (principal, session) = match principal(&gate.state, req.headers()).await {
                 Ok(Some(found)) => found,
                 Ok(None) => return refuse(&gate.state, WebError::Unauthorized, page, &req),
                 Err(e) => return refuse(&gate.state, e, page, &req),
             };
-            if principal.role < min {
-                return refuse(&gate.state, WebError::Forbidden, page, &req);
+            let mut project = None;
+            match access {
+                Access::Role(min) if principal.role < min => {
+                    return refuse(&gate.state, WebError::Forbidden, page, &req);
+                }
+                Access::Project(min, scope) => {
+                    match project_access(&gate.state, &mut req, &principal, min, scope).await {
+                        Ok(found) => project = found,
+                        Err(e) => return refuse(&gate.state, e, page, &req),
+                    }
+                }
+                _ => {}
             }
             if let Some(session) = &session {
                 // A cookie rides along on cross-site requests; a bearer token never does. So only
@@ -154,11 +195,58 @@ async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
                 }
             }
             req.extensions_mut().insert(principal);
+            if let Some(project) = project {
+                req.extensions_mut().insert(project);
+            }
             if let Some(session) = session {
                 req.extensions_mut().insert(session);
             }
             next.run(req).await
         }
+    }
+}
+
+/// The caller's access to the project a project-scoped route acts on: `Ok(Some)` when the
+/// object exists and the caller's role there meets `min`; `Ok(None)` when it does not exist but
+/// the caller's baseline meets `min` (the handler answers its 404); 403 otherwise.
+async fn project_access(
+    state: &AppState,
+    req: &mut Request,
+    principal: &Principal,
+    min: ProjectRole,
+    scope: Scope,
+) -> Result<Option<ProjectAccess>, WebError> {
+    let id = match req.extract_parts::<RawPathParams>().await {
+        Ok(params) => params.iter().next().and_then(|(_, v)| v.parse::<i64>().ok()),
+        Err(_) => None,
+    };
+    let found = match id {
+        Some(id) => {
+            let who = principal.clone();
+            state
+                .db
+                .lookup(move |c| {
+                    let Some(project_id) = access::store::project_of(c, scope, id)? else {
+                        return Ok::<_, crate::db::DbError>(None);
+                    };
+                    let role = access::project_role(c, &who, project_id)?;
+                    Ok(Some(ProjectAccess { project_id, role }))
+                })
+                .await?
+        }
+        None => None,
+    };
+    let refused = || {
+        WebError::ForbiddenBecause(format!(
+            "this needs the {} role on the project (or a global role that gives it)",
+            min.as_str()
+        ))
+    };
+    match found {
+        Some(found) if found.role >= min => Ok(Some(found)),
+        Some(_) => Err(refused()),
+        None if access::least(principal) >= min => Ok(None),
+        None => Err(refused()),
     }
 }
 

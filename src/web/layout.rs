@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use crate::access::{ProjectAccess, ProjectRole};
 use crate::app::AppState;
 use crate::users::{Principal, Role};
 use crate::web::assets;
@@ -24,11 +25,23 @@ pub struct Viewer {
     /// The session's CSRF token (empty for bearer-token callers, who need none).
     pub csrf: String,
     pub github_enabled: bool,
+    /// On a project-scoped route: the project and the caller's role there (the choke point's).
+    pub project: Option<ProjectAccess>,
 }
 
 impl Viewer {
+    /// Whether the global role is at least `role` (agents, users, the audit log, deleting).
     pub fn can(&self, role: Role) -> bool {
         self.who.role >= role
+    }
+
+    /// Whether the caller holds at least `role` on the project the page is about (buttons and
+    /// forms are shown by this); off a project-scoped route, what the global role gives.
+    pub fn may(&self, role: ProjectRole) -> bool {
+        match self.project {
+            Some(p) => p.role >= role,
+            None => crate::access::least(&self.who) >= role,
+        }
     }
 }
 
@@ -48,6 +61,7 @@ impl FromRequestParts<AppState> for Viewer {
             csrf: session.map(|s| s.csrf).unwrap_or_default(),
             who,
             github_enabled: state.config.github.enabled(),
+            project: parts.extensions.get::<ProjectAccess>().copied(),
         })
     }
 }
@@ -261,6 +275,8 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("identity-reset") => {
             "Identity pin reset; the agent was disconnected and its next connection pins the identity it offers."
         }
+        Some("member-saved") => "Project role saved.",
+        Some("member-removed") => "Project role removed.",
         Some("user-updated") => "User updated.",
         Some("sessions-ended") => "Sessions ended.",
         Some("token-revoked") => "Token revoked.",

@@ -17,16 +17,34 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::users::Role;
 use crate::users::pages::{account, github, oidc, people};
-use crate::{agents, audit, deploys, hooks, notify, operate, projects, secrets, users};
-use auth::{Access, Routes};
+use crate::{access, agents, audit, deploys, hooks, notify, operate, projects, secrets, users};
+use auth::{Access, Routes, Scope};
 use error::WebError;
 
 const VIEWER: Access = Access::Role(Role::Viewer);
 const MEMBER: Access = Access::Role(Role::Member);
 const ADMIN: Access = Access::Role(Role::Admin);
+
+/// A role on the project a route acts on (issue 16), by what the route's `{id}` names.
+const fn on(role: ProjectRole, scope: Scope) -> Access {
+    Access::Project(role, scope)
+}
+const P_VIEW: Access = on(ProjectRole::Viewer, Scope::Project);
+const P_DEPLOY: Access = on(ProjectRole::Deployer, Scope::Project);
+const P_MAINTAIN: Access = on(ProjectRole::Maintainer, Scope::Project);
+const E_VIEW: Access = on(ProjectRole::Viewer, Scope::Environment);
+const E_DEPLOY: Access = on(ProjectRole::Deployer, Scope::Environment);
+const E_MAINTAIN: Access = on(ProjectRole::Maintainer, Scope::Environment);
+const D_VIEW: Access = on(ProjectRole::Viewer, Scope::Deployment);
+const D_DEPLOY: Access = on(ProjectRole::Deployer, Scope::Deployment);
+const S_VIEW: Access = on(ProjectRole::Viewer, Scope::Secret);
+const S_MAINTAIN: Access = on(ProjectRole::Maintainer, Scope::Secret);
+const N_VIEW: Access = on(ProjectRole::Viewer, Scope::Notification);
+const N_MAINTAIN: Access = on(ProjectRole::Maintainer, Scope::Notification);
 
 /// Every route of the appliance, each with the access it requires.
 pub fn routes() -> Routes {
@@ -71,25 +89,25 @@ pub fn routes() -> Routes {
         .add(M::GET, "/api/openapi.json", Access::Public, openapi::serve)
         .add(M::GET, "/api/projects", VIEWER, projects::api::list)
         .add(M::POST, "/api/projects", MEMBER, projects::api::create)
-        .add(M::GET, "/api/projects/{id}", VIEWER, projects::api::get)
-        .add(M::PATCH, "/api/projects/{id}", MEMBER, projects::api::patch)
+        .add(M::GET, "/api/projects/{id}", P_VIEW, projects::api::get)
+        .add(M::PATCH, "/api/projects/{id}", P_MAINTAIN, projects::api::patch)
         .add(M::DELETE, "/api/projects/{id}", ADMIN, projects::api::delete)
         .add(
             M::POST,
             "/api/projects/{id}/environments",
-            MEMBER,
+            P_MAINTAIN,
             projects::api::add_environment,
         )
         .add(
             M::GET,
             "/api/environments/{id}",
-            VIEWER,
+            E_VIEW,
             projects::api::get_environment,
         )
         .add(
             M::PATCH,
             "/api/environments/{id}",
-            MEMBER,
+            E_MAINTAIN,
             projects::api::patch_environment,
         )
         .add(
@@ -101,53 +119,53 @@ pub fn routes() -> Routes {
         .add(
             M::GET,
             "/api/environments/{id}/runtime",
-            VIEWER,
+            E_VIEW,
             crate::runtime::api::get,
         )
         .add(
             M::GET,
             "/api/environments/{id}/services/{service}/logs",
-            MEMBER,
+            E_DEPLOY,
             crate::operate::logs_api::get,
         )
         // Issue 15: lifecycle actions through the environment's agents (src/operate).
         .add(
             M::POST,
             "/api/environments/{id}/services/{service}/restart",
-            MEMBER,
+            E_DEPLOY,
             operate::actions_api::restart,
         )
         .add(
             M::POST,
             "/api/environments/{id}/services/{service}/stop",
-            MEMBER,
+            E_DEPLOY,
             operate::actions_api::stop,
         )
         .add(
             M::POST,
             "/api/environments/{id}/services/{service}/start",
-            MEMBER,
+            E_DEPLOY,
             operate::actions_api::start,
         )
         .add(
             M::POST,
             "/api/environments/{id}/down",
-            MEMBER,
+            E_MAINTAIN,
             operate::actions_api::down,
         )
-        .add(M::GET, "/api/projects/{id}/secrets", VIEWER, secrets::api::list)
+        .add(M::GET, "/api/projects/{id}/secrets", P_VIEW, secrets::api::list)
         .add(
             M::POST,
             "/api/projects/{id}/secrets",
-            MEMBER,
+            P_MAINTAIN,
             secrets::api::create,
         )
-        .add(M::PUT, "/api/secrets/{id}", MEMBER, secrets::api::update)
-        .add(M::DELETE, "/api/secrets/{id}", MEMBER, secrets::api::delete)
+        .add(M::PUT, "/api/secrets/{id}", S_MAINTAIN, secrets::api::update)
+        .add(M::DELETE, "/api/secrets/{id}", S_MAINTAIN, secrets::api::delete)
         .add(
             M::GET,
             "/api/secrets/{id}/versions",
-            VIEWER,
+            S_VIEW,
             secrets::api::versions,
         )
         .add(
@@ -167,27 +185,56 @@ pub fn routes() -> Routes {
         .add(
             M::GET,
             "/api/projects/{id}/notifications",
-            VIEWER,
+            P_VIEW,
             notify::api::list,
         )
         .add(
             M::POST,
             "/api/projects/{id}/notifications",
-            MEMBER,
+            P_MAINTAIN,
             notify::api::create,
         )
-        .add(M::DELETE, "/api/notifications/{id}", MEMBER, notify::api::delete)
+        .add(
+            M::DELETE,
+            "/api/notifications/{id}",
+            N_MAINTAIN,
+            notify::api::delete,
+        )
         .add(
             M::GET,
             "/api/notifications/{id}/deliveries",
-            VIEWER,
+            N_VIEW,
             notify::api::deliveries,
         )
-        .add(M::POST, "/api/notifications/{id}/test", MEMBER, notify::api::test)
+        .add(
+            M::POST,
+            "/api/notifications/{id}/test",
+            N_MAINTAIN,
+            notify::api::test,
+        )
         // Push webhooks: public, authenticated by the signature over the body (src/hooks).
-        // Rotating the secret is MEMBER until issue 16 adds maintainers.
-        .add(M::GET, "/api/projects/{id}/webhook", VIEWER, hooks::api::get)
-        .add(M::POST, "/api/projects/{id}/webhook", MEMBER, hooks::api::rotate)
+        // Rotating the secret is for the project's maintainers.
+        // Issue 16: a project's members (src/access).
+        .add(M::GET, "/api/projects/{id}/members", P_VIEW, access::api::list)
+        .add(
+            M::PUT,
+            "/api/projects/{id}/members/{user_id}",
+            P_MAINTAIN,
+            access::api::put,
+        )
+        .add(
+            M::DELETE,
+            "/api/projects/{id}/members/{user_id}",
+            P_MAINTAIN,
+            access::api::delete,
+        )
+        .add(M::GET, "/api/projects/{id}/webhook", P_VIEW, hooks::api::get)
+        .add(
+            M::POST,
+            "/api/projects/{id}/webhook",
+            P_MAINTAIN,
+            hooks::api::rotate,
+        )
         .add(
             M::POST,
             "/api/hooks/github/{project_id}",
@@ -206,14 +253,19 @@ pub fn routes() -> Routes {
             Access::Public,
             hooks::api::gitea,
         )
-        .add(M::POST, "/api/deploy/{project_id}", MEMBER, deploys::api::deploy)
+        .add(
+            M::POST,
+            "/api/deploy/{project_id}",
+            P_DEPLOY,
+            deploys::api::deploy,
+        )
         .add(M::GET, "/api/deployments", VIEWER, deploys::api::list)
-        .add(M::GET, "/api/deployments/{id}", VIEWER, deploys::api::get)
-        .add(M::GET, "/api/deployments/{id}/logs", VIEWER, deploys::api::logs)
+        .add(M::GET, "/api/deployments/{id}", D_VIEW, deploys::api::get)
+        .add(M::GET, "/api/deployments/{id}/logs", D_VIEW, deploys::api::logs)
         .add(
             M::POST,
             "/api/deployments/{id}/cancel",
-            MEMBER,
+            D_DEPLOY,
             deploys::api::cancel,
         )
         .add(
@@ -225,7 +277,7 @@ pub fn routes() -> Routes {
         .add(
             M::POST,
             "/api/deployments/{id}/redeploy",
-            MEMBER,
+            D_DEPLOY,
             deploys::api::redeploy,
         )
         // --- web UI: signing in -----------------------------------------------------------------
@@ -266,66 +318,66 @@ pub fn routes() -> Routes {
         .add(M::GET, "/ws/dashboard", VIEWER, dashboard::dashboard_socket)
         .add(M::GET, "/projects", VIEWER, projects::pages::list_page)
         .add(M::POST, "/projects", MEMBER, projects::pages::create)
-        .add(M::GET, "/projects/{id}", VIEWER, projects::tabs::overview_page)
+        .add(M::GET, "/projects/{id}", P_VIEW, projects::tabs::overview_page)
         .add(
             M::GET,
             "/projects/{id}/deployments",
-            VIEWER,
+            P_VIEW,
             projects::tabs::deployments_page,
         )
         .add(
             M::GET,
             "/projects/{id}/secrets",
-            VIEWER,
+            P_VIEW,
             projects::tabs::secrets_page,
         )
         .add(
             M::GET,
             "/projects/{id}/agents",
-            VIEWER,
+            P_VIEW,
             projects::tabs::agents_page,
         )
         .add(
             M::GET,
             "/projects/{id}/settings",
-            VIEWER,
+            P_VIEW,
             projects::tabs::settings_page,
         )
-        .add(M::POST, "/projects/{id}", MEMBER, projects::pages::update)
+        .add(M::POST, "/projects/{id}", P_MAINTAIN, projects::pages::update)
         .add(
             M::POST,
             "/projects/{id}/environments",
-            MEMBER,
+            P_MAINTAIN,
             projects::pages::add_environment,
         )
         .add(
             M::POST,
             "/environments/{id}/retention",
-            MEMBER,
+            E_MAINTAIN,
             projects::pages::set_retention,
         )
         .add(
             M::POST,
             "/environments/{id}/triggers",
-            MEMBER,
+            E_MAINTAIN,
             projects::pages::set_triggers,
         )
         .add(
             M::POST,
             "/environments/{id}/rollback",
-            MEMBER,
+            E_MAINTAIN,
             projects::pages::set_auto_rollback,
         )
         .add(
             M::POST,
             "/environments/{id}/services/{service}/{action}",
-            MEMBER,
+            E_DEPLOY,
             operate::actions_pages::service_action,
         )
         .add(
             M::POST,
             "/environments/{id}/down",
-            MEMBER,
+            E_MAINTAIN,
             operate::actions_pages::down,
         )
         .add(
@@ -340,64 +392,97 @@ pub fn routes() -> Routes {
             ADMIN,
             operate::delete_pages::delete_project,
         )
-        .add(M::POST, "/projects/{id}/webhook", MEMBER, hooks::pages::rotate)
-        .add(M::POST, "/projects/{id}/secrets", MEMBER, secrets::pages::create)
-        .add(M::POST, "/secrets/{id}", MEMBER, secrets::pages::update)
-        .add(M::POST, "/secrets/{id}/delete", MEMBER, secrets::pages::delete)
+        .add(
+            M::POST,
+            "/projects/{id}/webhook",
+            P_MAINTAIN,
+            hooks::pages::rotate,
+        )
+        .add(M::POST, "/projects/{id}/members", P_MAINTAIN, access::pages::add)
+        .add(
+            M::POST,
+            "/projects/{id}/members/{user_id}",
+            P_MAINTAIN,
+            access::pages::change,
+        )
+        .add(
+            M::POST,
+            "/projects/{id}/members/{user_id}/delete",
+            P_MAINTAIN,
+            access::pages::remove,
+        )
+        .add(
+            M::POST,
+            "/projects/{id}/secrets",
+            P_MAINTAIN,
+            secrets::pages::create,
+        )
+        .add(M::POST, "/secrets/{id}", S_MAINTAIN, secrets::pages::update)
+        .add(
+            M::POST,
+            "/secrets/{id}/delete",
+            S_MAINTAIN,
+            secrets::pages::delete,
+        )
         .add(
             M::GET,
             "/projects/{id}/notifications",
-            VIEWER,
+            P_VIEW,
             notify::pages::notifications_page,
         )
         .add(
             M::POST,
             "/projects/{id}/notifications",
-            MEMBER,
+            P_MAINTAIN,
             notify::pages::create,
         )
         .add(
             M::POST,
             "/notifications/{id}/delete",
-            MEMBER,
+            N_MAINTAIN,
             notify::pages::delete,
         )
-        .add(M::POST, "/notifications/{id}/test", MEMBER, notify::pages::test)
-        .add(M::POST, "/projects/{id}/deploy", MEMBER, deploys::pages::deploy)
+        .add(
+            M::POST,
+            "/notifications/{id}/test",
+            N_MAINTAIN,
+            notify::pages::test,
+        )
+        .add(M::POST, "/projects/{id}/deploy", P_DEPLOY, deploys::pages::deploy)
         .add(
             M::POST,
             "/deployments/{id}/cancel",
-            MEMBER,
+            D_DEPLOY,
             deploys::pages::cancel,
         )
         .add(
             M::POST,
             "/deployments/{id}/redeploy",
-            MEMBER,
+            D_DEPLOY,
             deploys::pages::redeploy,
         )
         .add(
             M::GET,
             "/deployments/{id}",
-            VIEWER,
+            D_VIEW,
             deploys::pages::deployment_page,
         )
         .add(
             M::GET,
             "/ws/deployments/{id}",
-            VIEWER,
+            D_VIEW,
             deploys::pages::live::live_socket,
         )
         .add(
             M::GET,
             "/environments/{id}/services/{service}/logs",
-            MEMBER,
+            E_DEPLOY,
             crate::operate::logs_pages::logs_page,
         )
         .add(
             M::GET,
             "/ws/environments/{id}/services/{service}/logs",
-            MEMBER,
+            E_DEPLOY,
             crate::operate::logs_api::socket,
         )
         .add(M::GET, "/agents", VIEWER, agents::pages::agents_page)

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::auth::{Access, RouteSpec};
 use super::error::ErrorBody;
+use crate::access::api::{MemberInfo, MemberInput, MemberList};
 use crate::agents::AgentInfo;
 use crate::agents::api::NewAgent;
 use crate::agents::ops::CreatedAgent;
@@ -30,7 +31,6 @@ use crate::notify::{ChannelInfo, ChannelInput, Created, Delivery};
 use crate::projects::{Environment, EnvironmentInput, EnvironmentPatch, Project, ProjectInput, ProjectPatch};
 use crate::secrets::store::VersionInfo;
 use crate::secrets::{NewValue, SecretInfo, SecretInput};
-use crate::users::Role;
 use crate::users::api::{PasswordChanged, PasswordInput};
 
 /// A JSON body: a named schema, or an array of one.
@@ -285,6 +285,22 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
             201,
             Some(s.one::<NewWebhook>()),
         ),
+        ("GET", "/api/projects/{id}/members") => op(
+            "The project's members: every project role granted on it, with each person's effective role",
+            200,
+            Some(s.one::<MemberList>()),
+        ),
+        ("PUT", "/api/projects/{id}/members/{user_id}") => op(
+            "Grant or change a person's manual role on the project (admins and the project's maintainers; not on oneself)",
+            200,
+            Some(s.one::<MemberInfo>()),
+        )
+        .takes(s.one::<MemberInput>()),
+        ("DELETE", "/api/projects/{id}/members/{user_id}") => op(
+            "Remove a person's manual role on the project",
+            204,
+            None,
+        ),
         ("POST", "/api/account/password") => op(
             "Change your own password (the current one required); your other sessions end",
             200,
@@ -314,15 +330,10 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
     Some(c)
 }
 
-/// Who may call a route, as the document says it (`x-stagely-access`).
-pub fn access_name(access: Access) -> &'static str {
-    match access {
-        Access::Public => "public",
-        Access::Agent => "agent",
-        Access::Role(Role::Viewer) => "viewer",
-        Access::Role(Role::Member) => "member",
-        Access::Role(Role::Admin) => "admin",
-    }
+/// Who may call a route, as the document says it (`x-stagely-access`): `viewer`, `member`,
+/// `admin`, or `project:<role>` for a role on the project the route acts on.
+pub fn access_name(access: Access) -> String {
+    access.name()
 }
 
 fn body_schema(body: &Body) -> Value {
@@ -366,9 +377,10 @@ fn operation(spec: &RouteSpec, contract: Option<Contract>) -> Value {
     op.insert("x-stagely-access".into(), json!(access));
     op.insert(
         "security".into(),
-        match spec.access {
-            Access::Role(_) => json!([{ "token": [] }, { "session": [] }]),
-            Access::Public | Access::Agent => json!([{}]),
+        if spec.access.authenticated() {
+            json!([{ "token": [] }, { "session": [] }])
+        } else {
+            json!([{}])
         },
     );
     if let Some(c) = contract {
@@ -400,7 +412,7 @@ fn operation(spec: &RouteSpec, contract: Option<Contract>) -> Value {
         "description": "an error (docs/api.md lists the codes)",
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } },
     });
-    if matches!(spec.access, Access::Role(_)) {
+    if spec.access.authenticated() {
         responses.insert(
             "401".into(),
             json!({ "$ref": "#/components/responses/Unauthenticated" }),
@@ -496,7 +508,7 @@ mod tests {
             let secured = op["security"] != json!([{}]);
             assert_eq!(
                 secured,
-                matches!(spec.access, Access::Role(_)),
+                spec.access.authenticated(),
                 "{} {}",
                 spec.method,
                 spec.path

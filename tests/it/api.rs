@@ -200,7 +200,7 @@ async fn the_openapi_document_is_public_and_covers_the_api() {
     let doc: serde_json::Value = anonymous.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let deploy = &doc["paths"]["/api/deploy/{project_id}"]["post"];
-    assert_eq!(deploy["x-stagely-access"], "member");
+    assert_eq!(deploy["x-stagely-access"], "project:deployer");
     assert_eq!(deploy["security"], json!([{"token": []}, {"session": []}]));
     assert_eq!(
         doc["paths"]["/api/projects/{id}"]["delete"]["x-stagely-access"],

@@ -51,6 +51,7 @@ mod papercuts_input;
 mod papercuts_ui;
 mod prereq;
 mod privilege;
+mod project_roles;
 mod queue;
 mod releases;
 mod releases_engine;

@@ -22,56 +22,75 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/openapi.json", "public"),
     ("GET", "/api/projects", "viewer"),
     ("POST", "/api/projects", "member"),
-    ("GET", "/api/projects/{id}", "viewer"),
-    ("PATCH", "/api/projects/{id}", "member"),
+    ("GET", "/api/projects/{id}", "project:viewer"),
+    ("PATCH", "/api/projects/{id}", "project:maintainer"),
     ("DELETE", "/api/projects/{id}", "admin"),
-    ("POST", "/api/projects/{id}/environments", "member"),
-    ("GET", "/api/environments/{id}", "viewer"),
-    ("PATCH", "/api/environments/{id}", "member"),
+    ("POST", "/api/projects/{id}/environments", "project:maintainer"),
+    ("GET", "/api/environments/{id}", "project:viewer"),
+    ("PATCH", "/api/environments/{id}", "project:maintainer"),
     ("DELETE", "/api/environments/{id}", "admin"),
-    ("GET", "/api/environments/{id}/runtime", "viewer"),
-    ("GET", "/api/environments/{id}/services/{service}/logs", "member"),
+    ("GET", "/api/environments/{id}/runtime", "project:viewer"),
+    (
+        "GET",
+        "/api/environments/{id}/services/{service}/logs",
+        "project:deployer",
+    ),
     (
         "POST",
         "/api/environments/{id}/services/{service}/restart",
-        "member",
+        "project:deployer",
     ),
-    ("POST", "/api/environments/{id}/services/{service}/stop", "member"),
+    (
+        "POST",
+        "/api/environments/{id}/services/{service}/stop",
+        "project:deployer",
+    ),
     (
         "POST",
         "/api/environments/{id}/services/{service}/start",
-        "member",
+        "project:deployer",
     ),
-    ("POST", "/api/environments/{id}/down", "member"),
-    ("GET", "/api/projects/{id}/secrets", "viewer"),
-    ("POST", "/api/projects/{id}/secrets", "member"),
-    ("PUT", "/api/secrets/{id}", "member"),
-    ("DELETE", "/api/secrets/{id}", "member"),
-    ("GET", "/api/secrets/{id}/versions", "viewer"),
+    ("POST", "/api/environments/{id}/down", "project:maintainer"),
+    ("GET", "/api/projects/{id}/secrets", "project:viewer"),
+    ("POST", "/api/projects/{id}/secrets", "project:maintainer"),
+    ("PUT", "/api/secrets/{id}", "project:maintainer"),
+    ("DELETE", "/api/secrets/{id}", "project:maintainer"),
+    ("GET", "/api/secrets/{id}/versions", "project:viewer"),
     ("POST", "/api/environments/{id}/agents", "admin"),
     ("GET", "/api/agents", "viewer"),
     ("DELETE", "/api/agents/{id}", "admin"),
     ("POST", "/api/agents/{id}/identity/reset", "admin"),
-    ("GET", "/api/projects/{id}/notifications", "viewer"),
-    ("POST", "/api/projects/{id}/notifications", "member"),
-    ("DELETE", "/api/notifications/{id}", "member"),
-    ("GET", "/api/notifications/{id}/deliveries", "viewer"),
-    ("POST", "/api/notifications/{id}/test", "member"),
-    ("GET", "/api/projects/{id}/webhook", "viewer"),
-    ("POST", "/api/projects/{id}/webhook", "member"),
+    ("GET", "/api/projects/{id}/notifications", "project:viewer"),
+    ("POST", "/api/projects/{id}/notifications", "project:maintainer"),
+    ("DELETE", "/api/notifications/{id}", "project:maintainer"),
+    ("GET", "/api/notifications/{id}/deliveries", "project:viewer"),
+    ("POST", "/api/notifications/{id}/test", "project:maintainer"),
+    ("GET", "/api/projects/{id}/members", "project:viewer"),
+    (
+        "PUT",
+        "/api/projects/{id}/members/{user_id}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/projects/{id}/members/{user_id}",
+        "project:maintainer",
+    ),
+    ("GET", "/api/projects/{id}/webhook", "project:viewer"),
+    ("POST", "/api/projects/{id}/webhook", "project:maintainer"),
     // Push webhooks: authenticated by the signature over the body, not a session or token.
     ("POST", "/api/hooks/github/{project_id}", "public"),
     ("POST", "/api/hooks/gitlab/{project_id}", "public"),
     ("POST", "/api/hooks/gitea/{project_id}", "public"),
-    ("POST", "/api/deploy/{project_id}", "member"),
+    ("POST", "/api/deploy/{project_id}", "project:deployer"),
     ("GET", "/api/deployments", "viewer"),
-    ("GET", "/api/deployments/{id}", "viewer"),
-    ("GET", "/api/deployments/{id}/logs", "viewer"),
-    ("POST", "/api/deployments/{id}/cancel", "member"),
+    ("GET", "/api/deployments/{id}", "project:viewer"),
+    ("GET", "/api/deployments/{id}/logs", "project:viewer"),
+    ("POST", "/api/deployments/{id}/cancel", "project:deployer"),
     ("POST", "/api/account/password", "viewer"),
-    ("POST", "/deployments/{id}/cancel", "member"),
-    ("POST", "/api/deployments/{id}/redeploy", "member"),
-    ("POST", "/deployments/{id}/redeploy", "member"),
+    ("POST", "/deployments/{id}/cancel", "project:deployer"),
+    ("POST", "/api/deployments/{id}/redeploy", "project:deployer"),
+    ("POST", "/deployments/{id}/redeploy", "project:deployer"),
     ("GET", "/assets/{*path}", "public"),
     ("GET", "/login", "public"),
     ("POST", "/login", "public"),
@@ -98,33 +117,52 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/ws/dashboard", "viewer"),
     ("GET", "/projects", "viewer"),
     ("POST", "/projects", "member"),
-    ("GET", "/projects/{id}", "viewer"),
-    ("GET", "/projects/{id}/deployments", "viewer"),
-    ("GET", "/projects/{id}/secrets", "viewer"),
-    ("GET", "/projects/{id}/agents", "viewer"),
-    ("GET", "/projects/{id}/settings", "viewer"),
-    ("POST", "/projects/{id}", "member"),
-    ("POST", "/projects/{id}/environments", "member"),
-    ("POST", "/environments/{id}/retention", "member"),
-    ("POST", "/environments/{id}/triggers", "member"),
-    ("POST", "/environments/{id}/rollback", "member"),
-    ("POST", "/environments/{id}/services/{service}/{action}", "member"),
-    ("POST", "/environments/{id}/down", "member"),
+    ("GET", "/projects/{id}", "project:viewer"),
+    ("GET", "/projects/{id}/deployments", "project:viewer"),
+    ("GET", "/projects/{id}/secrets", "project:viewer"),
+    ("GET", "/projects/{id}/agents", "project:viewer"),
+    ("GET", "/projects/{id}/settings", "project:viewer"),
+    ("POST", "/projects/{id}", "project:maintainer"),
+    ("POST", "/projects/{id}/environments", "project:maintainer"),
+    ("POST", "/environments/{id}/retention", "project:maintainer"),
+    ("POST", "/environments/{id}/triggers", "project:maintainer"),
+    ("POST", "/environments/{id}/rollback", "project:maintainer"),
+    (
+        "POST",
+        "/environments/{id}/services/{service}/{action}",
+        "project:deployer",
+    ),
+    ("POST", "/environments/{id}/down", "project:maintainer"),
     ("POST", "/environments/{id}/delete", "admin"),
     ("POST", "/projects/{id}/delete", "admin"),
-    ("POST", "/projects/{id}/webhook", "member"),
-    ("POST", "/projects/{id}/secrets", "member"),
-    ("POST", "/secrets/{id}", "member"),
-    ("POST", "/secrets/{id}/delete", "member"),
-    ("GET", "/projects/{id}/notifications", "viewer"),
-    ("POST", "/projects/{id}/notifications", "member"),
-    ("POST", "/notifications/{id}/delete", "member"),
-    ("POST", "/notifications/{id}/test", "member"),
-    ("POST", "/projects/{id}/deploy", "member"),
-    ("GET", "/deployments/{id}", "viewer"),
-    ("GET", "/ws/deployments/{id}", "viewer"),
-    ("GET", "/environments/{id}/services/{service}/logs", "member"),
-    ("GET", "/ws/environments/{id}/services/{service}/logs", "member"),
+    ("POST", "/projects/{id}/webhook", "project:maintainer"),
+    ("POST", "/projects/{id}/members", "project:maintainer"),
+    ("POST", "/projects/{id}/members/{user_id}", "project:maintainer"),
+    (
+        "POST",
+        "/projects/{id}/members/{user_id}/delete",
+        "project:maintainer",
+    ),
+    ("POST", "/projects/{id}/secrets", "project:maintainer"),
+    ("POST", "/secrets/{id}", "project:maintainer"),
+    ("POST", "/secrets/{id}/delete", "project:maintainer"),
+    ("GET", "/projects/{id}/notifications", "project:viewer"),
+    ("POST", "/projects/{id}/notifications", "project:maintainer"),
+    ("POST", "/notifications/{id}/delete", "project:maintainer"),
+    ("POST", "/notifications/{id}/test", "project:maintainer"),
+    ("POST", "/projects/{id}/deploy", "project:deployer"),
+    ("GET", "/deployments/{id}", "project:viewer"),
+    ("GET", "/ws/deployments/{id}", "project:viewer"),
+    (
+        "GET",
+        "/environments/{id}/services/{service}/logs",
+        "project:deployer",
+    ),
+    (
+        "GET",
+        "/ws/environments/{id}/services/{service}/logs",
+        "project:deployer",
+    ),
     ("GET", "/agents", "viewer"),
     ("POST", "/agents", "admin"),
     ("GET", "/agents/{id}/created", "admin"),
@@ -151,13 +189,16 @@ fn access_name(a: stagely::web::auth::Access) -> String {
         Access::Public => "public".into(),
         Access::Agent => "agent".into(),
         Access::Role(r) => r.as_str().into(),
+        Access::Project(r, _) => format!("project:{}", r.as_str()),
     }
 }
 
+/// The global rank a route needs when its object does not exist (or the caller holds no
+/// project role): a global viewer is a viewer of every project, a member a maintainer.
 fn level(name: &str) -> u8 {
     match name {
-        "viewer" => 1,
-        "member" => 2,
+        "viewer" | "project:viewer" => 1,
+        "member" | "project:deployer" | "project:maintainer" => 2,
         "admin" => 3,
         _ => 0,
     }
@@ -206,6 +247,7 @@ async fn every_route_with_every_role_and_without_a_session() {
         let concrete = path
             .replace("{id}", "999999")
             .replace("{project_id}", "999999")
+            .replace("{user_id}", "999999")
             .replace("{*path}", "app.css")
             .replace("{target}", "linux-x86_64")
             .replace("{service}", "web")
@@ -642,5 +684,133 @@ async fn api_tokens_are_shown_once_capped_at_the_role_and_revocable() {
     let (status, _) = admin.post_form("/tokens/2/revoke", &[]).await;
     assert_eq!(status, 303, "an admin can");
     assert_eq!(Api::new(&server.url, &other).get("/api/projects").await.0, 401);
+    server.stop().await;
+}
+
+/// The same matrix for the project-scoped routes, on objects that exist, as global viewers who
+/// hold each project role on the target project and as a deployer of another project. A global
+/// viewer reads every project; anything above reading needs the role on this very project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_project_route_with_every_project_role() {
+    use stagely::web::auth::{Access, Scope};
+    let server = WebServer::start_with(|c| c.agents.action_timeout_secs = 2).await;
+    let mut admin = server.admin("root").await;
+    let api = Api::new(&server.url, &cli_token(&server.data_dir(), "ops", "admin"));
+    let (pid, envs) = api.project("shop", &["staging"]).await;
+    let (other, _) = api.project("other", &["staging"]).await;
+    // One finished deployment, then the agent leaves (actions answer agent_offline at once).
+    let (agent_id, agent_token) = api.agent(envs[0], "shop-1").await;
+    let mut agent = crate::common::TestAgent::connect(&api.url, &agent_token, Some(vec![])).await;
+    api.wait_online(agent_id).await;
+    let (status, body) = api
+        .post(&format!("/api/deploy/{pid}"), json!({"environment": "staging"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deployment = body["deployment_id"].as_i64().unwrap();
+    assert_eq!(agent.recv().await["type"], "DEPLOY");
+    agent.status(deployment, "SUCCESS").await;
+    api.wait_finished(deployment, std::time::Duration::from_secs(10))
+        .await;
+    drop(agent);
+    api.wait_offline(agent_id).await;
+
+    // Global viewers: 2 holds viewer on shop, 3 deployer, 4 maintainer, 5 deployer on `other`.
+    let mut people = Vec::new();
+    for (name, project, role) in [
+        ("vic", pid, "viewer"),
+        ("dee", pid, "deployer"),
+        ("mae", pid, "maintainer"),
+        ("otto", other, "deployer"),
+    ] {
+        let c = server.user(&mut admin, name, "viewer").await;
+        let user_id = i64::try_from(people.len()).unwrap() + 2;
+        let (status, body) = api
+            .put(
+                &format!("/api/projects/{project}/members/{user_id}"),
+                json!({"role": role}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let rank = if project == pid {
+            ["viewer", "deployer", "maintainer"]
+                .iter()
+                .position(|r| *r == role)
+                .unwrap()
+        } else {
+            0
+        };
+        people.push((name, c, rank));
+    }
+    // Refused first, allowed last: an allowed call that acts (a deleted secret) comes after the
+    // refusals on the same object.
+    people.rotate_left(3);
+
+    let table = stagely::web::routes();
+    let mut n = 0;
+    for spec in table.table() {
+        let Access::Project(min, scope) = spec.access else {
+            continue;
+        };
+        n += 1;
+        let needed = ["viewer", "deployer", "maintainer"]
+            .iter()
+            .position(|r| *r == min.as_str())
+            .unwrap();
+        let i = n.to_string();
+        // Objects a call may delete are made afresh for each route.
+        let id = match scope {
+            Scope::Project => pid,
+            Scope::Environment => envs[0],
+            Scope::Deployment => deployment,
+            Scope::Secret => {
+                let s = api
+                    .ok(
+                        &format!("/api/projects/{pid}/secrets"),
+                        json!({"key": format!("KEY_{i}"), "value": "canary-matrix", "scope": "global"}),
+                        201,
+                    )
+                    .await;
+                s["id"].as_i64().unwrap()
+            }
+            Scope::Notification => {
+                let c = api
+                    .ok(
+                        &format!("/api/projects/{pid}/notifications"),
+                        json!({"kind": "webhook", "name": format!("n{i}"), "events": ["deploy.failed"], "url": "https://x.example/h"}),
+                        201,
+                    )
+                    .await;
+                c["id"].as_i64().unwrap()
+            }
+        };
+        let concrete = spec
+            .path
+            .replace("{id}", &id.to_string())
+            .replace("{project_id}", &id.to_string())
+            // Root (user 1) holds no grant: a members call on it finds none (404), never acts.
+            .replace("{user_id}", "1")
+            .replace("{service}", "web")
+            .replace("{action}", "restart");
+        for (name, c, rank) in &mut people {
+            let csrf = c.csrf.clone();
+            let headers = [("x-csrf-token", csrf.as_str())];
+            let form: Option<&[(&str, &str)]> = if spec.method == Method::GET {
+                None
+            } else {
+                Some(&[])
+            };
+            let (status, body, _) = c.request(spec.method.clone(), &concrete, form, &headers).await;
+            let method = &spec.method;
+            if *rank >= needed {
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {concrete} as {name} got {status}: {body:.200}"
+                );
+            } else {
+                assert_eq!(status, 403, "{method} {concrete} as {name}: {body:.200}");
+            }
+        }
+    }
+    assert!(n > 50, "every project route was walked ({n})");
     server.stop().await;
 }

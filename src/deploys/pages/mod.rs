@@ -12,10 +12,11 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{DeployStatus, Deployment, LogLine, ops, store};
+use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::projects::pages::{Forms, is_production, with_errors};
-use crate::users::{Principal, Role};
+use crate::users::Principal;
 use crate::web::error::WebError;
 use crate::web::layout::{self, FormErrors, Nav, PageError, Viewer, ago, badge, csrf_field, no_store, page};
 
@@ -322,9 +323,9 @@ pub async fn deployment_page(
         }
         (status_block(&d))
         (agent_hint(agent_gone, state.config.deploys.agent_lost_timeout_secs))
-        @if live && v.can(Role::Member) { (cancel_form(&d, &v.csrf)) }
+        @if live && v.may(ProjectRole::Deployer) { (cancel_form(&d, &v.csrf)) }
         (release_block(&d))
-        @if d.release.is_some() && v.can(Role::Member) { (redeploy_form(d.id, &v.csrf)) }
+        @if d.release.is_some() && v.may(ProjectRole::Deployer) { (redeploy_form(d.id, &v.csrf)) }
         h3 { "Log" }
         @if let Some(at) = &d.log_pruned_at {
             p.muted { "Log pruned " (ago(at, now_ms())) " by the retention policy (deploys.log_keep_deployments, deploys.log_keep_days)." }

@@ -27,7 +27,14 @@ pub struct DoneQuery {
 }
 
 /// The account page: who you are, your password, your sessions, GitHub.
-fn account_body(v: &Viewer, user: &User, sessions: i64, errors: &FormErrors, done: Option<&str>) -> Markup {
+fn account_body(
+    v: &Viewer,
+    user: &User,
+    sessions: i64,
+    roles: &[(String, crate::access::store::Membership)],
+    errors: &FormErrors,
+    done: Option<&str>,
+) -> Markup {
     html! {
         (layout::notice(done))
         div.page-head { h1 { "Your account" } }
@@ -35,6 +42,7 @@ fn account_body(v: &Viewer, user: &User, sessions: i64, errors: &FormErrors, don
             div.stat {
                 div { small { "Username" } strong { (user.username) } }
                 div { small { "Role" } (user.role.as_str()) }
+                div.project-roles { small { "Project roles" } (crate::access::pages::roles_line(roles)) }
                 div { small { "Member since" } (ago(&user.created_at, now_ms())) }
                 div { small { "Password" } (if user.has_password { "set" } else { "none (GitHub only)" }) }
             }
@@ -115,18 +123,19 @@ async fn render_account(
     let Some(user_id) = v.who.user_id else {
         return Err(WebError::NotFound("account").into());
     };
-    let (user, sessions) = state
+    let (user, sessions, roles) = state
         .db
         .read(move |c| {
             let user = store::get(c, user_id)?;
+            let roles = crate::access::ops::roles_of(c, user_id)?;
             let sessions = store::session_counts(c, now_ms())?
                 .into_iter()
                 .find(|(id, _)| *id == user_id)
                 .map_or(0, |(_, n)| n);
-            Ok::<_, UserError>((user, sessions))
+            Ok::<_, UserError>((user, sessions, roles))
         })
         .await?;
-    let body = account_body(v, &user, sessions, errors, done);
+    let body = account_body(v, &user, sessions, &roles, errors, done);
     Ok((status, no_store(), page(v, "Account", Nav::Account, body)).into_response())
 }
 

@@ -30,6 +30,8 @@ struct UsersView {
     sessions: HashMap<i64, i64>,
     /// OpenID Connect identities by user id.
     oidc: HashMap<i64, Vec<crate::users::oidc::store::Identity>>,
+    /// Each person's project roles (issue 16).
+    project_roles: HashMap<i64, Vec<(String, crate::access::store::Membership)>>,
 }
 
 async fn load(state: &AppState) -> Result<UsersView, PageError> {
@@ -49,6 +51,13 @@ async fn load(state: &AppState) -> Result<UsersView, PageError> {
                         by_user
                     },
                 ),
+                project_roles: {
+                    let mut roles = HashMap::new();
+                    for u in store::list(c)? {
+                        roles.insert(u.id, crate::access::ops::roles_of(c, u.id)?);
+                    }
+                    roles
+                },
             })
         })
         .await?)
@@ -131,6 +140,8 @@ fn users_body(
                                     (role_select("role", u.role))
                                     button.small.secondary.outline type="submit" { "Save" }
                                 }
+                                small.project-roles { "Projects: " (crate::access::pages::roles_line(
+                                    view.project_roles.get(&u.id).map_or(&[][..], |r| r.as_slice()))) }
                             }
                             td {
                                 @if u.disabled { (badge("disabled", "disabled")) } @else { (badge("enabled", "enabled")) }
