@@ -228,6 +228,19 @@ pub fn routes() -> Routes {
             MEMBER,
             deploys::api::redeploy,
         )
+        // The approval rules are checked in src/deploys/approval (project roles, protection).
+        .add(
+            M::POST,
+            "/api/deployments/{id}/approve",
+            VIEWER,
+            deploys::api::approve,
+        )
+        .add(
+            M::POST,
+            "/api/deployments/{id}/reject",
+            VIEWER,
+            deploys::api::reject,
+        )
         // --- web UI: signing in -----------------------------------------------------------------
         .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
@@ -317,6 +330,12 @@ pub fn routes() -> Routes {
         )
         .add(
             M::POST,
+            "/environments/{id}/protection",
+            ADMIN,
+            crate::protect::pages::save,
+        )
+        .add(
+            M::POST,
             "/environments/{id}/down",
             MEMBER,
             operate::actions_pages::down,
@@ -368,6 +387,18 @@ pub fn routes() -> Routes {
             "/deployments/{id}/redeploy",
             MEMBER,
             deploys::pages::redeploy,
+        )
+        .add(
+            M::POST,
+            "/deployments/{id}/approve",
+            VIEWER,
+            deploys::pages::approval::approve,
+        )
+        .add(
+            M::POST,
+            "/deployments/{id}/reject",
+            VIEWER,
+            deploys::pages::approval::reject,
         )
         .add(
             M::GET,
