@@ -51,6 +51,7 @@ mod papercuts_input;
 mod papercuts_ui;
 mod prereq;
 mod privilege;
+mod protected_envs;
 mod queue;
 mod releases;
 mod releases_engine;
