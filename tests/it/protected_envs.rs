@@ -187,7 +187,7 @@ async fn a_protected_deploy_awaits_another_listed_persons_approval_then_is_dispa
     assert_eq!(status, 409, "{body}");
     assert!(body.to_string().contains("approved by"), "{body}");
     let (_, d) = admin.get(&format!("/api/deployments/{id}")).await;
-    assert_eq!(d["approval"]["approved_by"], "token:t", "{d}");
+    assert_eq!(d["approval"]["approved_by"], "user:bob (token t)", "{d}");
     let rows = audit_rows(&server);
     let approved = rows
         .iter()
