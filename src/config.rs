@@ -125,6 +125,8 @@ pub struct DeploysConfig {
     pub agent_lost_timeout_secs: u64,
     /// How long a deployment may run at all before it is failed with `timeout`.
     pub max_duration_secs: u64,
+    /// How long a deployment may await approval before it ends `expired`.
+    pub approval_ttl_secs: u64,
     /// How often buffered log lines are written to SQLite (one transaction per flush).
     pub log_flush_ms: u64,
     /// Longest stored log line, its cut marker included; a longer one is masked, then cut.
@@ -365,6 +367,7 @@ impl Default for DeploysConfig {
         Self {
             agent_lost_timeout_secs: 600,
             max_duration_secs: 3600,
+            approval_ttl_secs: 86_400,
             log_flush_ms: 100,
             log_max_line_bytes: 16 * 1024,
             log_max_lines: 100_000,
@@ -508,7 +511,10 @@ impl Config {
                 "must be at least deploys.log_max_line_bytes",
             );
         }
-        if self.deploys.agent_lost_timeout_secs == 0 || self.deploys.max_duration_secs == 0 {
+        if self.deploys.agent_lost_timeout_secs == 0
+            || self.deploys.max_duration_secs == 0
+            || self.deploys.approval_ttl_secs == 0
+        {
             return invalid("deploys", "timeouts must be at least 1 second");
         }
         if self.auth.session_hours == 0 || self.auth.session_hours > 24 * 90 {

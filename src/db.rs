@@ -454,7 +454,13 @@ mod tests {
                 .collect::<Result<_, _>>()?;
             assert_eq!(
                 indexes,
-                ["deployments_environment", "deployments_log_kept", "deployments_one_active", "deployments_waiting"]
+                [
+                    "deployments_awaiting",
+                    "deployments_environment",
+                    "deployments_log_kept",
+                    "deployments_one_active",
+                    "deployments_waiting"
+                ]
             );
             Ok::<_, DbError>(())
         })
@@ -528,6 +534,12 @@ mod tests {
             assert_eq!(violations, 0);
             let mut schema_after = before(tx);
             schema_after.retain(|(kind, name)| !name.starts_with("audit_log_") || kind != "index" || name == "audit_log_at");
+            // What V17 and V18 add.
+            schema_after.retain(|(_, name)| {
+                !name.starts_with("project_members")
+                    && !name.starts_with("environment_deployers")
+                    && name != "deployments_awaiting"
+            });
             assert_eq!(schema_after, schema_before, "every table, index and trigger is still there");
             let ids = |sql: &str| -> rusqlite::Result<Vec<i64>> {
                 tx.prepare(sql)?.query_map([], |r| r.get(0))?.collect()
@@ -605,6 +617,43 @@ mod tests {
                 [],
             )?;
             assert_eq!(tx.last_insert_rowid(), 4);
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn v18_protects_production_environments_and_accepts_the_approval_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        v15_database(&path);
+        let db = Db::open(&path).unwrap();
+        db.write_blocking(|tx| {
+            let row = |sql: &str| tx.query_row(sql, [], |r| r.get::<_, i64>(0));
+            assert_eq!(row("SELECT protected FROM environments WHERE id = 10")?, 1, "prod is protected");
+            assert_eq!(row("SELECT protected FROM environments WHERE id = 11")?, 0, "staging is not");
+            assert_eq!(row("SELECT require_approval FROM environments WHERE id = 10")?, 0);
+            let deployers: Vec<(i64, String)> = tx
+                .prepare("SELECT environment_id, role FROM environment_deployers")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            assert_eq!(deployers, [(10, "maintainer".to_owned())]);
+            assert_eq!(row("SELECT count(*) FROM deployments")?, 3);
+            for status in ["awaiting_approval", "expired"] {
+                tx.execute("UPDATE deployments SET status = ?1 WHERE id = 3", [status])?;
+            }
+            assert!(tx.execute("UPDATE deployments SET status = 'approved' WHERE id = 3", []).is_err());
+            assert!(
+                tx.execute("INSERT INTO environment_deployers (environment_id, kind, role) VALUES (11, 'role', 'viewer')", [])
+                    .is_err()
+            );
+            assert!(
+                tx.execute("INSERT INTO environment_deployers (environment_id, kind, user_id) VALUES (11, 'role', 1)", [])
+                    .is_err()
+            );
+            tx.execute("INSERT INTO environment_deployers (environment_id, kind, user_id) VALUES (11, 'user', 2)", [])?;
+            tx.execute("DELETE FROM users WHERE id = 2", [])?;
+            assert_eq!(row("SELECT count(*) FROM environment_deployers WHERE environment_id = 11")?, 0);
             Ok::<_, DbError>(())
         })
         .unwrap();

@@ -22,6 +22,7 @@ pub mod names;
 pub mod notify;
 pub mod operate;
 pub mod projects;
+pub mod protect;
 pub mod releases;
 pub mod runtime;
 pub mod secrets;

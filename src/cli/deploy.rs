@@ -124,7 +124,8 @@ pub fn final_state(status: &str) -> Option<Final> {
     match status {
         "success" => Some(Final::Success),
         "failed" => Some(Final::Failed),
-        "cancelled" | "superseded" => Some(Final::Stopped),
+        // `expired`: it awaited approval too long (issue 16) and never ran.
+        "cancelled" | "superseded" | "expired" => Some(Final::Stopped),
         _ => None,
     }
 }
@@ -363,6 +364,7 @@ async fn follow(client: &Client, id: i64, deadline: Option<Instant>) -> Result<u
     let mut after = -1;
     let mut pause = Duration::from_millis(250);
     let deployment_path = format!("/api/deployments/{id}");
+    let mut said_awaiting = false;
     loop {
         let before = after;
         after = match print_log(client, id, after, deadline, &mut stdout).await {
@@ -373,6 +375,14 @@ async fn follow(client: &Client, id: i64, deadline: Option<Instant>) -> Result<u
             Err(ClientError::TimedOut) => return Ok(timed_out(id)),
             other => other?,
         };
+        if d.status == "awaiting_approval" && !said_awaiting {
+            // It keeps waiting (bounded by --timeout): another person approves it on its page.
+            said_awaiting = true;
+            eprintln!(
+                "stagely: deployment {id} awaits approval by another person who may deploy it: {}",
+                client.url(&format!("/deployments/{id}"))
+            );
+        }
         if let Some(end) = final_state(&d.status) {
             // Lines reported just before the end: the status is read after them, so one more
             // pass has them all.
@@ -566,6 +576,9 @@ mod tests {
         // The queue's end states (issue 13): exit 4.
         assert_eq!(code("cancelled"), Some(4));
         assert_eq!(code("superseded"), Some(4));
+        // An approval nobody gave (issue 16): exit 4; awaiting one is still going.
+        assert_eq!(code("expired"), Some(4));
+        assert_eq!(code("awaiting_approval"), None);
         // Still going: the states of today, the queue's `waiting`, and any state a newer
         // appliance may add — never guessed to be an end.
         for going in ["queued", "running", "waiting", "paused", ""] {

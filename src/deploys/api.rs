@@ -51,6 +51,11 @@ impl From<DeployError> for WebError {
                 code: "already_finished",
                 message: e.to_string(),
             },
+            DeployError::Forbidden(why) => WebError::ForbiddenBecause(why),
+            e @ DeployError::NotAwaiting(_) => WebError::Conflict {
+                code: "not_awaiting_approval",
+                message: e.to_string(),
+            },
             DeployError::Vault(e) => e.into(),
             DeployError::Db(e) => e.into(),
         }
@@ -117,11 +122,50 @@ pub async fn cancel(
     Ok((StatusCode::ACCEPTED, axum::Json(accepted)))
 }
 
+/// One deployment, with its `approval` (and the approver's diff while it awaits one).
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<axum::Json<Deployment>, WebError> {
-    Ok(axum::Json(state.db.read(move |c| store::get(c, id)).await?))
+    let s = state.clone();
+    Ok(axum::Json(
+        state
+            .db
+            .read(move |c| {
+                let mut d = store::get(c, id)?;
+                d.approval = super::approval::view_for(&s, c, &d)?;
+                Ok::<_, DeployError>(d)
+            })
+            .await?,
+    ))
+}
+
+/// `POST /api/deployments/{id}/approve`: 200 `{deployment_id, status}` (`waiting`, or
+/// `queued` once dispatched). 403 for the person who triggered it or one who may not deploy
+/// the environment; 409 `not_awaiting_approval` when it does not await one or it expired.
+pub async fn approve(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<DeployAccepted>, WebError> {
+    let d = super::approval::approve(&state, &who, id).await?;
+    Ok(axum::Json(DeployAccepted {
+        deployment_id: d.deployment_id,
+        status: d.status,
+    }))
+}
+
+/// `POST /api/deployments/{id}/reject`: 200 `{deployment_id, status: "cancelled"}`.
+pub async fn reject(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<DeployAccepted>, WebError> {
+    let d = super::approval::reject(&state, &who, id).await?;
+    Ok(axum::Json(DeployAccepted {
+        deployment_id: d.deployment_id,
+        status: d.status,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

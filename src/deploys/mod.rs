@@ -8,6 +8,7 @@
 //! (with the live log socket, [`live`]) only translate HTTP.
 
 pub mod api;
+pub mod approval;
 pub mod limits;
 pub mod logs;
 pub mod ops;
@@ -26,8 +27,12 @@ use crate::secrets::vault::VaultError;
 use stagely_protocol::ServiceState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum DeployStatus {
+    /// Recorded, not queued: the environment requires an approval by another person who may
+    /// deploy it (`POST /api/deployments/{id}/approve`). It neither supersedes nor blocks the
+    /// queue; approved, it becomes `waiting`.
+    AwaitingApproval,
     /// Recorded, not sent: another deployment of the environment is queued or running (or its
     /// agent is offline). Only the newest waiting one of an environment ever runs.
     Waiting,
@@ -39,13 +44,17 @@ pub enum DeployStatus {
     Failed,
     /// Never ran: a newer waiting deployment of the environment replaced it (`superseded_by`).
     Superseded,
-    /// Cancelled by a person (`POST /api/deployments/{id}/cancel`).
+    /// Cancelled by a person (`POST /api/deployments/{id}/cancel`), or rejected while it
+    /// awaited approval (`POST /api/deployments/{id}/reject`).
     Cancelled,
+    /// Awaited approval longer than `deploys.approval_ttl_secs`: never ran.
+    Expired,
 }
 
 impl DeployStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            DeployStatus::AwaitingApproval => "awaiting_approval",
             DeployStatus::Waiting => "waiting",
             DeployStatus::Queued => "queued",
             DeployStatus::Running => "running",
@@ -53,12 +62,14 @@ impl DeployStatus {
             DeployStatus::Failed => "failed",
             DeployStatus::Superseded => "superseded",
             DeployStatus::Cancelled => "cancelled",
+            DeployStatus::Expired => "expired",
         }
     }
 
     /// `None` for a value this binary does not know (never a default: see [`crate::db::stored`]).
     pub fn parse(s: &str) -> Option<DeployStatus> {
         match s {
+            "awaiting_approval" => Some(DeployStatus::AwaitingApproval),
             "waiting" => Some(DeployStatus::Waiting),
             "queued" => Some(DeployStatus::Queued),
             "running" => Some(DeployStatus::Running),
@@ -66,6 +77,7 @@ impl DeployStatus {
             "failed" => Some(DeployStatus::Failed),
             "superseded" => Some(DeployStatus::Superseded),
             "cancelled" => Some(DeployStatus::Cancelled),
+            "expired" => Some(DeployStatus::Expired),
             _ => None,
         }
     }
@@ -73,7 +85,11 @@ impl DeployStatus {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            DeployStatus::Success | DeployStatus::Failed | DeployStatus::Superseded | DeployStatus::Cancelled
+            DeployStatus::Success
+                | DeployStatus::Failed
+                | DeployStatus::Superseded
+                | DeployStatus::Cancelled
+                | DeployStatus::Expired
         )
     }
 }
@@ -129,6 +145,9 @@ pub struct Deployment {
     /// releases; its secret versions are `secrets`.
     pub release: Option<crate::releases::Release>,
     pub secrets: Vec<SecretVersion>,
+    /// The approval of a deployment that needed one (`GET /api/deployments/{id}` only; lists
+    /// leave it `null`).
+    pub approval: Option<approval::Approval>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -203,6 +222,14 @@ pub enum DeployError {
     /// A cancel of a deployment that has ended.
     #[error("deployment {id} has already finished ({})", status.as_str())]
     AlreadyFinished { id: i64, status: DeployStatus },
+    /// A protected environment's rule, or a missing project role (the message names the
+    /// environment and who may).
+    #[error("{0}")]
+    Forbidden(String),
+    /// An approval or rejection of a deployment that does not await one, or whose approval
+    /// expired.
+    #[error("{0}")]
+    NotAwaiting(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]

@@ -100,11 +100,19 @@ pub async fn trigger(
         .or_else(|| env.git_ref.clone())
         .unwrap_or_else(|| project.git_ref.clone());
     let actor = who.actor.clone();
+    let principal = who.clone();
     let (env_id, env_name) = (env.id, env.name.clone());
-    let deployment_id = state
+    let (deployment_id, awaiting) = state
         .db
         .write(move |tx| {
             let now = now_ms();
+            // The environment's rule (src/protect), read again in this transaction.
+            let env = crate::projects::store::get_environment(tx, env_id).map_err(|e| match e {
+                ProjectError::Db(e) => DeployError::Db(e),
+                _ => DeployError::NotFound,
+            })?;
+            let awaiting = crate::protect::rules::gate(tx, &principal, &env)?
+                == crate::protect::rules::Gate::AwaitApproval;
             let new = NewDeployment {
                 project_id,
                 environment_id: env_id,
@@ -113,16 +121,35 @@ pub async fn trigger(
                 triggered_by: &actor,
                 redeploy_of: None,
                 rollback_of: None,
+                triggered_by_user: principal.user_id,
+                awaiting_approval: awaiting,
             };
             let id = store::insert_waiting(tx, &new, now)?;
+            let detail = if awaiting {
+                format!("{env_name} (awaiting approval)")
+            } else {
+                env_name.clone()
+            };
             audit::record(
                 tx,
                 now,
-                &audit::Entry::new(&actor, "deploy.start", "deployment", Some(id)).detail(&env_name),
+                &audit::Entry::new(&actor, "deploy.start", "deployment", Some(id)).detail(&detail),
             )?;
-            Ok::<_, DeployError>(id)
+            Ok::<_, DeployError>((id, awaiting))
         })
         .await?;
+    if awaiting {
+        state.hub.publish(HubEvent::DeploymentChanged {
+            deployment_id,
+            environment_id: env.id,
+        });
+        super::approval::awaiting(state, deployment_id).await;
+        tracing::info!(deployment_id, project = %project.name, environment = %env.name, "deploy awaits approval");
+        return Ok(Triggered {
+            deployment_id,
+            status: DeployStatus::AwaitingApproval,
+        });
+    }
     state.hub.publish(HubEvent::DeploymentChanged {
         deployment_id,
         environment_id: env.id,

@@ -314,6 +314,10 @@ pub async fn cancel(
                 status,
             });
         }
+        if status == DeployStatus::AwaitingApproval {
+            // Cancelling a deploy that awaits approval is rejecting it (its rules).
+            return Ok(super::approval::reject(state, who, deployment_id).await?.status);
+        }
         let actor = who.actor.clone();
         if status == DeployStatus::Waiting {
             let cancelled = state

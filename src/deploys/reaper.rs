@@ -1,7 +1,8 @@
 //! No deployment stays unfinished forever: the reaper fails those whose agent has been gone
 //! longer than `agent_lost_timeout_secs` (`agent_lost`), that ran past `max_duration_secs` since
 //! they were sent (`timeout`), or that waited in their environment's queue longer than
-//! `max_duration_secs` without being sent (`queue_timeout`). It works from the database, so deployments interrupted by a restart are covered:
+//! `max_duration_secs` without being sent (`queue_timeout`), and ends `expired` those that
+//! awaited approval longer than `approval_ttl_secs`. It works from the database, so deployments interrupted by a restart are covered:
 //! their agents count as gone since this process started.
 
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub async fn sweep(state: &AppState, now: i64) {
     };
     let lost_after = i64::try_from(state.config.deploys.agent_lost_timeout_secs * 1000).unwrap_or(i64::MAX);
     let max_age = i64::try_from(state.config.deploys.max_duration_secs * 1000).unwrap_or(i64::MAX);
+    super::approval::expire_due(state, now).await;
     match state.db.read(store::waiting).await {
         Ok(waiting) => {
             for (id, environment_id, created) in waiting {

@@ -78,11 +78,25 @@ pub async fn redeploy(state: &AppState, who: &Principal, of: i64) -> Result<Rede
         .lookup(move |c| super::ops::find_target(c, &hub, project_id, Some(&env_name)))
         .await?;
     let actor = who.actor.clone();
+    let who = who.clone();
     let deployment_id = state
         .db
         .write(move |tx| {
             let now = now_ms();
-            let id = insert_redeploy(tx, &source, &release, &actor, None, now)?;
+            // The same rule as a deploy (src/protect): a protected environment's deployers only,
+            // and an approval when the environment requires one.
+            let env = environment(tx, source.environment_id)?;
+            let gate = crate::protect::rules::gate(tx, &who, &env)?;
+            let awaiting = gate == crate::protect::rules::Gate::AwaitApproval;
+            let id = insert_redeploy(
+                tx,
+                &source,
+                &release,
+                &actor,
+                None,
+                Some((who.user_id, awaiting)),
+                now,
+            )?;
             audit::record(
                 tx,
                 now,
@@ -111,6 +125,9 @@ pub async fn redeploy(state: &AppState, who: &Principal, of: i64) -> Result<Rede
         .read(move |c| store::owner(c, deployment_id))
         .await?
         .map_or(DeployStatus::Waiting, |(_, _, status)| status);
+    if status == DeployStatus::AwaitingApproval {
+        super::approval::awaiting(state, deployment_id).await;
+    }
     tracing::info!(
         deployment_id,
         redeploy_of = of,
@@ -131,6 +148,7 @@ fn insert_redeploy(
     release: &Release,
     actor: &str,
     rollback_of: Option<i64>,
+    who: Option<(Option<i64>, bool)>,
     now: i64,
 ) -> Result<i64, DeployError> {
     let commit = release.commit.clone().or_else(|| source.commit.clone());
@@ -142,6 +160,8 @@ fn insert_redeploy(
         triggered_by: actor,
         redeploy_of: Some(source.id),
         rollback_of,
+        triggered_by_user: who.and_then(|w| w.0),
+        awaiting_approval: who.is_some_and(|w| w.1),
     };
     Ok(store::insert_waiting(tx, &new, now)?)
 }
@@ -191,7 +211,8 @@ pub async fn after_failure(state: &AppState, failed: i64, environment_id: i64) {
             }
             let source = store::get(tx, release.deployment_id)?;
             let now = now_ms();
-            let id = insert_redeploy(tx, &source, &release, AUTO_ROLLBACK_ACTOR, Some(failed), now)?;
+            // The server answers a failure of a deploy someone was permitted to start: not gated.
+            let id = insert_redeploy(tx, &source, &release, AUTO_ROLLBACK_ACTOR, Some(failed), None, now)?;
             audit::record(tx, now, &audit::Entry::new(AUTO_ROLLBACK_ACTOR, "deploy.rollback", "deployment", Some(id)).detail(&format!(
                     "deployment {id} rolls back failed deployment {failed} to the release of deployment {}",
                     release.deployment_id

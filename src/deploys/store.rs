@@ -19,15 +19,19 @@ pub struct NewDeployment<'a> {
     pub redeploy_of: Option<i64>,
     /// An automatic rollback: the failed deployment it answers.
     pub rollback_of: Option<i64>,
+    /// The person behind it (the self-approval rule); `None` for a push, a CLI token, the server.
+    pub triggered_by_user: Option<i64>,
+    /// Recorded `awaiting_approval` instead of `waiting` (src/deploys/approval).
+    pub awaiting_approval: bool,
 }
 
-/// Record a deployment as `waiting`: no agent and no secret versions yet, those are the ones
-/// of the moment it is dispatched ([`claim_next`]).
+/// Record a deployment as `waiting` (or `awaiting_approval`): no agent and no secret versions
+/// yet, those are the ones of the moment it is dispatched ([`claim_next`]).
 pub fn insert_waiting(tx: &Transaction<'_>, d: &NewDeployment<'_>, now: i64) -> Result<i64, DbError> {
     tx.prepare_cached(
         "INSERT INTO deployments (project_id, environment_id, status, git_ref, commit_sha, triggered_by, created_at,
-             redeploy_of, rollback_of)
-         VALUES (?1, ?2, 'waiting', ?3, ?4, ?5, ?6, ?7, ?8)",
+             redeploy_of, rollback_of, triggered_by_user)
+         VALUES (?1, ?2, ?9, ?3, ?4, ?5, ?6, ?7, ?8, ?10)",
     )?
     .execute(params![
         d.project_id,
@@ -37,7 +41,9 @@ pub fn insert_waiting(tx: &Transaction<'_>, d: &NewDeployment<'_>, now: i64) -> 
         d.triggered_by,
         now,
         d.redeploy_of,
-        d.rollback_of
+        d.rollback_of,
+        if d.awaiting_approval { "awaiting_approval" } else { "waiting" },
+        d.triggered_by_user
     ])?;
     Ok(tx.last_insert_rowid())
 }
@@ -173,7 +179,7 @@ pub type Waiting = (i64, i64, i64);
 /// Every waiting deployment, oldest first.
 pub fn waiting(c: &Connection) -> Result<Vec<Waiting>, DbError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, environment_id, created_at FROM deployments WHERE status = 'waiting' ORDER BY id",
+        "SELECT id, environment_id, IFNULL(approved_at, created_at) FROM deployments WHERE status = 'waiting' ORDER BY id",
     )?;
     Ok(stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -259,6 +265,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
             }
         },
         secrets: Vec::new(),
+        approval: None,
     })
 }
 

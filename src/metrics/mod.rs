@@ -27,7 +27,8 @@ use crate::db::DbError;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every deployment status, so each series is there from the first scrape (at 0).
-const DEPLOYMENT_STATUSES: [&str; 7] = [
+const DEPLOYMENT_STATUSES: [&str; 9] = [
+    "awaiting_approval",
     "waiting",
     "queued",
     "running",
@@ -35,6 +36,7 @@ const DEPLOYMENT_STATUSES: [&str; 7] = [
     "failed",
     "superseded",
     "cancelled",
+    "expired",
 ];
 /// Every final push-webhook delivery result.
 const WEBHOOK_RESULTS: [&str; 5] = ["deployed", "ignored", "duplicate", "rejected", "error"];

@@ -38,6 +38,7 @@ pub const EVENTS: &[&str] = &[
     "deploy.succeeded",
     "deploy.failed",
     "deploy.rollback",
+    "deploy.awaiting_approval",
     "agent.offline",
     "webhook.rejected",
     "drift.started",

@@ -423,6 +423,42 @@ pub async fn rollback_started(
     Ok(ids.len())
 }
 
+/// A deployment awaits approval: enqueue `deploy.awaiting_approval` linking its page.
+pub async fn awaiting_approval(state: &AppState, deployment_id: i64) -> Result<usize, NotifyError> {
+    let d = state
+        .db
+        .read(move |c| crate::deploys::store::get(c, deployment_id))
+        .await
+        .map_err(|e| NotifyError::Db(crate::db::DbError::Task(e.to_string())))?;
+    let now = now_ms();
+    let notice = Notice {
+        event: "deploy.awaiting_approval".into(),
+        project: d.project,
+        environment: Some(d.environment.clone()),
+        deployment_id: Some(deployment_id),
+        status: Some(d.status.as_str().to_owned()),
+        commit: d.commit,
+        error: None,
+        url: link(state, &format!("/deployments/{deployment_id}")),
+        at: rfc3339(now),
+        agent: None,
+        detail: Some(format!(
+            "{} asks to deploy {} to {}: another person who may deploy it must approve",
+            d.triggered_by, d.git_ref, d.environment
+        )),
+    };
+    let ids = enqueue(
+        state,
+        d.project_id,
+        notice,
+        format!("approval:{deployment_id}"),
+        now,
+        None,
+    )
+    .await?;
+    Ok(ids.len())
+}
+
 /// A deployment changed: when it has finished, enqueue `deploy.succeeded` / `deploy.failed`.
 /// Safe to call any number of times for the same deployment.
 pub async fn deployment_changed(state: &AppState, deployment_id: i64) -> Result<usize, NotifyError> {

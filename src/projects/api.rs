@@ -26,6 +26,7 @@ impl From<ProjectError> for WebError {
                 code: "stack_running",
                 message: e.to_string(),
             },
+            ProjectError::Forbidden(why) => WebError::ForbiddenBecause(why),
             ProjectError::Db(e) => e.into(),
         }
     }

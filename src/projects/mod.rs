@@ -39,6 +39,9 @@ pub enum ProjectError {
         compose_project: String,
         deployment_id: i64,
     },
+    /// A rule refused the change (the message says which).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -87,6 +90,13 @@ pub struct Environment {
     /// A deployment that fails after `docker compose up` ran is answered by a redeploy of the
     /// environment's last successful release (`rollback_of` names the failed one).
     pub auto_rollback: bool,
+    /// Only admins and `deployers` may deploy it (src/protect).
+    pub protected: bool,
+    /// A deploy waits `awaiting_approval` until another person who may deploy it approves.
+    pub require_approval: bool,
+    /// Who may deploy it when protected: `{"role": "maintainer"}` (that project role or
+    /// higher) and `{"user_id": 3, "username": "ada"}` entries.
+    pub deployers: Vec<crate::protect::Deployer>,
 }
 
 /// When push webhooks deploy an environment.
@@ -181,6 +191,17 @@ pub struct EnvironmentPatch {
     /// `true`/`false`.
     #[serde(default, deserialize_with = "double_value")]
     pub auto_rollback: Option<serde_json::Value>,
+    /// `true`/`false` (global admins only).
+    #[serde(default, deserialize_with = "double_value")]
+    pub protected: Option<serde_json::Value>,
+    /// Roles (`"deployer"`, `"maintainer"`) and people (a user id, `"user:<username>"`, a
+    /// username) who may deploy it when protected (global admins only).
+    #[serde(default, deserialize_with = "double_value")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub deployers: Option<serde_json::Value>,
+    /// `true`/`false` (global admins only).
+    #[serde(default, deserialize_with = "double_value")]
+    pub require_approval: Option<serde_json::Value>,
 }
 
 /// Present (even as `null`) → `Some(value)`; absent → `None` (via `default`).
@@ -238,7 +259,48 @@ impl EnvironmentPatch {
     }
 }
 
+impl EnvironmentPatch {
+    /// Whether this patch touches the protection fields (a global admin's business).
+    pub fn touches_protection(&self) -> bool {
+        self.protected.is_some() || self.deployers.is_some() || self.require_approval.is_some()
+    }
+
+    /// The protection this patch leaves when applied to `current`, validated (people resolved).
+    pub fn apply_protection(
+        &self,
+        c: &rusqlite::Connection,
+        current: &crate::protect::Protection,
+    ) -> Result<crate::protect::Protection, ProjectError> {
+        let flag = |field: &'static str, v: &Option<serde_json::Value>, was: bool| match v {
+            None => Ok(was),
+            Some(v) => v
+                .as_bool()
+                .map_or_else(|| invalid(field, "must be true or false"), Ok),
+        };
+        Ok(crate::protect::Protection {
+            protected: flag("protected", &self.protected, current.protected)?,
+            require_approval: flag(
+                "require_approval",
+                &self.require_approval,
+                current.require_approval,
+            )?,
+            deployers: match &self.deployers {
+                None => current.deployers.clone(),
+                Some(v) => crate::protect::parse_deployers(c, v)?,
+            },
+        })
+    }
+}
+
 impl Environment {
+    pub fn protection(&self) -> crate::protect::Protection {
+        crate::protect::Protection {
+            protected: self.protected,
+            require_approval: self.require_approval,
+            deployers: self.deployers.clone(),
+        }
+    }
+
     pub fn triggers(&self) -> PushTriggers {
         PushTriggers {
             on_push: self.deploy_on_push,

@@ -144,6 +144,17 @@ pub async fn create_environment(
             if valid.retention != Retention::default() {
                 store::set_retention(tx, id, valid.retention)?;
             }
+            // Production-like names start protected (src/protect); an admin can change it.
+            let protection = crate::protect::Protection::default_for(&valid.name);
+            if protection != crate::protect::Protection::default() {
+                crate::protect::store::set(
+                    tx,
+                    id,
+                    protection.protected,
+                    protection.require_approval,
+                    &protection.deployers,
+                )?;
+            }
             audit::record(
                 tx,
                 now,
@@ -169,10 +180,20 @@ pub async fn update_environment(
     patch: EnvironmentPatch,
 ) -> Result<Environment, ProjectError> {
     let actor = who.actor.clone();
+    // The protection is a global admin's: a maintainer who may not deploy an environment must
+    // not be able to lift it. Checked before anything is written.
+    if patch.touches_protection() && who.role != crate::users::Role::Admin {
+        return Err(ProjectError::Forbidden(
+            "changing an environment's protection (protected, deployers, require_approval) needs a global admin"
+                .into(),
+        ));
+    }
     state
         .db
         .write(move |tx| {
             let current = store::get_environment(tx, id)?;
+            let protection_before = current.protection();
+            let protection = patch.apply_protection(tx, &protection_before)?;
             let before = current.retention();
             let after = patch.apply(before)?;
             let triggers_before = current.triggers();
@@ -206,6 +227,28 @@ pub async fn update_environment(
                             triggers_before.on_tag.as_deref().unwrap_or("none"),
                         ),
                     ),
+                )?;
+            }
+            if protection != protection_before {
+                crate::protect::store::set(
+                    tx,
+                    id,
+                    protection.protected,
+                    protection.require_approval,
+                    &protection.deployers,
+                )?;
+                audit::record(
+                    tx,
+                    now_ms(),
+                    &audit::Entry::new(&actor, "environment.protection", "environment", Some(id))
+                        .name(&current.name)
+                        .project(current.project_id)
+                        .detail(&format!(
+                            "{}: {} (was {})",
+                            current.name,
+                            protection.summary(),
+                            protection_before.summary()
+                        )),
                 )?;
             }
             if after != before {

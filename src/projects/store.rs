@@ -39,11 +39,15 @@ fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, 
         "SELECT {ENVIRONMENT_COLUMNS} FROM environments WHERE project_id = ?1 ORDER BY id"
     ))?;
     let rows = stmt.query_map([project_id], environment_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut envs: Vec<Environment> = rows.collect::<Result<_, _>>()?;
+    for env in &mut envs {
+        env.deployers = crate::protect::store::deployers_of(c, env.id)?;
+    }
+    Ok(envs)
 }
 
 const ENVIRONMENT_COLUMNS: &str = "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days, \
-     deploy_on_push, deploy_on_tag, auto_rollback";
+     deploy_on_push, deploy_on_tag, auto_rollback, protected, require_approval";
 
 fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
     Ok(Environment {
@@ -57,6 +61,9 @@ fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> 
         deploy_on_push: r.get(7)?,
         deploy_on_tag: r.get(8)?,
         auto_rollback: r.get(9)?,
+        protected: r.get(10)?,
+        require_approval: r.get(11)?,
+        deployers: Vec::new(),
     })
 }
 
@@ -179,6 +186,10 @@ pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectEr
     .query_row([id], environment_from_row)
     .optional()?
     .ok_or(ProjectError::EnvironmentNotFound)
+    .and_then(|mut env| {
+        env.deployers = crate::protect::store::deployers_of(c, env.id)?;
+        Ok(env)
+    })
 }
 
 /// Set an environment's log retention overrides (`None` = the configured default).

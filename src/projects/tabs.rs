@@ -199,7 +199,7 @@ fn environment_card(
     html! {
         article.env-card id=(format!("env-{}", env.name)) {
             header.page-head {
-                h4 { (env.name) @if let Some(r) = &env.git_ref { " " small.muted { "ref " code { (r) } } } }
+                h4 { (env.name) (crate::protect::pages::badge(env)) @if let Some(r) = &env.git_ref { " " small.muted { "ref " code { (r) } } } }
                 @if v.may(ProjectRole::Deployer) {
                     form.inline method="post" action=(format!("/projects/{}/deploy", project.id)) {
                         (csrf_field(&v.csrf))
@@ -219,6 +219,7 @@ fn environment_card(
             (crate::runtime::pages::panel(v, runtime))
             (crate::operate::actions_pages::take_down_form(v, env.id, &env.name))
             (auto_rollback_form(v, env))
+            (crate::protect::pages::form(v, env))
         }
     }
 }

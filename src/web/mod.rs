@@ -280,6 +280,20 @@ pub fn routes() -> Routes {
             D_DEPLOY,
             deploys::api::redeploy,
         )
+        // Deployers of the project pass the gate; who may approve (protection, not the author)
+        // is checked in src/deploys/approval.
+        .add(
+            M::POST,
+            "/api/deployments/{id}/approve",
+            D_DEPLOY,
+            deploys::api::approve,
+        )
+        .add(
+            M::POST,
+            "/api/deployments/{id}/reject",
+            D_DEPLOY,
+            deploys::api::reject,
+        )
         // --- web UI: signing in -----------------------------------------------------------------
         .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
@@ -376,6 +390,12 @@ pub fn routes() -> Routes {
         )
         .add(
             M::POST,
+            "/environments/{id}/protection",
+            ADMIN,
+            crate::protect::pages::save,
+        )
+        .add(
+            M::POST,
             "/environments/{id}/down",
             E_MAINTAIN,
             operate::actions_pages::down,
@@ -460,6 +480,18 @@ pub fn routes() -> Routes {
             "/deployments/{id}/redeploy",
             D_DEPLOY,
             deploys::pages::redeploy,
+        )
+        .add(
+            M::POST,
+            "/deployments/{id}/approve",
+            D_DEPLOY,
+            deploys::pages::approval::approve,
+        )
+        .add(
+            M::POST,
+            "/deployments/{id}/reject",
+            D_DEPLOY,
+            deploys::pages::approval::reject,
         )
         .add(
             M::GET,

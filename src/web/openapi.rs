@@ -246,7 +246,21 @@ pub fn contract(method: &Method, path: &str, s: &mut Schemas) -> Option<Contract
             201,
             Some(s.one::<RedeployAccepted>()),
         ),
-        ("GET", "/api/deployments/{id}") => op("A deployment", 200, Some(s.one::<Deployment>())),
+        ("POST", "/api/deployments/{id}/approve") => op(
+            "Approve a deployment awaiting approval (not your own): it joins the environment's queue",
+            200,
+            Some(s.one::<DeployAccepted>()),
+        ),
+        ("POST", "/api/deployments/{id}/reject") => op(
+            "Reject a deployment awaiting approval: it ends cancelled",
+            200,
+            Some(s.one::<DeployAccepted>()),
+        ),
+        ("GET", "/api/deployments/{id}") => op(
+            "A deployment, with its approval and the approver's diff (never a value)",
+            200,
+            Some(s.one::<Deployment>()),
+        ),
         ("GET", "/api/deployments/{id}/logs") => op(
             "One page of a deployment's log, masked",
             200,

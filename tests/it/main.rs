@@ -52,6 +52,7 @@ mod papercuts_ui;
 mod prereq;
 mod privilege;
 mod project_roles;
+mod protected_envs;
 mod queue;
 mod releases;
 mod releases_engine;

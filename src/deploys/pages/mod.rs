@@ -1,6 +1,7 @@
 //! Deploy from the browser and watch it: the Deploy action (with a confirmation step for
 //! production-like environments) and the deployment page; its live log is `live.rs`.
 
+pub mod approval;
 pub mod live;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -301,10 +302,12 @@ pub async fn deployment_page(
     v: Viewer,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
+    let s = state.clone();
     let (d, lines) = state
         .db
         .read(move |c| {
-            let d = store::get(c, id)?;
+            let mut d = store::get(c, id)?;
+            d.approval = super::approval::view_for(&s, c, &d)?;
             let lines = last_lines(c, id)?;
             Ok::<_, super::DeployError>((d, lines))
         })
@@ -323,6 +326,9 @@ pub async fn deployment_page(
         }
         (status_block(&d))
         (agent_hint(agent_gone, state.config.deploys.agent_lost_timeout_secs))
+        @if let Some(a) = &d.approval {
+            (approval::block(d.id, a, d.status == DeployStatus::AwaitingApproval, &v.csrf))
+        }
         @if live && v.may(ProjectRole::Deployer) { (cancel_form(&d, &v.csrf)) }
         (release_block(&d))
         @if d.release.is_some() && v.may(ProjectRole::Deployer) { (redeploy_form(d.id, &v.csrf)) }
