@@ -1,4 +1,5 @@
-//! The signed-in user's own pages: account (password change, sign out everywhere, GitHub link)
+//! The signed-in user's own pages: account (password change, two-factor ([`super::two_factor`]),
+//! sign out everywhere, GitHub link)
 //! and API tokens (create: shown once;
 //! list; revoke). Admins see and may revoke every token, including the CLI's.
 
@@ -27,7 +28,14 @@ pub struct DoneQuery {
 }
 
 /// The account page: who you are, your password, your sessions, GitHub.
-fn account_body(v: &Viewer, user: &User, sessions: i64, errors: &FormErrors, done: Option<&str>) -> Markup {
+fn account_body(
+    v: &Viewer,
+    user: &User,
+    sessions: i64,
+    tfa: &crate::users::two_factor::ops::Status,
+    errors: &FormErrors,
+    done: Option<&str>,
+) -> Markup {
     html! {
         (layout::notice(done))
         div.page-head { h1 { "Your account" } }
@@ -70,6 +78,7 @@ fn account_body(v: &Viewer, user: &User, sessions: i64, errors: &FormErrors, don
                 }
             }
         }
+        (super::two_factor::section(v, tfa, user.has_password, errors))
         article id="sessions" {
             header { h3 { "Sessions" } }
             p { "You are signed in in " strong { (sessions) } " place(s), this browser included." }
@@ -105,7 +114,7 @@ fn account_body(v: &Viewer, user: &User, sessions: i64, errors: &FormErrors, don
     }
 }
 
-async fn render_account(
+pub(crate) async fn render_account(
     state: &AppState,
     v: &Viewer,
     status: StatusCode,
@@ -126,7 +135,8 @@ async fn render_account(
             Ok::<_, UserError>((user, sessions))
         })
         .await?;
-    let body = account_body(v, &user, sessions, errors, done);
+    let tfa = crate::users::two_factor::ops::status(state, user_id).await?;
+    let body = account_body(v, &user, sessions, &tfa, errors, done);
     Ok((status, no_store(), page(v, "Account", Nav::Account, body)).into_response())
 }
 

@@ -28,6 +28,8 @@ struct UsersView {
     invites: Vec<store::Invite>,
     resets: Vec<store::OpenReset>,
     sessions: HashMap<i64, i64>,
+    /// People with two-factor on (an admin may reset it: a lost phone).
+    two_factor: std::collections::HashSet<i64>,
 }
 
 async fn load(state: &AppState) -> Result<UsersView, PageError> {
@@ -40,6 +42,7 @@ async fn load(state: &AppState) -> Result<UsersView, PageError> {
                 invites: store::open_invites(c, now)?,
                 resets: store::open_resets(c, now)?,
                 sessions: store::session_counts(c, now)?.into_iter().collect(),
+                two_factor: crate::users::two_factor::store::enabled_users(c)?.into_iter().collect(),
             })
         })
         .await?)
@@ -129,6 +132,15 @@ fn users_body(
                                 form method="post" action=(format!("/users/{}/sessions/end", u.id)) {
                                     (csrf_field(&v.csrf))
                                     button.small.secondary.outline type="submit" { "End sessions" }
+                                }
+                                @if view.two_factor.contains(&u.id) {
+                                    form method="post" action=(format!("/users/{}/2fa/reset", u.id)) {
+                                        (csrf_field(&v.csrf))
+                                        button.small.secondary.outline type="submit"
+                                            title="Lost phone: turn their two-factor off; they sign in with the password and may enrol again" {
+                                            "Reset two-factor"
+                                        }
+                                    }
                                 }
                                 @if !u.disabled {
                                     form method="post" action=(format!("/users/{}/reset", u.id)) {
