@@ -531,7 +531,10 @@ impl Config {
             || self.auth.second_factor_window_secs == 0
             || self.auth.second_factor_max_failures_per_account == 0
         {
-            return invalid("auth", "second_factor limits, window and challenge time must be at least 1");
+            return invalid(
+                "auth",
+                "second_factor limits, window and challenge time must be at least 1",
+            );
         }
         if self.auth.password_hash_threads == 0 || self.auth.password_hash_threads > 64 {
             return invalid("auth.password_hash_threads", "must be between 1 and 64");

@@ -226,7 +226,14 @@ pub fn create_session(
     tx.execute(
         "INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at, via_password)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![hash_token(&id), user_id, csrf, now, now.saturating_add(lifetime_ms), via_password],
+        params![
+            hash_token(&id),
+            user_id,
+            csrf,
+            now,
+            now.saturating_add(lifetime_ms),
+            via_password
+        ],
     )?;
     // Sign-in is rare: a good moment to forget sessions that have run out.
     tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;

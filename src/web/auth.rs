@@ -135,7 +135,9 @@ async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
             if principal.role < min {
                 return refuse(&gate.state, WebError::Forbidden, page, &req);
             }
-            if session.as_ref().is_some_and(|s| s.confined) && !session::CONFINED_PATHS.contains(&path.as_str()) {
+            if session.as_ref().is_some_and(|s| s.confined)
+                && !session::CONFINED_PATHS.contains(&path.as_str())
+            {
                 // auth.require_admin_2fa: an admin signed in with a password and no two-factor
                 // reaches only the enrolment pages until they enrol.
                 return if page {

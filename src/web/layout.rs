@@ -273,7 +273,9 @@ pub fn notice(code: Option<&str>) -> Markup {
             "This appliance requires two-factor authentication for admins: set it up below before anything else."
         }
         Some("2fa-off") => "Two-factor authentication is off.",
-        Some("2fa-reset") => "Two-factor authentication reset: the person signs in with their password alone.",
+        Some("2fa-reset") => {
+            "Two-factor authentication reset: the person signs in with their password alone."
+        }
         _ => return html! {},
     };
     html! { p.notice.ok role="status" { (text) } }

@@ -233,8 +233,18 @@ pub fn routes() -> Routes {
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
         .add(M::POST, "/login", Access::Public, users::pages::login_submit)
         // The second sign-in step: the challenge cookie is checked by the handler.
-        .add(M::GET, "/login/2fa", Access::Public, users::pages::second_step::page)
-        .add(M::POST, "/login/2fa", Access::Public, users::pages::second_step::submit)
+        .add(
+            M::GET,
+            "/login/2fa",
+            Access::Public,
+            users::pages::second_step::page,
+        )
+        .add(
+            M::POST,
+            "/login/2fa",
+            Access::Public,
+            users::pages::second_step::submit,
+        )
         .add(M::GET, "/setup", Access::Public, users::pages::setup_page)
         .add(M::POST, "/setup", Access::Public, users::pages::setup_submit)
         .add(M::GET, "/invite", Access::Public, users::pages::invite_page)

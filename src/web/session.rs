@@ -142,7 +142,8 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<(Pr
         .await?;
     let require_2fa = state.config.auth.require_admin_2fa;
     Ok(row.map(|s| {
-        let confined = require_2fa && s.user.role == crate::users::Role::Admin && s.via_password && !s.two_factor;
+        let confined =
+            require_2fa && s.user.role == crate::users::Role::Admin && s.via_password && !s.two_factor;
         let principal = Principal {
             actor: format!("user:{}", s.user.username),
             role: s.user.role,

@@ -42,7 +42,9 @@ async fn load(state: &AppState) -> Result<UsersView, PageError> {
                 invites: store::open_invites(c, now)?,
                 resets: store::open_resets(c, now)?,
                 sessions: store::session_counts(c, now)?.into_iter().collect(),
-                two_factor: crate::users::two_factor::store::enabled_users(c)?.into_iter().collect(),
+                two_factor: crate::users::two_factor::store::enabled_users(c)?
+                    .into_iter()
+                    .collect(),
             })
         })
         .await?)

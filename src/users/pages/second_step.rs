@@ -31,7 +31,14 @@ fn cookie_name(state: &AppState) -> &'static str {
 }
 
 fn ttl_ms(state: &AppState) -> i64 {
-    i64::try_from(state.config.auth.second_factor_challenge_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    i64::try_from(
+        state
+            .config
+            .auth
+            .second_factor_challenge_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(i64::MAX)
 }
 
 /// A correct password (and an enabled account): a session at once, or, with two-factor on,
@@ -125,7 +132,8 @@ pub async fn submit(
     match ops::verify(&state, c.user_id, &actor, &form.code, true).await {
         Ok(_) => {
             state.auth.challenges.close(&cookie);
-            let mut r = start_session(&state, client, c.user_id, &c.username, "user.sign_in", &c.next).await?;
+            let mut r =
+                start_session(&state, client, c.user_id, &c.username, "user.sign_in", &c.next).await?;
             r.headers_mut().append(
                 header::SET_COOKIE,
                 session::clear_flow_cookie(&state.config, cookie_name(&state)),

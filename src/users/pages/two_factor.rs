@@ -3,10 +3,10 @@
 //! the recovery codes shown once, and an admin's reset from the Users page. Every rule is a
 //! [`crate::users::two_factor::ops`] call.
 
+use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Form;
 use maud::{Markup, html};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -80,7 +80,12 @@ pub async fn enrol_page(State(state): State<AppState>, v: Viewer) -> Result<Resp
     enrol(&state, &v, StatusCode::OK, &FormErrors::default()).await
 }
 
-async fn enrol(state: &AppState, v: &Viewer, status: StatusCode, errors: &FormErrors) -> Result<Response, PageError> {
+async fn enrol(
+    state: &AppState,
+    v: &Viewer,
+    status: StatusCode,
+    errors: &FormErrors,
+) -> Result<Response, PageError> {
     let Some(e) = ops::pending(state, &v.who).await? else {
         return Ok(layout::see_other("/account"));
     };
@@ -130,7 +135,14 @@ pub async fn start(State(state): State<AppState>, v: Viewer) -> Result<Response,
     match ops::start(&state, &v.who).await {
         Ok(()) => Ok(layout::see_other("/account/2fa")),
         Err(e @ UserError::TwoFactorState(_)) => {
-            render_account(&state, &v, StatusCode::CONFLICT, &FormErrors::one("tfa", e.to_string()), None).await
+            render_account(
+                &state,
+                &v,
+                StatusCode::CONFLICT,
+                &FormErrors::one("tfa", e.to_string()),
+                None,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
@@ -152,25 +164,53 @@ fn rate_limited(mut r: Response, retry_after_secs: u64) -> Response {
     r
 }
 
-pub async fn confirm(State(state): State<AppState>, v: Viewer, Form(form): Form<CodeForm>) -> Result<Response, PageError> {
+pub async fn confirm(
+    State(state): State<AppState>,
+    v: Viewer,
+    Form(form): Form<CodeForm>,
+) -> Result<Response, PageError> {
     match ops::confirm(&state, &v.who, &form.code).await {
         Ok(codes) => Ok(codes_page(&v, &codes, true)),
         Err(e @ UserError::WrongCode) => {
-            enrol(&state, &v, StatusCode::UNPROCESSABLE_ENTITY, &FormErrors::one("code", e.to_string())).await
+            enrol(
+                &state,
+                &v,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &FormErrors::one("code", e.to_string()),
+            )
+            .await
         }
         Err(e @ UserError::RateLimited { retry_after_secs }) => {
-            let r = enrol(&state, &v, StatusCode::OK, &FormErrors::one("code", e.to_string())).await?;
+            let r = enrol(
+                &state,
+                &v,
+                StatusCode::OK,
+                &FormErrors::one("code", e.to_string()),
+            )
+            .await?;
             Ok(rate_limited(r, retry_after_secs))
         }
         Err(e @ UserError::TwoFactorState(_)) => {
-            render_account(&state, &v, StatusCode::CONFLICT, &FormErrors::one("tfa", e.to_string()), None).await
+            render_account(
+                &state,
+                &v,
+                StatusCode::CONFLICT,
+                &FormErrors::one("tfa", e.to_string()),
+                None,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
 }
 
 /// Answer a failed account-page form: the account page again with the error by its field.
-async fn account_error(state: &AppState, v: &Viewer, e: UserError, code_field: &'static str) -> Result<Response, PageError> {
+async fn account_error(
+    state: &AppState,
+    v: &Viewer,
+    e: UserError,
+    code_field: &'static str,
+) -> Result<Response, PageError> {
     let (status, field) = match &e {
         UserError::WrongCode => (StatusCode::UNPROCESSABLE_ENTITY, code_field),
         UserError::WrongPassword => (StatusCode::UNPROCESSABLE_ENTITY, "tfa_password"),
@@ -185,7 +225,11 @@ async fn account_error(state: &AppState, v: &Viewer, e: UserError, code_field: &
     })
 }
 
-pub async fn regenerate(State(state): State<AppState>, v: Viewer, Form(form): Form<CodeForm>) -> Result<Response, PageError> {
+pub async fn regenerate(
+    State(state): State<AppState>,
+    v: Viewer,
+    Form(form): Form<CodeForm>,
+) -> Result<Response, PageError> {
     match ops::regenerate(&state, &v.who, &form.code).await {
         Ok(codes) => Ok(codes_page(&v, &codes, false)),
         Err(e) => account_error(&state, &v, e, "tfa_code").await,

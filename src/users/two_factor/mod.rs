@@ -238,7 +238,11 @@ mod tests {
             hash_recovery_code(&codes[0]),
             hash_recovery_code(&codes[0].to_lowercase().replace('-', " "))
         );
-        assert!(qr_data_url(&otpauth_url(&t).unwrap()).unwrap().starts_with("data:image/svg+xml;base64,"));
+        assert!(
+            qr_data_url(&otpauth_url(&t).unwrap())
+                .unwrap()
+                .starts_with("data:image/svg+xml;base64,")
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use zeroize::Zeroizing;
 
 use super::{
-    Challenge, check_code, hash_recovery_code, looks_like_totp, new_recovery_codes, new_secret,
-    otpauth_url, qr_data_url, store, totp,
+    Challenge, check_code, hash_recovery_code, looks_like_totp, new_recovery_codes, new_secret, otpauth_url,
+    qr_data_url, store, totp,
 };
 use crate::app::AppState;
 use crate::audit;
@@ -102,7 +102,12 @@ fn reserve(state: &AppState, user_id: i64) -> Result<crate::users::limiter::Rese
 }
 
 /// The TOTP step `code` matches for this person's stored secret (pending or enabled).
-async fn matching_step(state: &AppState, user_id: i64, code: &str, enabled: bool) -> Result<Option<i64>, UserError> {
+async fn matching_step(
+    state: &AppState,
+    user_id: i64,
+    code: &str,
+    enabled: bool,
+) -> Result<Option<i64>, UserError> {
     let (row, user) = state
         .db
         .read(move |c| Ok::<_, UserError>((store::get(c, user_id)?, users_store::get(c, user_id)?)))
@@ -119,7 +124,11 @@ async fn matching_step(state: &AppState, user_id: i64, code: &str, enabled: bool
 
 /// Confirm enrolment with a current code: two-factor is on, and here are the recovery codes
 /// (shown once, stored hashed).
-pub async fn confirm(state: &AppState, who: &Principal, code: &str) -> Result<Vec<Zeroizing<String>>, UserError> {
+pub async fn confirm(
+    state: &AppState,
+    who: &Principal,
+    code: &str,
+) -> Result<Vec<Zeroizing<String>>, UserError> {
     let user_id = me(who)?;
     let reservation = reserve(state, user_id)?;
     let Some(step) = matching_step(state, user_id, code, false).await? else {
@@ -136,7 +145,11 @@ pub async fn confirm(state: &AppState, who: &Principal, code: &str) -> Result<Ve
                 return Err(UserError::WrongCode);
             }
             store::replace_recovery_codes(tx, user_id, &hashes, now)?;
-            audit::record(tx, now, &audit::Entry::new(&actor, "user.2fa.enable", "user", Some(user_id)))?;
+            audit::record(
+                tx,
+                now,
+                &audit::Entry::new(&actor, "user.2fa.enable", "user", Some(user_id)),
+            )?;
             Ok(())
         })
         .await?;
@@ -207,7 +220,11 @@ pub async fn verify(
 /// A wrong code at the second sign-in step, audited (never the code itself).
 pub async fn wrong_code(state: &AppState, c: &Challenge, from: &str) -> Result<(), UserError> {
     let actor = format!("user:{}", c.username);
-    let detail = format!("attempt {} of {} from {from}", c.attempts, super::MAX_WRONG_PER_CHALLENGE);
+    let detail = format!(
+        "attempt {} of {} from {from}",
+        c.attempts,
+        super::MAX_WRONG_PER_CHALLENGE
+    );
     let user_id = c.user_id;
     state
         .db
@@ -223,7 +240,11 @@ pub async fn wrong_code(state: &AppState, c: &Challenge, from: &str) -> Result<(
 }
 
 /// New recovery codes (the old ones stop working); needs a current TOTP code.
-pub async fn regenerate(state: &AppState, who: &Principal, code: &str) -> Result<Vec<Zeroizing<String>>, UserError> {
+pub async fn regenerate(
+    state: &AppState,
+    who: &Principal,
+    code: &str,
+) -> Result<Vec<Zeroizing<String>>, UserError> {
     let user_id = me(who)?;
     verify(state, user_id, &who.actor, code, false).await?;
     let codes = new_recovery_codes();
@@ -265,7 +286,11 @@ pub async fn disable(
         .db
         .write(move |tx| {
             store::delete(tx, user_id)?;
-            audit::record(tx, now_ms(), &audit::Entry::new(&actor, "user.2fa.disable", "user", Some(user_id)))?;
+            audit::record(
+                tx,
+                now_ms(),
+                &audit::Entry::new(&actor, "user.2fa.disable", "user", Some(user_id)),
+            )?;
             Ok::<_, UserError>(())
         })
         .await

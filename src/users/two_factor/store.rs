@@ -39,7 +39,12 @@ pub fn enabled_users(c: &Connection) -> Result<Vec<i64>, DbError> {
 }
 
 /// A new pending enrolment (replacing a pending one; never an enabled one).
-pub fn put_pending(tx: &Transaction<'_>, user_id: i64, secret_encrypted: &[u8], now: i64) -> Result<bool, DbError> {
+pub fn put_pending(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    secret_encrypted: &[u8],
+    now: i64,
+) -> Result<bool, DbError> {
     let n = tx.execute(
         "INSERT INTO two_factor (user_id, secret_encrypted, created_at) VALUES (?1, ?2, ?3)
          ON CONFLICT(user_id) DO UPDATE SET secret_encrypted = excluded.secret_encrypted,
@@ -75,7 +80,12 @@ pub fn delete(tx: &Transaction<'_>, user_id: i64) -> Result<bool, DbError> {
 }
 
 /// Replace a person's recovery codes by these hashes.
-pub fn replace_recovery_codes(tx: &Transaction<'_>, user_id: i64, hashes: &[Vec<u8>], now: i64) -> Result<(), DbError> {
+pub fn replace_recovery_codes(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    hashes: &[Vec<u8>],
+    now: i64,
+) -> Result<(), DbError> {
     tx.execute("DELETE FROM recovery_codes WHERE user_id = ?1", [user_id])?;
     let mut stmt =
         tx.prepare("INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES (?1, ?2, ?3)")?;
