@@ -171,10 +171,10 @@ impl Challenges {
             mine.sort_by_key(|(_, created)| *created);
             map.remove(&mine[0].0);
         }
-        if map.len() >= MAX_CHALLENGES {
-            if let Some(oldest) = map.iter().min_by_key(|(_, c)| c.created).map(|(k, _)| k.clone()) {
-                map.remove(&oldest);
-            }
+        if map.len() >= MAX_CHALLENGES
+            && let Some(oldest) = map.iter().min_by_key(|(_, c)| c.created).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
         }
         map.insert(hash_token(&cookie), challenge);
         cookie

@@ -23,7 +23,7 @@ pub struct Status {
 }
 
 pub async fn status(state: &AppState, user_id: i64) -> Result<Status, UserError> {
-    Ok(state
+    state
         .db
         .read(move |c| {
             let row = store::get(c, user_id)?;
@@ -33,7 +33,7 @@ pub async fn status(state: &AppState, user_id: i64) -> Result<Status, UserError>
                 recovery_left: store::unused_recovery_codes(c, user_id)?,
             })
         })
-        .await?)
+        .await
 }
 
 fn vault_error(e: crate::secrets::vault::VaultError) -> UserError {
