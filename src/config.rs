@@ -219,6 +219,15 @@ pub struct AuthConfig {
     pub password_hash_queue: u32,
     /// How long an invitation link stays valid.
     pub invite_hours: u64,
+    /// Admins who sign in with a password must have two-factor on: until they enrol, their
+    /// session reaches only the account page (GitHub sign-ins are exempt: GitHub does it).
+    pub require_admin_2fa: bool,
+    /// How long the second sign-in step (the code after a correct password) stays open.
+    pub second_factor_challenge_secs: u64,
+    /// Wrong two-factor codes counted per account within this window.
+    pub second_factor_window_secs: u64,
+    /// Wrong two-factor codes allowed per account within the window; then 429 until it passes.
+    pub second_factor_max_failures_per_account: u32,
 }
 
 /// Notifications (src/notify): retries of the outbox, timeouts, the offline check.
@@ -287,6 +296,10 @@ impl Default for AuthConfig {
             password_hash_threads: 2,
             password_hash_queue: 16,
             invite_hours: 72,
+            require_admin_2fa: false,
+            second_factor_challenge_secs: 300,
+            second_factor_window_secs: 900,
+            second_factor_max_failures_per_account: 10,
         }
     }
 }
@@ -525,6 +538,15 @@ impl Config {
             || self.auth.login_max_failures_per_account == 0
         {
             return invalid("auth", "login limits and window must be at least 1");
+        }
+        if self.auth.second_factor_challenge_secs == 0
+            || self.auth.second_factor_window_secs == 0
+            || self.auth.second_factor_max_failures_per_account == 0
+        {
+            return invalid(
+                "auth",
+                "second_factor limits, window and challenge time must be at least 1",
+            );
         }
         if self.auth.password_hash_threads == 0 || self.auth.password_hash_threads > 64 {
             return invalid("auth.password_hash_threads", "must be between 1 and 64");

@@ -202,9 +202,15 @@ fn reencrypt_all(tx: &Transaction<'_>, old: &Vault, new: &Vault) -> Result<usize
         let plain = old.decrypt(ciphertext)?;
         crate::hooks::store::set_ciphertext(tx, *project_id, &new.encrypt(&plain)?)?;
     }
+    // Two-factor (TOTP) secrets of local accounts (src/users/two_factor).
+    let totp = crate::users::two_factor::store::all_ciphertexts(tx)?;
+    for (user_id, ciphertext) in &totp {
+        let plain = old.decrypt(ciphertext)?;
+        crate::users::two_factor::store::set_ciphertext(tx, *user_id, &new.encrypt(&plain)?)?;
+    }
     let sealed = age::encrypt(&new.recipient, CHECK_PLAINTEXT).map_err(|_| VaultError::Encrypt)?;
     store::set_vault_check(tx, &sealed)?;
-    Ok(rows.len() + channels.len() + hooks.len())
+    Ok(rows.len() + channels.len() + hooks.len() + totp.len())
 }
 
 /// Remove a `<key_file>.new` that is not (or no longer) needed. A failure is logged rather than

@@ -14,6 +14,7 @@ pub mod password;
 pub mod pending;
 pub mod store;
 pub mod tokens;
+pub mod two_factor;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,12 @@ pub enum UserError {
     TokenNotFound,
     #[error("invitation not found")]
     InviteNotFound,
+    /// A wrong, expired or replayed two-factor code, or an unknown recovery code.
+    #[error("the code is wrong or was used already")]
+    WrongCode,
+    /// A two-factor step that does not fit the account's two-factor state (names which).
+    #[error("{0}")]
+    TwoFactorState(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
@@ -220,6 +227,11 @@ pub struct AuthState {
     /// OpenID Connect sign-ins in flight, and each provider's discovery document and keys.
     pub oidc: pages::oidc::PendingLogins,
     pub oidc_discovery: oidc::client::Discovery,
+    /// Second sign-in steps in flight (a correct password on an account with two-factor on).
+    pub challenges: two_factor::Challenges,
+    /// Wrong two-factor codes per account in a window (`auth.second_factor_*`): the same shape
+    /// as the sign-in limiter, keyed by account only.
+    pub second_factor: limiter::LoginLimiter,
     /// The id of a user whose sign-out, disable, demotion or ended sessions must close their
     /// open WebSockets ([`AuthState::until_revoked`]).
     revocations: tokio::sync::broadcast::Sender<i64>,
@@ -251,6 +263,14 @@ impl AuthState {
             github: pages::github::PendingLogins::default(),
             oidc: pages::oidc::PendingLogins::default(),
             oidc_discovery: oidc::client::Discovery::default(),
+            challenges: two_factor::Challenges::default(),
+            // Keyed by account alone (the "address" slot holds `user:<id>`): a fixed window of
+            // `second_factor_max_failures_per_account` wrong codes, then 429 until it passes.
+            second_factor: limiter::LoginLimiter::new(
+                config.second_factor_window_secs,
+                config.second_factor_max_failures_per_account,
+                u32::MAX,
+            ),
             revocations: tokio::sync::broadcast::channel(256).0,
             browser_sockets: std::sync::Arc::default(),
         })

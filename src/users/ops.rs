@@ -88,7 +88,10 @@ pub async fn check_sign_in(
 }
 
 /// Open a web session for a user who passed a sign-in check (from the client address `from`,
-/// recorded in the audit entry); answers the cookie value.
+/// recorded in the audit entry); answers the cookie value. A `user.sign_in` session (password:
+/// the sign-in form, a setup, invitation or reset link) is marked as such: `auth.require_admin_2fa`
+/// confines those of an admin without two-factor. Other sign-ins (GitHub, an identity provider)
+/// are exempt: the provider does the second factor.
 pub async fn start_session(
     state: &AppState,
     user_id: i64,
@@ -115,11 +118,14 @@ pub async fn start_session_via(
     let lifetime =
         i64::try_from(state.config.auth.session_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
     let actor = format!("user:{username}");
+    // A password session (the one `auth.require_admin_2fa` confines until two-factor is on):
+    // the local sign-in, not GitHub's or an OpenID provider's, whose second factor is theirs.
+    let via_password = action == "user.sign_in" && via.is_none();
     let (cookie, _) = state
         .db
         .write(move |tx| {
             let now = now_ms();
-            let created = store::create_session(tx, user_id, now, lifetime)?;
+            let created = store::create_session(tx, user_id, now, lifetime, via_password)?;
             audit::record(
                 tx,
                 now,
@@ -204,43 +210,7 @@ pub async fn change_password(
         return Err(UserError::NoPassword);
     }
     check_new_password(&change.new, &change.confirm)?;
-    let reservation = state
-        .auth
-        .limiter
-        .reserve(ip, &user.username, now_ms())
-        .map_err(|wait| {
-            tracing::info!(%ip, "password change refused before checking: rate limited");
-            UserError::RateLimited {
-                retry_after_secs: wait,
-            }
-        })?;
-    let slot = match state.auth.passwords.admit() {
-        Ok(slot) => slot,
-        Err(_) => {
-            state.auth.limiter.cancel(reservation);
-            return Err(UserError::Busy);
-        }
-    };
-    let stored = match state.db.read(move |c| store::password_hash(c, user_id)).await {
-        Ok(h) => h,
-        Err(e) => {
-            state.auth.limiter.cancel(reservation);
-            return Err(e);
-        }
-    };
-    let ok = match state.auth.passwords.verify_in(slot, change.current, stored).await {
-        Ok(ok) => ok,
-        Err(e) => {
-            state.auth.limiter.cancel(reservation);
-            return Err(hash_error(e));
-        }
-    };
-    if !ok {
-        // The reservation stays counted as a failed sign-in.
-        tracing::info!(%ip, user = %user.username, "password change refused: wrong current password");
-        return Err(UserError::WrongPassword);
-    }
-    state.auth.limiter.succeeded(reservation);
+    check_own_password(state, user_id, ip, change.current).await?;
     let hash = state.auth.passwords.hash(change.new).await.map_err(hash_error)?;
     let actor = who.actor.clone();
     let ended = state
@@ -259,6 +229,59 @@ pub async fn change_password(
         .await?;
     state.auth.revoke(user_id);
     Ok(ended)
+}
+
+/// Check the signed-in person's own password (a password change, disabling two-factor):
+/// counted on the sign-in limiter like a sign-in, a wrong one stays counted
+/// ([`UserError::WrongPassword`]).
+pub async fn check_own_password(
+    state: &AppState,
+    user_id: i64,
+    ip: &str,
+    password_text: Zeroizing<String>,
+) -> Result<(), UserError> {
+    let user = state.db.read(move |c| store::get(c, user_id)).await?;
+    if !user.has_password {
+        return Err(UserError::NoPassword);
+    }
+    let reservation = state
+        .auth
+        .limiter
+        .reserve(ip, &user.username, now_ms())
+        .map_err(|wait| {
+            tracing::info!(%ip, "password check refused before checking: rate limited");
+            UserError::RateLimited {
+                retry_after_secs: wait,
+            }
+        })?;
+    let slot = match state.auth.passwords.admit() {
+        Ok(slot) => slot,
+        Err(_) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(UserError::Busy);
+        }
+    };
+    let stored = match state.db.read(move |c| store::password_hash(c, user_id)).await {
+        Ok(h) => h,
+        Err(e) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(e);
+        }
+    };
+    let ok = match state.auth.passwords.verify_in(slot, password_text, stored).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            state.auth.limiter.cancel(reservation);
+            return Err(hash_error(e));
+        }
+    };
+    if !ok {
+        // The reservation stays counted as a failed sign-in.
+        tracing::info!(%ip, user = %user.username, "refused: wrong current password");
+        return Err(UserError::WrongPassword);
+    }
+    state.auth.limiter.succeeded(reservation);
+    Ok(())
 }
 
 /// "Sign out everywhere": end every session of the signed-in person, this one too, and close

@@ -219,12 +219,21 @@ pub fn create_session(
     user_id: i64,
     now: i64,
     lifetime_ms: i64,
+    via_password: bool,
 ) -> Result<(String, String), DbError> {
     let id = random_token("sess");
     let csrf = random_token("csrf");
     tx.execute(
-        "INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![hash_token(&id), user_id, csrf, now, now.saturating_add(lifetime_ms)],
+        "INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at, via_password)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            hash_token(&id),
+            user_id,
+            csrf,
+            now,
+            now.saturating_add(lifetime_ms),
+            via_password
+        ],
     )?;
     // Sign-in is rare: a good moment to forget sessions that have run out.
     tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
@@ -238,6 +247,10 @@ pub struct SessionRow {
     pub csrf: String,
     /// When the session ends by itself (ms since the epoch).
     pub expires_at: i64,
+    /// Opened with a password (not GitHub or another provider).
+    pub via_password: bool,
+    /// The user has two-factor on.
+    pub two_factor: bool,
 }
 
 pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
@@ -245,7 +258,9 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let user_columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
         format!(
-            "SELECT {}, s.id_hash, s.csrf_token, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
+            "SELECT {}, s.id_hash, s.csrf_token, s.expires_at, s.via_password,
+                 EXISTS (SELECT 1 FROM two_factor t WHERE t.user_id = u.id AND t.enabled_at IS NOT NULL)
+             FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
             user_columns.join(", ")
         )
@@ -259,6 +274,8 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
                 id_hash: r.get(USER_COLUMN_COUNT)?,
                 csrf: r.get(USER_COLUMN_COUNT + 1)?,
                 expires_at: r.get(USER_COLUMN_COUNT + 2)?,
+                via_password: r.get(USER_COLUMN_COUNT + 3)?,
+                two_factor: r.get(USER_COLUMN_COUNT + 4)?,
             })
         })
         .optional()?;

@@ -176,6 +176,17 @@ async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
                 }
                 _ => {}
             }
+            if session.as_ref().is_some_and(|s| s.confined)
+                && !session::CONFINED_PATHS.contains(&path.as_str())
+            {
+                // auth.require_admin_2fa: an admin signed in with a password and no two-factor
+                // reaches only the enrolment pages until they enrol.
+                return if page {
+                    crate::web::layout::see_other("/account?done=2fa-required")
+                } else {
+                    WebError::ForbiddenBecause(session::CONFINED_REASON.to_owned()).into_response()
+                };
+            }
             if let Some(session) = &session {
                 // A cookie rides along on cross-site requests; a bearer token never does. So only
                 // cookie-authenticated requests need the origin and CSRF checks.

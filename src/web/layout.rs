@@ -285,6 +285,13 @@ pub fn notice(code: Option<&str>) -> Markup {
         Some("github-unlinked") => "GitHub account unlinked.",
         Some("password-changed") => "Password changed. Your other sessions were signed out.",
         Some("reset-revoked") => "Password-reset link withdrawn.",
+        Some("2fa-required") => {
+            "This appliance requires two-factor authentication for admins: set it up below before anything else."
+        }
+        Some("2fa-off") => "Two-factor authentication is off.",
+        Some("2fa-reset") => {
+            "Two-factor authentication reset: the person signs in with their password alone."
+        }
         _ => return html! {},
     };
     html! { p.notice.ok role="status" { (text) } }

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use crate::access::ProjectRole;
 use crate::app::AppState;
 use crate::users::Role;
-use crate::users::pages::{account, github, oidc, people};
+use crate::users::pages::{account, github, oidc, people, two_factor};
 use crate::{access, agents, audit, deploys, hooks, notify, operate, projects, secrets, users};
 use auth::{Access, Routes, Scope};
 use error::WebError;
@@ -298,6 +298,19 @@ pub fn routes() -> Routes {
         .add(M::GET, "/assets/{*path}", Access::Public, assets::serve)
         .add(M::GET, "/login", Access::Public, users::pages::login_page)
         .add(M::POST, "/login", Access::Public, users::pages::login_submit)
+        // The second sign-in step: the challenge cookie is checked by the handler.
+        .add(
+            M::GET,
+            "/login/2fa",
+            Access::Public,
+            users::pages::second_step::page,
+        )
+        .add(
+            M::POST,
+            "/login/2fa",
+            Access::Public,
+            users::pages::second_step::submit,
+        )
         .add(M::GET, "/setup", Access::Public, users::pages::setup_page)
         .add(M::POST, "/setup", Access::Public, users::pages::setup_submit)
         .add(M::GET, "/invite", Access::Public, users::pages::invite_page)
@@ -318,6 +331,11 @@ pub fn routes() -> Routes {
         .add(M::POST, "/account/github", VIEWER, github::start_link)
         .add(M::POST, "/account/github/unlink", VIEWER, account::unlink_github)
         .add(M::POST, "/account/password", VIEWER, account::change_password)
+        .add(M::GET, "/account/2fa", VIEWER, two_factor::enrol_page)
+        .add(M::POST, "/account/2fa/start", VIEWER, two_factor::start)
+        .add(M::POST, "/account/2fa/confirm", VIEWER, two_factor::confirm)
+        .add(M::POST, "/account/2fa/recovery", VIEWER, two_factor::regenerate)
+        .add(M::POST, "/account/2fa/disable", VIEWER, two_factor::disable)
         .add(
             M::POST,
             "/account/sessions/end",
@@ -537,6 +555,7 @@ pub fn routes() -> Routes {
         .add(M::POST, "/users/{id}/sessions/end", ADMIN, people::end_sessions)
         .add(M::POST, "/invites/{id}/revoke", ADMIN, people::revoke_invite)
         .add(M::POST, "/users/{id}/reset", ADMIN, people::issue_reset)
+        .add(M::POST, "/users/{id}/2fa/reset", ADMIN, two_factor::admin_reset)
         .add(M::POST, "/resets/{id}/revoke", ADMIN, people::revoke_reset)
         .add(M::GET, "/audit", ADMIN, audit::pages::audit_page)
         .add(M::GET, "/api/audit", ADMIN, audit::api::list)

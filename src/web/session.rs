@@ -24,7 +24,23 @@ pub struct Session {
     pub csrf: String,
     /// When the session ends by itself (ms since the epoch).
     pub expires_at: i64,
+    /// `auth.require_admin_2fa` holds this session to the enrolment pages: an admin who signed
+    /// in with a password and has no two-factor yet ([`CONFINED_PATHS`]).
+    pub confined: bool,
 }
+
+/// What a confined session may reach: the account page and two-factor enrolment, and sign-out.
+pub const CONFINED_PATHS: &[&str] = &[
+    "/account",
+    "/account/2fa",
+    "/account/2fa/start",
+    "/account/2fa/confirm",
+    "/logout",
+];
+
+/// Why a confined session is refused (the API's 403 says it; pages redirect to `/account`).
+pub const CONFINED_REASON: &str = "this appliance requires two-factor authentication for admins \
+     (auth.require_admin_2fa): enrol on your account page (/account) before anything else";
 
 /// A future that ends when a WebSocket opened by `who` must close: that person's sign-out,
 /// disable, demotion or ended sessions ([`crate::users::AuthState::until_revoked`]), or the
@@ -124,7 +140,10 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<(Pr
         .db
         .lookup(move |c| store::session(c, &value, now_ms()))
         .await?;
+    let require_2fa = state.config.auth.require_admin_2fa;
     Ok(row.map(|s| {
+        let confined =
+            require_2fa && s.user.role == crate::users::Role::Admin && s.via_password && !s.two_factor;
         let principal = Principal {
             actor: format!("user:{}", s.user.username),
             role: s.user.role,
@@ -138,6 +157,7 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Option<(Pr
             username: s.user.username,
             csrf: s.csrf,
             expires_at: s.expires_at,
+            confined,
         };
         (principal, session)
     }))

@@ -60,6 +60,7 @@ mod request_context;
 mod runtime;
 mod secret_history;
 mod sign_in_limits;
+mod two_factor;
 mod web_access;
 mod web_browser;
 mod web_github;

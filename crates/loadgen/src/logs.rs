@@ -40,8 +40,10 @@ pub async fn throughput(b: &Bench, res: &mut Results) -> Result<()> {
     let mut spec = b.fixture_server();
     let keep_lines = (n + 1_000).to_string();
     let keep_bytes = ((n as u64 + 1_000) * 256).max(64 << 20).to_string();
-    spec.env.push(("STAGELY_DEPLOYS__LOG_MAX_LINES".into(), keep_lines));
-    spec.env.push(("STAGELY_DEPLOYS__LOG_MAX_BYTES".into(), keep_bytes));
+    spec.env
+        .push(("STAGELY_DEPLOYS__LOG_MAX_LINES".into(), keep_lines));
+    spec.env
+        .push(("STAGELY_DEPLOYS__LOG_MAX_BYTES".into(), keep_bytes));
     let server = spec.start().await?;
     server.wait_ready().await?;
     let addr = server.addr()?;

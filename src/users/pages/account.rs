@@ -1,4 +1,5 @@
-//! The signed-in user's own pages: account (password change, sign out everywhere, GitHub link)
+//! The signed-in user's own pages: account (password change, two-factor ([`super::two_factor`]),
+//! sign out everywhere, GitHub link)
 //! and API tokens (create: shown once;
 //! list; revoke). Admins see and may revoke every token, including the CLI's.
 
@@ -32,6 +33,7 @@ fn account_body(
     user: &User,
     sessions: i64,
     roles: &[(String, crate::access::store::Membership)],
+    tfa: &crate::users::two_factor::ops::Status,
     errors: &FormErrors,
     done: Option<&str>,
 ) -> Markup {
@@ -78,6 +80,7 @@ fn account_body(
                 }
             }
         }
+        (super::two_factor::section(v, tfa, user.has_password, errors))
         article id="sessions" {
             header { h3 { "Sessions" } }
             p { "You are signed in in " strong { (sessions) } " place(s), this browser included." }
@@ -113,7 +116,7 @@ fn account_body(
     }
 }
 
-async fn render_account(
+pub(crate) async fn render_account(
     state: &AppState,
     v: &Viewer,
     status: StatusCode,
@@ -135,7 +138,8 @@ async fn render_account(
             Ok::<_, UserError>((user, sessions, roles))
         })
         .await?;
-    let body = account_body(v, &user, sessions, &roles, errors, done);
+    let tfa = crate::users::two_factor::ops::status(state, user_id).await?;
+    let body = account_body(v, &user, sessions, &roles, &tfa, errors, done);
     Ok((status, no_store(), page(v, "Account", Nav::Account, body)).into_response())
 }
 

@@ -8,6 +8,8 @@ pub mod account;
 pub mod github;
 pub mod oidc;
 pub mod people;
+pub mod second_step;
+pub mod two_factor;
 
 use axum::Form;
 use axum::extract::{Query, State};
@@ -159,6 +161,11 @@ impl From<UserError> for WebError {
             },
             UserError::RoleTooHigh => WebError::Forbidden,
             e @ UserError::TokenCannotMint => WebError::ForbiddenBecause(e.to_string()),
+            UserError::WrongCode => WebError::invalid("code", UserError::WrongCode.to_string()),
+            UserError::TwoFactorState(m) => WebError::Conflict {
+                code: "two_factor",
+                message: m.to_owned(),
+            },
             UserError::Internal(e) => WebError::Internal(e),
             UserError::Db(e) => e.into(),
         }
@@ -221,7 +228,9 @@ pub async fn login_submit(
         }
         Err(e) => return Err(e.into()),
     };
-    start_session(&state, client, user.id, &user.username, "user.sign_in", &next).await
+    // A correct password: the session, or the second step when two-factor is on (decided only
+    // now, so a wrong password is answered the same either way).
+    second_step::password_passed(&state, client, user.id, &user.username, &next).await
 }
 
 /// Create a session for a user and answer with its cookie and a redirect to `next`.
@@ -532,7 +541,8 @@ pub async fn reset_submit(
     let new = Zeroizing::new(form.password.clone());
     let confirm = Zeroizing::new(form.confirm.clone());
     match ops::use_reset(&state, &form.token, new, confirm).await {
-        Ok((id, username)) => start_session(&state, client, id, &username, "user.sign_in", "/").await,
+        // A reset link does not skip two-factor: with it on, the second step follows.
+        Ok((id, username)) => second_step::password_passed(&state, client, id, &username, "/").await,
         Err(UserError::LinkInvalid) => Ok(reset_invalid_page()),
         Err(UserError::Invalid { field, message }) => {
             let token = form.token.clone();

@@ -32,6 +32,8 @@ struct UsersView {
     oidc: HashMap<i64, Vec<crate::users::oidc::store::Identity>>,
     /// Each person's project roles (issue 16).
     project_roles: HashMap<i64, Vec<(String, crate::access::store::Membership)>>,
+    /// People with two-factor on (an admin may reset it: a lost phone).
+    two_factor: std::collections::HashSet<i64>,
 }
 
 async fn load(state: &AppState) -> Result<UsersView, PageError> {
@@ -58,6 +60,9 @@ async fn load(state: &AppState) -> Result<UsersView, PageError> {
                     }
                     roles
                 },
+                two_factor: crate::users::two_factor::store::enabled_users(c)?
+                    .into_iter()
+                    .collect(),
             })
         })
         .await?)
@@ -156,6 +161,15 @@ fn users_body(
                                 form method="post" action=(format!("/users/{}/sessions/end", u.id)) {
                                     (csrf_field(&v.csrf))
                                     button.small.secondary.outline type="submit" { "End sessions" }
+                                }
+                                @if view.two_factor.contains(&u.id) {
+                                    form method="post" action=(format!("/users/{}/2fa/reset", u.id)) {
+                                        (csrf_field(&v.csrf))
+                                        button.small.secondary.outline type="submit"
+                                            title="Lost phone: turn their two-factor off; they sign in with the password and may enrol again" {
+                                            "Reset two-factor"
+                                        }
+                                    }
                                 }
                                 @if !u.disabled {
                                     form method="post" action=(format!("/users/{}/reset", u.id)) {
