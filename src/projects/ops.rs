@@ -188,6 +188,7 @@ pub async fn update_environment(
                 .into(),
         ));
     }
+    let who = who.clone();
     state
         .db
         .write(move |tx| {
@@ -213,6 +214,19 @@ pub async fn update_environment(
                 )?;
             }
             if triggers != triggers_before {
+                // A push deploys a protected environment without a person (src/protect): so its
+                // triggers are set only by someone who may deploy it (as the protection will be
+                // after this change).
+                let mut guarded = current.clone();
+                guarded.protected = protection.protected;
+                guarded.deployers = protection.deployers.clone();
+                if guarded.protected && !crate::protect::rules::may_deploy(tx, &who, &guarded)? {
+                    return Err(ProjectError::Forbidden(format!(
+                        "environment {:?} is protected: only admins and {} may change what deploys it on a push",
+                        current.name,
+                        crate::protect::describe(&guarded.deployers)
+                    )));
+                }
                 store::set_triggers(tx, id, &triggers)?;
                 audit::record(
                     tx,

@@ -64,7 +64,10 @@ pub fn forbidden(env: &Environment, what: &str) -> DeployError {
 /// `require_approval` does.
 pub fn gate(c: &Connection, p: &Principal, env: &Environment) -> Result<Gate, DeployError> {
     if is_push(p) {
-        return Ok(if env.protected || env.require_approval {
+        // A push is no person, but on a protected environment its triggers were set by someone
+        // who may deploy it (`projects::ops::update_environment`); with approvals required it
+        // waits like anyone's deploy.
+        return Ok(if env.require_approval {
             Gate::AwaitApproval
         } else {
             Gate::Direct
@@ -156,11 +159,12 @@ mod tests {
             // A push webhook never deploys a protected environment directly.
             let push = principal(None, Role::Member, "github:octo");
             assert!(!may_deploy(tx, &push, &env)?);
-            assert_eq!(gate(tx, &push, &env).unwrap(), Gate::AwaitApproval);
+            assert_eq!(gate(tx, &push, &env).unwrap(), Gate::Direct);
             assert_eq!(gate(tx, &push, &open).unwrap(), Gate::Direct);
             assert_eq!(gate(tx, &maya, &env).unwrap(), Gate::Direct);
             env.require_approval = true;
             assert_eq!(gate(tx, &maya, &env).unwrap(), Gate::AwaitApproval);
+            assert_eq!(gate(tx, &push, &env).unwrap(), Gate::AwaitApproval);
             Ok::<_, DbError>(())
         })
         .unwrap();

@@ -20,6 +20,7 @@ mod api;
 mod bench_quick;
 mod bins;
 mod browser_actions;
+mod browser_identity;
 mod browser_input;
 mod browser_logs;
 mod browser_support;

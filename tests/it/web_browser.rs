@@ -325,6 +325,8 @@ async fn flow(server: &WebServer, b: &Client, work: &Path, compose: &Path) {
     }
     b.set_window_size(1280, 900).await.unwrap();
 
+    crate::browser_identity::steps(&f).await;
+
     // The actions last (after the phone pages, which show project 1): they stop, take down and
     // delete what the flow deployed.
     crate::browser_actions::steps(&f).await;
