@@ -24,8 +24,10 @@ use crate::web::layout::{self, FormErrors, Nav, PageError, Viewer, ago, badge, c
 /// At most this many stored lines are put in a page or sent on connect; the API has them all.
 pub(super) const MAX_SHOWN_LINES: i64 = 5000;
 
+/// The class is the stored status (`awaiting_approval`); the text is for people
+/// (`awaiting approval`).
 pub fn status_badge(status: DeployStatus) -> Markup {
-    badge(status.as_str(), status.as_str())
+    badge(status.as_str(), &status.as_str().replace('_', " "))
 }
 
 #[derive(Deserialize)]
