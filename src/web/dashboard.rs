@@ -167,11 +167,20 @@ pub async fn dashboard_socket(
 ) -> Response {
     let can_admin = v.can(Role::Admin);
     let view = match q.project {
-        Some(project) => View::Runtime {
-            project,
-            can_member: v.can(Role::Member),
-            csrf: v.csrf.clone(),
-        },
+        Some(project) => {
+            // The panel's buttons follow the caller's role on that project (this route is not
+            // project-scoped, so the choke point did not look it up); a failed lookup shows none.
+            let who = v.who.clone();
+            let role = state
+                .db
+                .lookup(move |c| crate::access::project_role(c, &who, project))
+                .await;
+            View::Runtime {
+                project,
+                can_member: role.is_ok_and(|r| r >= crate::access::ProjectRole::Deployer),
+                csrf: v.csrf.clone(),
+            }
+        }
         None => View::Table { can_admin },
     };
     // Sign-out, disable, demotion, ended sessions or the session's expiry close the socket at

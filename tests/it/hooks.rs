@@ -705,3 +705,82 @@ async fn an_oversized_body_written_slowly_still_gets_its_413() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("payload_too_large"), "{answer}");
 }
+
+/// Issue 16: a push is no person, so on a protected environment its triggers are set only by
+/// someone who may deploy it; a push then deploys as they say, and waits for a person's
+/// approval when the environment requires one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_protected_environment_deploys_as_its_triggers_say_and_waits_for_approval_when_required()
+{
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let member = api.with_token(&cli_token(&server.data_dir(), "m", "member"));
+    let (pid, envs) = api.project("shop", &["production"]).await;
+    let env = format!("/api/environments/{}", envs[0]);
+    let (_, e) = api.get(&env).await;
+    assert_eq!(
+        e["protected"], true,
+        "a production-like name starts protected: {e}"
+    );
+    // Its deployers are maintainers: a member (maintainer everywhere) may set its push trigger.
+    let (s, e) = member.patch(&env, json!({"deploy_on_tag": "v*"})).await;
+    assert_eq!((s, e["deploy_on_tag"].clone()), (200, json!("v*")), "{e}");
+    // Only admins may deploy it now: a member may no longer change what deploys it on a push.
+    let (s, e) = api.patch(&env, json!({"deployers": []})).await;
+    assert_eq!(s, 200, "{e}");
+    let (s, v) = member.patch(&env, json!({"deploy_on_tag": "*"})).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("only admins"),
+        "{v}"
+    );
+    let (_, e) = api.get(&env).await;
+    assert_eq!(e["deploy_on_tag"], "v*", "nothing changed: {e}");
+
+    let (agent_id, token) = api.agent(envs[0], "a0").await;
+    let mut agent = TestAgent::connect(&api.url, &token, Some(vec![])).await;
+    api.wait_online(agent_id).await;
+    let secret = rotate(api, pid).await;
+    let hook = Hook::new(&api.url, pid);
+
+    // The trigger an admin allowed deploys the tag's commit.
+    let (s, v) = hook
+        .github(&secret, "push", "p-1", &push("refs/tags/v1", A, "octo"))
+        .await;
+    assert_eq!((s, v["result"].clone()), (202, json!("deployed")), "{v}");
+    let id = v["deployments"][0]["deployment_id"].as_i64().unwrap();
+    let deploy = agent.recv().await;
+    assert_eq!(
+        (deploy["type"].clone(), deploy["deployment_id"].clone()),
+        (json!("DEPLOY"), json!(id))
+    );
+    succeed(&mut agent, id).await;
+
+    // With approvals required, the push waits for a person; nothing reaches the agent until then.
+    let (s, e) = api.patch(&env, json!({"require_approval": true})).await;
+    assert_eq!(s, 200, "{e}");
+    let (s, v) = hook
+        .github(&secret, "push", "p-2", &push("refs/tags/v2", B, "octo"))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["deployments"][0]["deployment_id"].as_i64().unwrap();
+    let (_, d) = api.get(&format!("/api/deployments/{id}")).await;
+    assert_eq!(d["status"], "awaiting_approval", "{d}");
+    assert!(agent.recv_within(QUIET).await.is_none());
+    // A member may not approve it (only admins may deploy it); an admin may (the pusher is no
+    // person of this appliance, so it is nobody's own deploy).
+    let (s, v) = member
+        .post(&format!("/api/deployments/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = api
+        .post(&format!("/api/deployments/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let deploy = agent.recv().await;
+    assert_eq!(
+        (deploy["type"].clone(), deploy["deployment_id"].clone()),
+        (json!("DEPLOY"), json!(id))
+    );
+    assert_eq!(deploy["project"]["git_ref"], B);
+}

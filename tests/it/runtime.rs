@@ -601,6 +601,52 @@ async fn the_pages_show_runtime_and_drift_live_with_reconverge_for_members() {
         "{pushed}"
     );
 
+    // The live panel's buttons follow the role on the project (issue 16): a global viewer who
+    // is a deployer of it gets Re-converge pushed, a plain viewer does not.
+    let dee = server.user(&mut admin, "dee", "viewer").await;
+    let (s, v) = api
+        .put(
+            &format!("/api/projects/{pid}/members/3"),
+            json!({"role": "deployer"}),
+        )
+        .await;
+    assert_eq!((s, v["username"].clone()), (200, json!("dee")), "{v}");
+    for (who, client, shown) in [("dee", &dee, true), ("vic", &viewer, false)] {
+        let url = format!(
+            "{}/ws/dashboard?project={pid}",
+            server.url.replacen("http", "ws", 1)
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("cookie", client.cookie_header().parse().unwrap());
+        req.headers_mut().insert("origin", server.url.parse().unwrap());
+        let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+        let mut other = matching();
+        other[1]["state"] = json!("exited");
+        other[1]["restarts"] = json!(if shown { 3 } else { 4 });
+        report(&mut agent, &project, &other).await;
+        let pushed = tokio::time::timeout(WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))
+                        if t.contains(&format!("id=\"runtime-{env}\"")) =>
+                    {
+                        return t.to_string();
+                    }
+                    Some(Ok(_)) => continue,
+                    other => panic!("socket ended: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the runtime panel was pushed");
+        assert_eq!(
+            pushed.contains(&format!("reconverge-{env}")),
+            shown,
+            "{who}: {pushed}"
+        );
+    }
+
     // The page: a member sees Re-converge; a viewer sees the drift but no button.
     let (_, page) = admin.get(&format!("/projects/{pid}")).await;
     assert!(page.contains(&format!("reconverge-{env}")), "{page}");

@@ -13,8 +13,8 @@ use crate::web::error::WebError;
 use crate::web::layout::{self, PageError, csrf_field};
 
 /// The block; the buttons only while the deployment awaits approval (the server decides who
-/// may press them).
-pub fn block(id: i64, a: &Approval, awaiting: bool, csrf: &str) -> Markup {
+/// may press them). Its author (`mine`) gets no Approve button, only Reject (withdraw).
+pub fn block(id: i64, a: &Approval, awaiting: bool, mine: bool, csrf: &str) -> Markup {
     html! {
         section.approval data-testid="approval" {
             h3 { @if awaiting { "Awaiting approval" } @else { "Approval" } }
@@ -53,14 +53,18 @@ pub fn block(id: i64, a: &Approval, awaiting: bool, csrf: &str) -> Markup {
                 }
             }
             @if awaiting {
-                form.inline method="post" action=(format!("/deployments/{id}/approve")) {
-                    (csrf_field(csrf))
-                    button type="submit" data-testid="approve" { "Approve" }
+                @if mine {
+                    p data-testid="approval-own" { "You started this deployment: another person who may deploy this environment approves it. You can withdraw it." }
+                } @else {
+                    form.inline method="post" action=(format!("/deployments/{id}/approve")) {
+                        (csrf_field(csrf))
+                        button type="submit" data-testid="approve" { "Approve" }
+                    }
+                    " "
                 }
-                " "
                 form.inline method="post" action=(format!("/deployments/{id}/reject")) {
                     (csrf_field(csrf))
-                    button.secondary.outline type="submit" { "Reject" }
+                    button.secondary.outline type="submit" { (if mine { "Withdraw" } else { "Reject" }) }
                 }
             }
         }

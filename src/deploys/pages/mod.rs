@@ -24,6 +24,16 @@ use crate::web::layout::{self, FormErrors, Nav, PageError, Viewer, ago, badge, c
 /// At most this many stored lines are put in a page or sent on connect; the API has them all.
 pub(super) const MAX_SHOWN_LINES: i64 = 5000;
 
+/// Whether `actor` started a deployment whose `triggered_by` is this: by session
+/// (`user:ada`) or by one of their tokens (`user:ada (token ci)`). Only for what the page
+/// shows; the approval rule compares user ids on the server.
+fn started_by(triggered_by: &str, actor: &str) -> bool {
+    triggered_by == actor
+        || triggered_by
+            .strip_prefix(actor)
+            .is_some_and(|rest| rest.starts_with(" (token "))
+}
+
 /// The class is the stored status (`awaiting_approval`); the text is for people
 /// (`awaiting approval`).
 pub fn status_badge(status: DeployStatus) -> Markup {
@@ -329,7 +339,7 @@ pub async fn deployment_page(
         (status_block(&d))
         (agent_hint(agent_gone, state.config.deploys.agent_lost_timeout_secs))
         @if let Some(a) = &d.approval {
-            (approval::block(d.id, a, d.status == DeployStatus::AwaitingApproval, &v.csrf))
+            (approval::block(d.id, a, d.status == DeployStatus::AwaitingApproval, started_by(&d.triggered_by, &v.who.actor), &v.csrf))
         }
         @if live && v.may(ProjectRole::Deployer) { (cancel_form(&d, &v.csrf)) }
         (release_block(&d))
