@@ -76,7 +76,7 @@ fn rows(s: &Snapshot, can_admin: bool) -> Markup {
                 @for e in &p.environments {
                     tr data-env=(format!("{}/{}", p.name, e.name)) {
                         td { a href=(format!("/projects/{}", p.id)) { strong { (p.name) } } }
-                        td { a href=(format!("/projects/{}#env-{}", p.id, e.name)) { (e.name) } }
+                        td { a href=(format!("/projects/{}#env-{}", p.id, e.name)) { (e.name) } (crate::protect::pages::badge(e)) }
                         td {
                             @match s.agents.get(&e.id) {
                                 Some(list) => {
@@ -101,7 +101,7 @@ fn rows(s: &Snapshot, can_admin: bool) -> Markup {
                         td {
                             @match s.latest.get(&e.id) {
                                 Some(d) => {
-                                    a href=(format!("/deployments/{}", d.id)) { (badge(d.status.as_str(), d.status.as_str())) }
+                                    a href=(format!("/deployments/{}", d.id)) { (crate::deploys::pages::status_badge(d.status)) }
                                     " " small { (ago(&d.created_at, now)) " by " (d.triggered_by) }
                                 }
                                 None => { (badge("never", "never deployed")) }
