@@ -147,13 +147,7 @@ pub async fn create_environment(
             // Production-like names start protected (src/protect); an admin can change it.
             let protection = crate::protect::Protection::default_for(&valid.name);
             if protection != crate::protect::Protection::default() {
-                crate::protect::store::set(
-                    tx,
-                    id,
-                    protection.protected,
-                    protection.require_approval,
-                    &protection.deployers,
-                )?;
+                crate::protect::store::set(tx, id, &protection)?;
             }
             audit::record(
                 tx,
@@ -244,13 +238,7 @@ pub async fn update_environment(
                 )?;
             }
             if protection != protection_before {
-                crate::protect::store::set(
-                    tx,
-                    id,
-                    protection.protected,
-                    protection.require_approval,
-                    &protection.deployers,
-                )?;
+                crate::protect::store::set(tx, id, &protection)?;
                 audit::record(
                     tx,
                     now_ms(),

@@ -35,13 +35,12 @@ pub fn deployers_of(c: &Connection, environment_id: i64) -> Result<Vec<Deployer>
 }
 
 /// Replace an environment's protection: its two flags and its whole deployers list.
-pub fn set(
-    tx: &Transaction<'_>,
-    environment_id: i64,
-    protected: bool,
-    require_approval: bool,
-    deployers: &[Deployer],
-) -> Result<(), DbError> {
+pub fn set(tx: &Transaction<'_>, environment_id: i64, protection: &super::Protection) -> Result<(), DbError> {
+    let (protected, require_approval, deployers) = (
+        protection.protected,
+        protection.require_approval,
+        &protection.deployers,
+    );
     tx.execute(
         "UPDATE environments SET protected = ?2, require_approval = ?3 WHERE id = ?1",
         params![environment_id, protected, require_approval],
