@@ -374,12 +374,19 @@ pub fn error_page(err: WebError) -> Response {
             }
         },
     );
-    let mut response = (status, no_store(), body).into_response();
-    if let WebError::TooMany { retry_after_secs } = err {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    let response = (status, no_store(), body).into_response();
+    match err {
+        WebError::TooMany { retry_after_secs } => too_many_requests(response, retry_after_secs),
+        _ => response,
     }
+}
+
+/// `response` as a 429 that says when to try again (`Retry-After`, seconds).
+pub fn too_many_requests(mut response: Response, retry_after_secs: u64) -> Response {
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     response
 }
 

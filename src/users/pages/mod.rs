@@ -13,7 +13,7 @@ pub mod two_factor;
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -191,11 +191,7 @@ const BUSY_RETRY_SECS: u64 = 1;
 /// The sign-in form again with a 429 and `Retry-After`.
 fn too_many(state: &AppState, next: &str, username: &str, msg: &str, retry_after_secs: u64) -> Response {
     let body = sign_in_form(state, next, Some(msg), username);
-    let mut response = (StatusCode::TOO_MANY_REQUESTS, no_store(), body).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    response
+    layout::too_many_requests((no_store(), body).into_response(), retry_after_secs)
 }
 
 pub async fn login_submit(

@@ -5,7 +5,7 @@
 
 use axum::Form;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -153,10 +153,8 @@ pub async fn submit(
         }
         Err(UserError::RateLimited { retry_after_secs }) => {
             let msg = format!("Too many wrong codes for this account. Try again in {retry_after_secs} s.");
-            let mut r = (StatusCode::TOO_MANY_REQUESTS, no_store(), code_form(Some(&msg))).into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            Ok(r)
+            let r = (no_store(), code_form(Some(&msg))).into_response();
+            Ok(layout::too_many_requests(r, retry_after_secs))
         }
         // Two-factor was reset or turned off meanwhile: start over with the password.
         Err(UserError::TwoFactorState(_)) => {

@@ -5,7 +5,7 @@
 
 use axum::Form;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -157,13 +157,6 @@ pub struct CodeForm {
     password: String,
 }
 
-fn rate_limited(mut r: Response, retry_after_secs: u64) -> Response {
-    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    r
-}
-
 pub async fn confirm(
     State(state): State<AppState>,
     v: Viewer,
@@ -188,7 +181,7 @@ pub async fn confirm(
                 &FormErrors::one("code", e.to_string()),
             )
             .await?;
-            Ok(rate_limited(r, retry_after_secs))
+            Ok(layout::too_many_requests(r, retry_after_secs))
         }
         Err(e @ UserError::TwoFactorState(_)) => {
             render_account(
@@ -220,7 +213,7 @@ async fn account_error(
     };
     let r = render_account(state, v, status, &FormErrors::one(field, e.to_string()), None).await?;
     Ok(match e {
-        UserError::RateLimited { retry_after_secs } => rate_limited(r, retry_after_secs),
+        UserError::RateLimited { retry_after_secs } => layout::too_many_requests(r, retry_after_secs),
         _ => r,
     })
 }
