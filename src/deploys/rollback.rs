@@ -217,11 +217,11 @@ pub async fn after_failure(state: &AppState, failed: i64, environment_id: i64) {
                     "deployment {id} rolls back failed deployment {failed} to the release of deployment {}",
                     release.deployment_id
                 )))?;
-            Ok(Some((id, failed_d.project_id, release.deployment_id)))
+            Ok(Some((id, release.deployment_id)))
         })
         .await;
     match started {
-        Ok(Some((id, project_id, release_of))) => {
+        Ok(Some((id, release_of))) => {
             tracing::info!(
                 deployment_id = id,
                 rollback_of = failed,
@@ -232,7 +232,7 @@ pub async fn after_failure(state: &AppState, failed: i64, environment_id: i64) {
                 deployment_id: id,
                 environment_id,
             });
-            if let Err(e) = crate::notify::ops::rollback_started(state, project_id, id, failed).await {
+            if let Err(e) = crate::notify::ops::rollback_started(state, id, failed).await {
                 tracing::warn!(deployment_id = id, error = %e, "cannot enqueue the deploy.rollback notice");
             }
         }

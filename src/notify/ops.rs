@@ -381,13 +381,15 @@ pub async fn send_test(state: &AppState, channel_id: i64) -> Result<i64, NotifyE
     ids.first().copied().ok_or(NotifyError::NotFound)
 }
 
-/// An automatic rollback (`deployment_id`) started after deployment `failed` failed: enqueue
-/// `deploy.rollback` linking the rollback. No secret can be in it: ids, names and a commit only.
-pub async fn rollback_started(
+/// Enqueue `event` for deployment `deployment_id` (its project, environment, status, commit and
+/// page), with `detail` written from it, once per `key`. No secret can be in it: ids, names, a
+/// ref and a commit only.
+async fn deployment_notice(
     state: &AppState,
-    project_id: i64,
     deployment_id: i64,
-    failed: i64,
+    event: &str,
+    key: String,
+    detail: impl FnOnce(&crate::deploys::Deployment) -> String,
 ) -> Result<usize, NotifyError> {
     let d = state
         .db
@@ -395,8 +397,9 @@ pub async fn rollback_started(
         .await
         .map_err(|e| NotifyError::Db(crate::db::DbError::Task(e.to_string())))?;
     let now = now_ms();
+    let detail = detail(&d);
     let notice = Notice {
-        event: "deploy.rollback".into(),
+        event: event.into(),
         project: d.project,
         environment: Some(d.environment),
         deployment_id: Some(deployment_id),
@@ -406,57 +409,43 @@ pub async fn rollback_started(
         url: link(state, &format!("/deployments/{deployment_id}")),
         at: rfc3339(now),
         agent: None,
-        detail: Some(format!(
+        detail: Some(detail),
+    };
+    let ids = enqueue(state, d.project_id, notice, key, now, None).await?;
+    Ok(ids.len())
+}
+
+/// An automatic rollback started after deployment `failed` failed: enqueue `deploy.rollback`
+/// linking the rollback (`deployment_id`, in the failed one's project).
+pub async fn rollback_started(
+    state: &AppState,
+    deployment_id: i64,
+    failed: i64,
+) -> Result<usize, NotifyError> {
+    deployment_notice(state, deployment_id, "deploy.rollback", format!("rollback:{deployment_id}"), |d| {
+        format!(
             "deployment {failed} failed after changing the stack: rolling back to the release of deployment {}",
             d.redeploy_of.unwrap_or_default()
-        )),
-    };
-    let ids = enqueue(
-        state,
-        project_id,
-        notice,
-        format!("rollback:{deployment_id}"),
-        now,
-        None,
-    )
-    .await?;
-    Ok(ids.len())
+        )
+    })
+    .await
 }
 
 /// A deployment awaits approval: enqueue `deploy.awaiting_approval` linking its page.
 pub async fn awaiting_approval(state: &AppState, deployment_id: i64) -> Result<usize, NotifyError> {
-    let d = state
-        .db
-        .read(move |c| crate::deploys::store::get(c, deployment_id))
-        .await
-        .map_err(|e| NotifyError::Db(crate::db::DbError::Task(e.to_string())))?;
-    let now = now_ms();
-    let notice = Notice {
-        event: "deploy.awaiting_approval".into(),
-        project: d.project,
-        environment: Some(d.environment.clone()),
-        deployment_id: Some(deployment_id),
-        status: Some(d.status.as_str().to_owned()),
-        commit: d.commit,
-        error: None,
-        url: link(state, &format!("/deployments/{deployment_id}")),
-        at: rfc3339(now),
-        agent: None,
-        detail: Some(format!(
-            "{} asks to deploy {} to {}: another person who may deploy it must approve",
-            d.triggered_by, d.git_ref, d.environment
-        )),
-    };
-    let ids = enqueue(
+    deployment_notice(
         state,
-        d.project_id,
-        notice,
+        deployment_id,
+        "deploy.awaiting_approval",
         format!("approval:{deployment_id}"),
-        now,
-        None,
+        |d| {
+            format!(
+                "{} asks to deploy {} to {}: another person who may deploy it must approve",
+                d.triggered_by, d.git_ref, d.environment
+            )
+        },
     )
-    .await?;
-    Ok(ids.len())
+    .await
 }
 
 /// A deployment changed: when it has finished, enqueue `deploy.succeeded` / `deploy.failed`.
