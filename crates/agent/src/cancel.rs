@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::results::DeployResult;
 use crate::{LogSink, agent_line, groups};
 
+/// How often a cancel looks for commands that started after its first round of SIGTERMs.
+const RESIGNAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What a cancelled deployment reports.
 pub const CANCELLED: &str = "cancelled: the appliance asked the agent to stop";
 
@@ -57,7 +60,7 @@ where
         () = cancel.cancelled() => {}
     }
     tracing::info!(deployment_id, "CANCEL: stopping the deployment");
-    let signalled = groups::terminate_deployment(runtime_dir, deployment_id);
+    let mut signalled = groups::terminate_deployment(runtime_dir, deployment_id, &[]);
     agent_line(
         log,
         format!(
@@ -66,7 +69,19 @@ where
         ),
     );
     let started = tokio::time::Instant::now();
-    let ended = tokio::time::timeout(groups::GRACE, &mut deployment).await.is_ok();
+    // A command spawned in the moment of the cancel may not be recorded yet when the first
+    // round of SIGTERMs goes out (or the deployment may start one before it sees the cancel):
+    // look again while waiting, so it too ends on a SIGTERM rather than the grace's SIGKILL.
+    let ended = loop {
+        match tokio::time::timeout(RESIGNAL, &mut deployment).await {
+            Ok(_) => break true,
+            Err(_) if started.elapsed() >= groups::GRACE => break false,
+            Err(_) => {
+                let late = groups::terminate_deployment(runtime_dir, deployment_id, &signalled);
+                signalled.extend(late);
+            }
+        }
+    };
     // Kills what is left (SIGKILL to each command's group) and removes the override and the
     // run's private directory.
     drop(deployment);
@@ -164,5 +179,31 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
         assert!(!override_left);
         assert!(lines.iter().any(|l| l.contains("killed")), "{lines:?}");
+    }
+
+    #[tokio::test]
+    async fn a_command_recorded_after_the_first_sigterms_still_ends_on_sigterm() {
+        let runtime = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // The cancel is there before the command is: its first round signals nothing.
+        let late = groups::scope(runtime.path(), 32, async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut cmd = crate::process::command("sleep");
+            cmd.arg("300");
+            let mut running = crate::process::spawn(&mut cmd).unwrap();
+            let _ = running.wait().await;
+            DeployResult::fail("the command was killed by a signal")
+        });
+        let result = run_until_cancelled(late, 32, runtime.path(), &tx, &cancel).await;
+        drop(tx);
+        let mut lines = Vec::new();
+        while let Some(l) = rx.recv().await {
+            lines.push(l.line);
+        }
+        assert_eq!(result, DeployResult::cancelled());
+        assert!(lines[0].contains("0 command(s) sent SIGTERM"), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("killed")), "{lines:?}");
     }
 }

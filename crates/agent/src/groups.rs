@@ -216,14 +216,16 @@ pub fn read_records(private_dir: &Path) -> Vec<GroupRecord> {
 }
 
 /// SIGTERM every live group this agent recorded under `private_dir` for `deployment_id` (a
-/// CANCEL): the commands may end cleanly; whatever is left is killed when the deployment's
-/// future is dropped after the grace ([`crate::cancel`]). Answers how many groups were signalled.
-pub fn terminate_deployment(private_dir: &Path, deployment_id: i64) -> Vec<i32> {
+/// CANCEL), except those in `already` (signalled once: a second SIGTERM makes compose give up
+/// its clean stop): the commands may end cleanly; whatever is left is killed when the
+/// deployment's future is dropped after the grace ([`crate::cancel`]). Answers the groups
+/// signalled now.
+pub fn terminate_deployment(private_dir: &Path, deployment_id: i64, already: &[i32]) -> Vec<i32> {
     let boot = boot_id();
     let mut signalled = Vec::new();
     for r in read_records(private_dir)
         .into_iter()
-        .filter(|r| r.deployment_id == deployment_id)
+        .filter(|r| r.deployment_id == deployment_id && !already.contains(&r.pgid))
     {
         if !leader_matches(&r, read_stat(r.pid), boot.as_deref()) || live_members(r.pgid).is_empty() {
             continue;
