@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs when it is missing: Docker engine, Compose v2,
-# the local busybox test image, Chromium + chromedriver. Idempotent; safe to run every time.
+# the local busybox test image, Chromium + chromedriver, PostgreSQL's server binaries.
+# Idempotent; safe to run every time.
 # Facts behind each step: docs/testing.md.
 set -euo pipefail
 
@@ -21,6 +22,12 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" \
     >"$LOG_DIR/apt-install.log" 2>&1 || { tail -50 "$LOG_DIR/apt-install.log" >&2; return 1; }
 }
+
+# --- PostgreSQL (issue 17: the suite runs on both stores) -----------------------------------
+# Only the server binaries: scripts/pg-test-server.sh makes its own cluster in a temp dir.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql
+fi
 
 # --- Docker engine -----------------------------------------------------------------------
 if ! command -v dockerd >/dev/null 2>&1; then

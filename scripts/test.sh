@@ -21,7 +21,20 @@ fi
 export STAGELY_TEST_ARTIFACTS=${STAGELY_TEST_ARTIFACTS:-$PWD/artifacts}
 mkdir -p "$STAGELY_TEST_ARTIFACTS"
 
+# A throwaway PostgreSQL for the tests of the PostgreSQL store (scripts/pg-test-server.sh; the
+# server binaries come from test-deps). Without it those tests skip loudly, and fail in CI.
+start_postgres() {
+  if [ -z "${STAGELY_TEST_DATABASE_URL:-}" ]; then
+    if url=$(scripts/pg-test-server.sh start); then
+      export STAGELY_TEST_DATABASE_URL=$url
+    else
+      echo "!!! PostgreSQL did not start: the PostgreSQL store's tests will SKIP (fail in CI) !!!" >&2
+    fi
+  fi
+}
+
 if [ "$quick" = 1 ]; then
+  start_postgres
   # The modules that need a Docker engine, a browser or dist/ (docs/testing.md). Everything else
   # runs: unit tests of every crate, and the integration tests against in-process appliances,
   # real SQLite files and real WebSockets.
@@ -43,6 +56,7 @@ if [ "${STAGELY_SKIP_DEPS:-0}" != 1 ]; then
   fi
 fi
 
+start_postgres
 cargo build --workspace --bins
 # Static release binaries into dist/ for the packaging tests (.deb, container image).
 if [ "${STAGELY_SKIP_RELEASE_BUILD:-0}" != 1 ]; then

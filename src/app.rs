@@ -114,7 +114,7 @@ impl App {
     /// so the caller can bind its listener in between (migrations come before the bind).
     pub fn open(config: Config) -> Result<Opened, StartError> {
         let lock = DataDirLock::acquire(&config)?;
-        let db = Db::open(&config.db_path())?;
+        let db = Db::connect(config.database_url(), &config.db_path())?;
         let vault = Vault::open(&config.key_file, &db)?;
         let signer = Signer::open(&config.signing_key_path())?;
         db.write_blocking(agent_store::mark_all_offline)?;

@@ -37,6 +37,11 @@ pub enum BackupError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Signing(#[from] crate::signing::SigningError),
+    #[error(
+        "the data is in PostgreSQL (database_url): back it up with pg_dump (docs/operations.md), and \
+         the master key and signing key files with it"
+    )]
+    OnPostgres,
     #[error("{0} is not a Stagely backup (no {MANIFEST} inside)")]
     NotABackup(PathBuf),
     #[error("{path}: its {MANIFEST} does not parse: {source}")]
@@ -82,6 +87,9 @@ pub struct Manifest {
 
 /// Write a backup of the running (or stopped) appliance's data to `out`.
 pub fn backup(config: &Config, out: &Path, include_key: bool) -> Result<Manifest, BackupError> {
+    if config.database_url().is_some() {
+        return Err(BackupError::OnPostgres);
+    }
     let db = Db::open(&config.db_path())?;
     let dir = out
         .parent()
@@ -162,6 +170,9 @@ fn append_bytes(
 
 /// Restore a backup into the configured data directory. The caller holds the data dir lock.
 pub fn restore(config: &Config, archive: &Path, force: bool) -> Result<Manifest, BackupError> {
+    if config.database_url().is_some() {
+        return Err(BackupError::OnPostgres);
+    }
     let db_path = config.db_path();
     if db_path.exists() && !force {
         return Err(BackupError::NotEmpty(config.data_dir.clone()));

@@ -37,6 +37,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Folder for the SQLite database (and, by default, the master key).
     pub data_dir: PathBuf,
+    /// `postgres://user:password@host:5432/db?sslmode=require` to keep the data in PostgreSQL
+    /// (several replicas may share it, docs/operations.md); empty: the SQLite file in `data_dir`.
+    pub database_url: SecretString,
     /// URL users and agents reach this appliance at. Empty: derived from `listen`.
     pub public_url: PublicUrl,
     /// age identity file that encrypts every secret. Empty: `<data_dir>/master.key`.
@@ -334,6 +337,7 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from("./stagely-data"),
+            database_url: SecretString::default(),
             public_url: PublicUrl::derived_from(DEFAULT_LISTEN),
             key_file: PathBuf::new(),
             agent_binaries_dir: PathBuf::new(),
@@ -467,6 +471,13 @@ impl Config {
 
     /// Fill derived values and check every rule that types alone do not express.
     fn finish(mut self) -> Result<Config, ConfigError> {
+        let url = self.database_url.expose();
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return invalid(
+                "database_url",
+                "must be a postgres:// URL (or empty for the SQLite file in data_dir)",
+            );
+        }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
@@ -678,6 +689,11 @@ impl Config {
         if self.public_url.is_derived() {
             self.public_url = PublicUrl::derived_from(addr);
         }
+    }
+
+    /// The PostgreSQL URL, when the data lives there rather than in [`Self::db_path`].
+    pub fn database_url(&self) -> Option<&str> {
+        Some(self.database_url.expose()).filter(|u| !u.is_empty())
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -18,7 +18,7 @@ pub mod ops;
 pub mod pages;
 pub mod store;
 
-use rusqlite::Connection;
+use crate::db::Conn;
 use serde::{Deserialize, Serialize};
 
 use crate::db::DbError;
@@ -138,7 +138,7 @@ pub fn least(principal: &Principal) -> ProjectRole {
 /// What `principal` may do on project `project_id`: the higher of its global role's
 /// [`baseline`] and its granted project roles, capped by its token's role when it is a token.
 /// A principal with no person (the server CLI, a CLI token) has its baseline only.
-pub fn project_role(c: &Connection, principal: &Principal, project_id: i64) -> Result<ProjectRole, DbError> {
+pub fn project_role(c: &Conn<'_>, principal: &Principal, project_id: i64) -> Result<ProjectRole, DbError> {
     let mut role = baseline(principal.role);
     if let Some(user_id) = principal.user_id
         && let Some(granted) = store::highest(c, project_id, user_id)?

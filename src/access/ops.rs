@@ -10,7 +10,7 @@
 //! - A disabled person may be granted a role: it has no effect while they cannot sign in (their
 //!   sessions and tokens are refused) and holds when an admin enables them again.
 
-use rusqlite::Connection;
+use crate::db::Conn;
 
 use super::store::{self, Membership, SOURCE_MANUAL};
 use super::{ProjectRole, project_role};
@@ -58,7 +58,7 @@ pub fn parse_role(role: &str) -> Result<ProjectRole, AccessError> {
     })
 }
 
-fn project_name(c: &Connection, project_id: i64) -> Result<String, AccessError> {
+fn project_name(c: &Conn<'_>, project_id: i64) -> Result<String, AccessError> {
     match project_store::get(c, project_id) {
         Ok(p) => Ok(p.name),
         Err(ProjectError::NotFound) => Err(AccessError::NotFound("project")),
@@ -67,7 +67,7 @@ fn project_name(c: &Connection, project_id: i64) -> Result<String, AccessError> 
     }
 }
 
-fn username(c: &Connection, user_id: i64) -> Result<String, AccessError> {
+fn username(c: &Conn<'_>, user_id: i64) -> Result<String, AccessError> {
     match user_store::get(c, user_id) {
         Ok(u) => Ok(u.username),
         Err(UserError::NotFound) => Err(AccessError::NotFound("user")),
@@ -77,11 +77,11 @@ fn username(c: &Connection, user_id: i64) -> Result<String, AccessError> {
 }
 
 /// Whether `who` may change the members of `project_id` (the page shows its forms by this).
-pub fn may_manage(c: &Connection, who: &Principal, project_id: i64) -> Result<bool, DbError> {
+pub fn may_manage(c: &Conn<'_>, who: &Principal, project_id: i64) -> Result<bool, DbError> {
     Ok(project_role(c, who, project_id)? >= ProjectRole::Maintainer)
 }
 
-fn check(c: &Connection, who: &Principal, project_id: i64, user_id: i64) -> Result<(), AccessError> {
+fn check(c: &Conn<'_>, who: &Principal, project_id: i64, user_id: i64) -> Result<(), AccessError> {
     if !may_manage(c, who, project_id)? {
         return Err(AccessError::Forbidden(NOT_MAINTAINER));
     }
@@ -92,7 +92,7 @@ fn check(c: &Connection, who: &Principal, project_id: i64, user_id: i64) -> Resu
 }
 
 /// Every grant on a project, with each person's effective role.
-pub fn list_in(c: &Connection, project_id: i64) -> Result<Vec<Member>, AccessError> {
+pub fn list_in(c: &Conn<'_>, project_id: i64) -> Result<Vec<Member>, AccessError> {
     project_name(c, project_id)?;
     let grants = store::for_project(c, project_id)?;
     let mut out = Vec::with_capacity(grants.len());
@@ -117,7 +117,7 @@ pub async fn list(state: &AppState, project_id: i64) -> Result<Vec<Member>, Acce
 
 /// Grant (or change) `user_id`'s manual role on `project_id`.
 pub fn put_in(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::db::Tx<'_>,
     who: &Principal,
     project_id: i64,
     user_id: i64,
@@ -183,7 +183,7 @@ pub async fn put_by_name(
 
 /// Remove `user_id`'s manual role on `project_id`; [`AccessError::NotFound`] when there is none.
 pub fn delete_in(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::db::Tx<'_>,
     who: &Principal,
     project_id: i64,
     user_id: i64,
@@ -220,7 +220,7 @@ pub async fn delete(
 }
 
 /// Every project role a person holds, with the project's name (for `/users` and `/account`).
-pub fn roles_of(c: &Connection, user_id: i64) -> Result<Vec<(String, Membership)>, DbError> {
+pub fn roles_of(c: &Conn<'_>, user_id: i64) -> Result<Vec<(String, Membership)>, DbError> {
     let mut out = Vec::new();
     for m in store::for_user(c, user_id)? {
         if let Ok(p) = project_store::get(c, m.project_id) {

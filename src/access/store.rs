@@ -1,6 +1,6 @@
 //! SQL for project roles (`project_members`, V17).
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{ProjectRole, Scope};
 use crate::db::{DbError, Stored, rfc3339};
@@ -28,7 +28,7 @@ pub struct Membership {
 
 const COLUMNS: &str = "m.project_id, m.user_id, u.username, m.role, m.source, m.granted_by, m.created_at";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Membership> {
+fn from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<Membership> {
     Ok(Membership {
         project_id: r.get(0)?,
         user_id: r.get(1)?,
@@ -41,7 +41,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Membership> {
 }
 
 /// The highest role any source grants `user_id` on `project_id`.
-pub fn highest(c: &Connection, project_id: i64, user_id: i64) -> Result<Option<ProjectRole>, DbError> {
+pub fn highest(c: &Conn<'_>, project_id: i64, user_id: i64) -> Result<Option<ProjectRole>, DbError> {
     let mut stmt =
         c.prepare_cached("SELECT role FROM project_members WHERE project_id = ?1 AND user_id = ?2")?;
     let roles = stmt
@@ -53,7 +53,7 @@ pub fn highest(c: &Connection, project_id: i64, user_id: i64) -> Result<Option<P
 }
 
 /// Every grant on a project, by username then source.
-pub fn for_project(c: &Connection, project_id: i64) -> Result<Vec<Membership>, DbError> {
+pub fn for_project(c: &Conn<'_>, project_id: i64) -> Result<Vec<Membership>, DbError> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM project_members m JOIN users u ON u.id = m.user_id \
          WHERE m.project_id = ?1 ORDER BY u.username, m.source"
@@ -63,7 +63,7 @@ pub fn for_project(c: &Connection, project_id: i64) -> Result<Vec<Membership>, D
 }
 
 /// Every grant a person holds, by project then source.
-pub fn for_user(c: &Connection, user_id: i64) -> Result<Vec<Membership>, DbError> {
+pub fn for_user(c: &Conn<'_>, user_id: i64) -> Result<Vec<Membership>, DbError> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM project_members m JOIN users u ON u.id = m.user_id \
          WHERE m.user_id = ?1 ORDER BY m.project_id, m.source"
@@ -74,7 +74,7 @@ pub fn for_user(c: &Connection, user_id: i64) -> Result<Vec<Membership>, DbError
 
 /// The role `source` grants `user_id` on `project_id`, if any.
 pub fn get(
-    c: &Connection,
+    c: &Conn<'_>,
     project_id: i64,
     user_id: i64,
     source: &str,
@@ -90,7 +90,7 @@ pub fn get(
 
 /// Grant (or change) the role `source` gives `user_id` on `project_id`.
 pub fn put(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     project_id: i64,
     user_id: i64,
     role: ProjectRole,
@@ -108,7 +108,7 @@ pub fn put(
 }
 
 /// Remove the role `source` gives `user_id` on `project_id`; true when there was one.
-pub fn delete(tx: &Transaction<'_>, project_id: i64, user_id: i64, source: &str) -> Result<bool, DbError> {
+pub fn delete(tx: &Tx<'_>, project_id: i64, user_id: i64, source: &str) -> Result<bool, DbError> {
     let n = tx.execute(
         "DELETE FROM project_members WHERE project_id = ?1 AND user_id = ?2 AND source = ?3",
         params![project_id, user_id, source],
@@ -119,7 +119,7 @@ pub fn delete(tx: &Transaction<'_>, project_id: i64, user_id: i64, source: &str)
 /// Make `grants` exactly the roles `source` gives `user_id` (an OIDC sign-in rewrites what its
 /// group mapping grants: a group left is a role lost). A project listed twice keeps its last role.
 pub fn replace_source(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user_id: i64,
     source: &str,
     grants: &[(i64, ProjectRole)],
@@ -138,7 +138,7 @@ pub fn replace_source(
 
 /// The project the object `id` of kind `scope` belongs to; `None` when there is no such object.
 /// One indexed lookup by primary key: the choke point runs it on every project-scoped request.
-pub fn project_of(c: &Connection, scope: Scope, id: i64) -> Result<Option<i64>, DbError> {
+pub fn project_of(c: &Conn<'_>, scope: Scope, id: i64) -> Result<Option<i64>, DbError> {
     let sql = match scope {
         Scope::Project => "SELECT id FROM projects WHERE id = ?1",
         Scope::Environment => "SELECT project_id FROM environments WHERE id = ?1",
@@ -152,7 +152,7 @@ pub fn project_of(c: &Connection, scope: Scope, id: i64) -> Result<Option<i64>, 
 
 /// The highest role any source grants `user_id` on any project (what a person may mint a token
 /// for beyond their global role).
-pub fn highest_anywhere(c: &Connection, user_id: i64) -> Result<Option<ProjectRole>, DbError> {
+pub fn highest_anywhere(c: &Conn<'_>, user_id: i64) -> Result<Option<ProjectRole>, DbError> {
     let mut stmt = c.prepare_cached("SELECT role FROM project_members WHERE user_id = ?1")?;
     let roles = stmt
         .query_map([user_id], |r| r.get::<_, Stored<ProjectRole>>(0))?

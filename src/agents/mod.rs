@@ -48,8 +48,8 @@ pub enum AgentError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for AgentError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for AgentError {
+    fn from(e: crate::db::SqlError) -> Self {
         AgentError::Db(e.into())
     }
 }

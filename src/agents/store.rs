@@ -1,18 +1,13 @@
 //! SQL for agents.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{AGENT_TOKEN_PREFIX, AgentError, AgentIdentity, AgentInfo, HelloInfo, PinCheck, Sighting};
 use crate::crypto::{ct_eq, hash_token, random_token};
 use crate::db::{DbError, rfc3339};
 
 /// Create an agent bound to one environment; returns its id and the token (shown once).
-pub fn create(
-    tx: &Transaction<'_>,
-    environment_id: i64,
-    name: &str,
-    now: i64,
-) -> Result<(i64, String), AgentError> {
+pub fn create(tx: &Tx<'_>, environment_id: i64, name: &str, now: i64) -> Result<(i64, String), AgentError> {
     let exists: bool = tx.query_row(
         "SELECT EXISTS(SELECT 1 FROM environments WHERE id = ?1)",
         [environment_id],
@@ -32,15 +27,16 @@ pub fn create(
         return Err(AgentError::NameTaken(name.to_owned()));
     }
     let token = random_token(AGENT_TOKEN_PREFIX);
-    tx.execute(
-        "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+    let id = tx.query_row(
+        "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
         params![environment_id, name, hash_token(&token), now],
+        |r| r.get(0),
     )?;
-    Ok((tx.last_insert_rowid(), token))
+    Ok((id, token))
 }
 
 /// The live (not revoked) agent a token belongs to.
-pub fn authenticate(c: &Connection, token: &str) -> Result<Option<AgentIdentity>, DbError> {
+pub fn authenticate(c: &Conn<'_>, token: &str) -> Result<Option<AgentIdentity>, DbError> {
     if !token.starts_with(AGENT_TOKEN_PREFIX) {
         return Ok(None);
     }
@@ -69,7 +65,7 @@ pub fn authenticate(c: &Connection, token: &str) -> Result<Option<AgentIdentity>
 }
 
 /// The token hashes of every live agent (the handshake admission's "known" set at start).
-pub fn live_token_hashes(c: &Connection) -> Result<Vec<Vec<u8>>, DbError> {
+pub fn live_token_hashes(c: &Conn<'_>) -> Result<Vec<Vec<u8>>, DbError> {
     let mut stmt = c.prepare("SELECT token_hash FROM agents WHERE revoked_at IS NULL")?;
     let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -81,7 +77,7 @@ const INFO_SELECT: &str = "SELECT a.id, a.name, a.environment_id, e.name, p.id, 
         a.second_connection_at, a.second_connection
      FROM agents a JOIN environments e ON e.id = a.environment_id JOIN projects p ON p.id = e.project_id";
 
-fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
+fn info_from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<AgentInfo> {
     Ok(AgentInfo {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -112,19 +108,19 @@ fn sighting(at: Option<i64>, detail: Option<String>) -> Option<Sighting> {
     })
 }
 
-pub fn list(c: &Connection) -> Result<Vec<AgentInfo>, AgentError> {
+pub fn list(c: &Conn<'_>) -> Result<Vec<AgentInfo>, AgentError> {
     let mut stmt = c.prepare(&format!("{INFO_SELECT} ORDER BY p.name, e.name, a.id"))?;
     Ok(stmt.query_map([], info_from_row)?.collect::<Result<_, _>>()?)
 }
 
-pub fn get(c: &Connection, id: i64) -> Result<AgentInfo, AgentError> {
+pub fn get(c: &Conn<'_>, id: i64) -> Result<AgentInfo, AgentError> {
     c.query_row(&format!("{INFO_SELECT} WHERE a.id = ?1"), [id], info_from_row)
         .optional()?
         .ok_or(AgentError::NotFound)
 }
 
 /// Live agents of an environment, oldest first.
-pub fn ids_for_environment(c: &Connection, environment_id: i64) -> Result<Vec<i64>, DbError> {
+pub fn ids_for_environment(c: &Conn<'_>, environment_id: i64) -> Result<Vec<i64>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id FROM agents WHERE environment_id = ?1 AND revoked_at IS NULL ORDER BY id",
     )?;
@@ -134,7 +130,7 @@ pub fn ids_for_environment(c: &Connection, environment_id: i64) -> Result<Vec<i6
 }
 
 /// Agents a project's deletion would remove (their connections must be closed).
-pub fn ids_for_project(c: &Connection, project_id: i64) -> Result<Vec<i64>, DbError> {
+pub fn ids_for_project(c: &Conn<'_>, project_id: i64) -> Result<Vec<i64>, DbError> {
     let mut stmt = c.prepare(
         "SELECT a.id FROM agents a JOIN environments e ON e.id = a.environment_id WHERE e.project_id = ?1",
     )?;
@@ -144,7 +140,7 @@ pub fn ids_for_project(c: &Connection, project_id: i64) -> Result<Vec<i64>, DbEr
 }
 
 /// Last heartbeat stored for an agent (ms), for `agent_offline` errors.
-pub fn last_heartbeat(c: &Connection, id: i64) -> Result<Option<i64>, DbError> {
+pub fn last_heartbeat(c: &Conn<'_>, id: i64) -> Result<Option<i64>, DbError> {
     Ok(
         c.query_row("SELECT last_heartbeat FROM agents WHERE id = ?1", [id], |r| {
             r.get(0)
@@ -154,7 +150,7 @@ pub fn last_heartbeat(c: &Connection, id: i64) -> Result<Option<i64>, DbError> {
     )
 }
 
-pub fn revoke(tx: &Transaction<'_>, id: i64, now: i64) -> Result<AgentInfo, AgentError> {
+pub fn revoke(tx: &Tx<'_>, id: i64, now: i64) -> Result<AgentInfo, AgentError> {
     let before = get(tx, id)?;
     tx.execute(
         "UPDATE agents SET revoked_at = ?2, online = 0 WHERE id = ?1 AND revoked_at IS NULL",
@@ -164,7 +160,7 @@ pub fn revoke(tx: &Transaction<'_>, id: i64, now: i64) -> Result<AgentInfo, Agen
 }
 
 /// Remove a revoked agent's record (its deployments keep their history, their agent unset).
-pub fn remove_revoked(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentError> {
+pub fn remove_revoked(tx: &Tx<'_>, id: i64) -> Result<AgentInfo, AgentError> {
     let before = get(tx, id)?;
     if !before.revoked {
         return Err(AgentError::NotRevoked);
@@ -176,13 +172,7 @@ pub fn remove_revoked(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentE
     Ok(before)
 }
 
-pub fn mark_online(
-    tx: &Transaction<'_>,
-    id: i64,
-    hello: &HelloInfo,
-    address: &str,
-    now: i64,
-) -> Result<(), DbError> {
+pub fn mark_online(tx: &Tx<'_>, id: i64, hello: &HelloInfo, address: &str, now: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET online = 1, last_heartbeat = ?2, agent_version = ?3, hostname = ?4, docker_version = ?5,
              compose_version = ?6, last_address = ?7, capabilities = ?8 WHERE id = ?1",
@@ -193,7 +183,7 @@ pub fn mark_online(
 }
 
 /// Whether the agent offered `capability` in its last HELLO.
-pub fn has_capability(c: &Connection, id: i64, capability: &str) -> Result<bool, DbError> {
+pub fn has_capability(c: &Conn<'_>, id: i64, capability: &str) -> Result<bool, DbError> {
     let offered: String = c
         .query_row("SELECT capabilities FROM agents WHERE id = ?1", [id], |r| {
             r.get(0)
@@ -204,12 +194,7 @@ pub fn has_capability(c: &Connection, id: i64, capability: &str) -> Result<bool,
 }
 
 /// Compare a HELLO's recipient with the pinned one, pinning it if none is.
-pub fn check_pin(
-    tx: &Transaction<'_>,
-    id: i64,
-    offered: Option<&str>,
-    now: i64,
-) -> Result<PinCheck, DbError> {
+pub fn check_pin(tx: &Tx<'_>, id: i64, offered: Option<&str>, now: i64) -> Result<PinCheck, DbError> {
     let pinned: Option<String> =
         tx.query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))?;
     Ok(match (pinned, offered) {
@@ -226,12 +211,7 @@ pub fn check_pin(
     })
 }
 
-pub fn record_identity_mismatch(
-    tx: &Transaction<'_>,
-    id: i64,
-    detail: &str,
-    now: i64,
-) -> Result<(), DbError> {
+pub fn record_identity_mismatch(tx: &Tx<'_>, id: i64, detail: &str, now: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET identity_mismatch_at = ?2, identity_mismatch = ?3 WHERE id = ?1",
         params![id, now, detail],
@@ -239,12 +219,7 @@ pub fn record_identity_mismatch(
     Ok(())
 }
 
-pub fn record_second_connection(
-    tx: &Transaction<'_>,
-    id: i64,
-    detail: &str,
-    now: i64,
-) -> Result<(), DbError> {
+pub fn record_second_connection(tx: &Tx<'_>, id: i64, detail: &str, now: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET second_connection_at = ?2, second_connection = ?3 WHERE id = ?1",
         params![id, now, detail],
@@ -254,7 +229,7 @@ pub fn record_second_connection(
 
 /// Forget the pinned recipient (and the mismatch it caused): the next connection pins again.
 /// Returns the agent as it was.
-pub fn reset_identity(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentError> {
+pub fn reset_identity(tx: &Tx<'_>, id: i64) -> Result<AgentInfo, AgentError> {
     let before = get(tx, id)?;
     if before.recipient.is_none() {
         return Err(AgentError::NotPinned);
@@ -268,7 +243,7 @@ pub fn reset_identity(tx: &Transaction<'_>, id: i64) -> Result<AgentInfo, AgentE
 }
 
 /// The recipient a DEPLOY to this agent is sealed to.
-pub fn recipient(c: &Connection, id: i64) -> Result<Option<String>, DbError> {
+pub fn recipient(c: &Conn<'_>, id: i64) -> Result<Option<String>, DbError> {
     Ok(
         c.query_row("SELECT recipient FROM agents WHERE id = ?1", [id], |r| r.get(0))
             .optional()?
@@ -284,7 +259,7 @@ pub struct LastConnection {
     pub seen: Option<i64>,
 }
 
-pub fn last_connection(c: &Connection, id: i64) -> Result<LastConnection, DbError> {
+pub fn last_connection(c: &Conn<'_>, id: i64) -> Result<LastConnection, DbError> {
     Ok(c.query_row(
         "SELECT last_address, hostname, last_heartbeat FROM agents WHERE id = ?1",
         [id],
@@ -300,22 +275,22 @@ pub fn last_connection(c: &Connection, id: i64) -> Result<LastConnection, DbErro
     .unwrap_or_default())
 }
 
-pub fn mark_offline(tx: &Transaction<'_>, id: i64, last_seen: i64) -> Result<(), DbError> {
+pub fn mark_offline(tx: &Tx<'_>, id: i64, last_seen: i64) -> Result<(), DbError> {
     tx.execute(
-        "UPDATE agents SET online = 0, last_heartbeat = MAX(IFNULL(last_heartbeat, 0), ?2) WHERE id = ?1",
+        "UPDATE agents SET online = 0, last_heartbeat = CASE WHEN COALESCE(last_heartbeat, 0) > ?2 THEN last_heartbeat ELSE ?2 END WHERE id = ?1",
         params![id, last_seen],
     )?;
     Ok(())
 }
 
 /// At start no agent is connected to this process, whatever the last run left behind.
-pub fn mark_all_offline(tx: &Transaction<'_>) -> Result<(), DbError> {
+pub fn mark_all_offline(tx: &Tx<'_>) -> Result<(), DbError> {
     tx.execute("UPDATE agents SET online = 0 WHERE online = 1", [])?;
     Ok(())
 }
 
 /// Persist many heartbeats in one statement batch.
-pub fn record_heartbeats(tx: &Transaction<'_>, beats: &[(i64, i64)]) -> Result<(), DbError> {
+pub fn record_heartbeats(tx: &Tx<'_>, beats: &[(i64, i64)]) -> Result<(), DbError> {
     let mut stmt = tx.prepare_cached("UPDATE agents SET last_heartbeat = ?2 WHERE id = ?1")?;
     for (id, at) in beats {
         stmt.execute(params![id, at])?;
@@ -333,7 +308,7 @@ mod tests {
     ];
     const V3: &str = include_str!("../../migrations/V3__agent_names.sql");
 
-    fn names(c: &Connection) -> Vec<(i64, i64, String)> {
+    fn names(c: &Conn<'_>) -> Vec<(i64, i64, String)> {
         let mut stmt = c
             .prepare("SELECT id, environment_id, name FROM agents ORDER BY id")
             .unwrap();
@@ -345,7 +320,7 @@ mod tests {
 
     #[test]
     fn v3_renames_old_duplicates_deterministically_then_enforces_unique_names() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = rusqlite::Connection::open_in_memory().unwrap();
         for sql in SCHEMA {
             c.execute_batch(sql).unwrap();
         }
@@ -365,7 +340,7 @@ mod tests {
         )
         .unwrap();
         c.execute_batch(V3).unwrap();
-        let got = names(&c);
+        let got = names(&Conn::sqlite(&c));
         let want = [
             (1, 1, "web-1"),
             (2, 1, "web"),

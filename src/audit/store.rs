@@ -1,6 +1,6 @@
 //! SQL for the audit log.
 
-use rusqlite::params;
+use crate::db::params;
 use serde::Serialize;
 
 use crate::db::{DbError, rfc3339};
@@ -54,7 +54,7 @@ impl<'a> Entry<'a> {
 /// Record one change inside the caller's transaction, so the change and its record commit together.
 /// A name or project the caller did not give is looked up from the object while it still exists
 /// (a caller that deletes the object first gives both).
-pub fn record(tx: &rusqlite::Transaction<'_>, now: i64, e: &Entry<'_>) -> Result<(), DbError> {
+pub fn record(tx: &crate::db::Tx<'_>, now: i64, e: &Entry<'_>) -> Result<(), DbError> {
     let (found_name, found_project) = match (e.target_id, e.target_name.is_none() || e.project_id.is_none()) {
         (Some(id), true) => resolve(tx, e.target_type, id)?,
         _ => (None, None),
@@ -81,7 +81,7 @@ pub fn record(tx: &rusqlite::Transaction<'_>, now: i64, e: &Entry<'_>) -> Result
 /// The name and project of an object as it is now, by its audit type (nothing for a type without
 /// them or an object already gone).
 fn resolve(
-    tx: &rusqlite::Connection,
+    tx: &crate::db::Conn<'_>,
     target_type: &str,
     id: i64,
 ) -> Result<(Option<String>, Option<i64>), DbError> {
@@ -111,7 +111,7 @@ fn resolve(
     });
     match found {
         Ok(found) => Ok(found),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok((None, None)),
+        Err(crate::db::SqlError::NoRows) => Ok((None, None)),
         Err(e) => Err(e.into()),
     }
 }
@@ -140,7 +140,7 @@ pub struct Filter {
 
 /// Newest first, `limit` rows before `before_id` (for paging), matching `filter`.
 pub fn list(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     filter: &Filter,
     before_id: Option<i64>,
     limit: i64,

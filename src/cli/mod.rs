@@ -171,7 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&cli, None, None)?;
             let role =
                 Role::parse(role).with_context(|| format!("--role {role:?}: use admin, member or viewer"))?;
-            let db = Db::open(&config.db_path())?;
+            let db = Db::connect(config.database_url(), &config.db_path())?;
             // The same operation (and name rule: characters, not bytes) as the Tokens page.
             let created = db
                 .write_blocking(|tx| ops::create_token_in(tx, &Principal::cli(), name, role, now_ms()))
@@ -202,7 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::RotateSigningKey) => {
             let config = load_config(&cli, None, None)?;
             let _lock = DataDirLock::acquire(&config)?;
-            let db = Db::open(&config.db_path())?;
+            let db = Db::connect(config.database_url(), &config.db_path())?;
             let report = crate::signing::rotate(&config.signing_key_path())?;
             db.write_blocking(|tx| {
                 let detail = format!(
@@ -224,7 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::RotateKey) => {
             let config = load_config(&cli, None, None)?;
             let _lock = DataDirLock::acquire(&config)?;
-            let db = Db::open(&config.db_path())?;
+            let db = Db::connect(config.database_url(), &config.db_path())?;
             let report = crate::secrets::vault::rotate_key(&config.key_file, &db)?;
             db.write_blocking(|tx| {
                 let detail = format!(

@@ -1,11 +1,11 @@
 //! Stored enums (scope, role, status, pull policy…): text in SQLite, a closed set in Rust.
 //!
-//! Reading goes through [`FromSql`] (the [`Stored`] wrapper, or [`enum_at`] when the row's id is
+//! Reading goes through [`FromValue`] (the [`Stored`] wrapper, or [`enum_at`] when the row's id is
 //! at hand): a value this binary does not know is an error that names the table, the row and the
 //! value — never a default. A scope that fell back to `global` would widen a service secret to
 //! every service.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, Type, ValueRef};
+use super::sql::{ConvError, FromValue, Row, SqlError, SqlResult, ToValue, Value};
 
 /// An enum stored as text. `WHAT` names it in errors ("secret scope", "role").
 pub trait StoredEnum: Sized {
@@ -36,11 +36,11 @@ pub struct UnknownValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored<T>(pub T);
 
-impl<T: StoredEnum> FromSql for Stored<T> {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let text = value.as_str()?;
-        T::from_stored(text).map(Stored).ok_or_else(|| {
-            FromSqlError::Other(Box::new(UnknownValue {
+impl<T: StoredEnum> FromValue for Stored<T> {
+    fn from_value(v: Value<'_>) -> Result<Self, ConvError> {
+        let text = String::from_value(v)?;
+        T::from_stored(&text).map(Stored).ok_or_else(|| {
+            ConvError::Other(Box::new(UnknownValue {
                 what: T::WHAT,
                 value: text.chars().take(64).collect(),
             }))
@@ -48,30 +48,24 @@ impl<T: StoredEnum> FromSql for Stored<T> {
     }
 }
 
-impl<T: StoredEnum> ToSql for Stored<T> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.0.as_stored()))
+impl<T: StoredEnum> ToValue for Stored<T> {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self.0.as_stored())
     }
 }
 
 /// Column `idx` of a row of `table` whose id is `id`, as `T`; an unknown value names the row.
-pub fn enum_at<T: StoredEnum>(
-    row: &rusqlite::Row<'_>,
-    idx: usize,
-    table: &'static str,
-    id: i64,
-) -> rusqlite::Result<T> {
+pub fn enum_at<T: StoredEnum>(row: &Row<'_>, idx: usize, table: &'static str, id: i64) -> SqlResult<T> {
     let raw: String = row.get(idx)?;
     T::from_stored(&raw).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
+        SqlError::column(
             idx,
-            Type::Text,
-            Box::new(UnknownStored {
+            UnknownStored {
                 what: T::WHAT,
                 value: raw.chars().take(64).collect(),
                 table,
                 id,
-            }),
+            },
         )
     })
 }
@@ -97,7 +91,8 @@ mod tests {
 
     #[test]
     fn unknown_values_are_errors_that_name_the_row() {
-        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let lite = rusqlite::Connection::open_in_memory().unwrap();
+        let c = crate::db::Conn::sqlite(&lite);
         c.execute_batch("CREATE TABLE t (id INTEGER, c TEXT); INSERT INTO t VALUES (7, 'red'), (8, 'blue');")
             .unwrap();
         let read = |id: i64| {
@@ -108,7 +103,7 @@ mod tests {
         assert_eq!(read(7).unwrap(), Colour::Red);
         let err = read(8).unwrap_err().to_string();
         assert!(err.contains("t row 8") && err.contains("\"blue\""), "{err}");
-        let wrapped: rusqlite::Result<Stored<Colour>> =
+        let wrapped: SqlResult<Stored<Colour>> =
             c.query_row("SELECT c FROM t WHERE id = 8", [], |r| r.get(0));
         assert!(wrapped.unwrap_err().to_string().contains("unknown stored colour"));
         c.execute("INSERT INTO t VALUES (9, ?1)", [Stored(Colour::Red)])

@@ -236,8 +236,8 @@ pub enum DeployError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for DeployError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for DeployError {
+    fn from(e: crate::db::SqlError) -> Self {
         DeployError::Db(e.into())
     }
 }

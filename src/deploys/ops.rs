@@ -222,7 +222,7 @@ fn size(bytes: usize) -> String {
 /// Where a deploy goes: the project and its environment, refused when nothing could run there
 /// (no agent, none online, or the online one too old for sealed secrets).
 pub(super) fn find_target(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     hub: &crate::agents::hub::Hub,
     project_id: i64,
     environment: Option<&str>,
@@ -252,7 +252,7 @@ pub(super) fn find_target(
 
 /// The agent's pinned age recipient, parsed (it was checked at HELLO).
 pub(super) fn recipient_of(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     agent_id: i64,
 ) -> Result<Option<age::x25519::Recipient>, DbError> {
     Ok(agent_store::recipient(c, agent_id)?.and_then(|r| r.parse::<age::x25519::Recipient>().ok()))
@@ -307,7 +307,7 @@ pub(super) fn pick_environment(
 
 /// `agent_offline`, with the last time any of the environment's agents was seen.
 pub(super) fn offline_error(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     environment: &str,
     agent_ids: &[i64],
 ) -> Result<DeployError, DbError> {

@@ -167,7 +167,7 @@ struct Content {
 /// pinned. `Ok(Err(_))` when it cannot be sent (the deployment then fails with why); an agent
 /// without the `releases` capability would ignore the pins, so it is not sent one.
 fn redeploy_content(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::db::Tx<'_>,
     of: i64,
     agent_id: i64,
     env: &projects::Environment,

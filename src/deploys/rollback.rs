@@ -29,7 +29,7 @@ pub struct Redeployed {
     pub redeploy_of: i64,
 }
 
-fn release_of(c: &rusqlite::Connection, deployment_id: i64) -> Result<Release, DeployError> {
+fn release_of(c: &crate::db::Conn<'_>, deployment_id: i64) -> Result<Release, DeployError> {
     match releases::store::get(c, deployment_id) {
         Ok(r) => Ok(r),
         Err(ReleaseError::NotFound) => Err(DeployError::NoRelease(deployment_id)),
@@ -37,7 +37,7 @@ fn release_of(c: &rusqlite::Connection, deployment_id: i64) -> Result<Release, D
     }
 }
 
-fn environment(c: &rusqlite::Connection, id: i64) -> Result<crate::projects::Environment, DeployError> {
+fn environment(c: &crate::db::Conn<'_>, id: i64) -> Result<crate::projects::Environment, DeployError> {
     crate::projects::store::get_environment(c, id).map_err(|e| match e {
         crate::projects::ProjectError::Db(e) => DeployError::Db(e),
         _ => DeployError::NotFound,
@@ -45,7 +45,7 @@ fn environment(c: &rusqlite::Connection, id: i64) -> Result<crate::projects::Env
 }
 
 /// The release can be restored exactly: every secret version it used is still kept.
-pub(super) fn check_complete(c: &rusqlite::Connection, deployment_id: i64) -> Result<(), DeployError> {
+pub(super) fn check_complete(c: &crate::db::Conn<'_>, deployment_id: i64) -> Result<(), DeployError> {
     let (_, missing) = secret_store::versions_of_deployment(c, deployment_id)?;
     if missing.is_empty() {
         Ok(())
@@ -143,7 +143,7 @@ pub async fn redeploy(state: &AppState, who: &Principal, of: i64) -> Result<Rede
 
 /// Record the waiting redeploy of `source`'s release.
 fn insert_redeploy(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::db::Tx<'_>,
     source: &super::Deployment,
     release: &Release,
     actor: &str,

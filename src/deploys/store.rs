@@ -1,6 +1,6 @@
 //! SQL for deployments, the secret versions they used, and their log lines.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{DeployError, DeployStatus, Deployment, LogLine, SecretVersion};
 use crate::db::stored::enum_at;
@@ -27,13 +27,13 @@ pub struct NewDeployment<'a> {
 
 /// Record a deployment as `waiting` (or `awaiting_approval`): no agent and no secret versions
 /// yet, those are the ones of the moment it is dispatched ([`claim_next`]).
-pub fn insert_waiting(tx: &Transaction<'_>, d: &NewDeployment<'_>, now: i64) -> Result<i64, DbError> {
-    tx.prepare_cached(
+pub fn insert_waiting(tx: &Tx<'_>, d: &NewDeployment<'_>, now: i64) -> Result<i64, DbError> {
+    Ok(tx.prepare_cached(
         "INSERT INTO deployments (project_id, environment_id, status, git_ref, commit_sha, triggered_by, created_at,
              redeploy_of, rollback_of, triggered_by_user)
-         VALUES (?1, ?2, ?9, ?3, ?4, ?5, ?6, ?7, ?8, ?10)",
+         VALUES (?1, ?2, ?9, ?3, ?4, ?5, ?6, ?7, ?8, ?10) RETURNING id",
     )?
-    .execute(params![
+    .query_row(params![
         d.project_id,
         d.environment_id,
         d.git_ref,
@@ -44,8 +44,7 @@ pub fn insert_waiting(tx: &Transaction<'_>, d: &NewDeployment<'_>, now: i64) -> 
         d.rollback_of,
         if d.awaiting_approval { "awaiting_approval" } else { "waiting" },
         d.triggered_by_user
-    ])?;
-    Ok(tx.last_insert_rowid())
+    ], |r| r.get(0))?)
 }
 
 /// What [`claim_next`] took off an environment's queue.
@@ -67,7 +66,7 @@ pub struct Claimed {
 /// `None` when something runs already or nothing waits. The caller records the secret versions
 /// in the same transaction ([`record_secrets`]).
 pub fn claim_next(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     environment_id: i64,
     agent_id: i64,
     now: i64,
@@ -114,11 +113,7 @@ pub fn claim_next(
 }
 
 /// The versions of the secrets a claimed deployment is sent (never the values).
-pub fn record_secrets(
-    tx: &Transaction<'_>,
-    deployment_id: i64,
-    secrets: &[SealedSecret],
-) -> Result<(), DbError> {
+pub fn record_secrets(tx: &Tx<'_>, deployment_id: i64, secrets: &[SealedSecret]) -> Result<(), DbError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO deployment_secrets (deployment_id, secret_id, key, scope, service, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -137,7 +132,7 @@ pub fn record_secrets(
 
 /// Put a claimed deployment whose DEPLOY never reached its agent back on the queue (it waits
 /// for the agent to come back); false when it is no longer `queued`.
-pub fn unclaim(tx: &Transaction<'_>, deployment_id: i64) -> Result<bool, DbError> {
+pub fn unclaim(tx: &Tx<'_>, deployment_id: i64) -> Result<bool, DbError> {
     let n = tx.execute(
         "UPDATE deployments SET status = 'waiting', agent_id = NULL, queued_at = NULL WHERE id = ?1 AND status = 'queued'",
         [deployment_id],
@@ -152,12 +147,7 @@ pub fn unclaim(tx: &Transaction<'_>, deployment_id: i64) -> Result<bool, DbError
 }
 
 /// Cancel a deployment that is still waiting; false when it no longer is.
-pub fn cancel_waiting(
-    tx: &Transaction<'_>,
-    deployment_id: i64,
-    error: &str,
-    now: i64,
-) -> Result<bool, DbError> {
+pub fn cancel_waiting(tx: &Tx<'_>, deployment_id: i64, error: &str, now: i64) -> Result<bool, DbError> {
     let n = tx.execute(
         "UPDATE deployments SET status = 'cancelled', error = ?2, finished_at = ?3 WHERE id = ?1 AND status = 'waiting'",
         params![deployment_id, error, now],
@@ -166,7 +156,7 @@ pub fn cancel_waiting(
 }
 
 /// Whether a deployment of the environment is waiting to be sent.
-pub fn has_waiting(c: &Connection, environment_id: i64) -> Result<bool, DbError> {
+pub fn has_waiting(c: &Conn<'_>, environment_id: i64) -> Result<bool, DbError> {
     Ok(c.prepare_cached(
         "SELECT EXISTS(SELECT 1 FROM deployments WHERE environment_id = ?1 AND status = 'waiting')",
     )?
@@ -177,9 +167,9 @@ pub fn has_waiting(c: &Connection, environment_id: i64) -> Result<bool, DbError>
 pub type Waiting = (i64, i64, i64);
 
 /// Every waiting deployment, oldest first.
-pub fn waiting(c: &Connection) -> Result<Vec<Waiting>, DbError> {
+pub fn waiting(c: &Conn<'_>) -> Result<Vec<Waiting>, DbError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, environment_id, IFNULL(approved_at, created_at) FROM deployments WHERE status = 'waiting' ORDER BY id",
+        "SELECT id, environment_id, COALESCE(approved_at, created_at) FROM deployments WHERE status = 'waiting' ORDER BY id",
     )?;
     Ok(stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -187,7 +177,7 @@ pub fn waiting(c: &Connection) -> Result<Vec<Waiting>, DbError> {
 }
 
 /// Of `ids` (an agent's HELLO list), those of this agent the appliance has cancelled.
-pub fn cancelled_of(c: &Connection, agent_id: i64, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+pub fn cancelled_of(c: &Conn<'_>, agent_id: i64, ids: &[i64]) -> Result<Vec<i64>, DbError> {
     let mut stmt =
         c.prepare_cached("SELECT status = 'cancelled' FROM deployments WHERE id = ?1 AND agent_id = ?2")?;
     let mut out = Vec::new();
@@ -210,7 +200,7 @@ const SELECT: &str = "SELECT d.id, d.project_id, p.name, d.environment_id, e.nam
      FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
      LEFT JOIN releases r ON r.deployment_id = d.id";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
+fn from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<Deployment> {
     let id: i64 = r.get(0)?;
     let services: Option<String> = r.get(10)?;
     Ok(Deployment {
@@ -228,11 +218,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
         services: match services {
             None => Vec::new(),
             Some(s) => serde_json::from_str(&s).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    10,
-                    rusqlite::types::Type::Text,
-                    format!("deployments row {id}: services: {e}").into(),
-                )
+                crate::db::SqlError::column(10, format!("deployments row {id}: services: {e}"))
             })?,
         },
         triggered_by: r.get(11)?,
@@ -254,11 +240,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
                     commit: r.get(21)?,
                     compose_hash: r.get(22)?,
                     services: serde_json::from_str(&services).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            23,
-                            rusqlite::types::Type::Text,
-                            format!("releases row {id}: services: {e}").into(),
-                        )
+                        crate::db::SqlError::column(23, format!("releases row {id}: services: {e}"))
                     })?,
                     created_at: rfc3339(r.get(24)?),
                 })
@@ -269,7 +251,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
     })
 }
 
-pub fn get(c: &Connection, id: i64) -> Result<Deployment, DeployError> {
+pub fn get(c: &Conn<'_>, id: i64) -> Result<Deployment, DeployError> {
     let mut d = c
         .query_row(&format!("{SELECT} WHERE d.id = ?1"), [id], from_row)
         .optional()?
@@ -292,7 +274,7 @@ pub fn get(c: &Connection, id: i64) -> Result<Deployment, DeployError> {
 }
 
 /// Newest first; optionally only one environment's.
-pub fn list(c: &Connection, environment_id: Option<i64>, limit: i64) -> Result<Vec<Deployment>, DeployError> {
+pub fn list(c: &Conn<'_>, environment_id: Option<i64>, limit: i64) -> Result<Vec<Deployment>, DeployError> {
     let mut stmt = c.prepare_cached(&format!(
         "{SELECT} WHERE ?1 IS NULL OR d.environment_id = ?1 ORDER BY d.id DESC LIMIT ?2"
     ))?;
@@ -315,7 +297,7 @@ pub struct HistoryPage {
 /// The newer page's cursor is the id just above that page, so Newer and Older walk the same
 /// pages (ids only grow; a deployment made meanwhile only lengthens the first page's wait).
 pub fn project_page(
-    c: &Connection,
+    c: &Conn<'_>,
     project_id: i64,
     before: Option<i64>,
     limit: i64,
@@ -362,7 +344,7 @@ const LATEST_IDS: &str =
     "SELECT (SELECT MAX(x.id) FROM deployments x WHERE x.environment_id = en.id) FROM environments en";
 
 /// The newest deployment of every environment (for the dashboard).
-pub fn latest_per_environment(c: &Connection) -> Result<Vec<Deployment>, DeployError> {
+pub fn latest_per_environment(c: &Conn<'_>) -> Result<Vec<Deployment>, DeployError> {
     // One index seek per environment (`deployments_environment` is (environment_id, id)): a
     // `GROUP BY environment_id` over deployments read the whole index, so the dashboard grew
     // with history (BENCHMARKS.md "History growth").
@@ -371,14 +353,14 @@ pub fn latest_per_environment(c: &Connection) -> Result<Vec<Deployment>, DeployE
 }
 
 /// Log lines in order, after `after_seq`, at most `limit`.
-pub fn logs(c: &Connection, deployment_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>, DbError> {
+pub fn logs(c: &Conn<'_>, deployment_id: i64, after_seq: i64, limit: i64) -> Result<Vec<LogLine>, DbError> {
     Ok(logs_page(c, deployment_id, after_seq, limit, usize::MAX)?.0)
 }
 
 /// Like [`logs`], but also stopping once the lines hold `max_bytes` (at least one line is
 /// given); true when more lines may follow (the page is full).
 pub fn logs_page(
-    c: &Connection,
+    c: &Conn<'_>,
     deployment_id: i64,
     after_seq: i64,
     limit: i64,
@@ -408,18 +390,23 @@ pub fn logs_page(
 }
 
 /// How much of a deployment's log is stored: `(lines, bytes)`.
-pub fn log_usage(c: &Connection, deployment_id: i64) -> Result<(u64, u64), DbError> {
+pub fn log_usage(c: &Conn<'_>, deployment_id: i64) -> Result<(u64, u64), DbError> {
     Ok(c.query_row(
-        "SELECT COUNT(*), IFNULL(SUM(length(CAST(line AS BLOB))), 0) FROM deployment_logs WHERE deployment_id = ?1",
+        "SELECT COUNT(*), COALESCE(SUM(octet_length(line)), 0) FROM deployment_logs WHERE deployment_id = ?1",
         [deployment_id],
-        |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
     )?)
 }
 
 /// Finished deployments of one environment whose logs its retention no longer keeps (see
 /// [`prune_rules`]), oldest first, after `after_id` (a cursor: a pass reads each row once), at
 /// most `limit`.
-pub fn prunable(c: &Connection, rule: &PruneRule, after_id: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+pub fn prunable(c: &Conn<'_>, rule: &PruneRule, after_id: i64, limit: i64) -> Result<Vec<i64>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id FROM deployments
          WHERE environment_id = ?1 AND id > ?2 AND id < ?3 AND created_at < ?4
@@ -461,7 +448,7 @@ pub struct PruneRule {
 
 /// Each environment's rule: its own `log_keep_deployments` / `log_keep_days` where set, else the
 /// defaults. Environments whose last N are all they have are left out (nothing to prune).
-pub fn prune_rules(c: &Connection, keep: &KeepDefaults) -> Result<Vec<PruneRule>, DbError> {
+pub fn prune_rules(c: &Conn<'_>, keep: &KeepDefaults) -> Result<Vec<PruneRule>, DbError> {
     let mut envs =
         c.prepare_cached("SELECT id, log_keep_deployments, log_keep_days FROM environments ORDER BY id")?;
     let envs: Vec<(i64, Option<i64>, Option<i64>)> = envs
@@ -497,7 +484,7 @@ pub fn prune_rules(c: &Connection, keep: &KeepDefaults) -> Result<Vec<PruneRule>
 }
 
 /// Delete a deployment's log lines and mark it pruned; the number of lines deleted.
-pub fn prune_log(tx: &Transaction<'_>, deployment_id: i64, now: i64) -> Result<usize, DbError> {
+pub fn prune_log(tx: &Tx<'_>, deployment_id: i64, now: i64) -> Result<usize, DbError> {
     let n = tx
         .prepare_cached("DELETE FROM deployment_logs WHERE deployment_id = ?1")?
         .execute([deployment_id])?;
@@ -507,7 +494,7 @@ pub fn prune_log(tx: &Transaction<'_>, deployment_id: i64, now: i64) -> Result<u
 }
 
 /// The highest stored seq of a deployment's log, if it has any line.
-pub fn max_seq(c: &Connection, deployment_id: i64) -> Result<Option<i64>, DbError> {
+pub fn max_seq(c: &Conn<'_>, deployment_id: i64) -> Result<Option<i64>, DbError> {
     Ok(c.query_row(
         "SELECT MAX(seq) FROM deployment_logs WHERE deployment_id = ?1",
         [deployment_id],
@@ -526,9 +513,10 @@ pub struct PendingLine {
 }
 
 /// Store lines (a resent line with a known seq is ignored) and mark their deployments running.
-pub fn write_lines(tx: &Transaction<'_>, lines: &[PendingLine]) -> Result<(), DbError> {
+pub fn write_lines(tx: &Tx<'_>, lines: &[PendingLine]) -> Result<(), DbError> {
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO deployment_logs (deployment_id, seq, stream, line, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO deployment_logs (deployment_id, seq, stream, line, at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO NOTHING",
     )?;
     let mut running =
         tx.prepare_cached("UPDATE deployments SET status = 'running' WHERE id = ?1 AND status = 'queued'")?;
@@ -559,10 +547,10 @@ pub struct Finish {
 
 /// Finish a deployment that has not finished (a waiting one too: the reaper's); false when it
 /// had already finished. A success with a release records the release too.
-pub fn finish(tx: &Transaction<'_>, f: &Finish) -> Result<bool, DbError> {
+pub fn finish(tx: &Tx<'_>, f: &Finish) -> Result<bool, DbError> {
     let services = serde_json::to_string(&f.services).unwrap_or_else(|_| "[]".into());
     let n = tx.execute(
-        "UPDATE deployments SET status = ?2, error = ?3, services = ?4, commit_sha = IFNULL(?5, commit_sha), finished_at = ?6
+        "UPDATE deployments SET status = ?2, error = ?3, services = ?4, commit_sha = COALESCE(?5, commit_sha), finished_at = ?6
          WHERE id = ?1 AND status IN ('waiting', 'queued', 'running')",
         params![f.deployment_id, f.status.as_str(), f.error, services, f.commit, f.at],
     )?;
@@ -576,9 +564,9 @@ pub fn finish(tx: &Transaction<'_>, f: &Finish) -> Result<bool, DbError> {
 /// when it was sent)`.
 pub type Unfinished = (i64, i64, Option<i64>, i64);
 
-pub fn unfinished(c: &Connection) -> Result<Vec<Unfinished>, DbError> {
+pub fn unfinished(c: &Conn<'_>) -> Result<Vec<Unfinished>, DbError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, environment_id, agent_id, IFNULL(queued_at, created_at) FROM deployments WHERE status IN ('queued', 'running')",
+        "SELECT id, environment_id, agent_id, COALESCE(queued_at, created_at) FROM deployments WHERE status IN ('queued', 'running')",
     )?;
     Ok(stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
@@ -586,10 +574,7 @@ pub fn unfinished(c: &Connection) -> Result<Vec<Unfinished>, DbError> {
 }
 
 /// Who a deployment belongs to and whether it is still active: `(agent id, environment id, status)`.
-pub fn owner(
-    c: &Connection,
-    deployment_id: i64,
-) -> Result<Option<(Option<i64>, i64, DeployStatus)>, DbError> {
+pub fn owner(c: &Conn<'_>, deployment_id: i64) -> Result<Option<(Option<i64>, i64, DeployStatus)>, DbError> {
     Ok(c.query_row(
         "SELECT agent_id, environment_id, status FROM deployments WHERE id = ?1",
         [deployment_id],
@@ -599,7 +584,7 @@ pub fn owner(
 }
 
 /// The project and environment a deployment belongs to.
-pub fn project_and_environment(c: &Connection, deployment_id: i64) -> Result<(i64, i64), DeployError> {
+pub fn project_and_environment(c: &Conn<'_>, deployment_id: i64) -> Result<(i64, i64), DeployError> {
     c.query_row(
         "SELECT project_id, environment_id FROM deployments WHERE id = ?1",
         [deployment_id],
@@ -610,7 +595,7 @@ pub fn project_and_environment(c: &Connection, deployment_id: i64) -> Result<(i6
 }
 
 /// A deployment's error text, if any.
-pub fn error_of(c: &Connection, deployment_id: i64) -> Result<Option<String>, DbError> {
+pub fn error_of(c: &Conn<'_>, deployment_id: i64) -> Result<Option<String>, DbError> {
     Ok(c.query_row(
         "SELECT error FROM deployments WHERE id = ?1",
         [deployment_id],
@@ -623,7 +608,7 @@ pub fn error_of(c: &Connection, deployment_id: i64) -> Result<Option<String>, Db
 /// Mark an unfinished deployment's log as withheld: its error becomes `note`, and the note is
 /// stored as the line at `seq` (stream `agent`). True the first time, false once already noted.
 pub fn note_withheld(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     deployment_id: i64,
     seq: i64,
     note: &str,
@@ -636,7 +621,8 @@ pub fn note_withheld(
     )?;
     if changed == 1 {
         tx.execute(
-            "INSERT OR IGNORE INTO deployment_logs (deployment_id, seq, stream, line, at) VALUES (?1, ?2, 'agent', ?3, ?4)",
+            "INSERT INTO deployment_logs (deployment_id, seq, stream, line, at) VALUES (?1, ?2, 'agent', ?3, ?4)
+             ON CONFLICT DO NOTHING",
             params![deployment_id, seq, note, now],
         )?;
     }

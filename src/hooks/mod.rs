@@ -155,8 +155,8 @@ pub enum HookError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for HookError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for HookError {
+    fn from(e: crate::db::SqlError) -> Self {
         HookError::Db(e.into())
     }
 }

@@ -1,12 +1,12 @@
 //! SQL for webhook secrets and the delivery log.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{Delivery, Outcome, Provider};
 use crate::db::{DbError, Stored, enum_at, rfc3339};
 
 /// The project's encrypted webhook secret, if it has one.
-pub fn secret(c: &Connection, project_id: i64) -> Result<Option<Vec<u8>>, DbError> {
+pub fn secret(c: &Conn<'_>, project_id: i64) -> Result<Option<Vec<u8>>, DbError> {
     Ok(
         c.prepare_cached("SELECT encrypted_secret FROM webhooks WHERE project_id = ?1")?
             .query_row([project_id], |r| r.get(0))
@@ -15,7 +15,7 @@ pub fn secret(c: &Connection, project_id: i64) -> Result<Option<Vec<u8>>, DbErro
 }
 
 /// When and by whom the secret was made.
-pub fn created(c: &Connection, project_id: i64) -> Result<Option<(i64, String)>, DbError> {
+pub fn created(c: &Conn<'_>, project_id: i64) -> Result<Option<(i64, String)>, DbError> {
     Ok(c.query_row(
         "SELECT created_at, created_by FROM webhooks WHERE project_id = ?1",
         [project_id],
@@ -26,7 +26,7 @@ pub fn created(c: &Connection, project_id: i64) -> Result<Option<(i64, String)>,
 
 /// Create or replace the project's secret.
 pub fn set_secret(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     project_id: i64,
     ciphertext: &[u8],
     by: &str,
@@ -42,13 +42,13 @@ pub fn set_secret(
 }
 
 /// Every webhook secret, for the vault's key rotation.
-pub fn all_ciphertexts(c: &Connection) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
+pub fn all_ciphertexts(c: &Conn<'_>) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
     let mut stmt = c.prepare("SELECT project_id, encrypted_secret FROM webhooks ORDER BY project_id")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn set_ciphertext(tx: &Transaction<'_>, project_id: i64, ciphertext: &[u8]) -> Result<(), DbError> {
+pub fn set_ciphertext(tx: &Tx<'_>, project_id: i64, ciphertext: &[u8]) -> Result<(), DbError> {
     tx.execute(
         "UPDATE webhooks SET encrypted_secret = ?2 WHERE project_id = ?1",
         params![project_id, ciphertext],
@@ -71,31 +71,35 @@ pub struct NewDelivery<'a> {
 /// `keep` other deliveries (so a flood of bad signatures cannot push the verified delivery ids
 /// out and open the door to a replay). `Ok(None)` when the delivery id was seen before.
 pub fn insert_delivery(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     d: &NewDelivery<'_>,
     keep: u32,
     now: i64,
 ) -> Result<Option<i64>, DbError> {
+    // A delivery id seen before conflicts with webhook_deliveries_once and inserts nothing.
     let inserted = tx
         .prepare_cached(
             "INSERT INTO webhook_deliveries (project_id, provider, delivery_id, event, result, detail, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (project_id, provider, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
+             RETURNING id",
         )?
-        .execute(params![
-            d.project_id,
-            Stored(d.provider),
-            d.delivery_id,
-            d.event,
-            Stored(d.result),
-            d.detail,
-            now
-        ]);
-    match inserted.map_err(DbError::from) {
-        Ok(_) => {}
-        Err(e) if e.is_constraint() && d.delivery_id.is_some() => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let id = tx.last_insert_rowid();
+        .query_row(
+            params![
+                d.project_id,
+                Stored(d.provider),
+                d.delivery_id,
+                d.event,
+                Stored(d.result),
+                d.detail,
+                now
+            ],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?;
+    let Some(id) = inserted else {
+        return Ok(None);
+    };
     let rejected = d.result == Outcome::Rejected;
     tx.prepare_cached(
         "DELETE FROM webhook_deliveries WHERE project_id = ?1 AND (result = 'rejected') = ?2 AND id <= (
@@ -108,7 +112,7 @@ pub fn insert_delivery(
 
 /// Set a delivery's result once it has been handled.
 pub fn finish_delivery(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: i64,
     result: Outcome,
     detail: &str,
@@ -123,7 +127,7 @@ pub fn finish_delivery(
 }
 
 /// Whether the project had a rejected delivery at or after `since` (besides `except`).
-pub fn rejected_since(c: &Connection, project_id: i64, since: i64, except: i64) -> Result<bool, DbError> {
+pub fn rejected_since(c: &Conn<'_>, project_id: i64, since: i64, except: i64) -> Result<bool, DbError> {
     Ok(c.prepare_cached(
         "SELECT EXISTS(SELECT 1 FROM webhook_deliveries
          WHERE project_id = ?1 AND result = 'rejected' AND at >= ?2 AND id <> ?3)",
@@ -132,7 +136,7 @@ pub fn rejected_since(c: &Connection, project_id: i64, since: i64, except: i64) 
 }
 
 /// The project's latest deliveries, newest first.
-pub fn recent(c: &Connection, project_id: i64, limit: i64) -> Result<Vec<Delivery>, DbError> {
+pub fn recent(c: &Conn<'_>, project_id: i64, limit: i64) -> Result<Vec<Delivery>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id, provider, delivery_id, event, result, detail, deployment_ids, at
          FROM webhook_deliveries WHERE project_id = ?1 ORDER BY id DESC LIMIT ?2",

@@ -59,13 +59,7 @@ pub struct Snapshot {
 /// Read the current values.
 pub async fn snapshot(state: &AppState) -> Result<Snapshot, DbError> {
     let counts = state.db.read(store::read).await?;
-    let path = state.db.path().to_owned();
-    let mut db_bytes = 0;
-    for suffix in ["", "-wal"] {
-        let mut name = path.clone().into_os_string();
-        name.push(suffix);
-        db_bytes += std::fs::metadata(&name).map_or(0, |m| m.len());
-    }
+    let db_bytes = state.db.size_bytes().await?;
     let get = |metric: &str, label: &str| {
         counts
             .counts

@@ -1,6 +1,6 @@
 //! SQL for `/metrics`: the counters the V15 triggers keep (a few rows, never a table scan).
 
-use rusqlite::Connection;
+use crate::db::Conn;
 
 use crate::db::DbError;
 
@@ -12,7 +12,7 @@ pub struct Counts {
     pub buckets: Vec<(f64, i64)>,
 }
 
-pub fn read(c: &Connection) -> Result<Counts, DbError> {
+pub fn read(c: &Conn<'_>) -> Result<Counts, DbError> {
     let counts = c
         .prepare_cached("SELECT metric, label, value FROM metric_counts")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -41,7 +41,7 @@ pub const TRIGGERS: [&str; 10] = [
 ];
 
 /// Which of [`TRIGGERS`] (and the histogram table) are missing from the schema.
-pub fn missing_triggers(c: &Connection) -> Result<Vec<&'static str>, DbError> {
+pub fn missing_triggers(c: &Conn<'_>) -> Result<Vec<&'static str>, DbError> {
     let mut missing = Vec::new();
     for name in TRIGGERS {
         let found: i64 = c.query_row(

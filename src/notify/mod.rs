@@ -65,8 +65,8 @@ pub enum NotifyError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for NotifyError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for NotifyError {
+    fn from(e: crate::db::SqlError) -> Self {
         NotifyError::Db(e.into())
     }
 }

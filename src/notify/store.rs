@@ -1,12 +1,12 @@
 //! SQL for notification channels and their outbox. Targets and signing secrets go in and come
 //! out only as age ciphertext.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{ChannelInfo, Delivery, DeliveryStatus, Kind, NotifyError};
 use crate::db::{DbError, Stored, enum_at, rfc3339};
 
-pub fn project_name(c: &Connection, project_id: i64) -> Result<Option<String>, DbError> {
+pub fn project_name(c: &Conn<'_>, project_id: i64) -> Result<Option<String>, DbError> {
     Ok(c.prepare_cached("SELECT name FROM projects WHERE id = ?1")?
         .query_row([project_id], |r| r.get(0))
         .optional()?)
@@ -25,38 +25,37 @@ pub struct NewChannel<'a> {
 }
 
 /// Insert a channel; `Ok(None)` when its name is taken in the project.
-pub fn insert_channel(tx: &Transaction<'_>, ch: &NewChannel<'_>, now: i64) -> Result<Option<i64>, DbError> {
+pub fn insert_channel(tx: &Tx<'_>, ch: &NewChannel<'_>, now: i64) -> Result<Option<i64>, DbError> {
     let done = tx
         .prepare_cached(
             "INSERT INTO notify_channels (project_id, kind, name, events, offline_minutes, target_hint,
                  encrypted_target, encrypted_signing, created_by, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (project_id, name) DO NOTHING RETURNING id",
         )?
-        .execute(params![
-            ch.project_id,
-            Stored(ch.kind),
-            ch.name,
-            ch.events.join(","),
-            ch.offline_minutes,
-            ch.target_hint,
-            ch.encrypted_target,
-            ch.encrypted_signing,
-            ch.actor,
-            now
-        ]);
-    match done {
-        Ok(_) => Ok(Some(tx.last_insert_rowid())),
-        Err(e) => {
-            let e = DbError::from(e);
-            if e.is_constraint() { Ok(None) } else { Err(e) }
-        }
-    }
+        .query_row(
+            params![
+                ch.project_id,
+                Stored(ch.kind),
+                ch.name,
+                ch.events.join(","),
+                ch.offline_minutes,
+                ch.target_hint,
+                ch.encrypted_target,
+                ch.encrypted_signing,
+                ch.actor,
+                now
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(done)
 }
 
 const CHANNEL_SELECT: &str = "SELECT id, project_id, kind, name, events, offline_minutes, target_hint,
     created_by, created_at FROM notify_channels";
 
-fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelInfo> {
+fn channel_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<ChannelInfo> {
     let id: i64 = r.get(0)?;
     let events: String = r.get(4)?;
     Ok(ChannelInfo {
@@ -76,20 +75,20 @@ fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelInfo> {
     })
 }
 
-pub fn get_channel(c: &Connection, id: i64) -> Result<ChannelInfo, NotifyError> {
+pub fn get_channel(c: &Conn<'_>, id: i64) -> Result<ChannelInfo, NotifyError> {
     c.prepare_cached(&format!("{CHANNEL_SELECT} WHERE id = ?1"))?
         .query_row([id], channel_row)
         .optional()?
         .ok_or(NotifyError::NotFound)
 }
 
-pub fn list_channels(c: &Connection, project_id: i64) -> Result<Vec<ChannelInfo>, DbError> {
+pub fn list_channels(c: &Conn<'_>, project_id: i64) -> Result<Vec<ChannelInfo>, DbError> {
     let mut stmt = c.prepare_cached(&format!("{CHANNEL_SELECT} WHERE project_id = ?1 ORDER BY id"))?;
     let rows = stmt.query_map([project_id], channel_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn delete_channel(tx: &Transaction<'_>, id: i64) -> Result<(), DbError> {
+pub fn delete_channel(tx: &Tx<'_>, id: i64) -> Result<(), DbError> {
     tx.prepare_cached("DELETE FROM notify_channels WHERE id = ?1")?
         .execute([id])?;
     Ok(())
@@ -97,7 +96,7 @@ pub fn delete_channel(tx: &Transaction<'_>, id: i64) -> Result<(), DbError> {
 
 /// The channels of a project that want `event` and existed at `at` (a channel added later is
 /// not told about what happened before it).
-pub fn channels_wanting(c: &Connection, project_id: i64, event: &str, at: i64) -> Result<Vec<i64>, DbError> {
+pub fn channels_wanting(c: &Conn<'_>, project_id: i64, event: &str, at: i64) -> Result<Vec<i64>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id FROM notify_channels
          WHERE project_id = ?1 AND ',' || events || ',' LIKE '%,' || ?2 || ',%' AND created_at <= ?3
@@ -123,7 +122,7 @@ pub struct Watched {
     pub offline: bool,
 }
 
-pub fn watched_agents(c: &Connection) -> Result<Vec<Watched>, DbError> {
+pub fn watched_agents(c: &Conn<'_>) -> Result<Vec<Watched>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT n.id, p.id, p.name, n.offline_minutes, n.created_at, a.id, a.name, e.name, a.last_heartbeat, a.online = 0
          FROM notify_channels n
@@ -152,21 +151,22 @@ pub fn watched_agents(c: &Connection) -> Result<Vec<Watched>, DbError> {
 
 /// Enqueue one delivery; false when this (channel, event, subject) was enqueued before.
 pub fn enqueue(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     channel_id: i64,
     event: &str,
     subject: &str,
     payload: &str,
     now: i64,
 ) -> Result<Option<i64>, DbError> {
-    let n = tx
+    Ok(tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO notify_outbox (channel_id, event, subject, payload, status, attempts,
+            "INSERT INTO notify_outbox (channel_id, event, subject, payload, status, attempts,
                  next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5)",
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5)
+             ON CONFLICT (channel_id, event, subject) DO NOTHING RETURNING id",
         )?
-        .execute(params![channel_id, event, subject, payload, now])?;
-    Ok((n == 1).then(|| tx.last_insert_rowid()))
+        .query_row(params![channel_id, event, subject, payload, now], |r| r.get(0))
+        .optional()?)
 }
 
 /// A pending delivery whose time has come, with what is needed to send it.
@@ -181,7 +181,7 @@ pub struct Due {
     pub encrypted_signing: Option<Vec<u8>>,
 }
 
-pub fn due(c: &Connection, now: i64, limit: i64) -> Result<Vec<Due>, DbError> {
+pub fn due(c: &Conn<'_>, now: i64, limit: i64) -> Result<Vec<Due>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT o.id, o.channel_id, n.kind, o.event, o.payload, o.attempts, n.encrypted_target, n.encrypted_signing
          FROM notify_outbox o JOIN notify_channels n ON n.id = o.channel_id
@@ -205,7 +205,7 @@ pub fn due(c: &Connection, now: i64, limit: i64) -> Result<Vec<Due>, DbError> {
 }
 
 /// When the next pending delivery is due, if any.
-pub fn next_due(c: &Connection) -> Result<Option<i64>, DbError> {
+pub fn next_due(c: &Conn<'_>) -> Result<Option<i64>, DbError> {
     Ok(
         c.prepare_cached("SELECT MIN(next_attempt_at) FROM notify_outbox WHERE status = 'pending'")?
             .query_row([], |r| r.get(0))?,
@@ -214,7 +214,7 @@ pub fn next_due(c: &Connection) -> Result<Option<i64>, DbError> {
 
 /// Record an attempt's outcome: `next` is when to retry (`None`: no retry, the row is final).
 pub fn record_attempt(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: i64,
     status: DeliveryStatus,
     error: Option<&str>,
@@ -230,7 +230,7 @@ pub fn record_attempt(
     Ok(())
 }
 
-pub fn deliveries(c: &Connection, channel_id: i64, limit: i64) -> Result<Vec<Delivery>, DbError> {
+pub fn deliveries(c: &Conn<'_>, channel_id: i64, limit: i64) -> Result<Vec<Delivery>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id, channel_id, event, subject, status, attempts, last_error, created_at, updated_at, next_attempt_at
          FROM notify_outbox WHERE channel_id = ?1 ORDER BY id DESC LIMIT ?2",
@@ -256,7 +256,7 @@ pub fn deliveries(c: &Connection, channel_id: i64, limit: i64) -> Result<Vec<Del
 }
 
 /// Deployments that finished at or after `since` (ms), for catching up on missed hub events.
-pub fn finished_since(c: &Connection, since: i64) -> Result<Vec<i64>, DbError> {
+pub fn finished_since(c: &Conn<'_>, since: i64) -> Result<Vec<i64>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id FROM deployments WHERE finished_at >= ?1 AND status IN ('success', 'failed') ORDER BY id",
     )?;
@@ -276,7 +276,7 @@ pub struct Finished {
     pub finished_at: i64,
 }
 
-pub fn finished_deployment(c: &Connection, id: i64) -> Result<Option<Finished>, DbError> {
+pub fn finished_deployment(c: &Conn<'_>, id: i64) -> Result<Option<Finished>, DbError> {
     Ok(c.prepare_cached(
         "SELECT d.project_id, p.name, d.environment_id, e.name, d.status, d.commit_sha, d.error, d.finished_at
          FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
@@ -301,19 +301,14 @@ pub fn finished_deployment(c: &Connection, id: i64) -> Result<Option<Finished>, 
 pub type Ciphertexts = (i64, Vec<u8>, Option<Vec<u8>>);
 
 /// Every channel's ciphertexts (key rotation).
-pub fn all_ciphertexts(c: &Connection) -> Result<Vec<Ciphertexts>, DbError> {
+pub fn all_ciphertexts(c: &Conn<'_>) -> Result<Vec<Ciphertexts>, DbError> {
     let mut stmt =
         c.prepare("SELECT id, encrypted_target, encrypted_signing FROM notify_channels ORDER BY id")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn set_ciphertexts(
-    tx: &Transaction<'_>,
-    id: i64,
-    target: &[u8],
-    signing: Option<&[u8]>,
-) -> Result<(), DbError> {
+pub fn set_ciphertexts(tx: &Tx<'_>, id: i64, target: &[u8], signing: Option<&[u8]>) -> Result<(), DbError> {
     tx.execute(
         "UPDATE notify_channels SET encrypted_target = ?2, encrypted_signing = ?3 WHERE id = ?1",
         params![id, target, signing],

@@ -57,8 +57,8 @@ pub enum ActionError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for ActionError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for ActionError {
+    fn from(e: crate::db::SqlError) -> Self {
         ActionError::Db(e.into())
     }
 }
@@ -360,7 +360,7 @@ pub(super) async fn down_for_delete(
 
 /// A masker over the environment's current secret values (for the agents' error lines).
 fn environment_masker(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     vault: &crate::secrets::vault::Vault,
     project_id: i64,
     environment_id: i64,

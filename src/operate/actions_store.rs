@@ -1,6 +1,6 @@
 //! SQL for lifecycle actions: the environment acted on and its agents.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Conn, OptionalExtension, params};
 
 use crate::db::DbError;
 
@@ -14,7 +14,7 @@ pub struct Target {
     pub compose_project: String,
 }
 
-pub fn target(c: &Connection, environment_id: i64) -> Result<Option<Target>, DbError> {
+pub fn target(c: &Conn<'_>, environment_id: i64) -> Result<Option<Target>, DbError> {
     Ok(c.prepare_cached(
         "SELECT e.id, p.id, p.name, e.name, e.compose_project FROM environments e
          JOIN projects p ON p.id = e.project_id WHERE e.id = ?1",
@@ -32,7 +32,7 @@ pub fn target(c: &Connection, environment_id: i64) -> Result<Option<Target>, DbE
 }
 
 /// Every environment of a project, oldest first.
-pub fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<i64>, DbError> {
+pub fn environments_of(c: &Conn<'_>, project_id: i64) -> Result<Vec<i64>, DbError> {
     let mut stmt = c.prepare_cached("SELECT id FROM environments WHERE project_id = ?1 ORDER BY id")?;
     Ok(stmt
         .query_map([project_id], |r| r.get(0))?
@@ -40,7 +40,7 @@ pub fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<i64>, DbEr
 }
 
 /// The deployment of the environment that is queued or running, if any (the oldest).
-pub fn deployment_in_flight(c: &Connection, environment_id: i64) -> Result<Option<(i64, String)>, DbError> {
+pub fn deployment_in_flight(c: &Conn<'_>, environment_id: i64) -> Result<Option<(i64, String)>, DbError> {
     Ok(c.prepare_cached(
         "SELECT id, status FROM deployments WHERE environment_id = ?1 AND status IN ('queued', 'running')
          ORDER BY id LIMIT 1",
@@ -60,7 +60,7 @@ pub struct EnvAgent {
     pub operates: bool,
 }
 
-pub fn agents(c: &Connection, environment_id: i64) -> Result<Vec<EnvAgent>, DbError> {
+pub fn agents(c: &Conn<'_>, environment_id: i64) -> Result<Vec<EnvAgent>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id, name, last_heartbeat IS NOT NULL, capabilities FROM agents
          WHERE environment_id = ?1 AND revoked_at IS NULL ORDER BY id",

@@ -205,7 +205,7 @@ impl Drop for LogStream {
 /// Which agent serves the environment's logs: an online one offering `CAP_OPERATE` (as deploys
 /// pick an online agent of the environment), with its pinned recipient.
 fn pick_agent(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     state: &AppState,
     environment_id: i64,
     environment: &str,

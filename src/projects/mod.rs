@@ -46,8 +46,8 @@ pub enum ProjectError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for ProjectError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for ProjectError {
+    fn from(e: crate::db::SqlError) -> Self {
         ProjectError::Db(e.into())
     }
 }
@@ -268,7 +268,7 @@ impl EnvironmentPatch {
     /// The protection this patch leaves when applied to `current`, validated (people resolved).
     pub fn apply_protection(
         &self,
-        c: &rusqlite::Connection,
+        c: &crate::db::Conn<'_>,
         current: &crate::protect::Protection,
     ) -> Result<crate::protect::Protection, ProjectError> {
         let flag = |field: &'static str, v: &Option<serde_json::Value>, was: bool| match v {

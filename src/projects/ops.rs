@@ -75,7 +75,7 @@ pub enum StackCheck {
 /// says they took it down (`stack_removed`): deleting it here would leave it running untracked,
 /// its containers holding the secrets' values, with nothing to update or remove it.
 fn guard_stack(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     project_id: Option<i64>,
     environment_id: Option<i64>,
     check: &StackCheck,

@@ -1,6 +1,6 @@
 //! SQL for projects and environments.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{Environment, Project, ProjectError, PushTriggers, Retention, ValidProject};
 use crate::db::{DbError, Stored, StoredEnum, enum_at, rfc3339};
@@ -18,7 +18,7 @@ impl StoredEnum for PullPolicy {
 
 const PROJECT_COLUMNS: &str = "id, name, repo_url, git_ref, compose_path, pull, created_at, updated_at";
 
-fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+fn project_from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<Project> {
     let id = r.get(0)?;
     Ok(Project {
         id,
@@ -34,7 +34,7 @@ fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
     })
 }
 
-fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, DbError> {
+fn environments_of(c: &Conn<'_>, project_id: i64) -> Result<Vec<Environment>, DbError> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {ENVIRONMENT_COLUMNS} FROM environments WHERE project_id = ?1 ORDER BY id"
     ))?;
@@ -49,7 +49,7 @@ fn environments_of(c: &Connection, project_id: i64) -> Result<Vec<Environment>, 
 const ENVIRONMENT_COLUMNS: &str = "id, project_id, name, git_ref, compose_project, log_keep_deployments, log_keep_days, \
      deploy_on_push, deploy_on_tag, auto_rollback, protected, require_approval";
 
-fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
+fn environment_from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<Environment> {
     Ok(Environment {
         id: r.get(0)?,
         project_id: r.get(1)?,
@@ -67,7 +67,7 @@ fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> 
     })
 }
 
-pub fn get(c: &Connection, id: i64) -> Result<Project, ProjectError> {
+pub fn get(c: &Conn<'_>, id: i64) -> Result<Project, ProjectError> {
     let mut project = c
         .prepare_cached(&format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"))?
         .query_row([id], project_from_row)
@@ -77,7 +77,7 @@ pub fn get(c: &Connection, id: i64) -> Result<Project, ProjectError> {
     Ok(project)
 }
 
-pub fn list(c: &Connection) -> Result<Vec<Project>, ProjectError> {
+pub fn list(c: &Conn<'_>) -> Result<Vec<Project>, ProjectError> {
     let mut stmt = c.prepare(&format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name"))?;
     let mut projects: Vec<Project> = stmt.query_map([], project_from_row)?.collect::<Result<_, _>>()?;
     for p in &mut projects {
@@ -86,17 +86,17 @@ pub fn list(c: &Connection) -> Result<Vec<Project>, ProjectError> {
     Ok(projects)
 }
 
-pub fn insert(tx: &Transaction<'_>, p: &ValidProject, now: i64) -> Result<i64, ProjectError> {
-    tx.execute(
+pub fn insert(tx: &Tx<'_>, p: &ValidProject, now: i64) -> Result<i64, ProjectError> {
+    tx.query_row(
         "INSERT INTO projects (name, repo_url, git_ref, compose_path, pull, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
         params![p.name, p.repo_url, p.git_ref, p.compose_path, Stored(p.pull), now],
+        |r| r.get(0),
     )
-    .map_err(|e| name_taken(e, &p.name))?;
-    Ok(tx.last_insert_rowid())
+    .map_err(|e| name_taken(e, &p.name))
 }
 
-pub fn update(tx: &Transaction<'_>, id: i64, p: &ValidProject, now: i64) -> Result<(), ProjectError> {
+pub fn update(tx: &Tx<'_>, id: i64, p: &ValidProject, now: i64) -> Result<(), ProjectError> {
     let n = tx
         .execute(
             "UPDATE projects SET name = ?2, repo_url = ?3, git_ref = ?4, compose_path = ?5, pull = ?6, updated_at = ?7
@@ -110,14 +110,14 @@ pub fn update(tx: &Transaction<'_>, id: i64, p: &ValidProject, now: i64) -> Resu
     Ok(())
 }
 
-pub fn delete(tx: &Transaction<'_>, id: i64) -> Result<(), ProjectError> {
+pub fn delete(tx: &Tx<'_>, id: i64) -> Result<(), ProjectError> {
     match tx.execute("DELETE FROM projects WHERE id = ?1", [id])? {
         0 => Err(ProjectError::NotFound),
         _ => Ok(()),
     }
 }
 
-fn name_taken(e: rusqlite::Error, name: &str) -> ProjectError {
+fn name_taken(e: crate::db::SqlError, name: &str) -> ProjectError {
     let e = DbError::from(e);
     if e.is_constraint() {
         ProjectError::NameTaken(name.to_owned())
@@ -127,7 +127,7 @@ fn name_taken(e: rusqlite::Error, name: &str) -> ProjectError {
 }
 
 pub fn insert_environment(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     project_id: i64,
     name: &str,
     git_ref: Option<&str>,
@@ -139,9 +139,10 @@ pub fn insert_environment(
         })
         .optional()?
         .ok_or(ProjectError::NotFound)?;
-    tx.execute(
-        "INSERT INTO environments (project_id, name, git_ref, created_at) VALUES (?1, ?2, ?3, ?4)",
+    let id: i64 = tx.query_row(
+        "INSERT INTO environments (project_id, name, git_ref, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
         params![project_id, name, git_ref, now],
+        |r| r.get(0),
     )
     .map_err(|e| {
         let e = DbError::from(e);
@@ -151,7 +152,6 @@ pub fn insert_environment(
             ProjectError::Db(e)
         }
     })?;
-    let id = tx.last_insert_rowid();
     let compose_project = free_compose_project(tx, &format!("{project_name}-{name}"), id)?;
     tx.execute(
         "UPDATE environments SET compose_project = ?1 WHERE id = ?2",
@@ -164,7 +164,7 @@ pub fn insert_environment(
 /// now, or, when another environment already runs under that (`a-b`/`c` and `a`/`b-c`), the same
 /// with the environment's id appended until it is free. The unique index makes a collision
 /// impossible whatever this picks; names never change afterwards, so a rename orphans nothing.
-fn free_compose_project(tx: &Transaction<'_>, base: &str, id: i64) -> Result<String, DbError> {
+fn free_compose_project(tx: &Tx<'_>, base: &str, id: i64) -> Result<String, DbError> {
     let mut candidate = base.to_owned();
     loop {
         let taken: bool = tx.query_row(
@@ -179,7 +179,7 @@ fn free_compose_project(tx: &Transaction<'_>, base: &str, id: i64) -> Result<Str
     }
 }
 
-pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectError> {
+pub fn get_environment(c: &Conn<'_>, id: i64) -> Result<Environment, ProjectError> {
     c.prepare_cached(&format!(
         "SELECT {ENVIRONMENT_COLUMNS} FROM environments WHERE id = ?1"
     ))?
@@ -193,7 +193,7 @@ pub fn get_environment(c: &Connection, id: i64) -> Result<Environment, ProjectEr
 }
 
 /// Set an environment's log retention overrides (`None` = the configured default).
-pub fn set_retention(tx: &Transaction<'_>, id: i64, r: Retention) -> Result<(), ProjectError> {
+pub fn set_retention(tx: &Tx<'_>, id: i64, r: Retention) -> Result<(), ProjectError> {
     match tx.execute(
         "UPDATE environments SET log_keep_deployments = ?2, log_keep_days = ?3 WHERE id = ?1",
         params![id, r.keep_deployments, r.keep_days],
@@ -204,7 +204,7 @@ pub fn set_retention(tx: &Transaction<'_>, id: i64, r: Retention) -> Result<(), 
 }
 
 /// Set when push webhooks deploy an environment.
-pub fn set_triggers(tx: &Transaction<'_>, id: i64, t: &PushTriggers) -> Result<(), ProjectError> {
+pub fn set_triggers(tx: &Tx<'_>, id: i64, t: &PushTriggers) -> Result<(), ProjectError> {
     match tx.execute(
         "UPDATE environments SET deploy_on_push = ?2, deploy_on_tag = ?3 WHERE id = ?1",
         params![id, t.on_push, t.on_tag],
@@ -215,7 +215,7 @@ pub fn set_triggers(tx: &Transaction<'_>, id: i64, t: &PushTriggers) -> Result<(
 }
 
 /// Set whether a failed deployment of the environment rolls back automatically.
-pub fn set_auto_rollback(tx: &Transaction<'_>, id: i64, on: bool) -> Result<(), ProjectError> {
+pub fn set_auto_rollback(tx: &Tx<'_>, id: i64, on: bool) -> Result<(), ProjectError> {
     match tx.execute(
         "UPDATE environments SET auto_rollback = ?2 WHERE id = ?1",
         params![id, on],
@@ -228,7 +228,7 @@ pub fn set_auto_rollback(tx: &Transaction<'_>, id: i64, on: bool) -> Result<(), 
 /// The environments of `project_id` (or only `environment_id`) whose stack may be running on a
 /// target: a deployment of theirs succeeded. Answers the first such with its latest success.
 pub fn stack_in_use(
-    c: &Connection,
+    c: &Conn<'_>,
     project_id: Option<i64>,
     environment_id: Option<i64>,
 ) -> Result<Option<(String, String, i64)>, DbError> {
@@ -243,7 +243,7 @@ pub fn stack_in_use(
     .optional()?)
 }
 
-pub fn delete_environment(tx: &Transaction<'_>, id: i64) -> Result<(), ProjectError> {
+pub fn delete_environment(tx: &Tx<'_>, id: i64) -> Result<(), ProjectError> {
     match tx.execute("DELETE FROM environments WHERE id = ?1", [id])? {
         0 => Err(ProjectError::EnvironmentNotFound),
         _ => Ok(()),

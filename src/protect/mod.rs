@@ -16,7 +16,7 @@ pub mod pages;
 pub mod rules;
 pub mod store;
 
-use rusqlite::Connection;
+use crate::db::Conn;
 use serde::Serialize;
 
 use crate::access::ProjectRole;
@@ -120,7 +120,7 @@ fn invalid<T>(field: &'static str, message: impl Into<String>) -> Result<T, Proj
 /// people by id (a number), by `"user:<username>"`, or by a bare username that is not a role
 /// name; also the normalised objects the API answers (`{"role": …}`, `{"user_id": …}`).
 /// Duplicates are dropped, order kept. An unknown person or a bad entry is a 422 naming it.
-pub fn parse_deployers(c: &Connection, value: &serde_json::Value) -> Result<Vec<Deployer>, ProjectError> {
+pub fn parse_deployers(c: &Conn<'_>, value: &serde_json::Value) -> Result<Vec<Deployer>, ProjectError> {
     let Some(entries) = value.as_array() else {
         return invalid(
             "deployers",
@@ -143,7 +143,7 @@ pub fn parse_deployers(c: &Connection, value: &serde_json::Value) -> Result<Vec<
     Ok(out)
 }
 
-fn parse_entry(c: &Connection, entry: &serde_json::Value) -> Result<Deployer, ProjectError> {
+fn parse_entry(c: &Conn<'_>, entry: &serde_json::Value) -> Result<Deployer, ProjectError> {
     use serde_json::Value;
     match entry {
         Value::Number(n) => match n.as_i64() {
@@ -181,7 +181,7 @@ fn parse_entry(c: &Connection, entry: &serde_json::Value) -> Result<Deployer, Pr
     }
 }
 
-fn user_by_id(c: &Connection, id: i64) -> Result<Deployer, ProjectError> {
+fn user_by_id(c: &Conn<'_>, id: i64) -> Result<Deployer, ProjectError> {
     match store::username(c, id)? {
         Some(username) => Ok(Deployer::User {
             user_id: id,
@@ -191,7 +191,7 @@ fn user_by_id(c: &Connection, id: i64) -> Result<Deployer, ProjectError> {
     }
 }
 
-fn user_by_name(c: &Connection, name: &str) -> Result<Deployer, ProjectError> {
+fn user_by_name(c: &Conn<'_>, name: &str) -> Result<Deployer, ProjectError> {
     match store::user_id(c, name)? {
         Some(user_id) => Ok(Deployer::User {
             user_id,

@@ -2,7 +2,7 @@
 //! approval. Every path that creates a deployment by a principal asks [`gate`] (the trigger,
 //! a redeploy and so the runtime page's Re-converge); an approval asks [`may_deploy`].
 
-use rusqlite::Connection;
+use crate::db::Conn;
 
 use super::{DeployerRef, describe};
 use crate::access::{ProjectRole, project_role};
@@ -33,7 +33,7 @@ pub fn is_push(p: &Principal) -> bool {
 /// protected environment also a global admin, a person it names, or someone at or above a role
 /// it names. A push webhook's principal is never permitted here (it only starts deploys that
 /// await approval, see [`gate`]).
-pub fn may_deploy(c: &Connection, p: &Principal, env: &Environment) -> Result<bool, DbError> {
+pub fn may_deploy(c: &Conn<'_>, p: &Principal, env: &Environment) -> Result<bool, DbError> {
     if is_push(p) {
         return Ok(false);
     }
@@ -62,7 +62,7 @@ pub fn forbidden(env: &Environment, what: &str) -> DeployError {
 /// Whether `p` may start a deploy of `env`, and whether it then awaits approval: a push
 /// webhook's deploy of a protected environment always does; any deploy of an environment with
 /// `require_approval` does.
-pub fn gate(c: &Connection, p: &Principal, env: &Environment) -> Result<Gate, DeployError> {
+pub fn gate(c: &Conn<'_>, p: &Principal, env: &Environment) -> Result<Gate, DeployError> {
     if is_push(p) {
         // A push is no person, but on a protected environment its triggers were set by someone
         // who may deploy it (`projects::ops::update_environment`); with approvals required it

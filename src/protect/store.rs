@@ -1,13 +1,13 @@
 //! SQL for environment protection: the flags on `environments` and `environment_deployers`.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{Deployer, DeployerRef};
 use crate::access::ProjectRole;
 use crate::db::DbError;
 
 /// An environment's deployers, in the order they were given, people with their current names.
-pub fn deployers_of(c: &Connection, environment_id: i64) -> Result<Vec<Deployer>, DbError> {
+pub fn deployers_of(c: &Conn<'_>, environment_id: i64) -> Result<Vec<Deployer>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT d.role, d.user_id, u.username FROM environment_deployers d
          LEFT JOIN users u ON u.id = d.user_id WHERE d.environment_id = ?1 ORDER BY d.id",
@@ -35,7 +35,7 @@ pub fn deployers_of(c: &Connection, environment_id: i64) -> Result<Vec<Deployer>
 }
 
 /// Replace an environment's protection: its two flags and its whole deployers list.
-pub fn set(tx: &Transaction<'_>, environment_id: i64, protection: &super::Protection) -> Result<(), DbError> {
+pub fn set(tx: &Tx<'_>, environment_id: i64, protection: &super::Protection) -> Result<(), DbError> {
     let (protected, require_approval, deployers) = (
         protection.protected,
         protection.require_approval,
@@ -61,13 +61,13 @@ pub fn set(tx: &Transaction<'_>, environment_id: i64, protection: &super::Protec
     Ok(())
 }
 
-pub fn username(c: &Connection, user_id: i64) -> Result<Option<String>, DbError> {
+pub fn username(c: &Conn<'_>, user_id: i64) -> Result<Option<String>, DbError> {
     Ok(c.prepare_cached("SELECT username FROM users WHERE id = ?1")?
         .query_row([user_id], |r| r.get(0))
         .optional()?)
 }
 
-pub fn user_id(c: &Connection, username: &str) -> Result<Option<i64>, DbError> {
+pub fn user_id(c: &Conn<'_>, username: &str) -> Result<Option<i64>, DbError> {
     Ok(c.prepare_cached("SELECT id FROM users WHERE username = ?1")?
         .query_row([username], |r| r.get(0))
         .optional()?)

@@ -39,8 +39,8 @@ pub enum ReleaseError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for ReleaseError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for ReleaseError {
+    fn from(e: crate::db::SqlError) -> Self {
         ReleaseError::Db(e.into())
     }
 }

@@ -82,8 +82,8 @@ pub enum RuntimeError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for RuntimeError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for RuntimeError {
+    fn from(e: crate::db::SqlError) -> Self {
         RuntimeError::Db(e.into())
     }
 }

@@ -55,7 +55,7 @@ struct Report {
 /// Compare a report (or, for `None`, the stored containers) with the last release: `None` when
 /// nothing would change.
 fn evaluate(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     environment_id: i64,
     report: Option<&Report>,
     now: i64,
@@ -131,7 +131,7 @@ fn evaluate(
 }
 
 fn audit(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::db::Tx<'_>,
     now: i64,
     environment_id: i64,
     target: &store::Target,
@@ -333,7 +333,7 @@ pub async fn get(state: &AppState, environment_id: i64) -> Result<Runtime, Runti
 }
 
 /// The same, on a connection already open (the project page reads every environment's at once).
-pub fn read(c: &rusqlite::Connection, environment_id: i64) -> Result<Runtime, RuntimeError> {
+pub fn read(c: &crate::db::Conn<'_>, environment_id: i64) -> Result<Runtime, RuntimeError> {
     store::target(c, environment_id)?.ok_or(RuntimeError::EnvironmentNotFound)?;
     let row = store::get(c, environment_id)?;
     let release = crate::releases::store::latest(c, environment_id)?;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::DriftReason;
 use crate::db::DbError;
@@ -16,7 +16,7 @@ pub struct Target {
     pub compose_project: String,
 }
 
-pub fn target(c: &Connection, environment_id: i64) -> Result<Option<Target>, DbError> {
+pub fn target(c: &Conn<'_>, environment_id: i64) -> Result<Option<Target>, DbError> {
     Ok(c.prepare_cached(
         "SELECT p.id, p.name, e.name, e.compose_project FROM environments e
          JOIN projects p ON p.id = e.project_id WHERE e.id = ?1",
@@ -34,7 +34,7 @@ pub fn target(c: &Connection, environment_id: i64) -> Result<Option<Target>, DbE
 
 /// Whether a deployment of the environment is queued or running: compose is changing the
 /// containers, so what runs is in flux (a renamed old container, a created new one).
-pub fn deploying(c: &Connection, environment_id: i64) -> Result<bool, DbError> {
+pub fn deploying(c: &Conn<'_>, environment_id: i64) -> Result<bool, DbError> {
     Ok(c.prepare_cached(
         "SELECT EXISTS(SELECT 1 FROM deployments WHERE environment_id = ?1 AND status IN ('queued', 'running'))",
     )?
@@ -53,21 +53,20 @@ pub struct Row {
     pub drift_since: Option<i64>,
 }
 
-fn drift_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Vec<DriftReason>>> {
+fn drift_at(r: &crate::db::Row<'_>, i: usize) -> crate::db::SqlResult<Option<Vec<DriftReason>>> {
     let text: Option<String> = r.get(i)?;
     text.map(|t| {
         serde_json::from_str(&t).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(
+            crate::db::SqlError::column(
                 i,
-                rusqlite::types::Type::Text,
-                format!("environment_runtime: drift is not a JSON list of reasons: {e}").into(),
+                format!("environment_runtime: drift is not a JSON list of reasons: {e}"),
             )
         })
     })
     .transpose()
 }
 
-pub fn get(c: &Connection, environment_id: i64) -> Result<Option<Row>, DbError> {
+pub fn get(c: &Conn<'_>, environment_id: i64) -> Result<Option<Row>, DbError> {
     Ok(c.prepare_cached(
         "SELECT agent_id, reported_at, containers, truncated, drift, drift_since
          FROM environment_runtime WHERE environment_id = ?1",
@@ -85,7 +84,7 @@ pub fn get(c: &Connection, environment_id: i64) -> Result<Option<Row>, DbError> 
     .optional()?)
 }
 
-pub fn upsert(tx: &Transaction<'_>, environment_id: i64, row: &Row) -> Result<(), DbError> {
+pub fn upsert(tx: &Tx<'_>, environment_id: i64, row: &Row) -> Result<(), DbError> {
     let drift = row
         .drift
         .as_ref()
@@ -110,7 +109,7 @@ pub fn upsert(tx: &Transaction<'_>, environment_id: i64, row: &Row) -> Result<()
 }
 
 /// Every environment with a stored runtime (for a recheck of all after missed events).
-pub fn environments(c: &Connection) -> Result<Vec<i64>, DbError> {
+pub fn environments(c: &Conn<'_>) -> Result<Vec<i64>, DbError> {
     let mut stmt =
         c.prepare_cached("SELECT environment_id FROM environment_runtime ORDER BY environment_id")?;
     let rows = stmt.query_map([], |r| r.get(0))?;
@@ -125,7 +124,7 @@ pub struct Summary {
     pub drift_since: Option<i64>,
 }
 
-pub fn summaries(c: &Connection) -> Result<HashMap<i64, Summary>, DbError> {
+pub fn summaries(c: &Conn<'_>) -> Result<HashMap<i64, Summary>, DbError> {
     let mut stmt =
         c.prepare_cached("SELECT environment_id, reported_at, drift, drift_since FROM environment_runtime")?;
     let rows = stmt.query_map([], |r| {

@@ -41,8 +41,8 @@ pub enum SecretError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for SecretError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for SecretError {
+    fn from(e: crate::db::SqlError) -> Self {
         SecretError::Db(e.into())
     }
 }

@@ -78,7 +78,7 @@ pub async fn create_secret(
 /// known and has no such service (the compose file does not define it, or not yet). The secret is
 /// still stored: the service may come with the next commit.
 fn service_warnings(
-    tx: &rusqlite::Connection,
+    tx: &crate::db::Conn<'_>,
     project_id: i64,
     environment_id: Option<i64>,
     service: &str,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::{SecretError, SecretInfo};
 use crate::db::{DbError, Stored, StoredEnum, enum_at, rfc3339};
@@ -22,7 +22,7 @@ const INFO_SELECT: &str =
     "SELECT s.id, s.project_id, s.key, s.scope, s.service, e.name, s.version, s.updated_by, s.updated_at
      FROM secrets s LEFT JOIN environments e ON e.id = s.environment_id";
 
-fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretInfo> {
+fn info_from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<SecretInfo> {
     let id = r.get(0)?;
     Ok(SecretInfo {
         id,
@@ -40,13 +40,13 @@ fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretInfo> {
     })
 }
 
-pub fn get(c: &Connection, id: i64) -> Result<SecretInfo, SecretError> {
+pub fn get(c: &Conn<'_>, id: i64) -> Result<SecretInfo, SecretError> {
     c.query_row(&format!("{INFO_SELECT} WHERE s.id = ?1"), [id], info_from_row)
         .optional()?
         .ok_or(SecretError::NotFound)
 }
 
-pub fn project_exists(c: &Connection, project_id: i64) -> Result<bool, DbError> {
+pub fn project_exists(c: &Conn<'_>, project_id: i64) -> Result<bool, DbError> {
     Ok(c.query_row(
         "SELECT EXISTS(SELECT 1 FROM projects WHERE id = ?1)",
         [project_id],
@@ -54,12 +54,12 @@ pub fn project_exists(c: &Connection, project_id: i64) -> Result<bool, DbError> 
     )?)
 }
 
-pub fn list(c: &Connection, project_id: i64) -> Result<Vec<SecretInfo>, SecretError> {
+pub fn list(c: &Conn<'_>, project_id: i64) -> Result<Vec<SecretInfo>, SecretError> {
     if !project_exists(c, project_id)? {
         return Err(SecretError::ProjectNotFound);
     }
     let mut stmt = c.prepare(&format!(
-        "{INFO_SELECT} WHERE s.project_id = ?1 ORDER BY IFNULL(e.name, ''), s.scope, IFNULL(s.service, ''), s.key"
+        "{INFO_SELECT} WHERE s.project_id = ?1 ORDER BY COALESCE(e.name, ''), s.scope, COALESCE(s.service, ''), s.key"
     ))?;
     Ok(stmt
         .query_map([project_id], info_from_row)?
@@ -67,7 +67,7 @@ pub fn list(c: &Connection, project_id: i64) -> Result<Vec<SecretInfo>, SecretEr
 }
 
 /// The id of a project's environment by name, or a 422 naming the field.
-pub fn environment_id(c: &Connection, project_id: i64, name: &str) -> Result<i64, SecretError> {
+pub fn environment_id(c: &Conn<'_>, project_id: i64, name: &str) -> Result<i64, SecretError> {
     c.query_row(
         "SELECT id FROM environments WHERE project_id = ?1 AND name = ?2",
         params![project_id, name],
@@ -90,21 +90,21 @@ pub struct NewSecret<'a> {
     pub actor: &'a str,
 }
 
-pub fn insert(tx: &Transaction<'_>, s: &NewSecret<'_>, now: i64) -> Result<i64, SecretError> {
-    tx.execute(
+pub fn insert(tx: &Tx<'_>, s: &NewSecret<'_>, now: i64) -> Result<i64, SecretError> {
+    tx.query_row(
         "INSERT INTO secrets (project_id, environment_id, key, scope, service, encrypted_value, version, updated_by, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8) RETURNING id",
         params![s.project_id, s.environment_id, s.key, Stored(s.scope), s.service, s.ciphertext, s.actor, now],
+        |r| r.get(0),
     )
     .map_err(|e| {
         let e = DbError::from(e);
         if e.is_constraint() { SecretError::Exists(s.key.to_owned()) } else { SecretError::Db(e) }
-    })?;
-    Ok(tx.last_insert_rowid())
+    })
 }
 
 pub fn update_value(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: i64,
     ciphertext: &[u8],
     actor: &str,
@@ -120,7 +120,7 @@ pub fn update_value(
     Ok(())
 }
 
-pub fn delete(tx: &Transaction<'_>, id: i64) -> Result<(), SecretError> {
+pub fn delete(tx: &Tx<'_>, id: i64) -> Result<(), SecretError> {
     match tx.execute("DELETE FROM secrets WHERE id = ?1", [id])? {
         0 => Err(SecretError::NotFound),
         _ => Ok(()),
@@ -143,7 +143,7 @@ pub struct SealedSecret {
 /// service, the environment's own secret beats the project-wide one. (Service beats global is
 /// applied where both meet, in the agent's override.) Sorted: globals first, then by service, key.
 pub fn for_environment(
-    c: &Connection,
+    c: &Conn<'_>,
     project_id: i64,
     environment_id: i64,
 ) -> Result<Vec<SealedSecret>, DbError> {
@@ -170,7 +170,7 @@ pub fn for_environment(
 // --- secret history (`secret_versions`) --------------------------------------------------------
 
 /// Record the secret's current value as its version row (after an insert or a new value).
-pub fn record_version(tx: &Transaction<'_>, id: i64) -> Result<(), DbError> {
+pub fn record_version(tx: &Tx<'_>, id: i64) -> Result<(), DbError> {
     tx.prepare_cached(
         "INSERT INTO secret_versions (secret_id, version, project_id, environment_id, key, scope, service,
              encrypted_value, created_by, created_at)
@@ -182,7 +182,7 @@ pub fn record_version(tx: &Transaction<'_>, id: i64) -> Result<(), DbError> {
 }
 
 /// Keep a live secret's newest `keep` versions (the current one included); the number pruned.
-pub fn prune_versions(tx: &Transaction<'_>, id: i64, keep: u32) -> Result<usize, DbError> {
+pub fn prune_versions(tx: &Tx<'_>, id: i64, keep: u32) -> Result<usize, DbError> {
     Ok(tx
         .prepare_cached(
             "DELETE FROM secret_versions WHERE secret_id = ?1 AND deleted_at IS NULL
@@ -192,7 +192,7 @@ pub fn prune_versions(tx: &Transaction<'_>, id: i64, keep: u32) -> Result<usize,
 }
 
 /// A secret is deleted: its versions stay, marked, for the releases that may still use them.
-pub fn mark_versions_deleted(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(), DbError> {
+pub fn mark_versions_deleted(tx: &Tx<'_>, id: i64, now: i64) -> Result<(), DbError> {
     tx.prepare_cached(
         "UPDATE secret_versions SET deleted_at = ?2 WHERE secret_id = ?1 AND deleted_at IS NULL",
     )?
@@ -205,7 +205,7 @@ pub fn mark_versions_deleted(tx: &Transaction<'_>, id: i64, now: i64) -> Result<
 /// is `secrets.keep_versions`); once it ages out of them, what only it held goes. Only the
 /// project's rows are read (by index): a project's releases use only its own secrets. The
 /// number pruned.
-pub fn prune_deleted_versions(tx: &Transaction<'_>, project_id: i64, keep: u32) -> Result<usize, DbError> {
+pub fn prune_deleted_versions(tx: &Tx<'_>, project_id: i64, keep: u32) -> Result<usize, DbError> {
     Ok(tx
         .prepare_cached(PRUNE_DELETED)?
         .execute(params![keep, project_id])?)
@@ -237,7 +237,7 @@ pub struct VersionInfo {
 
 /// A secret's kept versions, newest first; `None` when neither the secret nor any version of it
 /// exists.
-pub fn versions(c: &Connection, id: i64) -> Result<Option<Vec<VersionInfo>>, DbError> {
+pub fn versions(c: &Conn<'_>, id: i64) -> Result<Option<Vec<VersionInfo>>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT v.version, v.created_by, v.created_at, v.version = s.version, v.deleted_at
          FROM secret_versions v LEFT JOIN secrets s ON s.id = v.secret_id
@@ -265,7 +265,7 @@ pub fn versions(c: &Connection, id: i64) -> Result<Option<Vec<VersionInfo>>, DbE
 
 /// The kept versions of a project's live secrets, newest first, by secret id (the secrets page).
 pub fn versions_of_project(
-    c: &Connection,
+    c: &Conn<'_>,
     project_id: i64,
 ) -> Result<std::collections::HashMap<i64, Vec<VersionInfo>>, DbError> {
     let mut stmt = c.prepare_cached(
@@ -290,7 +290,7 @@ pub fn versions_of_project(
 /// The exact secret versions a deployment was sent, still encrypted, from the history, in the
 /// order they were recorded; and the keys (`KEY`, `KEY (service web)`) of those no longer kept.
 pub fn versions_of_deployment(
-    c: &Connection,
+    c: &Conn<'_>,
     deployment_id: i64,
 ) -> Result<(Vec<SealedSecret>, Vec<String>), DbError> {
     let mut stmt = c.prepare_cached(
@@ -310,7 +310,7 @@ pub fn versions_of_deployment(
             Some(ciphertext) => found.push(SealedSecret {
                 id,
                 key,
-                scope: enum_at(r, 2, "deployment_secrets", id)?,
+                scope: enum_at(&r, 2, "deployment_secrets", id)?,
                 service,
                 environment_specific: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
                 version: r.get(4)?,
@@ -326,7 +326,7 @@ pub fn versions_of_deployment(
 }
 
 /// Every kept version's ciphertext (key rotation).
-pub fn all_version_ciphertexts(c: &Connection) -> Result<Vec<(i64, i64, Vec<u8>)>, DbError> {
+pub fn all_version_ciphertexts(c: &Conn<'_>) -> Result<Vec<(i64, i64, Vec<u8>)>, DbError> {
     let mut stmt = c.prepare("SELECT secret_id, version, encrypted_value FROM secret_versions")?;
     Ok(stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -335,7 +335,7 @@ pub fn all_version_ciphertexts(c: &Connection) -> Result<Vec<(i64, i64, Vec<u8>)
 
 /// Replace one version's ciphertext (key rotation: same value).
 pub fn set_version_ciphertext(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     secret_id: i64,
     version: i64,
     ciphertext: &[u8],
@@ -353,7 +353,7 @@ pub fn set_version_ciphertext(
 const VAULT_CHECK: &str = "vault_check";
 
 /// The vault's check value (age ciphertext), if one was stored.
-pub fn vault_check(c: &Connection) -> Result<Option<Vec<u8>>, DbError> {
+pub fn vault_check(c: &Conn<'_>) -> Result<Option<Vec<u8>>, DbError> {
     Ok(
         c.query_row("SELECT value FROM meta WHERE key = ?1", [VAULT_CHECK], |r| {
             r.get(0)
@@ -363,7 +363,7 @@ pub fn vault_check(c: &Connection) -> Result<Option<Vec<u8>>, DbError> {
 }
 
 /// Store the check value unless one is already there.
-pub fn init_vault_check(tx: &Transaction<'_>, sealed: &[u8]) -> Result<(), DbError> {
+pub fn init_vault_check(tx: &Tx<'_>, sealed: &[u8]) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
         params![VAULT_CHECK, sealed],
@@ -372,7 +372,7 @@ pub fn init_vault_check(tx: &Transaction<'_>, sealed: &[u8]) -> Result<(), DbErr
 }
 
 /// Replace the check value (key rotation).
-pub fn set_vault_check(tx: &Transaction<'_>, sealed: &[u8]) -> Result<(), DbError> {
+pub fn set_vault_check(tx: &Tx<'_>, sealed: &[u8]) -> Result<(), DbError> {
     tx.execute(
         "UPDATE meta SET value = ?2 WHERE key = ?1",
         params![VAULT_CHECK, sealed],
@@ -381,7 +381,7 @@ pub fn set_vault_check(tx: &Transaction<'_>, sealed: &[u8]) -> Result<(), DbErro
 }
 
 /// Every secret's id and ciphertext (key rotation).
-pub fn all_ciphertexts(c: &Connection) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
+pub fn all_ciphertexts(c: &Conn<'_>) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
     let mut stmt = c.prepare("SELECT id, encrypted_value FROM secrets")?;
     Ok(stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -389,7 +389,7 @@ pub fn all_ciphertexts(c: &Connection) -> Result<Vec<(i64, Vec<u8>)>, DbError> {
 }
 
 /// Replace one secret's ciphertext without a new version (key rotation: same value).
-pub fn set_ciphertext(tx: &Transaction<'_>, id: i64, ciphertext: &[u8]) -> Result<(), DbError> {
+pub fn set_ciphertext(tx: &Tx<'_>, id: i64, ciphertext: &[u8]) -> Result<(), DbError> {
     tx.prepare_cached("UPDATE secrets SET encrypted_value = ?2 WHERE id = ?1")?
         .execute(params![id, ciphertext])?;
     Ok(())

@@ -11,9 +11,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::db::Tx;
 use age::secrecy::ExposeSecret;
 use age::x25519::{Identity, Recipient};
-use rusqlite::Transaction;
 use zeroize::Zeroizing;
 
 use super::store;
@@ -46,8 +46,8 @@ pub enum VaultError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for VaultError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for VaultError {
+    fn from(e: crate::db::SqlError) -> Self {
         VaultError::Db(e.into())
     }
 }
@@ -174,7 +174,7 @@ pub struct RotationReport {
     pub new_recipient: String,
 }
 
-fn reencrypt_all(tx: &Transaction<'_>, old: &Vault, new: &Vault) -> Result<usize, VaultError> {
+fn reencrypt_all(tx: &Tx<'_>, old: &Vault, new: &Vault) -> Result<usize, VaultError> {
     let rows = store::all_ciphertexts(tx)?;
     for (id, ciphertext) in &rows {
         let plain = old.decrypt(ciphertext)?;

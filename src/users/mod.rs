@@ -99,8 +99,8 @@ pub enum UserError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for UserError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::db::SqlError> for UserError {
+    fn from(e: crate::db::SqlError) -> Self {
         UserError::Db(e.into())
     }
 }
@@ -177,16 +177,16 @@ impl crate::db::stored::StoredEnum for Role {
     }
 }
 
-/// Roles are read through `FromSql`: an unknown stored role is an error, never `viewer`.
-impl rusqlite::types::FromSql for Role {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        crate::db::stored::Stored::<Role>::column_result(value).map(|s| s.0)
+/// Roles are read through `FromValue`: an unknown stored role is an error, never `viewer`.
+impl crate::db::FromValue for Role {
+    fn from_value(v: crate::db::Value<'_>) -> Result<Self, crate::db::sql::ConvError> {
+        crate::db::stored::Stored::<Role>::from_value(v).map(|s| s.0)
     }
 }
 
-impl rusqlite::types::ToSql for Role {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+impl crate::db::ToValue for Role {
+    fn to_value(&self) -> crate::db::Value<'_> {
+        crate::db::Value::Text(self.as_str())
     }
 }
 

@@ -4,7 +4,7 @@
 //! writes through [`store`], and records its audit entry in the same transaction.
 //! No HTTP types here: handlers translate requests to these calls and results to pages.
 
-use rusqlite::Transaction;
+use crate::db::Tx;
 use zeroize::Zeroizing;
 
 use super::store::{self, LinkKind, NewUser};
@@ -372,7 +372,7 @@ pub async fn revoke_reset(state: &AppState, who: &Principal, id: i64) -> Result<
 
 /// The person a live reset link is for.
 pub fn live_reset(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     token: &str,
     now: i64,
 ) -> Result<Option<store::ResetRow>, UserError> {
@@ -501,7 +501,7 @@ pub async fn create_from_link(
 /// the one it grants. A link made without a person (the setup link; an invite through a CLI
 /// token) keeps its role.
 pub fn live_link(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     kind: LinkKind,
     token: &str,
     now: i64,
@@ -621,7 +621,7 @@ pub fn ensure_setup_link(db: &Db, public_url: &str, now: i64) -> Result<Option<S
 // --- people (admin) -------------------------------------------------------------------------------
 
 /// Refuse a change that leaves no enabled admin.
-fn keep_an_admin(tx: &Transaction<'_>, user: &User, losing_admin: bool) -> Result<(), UserError> {
+fn keep_an_admin(tx: &Tx<'_>, user: &User, losing_admin: bool) -> Result<(), UserError> {
     if losing_admin
         && user.role == Role::Admin
         && !user.disabled
@@ -641,7 +641,7 @@ pub fn parse_role(value: &str) -> Result<Role, UserError> {
 }
 
 /// Change a user's role; the last enabled admin stays admin.
-pub fn change_role_in(tx: &Transaction<'_>, who: &Principal, id: i64, role: Role) -> Result<(), UserError> {
+pub fn change_role_in(tx: &Tx<'_>, who: &Principal, id: i64, role: Role) -> Result<(), UserError> {
     let user = store::get(tx, id)?;
     keep_an_admin(tx, &user, role != Role::Admin)?;
     store::set_role(tx, id, role)?;
@@ -671,12 +671,7 @@ pub async fn change_role(state: &AppState, who: &Principal, id: i64, role: Role)
 }
 
 /// Disable (ending every session at once) or enable a user; the last enabled admin stays enabled.
-pub fn set_disabled_in(
-    tx: &Transaction<'_>,
-    who: &Principal,
-    id: i64,
-    disable: bool,
-) -> Result<(), UserError> {
+pub fn set_disabled_in(tx: &Tx<'_>, who: &Principal, id: i64, disable: bool) -> Result<(), UserError> {
     let user = store::get(tx, id)?;
     keep_an_admin(tx, &user, disable)?;
     store::set_disabled(tx, id, disable)?;
@@ -893,7 +888,7 @@ pub struct CreatedToken {
 /// [`NameKind::Token`]; a token cannot have a higher role than its creator, and a token cannot
 /// mint tokens (only a signed-in person or the CLI can), so no token outlives its parent.
 pub fn create_token_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     who: &Principal,
     name: &str,
     role: Role,
@@ -922,7 +917,7 @@ pub fn create_token_in(
 /// mint a `member` token, which acts with their project roles (capped at maintainer) and as a
 /// viewer everywhere else ([`crate::access::project_role`]; the token's global role stays the
 /// lower of its own and its owner's).
-fn holds_project_role(c: &rusqlite::Connection, who: &Principal) -> Result<bool, UserError> {
+fn holds_project_role(c: &crate::db::Conn<'_>, who: &Principal) -> Result<bool, UserError> {
     let Some(user_id) = who.user_id else {
         return Ok(false);
     };

@@ -3,7 +3,7 @@
 //!
 //! Session ids and link tokens are 32 random bytes; only their SHA-256 hashes are stored.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use super::tokens::{ApiTokenInfo, TOKEN_PREFIX};
 use super::{Role, User, UserError};
@@ -17,7 +17,7 @@ const USER_COLUMNS: &str = "id, username, display_name, role, github_login, disa
 /// How many columns [`USER_COLUMNS`] names: a query's own columns follow them.
 const USER_COLUMN_COUNT: usize = 9;
 
-fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+fn user_from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<User> {
     let id: i64 = r.get(0)?;
     Ok(User {
         id,
@@ -32,16 +32,16 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
-pub fn count(c: &Connection) -> Result<i64, DbError> {
+pub fn count(c: &Conn<'_>) -> Result<i64, DbError> {
     Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
 }
 
-pub fn list(c: &Connection) -> Result<Vec<User>, DbError> {
+pub fn list(c: &Conn<'_>) -> Result<Vec<User>, DbError> {
     let mut stmt = c.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY username"))?;
     Ok(stmt.query_map([], user_from_row)?.collect::<Result<_, _>>()?)
 }
 
-pub fn get(c: &Connection, id: i64) -> Result<User, UserError> {
+pub fn get(c: &Conn<'_>, id: i64) -> Result<User, UserError> {
     c.query_row(
         &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
         [id],
@@ -52,18 +52,18 @@ pub fn get(c: &Connection, id: i64) -> Result<User, UserError> {
 }
 
 /// A user and their password hash, by username (case-insensitive).
-pub fn by_username(c: &Connection, username: &str) -> Result<Option<(User, Option<String>)>, DbError> {
+pub fn by_username(c: &Conn<'_>, username: &str) -> Result<Option<(User, Option<String>)>, DbError> {
     Ok(c.query_row(
-        &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?1 COLLATE NOCASE"),
+        &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE lower(username) = lower(?1)"),
         [username],
         |r| Ok((user_from_row(r)?, r.get(USER_COLUMN_COUNT)?)),
     )
     .optional()?)
 }
 
-pub fn by_github_login(c: &Connection, login: &str) -> Result<Option<User>, DbError> {
+pub fn by_github_login(c: &Conn<'_>, login: &str) -> Result<Option<User>, DbError> {
     Ok(c.query_row(
-        &format!("SELECT {USER_COLUMNS} FROM users WHERE github_login = ?1 COLLATE NOCASE"),
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE lower(github_login) = lower(?1)"),
         [login],
         user_from_row,
     )
@@ -71,7 +71,7 @@ pub fn by_github_login(c: &Connection, login: &str) -> Result<Option<User>, DbEr
 }
 
 /// The user bound to this numeric GitHub id.
-pub fn by_github_id(c: &Connection, github_id: i64) -> Result<Option<User>, DbError> {
+pub fn by_github_id(c: &Conn<'_>, github_id: i64) -> Result<Option<User>, DbError> {
     Ok(c.query_row(
         &format!("SELECT {USER_COLUMNS} FROM users WHERE github_id = ?1"),
         [github_id],
@@ -89,13 +89,13 @@ pub struct NewUser<'a> {
     pub role: Role,
 }
 
-pub fn insert(tx: &Transaction<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, UserError> {
+pub fn insert(tx: &Tx<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, UserError> {
     if by_username(tx, u.username)?.is_some() {
         return Err(UserError::UsernameTaken(u.username.to_owned()));
     }
-    tx.execute(
+    tx.query_row(
         "INSERT INTO users (username, display_name, password_hash, github_login, role, created_at, github_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
         params![
             u.username,
             u.display_name,
@@ -105,6 +105,7 @@ pub fn insert(tx: &Transaction<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, Us
             now,
             u.github_id
         ],
+        |r| r.get(0),
     )
     .map_err(|e| {
         let e = DbError::from(e);
@@ -113,12 +114,11 @@ pub fn insert(tx: &Transaction<'_>, u: &NewUser<'_>, now: i64) -> Result<i64, Us
         } else {
             UserError::Db(e)
         }
-    })?;
-    Ok(tx.last_insert_rowid())
+    })
 }
 
 /// Enabled admins other than `except`: an admin may not demote or disable the last one.
-pub fn other_enabled_admins(c: &Connection, except: i64) -> Result<i64, DbError> {
+pub fn other_enabled_admins(c: &Conn<'_>, except: i64) -> Result<i64, DbError> {
     Ok(c.query_row(
         "SELECT count(*) FROM users WHERE role = ?2 AND disabled = 0 AND id != ?1",
         params![except, Role::Admin],
@@ -126,14 +126,14 @@ pub fn other_enabled_admins(c: &Connection, except: i64) -> Result<i64, DbError>
     )?)
 }
 
-pub fn set_role(tx: &Transaction<'_>, id: i64, role: Role) -> Result<(), UserError> {
+pub fn set_role(tx: &Tx<'_>, id: i64, role: Role) -> Result<(), UserError> {
     match tx.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id, role])? {
         0 => Err(UserError::NotFound),
         _ => Ok(()),
     }
 }
 
-pub fn set_disabled(tx: &Transaction<'_>, id: i64, disabled: bool) -> Result<(), UserError> {
+pub fn set_disabled(tx: &Tx<'_>, id: i64, disabled: bool) -> Result<(), UserError> {
     match tx.execute(
         "UPDATE users SET disabled = ?2 WHERE id = ?1",
         params![id, disabled],
@@ -147,12 +147,7 @@ pub fn set_disabled(tx: &Transaction<'_>, id: i64, disabled: bool) -> Result<(),
 /// proved the identity at GitHub). Refused when another user holds the login or the id. An
 /// admin's link (no id) to a *different* login drops the old id, so the new login binds its own
 /// at its next sign-in; re-saving the same login keeps it.
-pub fn link_github(
-    tx: &Transaction<'_>,
-    id: i64,
-    login: &str,
-    github_id: Option<i64>,
-) -> Result<(), UserError> {
+pub fn link_github(tx: &Tx<'_>, id: i64, login: &str, github_id: Option<i64>) -> Result<(), UserError> {
     let login = login.to_ascii_lowercase();
     if let Some(other) = by_github_login(tx, &login)?
         && other.id != id
@@ -181,7 +176,7 @@ pub fn link_github(
 }
 
 /// Bind the numeric GitHub id to an account that had only a login.
-pub fn bind_github_id(tx: &Transaction<'_>, id: i64, github_id: i64) -> Result<(), DbError> {
+pub fn bind_github_id(tx: &Tx<'_>, id: i64, github_id: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE users SET github_id = ?2 WHERE id = ?1",
         params![id, github_id],
@@ -191,7 +186,7 @@ pub fn bind_github_id(tx: &Transaction<'_>, id: i64, github_id: i64) -> Result<(
 
 /// The login shown for an account bound by id, after a rename at GitHub. Left as it was (answers
 /// false) when another account holds that login.
-pub fn rename_github_login(tx: &Transaction<'_>, id: i64, login: &str) -> Result<bool, DbError> {
+pub fn rename_github_login(tx: &Tx<'_>, id: i64, login: &str) -> Result<bool, DbError> {
     let login = login.to_ascii_lowercase();
     if by_github_login(tx, &login)?.is_some_and(|other| other.id != id) {
         return Ok(false);
@@ -203,7 +198,7 @@ pub fn rename_github_login(tx: &Transaction<'_>, id: i64, login: &str) -> Result
     Ok(true)
 }
 
-pub fn unlink_github(tx: &Transaction<'_>, id: i64) -> Result<(), UserError> {
+pub fn unlink_github(tx: &Tx<'_>, id: i64) -> Result<(), UserError> {
     tx.execute(
         "UPDATE users SET github_login = NULL, github_id = NULL WHERE id = ?1",
         [id],
@@ -215,7 +210,7 @@ pub fn unlink_github(tx: &Transaction<'_>, id: i64) -> Result<(), UserError> {
 
 /// A new session: returns the cookie value (shown to the browser only) and its CSRF token.
 pub fn create_session(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user_id: i64,
     now: i64,
     lifetime_ms: i64,
@@ -253,7 +248,7 @@ pub struct SessionRow {
     pub two_factor: bool,
 }
 
-pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
+pub fn session(c: &Conn<'_>, cookie_value: &str, now: i64) -> Result<Option<SessionRow>, DbError> {
     // Every page request runs this: the statement text is built once.
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let user_columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
@@ -282,22 +277,18 @@ pub fn session(c: &Connection, cookie_value: &str, now: i64) -> Result<Option<Se
     Ok(row.filter(|s| ct_eq(&s.id_hash, &hash)))
 }
 
-pub fn delete_session(tx: &Transaction<'_>, id_hash: &[u8]) -> Result<(), DbError> {
+pub fn delete_session(tx: &Tx<'_>, id_hash: &[u8]) -> Result<(), DbError> {
     tx.execute("DELETE FROM sessions WHERE id_hash = ?1", [id_hash])?;
     Ok(())
 }
 
 /// End every session of a user; returns how many there were.
-pub fn delete_user_sessions(tx: &Transaction<'_>, user_id: i64) -> Result<usize, DbError> {
+pub fn delete_user_sessions(tx: &Tx<'_>, user_id: i64) -> Result<usize, DbError> {
     Ok(tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?)
 }
 
 /// End every session of a user but `keep` (the one changing the password); returns how many.
-pub fn delete_other_sessions(
-    tx: &Transaction<'_>,
-    user_id: i64,
-    keep: Option<&[u8]>,
-) -> Result<usize, DbError> {
+pub fn delete_other_sessions(tx: &Tx<'_>, user_id: i64, keep: Option<&[u8]>) -> Result<usize, DbError> {
     Ok(tx.execute(
         "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id_hash != ?2)",
         params![user_id, keep],
@@ -305,7 +296,7 @@ pub fn delete_other_sessions(
 }
 
 /// The stored password hash of a user (`None`: no password, a GitHub-only account).
-pub fn password_hash(c: &Connection, id: i64) -> Result<Option<String>, UserError> {
+pub fn password_hash(c: &Conn<'_>, id: i64) -> Result<Option<String>, UserError> {
     c.query_row("SELECT password_hash FROM users WHERE id = ?1", [id], |r| {
         r.get(0)
     })
@@ -313,7 +304,7 @@ pub fn password_hash(c: &Connection, id: i64) -> Result<Option<String>, UserErro
     .ok_or(UserError::NotFound)
 }
 
-pub fn set_password_hash(tx: &Transaction<'_>, id: i64, hash: &str) -> Result<(), UserError> {
+pub fn set_password_hash(tx: &Tx<'_>, id: i64, hash: &str) -> Result<(), UserError> {
     match tx.execute(
         "UPDATE users SET password_hash = ?2 WHERE id = ?1",
         params![id, hash],
@@ -323,7 +314,7 @@ pub fn set_password_hash(tx: &Transaction<'_>, id: i64, hash: &str) -> Result<()
     }
 }
 
-pub fn session_counts(c: &Connection, now: i64) -> Result<Vec<(i64, i64)>, DbError> {
+pub fn session_counts(c: &Conn<'_>, now: i64) -> Result<Vec<(i64, i64)>, DbError> {
     let mut stmt =
         c.prepare("SELECT user_id, count(*) FROM sessions WHERE expires_at > ?1 GROUP BY user_id")?;
     Ok(stmt
@@ -351,7 +342,7 @@ impl LinkKind {
 /// Create a one-time link token; returns (id, token). `created_by_user` is the inviting person,
 /// if any (the acceptance rule checks their current role).
 pub fn create_link(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     kind: LinkKind,
     role: Role,
     created_by: &str,
@@ -360,9 +351,9 @@ pub fn create_link(
     expires_at: i64,
 ) -> Result<(i64, String), DbError> {
     let token = random_token(kind.as_str());
-    tx.execute(
+    let id = tx.query_row(
         "INSERT INTO signup_links (token_hash, kind, role, created_by, created_by_user, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
         params![
             hash_token(&token),
             kind.as_str(),
@@ -372,8 +363,9 @@ pub fn create_link(
             now,
             expires_at
         ],
+        |r| r.get(0),
     )?;
-    Ok((tx.last_insert_rowid(), token))
+    Ok((id, token))
 }
 
 /// A live (unused, unexpired) link of some kind, as stored.
@@ -386,7 +378,7 @@ pub struct LinkRow {
 }
 
 /// The live (unused, unexpired) link of this kind whose token is `token`.
-pub fn peek_link(c: &Connection, kind: LinkKind, token: &str, now: i64) -> Result<Option<LinkRow>, DbError> {
+pub fn peek_link(c: &Conn<'_>, kind: LinkKind, token: &str, now: i64) -> Result<Option<LinkRow>, DbError> {
     let hash = hash_token(token);
     let row = c
         .query_row(
@@ -416,14 +408,14 @@ pub fn peek_link(c: &Connection, kind: LinkKind, token: &str, now: i64) -> Resul
 
 /// Mark the live link `id` used (inside the transaction that creates the user); false when it
 /// was used meanwhile.
-pub fn consume_link(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+pub fn consume_link(tx: &Tx<'_>, id: i64, now: i64) -> Result<bool, DbError> {
     Ok(tx.execute(
         "UPDATE signup_links SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
         params![id, now],
     )? == 1)
 }
 
-pub fn set_link_user(tx: &Transaction<'_>, link_id: i64, user_id: i64) -> Result<(), DbError> {
+pub fn set_link_user(tx: &Tx<'_>, link_id: i64, user_id: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE signup_links SET used_by = ?2 WHERE id = ?1",
         params![link_id, user_id],
@@ -432,7 +424,7 @@ pub fn set_link_user(tx: &Transaction<'_>, link_id: i64, user_id: i64) -> Result
 }
 
 /// Unused setup links are replaced at each start; only the newest one printed works.
-pub fn delete_setup_links(tx: &Transaction<'_>) -> Result<(), DbError> {
+pub fn delete_setup_links(tx: &Tx<'_>) -> Result<(), DbError> {
     tx.execute(
         "DELETE FROM signup_links WHERE kind = 'setup' AND used_at IS NULL",
         [],
@@ -450,7 +442,7 @@ pub struct Invite {
     pub expires_at: i64,
 }
 
-pub fn open_invites(c: &Connection, now: i64) -> Result<Vec<Invite>, DbError> {
+pub fn open_invites(c: &Conn<'_>, now: i64) -> Result<Vec<Invite>, DbError> {
     let mut stmt = c.prepare(
         "SELECT id, role, created_by, created_at, expires_at FROM signup_links
          WHERE kind = 'invite' AND used_at IS NULL AND expires_at > ?1 ORDER BY id DESC",
@@ -470,7 +462,7 @@ pub fn open_invites(c: &Connection, now: i64) -> Result<Vec<Invite>, DbError> {
 }
 
 /// Withdraw an open invitation (it expires now).
-pub fn revoke_invite(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+pub fn revoke_invite(tx: &Tx<'_>, id: i64, now: i64) -> Result<bool, DbError> {
     Ok(tx.execute(
         "UPDATE signup_links SET expires_at = ?2 WHERE id = ?1 AND kind = 'invite' AND used_at IS NULL",
         params![id, now],
@@ -481,7 +473,7 @@ pub fn revoke_invite(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, Db
 
 /// Issue a reset link for `user_id`; older open links of that user stop working. Returns (id, token).
 pub fn create_reset(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user_id: i64,
     created_by: &str,
     now: i64,
@@ -492,12 +484,13 @@ pub fn create_reset(
         params![user_id, now],
     )?;
     let token = random_token("reset");
-    tx.execute(
+    let id = tx.query_row(
         "INSERT INTO password_resets (token_hash, user_id, created_by, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
         params![hash_token(&token), user_id, created_by, now, expires_at],
+        |r| r.get(0),
     )?;
-    Ok((tx.last_insert_rowid(), token))
+    Ok((id, token))
 }
 
 /// A live reset link: unused, unrevoked, unexpired, for an enabled user.
@@ -507,7 +500,7 @@ pub struct ResetRow {
     pub user: User,
 }
 
-pub fn live_reset(c: &Connection, token: &str, now: i64) -> Result<Option<ResetRow>, DbError> {
+pub fn live_reset(c: &Conn<'_>, token: &str, now: i64) -> Result<Option<ResetRow>, DbError> {
     let hash = hash_token(token);
     let user_columns: Vec<String> = USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect();
     let row = c
@@ -534,7 +527,7 @@ pub fn live_reset(c: &Connection, token: &str, now: i64) -> Result<Option<ResetR
 }
 
 /// Mark the live reset link `id` used; false when it was used or withdrawn meanwhile.
-pub fn consume_reset(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+pub fn consume_reset(tx: &Tx<'_>, id: i64, now: i64) -> Result<bool, DbError> {
     Ok(tx.execute(
         "UPDATE password_resets SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL AND revoked_at IS NULL",
         params![id, now],
@@ -542,7 +535,7 @@ pub fn consume_reset(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, Db
 }
 
 /// Withdraw an open reset link; false when there is no such open link.
-pub fn revoke_reset(tx: &Transaction<'_>, id: i64, now: i64) -> Result<Option<i64>, DbError> {
+pub fn revoke_reset(tx: &Tx<'_>, id: i64, now: i64) -> Result<Option<i64>, DbError> {
     Ok(tx
         .query_row(
             "UPDATE password_resets SET revoked_at = ?2
@@ -564,7 +557,7 @@ pub struct OpenReset {
     pub expires_at: i64,
 }
 
-pub fn open_resets(c: &Connection, now: i64) -> Result<Vec<OpenReset>, DbError> {
+pub fn open_resets(c: &Conn<'_>, now: i64) -> Result<Vec<OpenReset>, DbError> {
     let mut stmt = c.prepare(
         "SELECT r.id, r.user_id, u.username, r.created_by, r.expires_at
          FROM password_resets r JOIN users u ON u.id = r.user_id
@@ -587,18 +580,19 @@ pub fn open_resets(c: &Connection, now: i64) -> Result<Vec<OpenReset>, DbError> 
 
 /// Create a token; the clear text is returned once and never stored.
 pub fn insert_token(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     name: &str,
     role: Role,
     user_id: Option<i64>,
     now: i64,
 ) -> Result<(i64, String), DbError> {
     let token = random_token(TOKEN_PREFIX);
-    tx.execute(
-        "INSERT INTO api_tokens (name, token_hash, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    let id = tx.query_row(
+        "INSERT INTO api_tokens (name, token_hash, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
         params![name, hash_token(&token), user_id, role, now],
+        |r| r.get(0),
     )?;
-    Ok((tx.last_insert_rowid(), token))
+    Ok((id, token))
 }
 
 /// A live token's row, as far as authentication needs it.
@@ -616,10 +610,10 @@ pub struct TokenRow {
 }
 
 /// The live token whose hash is `hash` (compared in constant time), if its user is enabled.
-pub fn live_token(c: &Connection, hash: &[u8]) -> Result<Option<TokenRow>, DbError> {
+pub fn live_token(c: &Conn<'_>, hash: &[u8]) -> Result<Option<TokenRow>, DbError> {
     let row = c
         .prepare_cached(
-            "SELECT t.id, t.name, t.role, t.token_hash, t.user_id, u.username, IFNULL(u.disabled, 0),
+            "SELECT t.id, t.name, t.role, t.token_hash, t.user_id, u.username, COALESCE(u.disabled, 0),
                     t.last_used_at, u.role
              FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id
              WHERE t.token_hash = ?1 AND t.revoked_at IS NULL",
@@ -642,7 +636,7 @@ pub fn live_token(c: &Connection, hash: &[u8]) -> Result<Option<TokenRow>, DbErr
     Ok(row.filter(|row| ct_eq(&row.hash, hash) && !row.disabled))
 }
 
-pub fn touch_token(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(), DbError> {
+pub fn touch_token(tx: &Tx<'_>, id: i64, now: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
         params![id, now],
@@ -651,7 +645,7 @@ pub fn touch_token(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(), DbErro
 }
 
 /// Tokens of one user (`Some`), or every token (`None`).
-pub fn list_tokens(c: &Connection, user_id: Option<i64>) -> Result<Vec<ApiTokenInfo>, DbError> {
+pub fn list_tokens(c: &Conn<'_>, user_id: Option<i64>) -> Result<Vec<ApiTokenInfo>, DbError> {
     let mut stmt = c.prepare(
         "SELECT id, name, role, created_at, last_used_at, revoked_at IS NOT NULL FROM api_tokens
          WHERE (?1 IS NULL OR user_id = ?1) ORDER BY id",
@@ -671,7 +665,7 @@ pub fn list_tokens(c: &Connection, user_id: Option<i64>) -> Result<Vec<ApiTokenI
 }
 
 /// Revoke a token; false when no such live token exists.
-pub fn revoke_token(tx: &Transaction<'_>, id: i64, now: i64) -> Result<bool, DbError> {
+pub fn revoke_token(tx: &Tx<'_>, id: i64, now: i64) -> Result<bool, DbError> {
     Ok(tx.execute(
         "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, now],

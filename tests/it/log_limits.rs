@@ -201,7 +201,7 @@ async fn retention_prunes_old_logs_and_keeps_the_deployments() {
     db.write_blocking(move |tx| {
         tx.execute(
             "UPDATE deployments SET created_at = ?1 WHERE id IN (?2, ?3, ?4)",
-            rusqlite::params![old, a, b, c],
+            stagely::db::params![old, a, b, c],
         )?;
         Ok::<_, stagely::db::DbError>(())
     })
@@ -248,7 +248,7 @@ fn age(server: &TestServer, ids: &[i64], days: i64) {
         for id in ids {
             tx.execute(
                 "UPDATE deployments SET created_at = ?1 WHERE id = ?2",
-                rusqlite::params![old, id],
+                stagely::db::params![old, id],
             )?;
         }
         Ok::<_, stagely::db::DbError>(())

@@ -37,7 +37,7 @@ type Versions = BTreeMap<(String, String, Option<String>), i64>;
 
 /// Compare `d` with its environment's last successful release: the secret versions it would
 /// be sent now (a redeploy: those of the release it restores) against the release's.
-pub fn diff(c: &rusqlite::Connection, d: &Deployment) -> Result<Diff, DeployError> {
+pub fn diff(c: &crate::db::Conn<'_>, d: &Deployment) -> Result<Diff, DeployError> {
     let last = crate::releases::store::latest(c, d.environment_id)?;
     let from: Versions = match &last {
         Some(r) => crate::deploys::store::get(c, r.deployment_id)?

@@ -39,7 +39,7 @@ fn ttl_ms(state: &AppState) -> i64 {
 
 /// The approval part of a deployment's answer; `None` when it never needed one.
 pub fn view(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     d: &super::Deployment,
     ttl_ms: i64,
 ) -> Result<Option<Approval>, DeployError> {
@@ -63,7 +63,7 @@ pub fn view(
 /// The approval view with the configured ttl.
 pub fn view_for(
     state: &AppState,
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn<'_>,
     d: &super::Deployment,
 ) -> Result<Option<Approval>, DeployError> {
     view(c, d, ttl_ms(state))

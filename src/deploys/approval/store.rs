@@ -1,6 +1,6 @@
 //! SQL for approvals: who triggered a deployment, approving, rejecting and expiring it.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use crate::db::DbError;
 
@@ -15,7 +15,7 @@ pub struct Pending {
     pub approved_at: Option<i64>,
 }
 
-pub fn pending(c: &Connection, deployment_id: i64) -> Result<Option<Pending>, DbError> {
+pub fn pending(c: &Conn<'_>, deployment_id: i64) -> Result<Option<Pending>, DbError> {
     Ok(c.prepare_cached(
         "SELECT status, created_at, triggered_by, triggered_by_user, approved_by, approved_at
              FROM deployments WHERE id = ?1",
@@ -34,11 +34,7 @@ pub fn pending(c: &Connection, deployment_id: i64) -> Result<Option<Pending>, Db
 }
 
 /// Record the person behind a new deployment (for the self-approval rule).
-pub fn set_triggered_by_user(
-    tx: &Transaction<'_>,
-    deployment_id: i64,
-    user_id: Option<i64>,
-) -> Result<(), DbError> {
+pub fn set_triggered_by_user(tx: &Tx<'_>, deployment_id: i64, user_id: Option<i64>) -> Result<(), DbError> {
     tx.execute(
         "UPDATE deployments SET triggered_by_user = ?2 WHERE id = ?1",
         params![deployment_id, user_id],
@@ -48,7 +44,7 @@ pub fn set_triggered_by_user(
 
 /// `awaiting_approval` → `waiting`, naming the approver; false when it no longer awaits.
 pub fn approve(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     deployment_id: i64,
     by: &str,
     by_user: Option<i64>,
@@ -63,13 +59,7 @@ pub fn approve(
 
 /// `awaiting_approval` → `status` (`cancelled` or `expired`) with `error`; false when it no
 /// longer awaits.
-pub fn end(
-    tx: &Transaction<'_>,
-    deployment_id: i64,
-    status: &str,
-    error: &str,
-    now: i64,
-) -> Result<bool, DbError> {
+pub fn end(tx: &Tx<'_>, deployment_id: i64, status: &str, error: &str, now: i64) -> Result<bool, DbError> {
     Ok(tx.execute(
         "UPDATE deployments SET status = ?2, error = ?3, finished_at = ?4
          WHERE id = ?1 AND status = 'awaiting_approval'",
@@ -79,7 +69,7 @@ pub fn end(
 
 /// The deployments that have awaited approval since before `created_before`:
 /// `(id, environment id, project id)`.
-pub fn overdue(c: &Connection, created_before: i64) -> Result<Vec<(i64, i64, i64)>, DbError> {
+pub fn overdue(c: &Conn<'_>, created_before: i64) -> Result<Vec<(i64, i64, i64)>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id, environment_id, project_id FROM deployments
          WHERE status = 'awaiting_approval' AND created_at < ?1 ORDER BY id",
@@ -89,7 +79,7 @@ pub fn overdue(c: &Connection, created_before: i64) -> Result<Vec<(i64, i64, i64
 }
 
 /// How many deployments of each environment await approval: `(environment id, count)`.
-pub fn awaiting_per_environment(c: &Connection) -> Result<Vec<(i64, i64)>, DbError> {
+pub fn awaiting_per_environment(c: &Conn<'_>) -> Result<Vec<(i64, i64)>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT environment_id, count(*) FROM deployments WHERE status = 'awaiting_approval' GROUP BY environment_id",
     )?;

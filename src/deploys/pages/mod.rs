@@ -363,7 +363,7 @@ pub async fn deployment_page(
 }
 
 /// The newest stored lines, oldest first.
-fn last_lines(c: &rusqlite::Connection, id: i64) -> Result<Vec<LogLine>, crate::db::DbError> {
+fn last_lines(c: &crate::db::Conn<'_>, id: i64) -> Result<Vec<LogLine>, crate::db::DbError> {
     let max_seq = store::max_seq(c, id)?.unwrap_or(0);
     store::logs(c, id, max_seq - MAX_SHOWN_LINES, MAX_SHOWN_LINES)
 }

@@ -3,7 +3,7 @@
 //! project roles at every sign-in, refuse (and end the sessions of) a person the mapping no
 //! longer lets in. One transaction, audited.
 
-use rusqlite::Transaction;
+use crate::db::Tx;
 
 use super::{Admission, Claims, admit, store, username_hint};
 use crate::access::store::{oidc_source, replace_source};
@@ -43,12 +43,7 @@ pub async fn sign_in(
     Ok(outcome)
 }
 
-fn apply(
-    tx: &Transaction<'_>,
-    p: &OidcProvider,
-    c: &Claims,
-    from: &str,
-) -> Result<(Outcome, Option<i64>), UserError> {
+fn apply(tx: &Tx<'_>, p: &OidcProvider, c: &Claims, from: &str) -> Result<(Outcome, Option<i64>), UserError> {
     let now = now_ms();
     let actor = format!("oidc:{}", p.name);
     let who = format!(
@@ -97,7 +92,7 @@ fn apply(
 /// The first sign-in the mapping allows: a new account with a unique username, bound to
 /// `(issuer, sub)`.
 fn create(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     p: &OidcProvider,
     c: &Claims,
     a: &Admission,
@@ -145,7 +140,7 @@ fn create(
 /// The global role and the `oidc:<provider>` project roles the mapping gives, written now.
 /// The last enabled admin keeps admin (logged and audited). Answers whether the role changed.
 fn rewrite_roles(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     p: &OidcProvider,
     user: &User,
     a: &Admission,

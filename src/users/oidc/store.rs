@@ -1,6 +1,6 @@
 //! SQL for `oidc_identities` (V19): a person's bindings to `(issuer, subject)` pairs.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Conn, OptionalExtension, Tx, params};
 
 use crate::db::{DbError, rfc3339};
 
@@ -19,7 +19,7 @@ pub struct Identity {
 
 const COLUMNS: &str = "id, user_id, provider, issuer, subject, email, created_at, last_sign_in_at";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Identity> {
+fn from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<Identity> {
     Ok(Identity {
         id: r.get(0)?,
         user_id: r.get(1)?,
@@ -33,7 +33,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Identity> {
 }
 
 /// The identity bound to this issuer's subject.
-pub fn by_subject(c: &Connection, issuer: &str, subject: &str) -> Result<Option<Identity>, DbError> {
+pub fn by_subject(c: &Conn<'_>, issuer: &str, subject: &str) -> Result<Option<Identity>, DbError> {
     Ok(c.query_row(
         &format!("SELECT {COLUMNS} FROM oidc_identities WHERE issuer = ?1 AND subject = ?2"),
         params![issuer, subject],
@@ -43,7 +43,7 @@ pub fn by_subject(c: &Connection, issuer: &str, subject: &str) -> Result<Option<
 }
 
 /// Every identity, ordered by user then provider (for the Users page).
-pub fn all(c: &Connection) -> Result<Vec<Identity>, DbError> {
+pub fn all(c: &Conn<'_>) -> Result<Vec<Identity>, DbError> {
     let mut stmt = c.prepare(&format!(
         "SELECT {COLUMNS} FROM oidc_identities ORDER BY user_id, provider, id"
     ))?;
@@ -58,17 +58,17 @@ pub struct NewIdentity<'a> {
     pub email: Option<&'a str>,
 }
 
-pub fn insert(tx: &Transaction<'_>, n: &NewIdentity<'_>, now: i64) -> Result<i64, DbError> {
-    tx.execute(
+pub fn insert(tx: &Tx<'_>, n: &NewIdentity<'_>, now: i64) -> Result<i64, DbError> {
+    Ok(tx.query_row(
         "INSERT INTO oidc_identities (user_id, provider, issuer, subject, email, created_at, last_sign_in_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
         params![n.user_id, n.provider, n.issuer, n.subject, n.email, now],
-    )?;
-    Ok(tx.last_insert_rowid())
+        |r| r.get(0),
+    )?)
 }
 
 /// A sign-in through this identity: the e-mail it now has, and when.
-pub fn touch(tx: &Transaction<'_>, id: i64, email: Option<&str>, now: i64) -> Result<(), DbError> {
+pub fn touch(tx: &Tx<'_>, id: i64, email: Option<&str>, now: i64) -> Result<(), DbError> {
     tx.execute(
         "UPDATE oidc_identities SET email = ?2, last_sign_in_at = ?3 WHERE id = ?1",
         params![id, email, now],
