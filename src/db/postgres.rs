@@ -27,6 +27,9 @@ const BASELINE: &str = include_str!("../../migrations/postgres/baseline.sql");
 
 pub(super) struct PgStore {
     pool: PgPool,
+    /// One write transaction at a time per replica, as SQLite's single writer: the others wait
+    /// here rather than each holding a connection while queued on the advisory lock.
+    writer: std::sync::Mutex<()>,
 }
 
 impl PgStore {
@@ -35,7 +38,10 @@ impl PgStore {
         let mut client = pool.get().map_err(SqlError::from)?;
         migrate(&mut client, pool.shown())?;
         pool.put(client);
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            writer: std::sync::Mutex::new(()),
+        })
     }
 
     pub(super) fn shown(&self) -> &str {
@@ -47,6 +53,7 @@ impl PgStore {
         E: From<DbError>,
         F: FnOnce(&Tx<'_>) -> Result<T, E>,
     {
+        let _turn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.transaction(
             &format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
             |session| f(&Tx::new(Conn::pg(session))),
@@ -72,8 +79,15 @@ impl PgStore {
         F: FnOnce(&Session) -> Result<T, E>,
     {
         let sql_err = |e: postgres::Error| E::from(DbError::Sql(SqlError::Postgres(e)));
-        let mut client = self.pool.get().map_err(|e| E::from(DbError::Sql(e.into())))?;
-        client.batch(begin).map_err(sql_err)?;
+        let pool_err = |e: super::sql::PgError| E::from(DbError::Sql(e.into()));
+        let mut client = self.pool.get().map_err(pool_err)?;
+        if client.batch(begin).is_err() {
+            // An idle connection the server closed meanwhile (a restart, a failover): once more
+            // on a new one.
+            drop(client);
+            client = self.pool.get().map_err(pool_err)?;
+            client.batch(begin).map_err(sql_err)?;
+        }
         let session = Session::new(client);
         let out = f(&session);
         let mut client = session.into_client();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -30,10 +30,22 @@ pub enum PgError {
     Tls(String),
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(postgres::Error),
+    #[error("no PostgreSQL connection free after {} s (all {MAX_CONNECTIONS} busy)", WAIT_FOR_CONNECTION.as_secs())]
+    Exhausted,
 }
 
-/// Most idle connections kept per replica.
-const IDLE: usize = 8;
+/// Open connections counted against [`MAX_CONNECTIONS`], and the idle ones.
+#[derive(Default)]
+struct Slots {
+    open: usize,
+    idle: Vec<PgClient>,
+}
+
+/// Most connections one replica opens (a request waits for one beyond that: PostgreSQL's own
+/// default limit is 100 for every replica and tool together).
+const MAX_CONNECTIONS: usize = 16;
+/// How long a request waits for a free connection before it is an error.
+const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(10);
 /// Most statements one connection keeps prepared.
 const CACHED_STATEMENTS: usize = 256;
 
@@ -41,7 +53,7 @@ const CACHED_STATEMENTS: usize = 256;
 pub struct PgPool {
     config: postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
-    idle: Mutex<Vec<PgClient>>,
+    slots: Arc<(Mutex<Slots>, Condvar)>,
     /// The URL without its password, for logs and errors.
     shown: String,
 }
@@ -63,7 +75,7 @@ impl PgPool {
             shown: redact(&url),
             tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(root_cert.map(PathBuf::from))?),
             config,
-            idle: Mutex::new(Vec::new()),
+            slots: Arc::default(),
         })
     }
 
@@ -72,32 +84,68 @@ impl PgPool {
         &self.shown
     }
 
-    /// An idle connection, or a new one.
+    /// An idle connection, or a new one while fewer than [`MAX_CONNECTIONS`] are open; else wait
+    /// for one to come back.
     pub fn get(&self) -> Result<PgClient, PgError> {
+        let (lock, freed) = &*self.slots;
+        let deadline = std::time::Instant::now() + WAIT_FOR_CONNECTION;
+        let mut slots = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            match idle {
-                Some(c) if !c.client.is_closed() => return Ok(c),
-                Some(_) => continue,
-                None => break,
+            while let Some(c) = slots.idle.pop() {
+                if !c.client.is_closed() {
+                    return Ok(c);
+                }
+                // Dropped after the lock is released (its Drop takes it).
+                slots.open -= 1;
+                c.forget_slot();
+            }
+            if slots.open < MAX_CONNECTIONS {
+                slots.open += 1;
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(PgError::Exhausted);
+            }
+            slots = freed
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(slots);
+        match self.config.connect(self.tls.clone()) {
+            Ok(client) => Ok(PgClient {
+                client,
+                statements: HashMap::new(),
+                slots: Some(Arc::clone(&self.slots)),
+            }),
+            Err(e) => {
+                Slot(Arc::clone(&self.slots)).release();
+                Err(PgError::Connect(e))
             }
         }
-        let client = self.config.connect(self.tls.clone()).map_err(PgError::Connect)?;
-        Ok(PgClient {
-            client,
-            statements: HashMap::new(),
-        })
     }
 
-    /// Give a connection back after a finished transaction.
+    /// Give a connection back after a finished transaction (a closed one is let go).
     pub fn put(&self, c: PgClient) {
         if c.client.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < IDLE {
-            idle.push(c);
-        }
+        let (lock, freed) = &*self.slots;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).idle.push(c);
+        freed.notify_one();
+    }
+}
+
+/// A connection's claim on one of the pool's slots.
+struct Slot(Arc<(Mutex<Slots>, Condvar)>);
+
+impl Slot {
+    fn release(self) {
+        let (lock, freed) = &*self.0;
+        let mut slots = lock.lock().unwrap_or_else(|p| p.into_inner());
+        slots.open = slots.open.saturating_sub(1);
+        freed.notify_one();
     }
 }
 
@@ -169,13 +217,28 @@ fn tls_config(root_cert: Option<PathBuf>) -> Result<rustls::ClientConfig, PgErro
         .with_no_client_auth())
 }
 
-/// One connection and the statements it has prepared.
+/// One connection and the statements it has prepared. Dropping it (a broken connection, a
+/// transaction that did not end cleanly) closes it and frees its slot.
 pub struct PgClient {
     pub(crate) client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    slots: Option<Arc<(Mutex<Slots>, Condvar)>>,
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(slots) = self.slots.take() {
+            Slot(slots).release();
+        }
+    }
 }
 
 impl PgClient {
+    /// Already uncounted (the pool did it under its lock).
+    fn forget_slot(mut self) {
+        self.slots = None;
+    }
+
     pub fn batch(&mut self, sql: &str) -> Result<(), postgres::Error> {
         self.client.batch_execute(sql)
     }
@@ -429,5 +492,44 @@ mod tests {
         let half = numeric_bytes(2, 0, 0, 1, &[1, 5000]);
         assert_eq!(numeric(&half).unwrap(), Value::Real(1.5));
         assert_eq!(numeric(&numeric_bytes(0, 0, 0, 0, &[])).unwrap(), Value::Int(0));
+    }
+
+    #[test]
+    fn a_replica_opens_at_most_its_connections_and_a_waiter_gets_one_back() {
+        let Some(url) = crate::db::postgres::test_database("pool") else {
+            return;
+        };
+        let pool = Arc::new(PgPool::new(&url).unwrap());
+        let held: Vec<PgClient> = (0..MAX_CONNECTIONS).map(|_| pool.get().unwrap()).collect();
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.get().map(|mut c| c.batch("SELECT 1").is_ok()))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "a 17th connection was opened");
+        let mut held = held.into_iter();
+        pool.put(held.next().unwrap());
+        assert!(
+            waiter.join().unwrap().unwrap(),
+            "the waiter got the connection given back"
+        );
+        // A dropped (broken) connection frees its slot too.
+        drop(held.next());
+        let mut again = pool.get().unwrap();
+        assert!(again.batch("SELECT 1").is_ok());
+        let open: i64 = {
+            let row = again
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'stagely'",
+                    &[],
+                )
+                .unwrap();
+            row.get(0)
+        };
+        assert!(
+            usize::try_from(open).unwrap() <= MAX_CONNECTIONS,
+            "{open} connections open"
+        );
     }
 }
