@@ -79,8 +79,20 @@ impl Db {
 
     /// Connect to PostgreSQL at `url` and run pending migrations (once across replicas).
     pub fn open_postgres(url: &str) -> Result<Db, DbError> {
+        // The blocking client runs a runtime of its own, which cannot start on a thread that
+        // drives tokio tasks (`App::start` inside `#[tokio::main]`, a test): connect and migrate
+        // on a thread of their own then.
+        let store = if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| postgres::PgStore::open(url))
+                    .join()
+                    .map_err(|_| DbError::Task("connecting to PostgreSQL panicked".to_owned()))?
+            })?
+        } else {
+            postgres::PgStore::open(url)?
+        };
         Ok(Db {
-            inner: Arc::new(Store::Postgres(postgres::PgStore::open(url)?)),
+            inner: Arc::new(Store::Postgres(store)),
         })
     }
 

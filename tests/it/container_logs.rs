@@ -29,14 +29,13 @@ async fn connect(api: &Api, token: &str, capabilities: &[&str]) -> (TestAgent, S
 }
 
 fn audited(server: &TestServer) -> Vec<String> {
-    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT actor || ' ' || detail FROM audit_log WHERE action = 'service.logs' ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let db = crate::common::open_db(&server.data_dir());
+    db.rows(
+        "SELECT actor || ' ' || detail FROM audit_log WHERE action = 'service.logs' ORDER BY id",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 /// The next frame that is not RUNTIME-related noise, within `t`.
@@ -209,7 +208,7 @@ async fn lines_are_masked_on_both_ends_and_only_the_asked_agent_is_heard() {
         "{audit:?}"
     );
     // Nothing of the lines is stored anywhere in the database.
-    let db = std::fs::read(server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::store::store_bytes(&server.data_dir());
     assert!(
         !String::from_utf8_lossy(&db).contains("second"),
         "no line in the DB file"
