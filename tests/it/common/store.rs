@@ -331,7 +331,9 @@ fn decode_bytea(dump: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `pg_dump` of the database at `url` (schema and data, plain text).
+/// The rows of every table of the database at `url`, as `pg_dump --data-only` writes them
+/// (plain text), without its own lines (`COPY t (columns…)` headers, comments, settings): the
+/// values and nothing else, so a search finds what the appliance stored, not a column's name.
 pub fn pg_dump(url: &str) -> Vec<u8> {
     let bin = std::fs::read_dir("/usr/lib/postgresql")
         .expect("PostgreSQL's binaries in /usr/lib/postgresql")
@@ -346,7 +348,7 @@ pub fn pg_dump(url: &str) -> Vec<u8> {
         })
         .expect("pg_dump");
     let out = std::process::Command::new(bin)
-        .args(["--no-owner", "--dbname", url])
+        .args(["--data-only", "--no-owner", "--dbname", url])
         .output()
         .unwrap();
     assert!(
@@ -354,9 +356,46 @@ pub fn pg_dump(url: &str) -> Vec<u8> {
         "pg_dump failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let dump = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.stdout.windows(11).any(|w| w == b"deployments"),
-        "a dump without the schema"
+        dump.contains("COPY public.deployments "),
+        "a dump without the deployments table"
     );
-    out.stdout
+    let mut rows = Vec::with_capacity(dump.len());
+    for line in dump.lines() {
+        let own = ["COPY ", "--", "SET ", "SELECT pg_catalog."]
+            .iter()
+            .any(|p| line.starts_with(p));
+        if !own && line != "\\." {
+            rows.extend_from_slice(line.as_bytes());
+            rows.push(b'\n');
+            // And as stored: COPY writes a tab, a newline or a backslash in a value escaped.
+            rows.extend_from_slice(unescape_copy(line).as_bytes());
+            rows.push(b'\n');
+        }
+    }
+    rows
+}
+
+/// A COPY text line with its escapes (`\\t`, `\\n`, `\\\\` …) undone.
+fn unescape_copy(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
