@@ -42,7 +42,7 @@ async fn closes_within(ws: &mut Ws, within: Duration) -> bool {
 }
 
 fn audit_actions(data_dir: &std::path::Path) -> Vec<(String, String)> {
-    let c = crate::common::open_db(&data_dir);
+    let c = crate::common::open_db(data_dir);
     c.rows("SELECT action, detail FROM audit_log ORDER BY id", [], |r| {
         Ok((r.get(0)?, r.get(1)?))
     })
@@ -51,7 +51,7 @@ fn audit_actions(data_dir: &std::path::Path) -> Vec<(String, String)> {
 
 /// Every byte of the database (file and write-ahead log) as text, for a canary search.
 fn db_bytes(data_dir: &std::path::Path) -> String {
-    String::from_utf8_lossy(&crate::common::store::store_bytes(&data_dir)).into_owned()
+    String::from_utf8_lossy(&crate::common::store::store_bytes(data_dir)).into_owned()
 }
 
 /// Signed in from the session page: 200 on /account.

@@ -10,7 +10,7 @@ use crate::common::{Api, ServerProcess, TestAgent, admin_token, wait_for};
 use crate::web_support::{WebServer, between};
 
 fn db_of(data_dir: &std::path::Path) -> crate::common::StoreDb {
-    crate::common::open_db(&data_dir)
+    crate::common::open_db(data_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

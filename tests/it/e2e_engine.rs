@@ -282,12 +282,10 @@ services:
     for form in &forms {
         assert!(!shown.contains(form.as_str()), "{form} shown: {shown}");
         assert!(!stack.logs_contain(form), "{form} in a process log");
-        for bytes in [&db] {
-            assert!(
-                !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
-                "{form} stored"
-            );
-        }
+        assert!(
+            !db.windows(form.len()).any(|w| w == form.as_bytes()),
+            "{form} stored"
+        );
     }
 }
 

@@ -105,7 +105,7 @@ async fn rotate(api: &Api, pid: i64) -> String {
 }
 
 async fn audit_actions(data: &std::path::Path) -> Vec<(String, String, String)> {
-    let db = crate::common::open_db(&data);
+    let db = crate::common::open_db(data);
     db.read_blocking(|c| {
         let mut stmt = c.prepare("SELECT actor, action, detail FROM audit_log ORDER BY id")?;
         let rows = stmt

@@ -112,12 +112,10 @@ async fn a_1_mib_line_is_masked_then_cut_and_the_cap_ends_the_log_not_the_deploy
     let stored = crate::common::store::store_bytes(&server.data_dir());
     for form in encodings_of_canary() {
         assert!(!all.contains(&form), "{form} shown");
-        for bytes in [&stored] {
-            assert!(
-                !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
-                "{form} stored"
-            );
-        }
+        assert!(
+            !stored.windows(form.len()).any(|w| w == form.as_bytes()),
+            "{form} stored"
+        );
     }
     server.stop().await;
 }

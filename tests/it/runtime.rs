@@ -20,7 +20,7 @@ fn db(server: &TestServer) -> crate::common::StoreDb {
 }
 
 fn db_at(data: &std::path::Path) -> crate::common::StoreDb {
-    crate::common::open_db(&data)
+    crate::common::open_db(data)
 }
 
 fn audited(server: &TestServer, action: &str) -> Vec<String> {

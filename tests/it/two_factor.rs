@@ -108,7 +108,7 @@ async fn second_step(c: &mut WebClient, code: &str) -> (u16, String) {
 }
 
 fn audit(server_dir: &std::path::Path) -> Vec<(String, Option<String>)> {
-    let c = crate::common::open_db(&server_dir);
+    let c = crate::common::open_db(server_dir);
     c.rows("SELECT action, detail FROM audit_log ORDER BY id", [], |r| {
         Ok((r.get(0)?, r.get(1)?))
     })
@@ -117,7 +117,7 @@ fn audit(server_dir: &std::path::Path) -> Vec<(String, Option<String>)> {
 
 /// Every byte of the database (file and write-ahead log) as text, for a canary search.
 fn db_text(data_dir: &std::path::Path) -> String {
-    String::from_utf8_lossy(&crate::common::store::store_bytes(&data_dir)).into_owned()
+    String::from_utf8_lossy(&crate::common::store::store_bytes(data_dir)).into_owned()
 }
 
 fn assert_nowhere(text: &str, secret: &str, codes: &[String], what: &str) {
