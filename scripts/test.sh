@@ -6,6 +6,11 @@
 #   scripts/test.sh            # everything (what CI runs)
 #   scripts/test.sh --quick    # the edit-test loop: unit tests and in-process integration tests;
 #                              # no installer, no engine, no browser, no release build
+#   scripts/test.sh --quick --postgres   # the quick tier's integration tests on PostgreSQL
+#
+# The full run then runs the integration suite (`--test it`) a second time with every appliance
+# on PostgreSQL (STAGELY_TEST_STORE=postgres, tests/it/common/store.rs); the quick tier stays on
+# SQLite unless given --postgres.
 #
 # Other arguments go to `cargo test` (a test name filter, `-- --nocapture` …). docs/testing.md
 # says which tier covers what.
@@ -15,6 +20,11 @@ cd "$(dirname "$0")/.."
 quick=0
 if [ "${1:-}" = "--quick" ]; then
   quick=1
+  shift
+fi
+quick_postgres=0
+if [ "$quick" = 1 ] && [ "${1:-}" = "--postgres" ]; then
+  quick_postgres=1
   shift
 fi
 
@@ -39,10 +49,15 @@ if [ "$quick" = 1 ]; then
   # runs: unit tests of every crate, and the integration tests against in-process appliances,
   # real SQLite files and real WebSockets.
   cargo build --workspace --bins
-  cargo test --workspace --all-targets "$@" -- \
-    --skip agent_engine:: --skip e2e_engine:: --skip web_browser:: --skip packaging:: \
-    --skip operations:: --skip bench_quick:: --skip agent_git:: --skip agent_override:: --skip agent_run:: --skip agent_policy:: --skip compose_names:: \
-    --skip faults:: --skip log_resend:: --skip hooks_engine:: --skip cancel_engine:: --skip releases_engine:: --skip agent_release:: --skip container_logs_engine:: --skip actions_engine::
+  skips=(--skip agent_engine:: --skip e2e_engine:: --skip web_browser:: --skip packaging::
+    --skip operations:: --skip bench_quick:: --skip agent_git:: --skip agent_override:: --skip agent_run:: --skip agent_policy:: --skip compose_names::
+    --skip faults:: --skip log_resend:: --skip hooks_engine:: --skip cancel_engine:: --skip releases_engine:: --skip agent_release:: --skip container_logs_engine:: --skip actions_engine::)
+  if [ "$quick_postgres" = 1 ]; then
+    echo "=== the quick tier's integration tests with every appliance on PostgreSQL ===" >&2
+    STAGELY_TEST_STORE=postgres cargo test --workspace --test it "$@" -- "${skips[@]}"
+  else
+    cargo test --workspace --all-targets "$@" -- "${skips[@]}"
+  fi
   exit 0
 fi
 
@@ -63,3 +78,8 @@ if [ "${STAGELY_SKIP_RELEASE_BUILD:-0}" != 1 ]; then
   packaging/build.sh
 fi
 cargo test --workspace --all-targets "$@"
+# The same integration suite again, every appliance on a PostgreSQL database of its own (issue
+# 17: one store interface, the same behaviour on both). Tests only SQLite can run say so and stay
+# on SQLite (tests/it/common/store.rs, sqlite_only).
+echo "=== the integration suite again, with every appliance on PostgreSQL (STAGELY_TEST_STORE=postgres) ===" >&2
+STAGELY_TEST_STORE=postgres cargo test --workspace --test it "$@"

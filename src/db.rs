@@ -79,8 +79,11 @@ impl Db {
 
     /// Connect to PostgreSQL at `url` and run pending migrations (once across replicas).
     pub fn open_postgres(url: &str) -> Result<Db, DbError> {
+        // The blocking client runs a runtime of its own, which cannot start on a thread that
+        // drives tokio tasks (`App::start` inside `#[tokio::main]`, a test): connect and migrate
+        // on a thread of their own then.
         Ok(Db {
-            inner: Arc::new(Store::Postgres(postgres::PgStore::open(url)?)),
+            inner: Arc::new(Store::Postgres(off_runtime(|| postgres::PgStore::open(url))?)),
         })
     }
 
@@ -124,7 +127,7 @@ impl Db {
         F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || db.write_blocking(f))
+        tokio::task::spawn_blocking(move || db.write_here(f))
             .await
             .map_err(|e| E::from(DbError::Task(e.to_string())))?
     }
@@ -137,7 +140,7 @@ impl Db {
         F: FnOnce(&Conn<'_>) -> Result<T, E> + Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || db.read_blocking(f))
+        tokio::task::spawn_blocking(move || db.read_here(f))
             .await
             .map_err(|e| E::from(DbError::Task(e.to_string())))?
     }
@@ -164,8 +167,34 @@ impl Db {
         self.read(f).await
     }
 
-    /// Blocking write, for CLI commands that run without a runtime.
+    /// Blocking write, for CLI commands and the start (a tokio task's thread is fine too: on
+    /// PostgreSQL the transaction then runs on a thread of its own, see [`off_runtime`]).
     pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send,
+        E: From<DbError> + Send,
+        F: FnOnce(&Tx<'_>) -> Result<T, E> + Send,
+    {
+        match &*self.inner {
+            Store::Sqlite(s) => s.write_blocking(f),
+            Store::Postgres(p) => off_runtime(|| p.write_blocking(f)),
+        }
+    }
+
+    pub fn read_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send,
+        E: From<DbError> + Send,
+        F: FnOnce(&Conn<'_>) -> Result<T, E> + Send,
+    {
+        match &*self.inner {
+            Store::Sqlite(s) => s.read_blocking(f),
+            Store::Postgres(p) => off_runtime(|| p.read_blocking(f)),
+        }
+    }
+
+    /// [`Db::write_blocking`] on a thread that drives no tokio task (the blocking pool's).
+    fn write_here<T, E, F>(&self, f: F) -> Result<T, E>
     where
         E: From<DbError>,
         F: FnOnce(&Tx<'_>) -> Result<T, E>,
@@ -176,7 +205,7 @@ impl Db {
         }
     }
 
-    pub fn read_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    fn read_here<T, E, F>(&self, f: F) -> Result<T, E>
     where
         E: From<DbError>,
         F: FnOnce(&Conn<'_>) -> Result<T, E>,
@@ -217,6 +246,19 @@ impl Db {
             }
         }
     }
+}
+
+/// Run `f` where the blocking PostgreSQL client can: it drives a runtime of its own, which
+/// cannot start on a thread inside tokio's (`App::open` under `#[tokio::main]` or a test), so
+/// there `f` runs on a thread of its own; elsewhere (the blocking pool, a CLI command) right here.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 /// Create a directory (and parents) readable by its owner only.

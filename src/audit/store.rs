@@ -147,7 +147,7 @@ pub fn list(
 ) -> Result<Vec<AuditEntry>, DbError> {
     let mut stmt = c.prepare_cached(
         "SELECT id, at, actor, action, target_type, target_id, target_name, project_id, detail FROM audit_log
-         WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR project_id = ?2) AND (?3 IS NULL OR actor = ?3 OR actor = 'user:' || ?3)
+         WHERE (id < ?1 OR ?1 IS NULL) AND (project_id = ?2 OR ?2 IS NULL) AND (actor = ?3 OR actor = 'user:' || ?3 OR ?3 IS NULL)
          ORDER BY id DESC LIMIT ?4",
     )?;
     let rows = stmt.query_map(params![before_id, filter.project_id, filter.actor, limit], |r| {

@@ -276,7 +276,7 @@ pub fn get(c: &Conn<'_>, id: i64) -> Result<Deployment, DeployError> {
 /// Newest first; optionally only one environment's.
 pub fn list(c: &Conn<'_>, environment_id: Option<i64>, limit: i64) -> Result<Vec<Deployment>, DeployError> {
     let mut stmt = c.prepare_cached(&format!(
-        "{SELECT} WHERE ?1 IS NULL OR d.environment_id = ?1 ORDER BY d.id DESC LIMIT ?2"
+        "{SELECT} WHERE d.environment_id = ?1 OR ?1 IS NULL ORDER BY d.id DESC LIMIT ?2"
     ))?;
     Ok(stmt
         .query_map(params![environment_id, limit], from_row)?
@@ -304,7 +304,7 @@ pub fn project_page(
 ) -> Result<HistoryPage, DeployError> {
     let limit = limit.max(1);
     let mut stmt = c.prepare_cached(&format!(
-        "{SELECT} WHERE d.project_id = ?1 AND (?2 IS NULL OR d.id < ?2) ORDER BY d.id DESC LIMIT ?3"
+        "{SELECT} WHERE d.project_id = ?1 AND (d.id < ?2 OR ?2 IS NULL) ORDER BY d.id DESC LIMIT ?3"
     ))?;
     let mut deployments: Vec<Deployment> = stmt
         .query_map(params![project_id, before, limit + 1], from_row)?

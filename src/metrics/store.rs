@@ -1,6 +1,6 @@
 //! SQL for `/metrics`: the counters the V15 triggers keep (a few rows, never a table scan).
 
-use crate::db::Conn;
+use crate::db::{Backend, Conn};
 
 use crate::db::DbError;
 
@@ -40,15 +40,32 @@ pub const TRIGGERS: [&str; 10] = [
     "metric_deploy_duration",
 ];
 
-/// Which of [`TRIGGERS`] (and the histogram table) are missing from the schema.
+/// PostgreSQL's triggers that keep the counters: one per table, each calling a function for
+/// every kind of change (migrations/postgres/baseline.sql), plus the histogram table.
+pub const PG_TRIGGERS: [&str; 4] = [
+    "metric_deployments",
+    "metric_log_lines",
+    "metric_webhook",
+    "metric_deploy_duration",
+];
+
+/// Which of the store's triggers (and the histogram table) are missing from the schema:
+/// [`TRIGGERS`] in SQLite's catalog, [`PG_TRIGGERS`] in PostgreSQL's.
 pub fn missing_triggers(c: &Conn<'_>) -> Result<Vec<&'static str>, DbError> {
-    let mut missing = Vec::new();
-    for name in TRIGGERS {
-        let found: i64 = c.query_row(
+    let (names, sql): (&[&'static str], &str) = match c.backend() {
+        Backend::Sqlite => (
+            &TRIGGERS,
             "SELECT count(*) FROM sqlite_master WHERE name = ?1 AND type IN ('trigger', 'table')",
-            [name],
-            |r| r.get(0),
-        )?;
+        ),
+        Backend::Postgres => (
+            &PG_TRIGGERS,
+            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = CAST(?1 AS TEXT) AND NOT tgisinternal)
+                  + (SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = CAST(?1 AS TEXT))",
+        ),
+    };
+    let mut missing = Vec::new();
+    for &name in names {
+        let found: i64 = c.query_row(sql, [name], |r| r.get(0))?;
         if found == 0 {
             missing.push(name);
         }

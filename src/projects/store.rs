@@ -235,7 +235,7 @@ pub fn stack_in_use(
     Ok(c.query_row(
         "SELECT e.name, e.compose_project, max(d.id) FROM environments e
          JOIN deployments d ON d.environment_id = e.id AND d.status = 'success'
-         WHERE (?1 IS NULL OR e.project_id = ?1) AND (?2 IS NULL OR e.id = ?2)
+         WHERE (e.project_id = ?1 OR ?1 IS NULL) AND (e.id = ?2 OR ?2 IS NULL)
          GROUP BY e.id ORDER BY e.id LIMIT 1",
         params![project_id, environment_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

@@ -290,7 +290,7 @@ pub fn delete_user_sessions(tx: &Tx<'_>, user_id: i64) -> Result<usize, DbError>
 /// End every session of a user but `keep` (the one changing the password); returns how many.
 pub fn delete_other_sessions(tx: &Tx<'_>, user_id: i64, keep: Option<&[u8]>) -> Result<usize, DbError> {
     Ok(tx.execute(
-        "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id_hash != ?2)",
+        "DELETE FROM sessions WHERE user_id = ?1 AND (id_hash != ?2 OR ?2 IS NULL)",
         params![user_id, keep],
     )?)
 }
@@ -648,7 +648,7 @@ pub fn touch_token(tx: &Tx<'_>, id: i64, now: i64) -> Result<(), DbError> {
 pub fn list_tokens(c: &Conn<'_>, user_id: Option<i64>) -> Result<Vec<ApiTokenInfo>, DbError> {
     let mut stmt = c.prepare(
         "SELECT id, name, role, created_at, last_used_at, revoked_at IS NOT NULL FROM api_tokens
-         WHERE (?1 IS NULL OR user_id = ?1) ORDER BY id",
+         WHERE (user_id = ?1 OR ?1 IS NULL) ORDER BY id",
     )?;
     let rows = stmt.query_map([user_id], |r| {
         let id: i64 = r.get(0)?;

@@ -199,6 +199,7 @@ async fn a_thousand_half_open_connections_from_one_address_do_not_stop_healthz_f
             "--data-dir",
         ])
         .arg(dir.path().join("data"))
+        .envs(crate::common::store_env(&dir.path().join("data")))
         .env("STAGELY_LOG_LEVEL", "info")
         .env("STAGELY_HTTP__MAX_CONNECTIONS_PER_IP", "50")
         // Long enough that no timeout is what frees them during the test.

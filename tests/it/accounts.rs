@@ -42,23 +42,16 @@ async fn closes_within(ws: &mut Ws, within: Duration) -> bool {
 }
 
 fn audit_actions(data_dir: &std::path::Path) -> Vec<(String, String)> {
-    let c = rusqlite::Connection::open(data_dir.join("stagely.db")).unwrap();
-    let mut stmt = c
-        .prepare("SELECT action, detail FROM audit_log ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let c = crate::common::open_db(data_dir);
+    c.rows("SELECT action, detail FROM audit_log ORDER BY id", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap()
 }
 
 /// Every byte of the database (file and write-ahead log) as text, for a canary search.
 fn db_bytes(data_dir: &std::path::Path) -> String {
-    let mut all = Vec::new();
-    for name in ["stagely.db", "stagely.db-wal"] {
-        all.extend(std::fs::read(data_dir.join(name)).unwrap_or_default());
-    }
-    String::from_utf8_lossy(&all).into_owned()
+    String::from_utf8_lossy(&crate::common::store::store_bytes(data_dir)).into_owned()
 }
 
 /// Signed in from the session page: 200 on /account.
@@ -351,7 +344,7 @@ async fn a_reset_link_works_once_ends_every_session_and_can_be_withdrawn() {
 
     // Expired: dead.
     let (_, third) = reset_link(&mut root, 2, &[]).await;
-    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::open_db(&server.data_dir());
     db.execute("UPDATE password_resets SET expires_at = 1", [])
         .unwrap();
     assert_eq!(
@@ -393,13 +386,14 @@ async fn a_github_only_account_has_no_password_to_change_and_gets_a_link_only_wh
     let server = WebServer::start().await;
     let mut root = server.admin("root").await;
     // A GitHub-only account, as a first GitHub sign-in creates it.
-    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
-    db.execute(
-        "INSERT INTO users (username, display_name, role, github_login, created_at) VALUES ('gh', '', 'member', 'gh', 0)",
-        [],
-    )
-    .unwrap();
-    let id = db.last_insert_rowid();
+    let db = crate::common::open_db(&server.data_dir());
+    let id: i64 = db
+        .query_row(
+            "INSERT INTO users (username, display_name, role, github_login, created_at) VALUES ('gh', '', 'member', 'gh', 0) RETURNING id",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     let (status, body) = reset_link(&mut root, id, &[]).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("has no password"), "{body}");

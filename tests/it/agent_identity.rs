@@ -43,7 +43,7 @@ async fn agent_json(api: &Api, id: i64) -> Value {
 
 /// `(action, detail)` of every audit entry about agents, oldest first.
 fn audit(server: &WebServer) -> Vec<(String, String)> {
-    let db = stagely::db::Db::open(&server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::open_db(&server.data_dir());
     db.read_blocking(|c| {
         let mut stmt =
             c.prepare("SELECT action, detail FROM audit_log WHERE action LIKE 'agent.%' ORDER BY id")?;

@@ -263,6 +263,7 @@ fn stagely(args: &[&str], data: &Path) -> std::process::Output {
         .args(args)
         .arg("--data-dir")
         .arg(data)
+        .envs(crate::common::store_env(data))
         .output()
         .unwrap()
 }

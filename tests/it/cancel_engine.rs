@@ -200,13 +200,10 @@ fn assert_nothing_left(stack: &Stack) {
 fn assert_no_canary(stack: &Stack) {
     assert!(!stack.logs_contain(CANARY), "the canary is in a process log");
     let data = stack.root.join("data");
-    for file in ["stagely.db", "stagely.db-wal"] {
-        let bytes = std::fs::read(data.join(file)).unwrap_or_default();
-        assert!(
-            !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
-            "the canary is in {file} in clear"
-        );
-    }
+    assert!(
+        !crate::common::store_contains(&data, CANARY),
+        "the canary is in the store in clear"
+    );
 }
 
 /// Start `slow` never-healthy; deploy; wait until `up` waits for it. Returns the deployment id.

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::common::{Api, cli_token, file_contains, wait_for};
+use crate::common::{Api, cli_token, wait_for};
 use crate::engine_support::{Stack, compose_processes, sh};
 use crate::prereq;
 
@@ -132,13 +132,12 @@ async fn logs_are_masked_limited_followed_and_stopped_with_the_viewer() {
     .await;
     // The canary is in no log and not in the DB.
     assert!(!stack.logs_contain(CANARY), "a log holds the canary");
-    assert!(!file_contains(&stack.root.join("data/stagely.db"), CANARY));
+    assert!(!crate::common::store_contains(&stack.root.join("data"), CANARY));
     assert!(
-        !file_contains(&stack.root.join("data/stagely.db"), &marker),
+        !crate::common::store_contains(&stack.root.join("data"), &marker),
         "no line stored"
     );
-    let audit: i64 = rusqlite::Connection::open(stack.root.join("data/stagely.db"))
-        .unwrap()
+    let audit: i64 = crate::common::open_db(&stack.root.join("data"))
         .query_row(
             "SELECT count(*) FROM audit_log WHERE action = 'service.logs'",
             [],

@@ -113,7 +113,7 @@ async fn happy_path_delivers_the_right_secrets_and_stores_logs_in_order() {
 }
 
 async fn server_audit(server: &TestServer) -> Vec<String> {
-    let db = stagely::db::Db::open(&server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::open_db(&server.data_dir());
     db.read_blocking(|c| {
         let mut stmt = c.prepare("SELECT action FROM audit_log ORDER BY id")?;
         let rows = stmt
@@ -340,7 +340,7 @@ async fn deleting_an_environment_whose_stack_runs_is_refused_until_it_is_taken_d
             .0,
         204
     );
-    let db = stagely::db::Db::open(&server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::open_db(&server.data_dir());
     let detail: String = db
         .read_blocking(|c| {
             Ok::<_, stagely::db::DbError>(c.query_row(

@@ -9,8 +9,8 @@ use serde_json::json;
 use crate::common::{Api, ServerProcess, TestAgent, admin_token, wait_for};
 use crate::web_support::{WebServer, between};
 
-fn db_of(data_dir: &std::path::Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(data_dir.join("stagely.db")).unwrap()
+fn db_of(data_dir: &std::path::Path) -> crate::common::StoreDb {
+    crate::common::open_db(data_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,6 +51,7 @@ fn cli_create_token(data_dir: &std::path::Path, name: &str) -> std::process::Out
             "--data-dir",
         ])
         .arg(data_dir)
+        .envs(crate::common::store_env(data_dir))
         .env_remove("RUST_LOG")
         .output()
         .unwrap()
@@ -94,10 +95,16 @@ async fn an_unknown_stored_role_is_an_error_not_a_viewer() {
     assert_eq!(bob.get("/projects").await.0, 200);
     {
         let db = db_of(&server.data_dir());
-        db.execute_batch(
-            "PRAGMA ignore_check_constraints = ON; UPDATE users SET role = 'owner' WHERE username = 'bob';",
-        )
-        .unwrap();
+        // A role no CHECK allows: past the constraint the way each store lets a test.
+        if crate::common::store::postgres() {
+            db.batch(
+                "ALTER TABLE users DROP CONSTRAINT users_role_check; UPDATE users SET role = 'owner' WHERE username = 'bob';",
+            );
+        } else {
+            db.as_sqlite_batch(
+                "PRAGMA ignore_check_constraints = ON; UPDATE users SET role = 'owner' WHERE username = 'bob';",
+            );
+        }
     }
     // Bob is not quietly a viewer: his session cannot be read at all.
     let (status, _) = bob.get("/projects").await;
@@ -137,7 +144,7 @@ async fn a_log_that_cannot_be_masked_is_withheld_and_the_deployment_says_why() {
     server.kill().await;
     drop(agent);
     db_of(&data)
-        .execute("UPDATE secrets SET encrypted_value = X'00'", [])
+        .execute("UPDATE secrets SET encrypted_value = ?1", [vec![0u8]])
         .unwrap();
     let server = ServerProcess::spawn(&data, &format!("127.0.0.1:{port}"), &[], &log).await;
 

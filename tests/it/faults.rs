@@ -568,12 +568,10 @@ async fn check_traces(stack: &Stack, run: &mut Run<'_>, value: &str, deployments
                 || format!("{needle:?} is in {log}"),
             );
         }
-        for db in ["stagely.db", "stagely.db-wal"] {
-            let path = stack.root.join("data").join(db);
-            run.check(!crate::common::file_contains(&path, needle), || {
-                format!("{needle:?} is in the bytes of {db}")
-            });
-        }
+        run.check(
+            !crate::common::store_contains(&stack.root.join("data"), needle),
+            || format!("{needle:?} is in the bytes of the store"),
+        );
     }
     for &id in deployments {
         let (_, d) = stack.api.get(&format!("/api/deployments/{id}")).await;

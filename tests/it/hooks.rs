@@ -105,7 +105,7 @@ async fn rotate(api: &Api, pid: i64) -> String {
 }
 
 async fn audit_actions(data: &std::path::Path) -> Vec<(String, String, String)> {
-    let db = stagely::db::Db::open(&data.join("stagely.db")).unwrap();
+    let db = crate::common::open_db(data);
     db.read_blocking(|c| {
         let mut stmt = c.prepare("SELECT actor, action, detail FROM audit_log ORDER BY id")?;
         let rows = stmt
@@ -572,7 +572,7 @@ async fn environment_triggers_are_validated_and_a_flood_stays_bounded() {
             .await;
         assert_eq!(s, 401);
     }
-    let db = stagely::db::Db::open(&server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::open_db(&server.data_dir());
     let (rejected, other, audited): (i64, i64, i64) = db
         .read_blocking(|c| {
             Ok::<_, stagely::db::DbError>(c.query_row(

@@ -76,18 +76,16 @@ async fn a_canary_secret_appears_nowhere_but_the_agent() {
     );
 
     // The SQLite file and its WAL, while the server still runs (the WAL is not yet folded in).
-    for file in ["stagely.db", "stagely.db-wal"] {
-        assert!(
-            !file_contains(&data.join(file), CANARY),
-            "{file} holds the canary in clear"
-        );
-    }
     assert!(
-        data.join("stagely.db-wal").exists(),
+        !crate::common::store_contains(&data, CANARY),
+        "the store holds the canary in clear"
+    );
+    assert!(
+        crate::common::store::postgres() || data.join("stagely.db-wal").exists(),
         "the WAL was checked, not skipped"
     );
     server.terminate().await;
-    assert!(!file_contains(&data.join("stagely.db"), CANARY));
+    assert!(!crate::common::store_contains(&data, CANARY));
     assert!(!file_contains(&log, CANARY), "the server log leaked the canary");
     assert!(
         std::fs::read_to_string(&log)
@@ -206,6 +204,7 @@ async fn shutdown_closes_agents_with_a_reason_and_rotation_keeps_secrets() {
         std::process::Command::new(env!("CARGO_BIN_EXE_stagely"))
             .args(["admin", "rotate-key", "--data-dir"])
             .arg(&data)
+            .envs(crate::common::store_env(&data))
             .output()
             .unwrap()
     };
@@ -236,6 +235,7 @@ async fn shutdown_closes_agents_with_a_reason_and_rotation_keeps_secrets() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagely"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        .envs(crate::common::store_env(&data))
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -49,7 +49,8 @@ async fn start(env: impl FnOnce(&std::path::Path) -> Vec<(&'static str, String)>
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = load(dir.path(), &url, &env(dir.path())).unwrap();
+    let mut config = load(dir.path(), &url, &env(dir.path())).unwrap();
+    crate::common::use_test_store(&mut config, &dir.path().join("data"));
     let app = App::start(config).unwrap();
     let (metrics_addr, setup_link) = (app.metrics_addr, app.setup_link.clone());
     let shutdown = app.state.shutdown.clone();
@@ -382,29 +383,25 @@ async fn scrape_cost_on_a_big_database() {
     let cli = Api::new(&server.url, &admin_token(&server.data));
     let (_, envs) = cli.project("big", &["prod"]).await;
     let filled = Instant::now();
-    let db = rusqlite::Connection::open(server.data.join("stagely.db")).unwrap();
-    db.busy_timeout(Duration::from_secs(30)).unwrap();
-    db.execute_batch("BEGIN").unwrap();
-    {
-        let mut dep = db
-            .prepare(
-                "INSERT INTO deployments (project_id, environment_id, status, git_ref, triggered_by, created_at, queued_at, finished_at)
-                 SELECT project_id, ?1, 'success', 'main', 'bench', ?2, ?2, ?2 + ?3 FROM environments WHERE id = ?1",
-            )
-            .unwrap();
-        let mut log = db
-            .prepare("INSERT INTO deployment_logs VALUES (?1, ?2, 'stdout', 'a line of a deploy log, as long as most', 0)")
-            .unwrap();
+    let db = crate::common::open_db(&server.data);
+    let env = envs[0];
+    db.write(|tx| {
+        let mut dep = tx.prepare(
+            "INSERT INTO deployments (project_id, environment_id, status, git_ref, triggered_by, created_at, queued_at, finished_at)
+             SELECT project_id, ?1, 'success', 'main', 'bench', ?2, ?2, ?2 + ?3 FROM environments WHERE id = ?1
+             RETURNING id",
+        )?;
+        let mut log = tx.prepare(
+            "INSERT INTO deployment_logs VALUES (?1, ?2, 'stdout', 'a line of a deploy log, as long as most', 0)",
+        )?;
         for i in 0..deployments {
-            dep.execute(rusqlite::params![envs[0], i * 1000, (i % 700) * 1000])
-                .unwrap();
-            let id = db.last_insert_rowid();
+            let id: i64 = dep.query_row(stagely::db::params![env, i * 1000, (i % 700) * 1000], |r| r.get(0))?;
             for seq in 0..lines_each {
-                log.execute(rusqlite::params![id, seq]).unwrap();
+                log.execute(stagely::db::params![id, seq])?;
             }
         }
-    }
-    db.execute_batch("COMMIT").unwrap();
+        Ok(())
+    });
     println!(
         "filled {deployments} deployments and {} log lines in {:?}",
         deployments * lines_each,

@@ -372,15 +372,18 @@ async fn webhook_slack_discord_signed_retried_sent_once_and_never_a_secret() {
         !file_contains(&log, &secret),
         "the signing secret is in the server log"
     );
-    for f in ["stagely.db", "stagely.db-wal"] {
-        let p = data.join(f);
-        assert!(!file_contains(&p, CANARY), "{f} holds the canary");
+    {
+        let f = "the store";
         assert!(
-            !file_contains(&p, SLACK_TOKEN),
+            !crate::common::store_contains(&data, CANARY),
+            "{f} holds the canary"
+        );
+        assert!(
+            !crate::common::store_contains(&data, SLACK_TOKEN),
             "{f} holds the Slack URL in clear"
         );
         assert!(
-            !file_contains(&p, &secret),
+            !crate::common::store_contains(&data, &secret),
             "{f} holds the signing secret in clear"
         );
     }
@@ -482,15 +485,13 @@ async fn channels_are_validated_audited_and_readable_by_viewers_only() {
     assert_eq!(s, 204);
     let (s, _) = api.delete(&format!("/api/notifications/{id}")).await;
     assert_eq!(s, 404);
-    let db = server.data_dir().join("stagely.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let actions: Vec<String> = conn
-        .prepare("SELECT action FROM audit_log WHERE target_type = 'notification' ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let actions: Vec<String> = crate::common::open_db(&server.data_dir())
+        .rows(
+            "SELECT action FROM audit_log WHERE target_type = 'notification' ORDER BY id",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(actions, vec!["notify.create", "notify.delete"]);
     server.stop().await;
 }
@@ -505,6 +506,7 @@ async fn in_process(
         ..Default::default()
     };
     let mut config = stagely::config::Config::load(None, Vec::new(), &overrides).unwrap();
+    crate::common::use_test_store(&mut config, &dir.path().join("data"));
     tweak(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     config.bound_to(listener.local_addr().unwrap());
@@ -763,12 +765,10 @@ async fn email_over_starttls_to_a_real_smtp_server() {
     state.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let db = data.path().join("data");
-    for f in ["stagely.db", "stagely.db-wal"] {
-        assert!(
-            !file_contains(&db.join(f), CANARY),
-            "{f} holds the SMTP password in clear"
-        );
-    }
+    assert!(
+        !crate::common::store_contains(&db, CANARY),
+        "the store holds the SMTP password in clear"
+    );
     drop(smtp.stdin.take());
     let _ = smtp.wait().await;
 }

@@ -25,6 +25,10 @@ fn stagely(args: &[&str], data: &Path) -> std::process::Output {
 async fn a_backup_taken_while_serving_restores_and_deploys_the_same_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // SQLite only: `stagely backup` is VACUUM INTO of the SQLite file (on PostgreSQL it answers
+    // BackupError::OnPostgres: pg_dump is the backup there), and `restore` writes a SQLite file.
+    crate::common::store::sqlite_only(&data);
+    crate::common::store::sqlite_only(&dir.path().join("restored"));
     let log = dir.path().join("server.log");
     let server = ServerProcess::spawn(&data, "127.0.0.1:0", &[], &log).await;
     let api = Api::new(&server.url, &admin_token(&data));

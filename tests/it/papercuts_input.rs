@@ -17,28 +17,30 @@ async fn api_of(server: &WebServer) -> Api {
 /// A successful deployment of `env_id` whose release runs only `services` (as an agent that
 /// reports releases would have left it).
 fn release_of(server: &WebServer, project_id: i64, env_id: i64, services: &[&str]) {
-    let c = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
-    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    c.execute(
-        "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (?1, 'r', randomblob(32), 0)",
-        [env_id],
-    )
-    .unwrap();
-    let agent = c.last_insert_rowid();
-    c.execute(
-        "INSERT INTO deployments (project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at, finished_at)
-         VALUES (?1, ?2, ?3, 'success', 'main', 'test', 0, 1)",
-        [project_id, env_id, agent],
-    )
-    .unwrap();
-    let deployment = c.last_insert_rowid();
+    let c = crate::common::open_db(&server.data_dir());
+    let token_hash: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ (env_id as u8)).collect();
+    let agent: i64 = c
+        .query_row(
+            "INSERT INTO agents (environment_id, name, token_hash, created_at) VALUES (?1, 'r', ?2, 0) RETURNING id",
+            stagely::db::params![env_id, token_hash],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let deployment: i64 = c
+        .query_row(
+            "INSERT INTO deployments (project_id, environment_id, agent_id, status, git_ref, triggered_by, created_at, finished_at)
+             VALUES (?1, ?2, ?3, 'success', 'main', 'test', 0, 1) RETURNING id",
+            [project_id, env_id, agent],
+            |r| r.get(0),
+        )
+        .unwrap();
     let services: Vec<Value> = services
         .iter()
         .map(|s| json!({"name": s, "image": format!("{s}:1"), "image_id": "sha256:00", "config_hash": "h"}))
         .collect();
     c.execute(
         "INSERT INTO releases VALUES (?1, ?2, ?3, 'r', NULL, 'hash', ?4, 0)",
-        rusqlite::params![deployment, env_id, agent, Value::from(services).to_string()],
+        stagely::db::params![deployment, env_id, agent, Value::from(services).to_string()],
     )
     .unwrap();
 }
@@ -53,8 +55,7 @@ async fn a_deleted_projects_and_agents_id_is_never_given_again() {
     let (agent, _) = api.agent(envs[0], "a1").await;
     // Deleting the newest agent and project used to hand their ids to the next ones.
     assert_eq!(api.delete(&format!("/api/agents/{agent}")).await.0, 204);
-    let c = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
-    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let c = crate::common::open_db(&server.data_dir());
     c.execute("DELETE FROM agents WHERE id = ?1", [agent]).unwrap();
     let (agent2, _) = api.agent(envs[0], "a2").await;
     assert!(agent2 > agent, "agent id {agent2} after deleting {agent}");

@@ -38,14 +38,13 @@ async fn people(server: &WebServer) -> (Api, Api, Api, Api) {
 }
 
 fn audit_rows(server: &WebServer) -> Vec<(String, String, String)> {
-    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT actor, action, detail FROM audit_log ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let db = crate::common::open_db(&server.data_dir());
+    db.rows(
+        "SELECT actor, action, detail FROM audit_log ORDER BY id",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,8 +85,7 @@ async fn production_starts_protected_and_only_an_admin_changes_the_protection_va
     let (_, unchanged) = admin.get(&path).await;
     assert_eq!(unchanged, prod, "nothing half-written");
     // People by name, by user:name and by id, normalised and deduplicated.
-    let bob_id: i64 = rusqlite::Connection::open(server.data_dir().join("stagely.db"))
-        .unwrap()
+    let bob_id: i64 = crate::common::open_db(&server.data_dir())
         .query_row("SELECT id FROM users WHERE username = 'bob'", [], |r| r.get(0))
         .unwrap();
     let (status, body) = admin
@@ -195,8 +193,7 @@ async fn a_protected_deploy_awaits_another_listed_persons_approval_then_is_dispa
         .expect("audited");
     assert!(approved.2.contains("approved by"), "{approved:?}");
     assert!(!format!("{rows:?}").contains(CANARY), "no value in the audit log");
-    let outbox: i64 = rusqlite::Connection::open(server.data_dir().join("stagely.db"))
-        .unwrap()
+    let outbox: i64 = crate::common::open_db(&server.data_dir())
         .query_row(
             "SELECT count(*) FROM notify_outbox WHERE payload LIKE ?1",
             [format!("%{CANARY}%")],

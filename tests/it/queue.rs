@@ -40,7 +40,7 @@ async fn finish(agent: &mut TestAgent, id: i64, outcome: &str) {
 
 /// How many audit entries of `action` the appliance's database holds.
 fn audited(server: &TestServer, action: &str) -> i64 {
-    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::open_db(&server.data_dir());
     db.query_row(
         "SELECT count(*) FROM audit_log WHERE action = ?1",
         [action],

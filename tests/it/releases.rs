@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Api, TestAgent, TestServer, file_contains};
+use crate::common::{Api, TestAgent, TestServer};
 
 pub const DIGEST_A: &str = "shop/web@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 pub const ID_A: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -74,14 +74,13 @@ pub async fn deploy(api: &Api, pid: i64) -> i64 {
 
 /// The audit entries of `action`: their details.
 pub fn audited(server: &TestServer, action: &str) -> Vec<String> {
-    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT detail FROM audit_log WHERE action = ?1 ORDER BY id")
-        .unwrap();
-    stmt.query_map([action], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let db = crate::common::open_db(&server.data_dir());
+    db.rows(
+        "SELECT detail FROM audit_log WHERE action = ?1 ORDER BY id",
+        [action],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 /// Secret values by key, as a DEPLOY carries them sealed.
@@ -225,7 +224,7 @@ async fn a_redeploy_sends_the_release_s_secret_values_commit_and_image_pins() {
     ] {
         assert!(!body.contains("canary-s"), "{body}");
     }
-    assert!(!file_contains(&server.data_dir().join("stagely.db"), "canary-s"));
+    assert!(!crate::common::store_contains(&server.data_dir(), "canary-s"));
     server.stop().await;
 }
 
@@ -511,13 +510,13 @@ async fn auto_rollback_answers_a_failure_after_up_with_a_linked_deployment_of_th
         "{audit:?}"
     );
 
-    let db = rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap();
+    let db = crate::common::open_db(&server.data_dir());
     let notices: Vec<String> = db
-        .prepare("SELECT payload FROM notify_outbox WHERE event = 'deploy.rollback'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
+        .rows(
+            "SELECT payload FROM notify_outbox WHERE event = 'deploy.rollback'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(notices[0].contains(&format!("/deployments/{rb}")), "{notices:?}");

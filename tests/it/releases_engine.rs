@@ -103,14 +103,11 @@ async fn runtime_until(stack: &Stack, env: i64, what: &str, check: impl Fn(&Valu
 
 /// The appliance's audit log: (action, detail), oldest first.
 fn audit_log(stack: &Stack) -> Vec<(String, String)> {
-    let db = rusqlite::Connection::open(stack.root.join("data/stagely.db")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT action, detail FROM audit_log ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let db = crate::common::open_db(&stack.root.join("data"));
+    db.rows("SELECT action, detail FROM audit_log ORDER BY id", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap()
 }
 
 fn web_of(runtime: &Value) -> Value {

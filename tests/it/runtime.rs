@@ -15,23 +15,22 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::common::{Api, TestAgent, TestServer, WAIT, cli_token, wait_for};
 use crate::web_support::WebServer;
 
-fn db(server: &TestServer) -> rusqlite::Connection {
+fn db(server: &TestServer) -> crate::common::StoreDb {
     db_at(&server.data_dir())
 }
 
-fn db_at(data: &std::path::Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(data.join("stagely.db")).unwrap()
+fn db_at(data: &std::path::Path) -> crate::common::StoreDb {
+    crate::common::open_db(data)
 }
 
 fn audited(server: &TestServer, action: &str) -> Vec<String> {
     let db = db(server);
-    let mut stmt = db
-        .prepare("SELECT actor || ' ' || detail FROM audit_log WHERE action = ?1 ORDER BY id")
-        .unwrap();
-    stmt.query_map([action], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    db.rows(
+        "SELECT actor || ' ' || detail FROM audit_log WHERE action = ?1 ORDER BY id",
+        [action],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 fn outbox(server: &TestServer, event: &str) -> i64 {

@@ -108,23 +108,16 @@ async fn second_step(c: &mut WebClient, code: &str) -> (u16, String) {
 }
 
 fn audit(server_dir: &std::path::Path) -> Vec<(String, Option<String>)> {
-    let c = rusqlite::Connection::open(server_dir.join("stagely.db")).unwrap();
-    let mut stmt = c
-        .prepare("SELECT action, detail FROM audit_log ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let c = crate::common::open_db(server_dir);
+    c.rows("SELECT action, detail FROM audit_log ORDER BY id", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap()
 }
 
 /// Every byte of the database (file and write-ahead log) as text, for a canary search.
 fn db_text(data_dir: &std::path::Path) -> String {
-    let mut all = Vec::new();
-    for name in ["stagely.db", "stagely.db-wal"] {
-        all.extend(std::fs::read(data_dir.join(name)).unwrap_or_default());
-    }
-    String::from_utf8_lossy(&all).into_owned()
+    String::from_utf8_lossy(&crate::common::store::store_bytes(data_dir)).into_owned()
 }
 
 fn assert_nowhere(text: &str, secret: &str, codes: &[String], what: &str) {
@@ -324,8 +317,7 @@ async fn require_admin_2fa_confines_an_unenrolled_admin_and_an_admin_can_reset_s
     let (maria_secret, _) = enrol(&mut maria).await;
 
     // A lost phone: the admin resets maria's two-factor; she signs in with her password alone.
-    let maria_id: i64 = rusqlite::Connection::open(server.data_dir().join("stagely.db"))
-        .unwrap()
+    let maria_id: i64 = crate::common::open_db(&server.data_dir())
         .query_row("SELECT id FROM users WHERE username = 'maria'", [], |r| r.get(0))
         .unwrap();
     let (_, body) = root.get("/users").await;
@@ -375,6 +367,7 @@ async fn rotate_key_keeps_two_factor_working_and_no_log_line_holds_a_secret_or_c
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagely"))
         .args(["admin", "rotate-key", "--data-dir"])
         .arg(&data)
+        .envs(crate::common::store_env(&data))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -270,8 +270,8 @@ async fn oidc_sign_in(c: &mut WebClient, start: &str) -> (u16, String, HeaderMap
     (status, body, headers, callback)
 }
 
-fn db(server: &WebServer) -> rusqlite::Connection {
-    rusqlite::Connection::open(server.data_dir().join("stagely.db")).unwrap()
+fn db(server: &WebServer) -> crate::common::StoreDb {
+    crate::common::open_db(&server.data_dir())
 }
 
 fn count(server: &WebServer, sql: &str) -> i64 {
@@ -279,11 +279,7 @@ fn count(server: &WebServer, sql: &str) -> i64 {
 }
 
 fn db_bytes(server: &WebServer) -> String {
-    let mut all = Vec::new();
-    for name in ["stagely.db", "stagely.db-wal"] {
-        all.extend(std::fs::read(server.data_dir().join(name)).unwrap_or_default());
-    }
-    String::from_utf8_lossy(&all).into_owned()
+    String::from_utf8_lossy(&crate::common::store::store_bytes(&server.data_dir())).into_owned()
 }
 
 const CORP: &str = "display_name = \"Corp SSO\"\nallowed_email_domains = [\"example.com\"]\ngroups_claim = \"groups\"\n\

@@ -38,6 +38,7 @@ impl WebServer {
             ..Default::default()
         };
         let mut config = Config::load(None, Vec::new(), &overrides).unwrap();
+        crate::common::use_test_store(&mut config, &dir.path().join("data"));
         tweak(&mut config);
         let app = App::start(config).unwrap();
         let setup_link = app.setup_link.clone();

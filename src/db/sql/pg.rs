@@ -149,6 +149,18 @@ impl Slot {
     }
 }
 
+impl Drop for PgPool {
+    /// A blocking client closes through a runtime of its own, which cannot run on a thread that
+    /// drives tokio tasks (the last `Db` dropped as an appliance's tasks end): close the idle
+    /// connections on a thread of their own then.
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !idle.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::spawn(move || drop(idle));
+        }
+    }
+}
+
 /// The value of query parameter `key` taken out of `url`.
 fn take_param(url: &str, key: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {

@@ -1,8 +1,13 @@
 //! Test harness: a real appliance (in-process on 127.0.0.1:0, or as a `stagely serve` process),
-//! a real SQLite file in a temp dir, an HTTP client, and a protocol-level agent on a real
+//! a real store (a SQLite file in a temp dir, or with `STAGELY_TEST_STORE=postgres` a PostgreSQL
+//! database of its own: [`store`]), an HTTP client, and a protocol-level agent on a real
 //! WebSocket. No fixed ports, no sleeps to "wait for start": tests wait on conditions.
 
 #![allow(dead_code)]
+
+pub mod store;
+
+pub use store::{StoreDb, open_db, store_contains, store_env};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -237,6 +242,7 @@ impl TestServer {
             ..Default::default()
         };
         let mut config = Config::load(None, Vec::new(), &overrides).unwrap();
+        use_test_store(&mut config, &dir.path().join("data"));
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -265,6 +271,14 @@ impl TestServer {
     }
 }
 
+/// Point `config` at the store of `data_dir` (its PostgreSQL database under
+/// `STAGELY_TEST_STORE=postgres`; nothing to do on SQLite). Every in-process appliance calls it.
+pub fn use_test_store(config: &mut Config, data_dir: &Path) {
+    if let Some(url) = store::database_url(data_dir) {
+        config.database_url = stagely::config::SecretString::new(url);
+    }
+}
+
 /// A new admin API token made by the real CLI on the data dir.
 pub fn admin_token(data_dir: &Path) -> String {
     cli_token(data_dir, "test-admin", "admin")
@@ -282,6 +296,7 @@ pub fn cli_token(data_dir: &Path, name: &str, role: &str) -> String {
             "--data-dir",
         ])
         .arg(data_dir)
+        .envs(store_env(data_dir))
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
@@ -311,6 +326,7 @@ impl ServerProcess {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagely"));
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .envs(store_env(data_dir))
             .env("STAGELY_LOG_LEVEL", "debug")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
