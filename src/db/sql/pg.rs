@@ -154,7 +154,7 @@ impl Drop for PgPool {
     /// drives tokio tasks (the last `Db` dropped as an appliance's tasks end): close the idle
     /// connections on a thread of their own then.
     fn drop(&mut self) {
-        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let idle = std::mem::take(&mut self.slots.0.lock().unwrap_or_else(|p| p.into_inner()).idle);
         if !idle.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
             std::thread::spawn(move || drop(idle));
         }
