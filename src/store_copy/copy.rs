@@ -17,9 +17,7 @@ fn is_metric(table: &Table) -> bool {
 
 /// Copy every table of `source` (whose schema is `schema`) into the freshly opened `target`.
 pub(super) fn into(source: &Db, schema: &Schema, target: &Db) -> Result<Report, CopyError> {
-    let target_schema = target
-        .read_blocking(|c| Schema::read(c))
-        .map_err(CopyError::Target)?;
+    let target_schema = target.read_blocking(Schema::read).map_err(CopyError::Target)?;
     if schema.version != target_schema.version {
         return Err(CopyError::SchemaVersion {
             source_version: schema.version,

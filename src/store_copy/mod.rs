@@ -106,9 +106,7 @@ pub fn migrate(source: &Db, key_file: &Path, to: &Target) -> Result<Report, Copy
         e => CopyError::Vault(e),
     })?;
     drop(vault);
-    let source_schema = source
-        .read_blocking(|c| Schema::read(c))
-        .map_err(CopyError::Source)?;
+    let source_schema = source.read_blocking(Schema::read).map_err(CopyError::Source)?;
     match to {
         Target::Postgres(url) => {
             let target = Db::open_postgres(url).map_err(CopyError::Target)?;

@@ -9,6 +9,15 @@ use crate::db::{Backend, Conn, DbError, SqlResult};
 
 use super::CopyError;
 
+/// What two stores' tables must agree on: name, columns, key, rowid, foreign keys.
+type Shape<'a> = (
+    &'a str,
+    &'a [String],
+    &'a [String],
+    bool,
+    BTreeSet<(String, String)>,
+);
+
 /// One table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -56,7 +65,7 @@ impl Table {
     }
 
     /// The SQL to compare a table across stores: everything but the sequence's kind.
-    fn shape(&self) -> (&str, &[String], &[String], bool, BTreeSet<(String, String)>) {
+    fn shape(&self) -> Shape<'_> {
         (
             &self.name,
             &self.columns,
@@ -253,7 +262,7 @@ mod tests {
     fn the_sqlite_schema_is_read_and_ordered_by_its_foreign_keys() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("s.db")).unwrap();
-        let schema = db.read_blocking(|c| Schema::read(c)).unwrap();
+        let schema = db.read_blocking(Schema::read).unwrap();
         assert_eq!(schema.version, crate::db::known_schema_version());
         let table = |n: &str| schema.tables.iter().find(|t| t.name == n).unwrap();
         let secrets = table("deployment_secrets");
@@ -285,8 +294,8 @@ mod tests {
         let pg = Db::open_postgres(&url).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let lite = Db::open(&dir.path().join("s.db")).unwrap();
-        let a = lite.read_blocking(|c| Schema::read(c)).unwrap();
-        let b = pg.read_blocking(|c| Schema::read(c)).unwrap();
+        let a = lite.read_blocking(Schema::read).unwrap();
+        let b = pg.read_blocking(Schema::read).unwrap();
         assert_eq!(a.version, b.version);
         assert_eq!(a.difference(&b), None);
         let serial = |s: &Schema| -> Vec<(String, Option<String>)> {
