@@ -14,7 +14,9 @@ mod sqlite;
 pub mod stored;
 
 pub use crate::sql_params as params;
-pub use sql::{Backend, Conn, FromValue, OptionalExtension, Row, SqlError, SqlResult, ToValue, Tx, Value};
+pub use sql::{
+    Backend, Conn, FromValue, OptionalExtension, OwnedValue, Row, SqlError, SqlResult, ToValue, Tx, Value,
+};
 pub use stored::{Stored, StoredEnum, enum_at};
 
 #[derive(Debug, thiserror::Error)]

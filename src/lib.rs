@@ -27,5 +27,6 @@ pub mod releases;
 pub mod runtime;
 pub mod secrets;
 pub mod signing;
+pub mod store_copy;
 pub mod users;
 pub mod web;

@@ -71,6 +71,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Copy the configured store (the SQLite file or PostgreSQL) into an empty other one, every
+    /// row and id kept, in one transaction (stop the server first).
+    ///
+    /// Checks the master key against the source before touching the target, refuses a target
+    /// holding any row, and compares every table's row count before committing.
+    MigrateStore {
+        /// postgres://user:password@host/db (or postgresql://…), or sqlite:PATH (a new file).
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+    },
     /// Exit 0 when the appliance answers /readyz on its listen address (for container HEALTHCHECKs).
     Healthcheck,
     /// Deploy an environment through an appliance's API (for CI; docs/ci.md).
@@ -186,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { out, include_key, .. } => backup(&cli, out, *include_key),
         Command::Restore { file, force } => restore(&cli, file, *force),
         Command::Healthcheck => healthcheck(&cli),
+        Command::MigrateStore { to } => migrate_store(&cli, to),
         // Dispatched in `main`, before any configuration is read.
         Command::Deploy(_) | Command::Rollback(_) | Command::Deployments(_) | Command::Logs(_) => {
             anyhow::bail!("not an admin command")
@@ -289,6 +300,36 @@ fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()> {
         },
         config.key_file.display(),
         manifest.recipient
+    );
+    Ok(())
+}
+
+fn migrate_store(cli: &Cli, to: &str) -> anyhow::Result<()> {
+    let config = load_config(cli, None, None)?;
+    let target = crate::store_copy::Target::parse(to)?;
+    let _lock = DataDirLock::acquire(&config)?;
+    let source = Db::connect(config.database_url(), &config.db_path())
+        .map_err(crate::store_copy::CopyError::Source)?;
+    let report = crate::store_copy::migrate(&source, &config.key_file, &target)?;
+    let mut rows = 0;
+    for (table, n) in &report.tables {
+        println!("{table} {n} rows");
+        rows += n;
+    }
+    let next = match target {
+        crate::store_copy::Target::Postgres(_) => "set database_url to the target".to_owned(),
+        crate::store_copy::Target::Sqlite(_) => format!(
+            "move the file to {} and empty database_url",
+            config.db_path().display()
+        ),
+    };
+    println!(
+        "copied {rows} rows in {} tables from {} to {}; to use it, stop the appliance, {next}, keep the \
+         key file {} and start it again",
+        report.tables.len(),
+        report.source,
+        report.target,
+        config.key_file.display()
     );
     Ok(())
 }

@@ -43,6 +43,7 @@ mod lifecycle;
 mod log_limits;
 mod log_resend;
 mod metrics;
+mod migrate_store;
 mod names;
 mod notify;
 mod operations;

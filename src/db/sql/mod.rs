@@ -16,7 +16,7 @@ pub mod value;
 use std::ops::Deref;
 
 pub use pg::{PgError, PgPool};
-pub use value::{ConvError, FromValue, Params, ToValue, Value};
+pub use value::{ConvError, FromValue, OwnedValue, Params, ToValue, Value};
 
 /// Which store a connection talks to (the few places that differ: backup, size, diagnostics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

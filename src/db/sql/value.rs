@@ -29,6 +29,41 @@ impl Value<'_> {
     }
 }
 
+/// An owned [`Value`]: a column read without knowing its type, to be written elsewhere (the
+/// generic copy of `stagely migrate-store`, src/store_copy).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl FromValue for OwnedValue {
+    fn from_value(v: Value<'_>) -> Result<Self, ConvError> {
+        Ok(match v {
+            Value::Null => OwnedValue::Null,
+            Value::Int(i) => OwnedValue::Int(i),
+            Value::Real(f) => OwnedValue::Real(f),
+            Value::Text(s) => OwnedValue::Text(s.to_owned()),
+            Value::Blob(b) => OwnedValue::Blob(b.to_vec()),
+        })
+    }
+}
+
+impl ToValue for OwnedValue {
+    fn to_value(&self) -> Value<'_> {
+        match self {
+            OwnedValue::Null => Value::Null,
+            OwnedValue::Int(i) => Value::Int(*i),
+            OwnedValue::Real(f) => Value::Real(*f),
+            OwnedValue::Text(s) => Value::Text(s),
+            OwnedValue::Blob(b) => Value::Blob(b),
+        }
+    }
+}
+
 /// A Rust value usable as a SQL parameter.
 pub trait ToValue {
     fn to_value(&self) -> Value<'_>;
@@ -258,6 +293,13 @@ impl Params for &[&dyn ToValue] {
     }
 }
 
+/// A row built at run time (the generic copy's batches).
+impl Params for &[OwnedValue] {
+    fn values(&self) -> Vec<Value<'_>> {
+        self.iter().map(ToValue::to_value).collect()
+    }
+}
+
 macro_rules! array_params {
     ($($n:literal)*) => {$(
         impl<T: ToValue> Params for [T; $n] {
@@ -311,6 +353,28 @@ mod tests {
         assert!(u8::from_value(Value::Int(300)).is_err());
         assert!(bool::from_value(Value::Int(1)).unwrap());
         assert!(<[u8; 2]>::from_value(Value::Blob(&[1, 2, 3])).is_err());
+    }
+
+    #[test]
+    fn an_owned_value_keeps_every_storage_class() {
+        let borrowed = [
+            Value::Null,
+            Value::Int(-7),
+            Value::Real(1e308),
+            Value::Text("é"),
+            Value::Blob(&[0, 255]),
+        ];
+        let owned: Vec<OwnedValue> = borrowed
+            .iter()
+            .map(|v| OwnedValue::from_value(*v).unwrap())
+            .collect();
+        assert_eq!(owned[3], OwnedValue::Text("é".to_owned()));
+        assert_eq!(owned.as_slice().values(), borrowed);
+        assert_eq!(
+            Option::<OwnedValue>::from_value(Value::Null).unwrap(),
+            None,
+            "NULL is still None in an Option"
+        );
     }
 
     #[test]
