@@ -8,6 +8,7 @@ mod accounts;
 mod actions;
 mod actions_engine;
 mod agent_engine;
+mod agent_failover;
 mod agent_git;
 mod agent_identity;
 mod agent_override;

@@ -55,6 +55,8 @@ pub enum ConfigError {
     EmptyToken(PathBuf),
     #[error("server URL {url:?} is not valid: {reason}")]
     BadUrl { url: String, reason: &'static str },
+    #[error("server {0} is given twice")]
+    DuplicateServer(String),
     #[error("{0} must be a number of seconds between 0 and {1}")]
     BadDuration(&'static str, u64),
     #[error(
@@ -74,9 +76,10 @@ pub struct RunArgs {
     /// Config file [default: /etc/stagely-agent/agent.toml, when it exists].
     #[arg(long, env = "STAGELY_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The appliance's URL: https://stagely.example.com (or http://, ws://, wss://).
-    #[arg(long, env = "STAGELY_AGENT_SERVER")]
-    pub server: Option<String>,
+    /// The appliance's URL: https://stagely.example.com (or http://, ws://, wss://). Repeat it
+    /// (or separate with commas) for replicas: the agent fails over between them in turn.
+    #[arg(long, env = "STAGELY_AGENT_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// File holding the agent token (never pass the token itself as an argument).
     #[arg(long, env = "STAGELY_AGENT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -113,7 +116,9 @@ pub struct RunArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub server: Option<String>,
+    /// `server = "https://…"` or, for replicas, `server = ["https://a…", "https://b…"]`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub server: Vec<String>,
     pub token_file: Option<PathBuf>,
     pub work_dir: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
@@ -154,8 +159,9 @@ impl std::fmt::Debug for Token {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The WebSocket URL, already normalised (`wss://host/…/ws/agent`).
-    pub url: String,
+    /// The WebSocket URLs, already normalised (`wss://host/…/ws/agent`), in the order given:
+    /// one appliance, or its replicas (tried in turn, [`super::connection::ServerRing`]).
+    pub servers: Vec<String>,
     pub token: Token,
     pub work_dir: PathBuf,
     pub ca_file: Option<PathBuf>,
@@ -169,14 +175,6 @@ pub struct Settings {
     /// `ws://` to a host that is not loopback was allowed with `--insecure-transport`.
     pub insecure_transport: bool,
     pub policy: PolicyConfig,
-}
-
-impl Settings {
-    /// Whether this connection is unencrypted to a host off this machine (allowed only with
-    /// `--insecure-transport`, and then warned about at every connect).
-    pub fn is_insecure(&self) -> bool {
-        insecure_host(&self.url).is_some()
-    }
 }
 
 /// Merge file, environment (already in `args` through clap) and flags into [`Settings`].
@@ -195,11 +193,18 @@ pub fn load(args: RunArgs) -> Result<Settings, ConfigError> {
 
 /// The merge itself, without touching the process environment (testable).
 pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Result<Settings, ConfigError> {
-    let server = args.server.or(file.server).ok_or(ConfigError::NoServer)?;
-    let url = normalize_server_url(&server)?;
+    // The list as a whole: flags (or the variable) replace the file's, they do not add to it.
+    let given = if args.server.is_empty() {
+        file.server
+    } else {
+        args.server
+    };
+    let servers = normalize_servers(&given)?;
     let insecure_transport = args.insecure_transport || file.insecure_transport.unwrap_or(false);
-    if let Some(host) = insecure_host(&url)
-        && !insecure_transport
+    if !insecure_transport
+        && let Some((url, host)) = servers
+            .iter()
+            .find_map(|url| insecure_host(url).map(|host| (url.clone(), host)))
     {
         return Err(ConfigError::InsecureTransport { url, host });
     }
@@ -237,7 +242,7 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
         return Err(ConfigError::BadDuration("reconnect_max_secs", 3600));
     }
     Ok(Settings {
-        url,
+        servers,
         token,
         work_dir: args
             .work_dir
@@ -253,6 +258,65 @@ pub fn merge(args: RunArgs, file: FileConfig, env_token: Option<String>) -> Resu
         insecure_transport,
         policy: file.policy,
     })
+}
+
+/// Every given server URL normalised, in order. Blank entries (a trailing comma) are skipped; a
+/// bad URL is named; the same server twice is refused (scheme and host compared without case).
+pub fn normalize_servers(given: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut servers: Vec<String> = Vec::with_capacity(given.len());
+    for raw in given.iter().filter(|s| !s.trim().is_empty()) {
+        let url = normalize_server_url(raw)?;
+        if servers.iter().any(|seen| same_server(seen, &url)) {
+            return Err(ConfigError::DuplicateServer(url));
+        }
+        servers.push(url);
+    }
+    if servers.is_empty() {
+        return Err(ConfigError::NoServer);
+    }
+    Ok(servers)
+}
+
+/// Two normalised URLs name the same server: scheme and authority without case, path exactly.
+fn same_server(a: &str, b: &str) -> bool {
+    let split = |u: &str| {
+        let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        (
+            scheme.to_ascii_lowercase(),
+            authority.to_ascii_lowercase(),
+            path.to_owned(),
+        )
+    };
+    split(a) == split(b)
+}
+
+/// `server = "…"` or `server = ["…", …]` in `agent.toml`.
+fn one_or_many<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a URL or a list of URLs")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_owned()])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(url) = seq.next_element::<String>()? {
+                out.push(url);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_any(OneOrMany)
 }
 
 /// For a `ws://` URL whose host is not a loopback address, that host. Decided on the URL alone,
@@ -392,20 +456,20 @@ mod tests {
         )
         .unwrap();
         let args = RunArgs {
-            server: Some("http://flag.example".into()),
+            server: vec!["http://flag.example".into()],
             token_file: Some(token_file),
             insecure_transport: true,
             ..Default::default()
         };
         let s = merge(args, file, None).unwrap();
-        assert_eq!(s.url, "ws://flag.example/ws/agent");
+        assert_eq!(s.servers, ["ws://flag.example/ws/agent"]);
         assert_eq!(s.work_dir, PathBuf::from("/srv/file"));
         assert_eq!(s.verify_wait, Duration::from_millis(2500));
         assert_eq!(s.token.expose(), "agt_secret");
         assert!(!format!("{s:?}").contains("agt_secret"));
 
         let args = RunArgs {
-            server: Some("http://localhost".into()),
+            server: vec!["http://localhost".into()],
             ..Default::default()
         };
         assert!(matches!(
@@ -413,7 +477,7 @@ mod tests {
             Err(ConfigError::NoToken)
         ));
         let args = RunArgs {
-            server: Some("http://localhost".into()),
+            server: vec!["http://localhost".into()],
             ..Default::default()
         };
         let s = merge(args, FileConfig::default(), Some("from-env".into())).unwrap();
@@ -421,13 +485,13 @@ mod tests {
         assert_eq!(s.reconnect_max, Duration::from_secs(DEFAULT_RECONNECT_MAX_SECS));
         let file: FileConfig = toml::from_str("reconnect_max_secs = 3").unwrap();
         let args = RunArgs {
-            server: Some("http://localhost".into()),
+            server: vec!["http://localhost".into()],
             ..Default::default()
         };
         let s = merge(args, file, Some("t".into())).unwrap();
         assert_eq!(s.reconnect_max, Duration::from_secs(3), "the file sets the cap");
         let args = RunArgs {
-            server: Some("http://localhost".into()),
+            server: vec!["http://localhost".into()],
             reconnect_max_secs: Some(0),
             ..Default::default()
         };
@@ -438,6 +502,104 @@ mod tests {
         assert!(
             toml::from_str::<FileConfig>("tokn_file = \"x\"").is_err(),
             "unknown fields refused"
+        );
+    }
+}
+
+#[cfg(test)]
+mod server_list_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(argv: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("stagely-agent").chain(argv.iter().copied()))
+            .unwrap()
+            .run
+    }
+
+    fn servers(args: RunArgs, file: &str) -> Result<Vec<String>, ConfigError> {
+        let file: FileConfig = toml::from_str(file).unwrap();
+        merge(args, file, Some("t".into())).map(|s| s.servers)
+    }
+
+    #[test]
+    fn server_is_one_url_or_a_list_in_every_form() {
+        // The file: a string stays valid, a list is the replicas in order.
+        assert_eq!(
+            servers(RunArgs::default(), "server = \"https://a.example\"").unwrap(),
+            ["wss://a.example/ws/agent"]
+        );
+        assert_eq!(
+            servers(
+                RunArgs::default(),
+                "server = [\"https://a.example\", \"https://b.example/stagely\"]"
+            )
+            .unwrap(),
+            ["wss://a.example/ws/agent", "wss://b.example/stagely/ws/agent"]
+        );
+        assert!(toml::from_str::<FileConfig>("server = 3").is_err());
+        assert!(toml::from_str::<FileConfig>("server = [\"https://a\", 3]").is_err());
+        assert!(matches!(
+            servers(RunArgs::default(), "server = []"),
+            Err(ConfigError::NoServer)
+        ));
+        // Flags: repeated, or comma-separated as STAGELY_AGENT_SERVER is (clap splits both).
+        let args = parse(&[
+            "--server",
+            "https://a.example",
+            "--server",
+            "http://127.0.0.1:8080",
+        ]);
+        assert_eq!(
+            servers(args, "server = \"https://file.example\"").unwrap(),
+            ["wss://a.example/ws/agent", "ws://127.0.0.1:8080/ws/agent"],
+            "flags replace the file's list"
+        );
+        let args = parse(&["--server", "https://a.example,https://b.example,"]);
+        assert_eq!(
+            servers(args, "").unwrap(),
+            ["wss://a.example/ws/agent", "wss://b.example/ws/agent"],
+            "a trailing comma is no server"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_named_and_a_server_twice_is_refused() {
+        let err = servers(parse(&["--server", "https://a.example,b.example"]), "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"b.example\"") && err.contains("scheme"), "{err}");
+        for twice in [
+            "https://a.example,https://a.example/",
+            "https://A.example,wss://a.EXAMPLE/ws/agent",
+        ] {
+            let err = servers(parse(&["--server", twice]), "").unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::DuplicateServer(u) if u.to_ascii_lowercase().contains("a.example")),
+                "{twice}: {err}"
+            );
+        }
+        // Another path on the same host is another appliance.
+        assert_eq!(
+            servers(parse(&["--server", "https://h/one,https://h/two"]), "")
+                .unwrap()
+                .len(),
+            2
+        );
+        // The unencrypted check covers every server, naming the one it refuses.
+        let err = servers(parse(&["--server", "https://a.example,http://10.0.0.2:8080"]), "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("10.0.0.2") && err.contains("--insecure-transport"),
+            "{err}"
         );
     }
 }
@@ -479,7 +641,7 @@ mod transport_tests {
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, "agt_x\n").unwrap();
         let args = |insecure| RunArgs {
-            server: Some("http://stagely.example.com".into()),
+            server: vec!["http://stagely.example.com".into()],
             token_file: Some(token_file.clone()),
             insecure_transport: insecure,
             ..Default::default()
@@ -492,7 +654,7 @@ mod transport_tests {
             "{err}"
         );
         let s = merge(args(true), FileConfig::default(), None).unwrap();
-        assert!(s.is_insecure());
+        assert!(insecure_host(&s.servers[0]).is_some());
     }
 
     #[test]

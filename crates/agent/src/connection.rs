@@ -26,6 +26,7 @@ use super::deploy::Deployer;
 use super::ephemeral::RuntimeDir;
 use super::identity::{AgentIdentity, IdentityError};
 use super::log_buffer::{self, LogBuffer};
+pub use super::reconnect::{BACKOFF_BASE, BACKOFF_CAP, BACKOFF_RESET_AFTER, Backoff, ServerRing};
 use super::results::{DeployResult, Results};
 use super::transport::{self, WsIn, WsOut};
 use super::trust::{self, Trust, Verdict};
@@ -36,11 +37,6 @@ use stagely_protocol::{
     self as protocol, AgentMessage, Incoming, PROTOCOL_VERSION, ProjectSpec, ServerMessage,
 };
 
-/// First retry ceiling; doubled each failed attempt up to [`BACKOFF_CAP`].
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(super::config::DEFAULT_RECONNECT_MAX_SECS);
-/// A connection that lasted this long resets the backoff.
-pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// The agent pings this often, and gives the connection up after [`IDLE_TIMEOUT`] of silence.
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(95);
@@ -64,42 +60,6 @@ pub enum ConnectionError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Trust(#[from] trust::TrustError),
-}
-
-/// Exponential backoff with full jitter: the n-th delay is uniform in `[0, min(cap, base·2ⁿ)]`,
-/// so a thousand agents of a restarted server do not come back in the same second.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The ceiling of the next delay (before jitter).
-    pub fn ceiling(&self) -> Duration {
-        let factor = 1u32 << self.attempt.min(20);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The next delay for a uniform random `unit` in `[0, 1)`.
-    pub fn next_delay(&mut self, unit: f64) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
 }
 
 /// What HELLO says about this machine.
@@ -961,7 +921,7 @@ pub async fn run_agent(
     };
     let tls = transport::tls_config(settings.ca_file.as_deref())?;
     tracing::info!(
-        server = %settings.url,
+        servers = %settings.servers.join(", "),
         work_dir = %settings.work_dir.display(),
         private_dir = %runtime.path().display(),
         compose = %compose.display(),
@@ -991,25 +951,33 @@ pub async fn run_agent(
     // The cap is a setting (default [`BACKOFF_CAP`]): the fault suite keeps it short.
     let cap = settings.reconnect_max;
     let mut backoff = Backoff::new(BACKOFF_BASE.min(cap), cap);
+    let mut ring = ServerRing::new(settings.servers.clone());
     while !stop.is_cancelled() {
         agent.set_host(HostInfo::gather(&compose).await);
         let started = Instant::now();
         let mut floor = Duration::ZERO;
-        if settings.is_insecure() {
+        let Some(url) = ring.next_server().map(str::to_owned) else {
+            break;
+        };
+        if let Some(host) = super::config::insecure_host(&url) {
             tracing::warn!(
-                server = %settings.url,
+                server = %url,
+                host = %host,
                 "--insecure-transport: connecting without encryption to a host that is not loopback; \
                  anyone on the path can read the agent token and every secret, and forge deployments"
             );
         }
+        tracing::debug!(server = %url, "connecting");
         tokio::select! {
             () = stop.cancelled() => break,
-            dialed = transport::connect(&settings.url, &settings.token, Arc::clone(&tls)) => match dialed {
+            dialed = transport::connect(&url, &settings.token, Arc::clone(&tls)) => match dialed {
                 Ok((sink, stream)) => {
-                    tracing::info!(server = %settings.url, "connected");
+                    tracing::info!(server = %url, "connected");
                     match agent.session(sink, stream, &stop).await {
                         SessionEnd::Shutdown => break,
-                        SessionEnd::Disconnected(why) => tracing::warn!(reason = %why, "disconnected"),
+                        SessionEnd::Disconnected(why) => {
+                            tracing::warn!(server = %url, reason = %why, "disconnected");
+                        }
                     }
                     if started.elapsed() >= BACKOFF_RESET_AFTER {
                         backoff.reset();
@@ -1017,12 +985,16 @@ pub async fn run_agent(
                 }
                 Err(e) => {
                     floor = e.retry_after().unwrap_or_default().min(cap);
-                    tracing::warn!(error = %e, "cannot connect to the server");
+                    tracing::warn!(server = %url, error = %e, "cannot connect to the server");
                 }
             }
         }
         let delay = backoff.next_delay(rand::random::<f64>()).max(floor);
-        tracing::info!(retry_in_ms = delay.as_millis() as u64, "reconnecting");
+        tracing::info!(
+            retry_in_ms = delay.as_millis() as u64,
+            next_server = ring.peek().unwrap_or_default(),
+            "reconnecting"
+        );
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(delay) => {}

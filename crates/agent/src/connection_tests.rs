@@ -453,28 +453,6 @@ async fn unsigned_foreign_and_replayed_deploys_are_refused_and_never_run() {
     assert!(!agent.is_busy());
 }
 
-#[test]
-fn backoff_doubles_to_the_cap_with_full_jitter_and_resets() {
-    let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
-    let ceilings: Vec<u64> = (0..9)
-        .map(|_| {
-            let c = b.ceiling();
-            let d = b.next_delay(0.999);
-            assert!(d <= c);
-            c.as_secs()
-        })
-        .collect();
-    assert_eq!(ceilings, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
-    assert_eq!(b.next_delay(0.0), Duration::ZERO, "full jitter reaches zero");
-    assert_eq!(b.next_delay(0.5), Duration::from_secs(30));
-    b.reset();
-    assert_eq!(b.ceiling(), BACKOFF_BASE);
-    for _ in 0..100 {
-        b.next_delay(1.0);
-    }
-    assert_eq!(b.ceiling(), BACKOFF_CAP, "no overflow after many attempts");
-}
-
 #[tokio::test]
 async fn hello_offers_releases_and_runtime_and_a_bad_pin_fails_before_anything_runs() {
     let work = tempfile::tempdir().unwrap();

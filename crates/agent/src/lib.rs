@@ -16,6 +16,7 @@
 //! - [`results`]: the small on-disk record of finished deployments (no secrets).
 //! - [`log_buffer`]: the LOG lines sent but not yet acknowledged, kept (spilled to the private
 //!   runtime dir past a bound) and resent after a reconnect.
+//! - [`reconnect`]: which server to dial next (replicas in turn) and the backoff before it.
 //! - [`trust`]: the pinned appliance key; every server frame must be signed by it (issue 11).
 //!
 //! The agent links no server code: it shares only [`stagely_protocol`] with the appliance.
@@ -36,6 +37,7 @@ pub mod log_buffer;
 pub mod override_file;
 pub mod policy;
 pub mod process;
+pub mod reconnect;
 pub mod results;
 pub mod sources;
 pub mod transport;
