@@ -1,0 +1,1 @@
+//! Routing to agents on other replicas.
