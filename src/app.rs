@@ -229,6 +229,7 @@ impl Opened {
             tokio::spawn(crate::notify::worker::deliver(state.clone())),
         ];
         tasks.extend(metrics_task);
+        tasks.extend(crate::cluster::route::start(&state));
         Ok(App {
             state,
             setup_link,
