@@ -39,7 +39,7 @@ impl Leadership {
     /// On PostgreSQL: a thread with its own connection competes for [`LEADER_LOCK`] until
     /// `shutdown` (then it lets go: the connection closes). On SQLite: [`Leadership::always`].
     pub fn start(db: &Db, replica_id: &str, shutdown: CancellationToken) -> Leadership {
-        if db.dedicated_connection().is_none() {
+        if db.backend() != crate::db::Backend::Postgres {
             return Leadership::always();
         }
         let me = Leadership {
