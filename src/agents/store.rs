@@ -327,6 +327,17 @@ pub fn renew_leases(tx: &Tx<'_>, replica: &str, now: i64) -> Result<usize, DbErr
     )?)
 }
 
+/// Revoked agents replica `replica` still holds (revoked through another replica): their
+/// connections here must close.
+pub fn revoked_held_by(c: &Conn<'_>, replica: &str) -> Result<Vec<i64>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id FROM agents WHERE replica_id = ?1 AND revoked_at IS NOT NULL ORDER BY id",
+    )?;
+    Ok(stmt
+        .query_map([replica], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
 /// An agent's presence as the database has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Presence {

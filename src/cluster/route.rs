@@ -6,8 +6,8 @@
 //! agent id), and every replica LISTENs on a connection of its own, acting on what concerns an
 //! agent it holds. A missed notification (a reconnecting listener, a replica that died between
 //! its write and its NOTIFY) is covered by every replica's sweep every [`SWEEP`]: its agents'
-//! waiting deployments and pending commands. On SQLite nothing is routed: one process holds
-//! every agent.
+//! waiting deployments, pending commands, and revoked agents (their connections close here).
+//! On SQLite nothing is routed: one process holds every agent.
 
 use std::time::Duration;
 
@@ -151,21 +151,35 @@ pub async fn sweep(state: &AppState) {
     if local.is_empty() {
         return;
     }
+    let me = state.cluster.replica_id.clone();
     let found = state
         .db
-        .read(|c| {
+        .read(move |c| {
             let waiting = crate::deploys::store::waiting(c)?;
             let commands = crate::deploys::store::agents_with_commands(c)?;
-            Ok::<_, DbError>((waiting, commands))
+            let revoked = crate::agents::store::revoked_held_by(c, &me)?;
+            Ok::<_, DbError>((waiting, commands, revoked))
         })
         .await;
-    let (waiting, commands) = match found {
+    let (waiting, commands, revoked) = match found {
         Ok(found) => found,
         Err(e) => {
             tracing::error!(error = %e, "routing sweep cannot read the queue");
             return;
         }
     };
+    // Revoked through another replica: the connection here closes (within one sweep).
+    for agent_id in revoked {
+        if state.hub.is_online(agent_id) {
+            tracing::info!(
+                agent_id,
+                "agent revoked through another replica: closing its connection"
+            );
+            state
+                .hub
+                .disconnect(agent_id, 1008, stagely_protocol::CLOSE_REVOKED);
+        }
+    }
     let mut envs: Vec<i64> = waiting
         .into_iter()
         .map(|(_, env, _)| env)

@@ -92,6 +92,11 @@ async fn a_deploy_triggered_on_a_reaches_the_agent_on_b_and_its_logs_and_cancel_
 
     // The API token (made once, in the database) works on both.
     assert_eq!(b.get("/api/agents").await.0, 200);
+
+    // Revoked through A: B closes the agent's connection (at its next sweep), with the reason.
+    let (status, _) = a.delete(&format!("/api/agents/{agent_id}")).await;
+    assert_eq!(status, 204);
+    assert_eq!(agent.closed_reason().await, stagely_protocol::CLOSE_REVOKED);
     r.b.take().unwrap().terminate().await;
     r.a.take().unwrap().terminate().await;
 }
