@@ -39,6 +39,8 @@ pub struct AppState {
     pub shown_once: Arc<crate::agents::shown_once::ShownOnce>,
     /// LOGS and ACTION requests sent to agents, waiting for their answers (issue 15).
     pub requests: Arc<crate::agents::requests::Requests>,
+    /// This replica's id and whether it leads the background work (src/cluster).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,13 @@ impl App {
         let db = Db::connect(config.database_url(), &config.db_path())?;
         let vault = Vault::open(&config.key_file, &db)?;
         let signer = Signer::open(&config.signing_key_path())?;
-        db.write_blocking(agent_store::mark_all_offline)?;
+        match db.backend() {
+            crate::db::Backend::Sqlite => db.write_blocking(agent_store::mark_all_offline)?,
+            // Other replicas may hold agents: only expired leases are offline (issue 17).
+            crate::db::Backend::Postgres => {
+                db.write_blocking(|tx| agent_store::mark_expired_offline(tx, now_ms()).map(drop))?;
+            }
+        }
         Ok(Opened {
             config,
             db,
@@ -155,6 +163,12 @@ impl Opened {
             );
         }
         let shutdown = CancellationToken::new();
+        let replica_id = crate::cluster::new_replica_id();
+        let cluster = Arc::new(crate::cluster::Cluster {
+            leader: crate::cluster::leader::Leadership::start(&db, &replica_id, shutdown.clone()),
+            replica_id,
+        });
+        tracing::info!(replica = %cluster.replica_id, store = %db.describe(), "replica started");
         let hub = Arc::new(Hub::new(
             now_ms(),
             config.agents.max_handshakes_per_sec,
@@ -196,6 +210,7 @@ impl Opened {
             notifier,
             shown_once: Arc::default(),
             requests: Arc::default(),
+            cluster,
         };
         let sweep_every = Duration::from_secs(state.config.deploys.agent_lost_timeout_secs.clamp(1, 10));
         let (metrics_addr, metrics_task) = match serve_metrics(&state)? {
@@ -207,12 +222,14 @@ impl Opened {
             tokio::spawn(reaper::run(state.clone(), sweep_every)),
             tokio::spawn(retention::run(state.clone())),
             tokio::spawn(persist_heartbeats(state.clone())),
+            tokio::spawn(renew_leases(state.clone())),
             tokio::spawn(crate::notify::worker::listen(state.clone())),
             tokio::spawn(crate::runtime::ops::watch(state.clone())),
             tokio::spawn(crate::notify::worker::watch_agents(state.clone())),
             tokio::spawn(crate::notify::worker::deliver(state.clone())),
         ];
         tasks.extend(metrics_task);
+        tasks.extend(crate::cluster::route::start(&state));
         Ok(App {
             state,
             setup_link,
@@ -291,6 +308,35 @@ async fn persist_heartbeats(state: AppState) {
             .await
         {
             tracing::error!(error = %e, "cannot persist agent heartbeats");
+        }
+    }
+}
+
+/// Every [`crate::cluster::LEASE_RENEW`]: renew the leases of the agents this replica holds (one
+/// statement), and on the leader mark offline those whose lease ran out (a dead replica's).
+async fn renew_leases(state: AppState) {
+    let mut tick = tokio::time::interval(crate::cluster::LEASE_RENEW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.cancelled() => break,
+        }
+        let replica = state.cluster.replica_id.clone();
+        let leader = state.cluster.is_leader();
+        let renewed = state
+            .db
+            .write(move |tx| {
+                let now = now_ms();
+                agent_store::renew_leases(tx, &replica, now)?;
+                if leader {
+                    agent_store::mark_expired_offline(tx, now)?;
+                }
+                Ok::<_, DbError>(())
+            })
+            .await;
+        if let Err(e) = renewed {
+            tracing::error!(error = %e, "cannot renew the agents' leases");
         }
     }
 }

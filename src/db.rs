@@ -113,6 +113,15 @@ impl Db {
         }
     }
 
+    /// A PostgreSQL connection of its own, outside the pool, for a session that must last (a
+    /// session advisory lock, LISTEN): `None` on SQLite.
+    pub fn dedicated_connection(&self) -> Option<Result<::postgres::Client, DbError>> {
+        match &*self.inner {
+            Store::Sqlite(_) => None,
+            Store::Postgres(p) => Some(p.dedicated()),
+        }
+    }
+
     /// Where the data lives, for logs: the file, or the URL without its password.
     pub fn describe(&self) -> String {
         match &*self.inner {

@@ -12,6 +12,7 @@ pub mod app;
 pub mod audit;
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -164,6 +164,16 @@ impl Hub {
             .collect()
     }
 
+    /// The environments of the agents connected here (the routing sweep, src/cluster/route.rs).
+    pub fn environments(&self) -> std::collections::HashSet<i64> {
+        lock(&self.conns).values().map(|c| c.environment_id).collect()
+    }
+
+    /// The environment of a connected agent.
+    pub fn environment_of(&self, agent_id: i64) -> Option<i64> {
+        lock(&self.conns).get(&agent_id).map(|c| c.environment_id)
+    }
+
     pub fn online_count(&self) -> usize {
         lock(&self.conns).len()
     }

@@ -69,11 +69,12 @@ pub async fn create_agent(
     })
 }
 
-/// Every agent, with live status from the hub where connected.
+/// Every agent, with live status from the hub where connected (and online when another replica
+/// holds it: a live lease).
 pub async fn list_agents(state: &AppState) -> Result<Vec<AgentInfo>, AgentError> {
     let mut agents = state.db.read(store::list).await?;
     for a in &mut agents {
-        a.online = state.hub.is_online(a.id);
+        a.online = a.online || state.hub.is_online(a.id);
         if let Some(seen) = state.hub.last_seen(a.id) {
             a.last_heartbeat = Some(rfc3339(seen));
         }
@@ -84,7 +85,7 @@ pub async fn list_agents(state: &AppState) -> Result<Vec<AgentInfo>, AgentError>
 /// One agent, with live status from the hub where connected.
 pub async fn get_agent(state: &AppState, id: i64) -> Result<AgentInfo, AgentError> {
     let mut a = state.db.read(move |c| store::get(c, id)).await?;
-    a.online = state.hub.is_online(a.id);
+    a.online = a.online || state.hub.is_online(a.id);
     if let Some(seen) = state.hub.last_seen(a.id) {
         a.last_heartbeat = Some(rfc3339(seen));
     }
@@ -184,6 +185,7 @@ pub async fn admit(
     let (hello, address) = (hello.clone(), address.to_owned());
     let window_ms =
         i64::try_from(state.config.agents.offline_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let replica = state.cluster.replica_id.clone();
     state
         .db
         .write(move |tx| {
@@ -231,7 +233,7 @@ pub async fn admit(
                 store::record_second_connection(tx, id, &detail, now)?;
                 audit::record(tx, now, &audit::Entry::new(&actor, "agent.second_connection", "agent", Some(id)).detail(&detail))?;
             }
-            store::mark_online(tx, id, &hello, &address, now)?;
+            store::mark_online(tx, id, &hello, &address, &replica, now)?;
             Ok(Admission::Accepted)
         })
         .await

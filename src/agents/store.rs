@@ -74,7 +74,7 @@ pub fn live_token_hashes(c: &Conn<'_>) -> Result<Vec<Vec<u8>>, DbError> {
 const INFO_SELECT: &str = "SELECT a.id, a.name, a.environment_id, e.name, p.id, p.name, a.online, a.last_heartbeat,
         a.agent_version, a.hostname, a.docker_version, a.compose_version, a.created_at, a.revoked_at IS NOT NULL,
         a.recipient, a.recipient_pinned_at, a.last_address, a.identity_mismatch_at, a.identity_mismatch,
-        a.second_connection_at, a.second_connection
+        a.second_connection_at, a.second_connection, a.lease_until
      FROM agents a JOIN environments e ON e.id = a.environment_id JOIN projects p ON p.id = e.project_id";
 
 fn info_from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<AgentInfo> {
@@ -85,7 +85,11 @@ fn info_from_row(r: &crate::db::Row<'_>) -> crate::db::SqlResult<AgentInfo> {
         environment: r.get(3)?,
         project_id: r.get(4)?,
         project: r.get(5)?,
-        online: r.get(6)?,
+        // Online means a live lease (issue 17): a dead replica's agents read offline once
+        // their leases run out.
+        online: r.get::<_, bool>(6)?
+            && r.get::<_, Option<i64>>(21)?
+                .is_some_and(|l| l > crate::db::now_ms()),
         last_heartbeat: r.get::<_, Option<i64>>(7)?.map(rfc3339),
         version: r.get(8)?,
         hostname: r.get(9)?,
@@ -172,12 +176,21 @@ pub fn remove_revoked(tx: &Tx<'_>, id: i64) -> Result<AgentInfo, AgentError> {
     Ok(before)
 }
 
-pub fn mark_online(tx: &Tx<'_>, id: i64, hello: &HelloInfo, address: &str, now: i64) -> Result<(), DbError> {
+/// The agent is connected to replica `replica` now: online, its lease held until
+/// `now + LEASE_MS` (renewed by [`renew_leases`] while it stays).
+pub fn mark_online(
+    tx: &Tx<'_>,
+    id: i64,
+    hello: &HelloInfo,
+    address: &str,
+    replica: &str,
+    now: i64,
+) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agents SET online = 1, last_heartbeat = ?2, agent_version = ?3, hostname = ?4, docker_version = ?5,
-             compose_version = ?6, last_address = ?7, capabilities = ?8 WHERE id = ?1",
+             compose_version = ?6, last_address = ?7, capabilities = ?8, replica_id = ?9, lease_until = ?10 WHERE id = ?1",
         params![id, now, hello.agent_version, hello.hostname, hello.docker_version, hello.compose_version, address,
-            hello.capabilities.join(",")],
+            hello.capabilities.join(","), replica, now + crate::cluster::LEASE_MS],
     )?;
     Ok(())
 }
@@ -275,18 +288,80 @@ pub fn last_connection(c: &Conn<'_>, id: i64) -> Result<LastConnection, DbError>
     .unwrap_or_default())
 }
 
-pub fn mark_offline(tx: &Tx<'_>, id: i64, last_seen: i64) -> Result<(), DbError> {
+/// The agent's connection to replica `replica` ended. Nothing changes when another replica
+/// holds it by now (it reconnected there before this one noticed).
+pub fn mark_offline(tx: &Tx<'_>, id: i64, replica: &str, last_seen: i64) -> Result<(), DbError> {
     tx.execute(
-        "UPDATE agents SET online = 0, last_heartbeat = CASE WHEN COALESCE(last_heartbeat, 0) > ?2 THEN last_heartbeat ELSE ?2 END WHERE id = ?1",
-        params![id, last_seen],
+        "UPDATE agents SET online = 0, lease_until = ?2,
+             last_heartbeat = CASE WHEN COALESCE(last_heartbeat, 0) > ?2 THEN last_heartbeat ELSE ?2 END
+         WHERE id = ?1 AND (replica_id IS NULL OR replica_id = ?3)",
+        params![id, last_seen, replica],
     )?;
     Ok(())
 }
 
-/// At start no agent is connected to this process, whatever the last run left behind.
+/// At start on SQLite no agent is connected to this process, whatever the last run left behind.
 pub fn mark_all_offline(tx: &Tx<'_>) -> Result<(), DbError> {
-    tx.execute("UPDATE agents SET online = 0 WHERE online = 1", [])?;
+    tx.execute(
+        "UPDATE agents SET online = 0, lease_until = NULL WHERE online = 1",
+        [],
+    )?;
     Ok(())
+}
+
+/// On PostgreSQL other replicas may hold agents: only those whose lease ran out are offline (a
+/// previous life of this replica had another id, so its leases run out too). Also the leader's
+/// periodic tidy-up. Answers how many it marked.
+pub fn mark_expired_offline(tx: &Tx<'_>, now: i64) -> Result<usize, DbError> {
+    Ok(tx.execute(
+        "UPDATE agents SET online = 0 WHERE online = 1 AND COALESCE(lease_until, 0) <= ?1",
+        [now],
+    )?)
+}
+
+/// Renew, in one statement, the leases of every agent replica `replica` holds.
+pub fn renew_leases(tx: &Tx<'_>, replica: &str, now: i64) -> Result<usize, DbError> {
+    Ok(tx.execute(
+        "UPDATE agents SET lease_until = ?2 WHERE replica_id = ?1 AND online = 1",
+        params![replica, now + crate::cluster::LEASE_MS],
+    )?)
+}
+
+/// Revoked agents replica `replica` still holds (revoked through another replica): their
+/// connections here must close.
+pub fn revoked_held_by(c: &Conn<'_>, replica: &str) -> Result<Vec<i64>, DbError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id FROM agents WHERE replica_id = ?1 AND revoked_at IS NOT NULL ORDER BY id",
+    )?;
+    Ok(stmt
+        .query_map([replica], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// An agent's presence as the database has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// The replica holding it, while its lease is live.
+    pub replica: Option<String>,
+    /// Until when its last lease held (ms), if it ever had one.
+    pub lease_until: Option<i64>,
+}
+
+pub fn presence(c: &Conn<'_>, id: i64, now: i64) -> Result<Presence, DbError> {
+    let row: Option<(bool, Option<String>, Option<i64>)> = c
+        .query_row(
+            "SELECT online = 1, replica_id, lease_until FROM agents WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((online, replica, lease_until)) => Presence {
+            replica: replica.filter(|_| online && lease_until.is_some_and(|l| l > now)),
+            lease_until,
+        },
+        None => Presence::default(),
+    })
 }
 
 /// Persist many heartbeats in one statement batch.

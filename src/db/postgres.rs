@@ -48,6 +48,11 @@ impl PgStore {
         self.pool.shown()
     }
 
+    /// A connection of its own, outside the pool (a session advisory lock, LISTEN).
+    pub(super) fn dedicated(&self) -> Result<postgres::Client, DbError> {
+        Ok(self.pool.get().map_err(SqlError::from)?.client)
+    }
+
     pub(super) fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
         E: From<DbError>,

@@ -412,7 +412,7 @@ mod tests {
             assert_eq!(violations, 0);
             let mut schema_after = before(tx);
             schema_after.retain(|(kind, name)| !name.starts_with("audit_log_") || kind != "index" || name == "audit_log_at");
-            // What V17 to V20 add.
+            // What V17 to V21 add.
             schema_after.retain(|(_, name)| {
                 !name.starts_with("project_members")
                     && !name.starts_with("environment_deployers")
@@ -420,6 +420,7 @@ mod tests {
                     && !name.starts_with("oidc_identities")
                     && name != "two_factor"
                     && !name.starts_with("recovery_codes")
+                    && !name.starts_with("agent_commands")
             });
             assert_eq!(schema_after, schema_before, "every table, index and trigger is still there");
             let ids = |sql: &str| -> rusqlite::Result<Vec<i64>> {

@@ -240,7 +240,16 @@ pub(super) fn find_target(
             environment_id: env.id,
         });
     }
-    let Some(agent_id) = agent_ids.iter().copied().find(|id| hub.is_online(*id)) else {
+    // Connected here, or to another replica (a live lease): the queue routes it there.
+    let now = now_ms();
+    let mut online = None;
+    for id in agent_ids.iter().copied() {
+        if hub.is_online(id) || agent_store::presence(c, id, now)?.replica.is_some() {
+            online = Some(id);
+            break;
+        }
+    }
+    let Some(agent_id) = online else {
         return Err(offline_error(c, &env.name, &agent_ids)?);
     };
     // An agent too old to offer a recipient is sent no DEPLOY: its secrets would travel in clear.

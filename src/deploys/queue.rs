@@ -39,33 +39,69 @@ enum Round {
 /// Send the environment's newest waiting deployment if nothing of it is queued or running and
 /// its agent is online. Answers the deployments that were claimed and ended failed instead
 /// (vault or seal problems, a frame too big) with why, so a trigger can say so.
+/// When the environment's agent is connected to another replica, that replica is told
+/// (src/cluster/route.rs) and sends it.
 pub async fn dispatch_next(state: &AppState, environment_id: i64) -> Vec<(i64, DeployError)> {
+    dispatch(state, environment_id, true).await
+}
+
+/// [`dispatch_next`] for an agent connected here, telling no other replica (what the routing
+/// listener and sweep run).
+pub async fn dispatch_local(state: &AppState, environment_id: i64) -> Vec<(i64, DeployError)> {
+    dispatch(state, environment_id, false).await
+}
+
+async fn dispatch(state: &AppState, environment_id: i64, route: bool) -> Vec<(i64, DeployError)> {
     let mut failed = Vec::new();
     // Every failed round ends one waiting deployment, so this ends.
     loop {
-        match dispatch_once(state, environment_id).await {
+        match dispatch_once(state, environment_id, route).await {
             Round::Idle | Round::Sent => return failed,
             Round::Failed(id, e) => failed.push((id, e)),
         }
     }
 }
 
-async fn dispatch_once(state: &AppState, environment_id: i64) -> Round {
+/// Where the environment's agent is.
+enum Holder {
+    Here(i64, Option<age::x25519::Recipient>),
+    Elsewhere,
+    Nowhere,
+}
+
+async fn dispatch_once(state: &AppState, environment_id: i64, route: bool) -> Round {
     let hub = state.hub.clone();
+    let shared = route && state.db.backend() == crate::db::Backend::Postgres;
+    let me = state.cluster.replica_id.clone();
     let agent = state
         .db
         .lookup(move |c| {
             let ids = agent_store::ids_for_environment(c, environment_id)?;
-            match ids.into_iter().find(|id| hub.is_online(*id)) {
-                Some(id) => Ok::<_, DbError>(Some((id, ops::recipient_of(c, id)?))),
-                None => Ok(None),
+            if let Some(id) = ids.iter().copied().find(|id| hub.is_online(*id)) {
+                return Ok::<_, DbError>(Holder::Here(id, ops::recipient_of(c, id)?));
             }
+            if shared {
+                let now = now_ms();
+                for id in ids {
+                    if agent_store::presence(c, id, now)?
+                        .replica
+                        .is_some_and(|r| r != me)
+                    {
+                        return Ok(Holder::Elsewhere);
+                    }
+                }
+            }
+            Ok(Holder::Nowhere)
         })
         .await;
     let (agent_id, recipient) = match agent {
-        Ok(Some(found)) => found,
+        Ok(Holder::Here(id, recipient)) => (id, recipient),
+        Ok(Holder::Elsewhere) => {
+            crate::cluster::route::notify(state, crate::cluster::route::DISPATCH, environment_id).await;
+            return Round::Idle;
+        }
         // Whatever waits stays waiting: the agent's HELLO dispatches it.
-        Ok(None) => return Round::Idle,
+        Ok(Holder::Nowhere) => return Round::Idle,
         Err(e) => {
             tracing::error!(environment_id, error = %e, "cannot look up the environment's agent");
             return Round::Idle;
@@ -355,11 +391,34 @@ pub async fn cancel(
                 .send_to(a, environment_id, Outbound::Text(frame))
                 .is_ok()
         });
-        let detail = if sent {
-            "sent to the agent"
-        } else {
-            "agent offline: ended by the appliance"
+        // Its agent is connected to another replica: that one sends the CANCEL (issue 17).
+        let elsewhere = match (sent, agent_id) {
+            (false, Some(a)) => {
+                let me = state.cluster.replica_id.clone();
+                let now = now_ms();
+                let holder = state
+                    .db
+                    .read(move |c| agent_store::presence(c, a, now))
+                    .await?
+                    .replica
+                    .filter(|r| *r != me);
+                if holder.is_some() {
+                    state
+                        .db
+                        .write(move |tx| store::queue_cancel(tx, a, deployment_id, now_ms()))
+                        .await?;
+                    crate::cluster::route::notify(state, crate::cluster::route::COMMAND, a).await;
+                }
+                holder
+            }
+            _ => None,
         };
+        let detail = match (&elsewhere, sent) {
+            (_, true) => "sent to the agent".to_owned(),
+            (Some(replica), _) => format!("sent to the agent through replica {replica}"),
+            (None, false) => "agent offline: ended by the appliance".to_owned(),
+        };
+        let sent = sent || elsewhere.is_some();
         let who_cancelled = actor.clone();
         state
             .db
@@ -368,7 +427,7 @@ pub async fn cancel(
                     tx,
                     now_ms(),
                     &audit::Entry::new(&actor, "deploy.cancel", "deployment", Some(deployment_id))
-                        .detail(detail),
+                        .detail(&detail),
                 )?;
                 Ok::<_, DeployError>(())
             })
@@ -433,5 +492,43 @@ pub async fn on_hello(state: &AppState, agent: &AgentIdentity, active: Option<&[
             Err(e) => tracing::error!(agent_id, error = %e, "cannot look up cancelled deployments"),
         }
     }
+    deliver_commands(state, agent.id).await;
     dispatch_next(state, agent.environment_id).await;
+}
+
+/// Send the commands other replicas recorded for an agent connected here (src/cluster/route.rs),
+/// deleting those queued; what cannot be queued stays for the next sweep or HELLO.
+pub async fn deliver_commands(state: &AppState, agent_id: i64) {
+    let Some(environment_id) = state.hub.environment_of(agent_id) else {
+        return;
+    };
+    let pending = match state.db.read(move |c| store::commands_for(c, agent_id)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(agent_id, error = %e, "cannot read the agent's pending commands");
+            return;
+        }
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let mut done = Vec::new();
+    for (command_id, deployment_id) in pending {
+        let frame = Zeroizing::new(protocol::encode(&ServerMessage::Cancel { deployment_id }));
+        if state
+            .hub
+            .send_to(agent_id, environment_id, Outbound::Text(frame))
+            .is_ok()
+        {
+            tracing::info!(
+                deployment_id,
+                agent_id,
+                "CANCEL from another replica sent to the agent"
+            );
+            done.push(command_id);
+        }
+    }
+    if let Err(e) = state.db.write(move |tx| store::delete_commands(tx, &done)).await {
+        tracing::error!(agent_id, error = %e, "cannot delete the delivered commands");
+    }
 }

@@ -17,7 +17,10 @@ pub async fn run(state: AppState, period: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => sweep(&state, now_ms()).await,
+            // Once across replicas: only the leader reaps (src/cluster/leader.rs).
+            _ = tick.tick() => if state.cluster.is_leader() {
+                sweep(&state, now_ms()).await;
+            },
             () = state.shutdown.cancelled() => break,
         }
     }
@@ -50,7 +53,11 @@ pub async fn sweep(state: &AppState, now: i64) {
         let verdict = if now - sent > max_age {
             Some("timeout")
         } else {
-            match agent_id.map(|a| state.hub.offline_since(a)) {
+            let since = match agent_id {
+                Some(a) => Some(offline_since(state, a, now).await),
+                None => None,
+            };
+            match since {
                 None => Some("agent_lost"),
                 Some(Some(since)) if now - since > lost_after => Some("agent_lost"),
                 _ => None,
@@ -59,6 +66,25 @@ pub async fn sweep(state: &AppState, now: i64) {
         if let Some(error) = verdict {
             tracing::warn!(deployment_id = id, error, "failing overdue deployment");
             ops::end_by_server(state, id, environment_id, error).await;
+        }
+    }
+}
+
+/// When an agent went away, `None` while it is connected here or to another replica (a live
+/// lease). Gone since the later of what this replica saw (its disconnect, or this process's
+/// start) and the end of its last lease (a dead replica's agents: when their lease ran out).
+async fn offline_since(state: &AppState, agent_id: i64, now: i64) -> Option<i64> {
+    let local = state.hub.offline_since(agent_id)?;
+    let presence = state
+        .db
+        .read(move |c| crate::agents::store::presence(c, agent_id, now))
+        .await;
+    match presence {
+        Ok(p) if p.replica.is_some() => None,
+        Ok(p) => Some(local.max(p.lease_until.unwrap_or(0))),
+        Err(e) => {
+            tracing::error!(agent_id, error = %e, "reaper cannot read the agent's presence");
+            None
         }
     }
 }

@@ -30,7 +30,8 @@ pub async fn run(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => match sweep(&state, now_ms()).await {
+            // Once across replicas: only the leader prunes.
+            _ = tick.tick() => match if state.cluster.is_leader() { sweep(&state, now_ms()).await } else { Ok(Pruned::default()) } {
                 Ok(p) if p.deployments > 0 => tracing::info!(
                     deployments = p.deployments,
                     lines = p.lines,

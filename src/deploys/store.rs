@@ -629,6 +629,38 @@ pub fn note_withheld(
     Ok(changed == 1)
 }
 
+/// Record a CANCEL for an agent another replica holds (`agent_commands`, V21).
+pub fn queue_cancel(tx: &Tx<'_>, agent_id: i64, deployment_id: i64, now: i64) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO agent_commands (agent_id, deployment_id, kind, created_at) VALUES (?1, ?2, 'cancel', ?3)",
+        params![agent_id, deployment_id, now],
+    )?;
+    Ok(())
+}
+
+/// An agent's pending commands, oldest first: `(command id, deployment id)`.
+pub fn commands_for(c: &Conn<'_>, agent_id: i64) -> Result<Vec<(i64, i64)>, DbError> {
+    let mut stmt =
+        c.prepare_cached("SELECT id, deployment_id FROM agent_commands WHERE agent_id = ?1 ORDER BY id")?;
+    Ok(stmt
+        .query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Agents with pending commands.
+pub fn agents_with_commands(c: &Conn<'_>) -> Result<Vec<i64>, DbError> {
+    let mut stmt = c.prepare_cached("SELECT DISTINCT agent_id FROM agent_commands ORDER BY agent_id")?;
+    Ok(stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+}
+
+pub fn delete_commands(tx: &Tx<'_>, ids: &[i64]) -> Result<(), DbError> {
+    let mut stmt = tx.prepare_cached("DELETE FROM agent_commands WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute([id])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,9 +122,11 @@ pub struct Watched {
     pub offline: bool,
 }
 
-pub fn watched_agents(c: &Conn<'_>) -> Result<Vec<Watched>, DbError> {
+/// Offline: no live lease as of `now` (issue 17: a dead replica's agents too).
+pub fn watched_agents(c: &Conn<'_>, now: i64) -> Result<Vec<Watched>, DbError> {
     let mut stmt = c.prepare_cached(
-        "SELECT n.id, p.id, p.name, n.offline_minutes, n.created_at, a.id, a.name, e.name, a.last_heartbeat, a.online = 0
+        "SELECT n.id, p.id, p.name, n.offline_minutes, n.created_at, a.id, a.name, e.name, a.last_heartbeat,
+                (a.online = 0 OR COALESCE(a.lease_until, 0) <= ?1)
          FROM notify_channels n
          JOIN projects p ON p.id = n.project_id
          JOIN environments e ON e.project_id = p.id
@@ -132,7 +134,7 @@ pub fn watched_agents(c: &Conn<'_>) -> Result<Vec<Watched>, DbError> {
          WHERE ',' || n.events || ',' LIKE '%,agent.offline,%'
          ORDER BY n.id, a.id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([now], |r| {
         Ok(Watched {
             channel_id: r.get(0)?,
             project_id: r.get(1)?,

@@ -105,6 +105,10 @@ pub async fn watch_agents(state: AppState) {
             _ = tick.tick() => {}
             () = state.shutdown.cancelled() => break,
         }
+        // Once across replicas: only the leader watches (one notice per episode either way).
+        if !state.cluster.is_leader() {
+            continue;
+        }
         if let Err(e) = check_agents(&state, now_ms()).await {
             tracing::error!(error = %e, "cannot check agents for offline notifications");
         }
@@ -112,7 +116,7 @@ pub async fn watch_agents(state: AppState) {
 }
 
 async fn check_agents(state: &AppState, now: i64) -> Result<(), super::NotifyError> {
-    let watched = state.db.read(store::watched_agents).await?;
+    let watched = state.db.read(move |c| store::watched_agents(c, now)).await?;
     for w in watched {
         let Some(since) = w.last_heartbeat else {
             continue; // never connected: nothing went offline
@@ -147,7 +151,16 @@ async fn check_agents(state: &AppState, now: i64) -> Result<(), super::NotifyErr
 
 /// Send due deliveries until shutdown; sleep until the next one is due or something is enqueued.
 pub async fn deliver(state: AppState) {
+    // Several replicas: only the leader sends, and it looks again at least this often for rows
+    // another replica enqueued (its wake-up call reaches only its own sender).
+    let shared = state.db.backend() == crate::db::Backend::Postgres;
     loop {
+        if !state.cluster.is_leader() {
+            tokio::select! {
+                () = tokio::time::sleep(crate::cluster::leader::RETRY) => continue,
+                () = state.shutdown.cancelled() => break,
+            }
+        }
         let now = now_ms();
         let due = match state.db.read(move |c| store::due(c, now, BATCH)).await {
             Ok(d) => d,
@@ -165,7 +178,8 @@ pub async fn deliver(state: AppState) {
             tracing::error!(error = %e, "cannot read the notification outbox");
             None
         });
-        let wait_ms = next.map_or(60_000, |t| (t - now_ms()).clamp(0, 60_000));
+        let longest = if shared { 2_000 } else { 60_000 };
+        let wait_ms = next.map_or(longest, |t| (t - now_ms()).clamp(0, longest));
         tokio::select! {
             () = state.notifier.wake.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))) => {}

@@ -185,8 +185,29 @@ async fn prepare(
             status,
         });
     }
+    let ids: Vec<i64> = agents.iter().map(|a| a.id).collect();
     let online: Vec<EnvAgent> = agents.into_iter().filter(|a| state.hub.is_online(a.id)).collect();
     if online.is_empty() {
+        // Connected to another replica: actions are not routed between replicas (issue 17).
+        let now = now_ms();
+        let elsewhere = state
+            .db
+            .read(move |c| {
+                for id in ids {
+                    if let Some(r) = crate::agents::store::presence(c, id, now)?.replica {
+                        return Ok::<_, crate::db::DbError>(Some(r));
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        if let Some(replica) = elsewhere {
+            return Err(ActionError::NoAgent(format!(
+                "the agent of {:?} is connected to replica {replica}: service actions go only through the \
+                 replica holding the agent; retry there (or when the agent reconnects here)",
+                target.environment
+            )));
+        }
         return Err(ActionError::NoAgent(format!(
             "no agent of {:?} is online: start its agent (see the Agents page), then try again",
             target.environment

@@ -45,6 +45,13 @@ pub enum LogsError {
     InvalidService,
     #[error("no agent of {0} is online")]
     NoAgent(String),
+    /// 409: its agent is connected to another replica; container logs are not routed between
+    /// replicas (issue 17): ask that one.
+    #[error(
+        "the agent of {environment} is connected to replica {replica}: container logs go only through the \
+         replica holding the agent; retry there (or when the agent reconnects here)"
+    )]
+    Elsewhere { environment: String, replica: String },
     #[error(
         "the online agent of {0} does not offer container logs: upgrade it (stagely-agent) and restart it"
     )]
@@ -215,6 +222,15 @@ fn pick_agent(
         .filter(|id| state.hub.is_online(*id))
         .collect();
     if online.is_empty() {
+        let now = crate::db::now_ms();
+        for id in agent_store::ids_for_environment(c, environment_id)? {
+            if let Some(replica) = agent_store::presence(c, id, now)?.replica {
+                return Err(LogsError::Elsewhere {
+                    environment: environment.to_owned(),
+                    replica,
+                });
+            }
+        }
         return Err(LogsError::NoAgent(environment.to_owned()));
     }
     for id in online {

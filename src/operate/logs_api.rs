@@ -26,7 +26,10 @@ impl LogsError {
         match self {
             LogsError::NotFound => StatusCode::NOT_FOUND,
             LogsError::InvalidTail(_) | LogsError::InvalidService => StatusCode::BAD_REQUEST,
-            LogsError::NoAgent(_) | LogsError::NotOffered(_) | LogsError::Busy(_) => StatusCode::CONFLICT,
+            LogsError::NoAgent(_)
+            | LogsError::Elsewhere { .. }
+            | LogsError::NotOffered(_)
+            | LogsError::Busy(_) => StatusCode::CONFLICT,
             LogsError::Agent(_) | LogsError::AgentGone => StatusCode::BAD_GATEWAY,
             LogsError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             LogsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -38,6 +41,7 @@ impl LogsError {
             LogsError::NotFound => "not_found",
             LogsError::InvalidTail(_) | LogsError::InvalidService => "invalid_field",
             LogsError::NoAgent(_) => "agent_offline",
+            LogsError::Elsewhere { .. } => "agent_elsewhere",
             LogsError::NotOffered(_) => "agent_too_old",
             LogsError::Busy(_) => "busy",
             LogsError::Agent(_) | LogsError::AgentGone => "agent_failed",

@@ -59,6 +59,8 @@ mod protected_envs;
 mod queue;
 mod releases;
 mod releases_engine;
+mod replica_support;
+mod replicas;
 mod request_context;
 mod runtime;
 mod secret_history;

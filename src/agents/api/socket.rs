@@ -258,10 +258,10 @@ impl Connected<'_> {
         let last_seen = self.reg.last_seen.load(Ordering::Relaxed);
         if state.hub.unregister(agent.id, self.reg.conn_id, now_ms()) {
             state.requests.agent_gone(agent.id);
-            let id = agent.id;
+            let (id, replica) = (agent.id, state.cluster.replica_id.clone());
             if let Err(e) = state
                 .db
-                .write(move |tx| store::mark_offline(tx, id, last_seen))
+                .write(move |tx| store::mark_offline(tx, id, &replica, last_seen))
                 .await
             {
                 tracing::error!(agent_id = agent.id, error = %e, "cannot record agent disconnect");

@@ -30,6 +30,8 @@ const CATCH_UP_CHUNK: i64 = 5000;
 /// How long a viewer waits for missing lines to be committed before going on without them
 /// (lines an agent never delivered never will be).
 const MISSING_LINES_WAIT: Duration = Duration::from_secs(2);
+/// How often a viewer of a deployment running on another replica reads its stored log.
+const REMOTE_POLL: Duration = Duration::from_millis(300);
 
 pub async fn live_socket(
     State(state): State<AppState>,
@@ -86,10 +88,14 @@ impl Viewer {
         // Lines that reached the hub before the subscription may still be queued for the writer.
         self.state.logs.flush().await;
         self.send_tail().await?;
-        let live = match live {
+        let mut live = match live {
             Some(rx) => Some(rx),
             None => self.while_waiting().await?,
         };
+        if live.is_none() {
+            // Running on an agent connected to another replica (issue 17): from the store.
+            live = self.poll_remote().await?;
+        }
         if let Some(mut rx) = live {
             self.follow(&mut rx).await?;
         }
@@ -140,7 +146,53 @@ impl Viewer {
                         Some(Ok(_)) => continue,
                     },
                     () = self.state.shutdown.cancelled() => return Ok(None),
+                    // Another replica dispatches it without an event here: look again.
+                    () = tokio::time::sleep(REMOTE_POLL), if self.shared() => break,
                 }
+            }
+        }
+    }
+
+    fn shared(&self) -> bool {
+        self.state.db.backend() == crate::db::Backend::Postgres
+    }
+
+    /// A deployment not finished whose live channel is on another replica: send its stored
+    /// lines every [`REMOTE_POLL`] (the same frames as the live view) until it ends, or until
+    /// its agent connects here (then its live channel, `Some`).
+    async fn poll_remote(&mut self) -> Result<Option<broadcast::Receiver<LiveEvent>>, Gone> {
+        if !self.shared() {
+            return Ok(None);
+        }
+        let mut shown_running = false;
+        loop {
+            if let Some(rx) = self.state.hub.subscribe(self.id) {
+                return Ok(Some(rx));
+            }
+            let id = self.id;
+            let d = self
+                .state
+                .db
+                .read(move |c| store::get(c, id))
+                .await
+                .map_err(|e| self.storage_failed(&e))?;
+            if d.status.is_finished() {
+                return Ok(None);
+            }
+            self.catch_up(None).await?;
+            if !shown_running && self.seen >= 0 {
+                shown_running = true;
+                let mut d = d;
+                d.status = DeployStatus::Running;
+                self.send(status_block(&d)).await?;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REMOTE_POLL) => {}
+                msg = self.socket.recv() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(Gone),
+                    Some(Ok(_)) => {}
+                },
+                () = self.state.shutdown.cancelled() => return Ok(None),
             }
         }
     }
