@@ -204,8 +204,10 @@ impl Db {
         }
     }
 
-    /// [`Db::write_blocking`] on a thread that drives no tokio task (the blocking pool's).
-    fn write_here<T, E, F>(&self, f: F) -> Result<T, E>
+    /// [`Db::write_blocking`] on a thread that drives no tokio task (the blocking pool's, a CLI
+    /// command's), with no `Send` bound: one store's transaction may nest in another's (the
+    /// copy of `stagely migrate-store`).
+    pub(crate) fn write_here<T, E, F>(&self, f: F) -> Result<T, E>
     where
         E: From<DbError>,
         F: FnOnce(&Tx<'_>) -> Result<T, E>,
@@ -216,7 +218,8 @@ impl Db {
         }
     }
 
-    fn read_here<T, E, F>(&self, f: F) -> Result<T, E>
+    /// [`Db::read_blocking`] on a thread that drives no tokio task; see [`Db::write_here`].
+    pub(crate) fn read_here<T, E, F>(&self, f: F) -> Result<T, E>
     where
         E: From<DbError>,
         F: FnOnce(&Conn<'_>) -> Result<T, E>,

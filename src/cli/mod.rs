@@ -371,14 +371,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let listen = config.listen;
-        // Opening migrates and checks the store with blocking calls (PostgreSQL's blocking client
-        // runs a runtime of its own): off the runtime's worker.
-        let mut opened = tokio::task::block_in_place(|| App::open(config))?;
+        let mut opened = App::open(config)?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         opened.config.bound_to(addr);
-        let app = tokio::task::block_in_place(|| opened.start())?;
+        let app = opened.start()?;
         let shutdown = app.state.shutdown.clone();
         let signalled = shutdown_signal().context("cannot install signal handlers")?;
         tokio::spawn(async move {

@@ -50,7 +50,7 @@ impl PgStore {
 
     /// A connection of its own, outside the pool (a session advisory lock, LISTEN).
     pub(super) fn dedicated(&self) -> Result<postgres::Client, DbError> {
-        Ok(self.pool.get().map_err(SqlError::from)?.client)
+        Ok(self.pool.connect_dedicated().map_err(SqlError::from)?)
     }
 
     pub(super) fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>

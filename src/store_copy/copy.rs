@@ -33,8 +33,9 @@ pub(super) fn into(source: &Db, schema: &Schema, target: &Db) -> Result<Report, 
     let mut order = schema.in_foreign_key_order()?;
     // Stable: the metric tables reference nothing, so moving them last keeps the order valid.
     order.sort_by_key(|t| is_metric(t));
-    let tables = source.read_blocking(|src| {
-        target.write_blocking(|tx| {
+    // The one place two stores' transactions nest (a CLI command: no runtime on this thread).
+    let tables = source.read_here(|src| {
+        target.write_here(|tx| {
             refuse_rows(tx, &target_schema)?;
             let mut copied = Vec::with_capacity(order.len());
             for table in &order {

@@ -9,7 +9,7 @@ use std::process::Output;
 
 use serde_json::json;
 
-use crate::common::TestServer;
+use crate::common::{Api, ServerProcess, TestServer};
 use crate::releases::{connect, deploy, next_deploy, report};
 
 const CANARY: &str = "canary-migrate-7c41e9";
@@ -104,6 +104,12 @@ fn dump(path: &Path) -> Vec<(String, Vec<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_store_round_trip() {
+    if crate::common::store::postgres() {
+        // Not a missing part: the source of this test is the SQLite file of its appliance, and
+        // the suite's SQLite pass runs it.
+        eprintln!("migrate_store_round_trip runs in the SQLite pass (its source is the SQLite file)");
+        return;
+    }
     let Some(pg) = fresh_database("roundtrip") else {
         return;
     };
@@ -202,9 +208,35 @@ async fn migrate_store_round_trip() {
         assert_eq!(ra, rb, "table {ta} differs after the round trip");
     }
 
-    // Left for the lead (see /work/briefs/notes-h2.md): start `stagely serve` on the migrated
-    // PostgreSQL and check the old token, the vault and that the deleted project's id `gone` is
-    // not given again; `serve` with database_url panics at start today (the blocking PostgreSQL
-    // client is opened inside the tokio runtime).
-    let _ = (&token, gone);
+    // An appliance on the migrated PostgreSQL (the same data dir: its master.key and signing.key):
+    // the old token signs in, the old key opens the vault, the agent keeps its pinned identity,
+    // and the deleted project's id is not given again.
+    let log = data.join("serve-on-postgres.log");
+    let served = ServerProcess::spawn(
+        &data,
+        "127.0.0.1:0",
+        &[("STAGELY_DATABASE_URL", pg.as_str())],
+        &log,
+    )
+    .await;
+    let api = Api::new(&served.url, &token);
+    let (status, projects) = api.get("/api/projects").await;
+    assert_eq!(status, 200, "{projects}");
+    assert!(projects.to_string().contains("\"shop\""), "{projects}");
+    let mut agent = connect(&api, &agent_token, &["releases"]).await;
+    api.wait_online(agent_id).await;
+    let again = deploy(&api, pid).await;
+    assert!(again > d, "deployment id {again} given again (was {d})");
+    let (sent, frame) = next_deploy(&mut agent).await;
+    assert_eq!(sent, again);
+    assert_eq!(agent.secrets(&frame)[0]["value"], format!("{CANARY}-2"));
+    report(&mut agent, again, "SUCCESS", json!({})).await;
+    let (fresh, _) = api.project("fresh", &[]).await;
+    assert!(fresh > gone, "project id {fresh} given again (deleted: {gone})");
+    drop(agent);
+    assert!(served.terminate().await.success());
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains(CANARY),
+        "a secret value in the PostgreSQL appliance's log"
+    );
 }

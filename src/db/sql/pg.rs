@@ -126,6 +126,12 @@ impl PgPool {
         }
     }
 
+    /// A connection outside the pool's count, held for as long as its user lives (a session
+    /// advisory lock, LISTEN): it never waits for a slot and takes none.
+    pub fn connect_dedicated(&self) -> Result<postgres::Client, PgError> {
+        self.config.connect(self.tls.clone()).map_err(PgError::Connect)
+    }
+
     /// Give a connection back after a finished transaction (a closed one is let go).
     pub fn put(&self, c: PgClient) {
         if c.client.is_closed() {
