@@ -51,7 +51,7 @@ if [ "$quick" = 1 ]; then
   cargo build --workspace --bins
   skips=(--skip agent_engine:: --skip e2e_engine:: --skip web_browser:: --skip packaging::
     --skip operations:: --skip bench_quick:: --skip agent_git:: --skip agent_override:: --skip agent_run:: --skip agent_policy:: --skip compose_names::
-    --skip faults:: --skip log_resend:: --skip hooks_engine:: --skip cancel_engine:: --skip releases_engine:: --skip agent_release:: --skip container_logs_engine:: --skip actions_engine::)
+    --skip faults:: --skip log_resend:: --skip hooks_engine:: --skip cancel_engine:: --skip releases_engine:: --skip agent_release:: --skip container_logs_engine:: --skip actions_engine:: --skip replicas_engine::)
   if [ "$quick_postgres" = 1 ]; then
     echo "=== the quick tier's integration tests with every appliance on PostgreSQL ===" >&2
     STAGELY_TEST_STORE=postgres cargo test --workspace --test it "$@" -- "${skips[@]}"

@@ -458,6 +458,15 @@ impl Proc {
         stagely_agent::groups::read_stat(self.pid)
             .is_some_and(|s| s.state != 'Z' && s.start_time == self.start)
     }
+
+    /// What a failing test should say about it: its group, state and argv.
+    pub fn describe(&self) -> String {
+        let stat = stagely_agent::groups::read_stat(self.pid);
+        let argv = std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .unwrap_or_default();
+        format!("pid {} {stat:?}: {argv}", self.pid)
+    }
 }
 
 /// The live processes whose argv names compose project `project` (`-p project`) and, when

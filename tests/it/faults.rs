@@ -355,6 +355,9 @@ async fn one_run(
                 "deployment {id}, {delay} ms in ({status_then}), {} compose processes running",
                 before.len()
             );
+            for p in &before {
+                eprintln!("{} run {}: before the kill: {}", t(), run.n, p.describe());
+            }
             stack.kill_agent().await;
             stack.start_agent().await;
             // `start_agent` returns once the new agent is online: its predecessor's compose
@@ -378,7 +381,14 @@ async fn one_run(
     let count = run.tally.kinds.entry(run.fault).or_default();
     count.runs += 1;
     run.check(outlived.is_empty(), || {
-        format!("compose processes of the killed agent outlived it: {outlived:?}")
+        let described: Vec<String> = outlived.iter().map(|p| p.describe()).collect();
+        let groups: Vec<String> = std::fs::read_to_string(stack.root.join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("process group"))
+            .map(str::to_owned)
+            .collect();
+        format!("compose processes of the killed agent outlived it: {described:?}; the agent's process group lines: {groups:?}")
     });
 
     // No deployment is left non-terminal past its timeout: the agent's health wait and the

@@ -61,6 +61,7 @@ mod releases;
 mod releases_engine;
 mod replica_support;
 mod replicas;
+mod replicas_engine;
 mod request_context;
 mod runtime;
 mod secret_history;
