@@ -303,11 +303,13 @@ impl Stack {
                 .unwrap();
         }
         std::fs::create_dir_all(&self.runtime).unwrap();
+        let log_path = self.root.join("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.root.join("agent.log"))
+            .open(&log_path)
             .unwrap();
+        let log_start = log.metadata().unwrap().len();
         let server = match (&self.proxy, &self.faults) {
             (Some(p), _) => p.url.clone(),
             (_, Some(f)) => f.url.clone(),
@@ -329,6 +331,20 @@ impl Stack {
             .spawn()
             .unwrap();
         self.agent = Some(child);
+        // This agent's own session, not a killed predecessor's the appliance has not yet seen
+        // close: the agent says "connected" once it has ended its predecessor's leftovers and
+        // opened its socket.
+        wait_for("the new agent connected", Duration::from_secs(30), || {
+            let log_path = log_path.clone();
+            async move {
+                let text = std::fs::read(&log_path).ok()?;
+                let new = String::from_utf8_lossy(text.get(log_start as usize..)?).into_owned();
+                new.lines()
+                    .any(|l| l.contains("stagely_agent::connection") && l.contains(" connected server="))
+                    .then_some(())
+            }
+        })
+        .await;
         self.wait_agent_online(Duration::from_secs(30)).await;
     }
 
