@@ -60,6 +60,10 @@ const METRICS: &[&str] = &[
     "webhook_deploy_p99",
     "webhook_burst_ran",
     "webhook_burst_newest",
+    "replicas_dispatch_p50",
+    "replicas_dispatch_p99",
+    "replicas_local_p50",
+    "replicas_local_p99",
 ];
 
 #[test]

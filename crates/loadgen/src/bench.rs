@@ -38,7 +38,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Run only these groups (comma-separated): appliance, agent, idle, dispatch, logs, slow,
-    /// storm, overhead, sqlite, abuse, signin, history, webhooks.
+    /// storm, overhead, sqlite, abuse, signin, history, webhooks, runtime, replicas (needs
+    /// PostgreSQL: `STAGELY_BENCH_DATABASE_URL`).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's own
@@ -314,7 +315,7 @@ pub async fn main(args: BenchArgs) -> Result<()> {
     let needs_fixture = groups.iter().any(|g| {
         matches!(
             *g,
-            "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite" | "abuse" | "runtime"
+            "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite" | "abuse" | "runtime" | "replicas"
         )
     });
     if needs_fixture {
@@ -372,6 +373,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
     let not_measured_reason = match group {
         "agent" => crate::footprint::agent_unusable(&b.agent),
         "overhead" => crate::overhead::unavailable(b),
+        "replicas" => crate::replicas::unavailable(),
         _ => None,
     };
     if let Some(why) = &not_measured_reason {
@@ -404,6 +406,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
             "history" => crate::history::run(b, res).await,
             "webhooks" => crate::webhooks::run(b, res).await,
             "runtime" => crate::runtime::run(b, res).await,
+            "replicas" => crate::replicas::run(b, res, run).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {

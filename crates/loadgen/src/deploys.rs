@@ -104,72 +104,9 @@ pub async fn dispatch(b: &Bench, res: &mut Results) -> Result<()> {
         let mut http = Http::new(addr, Some(&fixture.admin_token));
         wait_online(&mut http, n, Duration::from_secs(120)).await?;
 
-        // Paced deploys: one every 1/rate s, round robin over the agents, on a few connections.
         let total = b.sizes.dispatch_deploys;
-        let (job_tx, job_rx) = async_channel(total);
-        let mut workers = Vec::new();
-        for _ in 0..DISPATCH_CONNECTIONS {
-            let jobs = job_rx.clone();
-            let token = fixture.admin_token.clone();
-            workers.push(tokio::spawn(async move {
-                let mut http = Http::new(addr, Some(&token));
-                let mut sent = Vec::new();
-                while let Some((project_id, env)) = next_job(&jobs).await {
-                    let a = http
-                        .post(&format!("/api/deploy/{project_id}"), &json!({"environment": env}))
-                        .await?;
-                    sent.push((a.status, a.body["deployment_id"].as_i64(), a.sent_at, a.done_at));
-                }
-                Ok::<_, anyhow::Error>(sent)
-            }));
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / b.sizes.dispatch_rate));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for i in 0..total {
-            tick.tick().await;
-            let a = &agents[i % n];
-            job_tx
-                .send((a.project_id, a.environment.clone()))
-                .await
-                .context("dispatcher workers stopped")?;
-        }
-        drop(job_tx);
-        let mut sent = Vec::new();
-        for w in workers {
-            sent.extend(w.await??);
-        }
-        let accepted: Vec<_> = sent
-            .iter()
-            .filter_map(|(status, id, s, d)| (*status == 202).then_some((*id, *s, *d)))
-            .filter_map(|(id, s, d)| id.map(|id| (id, s, d)))
-            .collect();
-        let refused = sent.len() - accepted.len();
-        // Collect the agents' receipts of every accepted deploy.
-        let mut held: HashMap<i64, Instant> = HashMap::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while held.len() < accepted.len() && Instant::now() < deadline {
-            match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-                Ok(Some(Event::Deploy { deployment_id, at, .. })) => {
-                    held.insert(deployment_id, at);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => {}
-            }
-        }
-        let mut lat: Vec<f64> = Vec::new();
-        let mut api: Vec<f64> = Vec::new();
-        for (id, sent_at, done_at) in &accepted {
-            api.push(done_at.duration_since(*sent_at).as_secs_f64() * 1000.0);
-            if let Some(at) = held.get(id) {
-                lat.push(at.saturating_duration_since(*sent_at).as_secs_f64() * 1000.0);
-            }
-        }
-        lat.sort_by(f64::total_cmp);
-        api.sort_by(f64::total_cmp);
-        if lat.is_empty() {
-            bail!("no deploy reached an agent ({refused} refused)");
-        }
+        let Paced { lat, api, refused, missing } =
+            paced_deploys(b, &fixture.admin_token, agents, addr, &mut rx, total).await?;
         res.add("dispatch_p50", quantile(&lat, 0.5).unwrap_or(f64::NAN));
         res.add("dispatch_p99", quantile(&lat, 0.99).unwrap_or(f64::NAN));
         res.add("dispatch_api_p50", quantile(&api, 0.5).unwrap_or(f64::NAN));
@@ -194,7 +131,6 @@ pub async fn dispatch(b: &Bench, res: &mut Results) -> Result<()> {
         }
         floor.sort_by(f64::total_cmp);
         res.add("dispatch_floor_p50", quantile(&floor, 0.5).unwrap_or(f64::NAN));
-        let missing = accepted.len() - lat.len();
         if refused > 0 || missing > 0 {
             res.note(
                 "dispatch_p99",
@@ -207,6 +143,105 @@ pub async fn dispatch(b: &Bench, res: &mut Results) -> Result<()> {
     local.stop().await;
     server.stop().await?;
     outcome
+}
+
+/// What [`paced_deploys`] saw, latencies sorted, in ms.
+pub struct Paced {
+    /// POST sent → the agent holds the DEPLOY.
+    pub lat: Vec<f64>,
+    /// POST sent → its 202 read.
+    pub api: Vec<f64>,
+    pub refused: usize,
+    /// Accepted deploys whose DEPLOY never reached an agent (within 20 s).
+    pub missing: usize,
+}
+
+/// `total` deploys POSTed to `api_addr` at `b.sizes.dispatch_rate`/s, round robin over `agents`
+/// (connected wherever they are), on a few kept-alive connections; the agents' receipts are read
+/// from `rx`.
+pub async fn paced_deploys(
+    b: &Bench,
+    admin_token: &str,
+    agents: &[FixtureAgent],
+    api_addr: SocketAddr,
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    total: usize,
+) -> Result<Paced> {
+    let n = agents.len();
+    // Paced deploys: one every 1/rate s, round robin over the agents, on a few connections.
+    let (job_tx, job_rx) = async_channel(total);
+    let mut workers = Vec::new();
+    for _ in 0..DISPATCH_CONNECTIONS {
+        let jobs = job_rx.clone();
+        let token = admin_token.to_owned();
+        workers.push(tokio::spawn(async move {
+            let mut http = Http::new(api_addr, Some(&token));
+            let mut sent = Vec::new();
+            while let Some((project_id, env)) = next_job(&jobs).await {
+                let a = http
+                    .post(&format!("/api/deploy/{project_id}"), &json!({"environment": env}))
+                    .await?;
+                sent.push((a.status, a.body["deployment_id"].as_i64(), a.sent_at, a.done_at));
+            }
+            Ok::<_, anyhow::Error>(sent)
+        }));
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / b.sizes.dispatch_rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..total {
+        tick.tick().await;
+        let a = &agents[i % n];
+        job_tx
+            .send((a.project_id, a.environment.clone()))
+            .await
+            .context("dispatcher workers stopped")?;
+    }
+    drop(job_tx);
+    let mut sent = Vec::new();
+    for w in workers {
+        sent.extend(w.await??);
+    }
+    let accepted: Vec<_> = sent
+        .iter()
+        .filter_map(|(status, id, s, d)| (*status == 202).then_some((*id, *s, *d)))
+        .filter_map(|(id, s, d)| id.map(|id| (id, s, d)))
+        .collect();
+    let refused = sent.len() - accepted.len();
+    // Collect the agents' receipts of every accepted deploy.
+    let mut held: HashMap<i64, Instant> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.len() < accepted.len() && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            Ok(Some(Event::Deploy {
+                deployment_id, at, ..
+            })) => {
+                held.insert(deployment_id, at);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    let mut lat: Vec<f64> = Vec::new();
+    let mut api: Vec<f64> = Vec::new();
+    for (id, sent_at, done_at) in &accepted {
+        api.push(done_at.duration_since(*sent_at).as_secs_f64() * 1000.0);
+        if let Some(at) = held.get(id) {
+            lat.push(at.saturating_duration_since(*sent_at).as_secs_f64() * 1000.0);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    api.sort_by(f64::total_cmp);
+    if lat.is_empty() {
+        bail!("no deploy reached an agent ({refused} refused)");
+    }
+    let missing = accepted.len() - lat.len();
+    Ok(Paced {
+        lat,
+        api,
+        refused,
+        missing,
+    })
 }
 
 /// A multi-consumer job queue out of tokio's mpsc (one receiver behind a mutex).

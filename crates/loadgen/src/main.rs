@@ -17,6 +17,7 @@ mod http;
 mod live;
 mod logs;
 mod overhead;
+mod replicas;
 mod report;
 mod runtime;
 mod server;

@@ -61,6 +61,7 @@ pub const GROUPS: &[&str] = &[
     "history",
     "webhooks",
     "runtime",
+    "replicas",
 ];
 
 pub const CATALOGUE: &[Spec] = &[
@@ -478,6 +479,38 @@ pub const CATALOGUE: &[Spec] = &[
         "runtime state: RSS per environment",
         "(context)",
         "KB",
+        Goal::Info,
+    ),
+    spec(
+        "replicas_dispatch_p50",
+        "replicas",
+        "dispatch p50 across replicas (POST to A → agent on B holds DEPLOY), PostgreSQL",
+        "(context: against dispatch_p50, one appliance on SQLite)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
+        "replicas_dispatch_p99",
+        "replicas",
+        "dispatch p99 across replicas",
+        "(context)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
+        "replicas_local_p50",
+        "replicas",
+        "dispatch p50, POST to the agent's own replica, PostgreSQL",
+        "(context)",
+        "ms",
+        Goal::Info,
+    ),
+    spec(
+        "replicas_local_p99",
+        "replicas",
+        "dispatch p99, POST to the agent's own replica",
+        "(context)",
+        "ms",
         Goal::Info,
     ),
 ];
