@@ -27,9 +27,6 @@ use crate::web::layout::PageError;
 
 /// Stored lines read per query while catching a viewer up.
 const CATCH_UP_CHUNK: i64 = 5000;
-/// How long a viewer waits for missing lines to be committed before going on without them
-/// (lines an agent never delivered never will be).
-const MISSING_LINES_WAIT: Duration = Duration::from_secs(2);
 /// How often a viewer of a deployment running on another replica reads its stored log.
 const REMOTE_POLL: Duration = Duration::from_millis(300);
 
@@ -322,14 +319,14 @@ impl Viewer {
         self.catch_up(None).await
     }
 
-    /// Send the stored lines after `seen`; with `until`, wait for the writer's commits until the
-    /// one before `until` is among them (a bounded wait: lines never delivered never come).
+    /// Send the stored lines after `seen`; with `until` (a live line that came after a gap),
+    /// first make sure the lines before it are stored: each line is queued for the writer
+    /// before it goes live (`deploys::service`), so once the writer has committed what is
+    /// queued they are in the store, or never will be (a gap in what the agent sent, the cap).
+    /// A slow writer (PostgreSQL under load) is waited for, never raced with a timer.
     async fn catch_up(&mut self, until: Option<i64>) -> Result<(), Gone> {
-        let mut commits = self.state.logs.commits();
-        let deadline = tokio::time::Instant::now() + MISSING_LINES_WAIT;
+        let mut flushed = false;
         loop {
-            // Marked before the read: a commit during it is not waited for in vain.
-            commits.borrow_and_update();
             let (id, after) = (self.id, self.seen);
             let lines = self
                 .state
@@ -352,8 +349,7 @@ impl Viewer {
             let Some(until) = until.filter(|u| self.seen + 1 < *u) else {
                 return Ok(());
             };
-            let committed = tokio::time::timeout_at(deadline, commits.changed()).await;
-            if !matches!(committed, Ok(Ok(()))) {
+            if flushed {
                 tracing::debug!(
                     deployment_id = self.id,
                     from = self.seen + 1,
@@ -362,6 +358,8 @@ impl Viewer {
                 );
                 return Ok(());
             }
+            self.state.logs.flush().await;
+            flushed = true;
         }
     }
 
