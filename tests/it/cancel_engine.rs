@@ -134,11 +134,27 @@ fn processes_naming(stack: &Stack, needle: &str) -> Vec<(i32, String)> {
             continue;
         };
         let argv = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if agent.is_some_and(|a| forked_by(pid, a, &raw)) {
+            // The running agent between fork and exec of a command it starts: still its copy.
+            continue;
+        }
         if argv.contains(needle) && stagely_agent::groups::read_stat(pid).is_some_and(|s| s.state != 'Z') {
             found.push((pid, argv));
         }
     }
     found
+}
+
+/// Whether `pid` is a child of `agent` that still has the agent's own argv: forked to start a
+/// command and not yet exec'd (gone or another program a moment later).
+fn forked_by(pid: i32, agent: u32, argv: &[u8]) -> bool {
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+        });
+    ppid == Some(agent) && std::fs::read(format!("/proc/{agent}/cmdline")).is_ok_and(|a| a == argv)
 }
 
 /// The entries of the agent's private runtime directory (its per-deployment dirs `d<id>-…`
