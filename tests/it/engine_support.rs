@@ -445,20 +445,26 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args([
-                "compose",
-                "-p",
-                &self.compose_project(),
-                "down",
-                "-v",
-                "--remove-orphans",
-                "-t",
-                "0",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.runtime);
+        take_down(&self.compose_project(), &self.runtime);
     }
+}
+
+/// What a test leaves on the engine and in /dev/shm, whatever its outcome: the compose project
+/// down (volumes too, at once) and the agent's runtime dir gone.
+pub fn take_down(compose_project: &str, runtime: &Path) {
+    let _ = Command::new("docker")
+        .args([
+            "compose",
+            "-p",
+            compose_project,
+            "down",
+            "-v",
+            "--remove-orphans",
+            "-t",
+            "0",
+        ])
+        .output();
+    let _ = std::fs::remove_dir_all(runtime);
 }
 
 /// A live (non-zombie) process, named by pid and start time so a recycled pid is not mistaken

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::{Api, file_contains, wait_for};
-use crate::engine_support::{git_repo, sh};
+use crate::engine_support::{git_repo, sh, take_down};
 use crate::prereq;
 use crate::replica_support::Replicas;
 
@@ -37,19 +37,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args([
-                "compose",
-                "-p",
-                &self.compose_project,
-                "down",
-                "-v",
-                "--remove-orphans",
-                "-t",
-                "0",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.runtime);
+        take_down(&self.compose_project, &self.runtime);
     }
 }
 
