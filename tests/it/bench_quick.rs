@@ -64,6 +64,17 @@ const METRICS: &[&str] = &[
     "replicas_dispatch_p99",
     "replicas_local_p50",
     "replicas_local_p99",
+    "replicas_idle_rss_per_agent",
+    "replicas_idle_cpu",
+    "replicas_idle_pg_cpu",
+    "replicas_storm_30s",
+    "replicas_storm_90s",
+    "replicas_storm_t99",
+    "replicas_storm_503",
+    "replicas_storm_healthz_p99",
+    "replicas_storm_healthz_max",
+    "replicas_storm_a_dropped",
+    "replicas_storm_online",
 ];
 
 #[test]

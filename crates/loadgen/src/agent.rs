@@ -4,7 +4,9 @@
 //! (tungstenite sends the pong on its next read), takes DEPLOY frames and answers each at once
 //! with a STATUS SUCCESS (a "fast-acking" agent), and when the connection drops it comes back
 //! with the agent's own backoff: base 1 s, cap 60 s, full jitter, `Retry-After` as a floor, reset
-//! after a minute connected. Every loop is bounded by a deadline and a stop token.
+//! after a minute connected. Given several servers it dials them in turn, as the agent does with
+//! `--server` more than once: every attempt (after a failed dial or an ended connection) goes to
+//! the next one. Every loop is bounded by a deadline and a stop token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -208,7 +210,8 @@ impl Stats {
 pub struct AgentSpec {
     pub index: usize,
     pub token: String,
-    pub addr: SocketAddr,
+    /// The servers, dialed in turn (the first one first); never empty.
+    pub servers: Arc<[SocketAddr]>,
     pub stats: Arc<Stats>,
     /// Epoch ms of the current connection's start; 0 while disconnected.
     pub connected_since: Arc<AtomicU64>,
@@ -236,9 +239,12 @@ pub fn backoff_delay(attempt: u32, unit: f64) -> Duration {
 pub async fn run(mut spec: AgentSpec, stop: CancellationToken, deadline: Instant) {
     let stats = spec.stats.clone();
     let mut attempt: u32 = 0;
+    let mut turn = 0usize;
     while !stop.is_cancelled() && Instant::now() < deadline {
         let mut floor = Duration::ZERO;
-        match dial(spec.addr, &spec.token).await {
+        let addr = spec.servers[turn % spec.servers.len()];
+        turn = turn.wrapping_add(1);
+        match dial(addr, &spec.token).await {
             Ok(ws) => {
                 let started = Instant::now();
                 stats.connects.fetch_add(1, Ordering::Relaxed);

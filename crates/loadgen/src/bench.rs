@@ -38,8 +38,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Run only these groups (comma-separated): appliance, agent, idle, dispatch, logs, slow,
-    /// storm, overhead, sqlite, abuse, signin, history, webhooks, runtime, replicas (needs
-    /// PostgreSQL: `STAGELY_BENCH_DATABASE_URL`).
+    /// storm, overhead, sqlite, abuse, signin, history, webhooks, runtime, replicas and
+    /// replicas_fleet (both need PostgreSQL: `STAGELY_BENCH_DATABASE_URL`).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Handshakes/s the restarted appliance allows in the storm [default: the appliance's own
@@ -87,6 +87,8 @@ pub struct Sizes {
     pub storm_limit_secs: u64,
     pub sqlite_agents: usize,
     pub sqlite_deploys: usize,
+    /// Idle agents each of the two replicas holds in the replicas_fleet group.
+    pub replicas_agents: usize,
     /// How long 200 clients flood `/login` in the signin group.
     pub signin_secs: u64,
 }
@@ -106,6 +108,7 @@ impl Sizes {
             storm_limit_secs: 30,
             sqlite_agents: 10,
             sqlite_deploys: 50,
+            replicas_agents: 40,
             signin_secs: 2,
         }
     }
@@ -124,15 +127,24 @@ impl Sizes {
             storm_limit_secs: 95,
             sqlite_agents: 200,
             sqlite_deploys: 5_000,
+            replicas_agents: 10_000,
             signin_secs: 15,
         }
     }
 
-    fn fixture_agents(&self) -> usize {
+    /// Agents the fixture needs for `groups` (the replicas_fleet group's two replicas hold twice
+    /// its count).
+    fn fixture_agents(&self, groups: &[&str]) -> usize {
+        let fleet = if groups.contains(&"replicas_fleet") {
+            2 * self.replicas_agents
+        } else {
+            0
+        };
         self.idle_agents
             .max(self.storm_agents)
             .max(self.dispatch_agents)
             .max(self.sqlite_agents)
+            .max(fleet)
     }
 }
 
@@ -197,9 +209,9 @@ impl Bench {
         self.fixture.as_ref().context("the fixture was not made")
     }
 
-    async fn make_fixture(&mut self) -> Result<()> {
+    async fn make_fixture(&mut self, groups: &[&str]) -> Result<()> {
         let started = Instant::now();
-        let n = self.sizes.fixture_agents();
+        let n = self.sizes.fixture_agents(groups);
         let server = self.fixture_server().start().await?;
         server.wait_ready().await?;
         let token = admin_token(&self.stagely, &self.work.join("fixture"))?;
@@ -315,11 +327,20 @@ pub async fn main(args: BenchArgs) -> Result<()> {
     let needs_fixture = groups.iter().any(|g| {
         matches!(
             *g,
-            "idle" | "dispatch" | "logs" | "slow" | "storm" | "sqlite" | "abuse" | "runtime" | "replicas"
+            "idle"
+                | "dispatch"
+                | "logs"
+                | "slow"
+                | "storm"
+                | "sqlite"
+                | "abuse"
+                | "runtime"
+                | "replicas"
+                | "replicas_fleet"
         )
     });
     if needs_fixture {
-        bench.make_fixture().await?;
+        bench.make_fixture(&groups).await?;
     }
     let runs = args.runs;
     for group in &groups {
@@ -373,7 +394,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
     let not_measured_reason = match group {
         "agent" => crate::footprint::agent_unusable(&b.agent),
         "overhead" => crate::overhead::unavailable(b),
-        "replicas" => crate::replicas::unavailable(),
+        "replicas" | "replicas_fleet" => crate::replicas::unavailable(),
         _ => None,
     };
     if let Some(why) = &not_measured_reason {
@@ -407,6 +428,7 @@ async fn run_group(b: &Bench, res: &mut Results, group: &str, runs: usize, group
             "webhooks" => crate::webhooks::run(b, res).await,
             "runtime" => crate::runtime::run(b, res).await,
             "replicas" => crate::replicas::run(b, res, run).await,
+            "replicas_fleet" => crate::replicas_fleet::run(b, res, run).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {

@@ -56,7 +56,7 @@ impl LocalAgents {
                 let spec = AgentSpec {
                     index: i,
                     token: a.token.clone(),
-                    addr,
+                    servers: Arc::from([addr]),
                     stats: stats.clone(),
                     connected_since: Arc::new(AtomicU64::new(0)),
                     events: events(i),

@@ -158,61 +158,26 @@ async fn reconnect_storm(
     let restart_ms = epoch_ms() - killed_at;
     let addr = restarted.addr()?;
 
-    // Probe /healthz the way a browser would (one kept-alive connection) until the storm is over.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let probe = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut http = Http::new(addr, None);
-            let (mut lat, mut failures) = (Vec::new(), 0u64);
-            while !stop.is_cancelled() {
-                let t = Instant::now();
-                match http.get("/healthz").await {
-                    Ok(a) if a.status == 200 => lat.push(t.elapsed().as_secs_f64() * 1000.0),
-                    _ => failures += 1,
-                }
-                tokio::time::sleep(PROBE_EVERY).await;
-            }
-            (lat, failures)
-        })
-    };
+    let probe = HealthzProbe::start(addr);
     // Watch until every agent holds a connection made after the kill, or the limit passes.
     let limit = Duration::from_secs(b.sizes.storm_limit_secs);
     let deadline = Instant::now() + limit.saturating_sub(Duration::from_millis(restart_ms));
-    let (since, totals) = loop {
-        let (since, totals) = swarm.report().await?;
-        let back = since.iter().filter(|&&s| s > killed_at).count();
-        if back >= n || Instant::now() >= deadline {
-            break (since, totals);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let (since, totals) = watch_until_back(&mut swarm, n, killed_at, deadline).await?;
+    let (lat, failures) = probe.stop().await?;
+    let keys = StormKeys {
+        within_30s: "storm_30s",
+        within_90s: "storm_90s",
+        t99: "storm_t99",
+        busy: "storm_503",
     };
-    stop.cancel();
-    let (mut lat, failures) = probe.await?;
-
-    let mut delays: Vec<f64> = since
-        .iter()
-        .filter(|&&s| s > killed_at)
-        .map(|&s| (s - killed_at) as f64 / 1000.0)
-        .collect();
-    delays.sort_by(f64::total_cmp);
-    let within = |secs: f64| delays.iter().filter(|&&d| d <= secs).count() as f64 / n as f64 * 100.0;
-    res.add("storm_30s", within(30.0));
-    res.add("storm_90s", within(90.0));
-    if delays.len() as f64 >= 0.99 * n as f64 {
-        let k = ((0.99 * n as f64).ceil() as usize).clamp(1, delays.len());
-        res.add("storm_t99", delays[k - 1]);
-    } else {
-        res.note("storm_t99", "a run did not reach 99 %");
-    }
-    res.add("storm_503", (totals.busy_503 - before.busy_503) as f64);
-    lat.sort_by(f64::total_cmp);
-    if let Some(p99) = quantile(&lat, 0.99) {
-        res.add("storm_healthz_p99", p99);
-    }
-    if let Some(max) = lat.last() {
-        res.add("storm_healthz_max", *max);
-    }
+    report_storm(
+        res,
+        &keys,
+        &since,
+        killed_at,
+        (totals.busy_503 - before.busy_503) as f64,
+    );
+    report_healthz(res, ("storm_healthz_p99", "storm_healthz_max"), lat, failures);
     res.note(
         "storm_30s",
         format!(
@@ -221,15 +186,112 @@ async fn reconnect_storm(
                 .map_or_else(|| "the appliance's default".to_owned(), |c| format!("{c}/s"))
         ),
     );
+    // Agents first, so none of them dials the appliance while it shuts down.
+    swarm.stop().await?;
+    restarted.stop().await?;
+    Ok(())
+}
+
+/// `/healthz` probed the way a browser would (one kept-alive connection) until stopped.
+pub struct HealthzProbe {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<(Vec<f64>, u64)>,
+}
+
+impl HealthzProbe {
+    pub fn start(addr: std::net::SocketAddr) -> HealthzProbe {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut http = Http::new(addr, None);
+            let (mut lat, mut failures) = (Vec::new(), 0u64);
+            while !token.is_cancelled() {
+                let t = Instant::now();
+                match http.get("/healthz").await {
+                    Ok(a) if a.status == 200 => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                    _ => failures += 1,
+                }
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+            (lat, failures)
+        });
+        HealthzProbe { stop, task }
+    }
+
+    /// The latencies (ms) of the probes answered 200, and how many were not.
+    pub async fn stop(self) -> Result<(Vec<f64>, u64)> {
+        self.stop.cancel();
+        Ok(self.task.await?)
+    }
+}
+
+/// `keys`: the p99's and the max's.
+pub fn report_healthz(
+    res: &mut Results,
+    keys: (&'static str, &'static str),
+    mut lat: Vec<f64>,
+    failures: u64,
+) {
+    lat.sort_by(f64::total_cmp);
+    if let Some(p99) = quantile(&lat, 0.99) {
+        res.add(keys.0, p99);
+    }
+    if let Some(max) = lat.last() {
+        res.add(keys.1, *max);
+    }
     res.note(
-        "storm_healthz_p99",
+        keys.0,
         format!(
             "{} probes, {failures} failed, one kept-alive connection, every {PROBE_EVERY:?}",
             lat.len()
         ),
     );
-    // Agents first, so none of them dials the appliance while it shuts down.
-    swarm.stop().await?;
-    restarted.stop().await?;
-    Ok(())
+}
+
+/// Report `swarm` every 500 ms until each of its `n` agents holds a connection made after
+/// `killed_at` (epoch ms), or `deadline` passes; when each one's connection started, and totals.
+pub async fn watch_until_back(
+    swarm: &mut Swarm,
+    n: usize,
+    killed_at: u64,
+    deadline: Instant,
+) -> Result<(Vec<u64>, crate::swarm::Totals)> {
+    loop {
+        let (since, totals) = swarm.report().await?;
+        let back = since.iter().filter(|&&s| s > killed_at).count();
+        if back >= n || Instant::now() >= deadline {
+            return Ok((since, totals));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The metrics of one reconnect storm.
+pub struct StormKeys {
+    pub within_30s: &'static str,
+    pub within_90s: &'static str,
+    pub t99: &'static str,
+    pub busy: &'static str,
+}
+
+/// How many of the agents (`since`: when each one's connection started) were back within 30 and
+/// 90 s of `killed_at`, when 99 % were, and the 503s they were answered.
+pub fn report_storm(res: &mut Results, keys: &StormKeys, since: &[u64], killed_at: u64, busy_503: f64) {
+    let n = since.len();
+    let mut delays: Vec<f64> = since
+        .iter()
+        .filter(|&&s| s > killed_at)
+        .map(|&s| (s - killed_at) as f64 / 1000.0)
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let within = |secs: f64| delays.iter().filter(|&&d| d <= secs).count() as f64 / n as f64 * 100.0;
+    res.add(keys.within_30s, within(30.0));
+    res.add(keys.within_90s, within(90.0));
+    if delays.len() as f64 >= 0.99 * n as f64 {
+        let k = ((0.99 * n as f64).ceil() as usize).clamp(1, delays.len());
+        res.add(keys.t99, delays[k - 1]);
+    } else {
+        res.note(keys.t99, "a run did not reach 99 %");
+    }
+    res.add(keys.busy, busy_503);
 }

@@ -18,6 +18,7 @@ mod live;
 mod logs;
 mod overhead;
 mod replicas;
+mod replicas_fleet;
 mod report;
 mod runtime;
 mod server;

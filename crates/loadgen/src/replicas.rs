@@ -15,6 +15,7 @@ use crate::deploys::{LocalAgents, Paced, paced_deploys};
 use crate::fleet::wait_online;
 use crate::http::Http;
 use crate::report::{Results, quantile};
+use crate::server::{Server, ServerSpec};
 
 /// Where the PostgreSQL server to create a database on comes from, in this order.
 const URL_VARIABLES: [&str; 2] = ["STAGELY_BENCH_DATABASE_URL", "STAGELY_TEST_DATABASE_URL"];
@@ -51,40 +52,12 @@ async fn measure(b: &Bench, res: &mut Results, url: &str) -> Result<()> {
     let fixture = b.fixture()?;
     let n = b.sizes.dispatch_agents;
     let agents = fixture.agents.get(..n).context("fixture too small")?;
-    let source = b.fixture_server().data_dir;
-    migrate_store(&b.stagely, &source, url).await?;
-    let mut specs = Vec::new();
-    for which in ["replica-a", "replica-b"] {
-        let data_dir = b.work.join(which);
-        if data_dir.exists() {
-            std::fs::remove_dir_all(&data_dir)?;
-        }
-        std::fs::create_dir_all(&data_dir)?;
-        for key in ["master.key", "signing.key"] {
-            std::fs::copy(source.join(key), data_dir.join(key))
-                .with_context(|| format!("copying the fixture's {key}"))?;
-        }
-        let mut spec = b.fixture_server().with_env("STAGELY_DATABASE_URL", url);
-        spec.data_dir = data_dir;
-        spec.log = b.work.join(format!("{which}.log"));
-        specs.push(spec);
-    }
-    let a = specs[0].start().await?;
-    let replica_b = specs[1].start().await;
-    let replica_b = match replica_b {
-        Ok(s) => s,
-        Err(e) => {
-            a.stop().await?;
-            return Err(e);
-        }
-    };
+    let (a, replica_b) = start_pair(replica_specs(b, url, &[]).await?).await?;
     let (addr_a, addr_b) = (a.addr()?, replica_b.addr()?);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let local = LocalAgents::start(addr_b, agents, |_| Some(tx.clone()));
     drop(tx);
     let outcome = async {
-        a.wait_ready().await?;
-        replica_b.wait_ready().await?;
         local.wait_connected(n, Duration::from_secs(120)).await?;
         // Online as replica A sees it: B's presence leases in the shared database.
         let mut http = Http::new(addr_a, Some(&fixture.admin_token));
@@ -109,6 +82,52 @@ async fn measure(b: &Bench, res: &mut Results, url: &str) -> Result<()> {
     a.stop().await?;
     replica_b.stop().await?;
     outcome
+}
+
+/// The fixture copied into the database at `url` by `stagely migrate-store`, and the specs of two
+/// replicas on it (`replica-a`, `replica-b`: data dirs holding only the fixture's keys), with
+/// `env` on top of the bench's.
+pub async fn replica_specs(b: &Bench, url: &str, env: &[(&str, &str)]) -> Result<[ServerSpec; 2]> {
+    let source = b.fixture_server().data_dir;
+    migrate_store(&b.stagely, &source, url).await?;
+    let spec = |which: &str| -> Result<ServerSpec> {
+        let data_dir = b.work.join(which);
+        if data_dir.exists() {
+            std::fs::remove_dir_all(&data_dir)?;
+        }
+        std::fs::create_dir_all(&data_dir)?;
+        for key in ["master.key", "signing.key"] {
+            std::fs::copy(source.join(key), data_dir.join(key))
+                .with_context(|| format!("copying the fixture's {key}"))?;
+        }
+        let mut spec = b.fixture_server().with_env("STAGELY_DATABASE_URL", url);
+        for (k, v) in env {
+            spec = spec.with_env(k, v);
+        }
+        spec.data_dir = data_dir;
+        spec.log = b.work.join(format!("{which}.log"));
+        Ok(spec)
+    };
+    Ok([spec("replica-a")?, spec("replica-b")?])
+}
+
+/// Both replicas started and ready (A stopped again when B cannot start).
+pub async fn start_pair([spec_a, spec_b]: [ServerSpec; 2]) -> Result<(Server, Server)> {
+    let a = spec_a.start().await?;
+    let started = async {
+        let replica_b = spec_b.start().await?;
+        a.wait_ready().await?;
+        replica_b.wait_ready().await?;
+        Ok::<_, anyhow::Error>(replica_b)
+    }
+    .await;
+    match started {
+        Ok(replica_b) => Ok((a, replica_b)),
+        Err(e) => {
+            let _ = a.stop().await;
+            Err(e)
+        }
+    }
 }
 
 /// `keys`: the p50's and the p99's.
@@ -148,7 +167,7 @@ async fn migrate_store(stagely: &Path, data_dir: &Path, url: &str) -> Result<()>
 }
 
 /// `CREATE DATABASE name` on the server of `admin`; answers the new database's URL.
-async fn create_database(admin: &str, name: &str) -> Result<String> {
+pub async fn create_database(admin: &str, name: &str) -> Result<String> {
     admin_sql(admin, format!("CREATE DATABASE {name}")).await?;
     let (base, query) = admin.split_once('?').map_or((admin, None), |(b, q)| (b, Some(q)));
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
@@ -158,19 +177,39 @@ async fn create_database(admin: &str, name: &str) -> Result<String> {
     })
 }
 
-async fn drop_database(admin: &str, name: &str) -> Result<()> {
+pub async fn drop_database(admin: &str, name: &str) -> Result<()> {
     admin_sql(admin, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await
 }
 
-/// One statement on the admin connection. The blocking client runs a runtime of its own: on a
-/// thread of its own, off this one.
+/// One statement on the admin connection.
 async fn admin_sql(admin: &str, sql: String) -> Result<()> {
+    on_admin(admin, move |c| c.batch_execute(&sql).with_context(|| sql.clone())).await
+}
+
+/// A setting of the server of `admin` (`SHOW name`).
+pub async fn admin_setting(admin: &str, name: &'static str) -> Result<String> {
+    on_admin(admin, move |c| {
+        let row = c
+            .query_one(&format!("SHOW {name}"), &[])
+            .with_context(|| format!("SHOW {name}"))?;
+        Ok(row.get::<_, String>(0))
+    })
+    .await
+}
+
+/// `f` on a new admin connection. The blocking client runs a runtime of its own: on a thread of
+/// its own, off this one.
+async fn on_admin<T, F>(admin: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut postgres::Client) -> Result<T> + Send + 'static,
+{
     let admin = admin.to_owned();
     tokio::task::spawn_blocking(move || {
         std::thread::spawn(move || {
             let mut c =
                 postgres::Client::connect(&admin, postgres::NoTls).context("connecting to PostgreSQL")?;
-            c.batch_execute(&sql).with_context(|| sql.clone())
+            f(&mut c)
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the PostgreSQL admin thread panicked"))?

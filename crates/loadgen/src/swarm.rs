@@ -28,9 +28,9 @@ const DIAL_CONCURRENCY: usize = 64;
 /// Arguments of the `swarm` child.
 #[derive(Debug, clap::Args)]
 pub struct SwarmArgs {
-    /// The appliance, `http://127.0.0.1:PORT`.
-    #[arg(long)]
-    pub url: String,
+    /// The appliance, `http://127.0.0.1:PORT`; more than once: the replicas, dialed in turn.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
     /// Fixture file written by the driver (tokens of every agent).
     #[arg(long)]
     pub fixture: PathBuf,
@@ -51,7 +51,11 @@ pub struct SwarmArgs {
 /// Entry point of the child process.
 pub async fn child_main(args: SwarmArgs) -> Result<()> {
     let fixture = Fixture::load(&args.fixture)?;
-    let addr = crate::http::addr_of(&args.url)?;
+    let servers: Arc<[std::net::SocketAddr]> = args
+        .url
+        .iter()
+        .map(|u| crate::http::addr_of(u))
+        .collect::<Result<_>>()?;
     let agents = fixture
         .agents
         .get(args.start..args.start + args.count)
@@ -69,7 +73,7 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
         let spec = AgentSpec {
             index: args.start + i,
             token: a.token.clone(),
-            addr,
+            servers: servers.clone(),
             stats: stats.clone(),
             connected_since: since[i].clone(),
             events: None,
@@ -165,6 +169,13 @@ pub struct Swarm {
     pub size: usize,
 }
 
+/// Agents `start..start + count` of the fixture, dialing `urls` in turn (the first one first).
+pub struct Group<'a> {
+    pub urls: &'a [&'a str],
+    pub start: usize,
+    pub count: usize,
+}
+
 impl Swarm {
     /// Start `count` agents of the fixture (from the first) in children of at most [`PER_CHILD`].
     pub async fn start(exe: &Path, url: &str, fixture: &Path, count: usize, max_secs: u64) -> Result<Swarm> {
@@ -180,12 +191,49 @@ impl Swarm {
         max_secs: u64,
         extra: &[&str],
     ) -> Result<Swarm> {
+        let group = Group {
+            urls: &[url],
+            start: 0,
+            count,
+        };
+        Self::start_groups(exe, &[group], fixture, max_secs, extra)
+    }
+
+    /// Start every group's agents in children of at most [`PER_CHILD`]; [`Swarm::report`] lists
+    /// them in the groups' order. Inside a tokio runtime (each child's stdout is read by a task).
+    pub fn start_groups(
+        exe: &Path,
+        groups: &[Group<'_>],
+        fixture: &Path,
+        max_secs: u64,
+        extra: &[&str],
+    ) -> Result<Swarm> {
         let mut children = Vec::new();
-        let mut start = 0;
-        while start < count {
-            let n = PER_CHILD.min(count - start);
+        for g in groups {
+            Self::spawn_group(exe, g, fixture, max_secs, extra, &mut children)?;
+        }
+        Ok(Swarm {
+            children,
+            size: groups.iter().map(|g| g.count).sum(),
+        })
+    }
+
+    fn spawn_group(
+        exe: &Path,
+        group: &Group<'_>,
+        fixture: &Path,
+        max_secs: u64,
+        extra: &[&str],
+        children: &mut Vec<ChildHandle>,
+    ) -> Result<()> {
+        let urls = group.urls.iter().flat_map(|u| ["--url", u]);
+        let (mut start, end) = (group.start, group.start + group.count);
+        while start < end {
+            let n = PER_CHILD.min(end - start);
             let mut child = tokio::process::Command::new(exe)
-                .args(["swarm", "--url", url, "--fixture"])
+                .arg("swarm")
+                .args(urls.clone())
+                .arg("--fixture")
                 .arg(fixture)
                 .args(["--start", &start.to_string(), "--count", &n.to_string()])
                 .args(["--max-secs", &max_secs.to_string()])
@@ -224,10 +272,7 @@ impl Swarm {
             });
             start += n;
         }
-        Ok(Swarm {
-            children,
-            size: count,
-        })
+        Ok(())
     }
 
     pub fn totals(&self) -> Totals {
