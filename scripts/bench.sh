@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh                      # --quick: small counts, under a minute
 #   scripts/bench.sh --full               # the counts (10,000 agents …), ~15 min on 2 cores
-#   scripts/bench.sh --full --only storm  # one group: appliance agent idle dispatch logs slow storm overhead sqlite abuse signin history webhooks runtime replicas
+#   scripts/bench.sh --full --only storm  # one group: appliance agent idle dispatch logs slow storm overhead sqlite abuse signin history webhooks runtime replicas replicas_fleet
 #
 # Other arguments go to `stagely-loadgen bench` (--runs N, --storm-handshakes N, --work-dir DIR).
 # STAGELY_BENCH_DIST=1 runs packaging/build.sh first, so the shipped agent's size is measured.

@@ -78,8 +78,20 @@ pub enum Command {
     /// holding any row, and compares every table's row count before committing.
     MigrateStore {
         /// postgres://user:password@host/db (or postgresql://…), or sqlite:PATH (a new file).
-        #[arg(long, value_name = "TARGET")]
-        to: String,
+        /// Other users of the machine can read a command line: give a URL holding a password
+        /// through STAGELY_MIGRATE_TO or --to-file instead.
+        #[arg(
+            long,
+            value_name = "TARGET",
+            env = "STAGELY_MIGRATE_TO",
+            hide_env_values = true,
+            required_unless_present = "to_file",
+            conflicts_with = "to_file"
+        )]
+        to: Option<String>,
+        /// A file holding the target (one line, as --to takes it).
+        #[arg(long, value_name = "PATH")]
+        to_file: Option<PathBuf>,
     },
     /// Exit 0 when the appliance answers /readyz on its listen address (for container HEALTHCHECKs).
     Healthcheck,
@@ -196,7 +208,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { out, include_key, .. } => backup(&cli, out, *include_key),
         Command::Restore { file, force } => restore(&cli, file, *force),
         Command::Healthcheck => healthcheck(&cli),
-        Command::MigrateStore { to } => migrate_store(&cli, to),
+        Command::MigrateStore { to, to_file } => {
+            migrate_store(&cli, &migrate_target(to.as_deref(), to_file.as_deref())?)
+        }
         // Dispatched in `main`, before any configuration is read.
         Command::Deploy(_) | Command::Rollback(_) | Command::Deployments(_) | Command::Logs(_) => {
             anyhow::bail!("not an admin command")
@@ -302,6 +316,42 @@ fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()> {
         manifest.recipient
     );
     Ok(())
+}
+
+/// The target of `migrate-store`: `--to` (or STAGELY_MIGRATE_TO), or the first line of `--to-file`.
+/// A password on the command line is warned about (argv is readable by every local user).
+fn migrate_target(to: Option<&str>, to_file: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(path) = to_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--to-file: cannot read {}", path.display()))?;
+        let target = text.lines().next().unwrap_or_default().trim();
+        anyhow::ensure!(
+            !target.is_empty(),
+            "--to-file: {} is empty (expected postgres://… or sqlite:PATH on its first line)",
+            path.display()
+        );
+        return Ok(target.to_owned());
+    }
+    let to = to.context("--to, STAGELY_MIGRATE_TO or --to-file is required")?;
+    let from_env = std::env::var("STAGELY_MIGRATE_TO").is_ok_and(|v| v == to);
+    if !from_env && url_has_password(to) {
+        eprintln!(
+            "warning: the password in --to is visible to every user of this machine (the process list); \
+             give the URL through STAGELY_MIGRATE_TO or --to-file instead"
+        );
+    }
+    Ok(to.to_owned())
+}
+
+/// `scheme://user:password@…`: a password before the host.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 fn migrate_store(cli: &Cli, to: &str) -> anyhow::Result<()> {

@@ -38,6 +38,12 @@ pub enum ActionError {
     /// 409: no agent (online, or at all) that could run it.
     #[error("{0}")]
     NoAgent(String),
+    /// 409: its agent is connected to another replica (issue 17: actions are not routed).
+    #[error(
+        "the agent of {environment:?} is connected to replica {replica}: service actions go only through the \
+         replica holding the agent; retry there (or when the agent reconnects here)"
+    )]
+    Elsewhere { environment: String, replica: String },
     /// 409: a deployment of the environment is queued or running.
     #[error(
         "deployment #{deployment_id} of {environment:?} is {status}: wait for it to end (or cancel it), then try again"
@@ -202,11 +208,10 @@ async fn prepare(
             })
             .await?;
         if let Some(replica) = elsewhere {
-            return Err(ActionError::NoAgent(format!(
-                "the agent of {:?} is connected to replica {replica}: service actions go only through the \
-                 replica holding the agent; retry there (or when the agent reconnects here)",
-                target.environment
-            )));
+            return Err(ActionError::Elsewhere {
+                environment: target.environment,
+                replica,
+            });
         }
         return Err(ActionError::NoAgent(format!(
             "no agent of {:?} is online: start its agent (see the Agents page), then try again",

@@ -24,6 +24,10 @@ impl From<ActionError> for WebError {
                 code: "no_agent",
                 message,
             },
+            e @ ActionError::Elsewhere { .. } => WebError::Conflict {
+                code: "agent_elsewhere",
+                message: e.to_string(),
+            },
             e @ ActionError::Deploying { .. } => WebError::Conflict {
                 code: "deployment_in_progress",
                 message: e.to_string(),

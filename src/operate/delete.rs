@@ -5,6 +5,9 @@
 //! - an agent (not revoked) that has connected before and is offline now: refused (409
 //!   `agent_offline`, naming it: its stack would be left running), unless an admin forces it
 //!   (`?force=true`; a member's force is 403);
+//! - an agent connected to another replica (issue 17; actions are not routed between replicas):
+//!   refused (409 `agent_elsewhere`, naming the agent and the replica: deleting through that
+//!   replica takes its stack down first), unless an admin forces it, as for an offline agent;
 //! - online agents offering `operate`: each is sent `down`; any failure (or no answer) → nothing
 //!   is deleted, the error says why;
 //! - no agent that could take it down (none online with `operate`, or no agent at all) while a
@@ -40,6 +43,8 @@ pub enum DeleteError {
     ForceNotAllowed,
     #[error("{0}")]
     AgentOffline(String),
+    #[error("{0}")]
+    AgentElsewhere(String),
     #[error(transparent)]
     Action(#[from] ActionError),
     #[error(transparent)]
@@ -58,6 +63,10 @@ impl From<DeleteError> for WebError {
             e @ DeleteError::ForceNotAllowed => WebError::ForbiddenBecause(e.to_string()),
             DeleteError::AgentOffline(message) => WebError::Conflict {
                 code: "agent_offline",
+                message,
+            },
+            DeleteError::AgentElsewhere(message) => WebError::Conflict {
+                code: "agent_elsewhere",
                 message,
             },
             DeleteError::Action(ActionError::Failed(m)) => WebError::Status {
@@ -83,6 +92,8 @@ struct Plan {
     down: Vec<EnvAgent>,
     /// Offline agents that may have left a stack (forced past).
     offline: Vec<String>,
+    /// Agents connected to another replica, and which (forced past).
+    elsewhere: Vec<(String, String)>,
 }
 
 async fn plan(state: &AppState, env_ids: Vec<i64>) -> Result<Vec<Plan>, DeleteError> {
@@ -111,6 +122,7 @@ async fn plan(state: &AppState, env_ids: Vec<i64>) -> Result<Vec<Plan>, DeleteEr
         }
         let (down, offline): (Vec<EnvAgent>, Vec<EnvAgent>) =
             agents.into_iter().partition(|a| state.hub.is_online(a.id));
+        let (elsewhere, offline) = held_elsewhere(state, offline).await?;
         let offline = offline
             .into_iter()
             .filter(|a| a.ever_connected)
@@ -120,14 +132,56 @@ async fn plan(state: &AppState, env_ids: Vec<i64>) -> Result<Vec<Plan>, DeleteEr
             target,
             down,
             offline,
+            elsewhere,
         });
     }
     Ok(plans)
 }
 
+/// Of agents not connected here, those another replica holds (a live presence lease: issue 17),
+/// with the replica, and the others. Nothing is held elsewhere on SQLite.
+async fn held_elsewhere(
+    state: &AppState,
+    agents: Vec<EnvAgent>,
+) -> Result<(Vec<(String, String)>, Vec<EnvAgent>), DeleteError> {
+    if agents.is_empty() || state.db.backend() != crate::db::Backend::Postgres {
+        return Ok((Vec::new(), agents));
+    }
+    let now = crate::db::now_ms();
+    let ids: Vec<i64> = agents.iter().map(|a| a.id).collect();
+    let replicas = state
+        .db
+        .read(move |c| {
+            ids.into_iter()
+                .map(|id| Ok(crate::agents::store::presence(c, id, now)?.replica))
+                .collect::<Result<Vec<_>, crate::db::DbError>>()
+        })
+        .await?;
+    let mut elsewhere = Vec::new();
+    let mut rest = Vec::new();
+    for (a, replica) in agents.into_iter().zip(replicas) {
+        match replica {
+            Some(r) => elsewhere.push((a.name, r)),
+            None => rest.push(a),
+        }
+    }
+    Ok((elsewhere, rest))
+}
+
 /// Check the plans against the options; `Ok` when deleting may go on (after the downs).
 async fn refuse_if_unsafe(state: &AppState, plans: &[Plan], opts: DeleteOptions) -> Result<(), DeleteError> {
     for p in plans {
+        if let Some((agent, replica)) = p.elsewhere.first()
+            && !opts.force
+        {
+            return Err(DeleteError::AgentElsewhere(format!(
+                "agent {agent} of {:?} is connected to replica {replica}, and actions (the take-down of \
+                 its stack, compose project {:?}) go only through the replica holding the agent: delete \
+                 again through that replica (or once the agent reconnects here), or, as an admin, force \
+                 the deletion (?force=true) and take the stack down yourself",
+                p.target.environment, p.target.compose_project
+            )));
+        }
         if !p.offline.is_empty() && !opts.force {
             return Err(DeleteError::AgentOffline(format!(
                 "agent {} of {:?} is offline: deleting now, its stack (compose project {:?}) would be \
@@ -206,6 +260,12 @@ async fn take_down(
             notes.push(format!(
                 "forced: agent {} of {} offline, its stack may still run",
                 p.offline.join(", "),
+                p.target.environment
+            ));
+        }
+        for (agent, replica) in &p.elsewhere {
+            notes.push(format!(
+                "forced: agent {agent} of {} connected to replica {replica}, its stack left running",
                 p.target.environment
             ));
         }

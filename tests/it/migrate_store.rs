@@ -40,10 +40,18 @@ fn fresh_database(name: &str) -> Option<String> {
 }
 
 fn migrate(data_dir: &Path, env: &[(&str, &str)], to: &str) -> Output {
+    migrate_with(data_dir, env, &["--to", to])
+}
+
+/// `stagely migrate-store ARGS`: the target given however `args` and `env` say.
+fn migrate_with(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stagely"));
-    cmd.args(["migrate-store", "--to", to, "--data-dir"])
+    cmd.arg("migrate-store")
+        .args(args)
+        .arg("--data-dir")
         .arg(data_dir)
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env_remove("STAGELY_MIGRATE_TO");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -181,15 +189,17 @@ async fn migrate_store_round_trip() {
     assert!(text(&out).contains("not empty"), "{}", text(&out));
     assert_eq!(std::fs::read(&occupied).unwrap(), b"keep me");
 
-    // SQLite → PostgreSQL.
-    let out = migrate(&data, &[], &pg);
+    // SQLite → PostgreSQL, the URL out of argv (where every local user could read a password).
+    let out = migrate_with(&data, &[("STAGELY_MIGRATE_TO", pg.as_str())], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(stdout.lines().any(|l| l == "projects 1 rows"), "{stdout}");
     assert!(stdout.lines().last().unwrap().starts_with("copied "), "{stdout}");
 
-    // Again: the target now holds rows, so it is refused and nothing changes.
-    let out = migrate(&data, &[], &pg);
+    // Again, from a file: the target now holds rows, so it is refused and nothing changes.
+    let to_file = data.join("target-url");
+    std::fs::write(&to_file, format!("{pg}\n")).unwrap();
+    let out = migrate_with(&data, &[], &["--to-file", to_file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("the target is not empty"), "{}", text(&out));
 
@@ -239,4 +249,54 @@ async fn migrate_store_round_trip() {
         !std::fs::read_to_string(&log).unwrap().contains(CANARY),
         "a secret value in the PostgreSQL appliance's log"
     );
+}
+
+/// A password on the command line is warned about and never echoed; an empty `--to-file` and
+/// both ways at once are refused, naming the problem. No database is needed: nothing connects.
+#[test]
+fn migrate_store_target_from_argv_env_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let secret = "pw-canary-5f1e";
+    // Port 1 refuses: the copy fails after the warning, and the error keeps the password out.
+    let out = migrate(
+        data,
+        &[],
+        &format!("postgres://stagely:{secret}@127.0.0.1:1/stagely"),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("STAGELY_MIGRATE_TO or --to-file"), "{said}");
+    assert!(!said.contains(secret), "the password was echoed: {said}");
+
+    // The same URL through the environment: no warning, the password still never echoed.
+    let url = format!("postgres://stagely:{secret}@127.0.0.1:1/stagely");
+    let out = migrate_with(data, &[("STAGELY_MIGRATE_TO", url.as_str())], &[]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(!said.contains("visible to every user"), "{said}");
+    assert!(!said.contains(secret), "the password was echoed: {said}");
+
+    let empty = data.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = migrate_with(data, &[], &["--to-file", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is empty"), "{}", text(&out));
+
+    let out = migrate_with(
+        data,
+        &[],
+        &["--to", "sqlite:/tmp/x.db", "--to-file", empty.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cannot be used with"), "{}", text(&out));
+
+    let out = migrate_with(data, &[], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("required arguments were not provided"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("--to <TARGET>"), "{}", text(&out));
 }

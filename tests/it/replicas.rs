@@ -89,6 +89,31 @@ async fn a_deploy_triggered_on_a_reaches_the_agent_on_b_and_its_logs_and_cancel_
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "agent_elsewhere", "{body}");
     assert!(body.to_string().contains("replica r-"), "{body}");
+    // Nor are service actions.
+    let (status, body) = a
+        .post(
+            &format!("/api/environments/{}/services/web/restart", envs[0]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "agent_elsewhere", "{body}");
+    assert!(body.to_string().contains("replica r-"), "{body}");
+    // Deleting through A cannot take the stack down: refused, naming the replica (not "offline"),
+    // and the environment stays.
+    let (status, body) = a.delete(&format!("/api/environments/{}", envs[0])).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "agent_elsewhere", "{body}");
+    assert!(body.to_string().contains("replica r-"), "{body}");
+    assert_eq!(a.get(&format!("/api/projects/{pid}")).await.0, 200);
+    assert!(
+        a.get(&format!("/api/projects/{pid}"))
+            .await
+            .1
+            .to_string()
+            .contains("\"prod\""),
+        "the environment was deleted"
+    );
 
     // The API token (made once, in the database) works on both.
     assert_eq!(b.get("/api/agents").await.0, 200);

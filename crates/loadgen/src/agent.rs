@@ -215,6 +215,8 @@ pub struct AgentSpec {
     pub stats: Arc<Stats>,
     /// Epoch ms of the current connection's start; 0 while disconnected.
     pub connected_since: Arc<AtomicU64>,
+    /// Which of `servers` the current connection is to, counted from 1; 0 while disconnected.
+    pub connected_to: Arc<AtomicU64>,
     pub events: Option<mpsc::UnboundedSender<Event>>,
     /// Told once, when the first connection is up.
     pub on_first_connect: Option<tokio::sync::oneshot::Sender<()>>,
@@ -250,11 +252,14 @@ pub async fn run(mut spec: AgentSpec, stop: CancellationToken, deadline: Instant
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 stats.connected.fetch_add(1, Ordering::Relaxed);
                 spec.connected_since.store(epoch_ms(), Ordering::Relaxed);
+                spec.connected_to
+                    .store(((turn - 1) % spec.servers.len()) as u64 + 1, Ordering::Relaxed);
                 if let Some(tx) = spec.on_first_connect.take() {
                     let _ = tx.send(());
                 }
                 let _ = session(&spec, ws, &stop, deadline).await;
                 spec.connected_since.store(0, Ordering::Relaxed);
+                spec.connected_to.store(0, Ordering::Relaxed);
                 stats.connected.fetch_sub(1, Ordering::Relaxed);
                 stats.disconnects.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() >= BACKOFF_RESET_AFTER {

@@ -59,6 +59,7 @@ impl LocalAgents {
                     servers: Arc::from([addr]),
                     stats: stats.clone(),
                     connected_since: Arc::new(AtomicU64::new(0)),
+                    connected_to: Arc::new(AtomicU64::new(0)),
                     events: events(i),
                     on_first_connect: None,
                     hold,

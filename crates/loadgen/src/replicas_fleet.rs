@@ -15,12 +15,12 @@ use anyhow::{Context, Result};
 
 use crate::agent::epoch_ms;
 use crate::bench::Bench;
-use crate::fleet::{HealthzProbe, StormKeys, report_healthz, report_storm, wait_online, watch_until_back};
+use crate::fleet::{HealthzProbe, StormKeys, report_healthz, report_storm, wait_online};
 use crate::http::Http;
 use crate::replicas::{admin_setting, admin_url, create_database, drop_database, replica_specs, start_pair};
 use crate::report::Results;
 use crate::server::{Server, cpu_ticks};
-use crate::swarm::{Group, Swarm};
+use crate::swarm::{Group, Report, Swarm};
 
 /// How long a replica's presence lease holds without renewal (src/cluster/mod.rs `LEASE_MS`).
 const LEASE: Duration = Duration::from_secs(10);
@@ -42,6 +42,10 @@ async fn measure(b: &Bench, res: &mut Results, admin: &str, url: &str) -> Result
     let offline = (b.sizes.ping_secs * 3).to_string();
     let cap = b.storm_handshakes.map(|c| c.to_string());
     let mut env = vec![
+        // Every simulated agent dials from 127.0.0.1, where real ones come from one address
+        // each: the per-address cap on connections speaking HTTP would refuse the fill's
+        // concurrent handshakes (it is not what is measured here).
+        ("STAGELY_HTTP__MAX_CONNECTIONS_PER_IP", "65536"),
         ("STAGELY_AGENTS__PING_INTERVAL_SECS", ping.as_str()),
         ("STAGELY_AGENTS__OFFLINE_AFTER_SECS", offline.as_str()),
     ];
@@ -87,12 +91,20 @@ async fn measure(b: &Bench, res: &mut Results, admin: &str, url: &str) -> Result
                 )
             ),
         );
-        fleet.idle(b, res, postgres.as_ref(), rss_before, n).await?;
+        fleet.idle(b, res, postgres.as_ref(), rss_before).await?;
         fleet.storm(b, res, n, spare).await
     }
     .await;
     fleet.stop().await;
     outcome
+}
+
+/// How many agents each replica holds, and the reports it was read from.
+struct Placement {
+    on_a: usize,
+    on_b: usize,
+    kept: Report,
+    b_group: Report,
 }
 
 /// Both replicas and the three swarms: A's agents that stay, A's that leave before the storm,
@@ -130,13 +142,14 @@ impl Fleet {
     }
 
     async fn idle(
-        &self,
+        &mut self,
         b: &Bench,
         res: &mut Results,
         postgres: Option<&Postgres>,
         rss_before: [u64; 2],
-        n: usize,
     ) -> Result<()> {
+        let placed = self.placement().await?;
+        let held = [placed.on_a, placed.on_b];
         let replicas = [&self.a, self.b()?];
         let window = Duration::from_secs(b.sizes.ping_secs * b.sizes.idle_rounds);
         let ticks0 = [cpu_ticks(replicas[0].pid)?, cpu_ticks(replicas[1].pid)?];
@@ -148,7 +161,7 @@ impl Fleet {
         let mut rss = Vec::new();
         let mut cpu = Vec::new();
         for (i, r) in replicas.iter().enumerate() {
-            rss.push(r.rss_kb()?.saturating_sub(rss_before[i]) as f64 / n as f64);
+            rss.push(r.rss_kb()?.saturating_sub(rss_before[i]) as f64 / held[i].max(1) as f64);
             cpu.push(percent(cpu_ticks(r.pid)? - ticks0[i]));
         }
         res.add("replicas_idle_rss_per_agent", mean(&rss));
@@ -156,8 +169,9 @@ impl Fleet {
         res.note(
             "replicas_idle_cpu",
             format!(
-                "each replica, ping every {} s, over {secs:.0} s: A {:.2} %, B {:.2} % (RSS per agent A {:.2}, B {:.2} KB)",
-                b.sizes.ping_secs, cpu[0], cpu[1], rss[0], rss[1]
+                "each replica, ping every {} s, over {secs:.0} s: A {:.2} %, B {:.2} %; A held {} agents \
+                 ({:.2} KB each), B {} ({:.2} KB each)",
+                b.sizes.ping_secs, cpu[0], cpu[1], held[0], rss[0], held[1], rss[1]
             ),
         );
         match (postgres, pg0) {
@@ -180,7 +194,33 @@ impl Fleet {
         Ok(())
     }
 
-    /// A quarter of A's agents leave; B is SIGKILLed; its agents are watched moving to A.
+    /// Where every agent is: how many each replica holds (A's agents that failed a dial moved
+    /// to B, as real agents do, and the other way round), and the `to` of each swarm.
+    async fn placement(&mut self) -> Result<Placement> {
+        let kept = self.kept.report_where().await?;
+        let leaving = match &mut self.leaving {
+            Some(s) => Some(s.report_where().await?),
+            None => None,
+        };
+        let on_b = self.on_b.report_where().await?;
+        let count = |r: &Report, server: u64| r.to.iter().filter(|&&t| t == server).count();
+        let (mut on_a, mut held_by_b) = (
+            count(&kept, 1) + count(&on_b, 2),
+            count(&kept, 2) + count(&on_b, 1),
+        );
+        if let Some(l) = &leaving {
+            on_a += count(l, 1);
+            held_by_b += count(l, 2);
+        }
+        Ok(Placement {
+            on_a,
+            on_b: held_by_b,
+            kept,
+            b_group: on_b,
+        })
+    }
+
+    /// A quarter of A's agents leave; B is SIGKILLed; the agents it held are watched moving to A.
     async fn storm(&mut self, b: &Bench, res: &mut Results, n: usize, spare: usize) -> Result<()> {
         if let Some(s) = self.leaving.take() {
             s.stop().await?;
@@ -190,12 +230,40 @@ impl Fleet {
         let staying = 2 * n - spare;
         wait_online_at_most(&mut http, staying, Duration::from_secs(60)).await?;
 
-        let before = self.on_b.totals();
+        // Which agents B holds now: A's group on its second server, B's group on its first.
+        let at_kill = self.placement().await?;
+        let on_b_now = |p: &Placement| -> (Vec<usize>, Vec<usize>) {
+            let pick = |r: &Report, server: u64| {
+                r.to.iter()
+                    .enumerate()
+                    .filter(|(_, t)| **t == server)
+                    .map(|(i, _)| i)
+                    .collect()
+            };
+            (pick(&p.kept, 2), pick(&p.b_group, 1))
+        };
+        let (kept_moving, b_moving) = on_b_now(&at_kill);
+        let moving = kept_moving.len() + b_moving.len();
+        let busy_before = at_kill.kept.totals.busy_503 + at_kill.b_group.totals.busy_503;
         let killed_at = epoch_ms();
         self.replica_b.take().context("replica B is gone")?.kill().await?;
         let probe = HealthzProbe::start(self.a.addr()?);
         let deadline = Instant::now() + Duration::from_secs(b.sizes.storm_limit_secs);
-        let (since, totals) = watch_until_back(&mut self.on_b, n, killed_at, deadline).await?;
+        let (since, kept_now, busy) = loop {
+            let kept = self.kept.report_where().await?;
+            let on_b = self.on_b.report_where().await?;
+            let since: Vec<u64> = kept_moving
+                .iter()
+                .map(|&i| kept.since[i])
+                .chain(b_moving.iter().map(|&i| on_b.since[i]))
+                .collect();
+            let back = since.iter().filter(|&&s| s > killed_at).count();
+            if back >= moving || Instant::now() >= deadline {
+                let busy = kept.totals.busy_503 + on_b.totals.busy_503 - busy_before;
+                break (since, kept, busy);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         let (lat, failures) = probe.stop().await?;
         let keys = StormKeys {
             within_30s: "replicas_storm_30s",
@@ -203,22 +271,31 @@ impl Fleet {
             t99: "replicas_storm_t99",
             busy: "replicas_storm_503",
         };
-        report_storm(
-            res,
-            &keys,
-            &since,
-            killed_at,
-            (totals.busy_503 - before.busy_503) as f64,
-        );
+        report_storm(res, &keys, &since, killed_at, busy as f64);
         report_healthz(
             res,
             ("replicas_storm_healthz_p99", "replicas_storm_healthz_max"),
             lat,
             failures,
         );
-        // A's own agents were left alone: none of them lost its connection.
-        let (kept_since, _) = self.kept.report().await?;
-        let dropped = kept_since.iter().filter(|&&s| s == 0 || s > killed_at).count();
+        // The agents A held were left alone: none of them lost its connection.
+        let on_b_final = self.on_b.report_where().await?;
+        let dropped = at_kill
+            .kept
+            .to
+            .iter()
+            .zip(&kept_now.since)
+            .chain(at_kill.b_group.to.iter().zip(&on_b_final.since))
+            .zip(
+                at_kill
+                    .kept
+                    .to
+                    .iter()
+                    .map(|&t| t == 1)
+                    .chain(at_kill.b_group.to.iter().map(|&t| t == 2)),
+            )
+            .filter(|((_, since), on_a)| *on_a && (**since == 0 || **since > killed_at))
+            .count();
         res.add("replicas_storm_a_dropped", dropped as f64);
 
         // Once B's leases ran out, A counts exactly the agents still running as online: B's
@@ -231,9 +308,10 @@ impl Fleet {
         res.note(
             "replicas_storm_30s",
             format!(
-                "{n} agents on B, SIGKILLed, not restarted; A held {} of its own and took B's at {}; \
-                 times from the kill",
-                n - spare,
+                "B held {moving} agents ({} of A's group, which had failed a dial to A while filling), \
+                 SIGKILLed, not restarted; A held {} and took B's at {}; times from the kill",
+                kept_moving.len(),
+                at_kill.on_a,
                 b.storm_handshakes.map_or_else(
                     || "its default handshake cap".to_owned(),
                     |c| format!("{c} handshakes/s")

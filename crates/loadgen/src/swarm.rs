@@ -64,6 +64,7 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
     let stop = CancellationToken::new();
     let deadline = Instant::now() + Duration::from_secs(args.max_secs);
     let since: Vec<Arc<AtomicU64>> = (0..agents.len()).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let to: Vec<Arc<AtomicU64>> = (0..agents.len()).map(|_| Arc::new(AtomicU64::new(0))).collect();
     // The first dial of each agent goes through a small window so a child does not open 2,500
     // handshakes in the same millisecond; reconnects afterwards follow the agents' own backoff.
     let gate = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
@@ -76,6 +77,7 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
             servers: servers.clone(),
             stats: stats.clone(),
             connected_since: since[i].clone(),
+            connected_to: to[i].clone(),
             events: None,
             on_first_connect: Some(connected_tx),
             hold: std::time::Duration::ZERO,
@@ -118,8 +120,11 @@ pub async fn child_main(args: SwarmArgs) -> Result<()> {
                 let cmd: Value = serde_json::from_str(&cmd).unwrap_or_default();
                 match cmd["cmd"].as_str() {
                     Some("report") => {
-                        let at: Vec<u64> = since.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-                        emit(json!({"t": "report", "connected_since": at, "stats": stats.snapshot()}))?;
+                        let load = |v: &[Arc<AtomicU64>]| -> Vec<u64> {
+                            v.iter().map(|s| s.load(Ordering::Relaxed)).collect()
+                        };
+                        emit(json!({"t": "report", "connected_since": load(&since),
+                            "connected_to": load(&to), "stats": stats.snapshot()}))?;
                     }
                     Some("runtime") => {
                         rounds_tx.send_modify(|r| *r += 1);
@@ -154,6 +159,16 @@ impl Totals {
         self.busy_503 += get("busy_503");
         self.dial_errors += get("dial_errors");
     }
+}
+
+/// Every agent of a swarm, in the groups' order.
+pub struct Report {
+    /// When its current connection started, epoch ms; 0 while disconnected.
+    pub since: Vec<u64>,
+    /// Which of its group's servers it is connected to, from 1 (`urls[0]` is 1); 0 while
+    /// disconnected.
+    pub to: Vec<u64>,
+    pub totals: Totals,
 }
 
 struct ChildHandle {
@@ -305,7 +320,14 @@ impl Swarm {
 
     /// When each agent's current connection started (epoch ms; 0 = not connected), and totals.
     pub async fn report(&mut self) -> Result<(Vec<u64>, Totals)> {
+        let r = self.report_where().await?;
+        Ok((r.since, r.totals))
+    }
+
+    /// [`Swarm::report`], and which of its servers each agent is connected to.
+    pub async fn report_where(&mut self) -> Result<Report> {
         let mut all = Vec::with_capacity(self.size);
+        let mut to = Vec::with_capacity(self.size);
         let mut totals = Totals::default();
         for c in &mut self.children {
             c.stdin.write_all(b"{\"cmd\":\"report\"}\n").await?;
@@ -322,8 +344,19 @@ impl Swarm {
                     .iter()
                     .map(|x| x.as_u64().unwrap_or(0)),
             );
+            to.extend(
+                v["connected_to"]
+                    .as_array()
+                    .context("report without connected_to")?
+                    .iter()
+                    .map(|x| x.as_u64().unwrap_or(0)),
+            );
         }
-        Ok((all, totals))
+        Ok(Report {
+            since: all,
+            to,
+            totals,
+        })
     }
 
     /// Send one command line (`{"cmd": …}`) to every child.
