@@ -82,6 +82,15 @@ pub async fn run(b: &Bench, res: &mut Results, idle: bool, storm: bool) -> Resul
     reconnect_storm(b, res, server, swarm, n).await
 }
 
+/// How many agents `/api/agents` shows online.
+pub async fn online_count(http: &mut Http) -> Result<usize> {
+    let a = http.get("/api/agents").await?;
+    Ok(a.body
+        .as_array()
+        .map(|v| v.iter().filter(|a| a["online"] == true).count())
+        .unwrap_or(0))
+}
+
 /// A measurement window: the appliance is left alone while it runs.
 async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
@@ -91,12 +100,7 @@ async fn settle(d: Duration) {
 pub async fn wait_online(http: &mut Http, n: usize, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let a = http.get("/api/agents").await?;
-        let online = a
-            .body
-            .as_array()
-            .map(|v| v.iter().filter(|a| a["online"] == true).count())
-            .unwrap_or(0);
+        let online = online_count(http).await?;
         if online >= n {
             return Ok(());
         }

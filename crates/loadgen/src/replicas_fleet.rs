@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 
 use crate::agent::epoch_ms;
 use crate::bench::Bench;
-use crate::fleet::{HealthzProbe, StormKeys, report_healthz, report_storm, wait_online};
+use crate::fleet::{HealthzProbe, StormKeys, online_count, report_healthz, report_storm, wait_online};
 use crate::http::Http;
 use crate::replicas::{admin_setting, admin_url, create_database, drop_database, replica_specs, start_pair};
 use crate::report::Results;
@@ -124,13 +124,12 @@ impl Fleet {
 
     async fn fill(&self, b: &Bench, n: usize, since: Instant) -> Result<()> {
         let limit = Duration::from_secs(300);
-        let leaving = self.leaving.as_ref().map_or(0, |s| s.size);
-        self.kept.wait_connected((self.kept.size) as u64, limit).await?;
-        if let Some(s) = &self.leaving {
+        for s in [Some(&self.kept), self.leaving.as_ref(), Some(&self.on_b)]
+            .into_iter()
+            .flatten()
+        {
             s.wait_connected(s.size as u64, limit).await?;
         }
-        self.on_b.wait_connected(n as u64, limit).await?;
-        debug_assert_eq!(self.kept.size + leaving, n);
         // Online as each replica sees it: its own agents and the other's leases.
         let token = &b.fixture()?.admin_token;
         for server in [&self.a, self.b()?] {
@@ -232,24 +231,21 @@ impl Fleet {
 
         // Which agents B holds now: A's group on its second server, B's group on its first.
         let at_kill = self.placement().await?;
-        let on_b_now = |p: &Placement| -> (Vec<usize>, Vec<usize>) {
-            let pick = |r: &Report, server: u64| {
-                r.to.iter()
-                    .enumerate()
-                    .filter(|(_, t)| **t == server)
-                    .map(|(i, _)| i)
-                    .collect()
-            };
-            (pick(&p.kept, 2), pick(&p.b_group, 1))
+        let pick = |r: &Report, server: u64| -> Vec<usize> {
+            r.to.iter()
+                .enumerate()
+                .filter(|(_, t)| **t == server)
+                .map(|(i, _)| i)
+                .collect()
         };
-        let (kept_moving, b_moving) = on_b_now(&at_kill);
+        let (kept_moving, b_moving) = (pick(&at_kill.kept, 2), pick(&at_kill.b_group, 1));
         let moving = kept_moving.len() + b_moving.len();
         let busy_before = at_kill.kept.totals.busy_503 + at_kill.b_group.totals.busy_503;
         let killed_at = epoch_ms();
         self.replica_b.take().context("replica B is gone")?.kill().await?;
         let probe = HealthzProbe::start(self.a.addr()?);
         let deadline = Instant::now() + Duration::from_secs(b.sizes.storm_limit_secs);
-        let (since, kept_now, busy) = loop {
+        let (since, kept_now, on_b_now, busy) = loop {
             let kept = self.kept.report_where().await?;
             let on_b = self.on_b.report_where().await?;
             let since: Vec<u64> = kept_moving
@@ -260,7 +256,7 @@ impl Fleet {
             let back = since.iter().filter(|&&s| s > killed_at).count();
             if back >= moving || Instant::now() >= deadline {
                 let busy = kept.totals.busy_503 + on_b.totals.busy_503 - busy_before;
-                break (since, kept, busy);
+                break (since, kept, on_b, busy);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
@@ -279,23 +275,15 @@ impl Fleet {
             failures,
         );
         // The agents A held were left alone: none of them lost its connection.
-        let on_b_final = self.on_b.report_where().await?;
-        let dropped = at_kill
-            .kept
-            .to
-            .iter()
-            .zip(&kept_now.since)
-            .chain(at_kill.b_group.to.iter().zip(&on_b_final.since))
-            .zip(
-                at_kill
-                    .kept
-                    .to
-                    .iter()
-                    .map(|&t| t == 1)
-                    .chain(at_kill.b_group.to.iter().map(|&t| t == 2)),
-            )
-            .filter(|((_, since), on_a)| *on_a && (**since == 0 || **since > killed_at))
-            .count();
+        let dropped_of = |at_kill: &Report, now: &Report, on_a: u64| {
+            at_kill
+                .to
+                .iter()
+                .zip(&now.since)
+                .filter(|&(&to, &since)| to == on_a && (since == 0 || since > killed_at))
+                .count()
+        };
+        let dropped = dropped_of(&at_kill.kept, &kept_now, 1) + dropped_of(&at_kill.b_group, &on_b_now, 2);
         res.add("replicas_storm_a_dropped", dropped as f64);
 
         // Once B's leases ran out, A counts exactly the agents still running as online: B's
@@ -344,14 +332,6 @@ impl Fleet {
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-async fn online_count(http: &mut Http) -> Result<usize> {
-    let a = http.get("/api/agents").await?;
-    Ok(a.body
-        .as_array()
-        .map(|v| v.iter().filter(|a| a["online"] == true).count())
-        .unwrap_or(0))
 }
 
 /// Poll until at most `n` agents are online (the ones that left are seen gone).
